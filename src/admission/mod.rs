@@ -1,0 +1,200 @@
+//! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
+//! server expects. kube-rs' `kube::core::admission` types are used as they are.
+
+use kube::core::admission::{
+    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
+};
+use kube::core::{DynamicObject, TypeMeta};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+
+use crate::engine::{Decision, Verdict};
+
+/// A body that cannot be answered with a review: the HTTP layer answers 400.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NotAReview {
+    #[error("the body is not JSON: {0}")]
+    NotJson(String),
+    #[error("the body is not an AdmissionReview: expected apiVersion {META_API_VERSION_V1:?} and kind {META_KIND:?}, got apiVersion {api_version:?} and kind {kind:?}")]
+    WrongType { api_version: String, kind: String },
+    #[error("the AdmissionReview has no request")]
+    NoRequest,
+    #[error("the AdmissionReview request has no uid, so no answer can be matched to it: {0}")]
+    NoUid(String),
+}
+
+/// What a body decodes into.
+#[derive(Debug)]
+pub enum Decoded {
+    Request(Box<AdmissionRequest<DynamicObject>>),
+    /// A review whose request does not decode: answered (denied) with its uid.
+    Malformed { uid: String, message: String },
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Envelope<'a> {
+    #[serde(default)]
+    api_version: String,
+    #[serde(default)]
+    kind: String,
+    #[serde(borrow, default)]
+    request: Option<&'a RawValue>,
+}
+
+#[derive(Deserialize)]
+struct UidOnly {
+    uid: String,
+}
+
+/// Decodes a body. A review whose request does not decode is still answered, with its uid.
+pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
+    let envelope: Envelope<'_> =
+        serde_json::from_slice(body).map_err(|e| NotAReview::NotJson(e.to_string()))?;
+    if envelope.api_version != META_API_VERSION_V1 || envelope.kind != META_KIND {
+        return Err(NotAReview::WrongType {
+            api_version: envelope.api_version,
+            kind: envelope.kind,
+        });
+    }
+    let raw = envelope.request.ok_or(NotAReview::NoRequest)?;
+    if raw.get() == "null" {
+        return Err(NotAReview::NoRequest);
+    }
+    match serde_json::from_str::<AdmissionRequest<DynamicObject>>(raw.get()) {
+        Ok(mut request) => {
+            if request.uid.is_empty() {
+                return Err(NotAReview::NoUid("request.uid is empty".into()));
+            }
+            request.types = TypeMeta {
+                api_version: META_API_VERSION_V1.to_owned(),
+                kind: META_KIND.to_owned(),
+            };
+            Ok(Decoded::Request(Box::new(request)))
+        }
+        Err(e) => match serde_json::from_str::<UidOnly>(raw.get()) {
+            Ok(UidOnly { uid }) if !uid.is_empty() => Ok(Decoded::Malformed {
+                uid,
+                message: format!("prodguard cannot read this admission request: {e}"),
+            }),
+            _ => Err(NotAReview::NoUid(e.to_string())),
+        },
+    }
+}
+
+/// The response for a decoded request.
+pub fn respond(request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) -> AdmissionResponse {
+    let response = AdmissionResponse::from(request);
+    match verdict {
+        Verdict::Decided(decision) => apply_decision(response, decision),
+        Verdict::Malformed(message) => deny(response, message, 400, "BadRequest"),
+    }
+}
+
+/// The response for a review whose request did not decode.
+pub fn respond_malformed(uid: &str, message: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid(message);
+    response.uid = uid.to_owned();
+    response.result.code = 400;
+    response
+}
+
+fn deny(mut response: AdmissionResponse, message: &str, code: u16, reason: &str) -> AdmissionResponse {
+    response = response.deny(message);
+    response.result.code = code;
+    response.result.reason = reason.to_owned();
+    response
+}
+
+fn apply_decision(mut response: AdmissionResponse, decision: &Decision) -> AdmissionResponse {
+    if !decision.warnings.is_empty() {
+        response.warnings = Some(decision.warnings.clone());
+    }
+    response.audit_annotations = decision
+        .audit_annotations
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    if !decision.allowed {
+        return deny(response, &decision.deny_message(), 403, "Forbidden");
+    }
+    if decision.patch.is_empty() {
+        return response;
+    }
+    match response
+        .clone()
+        .with_patch(json_patch::Patch(decision.patch.clone()))
+    {
+        Ok(patched) => patched,
+        // Serialising a patch of JSON values cannot fail; if it ever did, deny rather than
+        // admit an object the policies wanted changed.
+        Err(e) => deny(
+            response,
+            &format!("prodguard could not encode its patch: {e}"),
+            500,
+            "InternalError",
+        ),
+    }
+}
+
+/// Encodes a response as the review body.
+pub fn encode(response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
+    let review: AdmissionReview<DynamicObject> = response.into_review();
+    serde_json::to_vec(&review)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn review(request: serde_json::Value) -> Vec<u8> {
+        serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})).unwrap()
+    }
+
+    fn pod_request() -> serde_json::Value {
+        json!({
+            "uid": "u-1", "kind": {"group": "", "version": "v1", "kind": "Pod"},
+            "resource": {"group": "", "version": "v1", "resource": "pods"},
+            "namespace": "default", "operation": "CREATE", "userInfo": {"username": "alice"},
+            "object": {"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": []}},
+            "oldObject": null
+        })
+    }
+
+    #[test]
+    fn decodes_a_review() {
+        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else { panic!() };
+        assert_eq!(req.uid, "u-1");
+        assert_eq!(req.types.api_version, "admission.k8s.io/v1");
+    }
+
+    #[test]
+    fn rejects_what_is_not_a_review() {
+        assert!(matches!(decode(b"not json"), Err(NotAReview::NotJson(_))));
+        assert!(matches!(decode(b"{}"), Err(NotAReview::WrongType { .. })));
+        let v1beta1 = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": pod_request()})).unwrap();
+        let err = decode(&v1beta1).unwrap_err();
+        assert!(err.to_string().contains("got apiVersion \"admission.k8s.io/v1beta1\""), "{err}");
+        let no_request = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).unwrap();
+        assert_eq!(decode(&no_request).unwrap_err(), NotAReview::NoRequest);
+        let mut no_uid = pod_request();
+        no_uid.as_object_mut().unwrap().remove("uid");
+        assert!(matches!(decode(&review(no_uid)), Err(NotAReview::NoUid(_))));
+        let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
+        assert!(matches!(decode(nested.as_bytes()), Err(NotAReview::NotJson(_))));
+    }
+
+    #[test]
+    fn a_malformed_request_with_a_uid_is_answered() {
+        let mut bad = pod_request();
+        bad["object"]["metadata"] = json!("not an object");
+        let Decoded::Malformed { uid, message } = decode(&review(bad)).unwrap() else { panic!() };
+        assert_eq!(uid, "u-1");
+        let body = encode(respond_malformed(&uid, &message)).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["uid"], "u-1");
+        assert_eq!(v["response"]["allowed"], false);
+        assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    }
+}

@@ -1,0 +1,107 @@
+//! The command line (clap derive). Every flag has an environment variable; no logic here.
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "prodguard",
+    version,
+    about = "Kubernetes admission webhook that enforces the OpenG2P production deployment guide"
+)]
+pub struct Cli {
+    /// Log filter: a level (`info`, `debug`) or `target=level` pairs (`prodguard=debug,info`).
+    #[arg(long, env = "PRODGUARD_LOG", default_value = "info", global = true)]
+    pub log: String,
+    /// Log format.
+    #[arg(long, env = "PRODGUARD_LOG_FORMAT", value_enum, default_value_t = LogFormat::Text, global = true)]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum ModeArg {
+    Enforce,
+    Audit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum OutputFormat {
+    Text,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run the webhook server (POST /mutate, POST /validate, GET /healthz, GET /readyz).
+    Serve(ServeArgs),
+    /// Evaluate manifests offline: print violations and the patches that would apply.
+    Check(CheckArgs),
+    /// Generate a CA and a serving certificate for the webhook Service.
+    Certs(CertsArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "PRODGUARD_ADDR", default_value = "0.0.0.0:8443")]
+    pub addr: String,
+    /// Policy configuration file; the embedded policies/openg2p-production.yaml by default.
+    #[arg(long, env = "PRODGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `audit` runs every policy in audit mode, whatever the configuration says.
+    #[arg(long, env = "PRODGUARD_MODE", value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Serving certificate (PEM). Without it and --tls-key, a self-signed one is generated.
+    #[arg(long, env = "PRODGUARD_TLS_CERT", requires = "tls_key")]
+    pub tls_cert: Option<PathBuf>,
+    /// Serving key (PEM).
+    #[arg(long, env = "PRODGUARD_TLS_KEY", requires = "tls_cert")]
+    pub tls_key: Option<PathBuf>,
+    /// Where to write the CA bundle of a generated certificate.
+    #[arg(long, env = "PRODGUARD_CA_OUT")]
+    pub ca_out: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CheckArgs {
+    /// Manifest file, directory (searched recursively for .yaml, .yml and .json) or - for stdin.
+    #[arg(short = 'f', long = "filename", env = "PRODGUARD_CHECK_FILES", required = true, value_delimiter = ',')]
+    pub files: Vec<PathBuf>,
+    /// Policy configuration file; the embedded default by default.
+    #[arg(long, env = "PRODGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `audit` reports every violation as a warning.
+    #[arg(long, env = "PRODGUARD_MODE", value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Namespace for objects that name none (as `kubectl apply -n`).
+    #[arg(short = 'n', long, env = "PRODGUARD_NAMESPACE", default_value = "default")]
+    pub namespace: String,
+    /// Output format.
+    #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
+}
+
+#[derive(Debug, Args)]
+pub struct CertsArgs {
+    /// Name of the webhook Service.
+    #[arg(long, env = "PRODGUARD_SERVICE", default_value = "prodguard")]
+    pub service: String,
+    /// Namespace of the webhook Service.
+    #[arg(long, env = "PRODGUARD_NAMESPACE", default_value = "prodguard")]
+    pub namespace: String,
+    /// Directory to write ca.crt, tls.crt and tls.key to.
+    #[arg(long, env = "PRODGUARD_CERTS_DIR", default_value = "certs")]
+    pub out_dir: PathBuf,
+    /// Replace certificates already in the directory.
+    #[arg(long)]
+    pub force: bool,
+}

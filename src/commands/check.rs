@@ -1,0 +1,476 @@
+//! `prodguard check`: evaluates manifests offline, as the API server would on CREATE: the
+//! mutating policies patch the object, then the validating policies judge the patched object.
+//!
+//! Exit status: 0 when nothing would be denied, 1 when something would be denied, 2 for bad
+//! input or configuration (a file that does not parse is reported by name; the rest is still
+//! checked).
+
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use kube::core::DynamicObject;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{load_config, EXIT_BAD_INPUT};
+use crate::cli::{CheckArgs, OutputFormat};
+use crate::cluster::NoPodLookup;
+use crate::engine::{Action, Context, Engine, Operation, Request, Verdict, Webhook};
+use crate::report::NoReporter;
+
+/// The user `check` evaluates as.
+pub const CHECK_USER: &str = "prodguard-check";
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckOutput {
+    pub results: Vec<CheckResult>,
+    pub summary: Summary,
+    /// Inputs that could not be read or parsed, by file.
+    pub errors: Vec<InputError>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct CheckResult {
+    pub file: String,
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub policy: String,
+    /// `deny`, `patch` or `warn`.
+    pub action: &'static str,
+    pub message: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Vec<json_patch::PatchOperation>>,
+}
+
+/// Counts of resources: read, and with at least one result of each action.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
+pub struct Summary {
+    pub resources: usize,
+    pub denied: usize,
+    pub patched: usize,
+    pub warned: usize,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct InputError {
+    pub file: String,
+    pub message: String,
+}
+
+impl CheckOutput {
+    pub fn exit_code(&self) -> u8 {
+        if !self.errors.is_empty() {
+            EXIT_BAD_INPUT
+        } else if self.summary.denied > 0 {
+            1
+        } else {
+            0
+        }
+    }
+}
+
+pub fn run(args: CheckArgs) -> ExitCode {
+    let config = match load_config(args.config.as_deref(), args.mode) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let engine = offline_engine(&config);
+    let output = check_paths(&engine, &args.files, &args.namespace);
+    match args.output {
+        OutputFormat::Json => match serde_json::to_string_pretty(&output) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the output: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+        OutputFormat::Text => print!("{}", render_text(&output)),
+    }
+    ExitCode::from(output.exit_code())
+}
+
+/// An engine that reads nothing from a cluster and reports nowhere.
+pub fn offline_engine(config: &crate::config::Config) -> Engine {
+    Engine::new(
+        config,
+        Arc::new(NoPodLookup {
+            reason: "check runs offline".into(),
+        }),
+        Arc::new(NoReporter),
+    )
+}
+
+/// Checks files, directories (recursively) and `-` (stdin).
+pub fn check_paths(engine: &Engine, paths: &[PathBuf], default_namespace: &str) -> CheckOutput {
+    let mut output = CheckOutput {
+        results: Vec::new(),
+        summary: Summary::default(),
+        errors: Vec::new(),
+    };
+    for path in paths {
+        for source in read_sources(path, &mut output.errors) {
+            check_source(engine, &source, default_namespace, &mut output);
+        }
+    }
+    output
+}
+
+/// One input: its name in messages and its text.
+pub struct Source {
+    pub name: String,
+    pub text: String,
+    pub json: bool,
+}
+
+fn read_sources(path: &Path, errors: &mut Vec<InputError>) -> Vec<Source> {
+    let name = path.display().to_string();
+    if name == "-" {
+        let mut text = String::new();
+        return match std::io::stdin().read_to_string(&mut text) {
+            Ok(_) => vec![Source {
+                json: text.trim_start().starts_with(['{', '[']),
+                name,
+                text,
+            }],
+            Err(e) => {
+                errors.push(InputError {
+                    file: name,
+                    message: format!("cannot read standard input: {e}"),
+                });
+                Vec::new()
+            }
+        };
+    }
+    if path.is_dir() {
+        let mut sources = Vec::new();
+        for entry in walkdir::WalkDir::new(path).sort_by_file_name() {
+            match entry {
+                Ok(entry) if entry.file_type().is_file() && is_manifest_file(entry.path()) => {
+                    sources.extend(read_file(entry.path(), errors));
+                }
+                Ok(_) => {}
+                Err(e) => errors.push(InputError {
+                    file: e
+                        .path()
+                        .map_or_else(|| name.clone(), |p| p.display().to_string()),
+                    message: format!("cannot read: {e}"),
+                }),
+            }
+        }
+        return sources;
+    }
+    read_file(path, errors).into_iter().collect()
+}
+
+fn is_manifest_file(path: &Path) -> bool {
+    matches!(
+        path.extension().and_then(|e| e.to_str()),
+        Some("yaml" | "yml" | "json")
+    )
+}
+
+fn read_file(path: &Path, errors: &mut Vec<InputError>) -> Option<Source> {
+    let name = path.display().to_string();
+    match std::fs::read_to_string(path) {
+        Ok(text) => Some(Source {
+            json: path.extension().is_some_and(|e| e == "json"),
+            name,
+            text,
+        }),
+        Err(e) => {
+            errors.push(InputError {
+                file: name,
+                message: format!("cannot read: {e}"),
+            });
+            None
+        }
+    }
+}
+
+/// The documents of a source: a JSON stream, or multi-document YAML.
+fn parse_documents(source: &Source) -> Result<Vec<Value>, String> {
+    if source.json {
+        serde_json::Deserializer::from_str(&source.text)
+            .into_iter::<Value>()
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| format!("not valid JSON: {e}"))
+    } else {
+        serde_saphyr::from_multiple::<Value>(&source.text).map_err(|e| {
+            let hint = if source.text.contains("{{") {
+                " (this looks like a Helm template: render it with `helm template` first)"
+            } else {
+                ""
+            };
+            format!("not valid YAML{hint}: {e}")
+        })
+    }
+}
+
+/// Appends `value`, or the items of a `List`, to `objects`.
+fn flatten(value: Value, objects: &mut Vec<Value>) {
+    let is_list = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .is_some_and(|k| k.ends_with("List"))
+        && value.get("items").is_some_and(Value::is_array);
+    if !is_list {
+        objects.push(value);
+        return;
+    }
+    if let Some(Value::Array(items)) = value.get("items") {
+        for item in items {
+            flatten(item.clone(), objects);
+        }
+    }
+}
+
+fn check_source(engine: &Engine, source: &Source, default_namespace: &str, output: &mut CheckOutput) {
+    let documents = match parse_documents(source) {
+        Ok(documents) => documents,
+        Err(message) => {
+            output.errors.push(InputError {
+                file: source.name.clone(),
+                message,
+            });
+            return;
+        }
+    };
+    let mut objects = Vec::new();
+    for document in documents.into_iter().filter(|d| !d.is_null()) {
+        flatten(document, &mut objects);
+    }
+    for (index, object) in objects.into_iter().enumerate() {
+        match check_object(engine, &source.name, object, default_namespace) {
+            Ok(results) => {
+                output.summary.resources += 1;
+                let has = |action| results.iter().any(|r: &CheckResult| r.action == action);
+                output.summary.denied += usize::from(has("deny"));
+                output.summary.patched += usize::from(has("patch"));
+                output.summary.warned += usize::from(has("warn"));
+                output.results.extend(results);
+            }
+            Err(message) => output.errors.push(InputError {
+                file: source.name.clone(),
+                message: format!("object {}: {message}", index + 1),
+            }),
+        }
+    }
+}
+
+/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result.
+pub fn check_object(
+    engine: &Engine,
+    file: &str,
+    value: Value,
+    default_namespace: &str,
+) -> Result<Vec<CheckResult>, String> {
+    if !value.is_object() {
+        return Err("is not a mapping, so not a Kubernetes object".into());
+    }
+    for field in ["apiVersion", "kind"] {
+        if !value.get(field).is_some_and(Value::is_string) {
+            return Err(format!("has no {field}, so it is not a Kubernetes object"));
+        }
+    }
+    let object: DynamicObject =
+        serde_json::from_value(value).map_err(|e| format!("is not a valid object: {e}"))?;
+    let mut results = Vec::new();
+    let patch = evaluate(engine, Webhook::Mutate, file, &object, default_namespace, &mut results)?;
+    let object = if patch.is_empty() {
+        object
+    } else {
+        let mut patched = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+        json_patch::patch(&mut patched, &patch)
+            .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
+        serde_json::from_value(patched).map_err(|e| e.to_string())?
+    };
+    evaluate(engine, Webhook::Validate, file, &object, default_namespace, &mut results)?;
+    Ok(results)
+}
+
+/// Runs one webhook's policies on `object`; returns the enforced patch.
+fn evaluate(
+    engine: &Engine,
+    webhook: Webhook,
+    file: &str,
+    object: &DynamicObject,
+    default_namespace: &str,
+    results: &mut Vec<CheckResult>,
+) -> Result<Vec<json_patch::PatchOperation>, String> {
+    let types = object.types.clone().unwrap_or_default();
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", types.api_version.as_str()),
+    };
+    let resource = format!("{}s", types.kind.to_ascii_lowercase());
+    let namespace = object
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(default_namespace);
+    let request = Request {
+        uid: "",
+        operation: Operation::Create,
+        group,
+        version,
+        kind: &types.kind,
+        resource: &resource,
+        sub_resource: None,
+        namespace,
+        name: object.metadata.name.as_deref().unwrap_or(""),
+        username: CHECK_USER,
+        groups: &[],
+        object: Some(object),
+        old_object: None,
+        dry_run: true,
+    };
+    let decision = match engine.evaluate(webhook, &request, &Context::default()) {
+        Verdict::Decided(decision) => decision,
+        Verdict::Malformed(message) => return Err(message),
+    };
+    for item in &decision.reports {
+        let action = match item.action {
+            Action::Denied => "deny",
+            Action::Mutated => "patch",
+            Action::Audited => "warn",
+        };
+        results.push(CheckResult {
+            file: file.to_owned(),
+            kind: types.kind.clone(),
+            namespace: namespace.to_owned(),
+            name: request.object_name().to_owned(),
+            policy: item.policy.to_owned(),
+            action,
+            message: item.message.clone(),
+            patch: (item.action == Action::Mutated).then(|| item.patch.clone()),
+        });
+    }
+    Ok(decision.patch)
+}
+
+/// The human-readable report.
+pub fn render_text(output: &CheckOutput) -> String {
+    let mut text = String::new();
+    let mut last_object = None;
+    for r in &output.results {
+        let object = (&r.file, &r.kind, &r.namespace, &r.name);
+        if last_object != Some(object) {
+            text.push_str(&format!("{}: {} {}/{}\n", r.file, r.kind, r.namespace, r.name));
+            last_object = Some(object);
+        }
+        text.push_str(&format!(
+            "  {:<5} [{}] {}\n",
+            r.action.to_uppercase(),
+            r.policy,
+            r.message
+        ));
+        if let Some(patch) = &r.patch {
+            let json = serde_json::to_string(patch).unwrap_or_default();
+            text.push_str(&format!("        patch: {json}\n"));
+        }
+    }
+    for e in &output.errors {
+        text.push_str(&format!("{}: ERROR {}\n", e.file, e.message));
+    }
+    let s = output.summary;
+    text.push_str(&format!(
+        "{} resources: {} denied, {} patched, {} warned",
+        s.resources, s.denied, s.patched, s.warned
+    ));
+    if !output.errors.is_empty() {
+        text.push_str(&format!("; {} input errors", output.errors.len()));
+    }
+    text.push('\n');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+
+    fn engine() -> Engine {
+        offline_engine(&Config::embedded_default().unwrap())
+    }
+
+    fn source(text: &str) -> Source {
+        Source {
+            name: "test.yaml".into(),
+            text: text.into(),
+            json: false,
+        }
+    }
+
+    fn run_text(text: &str) -> CheckOutput {
+        let mut output = CheckOutput {
+            results: vec![],
+            summary: Summary::default(),
+            errors: vec![],
+        };
+        check_source(&engine(), &source(text), "default", &mut output);
+        output
+    }
+
+    const DEPLOYMENT: &str = r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {name: web, namespace: openg2p}
+spec:
+  replicas: 1
+  template:
+    spec:
+      containers:
+        - {name: web, image: nginx, imagePullPolicy: Always}
+"#;
+
+    #[test]
+    fn a_deployment_is_patched_then_denied() {
+        let output = run_text(DEPLOYMENT);
+        assert_eq!(output.summary, Summary { resources: 1, denied: 1, patched: 1, warned: 0 });
+        assert_eq!(output.exit_code(), 1);
+        let patch = &output.results[0];
+        assert_eq!((patch.policy.as_str(), patch.action), ("image-pull-policy", "patch"));
+        assert_eq!(
+            serde_json::to_value(&patch.patch).unwrap(),
+            serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "IfNotPresent"}])
+        );
+        let deny = &output.results[1];
+        assert_eq!((deny.policy.as_str(), deny.action), ("min-replicas", "deny"));
+        assert_eq!((deny.kind.as_str(), deny.namespace.as_str(), deny.name.as_str()), ("Deployment", "openg2p", "web"));
+    }
+
+    #[test]
+    fn multi_documents_lists_and_empty_documents() {
+        let text = format!(
+            "---\n# only a comment\n---\n{DEPLOYMENT}\n---\napiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {{name: c}}\n  - apiVersion: v1\n    kind: Service\n    metadata: {{name: s}}\n"
+        );
+        let output = run_text(&text);
+        assert_eq!(output.summary.resources, 3);
+        assert!(output.errors.is_empty(), "{:?}", output.errors);
+    }
+
+    #[test]
+    fn unparsable_input_is_reported_and_the_rest_checked() {
+        let output = run_text("replicas: {{ .Values.replicaCount }}\n");
+        assert_eq!(output.errors.len(), 1);
+        assert!(output.errors[0].message.contains("Helm template"), "{}", output.errors[0].message);
+        assert_eq!(output.exit_code(), 2);
+        let output = run_text("just: values\n");
+        assert!(output.errors[0].message.contains("has no apiVersion"), "{:?}", output.errors);
+    }
+
+    #[test]
+    fn the_text_report_lists_actions_and_summary() {
+        let text = render_text(&run_text(DEPLOYMENT));
+        assert!(text.contains("test.yaml: Deployment openg2p/web\n"), "{text}");
+        assert!(text.contains("  PATCH [image-pull-policy] set imagePullPolicy"), "{text}");
+        assert!(text.contains("  DENY  [min-replicas] Deployment openg2p/web would run 1 replica"), "{text}");
+        assert!(text.ends_with("1 resources: 1 denied, 1 patched, 0 warned\n"), "{text}");
+    }
+}

@@ -1,0 +1,236 @@
+//! Modes are a step after evaluation: a pure function from findings and modes to a verdict.
+
+use std::collections::BTreeMap;
+
+use super::Finding;
+use crate::config::PolicyMode;
+
+/// What the policies of one webhook found, per policy, with the policy's effective mode.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PolicyOutcome {
+    pub policy: &'static str,
+    pub mode: PolicyMode,
+    pub findings: Vec<Finding>,
+}
+
+/// What prodguard did about a finding.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    Denied,
+    Audited,
+    Mutated,
+}
+
+impl Action {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Action::Denied => "Denied",
+            Action::Audited => "Audited",
+            Action::Mutated => "Mutated",
+        }
+    }
+}
+
+/// One thing to report (as an Event) and to show in `check`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reported {
+    pub policy: &'static str,
+    pub action: Action,
+    /// Whether the finding was a violation (else a mutation).
+    pub violation: bool,
+    pub message: String,
+    /// The patch of a mutation (applied when Mutated, proposed when Audited).
+    pub patch: Vec<json_patch::PatchOperation>,
+}
+
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct Decision {
+    pub allowed: bool,
+    /// `[policy] message` for every enforced violation.
+    pub deny_messages: Vec<String>,
+    /// `policy: message` for every audited finding.
+    pub warnings: Vec<String>,
+    /// `prodguard.io/<policy>` -> messages.
+    pub audit_annotations: BTreeMap<String, String>,
+    /// Every enforced mutation's operations, in policy order.
+    pub patch: Vec<json_patch::PatchOperation>,
+    pub reports: Vec<Reported>,
+}
+
+impl Decision {
+    /// The message the API server shows when the request is denied.
+    pub fn deny_message(&self) -> String {
+        self.deny_messages.join("; ")
+    }
+}
+
+/// Enforce: violations deny, mutations patch. Audit: allowed unchanged, with warnings and
+/// audit annotations. Off: nothing (such policies do not run at all).
+pub fn decide(outcomes: &[PolicyOutcome]) -> Decision {
+    let mut decision = Decision {
+        allowed: true,
+        ..Decision::default()
+    };
+    for outcome in outcomes {
+        for finding in &outcome.findings {
+            let (violation, message, patch) = match finding {
+                Finding::Violation { message } => (true, message, &[][..]),
+                Finding::Mutation { message, patch } => (false, message, &patch[..]),
+            };
+            let action = match (outcome.mode, violation) {
+                (PolicyMode::Off, _) => continue,
+                (PolicyMode::Enforce, true) => {
+                    decision.allowed = false;
+                    decision
+                        .deny_messages
+                        .push(format!("[{}] {message}", outcome.policy));
+                    Action::Denied
+                }
+                (PolicyMode::Enforce, false) => {
+                    decision.patch.extend_from_slice(patch);
+                    Action::Mutated
+                }
+                (PolicyMode::Audit, _) => {
+                    let shown = if violation {
+                        message.clone()
+                    } else {
+                        format!("would patch: {message}")
+                    };
+                    decision
+                        .warnings
+                        .push(format!("{}: {shown}", outcome.policy));
+                    decision
+                        .audit_annotations
+                        .entry(format!("prodguard.io/{}", outcome.policy))
+                        .and_modify(|v| {
+                            v.push_str("; ");
+                            v.push_str(&shown);
+                        })
+                        .or_insert(shown);
+                    Action::Audited
+                }
+            };
+            decision.reports.push(Reported {
+                policy: outcome.policy,
+                action,
+                violation,
+                message: message.clone(),
+                patch: patch.to_vec(),
+            });
+        }
+    }
+    if !decision.allowed {
+        // A denied request is not stored, so nothing it would have been patched with applies.
+        decision.patch.clear();
+    }
+    decision
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use json_patch::jsonptr::PointerBuf;
+    use json_patch::{AddOperation, PatchOperation};
+    use serde_json::json;
+
+    fn violation() -> Finding {
+        Finding::Violation {
+            message: "bad".into(),
+        }
+    }
+
+    fn op() -> PatchOperation {
+        PatchOperation::Add(AddOperation {
+            path: PointerBuf::from_tokens(["spec", "x"]),
+            value: json!(1),
+        })
+    }
+
+    fn mutation() -> Finding {
+        Finding::Mutation {
+            message: "set x".into(),
+            patch: vec![op()],
+        }
+    }
+
+    fn outcome(mode: PolicyMode, finding: Finding) -> PolicyOutcome {
+        PolicyOutcome {
+            policy: "p",
+            mode,
+            findings: vec![finding],
+        }
+    }
+
+    #[test]
+    fn mode_by_outcome_table() {
+        struct Row {
+            mode: PolicyMode,
+            finding: Finding,
+            allowed: bool,
+            patched: bool,
+            warning: Option<&'static str>,
+            action: Option<Action>,
+        }
+        let rows = [
+            Row { mode: PolicyMode::Enforce, finding: violation(), allowed: false, patched: false, warning: None, action: Some(Action::Denied) },
+            Row { mode: PolicyMode::Enforce, finding: mutation(), allowed: true, patched: true, warning: None, action: Some(Action::Mutated) },
+            Row { mode: PolicyMode::Audit, finding: violation(), allowed: true, patched: false, warning: Some("p: bad"), action: Some(Action::Audited) },
+            Row { mode: PolicyMode::Audit, finding: mutation(), allowed: true, patched: false, warning: Some("p: would patch: set x"), action: Some(Action::Audited) },
+            Row { mode: PolicyMode::Off, finding: violation(), allowed: true, patched: false, warning: None, action: None },
+            Row { mode: PolicyMode::Off, finding: mutation(), allowed: true, patched: false, warning: None, action: None },
+        ];
+        for row in rows {
+            let d = decide(&[outcome(row.mode, row.finding.clone())]);
+            let context = format!("{:?} x {:?}", row.mode, row.finding);
+            assert_eq!(d.allowed, row.allowed, "{context}");
+            assert_eq!(!d.patch.is_empty(), row.patched, "{context}");
+            assert_eq!(d.warnings.first().map(String::as_str), row.warning, "{context}");
+            assert_eq!(d.reports.first().map(|r| r.action), row.action, "{context}");
+            if row.warning.is_some() {
+                assert!(d.audit_annotations.contains_key("prodguard.io/p"), "{context}");
+            } else {
+                assert!(d.audit_annotations.is_empty(), "{context}");
+            }
+            if !row.allowed {
+                assert_eq!(d.deny_message(), "[p] bad");
+            }
+        }
+    }
+
+    #[test]
+    fn no_findings_allow_unchanged() {
+        let d = decide(&[]);
+        assert!(d.allowed && d.patch.is_empty() && d.warnings.is_empty() && d.reports.is_empty());
+    }
+
+    #[test]
+    fn a_denial_drops_patches_and_keeps_every_message() {
+        let d = decide(&[
+            outcome(PolicyMode::Enforce, mutation()),
+            PolicyOutcome {
+                policy: "q",
+                mode: PolicyMode::Enforce,
+                findings: vec![violation(), violation()],
+            },
+            outcome(PolicyMode::Audit, violation()),
+        ]);
+        assert!(!d.allowed);
+        assert!(d.patch.is_empty());
+        assert_eq!(d.deny_message(), "[q] bad; [q] bad");
+        assert_eq!(d.warnings, vec!["p: bad".to_string()]);
+        assert_eq!(d.reports.len(), 4);
+    }
+
+    #[test]
+    fn audit_annotations_join_messages_of_one_policy() {
+        let d = decide(&[PolicyOutcome {
+            policy: "p",
+            mode: PolicyMode::Audit,
+            findings: vec![violation(), mutation()],
+        }]);
+        assert_eq!(
+            d.audit_annotations.get("prodguard.io/p").map(String::as_str),
+            Some("bad; would patch: set x")
+        );
+    }
+}

@@ -1,0 +1,168 @@
+//! Runs the policies of one webhook on one request, then turns what they found into a
+//! verdict according to each policy's mode (a pure step, see [`decide`]).
+
+mod decide;
+mod request;
+
+use std::sync::Arc;
+
+use kube::core::DynamicObject;
+
+pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
+pub use request::{Operation, Request};
+
+use crate::cluster::PodLookup;
+use crate::config::{Config, GlobalMode, PolicyMode};
+use crate::policies::{self, pod_spec::ShapeError};
+use crate::report::{Report, Reporter};
+
+/// Which webhook a policy belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Webhook {
+    Mutate,
+    Validate,
+}
+
+impl Webhook {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Webhook::Mutate => "mutate",
+            Webhook::Validate => "validate",
+        }
+    }
+}
+
+/// What a policy found on a request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Finding {
+    /// The request breaks the policy.
+    Violation { message: String },
+    /// The request should be patched.
+    Mutation {
+        message: String,
+        patch: Vec<json_patch::PatchOperation>,
+    },
+}
+
+/// Facts a policy needs from outside the request, fetched before policies run.
+#[derive(Debug, Default)]
+pub struct Context {
+    /// The Pod a CONNECT request targets, or why it could not be read.
+    pub pod: Option<Result<DynamicObject, String>>,
+}
+
+/// A request a policy cannot evaluate because its object is malformed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EvalError {
+    #[error("{0}")]
+    Shape(#[from] ShapeError),
+    #[error("the request carries no object to check")]
+    MissingObject,
+}
+
+/// One built-in policy. Policies are pure: what they need from the cluster comes in [`Context`].
+pub trait Policy: Send + Sync {
+    fn id(&self) -> &'static str;
+    fn webhook(&self) -> Webhook;
+    /// Whether this request needs the target Pod read from the API server.
+    fn needs_pod(&self, _request: &Request<'_>) -> bool {
+        false
+    }
+    fn evaluate(&self, request: &Request<'_>, context: &Context) -> Result<Vec<Finding>, EvalError>;
+}
+
+struct Configured {
+    policy: Box<dyn Policy>,
+    mode: PolicyMode,
+}
+
+/// The verdict on one request, before it is encoded for the API server.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    Decided(Decision),
+    /// The object could not be evaluated; the request is denied.
+    Malformed(String),
+}
+
+/// The configured policies, the cluster lookups and the reporter.
+pub struct Engine {
+    policies: Vec<Configured>,
+    pods: Arc<dyn PodLookup>,
+    reporter: Arc<dyn Reporter>,
+}
+
+impl Engine {
+    pub fn new(config: &Config, pods: Arc<dyn PodLookup>, reporter: Arc<dyn Reporter>) -> Engine {
+        let global_audit = config.mode == GlobalMode::Audit;
+        let policies = policies::build(config)
+            .into_iter()
+            .map(|(policy, mode)| Configured {
+                mode: match mode {
+                    PolicyMode::Enforce if global_audit => PolicyMode::Audit,
+                    mode => mode,
+                },
+                policy,
+            })
+            .filter(|c| c.mode != PolicyMode::Off)
+            .collect();
+        Engine {
+            policies,
+            pods,
+            reporter,
+        }
+    }
+
+    /// The ids and effective modes of the policies that run.
+    pub fn active_policies(&self) -> Vec<(&'static str, Webhook, PolicyMode)> {
+        self.policies
+            .iter()
+            .map(|c| (c.policy.id(), c.policy.webhook(), c.mode))
+            .collect()
+    }
+
+    /// Evaluates a request for one webhook, reads what the policies need from the cluster,
+    /// and reports violations and mutations unless the request is a dry run.
+    pub async fn review(&self, webhook: Webhook, request: &Request<'_>) -> Verdict {
+        let mut context = Context::default();
+        let active = || self.policies.iter().filter(|c| c.policy.webhook() == webhook);
+        if active().any(|c| c.policy.needs_pod(request)) {
+            context.pod = Some(
+                self.pods
+                    .get_pod(request.namespace, request.name)
+                    .await
+                    .map_err(|e| e.to_string()),
+            );
+        }
+        let verdict = self.evaluate(webhook, request, &context);
+        if let Verdict::Decided(decision) = &verdict {
+            if !request.dry_run {
+                for item in &decision.reports {
+                    self.reporter.report(Report::new(request, item));
+                }
+            }
+        }
+        verdict
+    }
+
+    /// Evaluates without reading the cluster or reporting (used by `check` and by `review`).
+    pub fn evaluate(&self, webhook: Webhook, request: &Request<'_>, context: &Context) -> Verdict {
+        let mut outcomes = Vec::new();
+        for configured in self.policies.iter().filter(|c| c.policy.webhook() == webhook) {
+            match configured.policy.evaluate(request, context) {
+                Ok(findings) if findings.is_empty() => {}
+                Ok(findings) => outcomes.push(PolicyOutcome {
+                    policy: configured.policy.id(),
+                    mode: configured.mode,
+                    findings,
+                }),
+                Err(e) => {
+                    return Verdict::Malformed(format!(
+                        "prodguard cannot check {}: {e}",
+                        request.describe()
+                    ))
+                }
+            }
+        }
+        Verdict::Decided(decide(&outcomes))
+    }
+}

@@ -1,0 +1,79 @@
+//! The view of an admission request that policies read.
+
+use kube::core::admission::AdmissionRequest;
+use kube::core::DynamicObject;
+
+pub use kube::core::admission::Operation;
+
+/// One admission request, borrowed from the decoded review (or built by `check`).
+#[derive(Debug, Clone)]
+pub struct Request<'a> {
+    pub uid: &'a str,
+    pub operation: Operation,
+    pub group: &'a str,
+    pub version: &'a str,
+    pub kind: &'a str,
+    /// The resource (`pods`, `deployments`).
+    pub resource: &'a str,
+    pub sub_resource: Option<&'a str>,
+    pub namespace: &'a str,
+    pub name: &'a str,
+    pub username: &'a str,
+    pub groups: &'a [String],
+    pub object: Option<&'a DynamicObject>,
+    pub old_object: Option<&'a DynamicObject>,
+    pub dry_run: bool,
+}
+
+const NO_GROUPS: &[String] = &[];
+
+impl<'a> Request<'a> {
+    pub fn from_admission(request: &'a AdmissionRequest<DynamicObject>) -> Request<'a> {
+        Request {
+            uid: &request.uid,
+            operation: request.operation.clone(),
+            group: &request.kind.group,
+            version: &request.kind.version,
+            kind: &request.kind.kind,
+            resource: &request.resource.resource,
+            sub_resource: request.sub_resource.as_deref().filter(|s| !s.is_empty()),
+            namespace: request.namespace.as_deref().unwrap_or(""),
+            name: &request.name,
+            username: request.user_info.username.as_deref().unwrap_or(""),
+            groups: request.user_info.groups.as_deref().unwrap_or(NO_GROUPS),
+            object: request.object.as_ref(),
+            old_object: request.old_object.as_ref(),
+            dry_run: request.dry_run,
+        }
+    }
+
+    /// The object's name: the request's, else the object's, else its generateName prefix.
+    pub fn object_name(&self) -> &'a str {
+        if !self.name.is_empty() {
+            return self.name;
+        }
+        let meta = self.object.or(self.old_object).map(|o| &o.metadata);
+        meta.and_then(|m| m.name.as_deref().or(m.generate_name.as_deref()))
+            .unwrap_or("")
+    }
+
+    /// `Deployment openg2p/web`, `pods/exec openg2p/db-0`: how messages name the target.
+    pub fn describe(&self) -> String {
+        let what = match self.sub_resource {
+            Some(sub) => format!("{}/{sub}", self.resource),
+            None => self.kind.to_owned(),
+        };
+        let name = self.object_name();
+        let name = if name.is_empty() { "(unnamed)" } else { name };
+        if self.namespace.is_empty() {
+            format!("{what} {name}")
+        } else {
+            format!("{what} {}/{name}", self.namespace)
+        }
+    }
+
+    /// Whether this is a CREATE or UPDATE of the object itself (no subresource).
+    pub fn is_write(&self) -> bool {
+        matches!(self.operation, Operation::Create | Operation::Update) && self.sub_resource.is_none()
+    }
+}

@@ -1,0 +1,136 @@
+//! The axum router: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /readyz`.
+//! [`app`] builds it from the state, so tests can drive it without a socket.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use tracing::Instrument;
+
+use crate::admission::{self, Decoded};
+use crate::engine::{Engine, Request, Verdict, Webhook};
+
+/// The largest review body accepted; larger ones get 413. The API server caps a request
+/// body at 3 MiB.
+pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+
+pub struct AppState {
+    pub engine: Engine,
+    /// False while starting and once shutting down: `/readyz` then fails.
+    pub ready: AtomicBool,
+}
+
+impl AppState {
+    pub fn new(engine: Engine) -> Arc<AppState> {
+        Arc::new(AppState {
+            engine,
+            ready: AtomicBool::new(true),
+        })
+    }
+}
+
+pub fn app(state: Arc<AppState>) -> Router {
+    Router::new()
+        .route("/mutate", post(mutate))
+        .route("/validate", post(validate))
+        .route("/healthz", get(|| async { "ok" }))
+        .route("/readyz", get(readyz))
+        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .with_state(state)
+}
+
+async fn readyz(State(state): State<Arc<AppState>>) -> Response {
+    if state.ready.load(Ordering::Relaxed) {
+        "ok".into_response()
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    }
+}
+
+async fn mutate(state: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    review(state, Webhook::Mutate, body).await
+}
+
+async fn validate(state: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
+    review(state, Webhook::Validate, body).await
+}
+
+fn json_error(status: StatusCode, message: &str) -> Response {
+    let body = serde_json::json!({"error": message, "code": status.as_u16()});
+    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+}
+
+fn json_body(body: Vec<u8>) -> Response {
+    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+}
+
+async fn review(
+    State(state): State<Arc<AppState>>,
+    webhook: Webhook,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let body = match body {
+        Ok(body) => body,
+        Err(rejection) => {
+            let status = rejection.status();
+            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the body is larger than {MAX_BODY_BYTES} bytes (3 MiB)")
+            } else {
+                rejection.body_text()
+            };
+            tracing::debug!(%status, "rejected body: {message}");
+            return json_error(status, &message);
+        }
+    };
+    let response = match admission::decode(&body) {
+        Err(e) => {
+            tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
+            return json_error(StatusCode::BAD_REQUEST, &e.to_string());
+        }
+        Ok(Decoded::Malformed { uid, message }) => {
+            tracing::debug!(%uid, webhook = webhook.as_str(), "malformed request: {message}");
+            admission::respond_malformed(&uid, &message)
+        }
+        Ok(Decoded::Request(request)) => {
+            let view = Request::from_admission(&request);
+            let span = tracing::debug_span!(
+                "review",
+                webhook = webhook.as_str(),
+                uid = view.uid,
+                kind = view.kind,
+                namespace = view.namespace,
+                name = view.object_name(),
+                operation = ?view.operation,
+                user = view.username,
+            );
+            async {
+                let verdict = state.engine.review(webhook, &view).await;
+                match &verdict {
+                    Verdict::Decided(d) => tracing::debug!(
+                        allowed = d.allowed,
+                        patch_ops = d.patch.len(),
+                        warnings = d.warnings.len(),
+                        "reviewed"
+                    ),
+                    Verdict::Malformed(m) => tracing::debug!("malformed object: {m}"),
+                }
+                admission::respond(&request, &verdict)
+            }
+            .instrument(span)
+            .await
+        }
+    };
+    match admission::encode(response) {
+        Ok(body) => json_body(body),
+        Err(e) => {
+            tracing::error!("cannot encode a response: {e}");
+            json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the response")
+        }
+    }
+}

@@ -1,0 +1,17 @@
+//! prodguard: a Kubernetes admission webhook that turns the enforceable parts of the OpenG2P
+//! production deployment guide into admission policy.
+//!
+//! Data path: TLS socket -> [`server`] -> [`http`] router -> [`admission`] decode ->
+//! [`engine`] -> each of the [`policies`] -> mode -> response; [`report`] is a side channel.
+#![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
+
+pub mod cli;
+pub mod config;
+pub mod server;
+pub mod http;
+pub mod admission;
+pub mod engine;
+pub mod policies;
+pub mod report;
+pub mod cluster;
+pub mod commands;

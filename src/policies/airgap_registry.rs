@@ -1,0 +1,180 @@
+//! `airgap-registry` (validating): when the cluster is air-gapped, every image must come from
+//! an allowed private registry. References are parsed by the Docker/OCI grammar; an
+//! unparsable reference is a violation. The message names every offending container and the
+//! registry its image resolved to.
+
+use super::image_ref::ImageRef;
+use super::{checked_container_lists, image_unchanged, pod_spec};
+use crate::config::{parse_registry_pattern, AirgapRegistryConfig, RegistryPattern};
+use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+
+pub const ID: &str = "airgap-registry";
+
+pub struct AirgapRegistry {
+    airgapped: bool,
+    allowed: Vec<RegistryPattern>,
+}
+
+impl AirgapRegistry {
+    pub fn new(config: &AirgapRegistryConfig) -> AirgapRegistry {
+        AirgapRegistry {
+            airgapped: config.airgapped,
+            // Validated at load: an entry that still fails allows nothing (fail closed).
+            allowed: config
+                .allowed_registries
+                .iter()
+                .filter_map(|entry| parse_registry_pattern(entry).ok())
+                .collect(),
+        }
+    }
+
+    /// Why `image` is not allowed, or `None` when it is.
+    fn problem(&self, image: &str) -> Option<String> {
+        match ImageRef::parse(image) {
+            Err(e) => Some(format!("image {image:?} is not a valid reference ({e})")),
+            Ok(parsed) if self.allowed.iter().any(|p| p.matches(&parsed)) => None,
+            Ok(parsed) => Some(format!(
+                "image {image:?} resolves to registry {}",
+                parsed.registry
+            )),
+        }
+    }
+}
+
+impl Policy for AirgapRegistry {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        if !self.airgapped {
+            return Ok(Vec::new());
+        }
+        let Some(lists) = checked_container_lists(request) else {
+            return Ok(Vec::new());
+        };
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let mut problems = Vec::new();
+        for container in pod_spec::containers(request.kind, &object.data, lists)? {
+            let Some(image) = container.image else {
+                continue;
+            };
+            if image_unchanged(request, &container) {
+                continue;
+            }
+            if let Some(problem) = self.problem(image) {
+                problems.push(format!("{}: {problem}", container.describe()));
+            }
+        }
+        if problems.is_empty() {
+            return Ok(Vec::new());
+        }
+        let allowed: Vec<String> = self.allowed.iter().map(ToString::to_string).collect();
+        Ok(vec![Finding::Violation {
+            message: format!(
+                "the cluster is air-gapped and images must come from an allowed registry ({}): {}",
+                allowed.join(", "),
+                problems.join("; ")
+            ),
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyMode;
+    use crate::engine::Operation;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy(airgapped: bool) -> AirgapRegistry {
+        AirgapRegistry::new(&AirgapRegistryConfig {
+            mode: PolicyMode::Enforce,
+            airgapped,
+            allowed_registries: vec![
+                "registry.local:5000".into(),
+                "harbor.example.org/openg2p/".into(),
+            ],
+        })
+    }
+
+    fn pod(images: &[&str]) -> kube::core::DynamicObject {
+        let containers: Vec<_> = images
+            .iter()
+            .enumerate()
+            .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
+            .collect();
+        object(json!({"spec": {"containers": containers}}))
+    }
+
+    fn message(p: &AirgapRegistry, obj: &kube::core::DynamicObject) -> Option<String> {
+        let req = request(Operation::Create, "Pod", "pods", Some(obj));
+        p.evaluate(&req, &Context::default())
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!("validating policy patched"),
+            })
+            .next()
+    }
+
+    #[test]
+    fn allows_only_the_listed_registries() {
+        let p = policy(true);
+        for ok in [
+            "registry.local:5000/openg2p/app:1",
+            "registry.local:5000/x",
+            "harbor.example.org/openg2p/app",
+            "REGISTRY.local:5000/x",
+        ] {
+            assert_eq!(message(&p, &pod(&[ok])), None, "{ok}");
+        }
+        for bad in [
+            "nginx",
+            "registry.local/x",
+            "registry.local:5001/x",
+            "harbor.example.org/other/app",
+            "harbor.example.org/openg2p-evil/app",
+            "registry.local:5000.evil.com/x",
+            "ghcr.io.evil.com/openg2p/app",
+            "myregistry/busybox",
+        ] {
+            assert!(message(&p, &pod(&[bad])).is_some(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_message_names_every_container_and_registry() {
+        let msg = message(&policy(true), &pod(&["nginx", "registry.local:5000/ok", "Bad Ref", "quay.io/a/b"])).unwrap();
+        assert!(msg.contains("containers[0] \"c0\": image \"nginx\" resolves to registry docker.io"), "{msg}");
+        assert!(msg.contains("containers[2] \"c2\": image \"Bad Ref\" is not a valid reference"), "{msg}");
+        assert!(msg.contains("containers[3] \"c3\": image \"quay.io/a/b\" resolves to registry quay.io"), "{msg}");
+        assert!(!msg.contains("c1"), "{msg}");
+        assert!(msg.contains("(registry.local:5000, harbor.example.org/openg2p/)"), "{msg}");
+    }
+
+    #[test]
+    fn does_nothing_when_not_airgapped() {
+        assert_eq!(message(&policy(false), &pod(&["nginx"])), None);
+    }
+
+    #[test]
+    fn update_judges_only_changed_images() {
+        let p = policy(true);
+        let old = pod(&["nginx"]);
+        let same = pod(&["nginx"]);
+        let mut req = request(Operation::Update, "Pod", "pods", Some(&same));
+        req.old_object = Some(&old);
+        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        let changed = pod(&["nginx:2"]);
+        let mut req = request(Operation::Update, "Pod", "pods", Some(&changed));
+        req.old_object = Some(&old);
+        assert_eq!(p.evaluate(&req, &Context::default()).unwrap().len(), 1);
+    }
+}

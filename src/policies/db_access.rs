@@ -1,0 +1,247 @@
+//! `db-access` (validating, CONNECT): blocks `exec`, `attach` and `port-forward` into database
+//! pods for non-admins. The request object is a `PodExecOptions` (or attach/port-forward
+//! options), not the Pod, so the engine reads the Pod from the API server first; when it
+//! cannot, the request is denied (fail closed).
+//!
+//! A Pod is a database pod when a label (`app.kubernetes.io/name`, `app`,
+//! `app.kubernetes.io/component`) names a configured database, when one of its containers
+//! (`containers`, not init or ephemeral ones, which are often database clients) runs a
+//! configured database image, or when it is annotated `prodguard.io/database: "true"`.
+
+use kube::core::DynamicObject;
+
+use super::image_ref::{is_docker_hub, ImageRef};
+use super::pod_spec::{self, ContainerList};
+use crate::config::{Admins, DbAccessConfig};
+use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "db-access";
+pub const DATABASE_ANNOTATION: &str = "prodguard.io/database";
+const LABELS: [&str; 3] = ["app.kubernetes.io/name", "app", "app.kubernetes.io/component"];
+
+/// A configured database image: a repository suffix, on any registry unless one is named.
+#[derive(Debug, Clone, PartialEq)]
+struct DbImage {
+    registry: Option<String>,
+    suffix: String,
+}
+
+pub struct DbAccess {
+    databases: Vec<String>,
+    images: Vec<DbImage>,
+    admins: Admins,
+}
+
+impl DbAccess {
+    pub fn new(config: &DbAccessConfig, admins: &Admins) -> DbAccess {
+        let images = config
+            .images
+            .iter()
+            .filter_map(|entry| {
+                let parsed = ImageRef::parse(entry).ok()?;
+                // `postgres` matches any registry's `.../postgres` (mirrors included);
+                // `ghcr.io/x/db` names its registry and matches only there.
+                let explicit = !is_docker_hub(&parsed.registry)
+                    || entry.to_ascii_lowercase().starts_with("docker.io/");
+                let suffix = match parsed.path.strip_prefix("library/") {
+                    Some(official) if !entry.contains("library/") => official.to_owned(),
+                    _ => parsed.path.clone(),
+                };
+                Some(DbImage {
+                    registry: explicit.then_some(parsed.registry),
+                    suffix,
+                })
+            })
+            .collect();
+        DbAccess {
+            databases: config.databases.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            images,
+            admins: admins.clone(),
+        }
+    }
+
+    fn applies(request: &Request<'_>) -> bool {
+        request.operation == Operation::Connect
+            && request.resource == "pods"
+            && matches!(request.sub_resource, Some("exec" | "attach" | "portforward"))
+    }
+
+    fn is_admin(&self, request: &Request<'_>) -> bool {
+        self.admins.is_admin(request.username, request.groups)
+    }
+
+    /// Why `pod` is a database pod, or `None`.
+    pub fn database_reason(&self, pod: &DynamicObject) -> Option<String> {
+        let meta = &pod.metadata;
+        if meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(DATABASE_ANNOTATION))
+            .is_some_and(|v| v == "true")
+        {
+            return Some(format!("annotation {DATABASE_ANNOTATION}=true"));
+        }
+        if let Some(labels) = &meta.labels {
+            for key in LABELS {
+                if let Some(value) = labels.get(key) {
+                    if self.databases.contains(&value.to_ascii_lowercase()) {
+                        return Some(format!("label {key}={value}"));
+                    }
+                }
+            }
+        }
+        let containers =
+            pod_spec::containers("Pod", &pod.data, &[ContainerList::Containers]).ok()?;
+        for container in containers {
+            let Some(image) = container.image else {
+                continue;
+            };
+            let Ok(parsed) = ImageRef::parse(image) else {
+                continue;
+            };
+            let is_db = self.images.iter().any(|db| {
+                db.registry.as_ref().is_none_or(|r| *r == parsed.registry)
+                    && parsed.path_ends_with(&db.suffix)
+            });
+            if is_db {
+                return Some(format!("{} runs image {image}", container.describe()));
+            }
+        }
+        None
+    }
+}
+
+impl Policy for DbAccess {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn needs_pod(&self, request: &Request<'_>) -> bool {
+        Self::applies(request) && !self.is_admin(request)
+    }
+
+    fn evaluate(&self, request: &Request<'_>, context: &Context) -> Result<Vec<Finding>, EvalError> {
+        if !self.needs_pod(request) {
+            return Ok(Vec::new());
+        }
+        let verb = match request.sub_resource {
+            Some("exec") => "exec into",
+            Some("attach") => "attach to",
+            _ => "port-forward to",
+        };
+        let target = format!("{}/{}", request.namespace, request.name);
+        let message = match &context.pod {
+            None => format!(
+                "cannot tell whether pod {target} is a database pod: it was not read; denied \
+                 because db-access fails closed"
+            ),
+            Some(Err(e)) => format!(
+                "cannot tell whether pod {target} is a database pod because the pod lookup \
+                 failed ({e}); denied because db-access fails closed"
+            ),
+            Some(Ok(pod)) => match self.database_reason(pod) {
+                None => return Ok(Vec::new()),
+                Some(reason) => format!(
+                    "user {:?} may not {verb} database pod {target} ({reason}): only admins may \
+                     log into or port-forward to database pods; ask a cluster admin for access",
+                    request.username
+                ),
+            },
+        };
+        Ok(vec![Finding::Violation { message }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> DbAccess {
+        DbAccess::new(&DbAccessConfig::default(), &Admins::default())
+    }
+
+    fn exec_request<'a>(sub: &'a str, groups: &'a [String]) -> Request<'a> {
+        let mut req = request(Operation::Connect, "PodExecOptions", "pods", None);
+        req.sub_resource = Some(sub);
+        req.name = "db-0";
+        req.groups = groups;
+        req
+    }
+
+    fn pod(value: serde_json::Value) -> Context {
+        Context {
+            pod: Some(Ok(object(value))),
+        }
+    }
+
+    #[test]
+    fn recognises_database_pods() {
+        let p = policy();
+        let cases = [
+            (json!({"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}}}), true),
+            (json!({"metadata": {"labels": {"app": "Redis"}}}), true),
+            (json!({"metadata": {"labels": {"app.kubernetes.io/component": "mysql"}}}), true),
+            (json!({"metadata": {"annotations": {"prodguard.io/database": "true"}}}), true),
+            (json!({"spec": {"containers": [{"name": "redis", "image": "redis:7.2"}]}}), true),
+            (json!({"spec": {"containers": [{"name": "pg", "image": "docker.io/bitnami/postgresql:16.3.0"}]}}), true),
+            (json!({"spec": {"containers": [{"name": "pg", "image": "registry.local:5000/dockerhub/library/postgres:16"}]}}), true),
+            (json!({"spec": {"containers": [{"name": "m", "image": "mongo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}]}}), true),
+            (json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}), false),
+            (json!({"spec": {"containers": [{"name": "c", "image": "jbergknoff/postgresql-client"}]}}), false),
+            (json!({"spec": {"containers": [{"name": "c", "image": "redis-exporter"}]}}), false),
+            (json!({"spec": {"initContainers": [{"name": "wait", "image": "postgres:16"}], "containers": [{"name": "app", "image": "openg2p/app"}]}}), false),
+            (json!({"metadata": {"annotations": {"prodguard.io/database": "false"}}}), false),
+        ];
+        for (value, is_db) in cases {
+            assert_eq!(p.database_reason(&object(value.clone())).is_some(), is_db, "{value}");
+        }
+    }
+
+    #[test]
+    fn non_admins_are_denied_on_database_pods_for_every_subresource() {
+        let p = policy();
+        let ctx = pod(json!({"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}}}));
+        for (sub, verb) in [("exec", "exec into"), ("attach", "attach to"), ("portforward", "port-forward to")] {
+            let req = exec_request(sub, &[]);
+            assert!(p.needs_pod(&req));
+            let findings = p.evaluate(&req, &ctx).unwrap();
+            let Finding::Violation { message } = &findings[0] else { panic!() };
+            assert!(message.contains(&format!("user \"alice\" may not {verb} database pod openg2p/db-0")), "{message}");
+            assert!(message.contains("label app.kubernetes.io/name=postgresql"), "{message}");
+        }
+    }
+
+    #[test]
+    fn admins_pass_without_a_lookup_and_other_pods_pass() {
+        let p = policy();
+        let masters = ["system:masters".to_string()];
+        let req = exec_request("exec", &masters);
+        assert!(!p.needs_pod(&req));
+        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        let req = exec_request("exec", &[]);
+        let web = pod(json!({"spec": {"containers": [{"name": "web", "image": "nginx"}]}}));
+        assert!(p.evaluate(&req, &web).unwrap().is_empty());
+        let mut logs = exec_request("log", &[]);
+        logs.operation = Operation::Connect;
+        assert!(!p.needs_pod(&logs));
+    }
+
+    #[test]
+    fn a_failed_lookup_fails_closed() {
+        let p = policy();
+        let req = exec_request("exec", &[]);
+        let ctx = Context {
+            pod: Some(Err("pod openg2p/db-0 was not found".into())),
+        };
+        let findings = p.evaluate(&req, &ctx).unwrap();
+        let Finding::Violation { message } = &findings[0] else { panic!() };
+        assert!(message.contains("pod lookup failed (pod openg2p/db-0 was not found)"), "{message}");
+        assert!(message.contains("fails closed"), "{message}");
+    }
+}

@@ -1,0 +1,143 @@
+//! `image-pull-policy` (mutating): sets `imagePullPolicy: IfNotPresent` on every container.
+//!
+//! The API server has already defaulted the field (to `Always` for `:latest` or untagged
+//! images) before any webhook runs, so the patch replaces an existing value and adds a
+//! missing one. No patch when nothing changes.
+
+use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use serde_json::Value;
+
+use super::{mutable_container_lists, pod_spec};
+use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+
+pub const ID: &str = "image-pull-policy";
+const WANTED: &str = "IfNotPresent";
+
+pub struct ImagePullPolicy;
+
+impl Policy for ImagePullPolicy {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Mutate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        let Some(lists) = mutable_container_lists(request) else {
+            return Ok(Vec::new());
+        };
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let mut patch = Vec::new();
+        let mut changed = Vec::new();
+        for container in pod_spec::containers(request.kind, &object.data, lists)? {
+            if container.pull_policy == Some(WANTED) {
+                continue;
+            }
+            let path = container.field_pointer("imagePullPolicy");
+            let value = Value::String(WANTED.to_owned());
+            patch.push(match container.pull_policy {
+                Some(_) => PatchOperation::Replace(ReplaceOperation { path, value }),
+                None => PatchOperation::Add(AddOperation { path, value }),
+            });
+            changed.push(match container.pull_policy {
+                Some(old) => format!("{} (was {old})", container.describe()),
+                None => format!("{} (was unset)", container.describe()),
+            });
+        }
+        if patch.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Finding::Mutation {
+            message: format!("set imagePullPolicy: {WANTED} on {}", changed.join(", ")),
+            patch,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Operation;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn apply(obj: &kube::core::DynamicObject, findings: &[Finding]) -> Value {
+        let mut doc = serde_json::to_value(obj).unwrap();
+        for f in findings {
+            if let Finding::Mutation { patch, .. } = f {
+                json_patch::patch(&mut doc, patch).unwrap();
+            }
+        }
+        doc
+    }
+
+    #[test]
+    fn replaces_defaulted_values_and_adds_missing_ones() {
+        let pod = object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [
+                {"name": "a/b~c", "image": "nginx", "imagePullPolicy": "Always"},
+                {"name": "ok", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}
+            ],
+            "ephemeralContainers": [{"name": "dbg", "image": "busybox", "imagePullPolicy": "Never"}]
+        }}));
+        let req = request(Operation::Create, "Pod", "pods", Some(&pod));
+        let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
+        assert_eq!(findings.len(), 1);
+        let Finding::Mutation { patch, message } = &findings[0] else { panic!() };
+        assert_eq!(patch.len(), 3);
+        assert!(matches!(patch[0], PatchOperation::Add(_)));
+        assert!(matches!(patch[1], PatchOperation::Replace(_)));
+        assert!(message.contains("containers[0] \"a/b~c\" (was Always)"), "{message}");
+        let doc = apply(&pod, &findings);
+        for pointer in [
+            "/spec/initContainers/0/imagePullPolicy",
+            "/spec/containers/0/imagePullPolicy",
+            "/spec/containers/1/imagePullPolicy",
+            "/spec/ephemeralContainers/0/imagePullPolicy",
+        ] {
+            assert_eq!(doc.pointer(pointer), Some(&json!("IfNotPresent")), "{pointer}");
+        }
+        assert_eq!(doc.pointer("/spec/containers/0/name"), Some(&json!("a/b~c")));
+    }
+
+    #[test]
+    fn nothing_to_change_gives_no_patch() {
+        let pod = object(json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}));
+        let req = request(Operation::Create, "Pod", "pods", Some(&pod));
+        assert!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn pod_update_is_never_patched_but_workload_update_is() {
+        let pod = object(json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}));
+        let req = request(Operation::Update, "Pod", "pods", Some(&pod));
+        assert!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().is_empty());
+
+        let deploy = object(json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}}}));
+        let req = request(Operation::Update, "Deployment", "deployments", Some(&deploy));
+        assert_eq!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().len(), 1);
+
+        let mut status = request(Operation::Update, "Deployment", "deployments", Some(&deploy));
+        status.sub_resource = Some("status");
+        assert!(ImagePullPolicy.evaluate(&status, &Context::default()).unwrap().is_empty());
+    }
+
+    #[test]
+    fn ephemeral_subresource_patches_only_ephemeral_containers() {
+        let pod = object(json!({"spec": {
+            "containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}],
+            "ephemeralContainers": [{"name": "d", "image": "busybox", "imagePullPolicy": "Always"}]
+        }}));
+        let mut req = request(Operation::Update, "Pod", "pods", Some(&pod));
+        req.sub_resource = Some("ephemeralcontainers");
+        let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
+        let Finding::Mutation { patch, .. } = &findings[0] else { panic!() };
+        assert_eq!(patch.len(), 1);
+        let doc = apply(&pod, &findings);
+        assert_eq!(doc.pointer("/spec/containers/0/imagePullPolicy"), Some(&json!("Always")));
+        assert_eq!(doc.pointer("/spec/ephemeralContainers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
+    }
+}

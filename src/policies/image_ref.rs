@@ -1,0 +1,422 @@
+//! Container image references, parsed by the Docker/OCI reference grammar
+//! (`github.com/distribution/reference`), never by string prefix.
+//!
+//! `nginx` is `docker.io/library/nginx`; the first path component is a registry only when it
+//! contains `.` or `:`, is `localhost`, or has an uppercase letter; `index.docker.io` and
+//! `registry-1.docker.io` are Docker Hub.
+
+use std::fmt;
+use std::net::Ipv6Addr;
+
+/// The canonical name of Docker Hub.
+pub const DOCKER_HUB: &str = "docker.io";
+const DOCKER_HUB_ALIASES: [&str; 3] = ["docker.io", "index.docker.io", "registry-1.docker.io"];
+const NAME_TOTAL_LENGTH_MAX: usize = 255;
+const TAG_LENGTH_MAX: usize = 128;
+
+/// A parsed, normalised image reference.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImageRef {
+    /// `host[:port]`, lowercase host, Docker Hub aliases folded into `docker.io`.
+    pub registry: String,
+    /// The repository path inside the registry (`library/nginx`).
+    pub path: String,
+    pub tag: Option<String>,
+    /// `algorithm:hex`.
+    pub digest: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ImageRefError {
+    #[error("the reference is empty")]
+    Empty,
+    #[error("the name is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
+    NameTooLong,
+    #[error("registry host {0:?} is not a valid host[:port]")]
+    InvalidRegistry(String),
+    #[error("repository name {0:?} must be lowercase")]
+    Uppercase(String),
+    #[error("repository path {0:?} is not valid (lowercase letters, digits and the separators . _ __ - between components separated by /)")]
+    InvalidPath(String),
+    #[error("a 64-character hexadecimal string cannot be a repository name")]
+    HexRepository,
+    #[error("tag {0:?} is not valid (letters, digits, _ . -, at most 128, not starting with . or -)")]
+    InvalidTag(String),
+    #[error("digest {0:?} is not valid (expected sha256:<64 lowercase hex>, sha384:<96> or sha512:<128>)")]
+    InvalidDigest(String),
+}
+
+impl ImageRef {
+    /// Parses a reference as a container runtime would (`ParseNormalizedNamed`).
+    pub fn parse(reference: &str) -> Result<Self, ImageRefError> {
+        if reference.is_empty() {
+            return Err(ImageRefError::Empty);
+        }
+        let (rest, digest) = match reference.split_once('@') {
+            Some((rest, digest)) => {
+                validate_digest(digest)?;
+                (rest, Some(digest.to_owned()))
+            }
+            None => (reference, None),
+        };
+        // A tag is what follows the last ':' when no '/' follows it (otherwise the ':' is a port).
+        let (name, tag) = match rest.rfind(':') {
+            Some(i) if !rest[i + 1..].contains('/') => (&rest[..i], Some(&rest[i + 1..])),
+            _ => (rest, None),
+        };
+        if let Some(tag) = tag {
+            validate_tag(tag)?;
+        }
+        if name.is_empty() {
+            return Err(ImageRefError::InvalidPath(String::new()));
+        }
+        if name.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(ImageRefError::NameTooLong);
+        }
+        let (registry, path) = split_registry(name);
+        let registry = match registry {
+            Some(registry) => normalize_registry(registry)?,
+            None => DOCKER_HUB.to_owned(),
+        };
+        if path.chars().any(|c| c.is_ascii_uppercase()) {
+            return Err(ImageRefError::Uppercase(path.to_owned()));
+        }
+        validate_path(path)?;
+        let path = if registry == DOCKER_HUB && !path.contains('/') {
+            if is_hex64(path) {
+                return Err(ImageRefError::HexRepository);
+            }
+            format!("library/{path}")
+        } else {
+            path.to_owned()
+        };
+        Ok(ImageRef {
+            registry,
+            path,
+            tag: tag.map(str::to_owned),
+            digest,
+        })
+    }
+
+    /// The same image, moved to `prefix` (`host[:port][/path]`), keeping path, tag and digest.
+    pub fn with_prefix(&self, prefix: &str) -> String {
+        let mut out = String::with_capacity(prefix.len() + self.path.len() + 80);
+        out.push_str(prefix.trim_end_matches('/'));
+        out.push('/');
+        out.push_str(&self.path);
+        self.push_tag_and_digest(&mut out);
+        out
+    }
+
+    /// Whether the repository's trailing path components are `suffix` (`library/postgres`
+    /// ends with `postgres`; `x/bitnami/postgresql` ends with `bitnami/postgresql`).
+    pub fn path_ends_with(&self, suffix: &str) -> bool {
+        self.path == suffix
+            || (self.path.ends_with(suffix)
+                && self.path[..self.path.len() - suffix.len()].ends_with('/'))
+    }
+
+    fn push_tag_and_digest(&self, out: &mut String) {
+        if let Some(tag) = &self.tag {
+            out.push(':');
+            out.push_str(tag);
+        }
+        if let Some(digest) = &self.digest {
+            out.push('@');
+            out.push_str(digest);
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut out = format!("{}/{}", self.registry, self.path);
+        self.push_tag_and_digest(&mut out);
+        f.write_str(&out)
+    }
+}
+
+/// Whether a registry string names Docker Hub.
+pub fn is_docker_hub(registry: &str) -> bool {
+    DOCKER_HUB_ALIASES
+        .iter()
+        .any(|alias| registry.eq_ignore_ascii_case(alias))
+}
+
+/// Splits `name` into an explicit registry and the repository path.
+fn split_registry(name: &str) -> (Option<&str>, &str) {
+    match name.split_once('/') {
+        Some((first, rest))
+            if first.contains(['.', ':'])
+                || first == "localhost"
+                || first.chars().any(|c| c.is_ascii_uppercase()) =>
+        {
+            (Some(first), rest)
+        }
+        _ => (None, name),
+    }
+}
+
+/// Validates `host[:port]` and returns it with a lowercase host and Docker Hub aliases folded.
+pub fn normalize_registry(registry: &str) -> Result<String, ImageRefError> {
+    let invalid = || ImageRefError::InvalidRegistry(registry.to_owned());
+    let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
+        let (ip, after) = rest.split_once(']').ok_or_else(invalid)?;
+        ip.parse::<Ipv6Addr>().map_err(|_| invalid())?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or_else(invalid)?),
+        };
+        (&registry[..ip.len() + 2], port)
+    } else {
+        match registry.split_once(':') {
+            Some((host, port)) => (host, Some(port)),
+            None => (registry, None),
+        }
+    };
+    if let Some(port) = port {
+        if port.is_empty() || !port.bytes().all(|b| b.is_ascii_digit()) {
+            return Err(invalid());
+        }
+    }
+    if !host.starts_with('[') {
+        let valid_component = |c: &str| {
+            !c.is_empty()
+                && c.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                && !c.starts_with('-')
+                && !c.ends_with('-')
+        };
+        if !host.split('.').all(valid_component) {
+            return Err(invalid());
+        }
+    }
+    let host = host.to_ascii_lowercase();
+    if port.is_none() && is_docker_hub(&host) {
+        return Ok(DOCKER_HUB.to_owned());
+    }
+    Ok(match port {
+        Some(port) => format!("{host}:{port}"),
+        None => host,
+    })
+}
+
+fn validate_path(path: &str) -> Result<(), ImageRefError> {
+    let invalid = || ImageRefError::InvalidPath(path.to_owned());
+    for component in path.split('/') {
+        if !valid_path_component(component) {
+            return Err(invalid());
+        }
+    }
+    Ok(())
+}
+
+/// `[a-z0-9]+ ((\.|_|__|-+)[a-z0-9]+)*`
+fn valid_path_component(component: &str) -> bool {
+    let bytes = component.as_bytes();
+    let alnum = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit();
+    let mut i = 0;
+    let mut need_alnum = true;
+    while i < bytes.len() {
+        if alnum(bytes[i]) {
+            need_alnum = false;
+            i += 1;
+            continue;
+        }
+        if need_alnum {
+            return false;
+        }
+        // A separator: '.', '_', '__' or any run of '-'.
+        let start = i;
+        match bytes[i] {
+            b'.' => i += 1,
+            b'_' => {
+                i += 1;
+                if i < bytes.len() && bytes[i] == b'_' {
+                    i += 1;
+                }
+            }
+            b'-' => {
+                while i < bytes.len() && bytes[i] == b'-' {
+                    i += 1;
+                }
+            }
+            _ => return false,
+        }
+        debug_assert!(i > start);
+        need_alnum = true;
+    }
+    !need_alnum
+}
+
+fn validate_tag(tag: &str) -> Result<(), ImageRefError> {
+    let word = |b: u8| b.is_ascii_alphanumeric() || b == b'_';
+    let bytes = tag.as_bytes();
+    let valid = !bytes.is_empty()
+        && bytes.len() <= TAG_LENGTH_MAX
+        && word(bytes[0])
+        && bytes.iter().all(|&b| word(b) || b == b'.' || b == b'-');
+    if valid {
+        Ok(())
+    } else {
+        Err(ImageRefError::InvalidTag(tag.to_owned()))
+    }
+}
+
+fn validate_digest(digest: &str) -> Result<(), ImageRefError> {
+    let invalid = || ImageRefError::InvalidDigest(digest.to_owned());
+    let (algorithm, hex) = digest.split_once(':').ok_or_else(invalid)?;
+    let expected_len = match algorithm {
+        "sha256" => 64,
+        "sha384" => 96,
+        "sha512" => 128,
+        _ => return Err(invalid()),
+    };
+    if hex.len() == expected_len
+        && hex
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
+        Ok(())
+    } else {
+        Err(invalid())
+    }
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const D: &str = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+    /// (reference, Some((registry, path, tag, digest))) or None when it must not parse.
+    #[allow(clippy::type_complexity)]
+    fn table() -> Vec<(String, Option<(&'static str, &'static str, Option<&'static str>, bool)>)>
+    {
+        let ok = |r: &'static str, p: &'static str, t: Option<&'static str>, d: bool| {
+            Some((r, p, t, d))
+        };
+        vec![
+            // Docker Hub short names and aliases
+            ("nginx".into(), ok("docker.io", "library/nginx", None, false)),
+            ("nginx:1.25".into(), ok("docker.io", "library/nginx", Some("1.25"), false)),
+            ("redis:7.2".into(), ok("docker.io", "library/redis", Some("7.2"), false)),
+            ("bitnami/postgresql:16".into(), ok("docker.io", "bitnami/postgresql", Some("16"), false)),
+            ("docker.io/nginx".into(), ok("docker.io", "library/nginx", None, false)),
+            ("docker.io/library/nginx:latest".into(), ok("docker.io", "library/nginx", Some("latest"), false)),
+            ("index.docker.io/nginx".into(), ok("docker.io", "library/nginx", None, false)),
+            ("registry-1.docker.io/bitnami/redis:7".into(), ok("docker.io", "bitnami/redis", Some("7"), false)),
+            ("Docker.IO/library/nginx".into(), ok("docker.io", "library/nginx", None, false)),
+            // "myregistry/busybox" is Docker Hub: no '.', ':' or localhost in the first component.
+            ("myregistry/busybox".into(), ok("docker.io", "myregistry/busybox", None, false)),
+            ("jmalloc/echo-server".into(), ok("docker.io", "jmalloc/echo-server", None, false)),
+            // localhost and host:port
+            ("localhost/app".into(), ok("localhost", "app", None, false)),
+            ("localhost:5000/app:v1".into(), ok("localhost:5000", "app", Some("v1"), false)),
+            ("registry.local:5000/openg2p/app".into(), ok("registry.local:5000", "openg2p/app", None, false)),
+            ("registry.local:5000/openg2p/app:1.0".into(), ok("registry.local:5000", "openg2p/app", Some("1.0"), false)),
+            // tag vs port: x:5000 is a tag
+            ("x:5000".into(), ok("docker.io", "library/x", Some("5000"), false)),
+            ("ghcr.io/openg2p/x:5000".into(), ok("ghcr.io", "openg2p/x", Some("5000"), false)),
+            ("quay.io/keycloak/keycloak".into(), ok("quay.io", "keycloak/keycloak", None, false)),
+            // digests are kept
+            (format!("nginx@{D}"), ok("docker.io", "library/nginx", None, true)),
+            (format!("nginx:1.25@{D}"), ok("docker.io", "library/nginx", Some("1.25"), true)),
+            (format!("registry.local:5000/app@{D}"), ok("registry.local:5000", "app", None, true)),
+            // IPv6 hosts
+            ("[::1]:5000/app".into(), ok("[::1]:5000", "app", None, false)),
+            ("[2001:db8::1]/team/app:v2".into(), ok("[2001:db8::1]", "team/app", Some("v2"), false)),
+            // separators in paths
+            ("a/b__c/d-e--f.g".into(), ok("docker.io", "a/b__c/d-e--f.g", None, false)),
+            // Uppercase host is a registry (and is lowercased)
+            ("Registry.Local/app".into(), ok("registry.local", "app", None, false)),
+            ("REGISTRY/app".into(), ok("registry", "app", None, false)),
+            // Bypass forms: a look-alike host is its own registry
+            ("ghcr.io.evil.com/openg2p/app".into(), ok("ghcr.io.evil.com", "openg2p/app", None, false)),
+            ("registry.local:5000.evil.com/app".into(), None),
+            ("registry.local:5000@evil.com/app".into(), None),
+            ("ghcr.io./app".into(), None),
+            ("-bad.com/app".into(), None),
+            ("[::1/app".into(), None),
+            ("[zz::1]/app".into(), None),
+            // Invalid forms
+            ("".into(), None),
+            ("Nginx".into(), None),
+            ("docker.io/Library/nginx".into(), None),
+            ("nginx:".into(), None),
+            ("nginx:-bad".into(), None),
+            (format!("nginx:{}", "a".repeat(129)), None),
+            ("nginx@sha256:abc".into(), None),
+            (format!("nginx@{}", D.to_uppercase()), None),
+            ("nginx@md5:0123456789abcdef0123456789abcdef".into(), None),
+            ("a//b".into(), None),
+            ("a/b/".into(), None),
+            ("/a".into(), None),
+            ("a..b".into(), None),
+            ("a___b".into(), None),
+            ("a b".into(), None),
+            (":tag".into(), None),
+            ("registry.local:/app".into(), None),
+            ("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(), None),
+            (format!("{}/app", "a".repeat(300)), None),
+        ]
+    }
+
+    #[test]
+    fn parses_the_reference_table() {
+        let table = table();
+        assert!(table.len() >= 30);
+        for (reference, expected) in table {
+            let got = ImageRef::parse(&reference);
+            match (expected, got) {
+                (Some((registry, path, tag, has_digest)), Ok(r)) => {
+                    assert_eq!(r.registry, registry, "registry of {reference}");
+                    assert_eq!(r.path, path, "path of {reference}");
+                    assert_eq!(r.tag.as_deref(), tag, "tag of {reference}");
+                    assert_eq!(r.digest.is_some(), has_digest, "digest of {reference}");
+                }
+                (None, Err(_)) => {}
+                (expected, got) => panic!("{reference:?}: expected {expected:?}, got {got:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn rewrites_with_a_prefix_keeping_tag_and_digest() {
+        let r = ImageRef::parse(&format!("nginx:1.25@{D}")).unwrap();
+        assert_eq!(
+            r.with_prefix("registry.local:5000/dockerhub/"),
+            format!("registry.local:5000/dockerhub/library/nginx:1.25@{D}")
+        );
+        let r = ImageRef::parse("bitnami/redis").unwrap();
+        assert_eq!(
+            r.with_prefix("registry.local/dockerhub"),
+            "registry.local/dockerhub/bitnami/redis"
+        );
+        assert_eq!(r.to_string(), "docker.io/bitnami/redis");
+    }
+
+    #[test]
+    fn path_suffix_matches_whole_components() {
+        let r = ImageRef::parse("registry.local/dockerhub/library/postgres:16").unwrap();
+        assert!(r.path_ends_with("postgres"));
+        assert!(r.path_ends_with("library/postgres"));
+        assert!(!r.path_ends_with("gres"));
+        let r = ImageRef::parse("bitnami/postgresql").unwrap();
+        assert!(r.path_ends_with("bitnami/postgresql"));
+        assert!(!r.path_ends_with("postgres"));
+    }
+
+    #[test]
+    fn errors_say_what_is_wrong() {
+        let err = ImageRef::parse("Nginx").unwrap_err();
+        assert_eq!(err.to_string(), "repository name \"Nginx\" must be lowercase");
+        let err = ImageRef::parse("registry.local:50x0/app").unwrap_err();
+        assert!(err.to_string().contains("registry.local:50x0"), "{err}");
+    }
+}

@@ -1,0 +1,343 @@
+//! `min-replicas` (validating): workloads run at least `minReplicas` replicas (or exactly 0,
+//! a deliberate scale-down).
+//!
+//! Checks CREATE and UPDATE of Deployments, StatefulSets and ReplicaSets (a ReplicaSet
+//! controlled by a Deployment is skipped: its Deployment is checked), UPDATE of their `scale`
+//! subresource (what `kubectl scale` sends), and HorizontalPodAutoscalers' `minReplicas`.
+//! On UPDATE only a changed value is judged, so an old singleton can still be updated.
+//! Exemptions come from the policy configuration only, never from the object.
+
+use std::collections::BTreeMap;
+
+use serde_json::Value;
+
+use super::pod_spec::ShapeError;
+use crate::config::{Exemption, MinReplicasConfig};
+use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "min-replicas";
+
+pub struct MinReplicas {
+    min: i64,
+    exemptions: Vec<Exemption>,
+}
+
+/// What is being sized, and how big.
+struct Sized<'a> {
+    kind: &'a str,
+    name: &'a str,
+    labels: Option<&'a BTreeMap<String, String>>,
+    /// The workload an HPA scales, checked against exemptions too.
+    target: Option<(String, String)>,
+    field: &'static str,
+    value: i64,
+    old_value: Option<i64>,
+}
+
+impl MinReplicas {
+    pub fn new(config: &MinReplicasConfig) -> MinReplicas {
+        MinReplicas {
+            min: config.min_replicas,
+            exemptions: config.exemptions.clone(),
+        }
+    }
+
+    fn exempt(&self, namespace: &str, sized: &Sized<'_>) -> bool {
+        self.exemptions.iter().any(|e| {
+            e.matches(namespace, sized.kind, sized.name, sized.labels)
+                || sized
+                    .target
+                    .as_ref()
+                    .is_some_and(|(kind, name)| e.matches(namespace, kind, name, None))
+        })
+    }
+}
+
+/// An integer field at `path` under `root`, `default` when absent.
+fn int_at(kind: &str, root: &Value, path: &[&str], default: i64) -> Result<i64, ShapeError> {
+    let mut value = root;
+    for token in path {
+        match value.get(token) {
+            None | Some(Value::Null) => return Ok(default),
+            Some(v) => value = v,
+        }
+    }
+    value.as_i64().ok_or_else(|| ShapeError {
+        kind: kind.to_owned(),
+        path: path.join("."),
+        expected: "an integer",
+    })
+}
+
+fn scaled_kind(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "deployments" => "Deployment",
+        "statefulsets" => "StatefulSet",
+        "replicasets" => "ReplicaSet",
+        "replicationcontrollers" => "ReplicationController",
+        _ => return None,
+    })
+}
+
+impl Policy for MinReplicas {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        if !matches!(request.operation, Operation::Create | Operation::Update) {
+            return Ok(Vec::new());
+        }
+        let is_scale = request.sub_resource == Some("scale");
+        if request.sub_resource.is_some() && !is_scale {
+            return Ok(Vec::new());
+        }
+        let Some(object) = request.object else {
+            return Err(EvalError::MissingObject);
+        };
+        let old = request.old_object.map(|o| &o.data);
+        let name = request.object_name();
+        let sized = match (request.kind, is_scale) {
+            ("Scale", true) => {
+                let Some(kind) = scaled_kind(request.resource) else {
+                    return Ok(Vec::new());
+                };
+                // Scale's spec.replicas is omitted when 0.
+                let path = ["spec", "replicas"];
+                Sized {
+                    kind,
+                    name,
+                    labels: None,
+                    target: None,
+                    field: "spec.replicas",
+                    value: int_at("Scale", &object.data, &path, 0)?,
+                    old_value: old.map(|o| int_at("Scale", o, &path, 0)).transpose()?,
+                }
+            }
+            (kind @ ("Deployment" | "StatefulSet" | "ReplicaSet"), false) => {
+                let owned_by_deployment = object.metadata.owner_references.as_ref().is_some_and(|refs| {
+                    refs.iter()
+                        .any(|r| r.kind == "Deployment" && r.controller == Some(true))
+                });
+                if kind == "ReplicaSet" && owned_by_deployment {
+                    return Ok(Vec::new());
+                }
+                let path = ["spec", "replicas"];
+                Sized {
+                    kind,
+                    name,
+                    labels: object.metadata.labels.as_ref(),
+                    target: None,
+                    field: "spec.replicas",
+                    value: int_at(kind, &object.data, &path, 1)?,
+                    old_value: old.map(|o| int_at(kind, o, &path, 1)).transpose()?,
+                }
+            }
+            ("HorizontalPodAutoscaler", false) => {
+                let path = ["spec", "minReplicas"];
+                let target_field = |field| {
+                    object
+                        .data
+                        .pointer(&format!("/spec/scaleTargetRef/{field}"))
+                        .and_then(Value::as_str)
+                        .map(str::to_owned)
+                };
+                Sized {
+                    kind: "HorizontalPodAutoscaler",
+                    name,
+                    labels: object.metadata.labels.as_ref(),
+                    target: target_field("kind").zip(target_field("name")),
+                    field: "spec.minReplicas",
+                    value: int_at(request.kind, &object.data, &path, 1)?,
+                    old_value: old
+                        .map(|o| int_at(request.kind, o, &path, 1))
+                        .transpose()?,
+                }
+            }
+            _ => return Ok(Vec::new()),
+        };
+        let is_hpa = sized.kind == "HorizontalPodAutoscaler";
+        let allowed = sized.value >= self.min || (sized.value == 0 && !is_hpa);
+        if allowed
+            || sized.old_value == Some(sized.value)
+            || self.exempt(request.namespace, &sized)
+        {
+            return Ok(Vec::new());
+        }
+        let noun = if sized.value == 1 { "replica" } else { "replicas" };
+        let fix = if is_hpa {
+            format!("set {} to {} or more", sized.field, self.min)
+        } else {
+            format!(
+                "set {} to {} or more, or to 0 to scale down deliberately",
+                sized.field, self.min
+            )
+        };
+        Ok(vec![Finding::Violation {
+            message: format!(
+                "{} {}/{} would run {} {noun}; high availability needs at least {} ({fix}; a real \
+                 singleton needs an exemption in the min-replicas policy, which an admin adds)",
+                sized.kind, request.namespace, sized.name, sized.value, self.min
+            ),
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PolicyMode;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> MinReplicas {
+        MinReplicas::new(&MinReplicasConfig {
+            mode: PolicyMode::Enforce,
+            min_replicas: 2,
+            exemptions: vec![Exemption {
+                namespace: Some("openg2p".into()),
+                kind: Some("StatefulSet".into()),
+                name: Some("*-postgresql".into()),
+                selector: None,
+            }],
+        })
+    }
+
+    fn verdict(req: &Request<'_>) -> Option<String> {
+        policy()
+            .evaluate(req, &Context::default())
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!(),
+            })
+            .next()
+    }
+
+    fn workload(kind: &str, name: &str, replicas: Option<i64>) -> kube::core::DynamicObject {
+        let mut spec = json!({});
+        if let Some(r) = replicas {
+            spec["replicas"] = json!(r);
+        }
+        object(json!({"kind": kind, "metadata": {"name": name}, "spec": spec}))
+    }
+
+    #[test]
+    fn replicas_table() {
+        let cases = [
+            ("Deployment", Some(1), true),
+            ("Deployment", None, true),
+            ("Deployment", Some(2), false),
+            ("Deployment", Some(0), false),
+            ("Deployment", Some(5), false),
+            ("StatefulSet", Some(1), true),
+            ("ReplicaSet", Some(1), true),
+            ("DaemonSet", Some(1), false),
+        ];
+        for (kind, replicas, denied) in cases {
+            let obj = workload(kind, "web", replicas);
+            let req = request(Operation::Create, kind, "x", Some(&obj));
+            assert_eq!(verdict(&req).is_some(), denied, "{kind} {replicas:?}");
+        }
+    }
+
+    #[test]
+    fn the_message_says_what_and_how_to_fix() {
+        let obj = workload("Deployment", "web", Some(1));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
+        let msg = verdict(&req).unwrap();
+        assert!(msg.starts_with("Deployment openg2p/web would run 1 replica; high availability needs at least 2"), "{msg}");
+        assert!(msg.contains("set spec.replicas to 2 or more, or to 0"), "{msg}");
+    }
+
+    #[test]
+    fn exemptions_and_owned_replicasets() {
+        let obj = workload("StatefulSet", "social-registry-postgresql", Some(1));
+        let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
+        assert_eq!(verdict(&req), None);
+        let mut other_ns = req.clone();
+        other_ns.namespace = "default";
+        assert!(verdict(&other_ns).is_some());
+
+        let rs = object(json!({"metadata": {"name": "web-abc", "ownerReferences": [
+            {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}
+        ]}, "spec": {"replicas": 1}}));
+        let req = request(Operation::Create, "ReplicaSet", "replicasets", Some(&rs));
+        assert_eq!(verdict(&req), None);
+    }
+
+    #[test]
+    fn an_annotation_cannot_exempt() {
+        let obj = object(json!({"metadata": {"name": "web", "annotations": {"prodguard.io/exempt": "true"}}, "spec": {"replicas": 1}}));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
+        assert!(verdict(&req).is_some());
+    }
+
+    #[test]
+    fn scale_subresource() {
+        let scale = |r: Option<i64>| {
+            let spec = r.map_or(json!({}), |r| json!({"replicas": r}));
+            object(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": spec}))
+        };
+        let old = scale(Some(3));
+        for (replicas, denied) in [(Some(1), true), (Some(2), false), (None, false), (Some(0), false)] {
+            let new = scale(replicas);
+            let mut req = request(Operation::Update, "Scale", "deployments", Some(&new));
+            req.sub_resource = Some("scale");
+            req.name = "web";
+            req.old_object = Some(&old);
+            assert_eq!(verdict(&req).is_some(), denied, "{replicas:?}");
+        }
+        let new = scale(Some(1));
+        let mut req = request(Operation::Update, "Scale", "statefulsets", Some(&new));
+        req.sub_resource = Some("scale");
+        req.name = "social-registry-postgresql";
+        assert_eq!(verdict(&req), None, "exempt by name");
+    }
+
+    #[test]
+    fn hpa_min_replicas() {
+        let hpa = |min: Option<i64>, target: &str| {
+            let mut spec = json!({"scaleTargetRef": {"apiVersion": "apps/v1", "kind": "StatefulSet", "name": target}, "maxReplicas": 5});
+            if let Some(m) = min {
+                spec["minReplicas"] = json!(m);
+            }
+            object(json!({"metadata": {"name": "h"}, "spec": spec}))
+        };
+        for (min, denied) in [(Some(1), true), (None, true), (Some(2), false), (Some(0), true)] {
+            let obj = hpa(min, "web");
+            let req = request(Operation::Create, "HorizontalPodAutoscaler", "horizontalpodautoscalers", Some(&obj));
+            assert_eq!(verdict(&req).is_some(), denied, "{min:?}");
+        }
+        let obj = hpa(Some(1), "x-postgresql");
+        let req = request(Operation::Create, "HorizontalPodAutoscaler", "horizontalpodautoscalers", Some(&obj));
+        assert_eq!(verdict(&req), None, "exempt through its target");
+    }
+
+    #[test]
+    fn update_judges_only_a_changed_value_and_ignores_status() {
+        let old = workload("Deployment", "web", Some(1));
+        let new = workload("Deployment", "web", Some(1));
+        let mut req = request(Operation::Update, "Deployment", "deployments", Some(&new));
+        req.old_object = Some(&old);
+        assert_eq!(verdict(&req), None);
+        let old3 = workload("Deployment", "web", Some(3));
+        req.old_object = Some(&old3);
+        assert!(verdict(&req).is_some());
+        req.sub_resource = Some("status");
+        assert_eq!(verdict(&req), None);
+    }
+
+    #[test]
+    fn a_non_integer_is_a_shape_error() {
+        let obj = object(json!({"metadata": {"name": "web"}, "spec": {"replicas": "two"}}));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
+        let err = policy().evaluate(&req, &Context::default()).unwrap_err();
+        assert_eq!(err.to_string(), "Deployment field spec.replicas must be an integer");
+    }
+}

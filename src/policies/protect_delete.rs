@@ -1,0 +1,112 @@
+//! `protect-delete` (validating, DELETE): only admins delete Deployments, StatefulSets,
+//! ConfigMaps and Secrets (the kinds are configurable). Kubernetes' own controllers
+//! (`system:serviceaccount:kube-system:*`) and configured service accounts are exempt.
+
+use wildmatch::WildMatch;
+
+use crate::config::{Admins, ProtectDeleteConfig};
+use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "protect-delete";
+
+pub struct ProtectDelete {
+    kinds: Vec<String>,
+    exempt_users: Vec<WildMatch>,
+    admins: Admins,
+}
+
+impl ProtectDelete {
+    pub fn new(config: &ProtectDeleteConfig, admins: &Admins) -> ProtectDelete {
+        ProtectDelete {
+            kinds: config.kinds.clone(),
+            exempt_users: config.exempt_users.iter().map(|u| WildMatch::new(u)).collect(),
+            admins: admins.clone(),
+        }
+    }
+}
+
+impl Policy for ProtectDelete {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        if request.operation != Operation::Delete
+            || request.sub_resource.is_some()
+            || !self.kinds.iter().any(|k| k == request.kind)
+            || self.admins.is_admin(request.username, request.groups)
+            || self.exempt_users.iter().any(|u| u.matches(request.username))
+        {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Finding::Violation {
+            message: format!(
+                "user {:?} may not delete {}: deleting {} is for admins only; ask a cluster admin",
+                request.username,
+                request.describe(),
+                self.kinds.join(", ")
+            ),
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    #[test]
+    fn who_may_delete_what() {
+        let p = ProtectDelete::new(&ProtectDeleteConfig::default(), &Admins::default());
+        let old = object(json!({"metadata": {"name": "db-creds"}}));
+        let masters = vec!["system:masters".to_string()];
+        let none: Vec<String> = vec![];
+        let cases = [
+            ("Secret", "bob", &none, true),
+            ("ConfigMap", "bob", &none, true),
+            ("Deployment", "bob", &none, true),
+            ("StatefulSet", "bob", &none, true),
+            ("Pod", "bob", &none, false),
+            ("Secret", "admin", &masters, false),
+            ("Secret", "system:serviceaccount:kube-system:generic-garbage-collector", &none, false),
+            ("Secret", "system:serviceaccount:kube-system:namespace-controller", &none, false),
+            ("Secret", "system:serviceaccount:openg2p:deployer", &none, true),
+            ("Secret", "system:serviceaccount:kube-systemx:evil", &none, true),
+        ];
+        for (kind, user, groups, denied) in cases {
+            let mut req = request(Operation::Delete, kind, "x", None);
+            req.old_object = Some(&old);
+            req.name = "db-creds";
+            req.username = user;
+            req.groups = groups;
+            let findings = p.evaluate(&req, &Context::default()).unwrap();
+            assert_eq!(!findings.is_empty(), denied, "{kind} by {user}");
+            if let Some(Finding::Violation { message }) = findings.first() {
+                assert!(message.starts_with(&format!("user \"{user}\" may not delete {kind} openg2p/db-creds")), "{message}");
+            }
+        }
+    }
+
+    #[test]
+    fn configured_kinds_and_exempt_users() {
+        let config = ProtectDeleteConfig {
+            kinds: vec!["Service".into()],
+            exempt_users: vec!["system:serviceaccount:ci:helm".into()],
+            ..Default::default()
+        };
+        let p = ProtectDelete::new(&config, &Admins::default());
+        let mut req = request(Operation::Delete, "Service", "services", None);
+        req.username = "bob";
+        assert_eq!(p.evaluate(&req, &Context::default()).unwrap().len(), 1);
+        req.username = "system:serviceaccount:ci:helm";
+        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        req.kind = "Secret";
+        req.username = "bob";
+        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+    }
+}

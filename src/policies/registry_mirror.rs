@@ -1,0 +1,145 @@
+//! `registry-mirror` (mutating, optional): rewrites public image references to the private
+//! mirror, keeping path, tag and digest. Mutating webhooks run before validating ones, so a
+//! mirrored image then passes `airgap-registry`.
+//!
+//! Scope as `image-pull-policy`: Pods on CREATE and their ephemeral containers, workloads on
+//! CREATE and UPDATE. An image that does not parse is left alone (`airgap-registry` reports it).
+
+use json_patch::{PatchOperation, ReplaceOperation};
+use serde_json::Value;
+
+use super::image_ref::{normalize_registry, ImageRef};
+use super::{mutable_container_lists, pod_spec};
+use crate::config::RegistryMirrorConfig;
+use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+
+pub const ID: &str = "registry-mirror";
+
+pub struct RegistryMirror {
+    /// (normalised public registry, mirror prefix)
+    mirrors: Vec<(String, String)>,
+}
+
+impl RegistryMirror {
+    pub fn new(config: &RegistryMirrorConfig) -> RegistryMirror {
+        RegistryMirror {
+            mirrors: config
+                .mirrors
+                .iter()
+                // Validated at load; an entry that still fails is skipped, never guessed at.
+                .filter_map(|(from, to)| {
+                    normalize_registry(from)
+                        .ok()
+                        .map(|from| (from, to.trim_end_matches('/').to_owned()))
+                })
+                .collect(),
+        }
+    }
+
+    /// The mirrored reference for `image`, if its registry is mirrored.
+    pub fn mirrored(&self, image: &str) -> Option<String> {
+        let parsed = ImageRef::parse(image).ok()?;
+        let (_, prefix) = self.mirrors.iter().find(|(from, _)| *from == parsed.registry)?;
+        let rewritten = parsed.with_prefix(prefix);
+        (rewritten != image).then_some(rewritten)
+    }
+}
+
+impl Policy for RegistryMirror {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Mutate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        let Some(lists) = mutable_container_lists(request) else {
+            return Ok(Vec::new());
+        };
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let mut patch = Vec::new();
+        let mut changed = Vec::new();
+        for container in pod_spec::containers(request.kind, &object.data, lists)? {
+            let Some(image) = container.image else {
+                continue;
+            };
+            let Some(mirrored) = self.mirrored(image) else {
+                continue;
+            };
+            changed.push(format!("{} {image} -> {mirrored}", container.describe()));
+            patch.push(PatchOperation::Replace(ReplaceOperation {
+                path: container.field_pointer("image"),
+                value: Value::String(mirrored),
+            }));
+        }
+        if patch.is_empty() {
+            return Ok(Vec::new());
+        }
+        Ok(vec![Finding::Mutation {
+            message: format!("mirror images: {}", changed.join(", ")),
+            patch,
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::Operation;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> RegistryMirror {
+        RegistryMirror::new(&RegistryMirrorConfig {
+            mode: crate::config::PolicyMode::Enforce,
+            mirrors: [
+                ("docker.io".to_string(), "registry.local:5000/dockerhub".to_string()),
+                ("quay.io".to_string(), "registry.local:5000/quay/".to_string()),
+            ]
+            .into(),
+        })
+    }
+
+    #[test]
+    fn rewrites_public_references_keeping_path_tag_and_digest() {
+        let p = policy();
+        let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+        let cases = [
+            ("nginx", Some("registry.local:5000/dockerhub/library/nginx".to_string())),
+            ("redis:7.2", Some("registry.local:5000/dockerhub/library/redis:7.2".to_string())),
+            ("index.docker.io/bitnami/postgresql:16", Some("registry.local:5000/dockerhub/bitnami/postgresql:16".to_string())),
+            ("quay.io/keycloak/keycloak:24", Some("registry.local:5000/quay/keycloak/keycloak:24".to_string())),
+            (&*format!("nginx@{digest}"), Some(format!("registry.local:5000/dockerhub/library/nginx@{digest}"))),
+            ("ghcr.io/openg2p/app:1", None),
+            ("registry.local:5000/dockerhub/library/nginx", None),
+            ("NOT VALID", None),
+        ];
+        for (image, expected) in cases {
+            assert_eq!(p.mirrored(image), expected, "{image}");
+        }
+    }
+
+    #[test]
+    fn the_patch_applies_to_the_deployment() {
+        let deploy = object(json!({"spec": {"template": {"spec": {
+            "initContainers": [{"name": "i", "image": "busybox:1.36"}],
+            "containers": [{"name": "a", "image": "ghcr.io/openg2p/app:1"}, {"name": "b", "image": "redis:7.2"}]
+        }}}}));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&deploy));
+        let findings = policy().evaluate(&req, &Context::default()).unwrap();
+        let Finding::Mutation { patch, .. } = &findings[0] else { panic!() };
+        let mut doc = serde_json::to_value(&deploy).unwrap();
+        json_patch::patch(&mut doc, patch).unwrap();
+        assert_eq!(
+            doc.pointer("/spec/template/spec/initContainers/0/image"),
+            Some(&json!("registry.local:5000/dockerhub/library/busybox:1.36"))
+        );
+        assert_eq!(doc.pointer("/spec/template/spec/containers/0/image"), Some(&json!("ghcr.io/openg2p/app:1")));
+        assert_eq!(
+            doc.pointer("/spec/template/spec/containers/1/image"),
+            Some(&json!("registry.local:5000/dockerhub/library/redis:7.2"))
+        );
+    }
+}
