@@ -24,12 +24,47 @@ pub enum GlobalMode {
     Audit,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "lowercase")]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum PolicyMode {
     Enforce,
     Audit,
     Off,
+}
+
+impl<'de> Deserialize<'de> for PolicyMode {
+    /// `enforce`, `audit` or `off`; an unquoted `off` is the boolean false in YAML 1.1, and
+    /// means off.
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(rename_all = "lowercase")]
+        enum Named {
+            Enforce,
+            Audit,
+            Off,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Bool(bool),
+            Name(String),
+        }
+        match Raw::deserialize(deserializer)? {
+            Raw::Bool(false) => Ok(PolicyMode::Off),
+            Raw::Bool(true) => Err(serde::de::Error::custom(
+                "`true` is not a mode; use one of: enforce, audit, off",
+            )),
+            Raw::Name(name) => {
+                let named = Named::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(
+                    &name,
+                ))?;
+                Ok(match named {
+                    Named::Enforce => PolicyMode::Enforce,
+                    Named::Audit => PolicyMode::Audit,
+                    Named::Off => PolicyMode::Off,
+                })
+            }
+        }
+    }
 }
 
 impl PolicyMode {
@@ -658,6 +693,9 @@ policies:
         let err = load("mode: off\n").unwrap_err();
         assert_eq!(err.key, "mode");
 
+        let err = load("policies:\n  db-access:\n    mode: true\n").unwrap_err();
+        assert!(err.to_string().contains("use one of: enforce, audit, off"), "{err}");
+
         let err = load("policies:\n  min-replicas:\n    minReplicas: 0\n").unwrap_err();
         assert_eq!(err.key, "policies.min-replicas.minReplicas");
 
@@ -691,6 +729,12 @@ policies:
 
         let err = load("").unwrap_err();
         assert!(err.to_string().contains("empty"), "{err}");
+    }
+
+    #[test]
+    fn an_unquoted_off_means_off() {
+        let config = load("policies:\n  db-access:\n    mode: off\n").unwrap();
+        assert_eq!(config.policies.db_access.mode, PolicyMode::Off);
     }
 
     #[test]

@@ -1,11 +1,10 @@
 //! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
 //! server expects. kube-rs' `kube::core::admission` types are used as they are.
 
-use kube::core::admission::{
-    AdmissionRequest, AdmissionResponse, AdmissionReview, META_API_VERSION_V1, META_KIND,
-};
+use base64::Engine as _;
+use kube::core::admission::{AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND};
 use kube::core::{DynamicObject, TypeMeta};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::{Decision, Verdict};
@@ -137,9 +136,52 @@ fn apply_decision(mut response: AdmissionResponse, decision: &Decision) -> Admis
     }
 }
 
+/// The review as the API server reads it. kube-rs serialises `response.patch` (a Go
+/// `[]byte`) as an array of numbers (kube-rs/kube#1781); the API documents it as base64, so
+/// the wire form is written here from kube's response.
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireReview<'a> {
+    api_version: &'static str,
+    kind: &'static str,
+    response: WireResponse<'a>,
+}
+
+#[derive(Serialize)]
+#[serde(rename_all = "camelCase")]
+struct WireResponse<'a> {
+    uid: &'a str,
+    allowed: bool,
+    status: &'a kube::core::Status,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    patch_type: Option<&'static str>,
+    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
+    audit_annotations: &'a std::collections::HashMap<String, String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a Vec<String>>,
+}
+
 /// Encodes a response as the review body.
 pub fn encode(response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
-    let review: AdmissionReview<DynamicObject> = response.into_review();
+    let patch = response
+        .patch
+        .as_ref()
+        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
+    let review = WireReview {
+        api_version: META_API_VERSION_V1,
+        kind: META_KIND,
+        response: WireResponse {
+            uid: &response.uid,
+            allowed: response.allowed,
+            status: &response.result,
+            patch_type: patch.as_ref().map(|_| "JSONPatch"),
+            patch,
+            audit_annotations: &response.audit_annotations,
+            warnings: response.warnings.as_ref(),
+        },
+    };
     serde_json::to_vec(&review)
 }
 
@@ -183,6 +225,30 @@ mod tests {
         assert!(matches!(decode(&review(no_uid)), Err(NotAReview::NoUid(_))));
         let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
         assert!(matches!(decode(nested.as_bytes()), Err(NotAReview::NotJson(_))));
+    }
+
+    #[test]
+    fn the_patch_is_base64_on_the_wire() {
+        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else { panic!() };
+        let decision = crate::engine::Decision {
+            allowed: true,
+            patch: vec![json_patch::PatchOperation::Add(json_patch::AddOperation {
+                path: json_patch::jsonptr::PointerBuf::from_tokens(["metadata", "labels"]),
+                value: json!({}),
+            })],
+            ..Default::default()
+        };
+        let body = encode(respond(&req, &Verdict::Decided(decision))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        assert_eq!(v["response"]["patchType"], "JSONPatch");
+        let bytes = base64::engine::general_purpose::STANDARD
+            .decode(v["response"]["patch"].as_str().unwrap())
+            .unwrap();
+        assert_eq!(
+            serde_json::from_slice::<serde_json::Value>(&bytes).unwrap(),
+            json!([{"op": "add", "path": "/metadata/labels", "value": {}}])
+        );
+        assert!(v["response"].get("warnings").is_none());
     }
 
     #[test]

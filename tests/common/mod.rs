@@ -1,0 +1,289 @@
+//! Test harness: starts the real server on 127.0.0.1:0 with rcgen certificates and talks to
+//! it over TLS, verifying its certificate, as the API server does.
+#![allow(dead_code)]
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use base64::Engine as _;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use kube::core::DynamicObject;
+use prodguard::cluster::FixedPodLookup;
+use prodguard::config::Config;
+use prodguard::engine::Engine;
+use prodguard::http::{app, AppState};
+use prodguard::report::{MemoryReporter, Report};
+use prodguard::server::{self, pki, tls};
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use serde_json::{json, Value};
+use tokio::net::TcpStream;
+use tokio::sync::oneshot;
+use tokio_rustls::TlsConnector;
+
+pub struct TestServer {
+    pub addr: SocketAddr,
+    pub ca_pem: String,
+    pub reporter: Arc<MemoryReporter>,
+    pub state: Arc<AppState>,
+    stop: Option<oneshot::Sender<()>>,
+}
+
+impl Drop for TestServer {
+    fn drop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(());
+        }
+    }
+}
+
+/// Starts prodguard with `config` and a Pod lookup that knows `pods`.
+pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
+    let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
+    let pki = pki::generate("test CA", &names).expect("certificates");
+    let tls = tls::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), "cert", "key")
+        .expect("tls config");
+    let reporter = Arc::new(MemoryReporter::default());
+    let engine = Engine::new(&config, Arc::new(FixedPodLookup { pods }), reporter.clone());
+    let state = AppState::new(engine);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    let (stop, stopped) = oneshot::channel::<()>();
+    let router = app(state.clone());
+    tokio::spawn(server::serve(listener, tls, router, async move {
+        let _ = stopped.await;
+    }));
+    TestServer {
+        addr,
+        ca_pem: pki.ca_cert_pem,
+        reporter,
+        state,
+        stop: Some(stop),
+    }
+}
+
+pub async fn start_default() -> TestServer {
+    start(Config::embedded_default().expect("default config"), Vec::new()).await
+}
+
+/// A TLS connector that trusts only `ca_pem`, offering `alpn`.
+pub fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert.expect("CA PEM")).expect("CA cert");
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocols")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    TlsConnector::from(Arc::new(config))
+}
+
+/// One HTTP/1.1 keep-alive connection, as kube-apiserver keeps to a webhook.
+pub struct Client {
+    sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
+    pub alpn: Option<Vec<u8>>,
+}
+
+impl Client {
+    pub async fn connect(server: &TestServer) -> Client {
+        Client::connect_to(server.addr, &server.ca_pem, "localhost").await
+    }
+
+    pub async fn connect_to(addr: SocketAddr, ca_pem: &str, server_name: &str) -> Client {
+        let tcp = TcpStream::connect(addr).await.expect("connect");
+        let name = ServerName::try_from(server_name.to_string()).expect("server name");
+        let tls = connector(ca_pem, &[b"http/1.1"])
+            .connect(name, tcp)
+            .await
+            .expect("TLS handshake verifying the server certificate");
+        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .expect("HTTP/1.1 handshake");
+        tokio::spawn(conn);
+        Client { sender, alpn }
+    }
+
+    pub async fn send(&mut self, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        let request = Request::builder()
+            .method(method)
+            .uri(path)
+            .header("host", "localhost")
+            .header("content-type", "application/json")
+            .body(Full::new(Bytes::from(body)))
+            .expect("request");
+        let response = self.sender.send_request(request).await.expect("response");
+        let status = response.status();
+        let body = response.into_body().collect().await.expect("body").to_bytes();
+        (status, body)
+    }
+
+    /// Posts a review and returns the `response` of the answer, checking the envelope.
+    pub async fn review(&mut self, webhook: &str, review: &Value) -> Value {
+        let body = serde_json::to_vec(review).expect("encode");
+        let (status, body) = self.send(Method::POST, &format!("/{webhook}"), body).await;
+        assert_eq!(status, StatusCode::OK, "{}", String::from_utf8_lossy(&body));
+        let answer: Value = serde_json::from_slice(&body).expect("JSON answer");
+        assert_eq!(answer["apiVersion"], "admission.k8s.io/v1");
+        assert_eq!(answer["kind"], "AdmissionReview");
+        let response = answer["response"].clone();
+        assert_eq!(response["uid"], review["request"]["uid"], "uid echoed");
+        response
+    }
+}
+
+/// An HTTP/2 connection (ALPN h2).
+pub async fn h2_post(server: &TestServer, path: &str, body: Vec<u8>) -> (Option<Vec<u8>>, StatusCode, Bytes) {
+    let tcp = TcpStream::connect(server.addr).await.expect("connect");
+    let name = ServerName::try_from("localhost").expect("name");
+    let tls = connector(&server.ca_pem, &[b"h2"]).connect(name, tcp).await.expect("TLS");
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+        .await
+        .expect("h2 handshake");
+    tokio::spawn(conn);
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(format!("https://localhost{path}"))
+        .body(Full::new(Bytes::from(body)))
+        .expect("request");
+    let response = sender.send_request(request).await.expect("response");
+    let status = response.status();
+    let body = response.into_body().collect().await.expect("body").to_bytes();
+    (alpn, status, body)
+}
+
+/// Applies the base64 JSON patch of `response` to `object` with the json-patch crate.
+pub fn apply_patch(response: &Value, object: &Value) -> Value {
+    let mut doc = object.clone();
+    if let Some(patch) = decode_patch(response) {
+        json_patch::patch(&mut doc, &patch).expect("the patch applies");
+    }
+    doc
+}
+
+pub fn decode_patch(response: &Value) -> Option<json_patch::Patch> {
+    let encoded = response.get("patch")?.as_str()?;
+    assert_eq!(response["patchType"], "JSONPatch");
+    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64 patch");
+    Some(serde_json::from_slice(&bytes).expect("RFC 6902 patch"))
+}
+
+pub fn warnings(response: &Value) -> Vec<String> {
+    response["warnings"]
+        .as_array()
+        .map(|w| w.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .unwrap_or_default()
+}
+
+pub fn message(response: &Value) -> String {
+    response["status"]["message"].as_str().unwrap_or_default().to_string()
+}
+
+pub fn reports(server: &TestServer) -> Vec<Report> {
+    server.reporter.take()
+}
+
+/// Builds AdmissionReview requests.
+#[derive(Clone)]
+pub struct Review {
+    pub request: Value,
+}
+
+impl Review {
+    pub fn new(operation: &str, api_version: &str, kind: &str, resource: &str) -> Review {
+        let (group, version) = api_version.split_once('/').unwrap_or(("", api_version));
+        Review {
+            request: json!({
+                "uid": format!("uid-{}-{}", kind.to_lowercase(), operation.to_lowercase()),
+                "kind": {"group": group, "version": version, "kind": kind},
+                "resource": {"group": group, "version": version, "resource": resource},
+                "requestKind": {"group": group, "version": version, "kind": kind},
+                "requestResource": {"group": group, "version": version, "resource": resource},
+                "name": "",
+                "namespace": "openg2p",
+                "operation": operation,
+                "userInfo": {"username": "alice", "groups": ["system:authenticated"]},
+                "object": null,
+                "oldObject": null,
+                "dryRun": false,
+                "options": null
+            }),
+        }
+    }
+
+    pub fn create(object: Value) -> Review {
+        let api_version = object["apiVersion"].as_str().unwrap_or("v1").to_string();
+        let kind = object["kind"].as_str().unwrap_or("").to_string();
+        let resource = format!("{}s", kind.to_lowercase());
+        let mut review = Review::new("CREATE", &api_version, &kind, &resource);
+        review.request["name"] = object["metadata"]["name"].clone();
+        review.request["object"] = object;
+        review
+    }
+
+    pub fn set(mut self, key: &str, value: Value) -> Review {
+        self.request[key] = value;
+        self
+    }
+
+    pub fn user(mut self, username: &str, groups: &[&str]) -> Review {
+        self.request["userInfo"] = json!({"username": username, "groups": groups});
+        self
+    }
+
+    pub fn uid(self, uid: &str) -> Review {
+        self.set("uid", json!(uid))
+    }
+
+    pub fn json(&self) -> Value {
+        json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": self.request})
+    }
+}
+
+/// A pod spec with one container in each list.
+pub fn pod_spec(image: &str) -> Value {
+    json!({
+        "initContainers": [{"name": "init", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent"}],
+        "containers": [{"name": "app", "image": image, "imagePullPolicy": "Always"}],
+        "ephemeralContainers": [{"name": "debug", "image": "busybox"}]
+    })
+}
+
+/// An object of every pod-bearing kind, with `replicas` where the kind has them.
+pub fn pod_bearing_objects(image: &str, replicas: i64) -> Vec<(Value, &'static str)> {
+    let spec = pod_spec(image);
+    let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": spec});
+    let meta = |name: &str| json!({"name": name, "namespace": "openg2p"});
+    vec![
+        (json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta("web"), "spec": spec}), "/spec"),
+        (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("web"), "spec": {"replicas": replicas, "serviceName": "web", "template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("web"), "spec": {"template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta("web"), "spec": {"template": template}}), "/spec/template/spec"),
+        (json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta("web"), "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}}), "/spec/jobTemplate/spec/template/spec"),
+        (json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": meta("web"), "template": template}), "/template/spec"),
+    ]
+}
+
+pub fn config(yaml: &str) -> Config {
+    Config::from_yaml(yaml, "test config").expect("test config")
+}
+
+pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> DynamicObject {
+    serde_json::from_value(json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": namespace, "labels": labels},
+        "spec": {"containers": [{"name": "main", "image": image}]}
+    }))
+    .expect("pod")
+}
