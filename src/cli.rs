@@ -74,7 +74,13 @@ pub struct ServeArgs {
 #[derive(Debug, Args)]
 pub struct CheckArgs {
     /// Manifest file, directory (searched recursively for .yaml, .yml and .json) or - for stdin.
-    #[arg(short = 'f', long = "filename", env = "PRODGUARD_CHECK_FILES", required = true, value_delimiter = ',')]
+    #[arg(
+        short = 'f',
+        long = "filename",
+        env = "PRODGUARD_CHECK_FILES",
+        required = true,
+        value_delimiter = ','
+    )]
     pub files: Vec<PathBuf>,
     /// Policy configuration file; the embedded default by default.
     #[arg(long, env = "PRODGUARD_CONFIG")]
@@ -83,7 +89,12 @@ pub struct CheckArgs {
     #[arg(long, env = "PRODGUARD_MODE", value_enum)]
     pub mode: Option<ModeArg>,
     /// Namespace for objects that name none (as `kubectl apply -n`).
-    #[arg(short = 'n', long, env = "PRODGUARD_NAMESPACE", default_value = "default")]
+    #[arg(
+        short = 'n',
+        long,
+        env = "PRODGUARD_NAMESPACE",
+        default_value = "default"
+    )]
     pub namespace: String,
     /// Output format.
     #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]

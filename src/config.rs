@@ -54,9 +54,8 @@ impl<'de> Deserialize<'de> for PolicyMode {
                 "`true` is not a mode; use one of: enforce, audit, off",
             )),
             Raw::Name(name) => {
-                let named = Named::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(
-                    &name,
-                ))?;
+                let named =
+                    Named::deserialize(serde::de::value::StrDeserializer::<D::Error>::new(&name))?;
                 Ok(match named {
                     Named::Enforce => PolicyMode::Enforce,
                     Named::Audit => PolicyMode::Audit,
@@ -211,9 +210,16 @@ pub struct DbAccessConfig {
 }
 
 fn default_databases() -> Vec<String> {
-    ["postgresql", "postgres", "mysql", "mariadb", "mongodb", "redis"]
-        .map(String::from)
-        .to_vec()
+    [
+        "postgresql",
+        "postgres",
+        "mysql",
+        "mariadb",
+        "mongodb",
+        "redis",
+    ]
+    .map(String::from)
+    .to_vec()
 }
 
 fn default_db_images() -> Vec<String> {
@@ -415,7 +421,9 @@ impl Config {
             let key = if path == "." { String::new() } else { path };
             error(key, problem)
         })?;
-        config.validate().map_err(|(key, problem)| error(key, problem))?;
+        config
+            .validate()
+            .map_err(|(key, problem)| error(key, problem))?;
         Ok(config)
     }
 
@@ -486,7 +494,10 @@ impl Config {
         }
         for (i, ex) in p.min_replicas.exemptions.iter().enumerate() {
             let key = format!("policies.min-replicas.exemptions[{i}]");
-            if ex.namespace.is_none() && ex.kind.is_none() && ex.name.is_none() && ex.selector.is_none()
+            if ex.namespace.is_none()
+                && ex.kind.is_none()
+                && ex.name.is_none()
+                && ex.selector.is_none()
             {
                 return Err((
                     key,
@@ -506,7 +517,10 @@ impl Config {
                 if !KINDS.contains(&kind.as_str()) {
                     return Err((
                         format!("{key}.kind"),
-                        format!("{kind:?} is not a kind min-replicas checks; use one of {}", KINDS.join(", ")),
+                        format!(
+                            "{kind:?} is not a kind min-replicas checks; use one of {}",
+                            KINDS.join(", ")
+                        ),
                     ));
                 }
             }
@@ -673,28 +687,43 @@ policies:
         let err = load("policies:\n  min-replicas:\n    minReplica: 3\n").unwrap_err();
         let text = err.to_string();
         assert_eq!(err.key, "policies.min-replicas.minReplica");
-        assert!(text.starts_with("configuration test.yaml: key `policies.min-replicas.minReplica`"), "{text}");
+        assert!(
+            text.starts_with("configuration test.yaml: key `policies.min-replicas.minReplica`"),
+            "{text}"
+        );
         assert!(text.contains("did you mean `minReplicas`?"), "{text}");
 
         let err = load("polices: {}\n").unwrap_err();
         assert_eq!(err.key, "polices");
-        assert!(err.to_string().contains("did you mean `policies`?"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean `policies`?"),
+            "{err}"
+        );
 
         let err = load("policies:\n  db-acess: {}\n").unwrap_err();
-        assert!(err.to_string().contains("did you mean `db-access`?"), "{err}");
+        assert!(
+            err.to_string().contains("did you mean `db-access`?"),
+            "{err}"
+        );
     }
 
     #[test]
     fn bad_values_are_rejected_with_the_fix() {
         let err = load("policies:\n  db-access:\n    mode: enforced\n").unwrap_err();
         assert_eq!(err.key, "policies.db-access.mode");
-        assert!(err.to_string().contains("use one of: enforce, audit, off"), "{err}");
+        assert!(
+            err.to_string().contains("use one of: enforce, audit, off"),
+            "{err}"
+        );
 
         let err = load("mode: off\n").unwrap_err();
         assert_eq!(err.key, "mode");
 
         let err = load("policies:\n  db-access:\n    mode: true\n").unwrap_err();
-        assert!(err.to_string().contains("use one of: enforce, audit, off"), "{err}");
+        assert!(
+            err.to_string().contains("use one of: enforce, audit, off"),
+            "{err}"
+        );
 
         let err = load("policies:\n  min-replicas:\n    minReplicas: 0\n").unwrap_err();
         assert_eq!(err.key, "policies.min-replicas.minReplicas");

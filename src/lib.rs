@@ -5,13 +5,13 @@
 //! [`engine`] -> each of the [`policies`] -> mode -> response; [`report`] is a side channel.
 #![cfg_attr(not(test), deny(clippy::unwrap_used, clippy::expect_used))]
 
-pub mod cli;
-pub mod config;
-pub mod server;
-pub mod http;
 pub mod admission;
-pub mod engine;
-pub mod policies;
-pub mod report;
+pub mod cli;
 pub mod cluster;
 pub mod commands;
+pub mod config;
+pub mod engine;
+pub mod http;
+pub mod policies;
+pub mod report;
+pub mod server;

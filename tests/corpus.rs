@@ -57,7 +57,9 @@ const TABLE: &[(&str, Expect, Expect)] = &[
 ];
 
 fn load(file: &str) -> Value {
-    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/corpus").join(file);
+    let path = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures/corpus")
+        .join(file);
     let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let value: Value = serde_json::from_str(&text).unwrap_or_else(|e| panic!("{file}: {e}"));
     if value.get("request").is_some() {
@@ -70,13 +72,18 @@ fn load(file: &str) -> Value {
 
 async fn check(client: &mut Client, file: &str, webhook: &str, review: &Value, expect: Expect) {
     let body = serde_json::to_vec(review).unwrap();
-    let (status, body) = client.send(Method::POST, &format!("/{webhook}"), body).await;
+    let (status, body) = client
+        .send(Method::POST, &format!("/{webhook}"), body)
+        .await;
     let answer: Value = serde_json::from_slice(&body).unwrap();
     let context = format!("{file} /{webhook}: {answer}");
     match expect {
         BadRequest(text) => {
             assert_eq!(status, StatusCode::BAD_REQUEST, "{context}");
-            assert!(answer["error"].as_str().unwrap().contains(text), "{context}");
+            assert!(
+                answer["error"].as_str().unwrap().contains(text),
+                "{context}"
+            );
         }
         Allow(ops) => {
             assert_eq!(status, StatusCode::OK, "{context}");
@@ -111,16 +118,26 @@ fn find_pull_policies(value: &Value) -> Vec<String> {
     match value {
         Value::Object(map) => {
             for (key, child) in map {
-                if matches!(key.as_str(), "containers" | "initContainers" | "ephemeralContainers") {
+                if matches!(
+                    key.as_str(),
+                    "containers" | "initContainers" | "ephemeralContainers"
+                ) {
                     for container in child.as_array().into_iter().flatten() {
-                        found.push(container["imagePullPolicy"].as_str().unwrap_or("<unset>").to_string());
+                        found.push(
+                            container["imagePullPolicy"]
+                                .as_str()
+                                .unwrap_or("<unset>")
+                                .to_string(),
+                        );
                     }
                 } else {
                     found.extend(find_pull_policies(child));
                 }
             }
         }
-        Value::Array(items) => items.iter().for_each(|i| found.extend(find_pull_policies(i))),
+        Value::Array(items) => items
+            .iter()
+            .for_each(|i| found.extend(find_pull_policies(i))),
         _ => {}
     }
     found
@@ -147,8 +164,14 @@ async fn real_connect_reviews_by_a_non_admin_into_a_database_pod_are_denied() {
         let mut review = load(file);
         let namespace = review["request"]["namespace"].as_str().unwrap().to_string();
         let name = review["request"]["name"].as_str().unwrap().to_string();
-        review["request"]["userInfo"] = json!({"username": "dev", "groups": ["system:authenticated"]});
-        let db = pod(&namespace, &name, json!({"app.kubernetes.io/name": "postgresql"}), "bitnami/postgresql:16");
+        review["request"]["userInfo"] =
+            json!({"username": "dev", "groups": ["system:authenticated"]});
+        let db = pod(
+            &namespace,
+            &name,
+            json!({"app.kubernetes.io/name": "postgresql"}),
+            "bitnami/postgresql:16",
+        );
         let server = start(config("policies: {}\n"), vec![db]).await;
         let mut client = Client::connect(&server).await;
         let expected = format!("user \"dev\" may not {verb} database pod {namespace}/{name}");
@@ -160,7 +183,11 @@ async fn real_connect_reviews_by_a_non_admin_into_a_database_pod_are_denied() {
         let web = pod(&namespace, &name, json!({"app": "nginx"}), "nginx:1.25");
         let server = start(config("policies: {}\n"), vec![web]).await;
         let mut client = Client::connect(&server).await;
-        assert_eq!(client.review("validate", &review).await["allowed"], true, "{file}");
+        assert_eq!(
+            client.review("validate", &review).await["allowed"],
+            true,
+            "{file}"
+        );
     }
 }
 

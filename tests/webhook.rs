@@ -14,24 +14,35 @@ async fn create_of_every_pod_bearing_kind_is_patched_in_every_container_list() {
     assert_eq!(client.alpn.as_deref(), Some(&b"http/1.1"[..]));
     for (object, spec_path) in pod_bearing_objects("nginx", 2) {
         let kind = object["kind"].as_str().unwrap().to_string();
-        let response = client.review("mutate", &Review::create(object.clone()).json()).await;
+        let response = client
+            .review("mutate", &Review::create(object.clone()).json())
+            .await;
         assert_eq!(response["allowed"], true, "{kind}");
         let patched = apply_patch(&response, &object);
         for list in ["initContainers", "containers", "ephemeralContainers"] {
             let pointer = format!("{spec_path}/{list}/0/imagePullPolicy");
-            assert_eq!(patched.pointer(&pointer), Some(&json!("IfNotPresent")), "{kind} {pointer}");
+            assert_eq!(
+                patched.pointer(&pointer),
+                Some(&json!("IfNotPresent")),
+                "{kind} {pointer}"
+            );
         }
         // The init container already had IfNotPresent: two operations, not three.
         let patch = decode_patch(&response).unwrap();
         assert_eq!(patch.0.len(), 2, "{kind}: {patch:?}");
         let reports = reports(&server);
         assert_eq!(reports.len(), 1, "{kind}");
-        assert_eq!((reports[0].policy, reports[0].action), ("image-pull-policy", Action::Mutated));
+        assert_eq!(
+            (reports[0].policy, reports[0].action),
+            ("image-pull-policy", Action::Mutated)
+        );
         assert_eq!(reports[0].reason, "PolicyMutation");
         assert_eq!(reports[0].kind, kind);
 
         // And the validating webhook admits it (2 replicas, not air-gapped).
-        let response = client.review("validate", &Review::create(object).json()).await;
+        let response = client
+            .review("validate", &Review::create(object).json())
+            .await;
         assert_eq!(response["allowed"], true, "{kind}: {response}");
     }
 }
@@ -54,7 +65,9 @@ async fn workloads_below_min_replicas_are_denied_and_zero_is_allowed() {
     let mut client = Client::connect(&server).await;
     for (object, _) in pod_bearing_objects("nginx", 1) {
         let kind = object["kind"].as_str().unwrap().to_string();
-        let response = client.review("validate", &Review::create(object).json()).await;
+        let response = client
+            .review("validate", &Review::create(object).json())
+            .await;
         let denied = matches!(kind.as_str(), "Deployment" | "StatefulSet" | "ReplicaSet");
         assert_eq!(response["allowed"], !denied, "{kind}: {response}");
         if denied {
@@ -65,12 +78,17 @@ async fn workloads_below_min_replicas_are_denied_and_zero_is_allowed() {
             );
             let reports = reports(&server);
             assert_eq!(reports.len(), 1);
-            assert_eq!((reports[0].policy, reports[0].action, reports[0].reason), ("min-replicas", Action::Denied, "PolicyViolation"));
+            assert_eq!(
+                (reports[0].policy, reports[0].action, reports[0].reason),
+                ("min-replicas", Action::Denied, "PolicyViolation")
+            );
             assert_eq!(reports[0].user, "alice");
         }
     }
     for (object, _) in pod_bearing_objects("nginx", 0) {
-        let response = client.review("validate", &Review::create(object).json()).await;
+        let response = client
+            .review("validate", &Review::create(object).json())
+            .await;
         assert_eq!(response["allowed"], true);
     }
     // The OpenG2P PostgreSQL primary is exempt in the default policy set.
@@ -86,7 +104,10 @@ fn scale_review(resource: &str, name: &str, replicas: Option<i64>, old: i64) -> 
     };
     Review::new("UPDATE", "autoscaling/v1", "Scale", resource)
         .set("subResource", json!("scale"))
-        .set("requestKind", json!({"group": "apps", "version": "v1", "kind": "Scale"}))
+        .set(
+            "requestKind",
+            json!({"group": "apps", "version": "v1", "kind": "Scale"}),
+        )
         .set("name", json!(name))
         .set("object", scale(replicas))
         .set("oldObject", scale(Some(old)))
@@ -105,14 +126,30 @@ async fn the_scale_subresource_is_checked() {
         ("statefulsets", "social-registry-postgresql", Some(1), true),
     ];
     for (resource, name, replicas, allowed) in cases {
-        let response = client.review("validate", &scale_review(resource, name, replicas, 3).json()).await;
-        assert_eq!(response["allowed"], allowed, "{resource} {name} {replicas:?}: {response}");
+        let response = client
+            .review(
+                "validate",
+                &scale_review(resource, name, replicas, 3).json(),
+            )
+            .await;
+        assert_eq!(
+            response["allowed"], allowed,
+            "{resource} {name} {replicas:?}: {response}"
+        );
         if !allowed {
-            assert!(message(&response).contains(&format!("openg2p/{name} would run 1 replica")), "{response}");
+            assert!(
+                message(&response).contains(&format!("openg2p/{name} would run 1 replica")),
+                "{response}"
+            );
         }
     }
     // The mutating webhook leaves Scale alone.
-    let response = client.review("mutate", &scale_review("deployments", "web", Some(1), 3).json()).await;
+    let response = client
+        .review(
+            "mutate",
+            &scale_review("deployments", "web", Some(1), 3).json(),
+        )
+        .await;
     assert_eq!(response["allowed"], true);
     assert!(response.get("patch").is_none());
 }
@@ -134,9 +171,16 @@ async fn hpa_min_replicas_is_checked() {
         let hpa = json!({"apiVersion": api_version, "kind": "HorizontalPodAutoscaler", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": spec});
         let review = Review::create(hpa).set("resource", json!({"group": "autoscaling", "version": "v2", "resource": "horizontalpodautoscalers"}));
         let response = client.review("validate", &review.json()).await;
-        assert_eq!(response["allowed"], allowed, "{api_version} {min:?}: {response}");
+        assert_eq!(
+            response["allowed"], allowed,
+            "{api_version} {min:?}: {response}"
+        );
         if !allowed {
-            assert!(message(&response).contains("HorizontalPodAutoscaler openg2p/web would run 1 replica"), "{response}");
+            assert!(
+                message(&response)
+                    .contains("HorizontalPodAutoscaler openg2p/web would run 1 replica"),
+                "{response}"
+            );
         }
     }
 }
@@ -152,14 +196,26 @@ async fn pod_update_is_not_patched_and_ephemeral_containers_are() {
         .set("oldObject", pod.clone());
     let response = client.review("mutate", &update.json()).await;
     assert_eq!(response["allowed"], true);
-    assert!(response.get("patch").is_none(), "a Pod UPDATE must not be patched: {response}");
+    assert!(
+        response.get("patch").is_none(),
+        "a Pod UPDATE must not be patched: {response}"
+    );
 
     // kubectl debug: UPDATE of pods/ephemeralcontainers (the object is the Pod on 1.23+).
-    let ephemeral = update.clone().set("subResource", json!("ephemeralcontainers"));
+    let ephemeral = update
+        .clone()
+        .set("subResource", json!("ephemeralcontainers"));
     let response = client.review("mutate", &ephemeral.json()).await;
     let patched = apply_patch(&response, &pod);
-    assert_eq!(patched.pointer("/spec/ephemeralContainers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
-    assert_eq!(patched.pointer("/spec/containers/0/imagePullPolicy"), Some(&json!("Always")), "only ephemeral containers change");
+    assert_eq!(
+        patched.pointer("/spec/ephemeralContainers/0/imagePullPolicy"),
+        Some(&json!("IfNotPresent"))
+    );
+    assert_eq!(
+        patched.pointer("/spec/containers/0/imagePullPolicy"),
+        Some(&json!("Always")),
+        "only ephemeral containers change"
+    );
 
     // Kubernetes 1.20-1.22 send an EphemeralContainers object instead.
     let old_style = json!({"apiVersion": "v1", "kind": "EphemeralContainers", "metadata": {"name": "web", "namespace": "openg2p"},
@@ -171,11 +227,18 @@ async fn pod_update_is_not_patched_and_ephemeral_containers_are() {
         .set("oldObject", old_style.clone());
     let response = client.review("mutate", &review.json()).await;
     let patched = apply_patch(&response, &old_style);
-    assert_eq!(patched.pointer("/ephemeralContainers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
+    assert_eq!(
+        patched.pointer("/ephemeralContainers/0/imagePullPolicy"),
+        Some(&json!("IfNotPresent"))
+    );
 }
 
 fn delete_review(kind: &str, resource: &str, username: &str, groups: &[&str]) -> Review {
-    let api_version = if matches!(kind, "Deployment" | "StatefulSet") { "apps/v1" } else { "v1" };
+    let api_version = if matches!(kind, "Deployment" | "StatefulSet") {
+        "apps/v1"
+    } else {
+        "v1"
+    };
     Review::new("DELETE", api_version, kind, resource)
         .set("name", json!("keep-me"))
         .set("oldObject", json!({"apiVersion": api_version, "kind": kind, "metadata": {"name": "keep-me", "namespace": "openg2p"}}))
@@ -187,26 +250,76 @@ fn delete_review(kind: &str, resource: &str, username: &str, groups: &[&str]) ->
 async fn delete_is_for_admins_and_kubernetes_controllers() {
     let server = start_default().await;
     let mut client = Client::connect(&server).await;
-    for (kind, resource) in [("Deployment", "deployments"), ("StatefulSet", "statefulsets"), ("ConfigMap", "configmaps"), ("Secret", "secrets")] {
-        let response = client.review("validate", &delete_review(kind, resource, "bob", &["system:authenticated"]).json()).await;
+    for (kind, resource) in [
+        ("Deployment", "deployments"),
+        ("StatefulSet", "statefulsets"),
+        ("ConfigMap", "configmaps"),
+        ("Secret", "secrets"),
+    ] {
+        let response = client
+            .review(
+                "validate",
+                &delete_review(kind, resource, "bob", &["system:authenticated"]).json(),
+            )
+            .await;
         assert_eq!(response["allowed"], false, "{kind} by bob");
         assert_eq!(
             message(&response),
             format!("[protect-delete] user \"bob\" may not delete {kind} openg2p/keep-me: deleting Deployment, StatefulSet, ConfigMap, Secret is for admins only; ask a cluster admin")
         );
         let denied = reports(&server);
-        assert_eq!((denied[0].action, denied[0].kind.as_str(), denied[0].user.as_str()), (Action::Denied, kind, "bob"));
+        assert_eq!(
+            (
+                denied[0].action,
+                denied[0].kind.as_str(),
+                denied[0].user.as_str()
+            ),
+            (Action::Denied, kind, "bob")
+        );
 
-        let admin = delete_review(kind, resource, "kubernetes-admin", &["system:masters", "system:authenticated"]);
-        assert_eq!(client.review("validate", &admin.json()).await["allowed"], true, "{kind} by admin");
-        let gc = delete_review(kind, resource, "system:serviceaccount:kube-system:generic-garbage-collector", &["system:serviceaccounts"]);
-        assert_eq!(client.review("validate", &gc.json()).await["allowed"], true, "{kind} by the garbage collector");
-        let other_sa = delete_review(kind, resource, "system:serviceaccount:openg2p:default", &["system:serviceaccounts"]);
-        assert_eq!(client.review("validate", &other_sa.json()).await["allowed"], false, "{kind} by another service account");
-        assert_eq!(reports(&server).len(), 1, "only the other service account's denial");
+        let admin = delete_review(
+            kind,
+            resource,
+            "kubernetes-admin",
+            &["system:masters", "system:authenticated"],
+        );
+        assert_eq!(
+            client.review("validate", &admin.json()).await["allowed"],
+            true,
+            "{kind} by admin"
+        );
+        let gc = delete_review(
+            kind,
+            resource,
+            "system:serviceaccount:kube-system:generic-garbage-collector",
+            &["system:serviceaccounts"],
+        );
+        assert_eq!(
+            client.review("validate", &gc.json()).await["allowed"],
+            true,
+            "{kind} by the garbage collector"
+        );
+        let other_sa = delete_review(
+            kind,
+            resource,
+            "system:serviceaccount:openg2p:default",
+            &["system:serviceaccounts"],
+        );
+        assert_eq!(
+            client.review("validate", &other_sa.json()).await["allowed"],
+            false,
+            "{kind} by another service account"
+        );
+        assert_eq!(
+            reports(&server).len(),
+            1,
+            "only the other service account's denial"
+        );
     }
     // Pods are not protected.
-    let response = client.review("validate", &delete_review("Pod", "pods", "bob", &[]).json()).await;
+    let response = client
+        .review("validate", &delete_review("Pod", "pods", "bob", &[]).json())
+        .await;
     assert_eq!(response["allowed"], true);
 }
 
@@ -219,14 +332,22 @@ fn connect_review(sub: &str, pod: &str, username: &str, groups: &[&str]) -> Revi
     Review::new("CONNECT", "v1", options_kind, "pods")
         .set("subResource", json!(sub))
         .set("name", json!(pod))
-        .set("object", json!({"apiVersion": "v1", "kind": options_kind, "stdin": true, "command": ["psql"]}))
+        .set(
+            "object",
+            json!({"apiVersion": "v1", "kind": options_kind, "stdin": true, "command": ["psql"]}),
+        )
         .user(username, groups)
 }
 
 #[tokio::test]
 async fn exec_attach_and_port_forward_into_database_pods_is_for_admins() {
     let pods = vec![
-        pod("openg2p", "postgres-0", json!({"app.kubernetes.io/name": "postgresql"}), "docker.io/bitnami/postgresql:16"),
+        pod(
+            "openg2p",
+            "postgres-0",
+            json!({"app.kubernetes.io/name": "postgresql"}),
+            "docker.io/bitnami/postgresql:16",
+        ),
         pod("openg2p", "redis-0", json!({}), "redis:7.2"),
         pod("openg2p", "web-0", json!({"app": "web"}), "openg2p/web:1"),
     ];
@@ -234,25 +355,54 @@ async fn exec_attach_and_port_forward_into_database_pods_is_for_admins() {
     let mut client = Client::connect(&server).await;
     for sub in ["exec", "attach", "portforward"] {
         for db in ["postgres-0", "redis-0"] {
-            let response = client.review("validate", &connect_review(sub, db, "bob", &["system:authenticated"]).json()).await;
+            let response = client
+                .review(
+                    "validate",
+                    &connect_review(sub, db, "bob", &["system:authenticated"]).json(),
+                )
+                .await;
             assert_eq!(response["allowed"], false, "{sub} {db}");
             let msg = message(&response);
-            assert!(msg.starts_with("[db-access] user \"bob\" may not "), "{msg}");
+            assert!(
+                msg.starts_with("[db-access] user \"bob\" may not "),
+                "{msg}"
+            );
             assert!(msg.contains(&format!("database pod openg2p/{db}")), "{msg}");
             let admin = connect_review(sub, db, "root", &["system:masters"]);
-            assert_eq!(client.review("validate", &admin.json()).await["allowed"], true, "{sub} {db} as admin");
+            assert_eq!(
+                client.review("validate", &admin.json()).await["allowed"],
+                true,
+                "{sub} {db} as admin"
+            );
         }
-        let response = client.review("validate", &connect_review(sub, "web-0", "bob", &[]).json()).await;
+        let response = client
+            .review("validate", &connect_review(sub, "web-0", "bob", &[]).json())
+            .await;
         assert_eq!(response["allowed"], true, "{sub} into a non-database pod");
     }
-    let msg = message(&client.review("validate", &connect_review("exec", "redis-0", "bob", &[]).json()).await);
+    let msg = message(
+        &client
+            .review(
+                "validate",
+                &connect_review("exec", "redis-0", "bob", &[]).json(),
+            )
+            .await,
+    );
     assert!(msg.contains("runs image redis:7.2"), "{msg}");
 
     // A pod that cannot be read: fail closed, and say so.
-    let response = client.review("validate", &connect_review("exec", "gone-0", "bob", &[]).json()).await;
+    let response = client
+        .review(
+            "validate",
+            &connect_review("exec", "gone-0", "bob", &[]).json(),
+        )
+        .await;
     assert_eq!(response["allowed"], false);
     let msg = message(&response);
-    assert!(msg.contains("pod lookup failed (pod openg2p/gone-0 was not found)"), "{msg}");
+    assert!(
+        msg.contains("pod lookup failed (pod openg2p/gone-0 was not found)"),
+        "{msg}"
+    );
     assert!(msg.contains("fails closed"), "{msg}");
 }
 
@@ -264,17 +414,30 @@ async fn global_audit_mode_allows_with_warnings_and_annotations() {
     let mut client = Client::connect(&server).await;
     let deploy = pod_bearing_objects("nginx", 1).remove(1).0;
 
-    let response = client.review("validate", &Review::create(deploy.clone()).json()).await;
+    let response = client
+        .review("validate", &Review::create(deploy.clone()).json())
+        .await;
     assert_eq!(response["allowed"], true, "{response}");
     let shown = warnings(&response);
     assert_eq!(shown.len(), 1);
-    assert!(shown[0].starts_with("min-replicas: Deployment openg2p/web would run 1 replica"), "{shown:?}");
-    assert!(response["auditAnnotations"]["prodguard.io/min-replicas"].as_str().unwrap().contains("would run 1 replica"));
+    assert!(
+        shown[0].starts_with("min-replicas: Deployment openg2p/web would run 1 replica"),
+        "{shown:?}"
+    );
+    assert!(response["auditAnnotations"]["prodguard.io/min-replicas"]
+        .as_str()
+        .unwrap()
+        .contains("would run 1 replica"));
     assert_eq!(reports(&server)[0].action, Action::Audited);
 
-    let response = client.review("mutate", &Review::create(deploy).json()).await;
+    let response = client
+        .review("mutate", &Review::create(deploy).json())
+        .await;
     assert_eq!(response["allowed"], true);
-    assert!(response.get("patch").is_none(), "audit never patches: {response}");
+    assert!(
+        response.get("patch").is_none(),
+        "audit never patches: {response}"
+    );
     let shown = warnings(&response);
     assert!(shown[0].starts_with("image-pull-policy: would patch: set imagePullPolicy: IfNotPresent on containers[0] \"app\" (was Always)"), "{shown:?}");
     assert!(response["auditAnnotations"]["prodguard.io/image-pull-policy"].is_string());
@@ -285,13 +448,25 @@ async fn per_policy_modes() {
     let server = start(config("policies:\n  min-replicas:\n    mode: audit\n  image-pull-policy:\n    mode: \"off\"\n"), vec![]).await;
     let mut client = Client::connect(&server).await;
     let deploy = pod_bearing_objects("nginx", 1).remove(1).0;
-    let response = client.review("validate", &Review::create(deploy.clone()).json()).await;
+    let response = client
+        .review("validate", &Review::create(deploy.clone()).json())
+        .await;
     assert_eq!(response["allowed"], true);
     assert_eq!(warnings(&response).len(), 1);
-    let response = client.review("mutate", &Review::create(deploy).json()).await;
-    assert!(response.get("patch").is_none() && response.get("warnings").is_none(), "off does nothing: {response}");
+    let response = client
+        .review("mutate", &Review::create(deploy).json())
+        .await;
+    assert!(
+        response.get("patch").is_none() && response.get("warnings").is_none(),
+        "off does nothing: {response}"
+    );
     // protect-delete stays in enforce.
-    let response = client.review("validate", &delete_review("Secret", "secrets", "bob", &[]).json()).await;
+    let response = client
+        .review(
+            "validate",
+            &delete_review("Secret", "secrets", "bob", &[]).json(),
+        )
+        .await;
     assert_eq!(response["allowed"], false);
 }
 
@@ -305,13 +480,28 @@ async fn dry_run_gets_the_same_verdict_and_no_report() {
     assert_eq!(response["allowed"], false);
     assert!(message(&response).contains("would run 1 replica"));
     let response = client.review("mutate", &review.json()).await;
-    assert!(decode_patch(&response).is_some(), "dry-run is still patched");
-    let response = client.review("validate", &delete_review("Secret", "secrets", "bob", &[]).set("dryRun", json!(true)).json()).await;
+    assert!(
+        decode_patch(&response).is_some(),
+        "dry-run is still patched"
+    );
+    let response = client
+        .review(
+            "validate",
+            &delete_review("Secret", "secrets", "bob", &[])
+                .set("dryRun", json!(true))
+                .json(),
+        )
+        .await;
     assert_eq!(response["allowed"], false);
-    assert!(reports(&server).is_empty(), "dry-run requests never reach the reporter");
+    assert!(
+        reports(&server).is_empty(),
+        "dry-run requests never reach the reporter"
+    );
 
     // The same requests without dryRun are reported.
-    client.review("validate", &Review::create(deploy).json()).await;
+    client
+        .review("validate", &Review::create(deploy).json())
+        .await;
     assert_eq!(reports(&server).len(), 1);
 }
 
@@ -320,17 +510,38 @@ async fn airgapped_clusters_take_images_from_allowed_registries_only() {
     let server = start(config("policies:\n  airgap-registry:\n    airgapped: true\n    allowedRegistries: [\"registry.local:5000\", \"harbor.example.org/openg2p/\"]\n"), vec![]).await;
     let mut client = Client::connect(&server).await;
     let pod = |image: &str| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p", "namespace": "openg2p"}, "spec": {"containers": [{"name": "app", "image": image}]}});
-    let response = client.review("validate", &Review::create(pod("nginx")).json()).await;
+    let response = client
+        .review("validate", &Review::create(pod("nginx")).json())
+        .await;
     assert_eq!(response["allowed"], false);
     assert_eq!(
         message(&response),
         "[airgap-registry] the cluster is air-gapped and images must come from an allowed registry (registry.local:5000, harbor.example.org/openg2p/): containers[0] \"app\": image \"nginx\" resolves to registry docker.io"
     );
-    for ok in ["registry.local:5000/openg2p/app:1", "harbor.example.org/openg2p/app"] {
-        assert_eq!(client.review("validate", &Review::create(pod(ok)).json()).await["allowed"], true, "{ok}");
+    for ok in [
+        "registry.local:5000/openg2p/app:1",
+        "harbor.example.org/openg2p/app",
+    ] {
+        assert_eq!(
+            client
+                .review("validate", &Review::create(pod(ok)).json())
+                .await["allowed"],
+            true,
+            "{ok}"
+        );
     }
-    for bad in ["ghcr.io.evil.com/openg2p/app", "harbor.example.org/openg2p-evil/app", "registry.local:5000.evil.com/x"] {
-        assert_eq!(client.review("validate", &Review::create(pod(bad)).json()).await["allowed"], false, "{bad}");
+    for bad in [
+        "ghcr.io.evil.com/openg2p/app",
+        "harbor.example.org/openg2p-evil/app",
+        "registry.local:5000.evil.com/x",
+    ] {
+        assert_eq!(
+            client
+                .review("validate", &Review::create(pod(bad)).json())
+                .await["allowed"],
+            false,
+            "{bad}"
+        );
     }
 }
 
@@ -343,15 +554,30 @@ async fn a_mirrored_image_then_passes_the_airgap_check() {
     .await;
     let mut client = Client::connect(&server).await;
     let deploy = pod_bearing_objects("redis:7.2", 2).remove(1).0;
-    let response = client.review("mutate", &Review::create(deploy.clone()).json()).await;
+    let response = client
+        .review("mutate", &Review::create(deploy.clone()).json())
+        .await;
     let patched = apply_patch(&response, &deploy);
-    assert_eq!(patched.pointer("/spec/template/spec/containers/0/image"), Some(&json!("registry.local:5000/dockerhub/library/redis:7.2")));
-    assert_eq!(patched.pointer("/spec/template/spec/containers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
-    assert_eq!(patched.pointer("/spec/template/spec/initContainers/0/image"), Some(&json!("registry.local:5000/dockerhub/library/busybox:1.36")));
+    assert_eq!(
+        patched.pointer("/spec/template/spec/containers/0/image"),
+        Some(&json!("registry.local:5000/dockerhub/library/redis:7.2"))
+    );
+    assert_eq!(
+        patched.pointer("/spec/template/spec/containers/0/imagePullPolicy"),
+        Some(&json!("IfNotPresent"))
+    );
+    assert_eq!(
+        patched.pointer("/spec/template/spec/initContainers/0/image"),
+        Some(&json!("registry.local:5000/dockerhub/library/busybox:1.36"))
+    );
     // The API server sends the mutated object to the validating webhook.
-    let response = client.review("validate", &Review::create(patched).json()).await;
+    let response = client
+        .review("validate", &Review::create(patched).json())
+        .await;
     assert_eq!(response["allowed"], true, "{response}");
-    let response = client.review("validate", &Review::create(deploy).json()).await;
+    let response = client
+        .review("validate", &Review::create(deploy).json())
+        .await;
     assert_eq!(response["allowed"], false, "unmirrored it is denied");
 }
 
@@ -373,7 +599,10 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
             let (got, body) = client.send(Method::POST, webhook, body.clone()).await;
             assert_eq!(got, status, "{expected}");
             let error: Value = serde_json::from_slice(&body).expect("a JSON error");
-            assert!(error["error"].as_str().unwrap().contains(expected), "{error}");
+            assert!(
+                error["error"].as_str().unwrap().contains(expected),
+                "{error}"
+            );
             assert_eq!(error["code"], status.as_u16());
         }
     }
@@ -383,13 +612,20 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
     assert_eq!(response["allowed"], false);
     assert_eq!(response["status"]["code"], 400);
     assert_eq!(message(&response), "prodguard cannot check Deployment openg2p/web: Deployment field spec.template.spec.containers must be a list");
-    let bad = Review::create(json!({"apiVersion": "v1", "kind": "Pod", "metadata": "not a mapping"})).uid("bad-meta");
+    let bad =
+        Review::create(json!({"apiVersion": "v1", "kind": "Pod", "metadata": "not a mapping"}))
+            .uid("bad-meta");
     let response = client.review("validate", &bad.json()).await;
     assert_eq!(response["allowed"], false);
-    assert!(message(&response).contains("cannot read this admission request"), "{response}");
+    assert!(
+        message(&response).contains("cannot read this admission request"),
+        "{response}"
+    );
 
     // Deeply nested JSON inside the object stops at serde_json's recursion limit.
-    let mut deep = Review::create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}})).uid("deep");
+    let mut deep =
+        Review::create(json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "c"}}))
+            .uid("deep");
     let mut nested = json!(1);
     for _ in 0..200 {
         nested = json!([nested]);
@@ -397,7 +633,10 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
     deep.request["object"]["data"] = nested;
     let response = client.review("validate", &deep.json()).await;
     assert_eq!(response["allowed"], false);
-    assert!(message(&response).contains("recursion limit exceeded"), "{response}");
+    assert!(
+        message(&response).contains("recursion limit exceeded"),
+        "{response}"
+    );
 
     let (status, _) = client.send(Method::GET, "/mutate", vec![]).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);
@@ -412,7 +651,10 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
 #[tokio::test]
 async fn readyz_fails_when_not_ready() {
     let server = start_default().await;
-    server.state.ready.store(false, std::sync::atomic::Ordering::Relaxed);
+    server
+        .state
+        .ready
+        .store(false, std::sync::atomic::Ordering::Relaxed);
     let mut client = Client::connect(&server).await;
     let (status, _) = client.send(Method::GET, "/readyz", vec![]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
@@ -425,7 +667,8 @@ async fn http2_is_offered_by_alpn() {
     let server = start_default().await;
     let deploy = pod_bearing_objects("nginx", 1).remove(1).0;
     let review = Review::create(deploy).json();
-    let (alpn, status, body) = h2_post(&server, "/validate", serde_json::to_vec(&review).unwrap()).await;
+    let (alpn, status, body) =
+        h2_post(&server, "/validate", serde_json::to_vec(&review).unwrap()).await;
     assert_eq!(alpn.as_deref(), Some(&b"h2"[..]));
     assert_eq!(status, StatusCode::OK);
     let answer: Value = serde_json::from_slice(&body).unwrap();
@@ -438,10 +681,18 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
     let other = prodguard::server::pki::generate("other CA", &["localhost".to_string()]).unwrap();
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let result = connector(&other.ca_cert_pem, &[b"http/1.1"]).connect(name, tcp).await;
-    assert!(result.is_err(), "the handshake must fail against another CA");
+    let result = connector(&other.ca_cert_pem, &[b"http/1.1"])
+        .connect(name, tcp)
+        .await;
+    assert!(
+        result.is_err(),
+        "the handshake must fail against another CA"
+    );
     // A name the certificate does not carry fails too.
     let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
     let name = rustls::pki_types::ServerName::try_from("prodguard.example.org").unwrap();
-    assert!(connector(&server.ca_pem, &[]).connect(name, tcp).await.is_err());
+    assert!(connector(&server.ca_pem, &[])
+        .connect(name, tcp)
+        .await
+        .is_err());
 }

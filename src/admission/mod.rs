@@ -27,7 +27,10 @@ pub enum NotAReview {
 pub enum Decoded {
     Request(Box<AdmissionRequest<DynamicObject>>),
     /// A review whose request does not decode: answered (denied) with its uid.
-    Malformed { uid: String, message: String },
+    Malformed {
+        uid: String,
+        message: String,
+    },
 }
 
 #[derive(Deserialize)]
@@ -98,7 +101,12 @@ pub fn respond_malformed(uid: &str, message: &str) -> AdmissionResponse {
     response
 }
 
-fn deny(mut response: AdmissionResponse, message: &str, code: u16, reason: &str) -> AdmissionResponse {
+fn deny(
+    mut response: AdmissionResponse,
+    message: &str,
+    code: u16,
+    reason: &str,
+) -> AdmissionResponse {
     response = response.deny(message);
     response.result.code = code;
     response.result.reason = reason.to_owned();
@@ -206,7 +214,9 @@ mod tests {
 
     #[test]
     fn decodes_a_review() {
-        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else { panic!() };
+        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else {
+            panic!()
+        };
         assert_eq!(req.uid, "u-1");
         assert_eq!(req.types.api_version, "admission.k8s.io/v1");
     }
@@ -217,19 +227,31 @@ mod tests {
         assert!(matches!(decode(b"{}"), Err(NotAReview::WrongType { .. })));
         let v1beta1 = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1beta1", "kind": "AdmissionReview", "request": pod_request()})).unwrap();
         let err = decode(&v1beta1).unwrap_err();
-        assert!(err.to_string().contains("got apiVersion \"admission.k8s.io/v1beta1\""), "{err}");
-        let no_request = serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"})).unwrap();
+        assert!(
+            err.to_string()
+                .contains("got apiVersion \"admission.k8s.io/v1beta1\""),
+            "{err}"
+        );
+        let no_request = serde_json::to_vec(
+            &json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview"}),
+        )
+        .unwrap();
         assert_eq!(decode(&no_request).unwrap_err(), NotAReview::NoRequest);
         let mut no_uid = pod_request();
         no_uid.as_object_mut().unwrap().remove("uid");
         assert!(matches!(decode(&review(no_uid)), Err(NotAReview::NoUid(_))));
         let nested = format!("{}{}", "[".repeat(10_000), "]".repeat(10_000));
-        assert!(matches!(decode(nested.as_bytes()), Err(NotAReview::NotJson(_))));
+        assert!(matches!(
+            decode(nested.as_bytes()),
+            Err(NotAReview::NotJson(_))
+        ));
     }
 
     #[test]
     fn the_patch_is_base64_on_the_wire() {
-        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else { panic!() };
+        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else {
+            panic!()
+        };
         let decision = crate::engine::Decision {
             allowed: true,
             patch: vec![json_patch::PatchOperation::Add(json_patch::AddOperation {
@@ -255,7 +277,9 @@ mod tests {
     fn a_malformed_request_with_a_uid_is_answered() {
         let mut bad = pod_request();
         bad["object"]["metadata"] = json!("not an object");
-        let Decoded::Malformed { uid, message } = decode(&review(bad)).unwrap() else { panic!() };
+        let Decoded::Malformed { uid, message } = decode(&review(bad)).unwrap() else {
+            panic!()
+        };
         assert_eq!(uid, "u-1");
         let body = encode(respond_malformed(&uid, &message)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();

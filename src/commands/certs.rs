@@ -13,7 +13,10 @@ use crate::server::pki;
 pub fn run(args: CertsArgs) -> ExitCode {
     match write_certs(&args) {
         Ok(bundle) => {
-            println!("wrote ca.crt, tls.crt and tls.key to {}", args.out_dir.display());
+            println!(
+                "wrote ca.crt, tls.crt and tls.key to {}",
+                args.out_dir.display()
+            );
             println!("CA bundle (the caBundle of both webhook configurations):");
             println!("{bundle}");
             ExitCode::SUCCESS

@@ -230,7 +230,12 @@ fn flatten(value: Value, objects: &mut Vec<Value>) {
     }
 }
 
-fn check_source(engine: &Engine, source: &Source, default_namespace: &str, output: &mut CheckOutput) {
+fn check_source(
+    engine: &Engine,
+    source: &Source,
+    default_namespace: &str,
+    output: &mut CheckOutput,
+) {
     let documents = match parse_documents(source) {
         Ok(documents) => documents,
         Err(message) => {
@@ -281,7 +286,14 @@ pub fn check_object(
     let object: DynamicObject =
         serde_json::from_value(value).map_err(|e| format!("is not a valid object: {e}"))?;
     let mut results = Vec::new();
-    let patch = evaluate(engine, Webhook::Mutate, file, &object, default_namespace, &mut results)?;
+    let patch = evaluate(
+        engine,
+        Webhook::Mutate,
+        file,
+        &object,
+        default_namespace,
+        &mut results,
+    )?;
     let object = if patch.is_empty() {
         object
     } else {
@@ -290,7 +302,14 @@ pub fn check_object(
             .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
         serde_json::from_value(patched).map_err(|e| e.to_string())?
     };
-    evaluate(engine, Webhook::Validate, file, &object, default_namespace, &mut results)?;
+    evaluate(
+        engine,
+        Webhook::Validate,
+        file,
+        &object,
+        default_namespace,
+        &mut results,
+    )?;
     Ok(results)
 }
 
@@ -361,7 +380,10 @@ pub fn render_text(output: &CheckOutput) -> String {
     for r in &output.results {
         let object = (&r.file, &r.kind, &r.namespace, &r.name);
         if last_object != Some(object) {
-            text.push_str(&format!("{}: {} {}/{}\n", r.file, r.kind, r.namespace, r.name));
+            text.push_str(&format!(
+                "{}: {} {}/{}\n",
+                r.file, r.kind, r.namespace, r.name
+            ));
             last_object = Some(object);
         }
         text.push_str(&format!(
@@ -432,17 +454,38 @@ spec:
     #[test]
     fn a_deployment_is_patched_then_denied() {
         let output = run_text(DEPLOYMENT);
-        assert_eq!(output.summary, Summary { resources: 1, denied: 1, patched: 1, warned: 0 });
+        assert_eq!(
+            output.summary,
+            Summary {
+                resources: 1,
+                denied: 1,
+                patched: 1,
+                warned: 0
+            }
+        );
         assert_eq!(output.exit_code(), 1);
         let patch = &output.results[0];
-        assert_eq!((patch.policy.as_str(), patch.action), ("image-pull-policy", "patch"));
+        assert_eq!(
+            (patch.policy.as_str(), patch.action),
+            ("image-pull-policy", "patch")
+        );
         assert_eq!(
             serde_json::to_value(&patch.patch).unwrap(),
             serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "IfNotPresent"}])
         );
         let deny = &output.results[1];
-        assert_eq!((deny.policy.as_str(), deny.action), ("min-replicas", "deny"));
-        assert_eq!((deny.kind.as_str(), deny.namespace.as_str(), deny.name.as_str()), ("Deployment", "openg2p", "web"));
+        assert_eq!(
+            (deny.policy.as_str(), deny.action),
+            ("min-replicas", "deny")
+        );
+        assert_eq!(
+            (
+                deny.kind.as_str(),
+                deny.namespace.as_str(),
+                deny.name.as_str()
+            ),
+            ("Deployment", "openg2p", "web")
+        );
     }
 
     #[test]
@@ -459,18 +502,38 @@ spec:
     fn unparsable_input_is_reported_and_the_rest_checked() {
         let output = run_text("replicas: {{ .Values.replicaCount }}\n");
         assert_eq!(output.errors.len(), 1);
-        assert!(output.errors[0].message.contains("Helm template"), "{}", output.errors[0].message);
+        assert!(
+            output.errors[0].message.contains("Helm template"),
+            "{}",
+            output.errors[0].message
+        );
         assert_eq!(output.exit_code(), 2);
         let output = run_text("just: values\n");
-        assert!(output.errors[0].message.contains("has no apiVersion"), "{:?}", output.errors);
+        assert!(
+            output.errors[0].message.contains("has no apiVersion"),
+            "{:?}",
+            output.errors
+        );
     }
 
     #[test]
     fn the_text_report_lists_actions_and_summary() {
         let text = render_text(&run_text(DEPLOYMENT));
-        assert!(text.contains("test.yaml: Deployment openg2p/web\n"), "{text}");
-        assert!(text.contains("  PATCH [image-pull-policy] set imagePullPolicy"), "{text}");
-        assert!(text.contains("  DENY  [min-replicas] Deployment openg2p/web would run 1 replica"), "{text}");
-        assert!(text.ends_with("1 resources: 1 denied, 1 patched, 0 warned\n"), "{text}");
+        assert!(
+            text.contains("test.yaml: Deployment openg2p/web\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  PATCH [image-pull-policy] set imagePullPolicy"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  DENY  [min-replicas] Deployment openg2p/web would run 1 replica"),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("1 resources: 1 denied, 1 patched, 0 warned\n"),
+            "{text}"
+        );
     }
 }

@@ -15,7 +15,10 @@ use crate::report::LogReporter;
 use crate::server::{self, pki, tls};
 
 pub fn run(args: ServeArgs) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
@@ -34,7 +37,10 @@ pub fn run(args: ServeArgs) -> ExitCode {
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(args.config.as_deref(), args.mode).map_err(|e| e.to_string())?;
     let addr: SocketAddr = args.addr.parse().map_err(|e| {
-        format!("--addr {:?} is not an address ({e}); use host:port such as 0.0.0.0:8443", args.addr)
+        format!(
+            "--addr {:?} is not an address ({e}); use host:port such as 0.0.0.0:8443",
+            args.addr
+        )
     })?;
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::load(cert, key).map_err(|e| e.to_string())?,
@@ -43,7 +49,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let pods = pod_lookup().await;
     let engine = Engine::new(&config, pods, Arc::new(LogReporter));
     for (id, webhook, mode) in engine.active_policies() {
-        tracing::info!(policy = id, webhook = webhook.as_str(), mode = mode.as_str(), "policy active");
+        tracing::info!(
+            policy = id,
+            webhook = webhook.as_str(),
+            mode = mode.as_str(),
+            "policy active"
+        );
     }
     let state = AppState::new(engine);
     let listener = tokio::net::TcpListener::bind(addr)

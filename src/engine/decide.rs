@@ -172,22 +172,71 @@ mod tests {
             action: Option<Action>,
         }
         let rows = [
-            Row { mode: PolicyMode::Enforce, finding: violation(), allowed: false, patched: false, warning: None, action: Some(Action::Denied) },
-            Row { mode: PolicyMode::Enforce, finding: mutation(), allowed: true, patched: true, warning: None, action: Some(Action::Mutated) },
-            Row { mode: PolicyMode::Audit, finding: violation(), allowed: true, patched: false, warning: Some("p: bad"), action: Some(Action::Audited) },
-            Row { mode: PolicyMode::Audit, finding: mutation(), allowed: true, patched: false, warning: Some("p: would patch: set x"), action: Some(Action::Audited) },
-            Row { mode: PolicyMode::Off, finding: violation(), allowed: true, patched: false, warning: None, action: None },
-            Row { mode: PolicyMode::Off, finding: mutation(), allowed: true, patched: false, warning: None, action: None },
+            Row {
+                mode: PolicyMode::Enforce,
+                finding: violation(),
+                allowed: false,
+                patched: false,
+                warning: None,
+                action: Some(Action::Denied),
+            },
+            Row {
+                mode: PolicyMode::Enforce,
+                finding: mutation(),
+                allowed: true,
+                patched: true,
+                warning: None,
+                action: Some(Action::Mutated),
+            },
+            Row {
+                mode: PolicyMode::Audit,
+                finding: violation(),
+                allowed: true,
+                patched: false,
+                warning: Some("p: bad"),
+                action: Some(Action::Audited),
+            },
+            Row {
+                mode: PolicyMode::Audit,
+                finding: mutation(),
+                allowed: true,
+                patched: false,
+                warning: Some("p: would patch: set x"),
+                action: Some(Action::Audited),
+            },
+            Row {
+                mode: PolicyMode::Off,
+                finding: violation(),
+                allowed: true,
+                patched: false,
+                warning: None,
+                action: None,
+            },
+            Row {
+                mode: PolicyMode::Off,
+                finding: mutation(),
+                allowed: true,
+                patched: false,
+                warning: None,
+                action: None,
+            },
         ];
         for row in rows {
             let d = decide(&[outcome(row.mode, row.finding.clone())]);
             let context = format!("{:?} x {:?}", row.mode, row.finding);
             assert_eq!(d.allowed, row.allowed, "{context}");
             assert_eq!(!d.patch.is_empty(), row.patched, "{context}");
-            assert_eq!(d.warnings.first().map(String::as_str), row.warning, "{context}");
+            assert_eq!(
+                d.warnings.first().map(String::as_str),
+                row.warning,
+                "{context}"
+            );
             assert_eq!(d.reports.first().map(|r| r.action), row.action, "{context}");
             if row.warning.is_some() {
-                assert!(d.audit_annotations.contains_key("prodguard.io/p"), "{context}");
+                assert!(
+                    d.audit_annotations.contains_key("prodguard.io/p"),
+                    "{context}"
+                );
             } else {
                 assert!(d.audit_annotations.is_empty(), "{context}");
             }
@@ -229,7 +278,9 @@ mod tests {
             findings: vec![violation(), mutation()],
         }]);
         assert_eq!(
-            d.audit_annotations.get("prodguard.io/p").map(String::as_str),
+            d.audit_annotations
+                .get("prodguard.io/p")
+                .map(String::as_str),
             Some("bad; would patch: set x")
         );
     }

@@ -68,7 +68,8 @@ pub trait Policy: Send + Sync {
     fn needs_pod(&self, _request: &Request<'_>) -> bool {
         false
     }
-    fn evaluate(&self, request: &Request<'_>, context: &Context) -> Result<Vec<Finding>, EvalError>;
+    fn evaluate(&self, request: &Request<'_>, context: &Context)
+        -> Result<Vec<Finding>, EvalError>;
 }
 
 struct Configured {
@@ -124,7 +125,11 @@ impl Engine {
     /// and reports violations and mutations unless the request is a dry run.
     pub async fn review(&self, webhook: Webhook, request: &Request<'_>) -> Verdict {
         let mut context = Context::default();
-        let active = || self.policies.iter().filter(|c| c.policy.webhook() == webhook);
+        let active = || {
+            self.policies
+                .iter()
+                .filter(|c| c.policy.webhook() == webhook)
+        };
         if active().any(|c| c.policy.needs_pod(request)) {
             context.pod = Some(
                 self.pods
@@ -147,7 +152,11 @@ impl Engine {
     /// Evaluates without reading the cluster or reporting (used by `check` and by `review`).
     pub fn evaluate(&self, webhook: Webhook, request: &Request<'_>, context: &Context) -> Verdict {
         let mut outcomes = Vec::new();
-        for configured in self.policies.iter().filter(|c| c.policy.webhook() == webhook) {
+        for configured in self
+            .policies
+            .iter()
+            .filter(|c| c.policy.webhook() == webhook)
+        {
             match configured.policy.evaluate(request, context) {
                 Ok(findings) if findings.is_empty() => {}
                 Ok(findings) => outcomes.push(PolicyOutcome {

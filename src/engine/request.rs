@@ -74,6 +74,7 @@ impl<'a> Request<'a> {
 
     /// Whether this is a CREATE or UPDATE of the object itself (no subresource).
     pub fn is_write(&self) -> bool {
-        matches!(self.operation, Operation::Create | Operation::Update) && self.sub_resource.is_none()
+        matches!(self.operation, Operation::Create | Operation::Update)
+            && self.sub_resource.is_none()
     }
 }

@@ -63,11 +63,21 @@ async fn validate(state: State<Arc<AppState>>, body: Result<Bytes, BytesRejectio
 
 fn json_error(status: StatusCode, message: &str) -> Response {
     let body = serde_json::json!({"error": message, "code": status.as_u16()});
-    (status, [(header::CONTENT_TYPE, "application/json")], body.to_string()).into_response()
+    (
+        status,
+        [(header::CONTENT_TYPE, "application/json")],
+        body.to_string(),
+    )
+        .into_response()
 }
 
 fn json_body(body: Vec<u8>) -> Response {
-    (StatusCode::OK, [(header::CONTENT_TYPE, "application/json")], body).into_response()
+    (
+        StatusCode::OK,
+        [(header::CONTENT_TYPE, "application/json")],
+        body,
+    )
+        .into_response()
 }
 
 async fn review(
@@ -130,7 +140,10 @@ async fn review(
         Ok(body) => json_body(body),
         Err(e) => {
             tracing::error!("cannot encode a response: {e}");
-            json_error(StatusCode::INTERNAL_SERVER_ERROR, "cannot encode the response")
+            json_error(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "cannot encode the response",
+            )
         }
     }
 }

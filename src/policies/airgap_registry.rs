@@ -151,12 +151,30 @@ mod tests {
 
     #[test]
     fn the_message_names_every_container_and_registry() {
-        let msg = message(&policy(true), &pod(&["nginx", "registry.local:5000/ok", "Bad Ref", "quay.io/a/b"])).unwrap();
-        assert!(msg.contains("containers[0] \"c0\": image \"nginx\" resolves to registry docker.io"), "{msg}");
-        assert!(msg.contains("containers[2] \"c2\": image \"Bad Ref\" is not a valid reference"), "{msg}");
-        assert!(msg.contains("containers[3] \"c3\": image \"quay.io/a/b\" resolves to registry quay.io"), "{msg}");
+        let msg = message(
+            &policy(true),
+            &pod(&["nginx", "registry.local:5000/ok", "Bad Ref", "quay.io/a/b"]),
+        )
+        .unwrap();
+        assert!(
+            msg.contains("containers[0] \"c0\": image \"nginx\" resolves to registry docker.io"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("containers[2] \"c2\": image \"Bad Ref\" is not a valid reference"),
+            "{msg}"
+        );
+        assert!(
+            msg.contains(
+                "containers[3] \"c3\": image \"quay.io/a/b\" resolves to registry quay.io"
+            ),
+            "{msg}"
+        );
         assert!(!msg.contains("c1"), "{msg}");
-        assert!(msg.contains("(registry.local:5000, harbor.example.org/openg2p/)"), "{msg}");
+        assert!(
+            msg.contains("(registry.local:5000, harbor.example.org/openg2p/)"),
+            "{msg}"
+        );
     }
 
     #[test]

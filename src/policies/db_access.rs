@@ -17,7 +17,11 @@ use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Web
 
 pub const ID: &str = "db-access";
 pub const DATABASE_ANNOTATION: &str = "prodguard.io/database";
-const LABELS: [&str; 3] = ["app.kubernetes.io/name", "app", "app.kubernetes.io/component"];
+const LABELS: [&str; 3] = [
+    "app.kubernetes.io/name",
+    "app",
+    "app.kubernetes.io/component",
+];
 
 /// A configured database image: a repository suffix, on any registry unless one is named.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,7 +58,11 @@ impl DbAccess {
             })
             .collect();
         DbAccess {
-            databases: config.databases.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            databases: config
+                .databases
+                .iter()
+                .map(|d| d.to_ascii_lowercase())
+                .collect(),
             images,
             admins: admins.clone(),
         }
@@ -63,7 +71,10 @@ impl DbAccess {
     fn applies(request: &Request<'_>) -> bool {
         request.operation == Operation::Connect
             && request.resource == "pods"
-            && matches!(request.sub_resource, Some("exec" | "attach" | "portforward"))
+            && matches!(
+                request.sub_resource,
+                Some("exec" | "attach" | "portforward")
+            )
     }
 
     fn is_admin(&self, request: &Request<'_>) -> bool {
@@ -124,7 +135,11 @@ impl Policy for DbAccess {
         Self::applies(request) && !self.is_admin(request)
     }
 
-    fn evaluate(&self, request: &Request<'_>, context: &Context) -> Result<Vec<Finding>, EvalError> {
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
         if !self.needs_pod(request) {
             return Ok(Vec::new());
         }
@@ -184,22 +199,62 @@ mod tests {
     fn recognises_database_pods() {
         let p = policy();
         let cases = [
-            (json!({"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}}}), true),
+            (
+                json!({"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}}}),
+                true,
+            ),
             (json!({"metadata": {"labels": {"app": "Redis"}}}), true),
-            (json!({"metadata": {"labels": {"app.kubernetes.io/component": "mysql"}}}), true),
-            (json!({"metadata": {"annotations": {"prodguard.io/database": "true"}}}), true),
-            (json!({"spec": {"containers": [{"name": "redis", "image": "redis:7.2"}]}}), true),
-            (json!({"spec": {"containers": [{"name": "pg", "image": "docker.io/bitnami/postgresql:16.3.0"}]}}), true),
-            (json!({"spec": {"containers": [{"name": "pg", "image": "registry.local:5000/dockerhub/library/postgres:16"}]}}), true),
-            (json!({"spec": {"containers": [{"name": "m", "image": "mongo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}]}}), true),
-            (json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}), false),
-            (json!({"spec": {"containers": [{"name": "c", "image": "jbergknoff/postgresql-client"}]}}), false),
-            (json!({"spec": {"containers": [{"name": "c", "image": "redis-exporter"}]}}), false),
-            (json!({"spec": {"initContainers": [{"name": "wait", "image": "postgres:16"}], "containers": [{"name": "app", "image": "openg2p/app"}]}}), false),
-            (json!({"metadata": {"annotations": {"prodguard.io/database": "false"}}}), false),
+            (
+                json!({"metadata": {"labels": {"app.kubernetes.io/component": "mysql"}}}),
+                true,
+            ),
+            (
+                json!({"metadata": {"annotations": {"prodguard.io/database": "true"}}}),
+                true,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "redis", "image": "redis:7.2"}]}}),
+                true,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "pg", "image": "docker.io/bitnami/postgresql:16.3.0"}]}}),
+                true,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "pg", "image": "registry.local:5000/dockerhub/library/postgres:16"}]}}),
+                true,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "m", "image": "mongo@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef"}]}}),
+                true,
+            ),
+            (
+                json!({"metadata": {"labels": {"app": "web"}}, "spec": {"containers": [{"name": "web", "image": "nginx"}]}}),
+                false,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "c", "image": "jbergknoff/postgresql-client"}]}}),
+                false,
+            ),
+            (
+                json!({"spec": {"containers": [{"name": "c", "image": "redis-exporter"}]}}),
+                false,
+            ),
+            (
+                json!({"spec": {"initContainers": [{"name": "wait", "image": "postgres:16"}], "containers": [{"name": "app", "image": "openg2p/app"}]}}),
+                false,
+            ),
+            (
+                json!({"metadata": {"annotations": {"prodguard.io/database": "false"}}}),
+                false,
+            ),
         ];
         for (value, is_db) in cases {
-            assert_eq!(p.database_reason(&object(value.clone())).is_some(), is_db, "{value}");
+            assert_eq!(
+                p.database_reason(&object(value.clone())).is_some(),
+                is_db,
+                "{value}"
+            );
         }
     }
 
@@ -207,13 +262,27 @@ mod tests {
     fn non_admins_are_denied_on_database_pods_for_every_subresource() {
         let p = policy();
         let ctx = pod(json!({"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}}}));
-        for (sub, verb) in [("exec", "exec into"), ("attach", "attach to"), ("portforward", "port-forward to")] {
+        for (sub, verb) in [
+            ("exec", "exec into"),
+            ("attach", "attach to"),
+            ("portforward", "port-forward to"),
+        ] {
             let req = exec_request(sub, &[]);
             assert!(p.needs_pod(&req));
             let findings = p.evaluate(&req, &ctx).unwrap();
-            let Finding::Violation { message } = &findings[0] else { panic!() };
-            assert!(message.contains(&format!("user \"alice\" may not {verb} database pod openg2p/db-0")), "{message}");
-            assert!(message.contains("label app.kubernetes.io/name=postgresql"), "{message}");
+            let Finding::Violation { message } = &findings[0] else {
+                panic!()
+            };
+            assert!(
+                message.contains(&format!(
+                    "user \"alice\" may not {verb} database pod openg2p/db-0"
+                )),
+                "{message}"
+            );
+            assert!(
+                message.contains("label app.kubernetes.io/name=postgresql"),
+                "{message}"
+            );
         }
     }
 
@@ -240,8 +309,13 @@ mod tests {
             pod: Some(Err("pod openg2p/db-0 was not found".into())),
         };
         let findings = p.evaluate(&req, &ctx).unwrap();
-        let Finding::Violation { message } = &findings[0] else { panic!() };
-        assert!(message.contains("pod lookup failed (pod openg2p/db-0 was not found)"), "{message}");
+        let Finding::Violation { message } = &findings[0] else {
+            panic!()
+        };
+        assert!(
+            message.contains("pod lookup failed (pod openg2p/db-0 was not found)"),
+            "{message}"
+        );
         assert!(message.contains("fails closed"), "{message}");
     }
 }

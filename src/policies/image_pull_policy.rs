@@ -75,22 +75,29 @@ mod tests {
 
     #[test]
     fn replaces_defaulted_values_and_adds_missing_ones() {
-        let pod = object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
-            "initContainers": [{"name": "init", "image": "busybox"}],
-            "containers": [
-                {"name": "a/b~c", "image": "nginx", "imagePullPolicy": "Always"},
-                {"name": "ok", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}
-            ],
-            "ephemeralContainers": [{"name": "dbg", "image": "busybox", "imagePullPolicy": "Never"}]
-        }}));
+        let pod = object(
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+                "initContainers": [{"name": "init", "image": "busybox"}],
+                "containers": [
+                    {"name": "a/b~c", "image": "nginx", "imagePullPolicy": "Always"},
+                    {"name": "ok", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}
+                ],
+                "ephemeralContainers": [{"name": "dbg", "image": "busybox", "imagePullPolicy": "Never"}]
+            }}),
+        );
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
         let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
         assert_eq!(findings.len(), 1);
-        let Finding::Mutation { patch, message } = &findings[0] else { panic!() };
+        let Finding::Mutation { patch, message } = &findings[0] else {
+            panic!()
+        };
         assert_eq!(patch.len(), 3);
         assert!(matches!(patch[0], PatchOperation::Add(_)));
         assert!(matches!(patch[1], PatchOperation::Replace(_)));
-        assert!(message.contains("containers[0] \"a/b~c\" (was Always)"), "{message}");
+        assert!(
+            message.contains("containers[0] \"a/b~c\" (was Always)"),
+            "{message}"
+        );
         let doc = apply(&pod, &findings);
         for pointer in [
             "/spec/initContainers/0/imagePullPolicy",
@@ -98,31 +105,69 @@ mod tests {
             "/spec/containers/1/imagePullPolicy",
             "/spec/ephemeralContainers/0/imagePullPolicy",
         ] {
-            assert_eq!(doc.pointer(pointer), Some(&json!("IfNotPresent")), "{pointer}");
+            assert_eq!(
+                doc.pointer(pointer),
+                Some(&json!("IfNotPresent")),
+                "{pointer}"
+            );
         }
-        assert_eq!(doc.pointer("/spec/containers/0/name"), Some(&json!("a/b~c")));
+        assert_eq!(
+            doc.pointer("/spec/containers/0/name"),
+            Some(&json!("a/b~c"))
+        );
     }
 
     #[test]
     fn nothing_to_change_gives_no_patch() {
-        let pod = object(json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}));
+        let pod = object(
+            json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}),
+        );
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
-        assert!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(ImagePullPolicy
+            .evaluate(&req, &Context::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
     fn pod_update_is_never_patched_but_workload_update_is() {
-        let pod = object(json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}));
+        let pod = object(
+            json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}),
+        );
         let req = request(Operation::Update, "Pod", "pods", Some(&pod));
-        assert!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(ImagePullPolicy
+            .evaluate(&req, &Context::default())
+            .unwrap()
+            .is_empty());
 
-        let deploy = object(json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}}}));
-        let req = request(Operation::Update, "Deployment", "deployments", Some(&deploy));
-        assert_eq!(ImagePullPolicy.evaluate(&req, &Context::default()).unwrap().len(), 1);
+        let deploy = object(
+            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}}}),
+        );
+        let req = request(
+            Operation::Update,
+            "Deployment",
+            "deployments",
+            Some(&deploy),
+        );
+        assert_eq!(
+            ImagePullPolicy
+                .evaluate(&req, &Context::default())
+                .unwrap()
+                .len(),
+            1
+        );
 
-        let mut status = request(Operation::Update, "Deployment", "deployments", Some(&deploy));
+        let mut status = request(
+            Operation::Update,
+            "Deployment",
+            "deployments",
+            Some(&deploy),
+        );
         status.sub_resource = Some("status");
-        assert!(ImagePullPolicy.evaluate(&status, &Context::default()).unwrap().is_empty());
+        assert!(ImagePullPolicy
+            .evaluate(&status, &Context::default())
+            .unwrap()
+            .is_empty());
     }
 
     #[test]
@@ -134,10 +179,18 @@ mod tests {
         let mut req = request(Operation::Update, "Pod", "pods", Some(&pod));
         req.sub_resource = Some("ephemeralcontainers");
         let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
-        let Finding::Mutation { patch, .. } = &findings[0] else { panic!() };
+        let Finding::Mutation { patch, .. } = &findings[0] else {
+            panic!()
+        };
         assert_eq!(patch.len(), 1);
         let doc = apply(&pod, &findings);
-        assert_eq!(doc.pointer("/spec/containers/0/imagePullPolicy"), Some(&json!("Always")));
-        assert_eq!(doc.pointer("/spec/ephemeralContainers/0/imagePullPolicy"), Some(&json!("IfNotPresent")));
+        assert_eq!(
+            doc.pointer("/spec/containers/0/imagePullPolicy"),
+            Some(&json!("Always"))
+        );
+        assert_eq!(
+            doc.pointer("/spec/ephemeralContainers/0/imagePullPolicy"),
+            Some(&json!("IfNotPresent"))
+        );
     }
 }

@@ -40,7 +40,9 @@ pub enum ImageRefError {
     InvalidPath(String),
     #[error("a 64-character hexadecimal string cannot be a repository name")]
     HexRepository,
-    #[error("tag {0:?} is not valid (letters, digits, _ . -, at most 128, not starting with . or -)")]
+    #[error(
+        "tag {0:?} is not valid (letters, digits, _ . -, at most 128, not starting with . or -)"
+    )]
     InvalidTag(String),
     #[error("digest {0:?} is not valid (expected sha256:<64 lowercase hex>, sha384:<96> or sha512:<128>)")]
     InvalidDigest(String),
@@ -296,48 +298,124 @@ mod tests {
 
     /// (reference, Some((registry, path, tag, digest))) or None when it must not parse.
     #[allow(clippy::type_complexity)]
-    fn table() -> Vec<(String, Option<(&'static str, &'static str, Option<&'static str>, bool)>)>
-    {
-        let ok = |r: &'static str, p: &'static str, t: Option<&'static str>, d: bool| {
-            Some((r, p, t, d))
-        };
+    fn table() -> Vec<(
+        String,
+        Option<(&'static str, &'static str, Option<&'static str>, bool)>,
+    )> {
+        let ok =
+            |r: &'static str, p: &'static str, t: Option<&'static str>, d: bool| Some((r, p, t, d));
         vec![
             // Docker Hub short names and aliases
-            ("nginx".into(), ok("docker.io", "library/nginx", None, false)),
-            ("nginx:1.25".into(), ok("docker.io", "library/nginx", Some("1.25"), false)),
-            ("redis:7.2".into(), ok("docker.io", "library/redis", Some("7.2"), false)),
-            ("bitnami/postgresql:16".into(), ok("docker.io", "bitnami/postgresql", Some("16"), false)),
-            ("docker.io/nginx".into(), ok("docker.io", "library/nginx", None, false)),
-            ("docker.io/library/nginx:latest".into(), ok("docker.io", "library/nginx", Some("latest"), false)),
-            ("index.docker.io/nginx".into(), ok("docker.io", "library/nginx", None, false)),
-            ("registry-1.docker.io/bitnami/redis:7".into(), ok("docker.io", "bitnami/redis", Some("7"), false)),
-            ("Docker.IO/library/nginx".into(), ok("docker.io", "library/nginx", None, false)),
+            (
+                "nginx".into(),
+                ok("docker.io", "library/nginx", None, false),
+            ),
+            (
+                "nginx:1.25".into(),
+                ok("docker.io", "library/nginx", Some("1.25"), false),
+            ),
+            (
+                "redis:7.2".into(),
+                ok("docker.io", "library/redis", Some("7.2"), false),
+            ),
+            (
+                "bitnami/postgresql:16".into(),
+                ok("docker.io", "bitnami/postgresql", Some("16"), false),
+            ),
+            (
+                "docker.io/nginx".into(),
+                ok("docker.io", "library/nginx", None, false),
+            ),
+            (
+                "docker.io/library/nginx:latest".into(),
+                ok("docker.io", "library/nginx", Some("latest"), false),
+            ),
+            (
+                "index.docker.io/nginx".into(),
+                ok("docker.io", "library/nginx", None, false),
+            ),
+            (
+                "registry-1.docker.io/bitnami/redis:7".into(),
+                ok("docker.io", "bitnami/redis", Some("7"), false),
+            ),
+            (
+                "Docker.IO/library/nginx".into(),
+                ok("docker.io", "library/nginx", None, false),
+            ),
             // "myregistry/busybox" is Docker Hub: no '.', ':' or localhost in the first component.
-            ("myregistry/busybox".into(), ok("docker.io", "myregistry/busybox", None, false)),
-            ("jmalloc/echo-server".into(), ok("docker.io", "jmalloc/echo-server", None, false)),
+            (
+                "myregistry/busybox".into(),
+                ok("docker.io", "myregistry/busybox", None, false),
+            ),
+            (
+                "jmalloc/echo-server".into(),
+                ok("docker.io", "jmalloc/echo-server", None, false),
+            ),
             // localhost and host:port
             ("localhost/app".into(), ok("localhost", "app", None, false)),
-            ("localhost:5000/app:v1".into(), ok("localhost:5000", "app", Some("v1"), false)),
-            ("registry.local:5000/openg2p/app".into(), ok("registry.local:5000", "openg2p/app", None, false)),
-            ("registry.local:5000/openg2p/app:1.0".into(), ok("registry.local:5000", "openg2p/app", Some("1.0"), false)),
+            (
+                "localhost:5000/app:v1".into(),
+                ok("localhost:5000", "app", Some("v1"), false),
+            ),
+            (
+                "registry.local:5000/openg2p/app".into(),
+                ok("registry.local:5000", "openg2p/app", None, false),
+            ),
+            (
+                "registry.local:5000/openg2p/app:1.0".into(),
+                ok("registry.local:5000", "openg2p/app", Some("1.0"), false),
+            ),
             // tag vs port: x:5000 is a tag
-            ("x:5000".into(), ok("docker.io", "library/x", Some("5000"), false)),
-            ("ghcr.io/openg2p/x:5000".into(), ok("ghcr.io", "openg2p/x", Some("5000"), false)),
-            ("quay.io/keycloak/keycloak".into(), ok("quay.io", "keycloak/keycloak", None, false)),
+            (
+                "x:5000".into(),
+                ok("docker.io", "library/x", Some("5000"), false),
+            ),
+            (
+                "ghcr.io/openg2p/x:5000".into(),
+                ok("ghcr.io", "openg2p/x", Some("5000"), false),
+            ),
+            (
+                "quay.io/keycloak/keycloak".into(),
+                ok("quay.io", "keycloak/keycloak", None, false),
+            ),
             // digests are kept
-            (format!("nginx@{D}"), ok("docker.io", "library/nginx", None, true)),
-            (format!("nginx:1.25@{D}"), ok("docker.io", "library/nginx", Some("1.25"), true)),
-            (format!("registry.local:5000/app@{D}"), ok("registry.local:5000", "app", None, true)),
+            (
+                format!("nginx@{D}"),
+                ok("docker.io", "library/nginx", None, true),
+            ),
+            (
+                format!("nginx:1.25@{D}"),
+                ok("docker.io", "library/nginx", Some("1.25"), true),
+            ),
+            (
+                format!("registry.local:5000/app@{D}"),
+                ok("registry.local:5000", "app", None, true),
+            ),
             // IPv6 hosts
-            ("[::1]:5000/app".into(), ok("[::1]:5000", "app", None, false)),
-            ("[2001:db8::1]/team/app:v2".into(), ok("[2001:db8::1]", "team/app", Some("v2"), false)),
+            (
+                "[::1]:5000/app".into(),
+                ok("[::1]:5000", "app", None, false),
+            ),
+            (
+                "[2001:db8::1]/team/app:v2".into(),
+                ok("[2001:db8::1]", "team/app", Some("v2"), false),
+            ),
             // separators in paths
-            ("a/b__c/d-e--f.g".into(), ok("docker.io", "a/b__c/d-e--f.g", None, false)),
+            (
+                "a/b__c/d-e--f.g".into(),
+                ok("docker.io", "a/b__c/d-e--f.g", None, false),
+            ),
             // Uppercase host is a registry (and is lowercased)
-            ("Registry.Local/app".into(), ok("registry.local", "app", None, false)),
+            (
+                "Registry.Local/app".into(),
+                ok("registry.local", "app", None, false),
+            ),
             ("REGISTRY/app".into(), ok("registry", "app", None, false)),
             // Bypass forms: a look-alike host is its own registry
-            ("ghcr.io.evil.com/openg2p/app".into(), ok("ghcr.io.evil.com", "openg2p/app", None, false)),
+            (
+                "ghcr.io.evil.com/openg2p/app".into(),
+                ok("ghcr.io.evil.com", "openg2p/app", None, false),
+            ),
             ("registry.local:5000.evil.com/app".into(), None),
             ("registry.local:5000@evil.com/app".into(), None),
             ("ghcr.io./app".into(), None),
@@ -362,7 +440,10 @@ mod tests {
             ("a b".into(), None),
             (":tag".into(), None),
             ("registry.local:/app".into(), None),
-            ("0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(), None),
+            (
+                "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef".into(),
+                None,
+            ),
             (format!("{}/app", "a".repeat(300)), None),
         ]
     }
@@ -415,7 +496,10 @@ mod tests {
     #[test]
     fn errors_say_what_is_wrong() {
         let err = ImageRef::parse("Nginx").unwrap_err();
-        assert_eq!(err.to_string(), "repository name \"Nginx\" must be lowercase");
+        assert_eq!(
+            err.to_string(),
+            "repository name \"Nginx\" must be lowercase"
+        );
         let err = ImageRef::parse("registry.local:50x0/app").unwrap_err();
         assert!(err.to_string().contains("registry.local:50x0"), "{err}");
     }

@@ -119,10 +119,15 @@ impl Policy for MinReplicas {
                 }
             }
             (kind @ ("Deployment" | "StatefulSet" | "ReplicaSet"), false) => {
-                let owned_by_deployment = object.metadata.owner_references.as_ref().is_some_and(|refs| {
-                    refs.iter()
-                        .any(|r| r.kind == "Deployment" && r.controller == Some(true))
-                });
+                let owned_by_deployment =
+                    object
+                        .metadata
+                        .owner_references
+                        .as_ref()
+                        .is_some_and(|refs| {
+                            refs.iter()
+                                .any(|r| r.kind == "Deployment" && r.controller == Some(true))
+                        });
                 if kind == "ReplicaSet" && owned_by_deployment {
                     return Ok(Vec::new());
                 }
@@ -153,22 +158,22 @@ impl Policy for MinReplicas {
                     target: target_field("kind").zip(target_field("name")),
                     field: "spec.minReplicas",
                     value: int_at(request.kind, &object.data, &path, 1)?,
-                    old_value: old
-                        .map(|o| int_at(request.kind, o, &path, 1))
-                        .transpose()?,
+                    old_value: old.map(|o| int_at(request.kind, o, &path, 1)).transpose()?,
                 }
             }
             _ => return Ok(Vec::new()),
         };
         let is_hpa = sized.kind == "HorizontalPodAutoscaler";
         let allowed = sized.value >= self.min || (sized.value == 0 && !is_hpa);
-        if allowed
-            || sized.old_value == Some(sized.value)
-            || self.exempt(request.namespace, &sized)
+        if allowed || sized.old_value == Some(sized.value) || self.exempt(request.namespace, &sized)
         {
             return Ok(Vec::new());
         }
-        let noun = if sized.value == 1 { "replica" } else { "replicas" };
+        let noun = if sized.value == 1 {
+            "replica"
+        } else {
+            "replicas"
+        };
         let fix = if is_hpa {
             format!("set {} to {} or more", sized.field, self.min)
         } else {
@@ -251,8 +256,16 @@ mod tests {
         let obj = workload("Deployment", "web", Some(1));
         let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
         let msg = verdict(&req).unwrap();
-        assert!(msg.starts_with("Deployment openg2p/web would run 1 replica; high availability needs at least 2"), "{msg}");
-        assert!(msg.contains("set spec.replicas to 2 or more, or to 0"), "{msg}");
+        assert!(
+            msg.starts_with(
+                "Deployment openg2p/web would run 1 replica; high availability needs at least 2"
+            ),
+            "{msg}"
+        );
+        assert!(
+            msg.contains("set spec.replicas to 2 or more, or to 0"),
+            "{msg}"
+        );
     }
 
     #[test]
@@ -273,7 +286,9 @@ mod tests {
 
     #[test]
     fn an_annotation_cannot_exempt() {
-        let obj = object(json!({"metadata": {"name": "web", "annotations": {"prodguard.io/exempt": "true"}}, "spec": {"replicas": 1}}));
+        let obj = object(
+            json!({"metadata": {"name": "web", "annotations": {"prodguard.io/exempt": "true"}}, "spec": {"replicas": 1}}),
+        );
         let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
         assert!(verdict(&req).is_some());
     }
@@ -282,10 +297,17 @@ mod tests {
     fn scale_subresource() {
         let scale = |r: Option<i64>| {
             let spec = r.map_or(json!({}), |r| json!({"replicas": r}));
-            object(json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": spec}))
+            object(
+                json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": "web"}, "spec": spec}),
+            )
         };
         let old = scale(Some(3));
-        for (replicas, denied) in [(Some(1), true), (Some(2), false), (None, false), (Some(0), false)] {
+        for (replicas, denied) in [
+            (Some(1), true),
+            (Some(2), false),
+            (None, false),
+            (Some(0), false),
+        ] {
             let new = scale(replicas);
             let mut req = request(Operation::Update, "Scale", "deployments", Some(&new));
             req.sub_resource = Some("scale");
@@ -309,13 +331,28 @@ mod tests {
             }
             object(json!({"metadata": {"name": "h"}, "spec": spec}))
         };
-        for (min, denied) in [(Some(1), true), (None, true), (Some(2), false), (Some(0), true)] {
+        for (min, denied) in [
+            (Some(1), true),
+            (None, true),
+            (Some(2), false),
+            (Some(0), true),
+        ] {
             let obj = hpa(min, "web");
-            let req = request(Operation::Create, "HorizontalPodAutoscaler", "horizontalpodautoscalers", Some(&obj));
+            let req = request(
+                Operation::Create,
+                "HorizontalPodAutoscaler",
+                "horizontalpodautoscalers",
+                Some(&obj),
+            );
             assert_eq!(verdict(&req).is_some(), denied, "{min:?}");
         }
         let obj = hpa(Some(1), "x-postgresql");
-        let req = request(Operation::Create, "HorizontalPodAutoscaler", "horizontalpodautoscalers", Some(&obj));
+        let req = request(
+            Operation::Create,
+            "HorizontalPodAutoscaler",
+            "horizontalpodautoscalers",
+            Some(&obj),
+        );
         assert_eq!(verdict(&req), None, "exempt through its target");
     }
 
@@ -338,6 +375,9 @@ mod tests {
         let obj = object(json!({"metadata": {"name": "web"}, "spec": {"replicas": "two"}}));
         let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
         let err = policy().evaluate(&req, &Context::default()).unwrap_err();
-        assert_eq!(err.to_string(), "Deployment field spec.replicas must be an integer");
+        assert_eq!(
+            err.to_string(),
+            "Deployment field spec.replicas must be an integer"
+        );
     }
 }

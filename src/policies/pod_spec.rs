@@ -7,7 +7,11 @@ use serde_json::Value;
 pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
     Some(match kind {
         "Pod" => &["spec"],
-        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "ReplicationController"
+        "Deployment"
+        | "StatefulSet"
+        | "DaemonSet"
+        | "ReplicaSet"
+        | "ReplicationController"
         | "Job" => &["spec", "template", "spec"],
         "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
         "PodTemplate" => &["template", "spec"],
@@ -184,14 +188,22 @@ mod tests {
             ("StatefulSet", template(spec.clone()), "/spec/template/spec"),
             ("DaemonSet", template(spec.clone()), "/spec/template/spec"),
             ("ReplicaSet", template(spec.clone()), "/spec/template/spec"),
-            ("ReplicationController", template(spec.clone()), "/spec/template/spec"),
+            (
+                "ReplicationController",
+                template(spec.clone()),
+                "/spec/template/spec",
+            ),
             ("Job", template(spec.clone()), "/spec/template/spec"),
             (
                 "CronJob",
                 json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": spec.clone()}}}}}),
                 "/spec/jobTemplate/spec/template/spec",
             ),
-            ("PodTemplate", json!({"template": {"spec": spec.clone()}}), "/template/spec"),
+            (
+                "PodTemplate",
+                json!({"template": {"spec": spec.clone()}}),
+                "/template/spec",
+            ),
         ];
         for (kind, object, prefix) in objects {
             let found = containers(kind, &object, &ContainerList::ALL).unwrap();
@@ -202,9 +214,24 @@ mod tests {
             assert_eq!(
                 got,
                 vec![
-                    ("init", Some("busybox"), None, format!("{prefix}/initContainers/0")),
-                    ("app", Some("nginx"), Some("Always"), format!("{prefix}/containers/0")),
-                    ("debug", Some("busybox"), None, format!("{prefix}/ephemeralContainers/0")),
+                    (
+                        "init",
+                        Some("busybox"),
+                        None,
+                        format!("{prefix}/initContainers/0")
+                    ),
+                    (
+                        "app",
+                        Some("nginx"),
+                        Some("Always"),
+                        format!("{prefix}/containers/0")
+                    ),
+                    (
+                        "debug",
+                        Some("busybox"),
+                        None,
+                        format!("{prefix}/ephemeralContainers/0")
+                    ),
                 ],
                 "{kind}"
             );
@@ -221,15 +248,19 @@ mod tests {
 
     #[test]
     fn other_kinds_and_missing_specs_have_no_containers() {
-        assert!(containers("Service", &json!({"spec": {}}), &ContainerList::ALL)
-            .unwrap()
-            .is_empty());
+        assert!(
+            containers("Service", &json!({"spec": {}}), &ContainerList::ALL)
+                .unwrap()
+                .is_empty()
+        );
         assert!(containers("Deployment", &json!({}), &ContainerList::ALL)
             .unwrap()
             .is_empty());
-        assert!(containers("Deployment", &json!({"spec": {}}), &ContainerList::ALL)
-            .unwrap()
-            .is_empty());
+        assert!(
+            containers("Deployment", &json!({"spec": {}}), &ContainerList::ALL)
+                .unwrap()
+                .is_empty()
+        );
     }
 
     #[test]
@@ -242,8 +273,12 @@ mod tests {
 
     #[test]
     fn wrong_shapes_are_errors_that_name_the_field() {
-        let err = containers("Pod", &json!({"spec": {"containers": {}}}), &ContainerList::ALL)
-            .unwrap_err();
+        let err = containers(
+            "Pod",
+            &json!({"spec": {"containers": {}}}),
+            &ContainerList::ALL,
+        )
+        .unwrap_err();
         assert_eq!(err.to_string(), "Pod field spec.containers must be a list");
         let err = containers(
             "Deployment",
@@ -257,15 +292,25 @@ mod tests {
         );
         let err = containers("Deployment", &json!({"spec": "x"}), &ContainerList::ALL).unwrap_err();
         assert_eq!(err.to_string(), "Deployment field spec must be an object");
-        let err = containers("Pod", &json!({"spec": {"initContainers": ["x"]}}), &ContainerList::ALL)
-            .unwrap_err();
-        assert_eq!(err.to_string(), "Pod field spec.initContainers[0] must be an object");
+        let err = containers(
+            "Pod",
+            &json!({"spec": {"initContainers": ["x"]}}),
+            &ContainerList::ALL,
+        )
+        .unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Pod field spec.initContainers[0] must be an object"
+        );
     }
 
     #[test]
     fn names_with_slashes_and_tildes_do_not_break_pointers() {
         let object = json!({"spec": {"containers": [{"name": "a/b~c", "image": "x"}]}});
         let found = containers("Pod", &object, &ContainerList::ALL).unwrap();
-        assert_eq!(found[0].field_pointer("image").to_string(), "/spec/containers/0/image");
+        assert_eq!(
+            found[0].field_pointer("image").to_string(),
+            "/spec/containers/0/image"
+        );
     }
 }

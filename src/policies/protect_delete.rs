@@ -19,7 +19,11 @@ impl ProtectDelete {
     pub fn new(config: &ProtectDeleteConfig, admins: &Admins) -> ProtectDelete {
         ProtectDelete {
             kinds: config.kinds.clone(),
-            exempt_users: config.exempt_users.iter().map(|u| WildMatch::new(u)).collect(),
+            exempt_users: config
+                .exempt_users
+                .iter()
+                .map(|u| WildMatch::new(u))
+                .collect(),
             admins: admins.clone(),
         }
     }
@@ -39,7 +43,10 @@ impl Policy for ProtectDelete {
             || request.sub_resource.is_some()
             || !self.kinds.iter().any(|k| k == request.kind)
             || self.admins.is_admin(request.username, request.groups)
-            || self.exempt_users.iter().any(|u| u.matches(request.username))
+            || self
+                .exempt_users
+                .iter()
+                .any(|u| u.matches(request.username))
         {
             return Ok(Vec::new());
         }
@@ -73,10 +80,30 @@ mod tests {
             ("StatefulSet", "bob", &none, true),
             ("Pod", "bob", &none, false),
             ("Secret", "admin", &masters, false),
-            ("Secret", "system:serviceaccount:kube-system:generic-garbage-collector", &none, false),
-            ("Secret", "system:serviceaccount:kube-system:namespace-controller", &none, false),
-            ("Secret", "system:serviceaccount:openg2p:deployer", &none, true),
-            ("Secret", "system:serviceaccount:kube-systemx:evil", &none, true),
+            (
+                "Secret",
+                "system:serviceaccount:kube-system:generic-garbage-collector",
+                &none,
+                false,
+            ),
+            (
+                "Secret",
+                "system:serviceaccount:kube-system:namespace-controller",
+                &none,
+                false,
+            ),
+            (
+                "Secret",
+                "system:serviceaccount:openg2p:deployer",
+                &none,
+                true,
+            ),
+            (
+                "Secret",
+                "system:serviceaccount:kube-systemx:evil",
+                &none,
+                true,
+            ),
         ];
         for (kind, user, groups, denied) in cases {
             let mut req = request(Operation::Delete, kind, "x", None);
@@ -87,7 +114,12 @@ mod tests {
             let findings = p.evaluate(&req, &Context::default()).unwrap();
             assert_eq!(!findings.is_empty(), denied, "{kind} by {user}");
             if let Some(Finding::Violation { message }) = findings.first() {
-                assert!(message.starts_with(&format!("user \"{user}\" may not delete {kind} openg2p/db-creds")), "{message}");
+                assert!(
+                    message.starts_with(&format!(
+                        "user \"{user}\" may not delete {kind} openg2p/db-creds"
+                    )),
+                    "{message}"
+                );
             }
         }
     }

@@ -39,7 +39,10 @@ impl RegistryMirror {
     /// The mirrored reference for `image`, if its registry is mirrored.
     pub fn mirrored(&self, image: &str) -> Option<String> {
         let parsed = ImageRef::parse(image).ok()?;
-        let (_, prefix) = self.mirrors.iter().find(|(from, _)| *from == parsed.registry)?;
+        let (_, prefix) = self
+            .mirrors
+            .iter()
+            .find(|(from, _)| *from == parsed.registry)?;
         let rewritten = parsed.with_prefix(prefix);
         (rewritten != image).then_some(rewritten)
     }
@@ -95,8 +98,14 @@ mod tests {
         RegistryMirror::new(&RegistryMirrorConfig {
             mode: crate::config::PolicyMode::Enforce,
             mirrors: [
-                ("docker.io".to_string(), "registry.local:5000/dockerhub".to_string()),
-                ("quay.io".to_string(), "registry.local:5000/quay/".to_string()),
+                (
+                    "docker.io".to_string(),
+                    "registry.local:5000/dockerhub".to_string(),
+                ),
+                (
+                    "quay.io".to_string(),
+                    "registry.local:5000/quay/".to_string(),
+                ),
             ]
             .into(),
         })
@@ -107,11 +116,28 @@ mod tests {
         let p = policy();
         let digest = "sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
         let cases = [
-            ("nginx", Some("registry.local:5000/dockerhub/library/nginx".to_string())),
-            ("redis:7.2", Some("registry.local:5000/dockerhub/library/redis:7.2".to_string())),
-            ("index.docker.io/bitnami/postgresql:16", Some("registry.local:5000/dockerhub/bitnami/postgresql:16".to_string())),
-            ("quay.io/keycloak/keycloak:24", Some("registry.local:5000/quay/keycloak/keycloak:24".to_string())),
-            (&*format!("nginx@{digest}"), Some(format!("registry.local:5000/dockerhub/library/nginx@{digest}"))),
+            (
+                "nginx",
+                Some("registry.local:5000/dockerhub/library/nginx".to_string()),
+            ),
+            (
+                "redis:7.2",
+                Some("registry.local:5000/dockerhub/library/redis:7.2".to_string()),
+            ),
+            (
+                "index.docker.io/bitnami/postgresql:16",
+                Some("registry.local:5000/dockerhub/bitnami/postgresql:16".to_string()),
+            ),
+            (
+                "quay.io/keycloak/keycloak:24",
+                Some("registry.local:5000/quay/keycloak/keycloak:24".to_string()),
+            ),
+            (
+                &*format!("nginx@{digest}"),
+                Some(format!(
+                    "registry.local:5000/dockerhub/library/nginx@{digest}"
+                )),
+            ),
             ("ghcr.io/openg2p/app:1", None),
             ("registry.local:5000/dockerhub/library/nginx", None),
             ("NOT VALID", None),
@@ -127,16 +153,26 @@ mod tests {
             "initContainers": [{"name": "i", "image": "busybox:1.36"}],
             "containers": [{"name": "a", "image": "ghcr.io/openg2p/app:1"}, {"name": "b", "image": "redis:7.2"}]
         }}}}));
-        let req = request(Operation::Create, "Deployment", "deployments", Some(&deploy));
+        let req = request(
+            Operation::Create,
+            "Deployment",
+            "deployments",
+            Some(&deploy),
+        );
         let findings = policy().evaluate(&req, &Context::default()).unwrap();
-        let Finding::Mutation { patch, .. } = &findings[0] else { panic!() };
+        let Finding::Mutation { patch, .. } = &findings[0] else {
+            panic!()
+        };
         let mut doc = serde_json::to_value(&deploy).unwrap();
         json_patch::patch(&mut doc, patch).unwrap();
         assert_eq!(
             doc.pointer("/spec/template/spec/initContainers/0/image"),
             Some(&json!("registry.local:5000/dockerhub/library/busybox:1.36"))
         );
-        assert_eq!(doc.pointer("/spec/template/spec/containers/0/image"), Some(&json!("ghcr.io/openg2p/app:1")));
+        assert_eq!(
+            doc.pointer("/spec/template/spec/containers/0/image"),
+            Some(&json!("ghcr.io/openg2p/app:1"))
+        );
         assert_eq!(
             doc.pointer("/spec/template/spec/containers/1/image"),
             Some(&json!("registry.local:5000/dockerhub/library/redis:7.2"))

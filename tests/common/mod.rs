@@ -44,12 +44,19 @@ impl Drop for TestServer {
 pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let pki = pki::generate("test CA", &names).expect("certificates");
-    let tls = tls::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), "cert", "key")
-        .expect("tls config");
+    let tls = tls::from_pem(
+        pki.cert_pem.as_bytes(),
+        pki.key_pem.as_bytes(),
+        "cert",
+        "key",
+    )
+    .expect("tls config");
     let reporter = Arc::new(MemoryReporter::default());
     let engine = Engine::new(&config, Arc::new(FixedPodLookup { pods }), reporter.clone());
     let state = AppState::new(engine);
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("bind");
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
     let addr = listener.local_addr().expect("addr");
     let (stop, stopped) = oneshot::channel::<()>();
     let router = app(state.clone());
@@ -66,7 +73,11 @@ pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
 }
 
 pub async fn start_default() -> TestServer {
-    start(Config::embedded_default().expect("default config"), Vec::new()).await
+    start(
+        Config::embedded_default().expect("default config"),
+        Vec::new(),
+    )
+    .await
 }
 
 /// A TLS connector that trusts only `ca_pem`, offering `alpn`.
@@ -121,7 +132,12 @@ impl Client {
             .expect("request");
         let response = self.sender.send_request(request).await.expect("response");
         let status = response.status();
-        let body = response.into_body().collect().await.expect("body").to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
         (status, body)
     }
 
@@ -140,14 +156,22 @@ impl Client {
 }
 
 /// An HTTP/2 connection (ALPN h2).
-pub async fn h2_post(server: &TestServer, path: &str, body: Vec<u8>) -> (Option<Vec<u8>>, StatusCode, Bytes) {
+pub async fn h2_post(
+    server: &TestServer,
+    path: &str,
+    body: Vec<u8>,
+) -> (Option<Vec<u8>>, StatusCode, Bytes) {
     let tcp = TcpStream::connect(server.addr).await.expect("connect");
     let name = ServerName::try_from("localhost").expect("name");
-    let tls = connector(&server.ca_pem, &[b"h2"]).connect(name, tcp).await.expect("TLS");
-    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
-    let (mut sender, conn) = hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+    let tls = connector(&server.ca_pem, &[b"h2"])
+        .connect(name, tcp)
         .await
-        .expect("h2 handshake");
+        .expect("TLS");
+    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let (mut sender, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
+            .await
+            .expect("h2 handshake");
     tokio::spawn(conn);
     let request = Request::builder()
         .method(Method::POST)
@@ -156,7 +180,12 @@ pub async fn h2_post(server: &TestServer, path: &str, body: Vec<u8>) -> (Option<
         .expect("request");
     let response = sender.send_request(request).await.expect("response");
     let status = response.status();
-    let body = response.into_body().collect().await.expect("body").to_bytes();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("body")
+        .to_bytes();
     (alpn, status, body)
 }
 
@@ -172,19 +201,28 @@ pub fn apply_patch(response: &Value, object: &Value) -> Value {
 pub fn decode_patch(response: &Value) -> Option<json_patch::Patch> {
     let encoded = response.get("patch")?.as_str()?;
     assert_eq!(response["patchType"], "JSONPatch");
-    let bytes = base64::engine::general_purpose::STANDARD.decode(encoded).expect("base64 patch");
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(encoded)
+        .expect("base64 patch");
     Some(serde_json::from_slice(&bytes).expect("RFC 6902 patch"))
 }
 
 pub fn warnings(response: &Value) -> Vec<String> {
     response["warnings"]
         .as_array()
-        .map(|w| w.iter().filter_map(|s| s.as_str().map(String::from)).collect())
+        .map(|w| {
+            w.iter()
+                .filter_map(|s| s.as_str().map(String::from))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
 pub fn message(response: &Value) -> String {
-    response["status"]["message"].as_str().unwrap_or_default().to_string()
+    response["status"]["message"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string()
 }
 
 pub fn reports(server: &TestServer) -> Vec<Report> {
@@ -263,15 +301,42 @@ pub fn pod_bearing_objects(image: &str, replicas: i64) -> Vec<(Value, &'static s
     let template = json!({"metadata": {"labels": {"app": "web"}}, "spec": spec});
     let meta = |name: &str| json!({"name": name, "namespace": "openg2p"});
     vec![
-        (json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta("web"), "spec": spec}), "/spec"),
-        (json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("web"), "spec": {"replicas": replicas, "serviceName": "web", "template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("web"), "spec": {"template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta("web"), "spec": {"template": template}}), "/spec/template/spec"),
-        (json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta("web"), "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}}), "/spec/jobTemplate/spec/template/spec"),
-        (json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": meta("web"), "template": template}), "/template/spec"),
+        (
+            json!({"apiVersion": "v1", "kind": "Pod", "metadata": meta("web"), "spec": spec}),
+            "/spec",
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": meta("web"), "spec": {"replicas": replicas, "serviceName": "web", "template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "DaemonSet", "metadata": meta("web"), "spec": {"template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "apps/v1", "kind": "ReplicaSet", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "ReplicationController", "metadata": meta("web"), "spec": {"replicas": replicas, "template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "batch/v1", "kind": "Job", "metadata": meta("web"), "spec": {"template": template}}),
+            "/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "batch/v1", "kind": "CronJob", "metadata": meta("web"), "spec": {"schedule": "* * * * *", "jobTemplate": {"spec": {"template": template}}}}),
+            "/spec/jobTemplate/spec/template/spec",
+        ),
+        (
+            json!({"apiVersion": "v1", "kind": "PodTemplate", "metadata": meta("web"), "template": template}),
+            "/template/spec",
+        ),
     ]
 }
 

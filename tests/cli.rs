@@ -1,0 +1,408 @@
+//! The binary as a user runs it: `check`, `certs`, and `serve` over TLS.
+
+mod common;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::Path;
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use base64::Engine as _;
+use common::{Client, Review};
+use hyper::{Method, StatusCode};
+use serde_json::{json, Value};
+
+fn prodguard() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_prodguard"));
+    command
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        // No cluster: tests must not depend on the machine's kubeconfig.
+        .env("KUBECONFIG", "/nonexistent/kubeconfig")
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    for (key, _) in std::env::vars() {
+        if key.starts_with("PRODGUARD_") {
+            command.env_remove(key);
+        }
+    }
+    command
+}
+
+fn run(args: &[&str]) -> Output {
+    prodguard().args(args).output().expect("run prodguard")
+}
+
+fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+#[test]
+fn check_reports_patches_and_denials_of_the_examples() {
+    let output = run(&["check", "-f", "examples/openg2p"]);
+    assert_eq!(output.status.code(), Some(1), "{}", stderr(&output));
+    let text = stdout(&output);
+    assert!(
+        text.contains(
+            "examples/openg2p/social-registry.yaml: Deployment openg2p/social-registry\n"
+        ),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "  DENY  [min-replicas] Deployment openg2p/social-registry would run 1 replica"
+        ),
+        "{text}"
+    );
+    assert!(text.contains("  PATCH [image-pull-policy] set imagePullPolicy: IfNotPresent on containers[0] \"redis\" (was unset)"), "{text}");
+    assert!(
+        text.ends_with("6 resources: 1 denied, 2 patched, 0 warned\n"),
+        "{text}"
+    );
+    assert!(
+        !text.contains("postgresql"),
+        "the exempt PostgreSQL primary passes: {text}"
+    );
+}
+
+#[test]
+fn check_json_output_has_the_documented_schema() {
+    let output = run(&[
+        "check",
+        "-f",
+        "examples/openg2p/social-registry.yaml",
+        "--output",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(1));
+    let doc: Value = serde_json::from_slice(&output.stdout).expect("one JSON document");
+    assert_eq!(
+        doc["summary"],
+        json!({"resources": 2, "denied": 1, "patched": 1, "warned": 0})
+    );
+    assert_eq!(doc["errors"], json!([]));
+    let results = doc["results"].as_array().unwrap();
+    assert_eq!(results.len(), 2);
+    assert_eq!(
+        results[0],
+        json!({
+            "file": "examples/openg2p/social-registry.yaml", "kind": "Deployment", "namespace": "openg2p",
+            "name": "social-registry", "policy": "image-pull-policy", "action": "patch",
+            "message": "set imagePullPolicy: IfNotPresent on initContainers[0] \"wait-for-db\" (was Always), containers[0] \"odoo\" (was Always)",
+            "patch": [
+                {"op": "replace", "path": "/spec/template/spec/initContainers/0/imagePullPolicy", "value": "IfNotPresent"},
+                {"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "IfNotPresent"}
+            ]
+        })
+    );
+    assert_eq!(results[1]["action"], "deny");
+    assert_eq!(results[1]["policy"], "min-replicas");
+    assert!(results[1].get("patch").is_none());
+}
+
+#[test]
+fn check_in_audit_mode_warns_and_exits_zero() {
+    let output = run(&[
+        "check",
+        "-f",
+        "examples/openg2p",
+        "--mode",
+        "audit",
+        "-o",
+        "json",
+    ]);
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(
+        doc["summary"],
+        json!({"resources": 6, "denied": 0, "patched": 0, "warned": 2})
+    );
+    assert!(doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .all(|r| r["action"] == "warn"));
+}
+
+#[test]
+fn check_reads_stdin_json_and_yaml() {
+    for input in [
+        r#"{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"}, "spec": {"replicas": 1}}"#,
+        "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec: {replicas: 1}\n",
+    ] {
+        let mut child = prodguard()
+            .args(["check", "-f", "-", "-n", "openg2p"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(input.as_bytes())
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        assert_eq!(output.status.code(), Some(1));
+        assert!(
+            stdout(&output).contains("-: StatefulSet openg2p/db"),
+            "{}",
+            stdout(&output)
+        );
+    }
+}
+
+#[test]
+fn check_reports_unparsable_files_by_name_and_checks_the_rest() {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(
+        dir.path().join("a-template.yaml"),
+        "replicas: {{ .Values.replicaCount }}\nkind: Deployment\n",
+    )
+    .unwrap();
+    std::fs::create_dir(dir.path().join("nested")).unwrap();
+    std::fs::write(
+        dir.path().join("nested/deploy.yaml"),
+        "apiVersion: apps/v1\nkind: Deployment\nmetadata: {name: web}\nspec: {replicas: 1}\n",
+    )
+    .unwrap();
+    std::fs::write(dir.path().join("notes.txt"), "not a manifest").unwrap();
+    let output = prodguard()
+        .args(["check", "-f"])
+        .arg(dir.path())
+        .args(["-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2), "bad input wins over denials");
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let errors = doc["errors"].as_array().unwrap();
+    assert_eq!(errors.len(), 1, "{doc}");
+    assert!(errors[0]["file"]
+        .as_str()
+        .unwrap()
+        .ends_with("a-template.yaml"));
+    assert!(
+        errors[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("Helm template"),
+        "{doc}"
+    );
+    assert_eq!(
+        doc["summary"]["resources"], 1,
+        "the nested file is still checked"
+    );
+    assert_eq!(doc["summary"]["denied"], 1);
+
+    let output = run(&["check", "-f", "does/not/exist.yaml"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stdout(&output).contains("does/not/exist.yaml: ERROR cannot read"),
+        "{}",
+        stdout(&output)
+    );
+}
+
+#[test]
+fn a_bad_configuration_names_the_file_the_key_and_the_fix() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(&config, "policies:\n  min-replicas:\n    minReplica: 3\n").unwrap();
+    let output = prodguard()
+        .args(["check", "-f", "examples/openg2p", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let err = stderr(&output);
+    assert!(
+        err.contains(&format!(
+            "configuration {}: key `policies.min-replicas.minReplica`",
+            config.display()
+        )),
+        "{err}"
+    );
+    assert!(err.contains("did you mean `minReplicas`?"), "{err}");
+
+    // serve stops at startup too.
+    let output = prodguard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--config"])
+        .arg(&config)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(stderr(&output).contains("did you mean `minReplicas`?"));
+}
+
+/// Starts `prodguard serve` and returns it with the address it listens on.
+fn serve(args: &[&str]) -> (Child, SocketAddr) {
+    let mut child = prodguard()
+        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args(args)
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("start prodguard serve");
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on https://").nth(1) {
+                let addr = rest
+                    .split_whitespace()
+                    .next()
+                    .unwrap_or_default()
+                    .to_string();
+                let _ = tx.send(addr);
+            }
+        }
+    });
+    let addr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .expect("serve prints its address");
+    (child, addr.parse().expect("an address"))
+}
+
+fn sigterm(child: &mut Child) -> Option<i32> {
+    let status = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(
+            Instant::now() < deadline,
+            "prodguard did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[tokio::test]
+async fn serve_without_certificates_writes_its_ca_bundle_and_answers_over_tls() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (mut child, addr) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).expect("the CA bundle is written");
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
+    let response = client
+        .review("validate", &Review::create(deploy).json())
+        .await;
+    assert_eq!(response["allowed"], false);
+    let (status, _) = client.send(Method::GET, "/readyz", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    // 127.0.0.1 is in the certificate too.
+    Client::connect_to(addr, &ca, "127.0.0.1").await;
+    assert_eq!(sigterm(&mut child), Some(0), "SIGTERM stops it cleanly");
+}
+
+#[tokio::test]
+async fn certs_are_for_the_service_names_and_serve_uses_them() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("certs");
+    let output = prodguard()
+        .args([
+            "certs",
+            "--service",
+            "prodguard",
+            "--namespace",
+            "prodguard-system",
+            "--out-dir",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(0), "{}", stderr(&output));
+    let ca = std::fs::read_to_string(out.join("ca.crt")).unwrap();
+    let printed = stdout(&output);
+    let bundle = printed.lines().last().unwrap();
+    assert_eq!(
+        base64::engine::general_purpose::STANDARD
+            .decode(bundle)
+            .unwrap(),
+        ca.as_bytes(),
+        "the printed bundle is ca.crt"
+    );
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("tls.key"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o077, 0, "the key is private");
+    }
+    // A second run keeps what is there unless told otherwise.
+    let again = prodguard()
+        .args(["certs", "--out-dir"])
+        .arg(&out)
+        .output()
+        .unwrap();
+    assert_eq!(again.status.code(), Some(2));
+    assert!(
+        stderr(&again).contains("pass --force"),
+        "{}",
+        stderr(&again)
+    );
+
+    let cert = out.join("tls.crt");
+    let key = out.join("tls.key");
+    let (mut child, addr) = serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+    ]);
+    for name in [
+        "prodguard",
+        "prodguard.prodguard-system",
+        "prodguard.prodguard-system.svc",
+        "prodguard.prodguard-system.svc.cluster.local",
+    ] {
+        let mut client = Client::connect_to(addr, &ca, name).await;
+        let (status, _) = client.send(Method::GET, "/healthz", vec![]).await;
+        assert_eq!(status, StatusCode::OK, "{name}");
+    }
+    assert_eq!(sigterm(&mut child), Some(0));
+}
+
+#[test]
+fn serve_refuses_a_certificate_it_cannot_use() {
+    let dir = tempfile::tempdir().unwrap();
+    let cert = dir.path().join("tls.crt");
+    std::fs::write(&cert, "not a certificate").unwrap();
+    let output = prodguard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--tls-cert"])
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&cert)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("holds no PEM certificate"),
+        "{}",
+        stderr(&output)
+    );
+    let missing = Path::new("/nonexistent/tls.crt");
+    let output = prodguard()
+        .args(["serve", "--tls-cert"])
+        .arg(missing)
+        .arg("--tls-key")
+        .arg(missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("cannot read /nonexistent/tls.crt"),
+        "{}",
+        stderr(&output)
+    );
+}
