@@ -7,7 +7,7 @@
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
-use super::{mutable_container_lists, pod_spec};
+use super::mutate_containers;
 use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
 
 pub const ID: &str = "image-pull-policy";
@@ -25,34 +25,24 @@ impl Policy for ImagePullPolicy {
     }
 
     fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
-        let Some(lists) = mutable_container_lists(request) else {
-            return Ok(Vec::new());
-        };
-        let object = request.object.ok_or(EvalError::MissingObject)?;
-        let mut patch = Vec::new();
-        let mut changed = Vec::new();
-        for container in pod_spec::containers(request.kind, &object.data, lists)? {
+        let summary = format!("set imagePullPolicy: {WANTED} on ");
+        mutate_containers(request, &summary, |container| {
             if container.pull_policy == Some(WANTED) {
-                continue;
+                return None;
             }
             let path = container.field_pointer("imagePullPolicy");
             let value = Value::String(WANTED.to_owned());
-            patch.push(match container.pull_policy {
-                Some(_) => PatchOperation::Replace(ReplaceOperation { path, value }),
-                None => PatchOperation::Add(AddOperation { path, value }),
-            });
-            changed.push(match container.pull_policy {
-                Some(old) => format!("{} (was {old})", container.describe()),
-                None => format!("{} (was unset)", container.describe()),
-            });
-        }
-        if patch.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Finding::Mutation {
-            message: format!("set imagePullPolicy: {WANTED} on {}", changed.join(", ")),
-            patch,
-        }])
+            Some(match container.pull_policy {
+                Some(old) => (
+                    PatchOperation::Replace(ReplaceOperation { path, value }),
+                    format!("{} (was {old})", container.describe()),
+                ),
+                None => (
+                    PatchOperation::Add(AddOperation { path, value }),
+                    format!("{} (was unset)", container.describe()),
+                ),
+            })
+        })
     }
 }
 

@@ -10,8 +10,10 @@ pub mod pod_spec;
 pub mod protect_delete;
 pub mod registry_mirror;
 
+use json_patch::PatchOperation;
+
 use crate::config::{Config, PolicyMode};
-use crate::engine::{Operation, Policy, Request};
+use crate::engine::{EvalError, Finding, Operation, Policy, Request};
 use pod_spec::{ContainerList, ContainerRef};
 
 /// Every built-in policy with its configured mode, mutating ones first, in the order they run.
@@ -67,6 +69,34 @@ pub fn mutable_container_lists(request: &Request<'_>) -> Option<&'static [Contai
         (Operation::Update, None) if request.kind != "Pod" => Some(&ContainerList::ALL),
         _ => None,
     }
+}
+
+/// Runs `patch_container` on every container a mutating policy may patch on this request
+/// and gathers one mutation: the operations, and `summary` followed by each change.
+pub fn mutate_containers(
+    request: &Request<'_>,
+    summary: &str,
+    mut patch_container: impl FnMut(&ContainerRef<'_>) -> Option<(PatchOperation, String)>,
+) -> Result<Vec<Finding>, EvalError> {
+    let Some(lists) = mutable_container_lists(request) else {
+        return Ok(Vec::new());
+    };
+    let object = request.object.ok_or(EvalError::MissingObject)?;
+    let mut patch = Vec::new();
+    let mut changed = Vec::new();
+    for container in pod_spec::containers(request.kind, &object.data, lists)? {
+        if let Some((operation, change)) = patch_container(&container) {
+            patch.push(operation);
+            changed.push(change);
+        }
+    }
+    if patch.is_empty() {
+        return Ok(Vec::new());
+    }
+    Ok(vec![Finding::Mutation {
+        message: format!("{summary}{}", changed.join(", ")),
+        patch,
+    }])
 }
 
 /// Which container lists a validating container policy checks on this request: every

@@ -9,7 +9,7 @@ use json_patch::{PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
 use super::image_ref::{normalize_registry, ImageRef};
-use super::{mutable_container_lists, pod_spec};
+use super::mutate_containers;
 use crate::config::RegistryMirrorConfig;
 use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
 
@@ -58,32 +58,16 @@ impl Policy for RegistryMirror {
     }
 
     fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
-        let Some(lists) = mutable_container_lists(request) else {
-            return Ok(Vec::new());
-        };
-        let object = request.object.ok_or(EvalError::MissingObject)?;
-        let mut patch = Vec::new();
-        let mut changed = Vec::new();
-        for container in pod_spec::containers(request.kind, &object.data, lists)? {
-            let Some(image) = container.image else {
-                continue;
-            };
-            let Some(mirrored) = self.mirrored(image) else {
-                continue;
-            };
-            changed.push(format!("{} {image} -> {mirrored}", container.describe()));
-            patch.push(PatchOperation::Replace(ReplaceOperation {
+        mutate_containers(request, "mirror images: ", |container| {
+            let image = container.image?;
+            let mirrored = self.mirrored(image)?;
+            let change = format!("{} {image} -> {mirrored}", container.describe());
+            let operation = PatchOperation::Replace(ReplaceOperation {
                 path: container.field_pointer("image"),
                 value: Value::String(mirrored),
-            }));
-        }
-        if patch.is_empty() {
-            return Ok(Vec::new());
-        }
-        Ok(vec![Finding::Mutation {
-            message: format!("mirror images: {}", changed.join(", ")),
-            patch,
-        }])
+            });
+            Some((operation, change))
+        })
     }
 }
 

@@ -96,6 +96,24 @@ pub fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
     TlsConnector::from(Arc::new(config))
 }
 
+/// A TLS connection that verifies the server's certificate for `server_name`, offering
+/// `alpn`; returns the stream and the protocol the server chose.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    server_name: &str,
+    alpn: &[u8],
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>) {
+    let tcp = TcpStream::connect(addr).await.expect("connect");
+    let name = ServerName::try_from(server_name.to_string()).expect("server name");
+    let tls = connector(ca_pem, &[alpn])
+        .connect(name, tcp)
+        .await
+        .expect("TLS handshake verifying the server certificate");
+    let chosen = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    (tls, chosen)
+}
+
 /// One HTTP/1.1 keep-alive connection, as kube-apiserver keeps to a webhook.
 pub struct Client {
     sender: hyper::client::conn::http1::SendRequest<Full<Bytes>>,
@@ -108,13 +126,7 @@ impl Client {
     }
 
     pub async fn connect_to(addr: SocketAddr, ca_pem: &str, server_name: &str) -> Client {
-        let tcp = TcpStream::connect(addr).await.expect("connect");
-        let name = ServerName::try_from(server_name.to_string()).expect("server name");
-        let tls = connector(ca_pem, &[b"http/1.1"])
-            .connect(name, tcp)
-            .await
-            .expect("TLS handshake verifying the server certificate");
-        let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+        let (tls, alpn) = tls_connect(addr, ca_pem, server_name, b"http/1.1").await;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .expect("HTTP/1.1 handshake");
@@ -130,15 +142,7 @@ impl Client {
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
             .expect("request");
-        let response = self.sender.send_request(request).await.expect("response");
-        let status = response.status();
-        let body = response
-            .into_body()
-            .collect()
-            .await
-            .expect("body")
-            .to_bytes();
-        (status, body)
+        read(self.sender.send_request(request).await.expect("response")).await
     }
 
     /// Posts a review and returns the `response` of the answer, checking the envelope.
@@ -161,13 +165,7 @@ pub async fn h2_post(
     path: &str,
     body: Vec<u8>,
 ) -> (Option<Vec<u8>>, StatusCode, Bytes) {
-    let tcp = TcpStream::connect(server.addr).await.expect("connect");
-    let name = ServerName::try_from("localhost").expect("name");
-    let tls = connector(&server.ca_pem, &[b"h2"])
-        .connect(name, tcp)
-        .await
-        .expect("TLS");
-    let alpn = tls.get_ref().1.alpn_protocol().map(<[u8]>::to_vec);
+    let (tls, alpn) = tls_connect(server.addr, &server.ca_pem, "localhost", b"h2").await;
     let (mut sender, conn) =
         hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(tls))
             .await
@@ -178,7 +176,11 @@ pub async fn h2_post(
         .uri(format!("https://localhost{path}"))
         .body(Full::new(Bytes::from(body)))
         .expect("request");
-    let response = sender.send_request(request).await.expect("response");
+    let (status, body) = read(sender.send_request(request).await.expect("response")).await;
+    (alpn, status, body)
+}
+
+async fn read(response: hyper::Response<hyper::body::Incoming>) -> (StatusCode, Bytes) {
     let status = response.status();
     let body = response
         .into_body()
@@ -186,7 +188,7 @@ pub async fn h2_post(
         .await
         .expect("body")
         .to_bytes();
-    (alpn, status, body)
+    (status, body)
 }
 
 /// Applies the base64 JSON patch of `response` to `object` with the json-patch crate.
