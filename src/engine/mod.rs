@@ -5,6 +5,7 @@ mod decide;
 mod request;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use kube::core::DynamicObject;
 
@@ -15,6 +16,10 @@ use crate::cluster::PodLookup;
 use crate::config::{Config, GlobalMode, PolicyMode};
 use crate::policies::{self, pod_spec::ShapeError};
 use crate::report::{Report, Reporter};
+
+/// How long a Pod lookup may take: well under the webhooks' 10 s timeout, so a slow API
+/// server gets prodguard's own denial rather than the webhook's failure policy.
+pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which webhook a policy belongs to.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -90,6 +95,7 @@ pub struct Engine {
     policies: Vec<Configured>,
     pods: Arc<dyn PodLookup>,
     reporter: Arc<dyn Reporter>,
+    lookup_timeout: Duration,
 }
 
 impl Engine {
@@ -110,7 +116,14 @@ impl Engine {
             policies,
             pods,
             reporter,
+            lookup_timeout: LOOKUP_TIMEOUT,
         }
+    }
+
+    /// Changes how long a Pod lookup may take (default [`LOOKUP_TIMEOUT`]).
+    pub fn with_lookup_timeout(mut self, timeout: Duration) -> Engine {
+        self.lookup_timeout = timeout;
+        self
     }
 
     /// The ids and effective modes of the policies that run.
@@ -131,11 +144,15 @@ impl Engine {
                 .filter(|c| c.policy.webhook() == webhook)
         };
         if active().any(|c| c.policy.needs_pod(request)) {
+            let lookup = self.pods.get_pod(request.namespace, request.name);
             context.pod = Some(
-                self.pods
-                    .get_pod(request.namespace, request.name)
-                    .await
-                    .map_err(|e| e.to_string()),
+                match tokio::time::timeout(self.lookup_timeout, lookup).await {
+                    Ok(result) => result.map_err(|e| e.to_string()),
+                    Err(_) => Err(format!(
+                        "reading pod {}/{} took longer than {:?}",
+                        request.namespace, request.name, self.lookup_timeout
+                    )),
+                },
             );
         }
         let verdict = self.evaluate(webhook, request, &context);
@@ -173,5 +190,60 @@ impl Engine {
             }
         }
         Verdict::Decided(decide(&outcomes))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::cluster::LookupError;
+    use crate::report::MemoryReporter;
+
+    struct HangingLookup;
+
+    #[async_trait::async_trait]
+    impl PodLookup for HangingLookup {
+        async fn get_pod(&self, _: &str, _: &str) -> Result<DynamicObject, LookupError> {
+            std::future::pending().await
+        }
+    }
+
+    #[tokio::test]
+    async fn a_slow_pod_lookup_is_denied_in_time() {
+        let reporter = Arc::new(MemoryReporter::default());
+        let engine = Engine::new(
+            &Config::default(),
+            Arc::new(HangingLookup),
+            reporter.clone(),
+        )
+        .with_lookup_timeout(Duration::from_millis(50));
+        let request = Request {
+            uid: "u",
+            operation: Operation::Connect,
+            group: "",
+            version: "v1",
+            kind: "PodExecOptions",
+            resource: "pods",
+            sub_resource: Some("exec"),
+            namespace: "openg2p",
+            name: "db-0",
+            username: "bob",
+            groups: &[],
+            object: None,
+            old_object: None,
+            dry_run: false,
+        };
+        let Verdict::Decided(decision) = engine.review(Webhook::Validate, &request).await else {
+            panic!("decided")
+        };
+        assert!(!decision.allowed);
+        assert!(
+            decision
+                .deny_message()
+                .contains("reading pod openg2p/db-0 took longer than 50ms"),
+            "{}",
+            decision.deny_message()
+        );
+        assert_eq!(reporter.take().len(), 1);
     }
 }

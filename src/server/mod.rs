@@ -18,8 +18,11 @@ use tokio_rustls::TlsAcceptor;
 
 /// How long a client has to finish its TLS handshake.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's headers.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a client has to send a request's headers. In hyper this also bounds the idle time
+/// between requests on a keep-alive connection, so it is longer than the 90 s for which Go's
+/// HTTP client (kube-apiserver's) keeps an idle connection: closing one the client still
+/// holds would fail a webhook call that races the close.
+const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(100);
 /// How long in-flight requests have to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
