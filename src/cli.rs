@@ -113,6 +113,6 @@ pub struct CertsArgs {
     #[arg(long, env = "PRODGUARD_CERTS_DIR", default_value = "certs")]
     pub out_dir: PathBuf,
     /// Replace certificates already in the directory.
-    #[arg(long)]
+    #[arg(long, env = "PRODGUARD_CERTS_FORCE")]
     pub force: bool,
 }
