@@ -33,11 +33,12 @@ async fn create_of_every_pod_bearing_kind_is_patched_in_every_container_list() {
         let reports = reports(&server);
         assert_eq!(reports.len(), 1, "{kind}");
         assert_eq!(
-            (reports[0].policy, reports[0].action),
-            ("image-pull-policy", Action::Mutated)
+            (reports[0].policies(), reports[0].action),
+            (vec!["image-pull-policy"], Action::Mutated)
         );
         assert_eq!(reports[0].reason, "PolicyMutation");
-        assert_eq!(reports[0].kind, kind);
+        assert_eq!(reports[0].regarding.kind, kind);
+        assert_eq!(reports[0].regarding.name, "web");
 
         // And the validating webhook admits it (2 replicas, not air-gapped).
         let response = client
@@ -79,8 +80,8 @@ async fn workloads_below_min_replicas_are_denied_and_zero_is_allowed() {
             let reports = reports(&server);
             assert_eq!(reports.len(), 1);
             assert_eq!(
-                (reports[0].policy, reports[0].action, reports[0].reason),
-                ("min-replicas", Action::Denied, "PolicyViolation")
+                (reports[0].policies(), reports[0].action, reports[0].reason),
+                (vec!["min-replicas"], Action::Denied, "PolicyViolation")
             );
             assert_eq!(reports[0].user, "alice");
         }
@@ -271,7 +272,7 @@ async fn delete_is_for_admins_and_kubernetes_controllers() {
         assert_eq!(
             (
                 denied[0].action,
-                denied[0].kind.as_str(),
+                denied[0].regarding.kind.as_str(),
                 denied[0].user.as_str()
             ),
             (Action::Denied, kind, "bob")

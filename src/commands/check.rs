@@ -340,6 +340,8 @@ fn evaluate(
         version,
         kind: &types.kind,
         resource: &resource,
+        resource_group: group,
+        resource_version: version,
         sub_resource: None,
         namespace,
         name: object.metadata.name.as_deref().unwrap_or(""),

@@ -11,7 +11,8 @@ use crate::cli::ServeArgs;
 use crate::cluster::{KubePodLookup, NoPodLookup, PodLookup};
 use crate::engine::Engine;
 use crate::http::{app, AppState};
-use crate::report::LogReporter;
+use crate::report::events::{self, EventSink};
+use crate::report::{LogReporter, Reporter};
 use crate::server::{self, pki, tls};
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -46,8 +47,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         (Some(cert), Some(key)) => tls::load(cert, key).map_err(|e| e.to_string())?,
         _ => self_signed(args.ca_out.clone())?,
     };
-    let pods = pod_lookup().await;
-    let engine = Engine::new(&config, pods, Arc::new(LogReporter));
+    let (pods, reporter) = cluster_side().await;
+    let engine = Engine::new(&config, pods, reporter);
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -97,16 +98,25 @@ fn self_signed(ca_out: Option<PathBuf>) -> Result<Arc<rustls::ServerConfig>, Str
     .map_err(|e| e.to_string())
 }
 
-/// The kube client for Pod lookups; without one, db-access fails closed and says why.
-async fn pod_lookup() -> Arc<dyn PodLookup> {
+/// Pod lookups and the Events sink through the kube client. Without a client, db-access
+/// fails closed and reports are only logged, and both say why.
+async fn cluster_side() -> (Arc<dyn PodLookup>, Arc<dyn Reporter>) {
     match kube::Client::try_default().await {
-        Ok(client) => Arc::new(KubePodLookup::new(client)),
+        Ok(client) => {
+            let instance = std::env::var("POD_NAME")
+                .ok()
+                .filter(|n| !n.is_empty())
+                .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
+            let sink = EventSink::start(client.clone(), instance);
+            (Arc::new(KubePodLookup::new(client)), sink)
+        }
         Err(e) => {
             let reason = format!("no in-cluster config or kubeconfig: {e}");
             tracing::warn!(
-                "{reason}; db-access will deny exec/attach/port-forward by non-admins because it cannot read pods"
+                "{reason}; db-access will deny exec/attach/port-forward by non-admins because it \
+                 cannot read pods, and policy reports are logged instead of published as Events"
             );
-            Arc::new(NoPodLookup { reason })
+            (Arc::new(NoPodLookup { reason }), Arc::new(LogReporter))
         }
     }
 }

@@ -158,8 +158,8 @@ impl Engine {
         let verdict = self.evaluate(webhook, request, &context);
         if let Verdict::Decided(decision) = &verdict {
             if !request.dry_run {
-                for item in &decision.reports {
-                    self.reporter.report(Report::new(request, item));
+                if let Some(report) = Report::new(request, &decision.reports) {
+                    self.reporter.report(report);
                 }
             }
         }
@@ -224,6 +224,8 @@ mod tests {
             version: "v1",
             kind: "PodExecOptions",
             resource: "pods",
+            resource_group: "",
+            resource_version: "v1",
             sub_resource: Some("exec"),
             namespace: "openg2p",
             name: "db-0",

@@ -13,8 +13,12 @@ pub struct Request<'a> {
     pub group: &'a str,
     pub version: &'a str,
     pub kind: &'a str,
-    /// The resource (`pods`, `deployments`).
+    /// The resource (`pods`, `deployments`) and its API group and version, which differ from
+    /// the kind's on subresources (a `deployments/scale` request carries an `autoscaling/v1`
+    /// Scale).
     pub resource: &'a str,
+    pub resource_group: &'a str,
+    pub resource_version: &'a str,
     pub sub_resource: Option<&'a str>,
     pub namespace: &'a str,
     pub name: &'a str,
@@ -36,6 +40,8 @@ impl<'a> Request<'a> {
             version: &request.kind.version,
             kind: &request.kind.kind,
             resource: &request.resource.resource,
+            resource_group: &request.resource.group,
+            resource_version: &request.resource.version,
             sub_resource: request.sub_resource.as_deref().filter(|s| !s.is_empty()),
             namespace: request.namespace.as_deref().unwrap_or(""),
             name: &request.name,

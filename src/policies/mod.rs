@@ -164,6 +164,8 @@ pub(crate) mod test_support {
             version: "v1",
             kind,
             resource,
+            resource_group: "",
+            resource_version: "v1",
             sub_resource: None,
             namespace: "openg2p",
             name: "",

@@ -1,62 +1,157 @@
 //! Policy reports: a side channel that never sits on the admission response's path.
-//! The engine hands each report to a [`Reporter`], which must not block; the Events sink
-//! (events.k8s.io/v1) implements it.
+//! The engine hands one [`Report`] per reported request to a [`Reporter`], which must not
+//! block; [`events::EventSink`] turns them into events.k8s.io/v1 Events.
+
+pub mod events;
 
 use std::sync::Mutex;
 
-use crate::engine::{Action, Reported, Request};
+use crate::engine::{Action, Operation, Reported, Request};
 
-/// What prodguard did, to whom, on which object.
+/// One thing a policy found and what was done about it.
 #[derive(Debug, Clone, PartialEq)]
-pub struct Report {
+pub struct ReportedFinding {
     pub policy: &'static str,
     pub action: Action,
-    /// `PolicyViolation` or `PolicyMutation`.
-    pub reason: &'static str,
     pub message: String,
-    pub user: String,
-    pub operation: String,
+}
+
+/// The object a report is about.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ObjectRef {
     pub api_version: String,
     pub kind: String,
     pub namespace: String,
     pub name: String,
+    pub uid: Option<String>,
+}
+
+/// What prodguard did on one request: every finding of one webhook call, the user, the object.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Report {
+    /// `PolicyViolation` or `PolicyMutation`.
+    pub reason: &'static str,
+    /// The strongest action taken: Denied over Audited, Mutated over Audited.
+    pub action: Action,
+    pub user: String,
+    pub operation: String,
+    pub regarding: ObjectRef,
+    pub findings: Vec<ReportedFinding>,
+}
+
+/// Events carry at most 1 kB of note.
+pub const NOTE_MAX_BYTES: usize = 1024;
+
+/// The kind a subresource's parent resource holds (`deployments/scale` is about a Deployment).
+fn parent_kind(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "pods" => "Pod",
+        "deployments" => "Deployment",
+        "statefulsets" => "StatefulSet",
+        "replicasets" => "ReplicaSet",
+        "replicationcontrollers" => "ReplicationController",
+        "daemonsets" => "DaemonSet",
+        "jobs" => "Job",
+        "cronjobs" => "CronJob",
+        _ => return None,
+    })
+}
+
+fn api_version(group: &str, version: &str) -> String {
+    if group.is_empty() {
+        version.to_owned()
+    } else {
+        format!("{group}/{version}")
+    }
 }
 
 impl Report {
-    pub fn new(request: &Request<'_>, item: &Reported) -> Report {
-        let api_version = if request.group.is_empty() {
-            request.version.to_owned()
+    /// The report of a request, or `None` when nothing is to be reported.
+    pub fn new(request: &Request<'_>, items: &[Reported]) -> Option<Report> {
+        let first = items.first()?;
+        let has = |action| items.iter().any(|i| i.action == action);
+        let action = if has(Action::Denied) {
+            Action::Denied
+        } else if has(Action::Mutated) {
+            Action::Mutated
         } else {
-            format!("{}/{}", request.group, request.version)
+            Action::Audited
         };
-        Report {
-            policy: item.policy,
-            action: item.action,
-            reason: if item.violation {
+        // A subresource request (pods/exec, deployments/scale) is about the parent object.
+        let regarding = match (request.sub_resource, parent_kind(request.resource)) {
+            (Some(_), Some(kind)) => ObjectRef {
+                api_version: api_version(request.resource_group, request.resource_version),
+                kind: kind.to_owned(),
+                namespace: request.namespace.to_owned(),
+                name: request.name.to_owned(),
+                uid: None,
+            },
+            _ => ObjectRef {
+                api_version: api_version(request.group, request.version),
+                kind: request.kind.to_owned(),
+                namespace: request.namespace.to_owned(),
+                name: request.object_name().to_owned(),
+                uid: request
+                    .object
+                    .or(request.old_object)
+                    .and_then(|o| o.metadata.uid.clone()),
+            },
+        };
+        Some(Report {
+            reason: if first.violation {
                 "PolicyViolation"
             } else {
                 "PolicyMutation"
             },
-            message: item.message.clone(),
+            action,
             user: request.username.to_owned(),
-            operation: format!("{:?}", request.operation).to_uppercase(),
-            api_version,
-            kind: request.kind.to_owned(),
-            namespace: request.namespace.to_owned(),
-            name: request.object_name().to_owned(),
-        }
+            operation: match request.operation {
+                Operation::Create => "CREATE",
+                Operation::Update => "UPDATE",
+                Operation::Delete => "DELETE",
+                Operation::Connect => "CONNECT",
+            }
+            .to_owned(),
+            regarding,
+            findings: items
+                .iter()
+                .map(|i| ReportedFinding {
+                    policy: i.policy,
+                    action: i.action,
+                    message: i.message.clone(),
+                })
+                .collect(),
+        })
     }
 
-    /// The note of the Event: policy, action, user, message.
+    /// The note of the Event: each policy and action, the operation and the user; at most
+    /// [`NOTE_MAX_BYTES`].
     pub fn note(&self) -> String {
-        format!(
-            "{} {} {} by {}: {}",
-            self.policy,
-            self.action.as_str(),
+        let findings: Vec<String> = self
+            .findings
+            .iter()
+            .map(|f| format!("[{}] {}: {}", f.policy, f.action.as_str(), f.message))
+            .collect();
+        let mut note = format!(
+            "{} by {:?}: {}",
             self.operation,
             self.user,
-            self.message
-        )
+            findings.join("; ")
+        );
+        if note.len() > NOTE_MAX_BYTES {
+            let mut end = NOTE_MAX_BYTES - 3;
+            while !note.is_char_boundary(end) {
+                end -= 1;
+            }
+            note.truncate(end);
+            note.push_str("...");
+        }
+        note
+    }
+
+    /// The policy ids, in order.
+    pub fn policies(&self) -> Vec<&'static str> {
+        self.findings.iter().map(|f| f.policy).collect()
     }
 }
 
@@ -73,20 +168,19 @@ impl Reporter for NoReporter {
     fn report(&self, _report: Report) {}
 }
 
-/// Logs each report at debug level: the reporter `serve` uses until the Events sink is wired.
+/// Logs each report at debug level (when no cluster is reachable for Events).
 pub struct LogReporter;
 
 impl Reporter for LogReporter {
     fn report(&self, report: Report) {
         tracing::debug!(
-            policy = report.policy,
+            reason = report.reason,
             action = report.action.as_str(),
-            kind = %report.kind,
-            namespace = %report.namespace,
-            name = %report.name,
-            user = %report.user,
+            kind = %report.regarding.kind,
+            namespace = %report.regarding.namespace,
+            name = %report.regarding.name,
             "{}",
-            report.message
+            report.note()
         );
     }
 }
@@ -112,5 +206,100 @@ impl Reporter for MemoryReporter {
             Ok(mut reports) => reports.push(report),
             Err(poisoned) => poisoned.into_inner().push(report),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn item(policy: &'static str, action: Action, violation: bool) -> Reported {
+        Reported {
+            policy,
+            action,
+            violation,
+            message: format!("{policy} message"),
+            patch: vec![],
+        }
+    }
+
+    #[test]
+    fn one_report_per_request_with_the_strongest_action() {
+        let obj = object(json!({"metadata": {"name": "web", "uid": "u-1"}}));
+        let mut req = request(Operation::Update, "Deployment", "deployments", Some(&obj));
+        req.group = "apps";
+        let report = Report::new(
+            &req,
+            &[
+                item("airgap-registry", Action::Audited, true),
+                item("min-replicas", Action::Denied, true),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (report.reason, report.action),
+            ("PolicyViolation", Action::Denied)
+        );
+        assert_eq!(
+            report.regarding,
+            ObjectRef {
+                api_version: "apps/v1".into(),
+                kind: "Deployment".into(),
+                namespace: "openg2p".into(),
+                name: "web".into(),
+                uid: Some("u-1".into())
+            }
+        );
+        assert_eq!(
+            report.note(),
+            "UPDATE by \"alice\": [airgap-registry] Audited: airgap-registry message; [min-replicas] Denied: min-replicas message"
+        );
+        assert!(Report::new(&req, &[]).is_none());
+        let mutation =
+            Report::new(&req, &[item("image-pull-policy", Action::Mutated, false)]).unwrap();
+        assert_eq!(
+            (mutation.reason, mutation.action),
+            ("PolicyMutation", Action::Mutated)
+        );
+    }
+
+    #[test]
+    fn subresource_requests_are_about_the_parent() {
+        let mut req = request(Operation::Connect, "PodExecOptions", "pods", None);
+        req.sub_resource = Some("exec");
+        req.name = "db-0";
+        let report = Report::new(&req, &[item("db-access", Action::Denied, true)]).unwrap();
+        assert_eq!(
+            (
+                report.regarding.kind.as_str(),
+                report.regarding.api_version.as_str()
+            ),
+            ("Pod", "v1")
+        );
+        let mut scale = request(Operation::Update, "Scale", "deployments", None);
+        scale.group = "autoscaling";
+        scale.resource_group = "apps";
+        scale.sub_resource = Some("scale");
+        scale.name = "web";
+        let report = Report::new(&scale, &[item("min-replicas", Action::Denied, true)]).unwrap();
+        assert_eq!(
+            (
+                report.regarding.kind.as_str(),
+                report.regarding.api_version.as_str()
+            ),
+            ("Deployment", "apps/v1")
+        );
+    }
+
+    #[test]
+    fn the_note_is_bounded() {
+        let req = request(Operation::Create, "Pod", "pods", None);
+        let mut long = item("airgap-registry", Action::Denied, true);
+        long.message = "é".repeat(2000);
+        let note = Report::new(&req, &[long]).unwrap().note();
+        assert!(note.len() <= NOTE_MAX_BYTES);
+        assert!(note.ends_with("..."));
     }
 }

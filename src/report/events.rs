@@ -1,0 +1,167 @@
+//! Reports as events.k8s.io/v1 Events, regarding the object, published by kube-runtime's
+//! `Recorder` (which folds repeats of the same reason and action on the same object into an
+//! event series). A bounded queue sits between admission and the API server: a full queue
+//! drops the report and counts it, and never delays a response.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::ObjectReference;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter as EventReporter};
+use tokio::sync::mpsc;
+
+use super::{Report, Reporter};
+use crate::engine::Action;
+
+/// Reports waiting to be published; beyond this they are dropped and counted.
+pub const QUEUE_CAPACITY: usize = 1024;
+/// The reporting controller named on every Event.
+pub const CONTROLLER: &str = "prodguard";
+
+/// Counters of the sink.
+#[derive(Debug, Default)]
+pub struct EventStats {
+    pub published: AtomicU64,
+    pub dropped: AtomicU64,
+    pub failed: AtomicU64,
+}
+
+pub struct EventSink {
+    queue: mpsc::Sender<Report>,
+    pub stats: Arc<EventStats>,
+}
+
+impl EventSink {
+    /// Starts the publishing task; `instance` names this replica (its pod name).
+    pub fn start(client: kube::Client, instance: String) -> Arc<EventSink> {
+        let (queue, reports) = mpsc::channel(QUEUE_CAPACITY);
+        let stats = Arc::new(EventStats::default());
+        let recorder = Recorder::new(
+            client,
+            EventReporter {
+                controller: CONTROLLER.to_owned(),
+                instance: Some(instance),
+            },
+        );
+        tokio::spawn(publish(recorder, reports, stats.clone()));
+        Arc::new(EventSink { queue, stats })
+    }
+}
+
+impl Reporter for EventSink {
+    fn report(&self, report: Report) {
+        if self.queue.try_send(report).is_err() {
+            let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            if dropped.is_power_of_two() {
+                tracing::warn!(
+                    dropped,
+                    "the event queue is full; reports are being dropped"
+                );
+            }
+        }
+    }
+}
+
+/// The Event a report becomes.
+pub fn to_event(report: &Report) -> (Event, ObjectReference) {
+    let event = Event {
+        type_: match report.action {
+            Action::Mutated => EventType::Normal,
+            Action::Denied | Action::Audited => EventType::Warning,
+        },
+        reason: report.reason.to_owned(),
+        note: Some(report.note()),
+        action: report.action.as_str().to_owned(),
+        secondary: None,
+    };
+    let r = &report.regarding;
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_owned());
+    let reference = ObjectReference {
+        api_version: non_empty(&r.api_version),
+        kind: non_empty(&r.kind),
+        namespace: non_empty(&r.namespace),
+        name: non_empty(&r.name),
+        uid: r.uid.clone(),
+        ..ObjectReference::default()
+    };
+    (event, reference)
+}
+
+async fn publish(recorder: Recorder, mut reports: mpsc::Receiver<Report>, stats: Arc<EventStats>) {
+    while let Some(report) = reports.recv().await {
+        let (event, reference) = to_event(&report);
+        match recorder.publish(&event, &reference).await {
+            Ok(()) => {
+                stats.published.fetch_add(1, Ordering::Relaxed);
+            }
+            Err(e) => {
+                stats.failed.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    kind = %report.regarding.kind,
+                    namespace = %report.regarding.namespace,
+                    name = %report.regarding.name,
+                    "cannot publish a policy event: {e}"
+                );
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::report::{ObjectRef, ReportedFinding};
+
+    #[test]
+    fn a_denial_is_a_warning_regarding_the_object() {
+        let report = Report {
+            reason: "PolicyViolation",
+            action: Action::Denied,
+            user: "bob".into(),
+            operation: "DELETE".into(),
+            regarding: ObjectRef {
+                api_version: "v1".into(),
+                kind: "Secret".into(),
+                namespace: "openg2p".into(),
+                name: "db".into(),
+                uid: Some("u".into()),
+            },
+            findings: vec![ReportedFinding {
+                policy: "protect-delete",
+                action: Action::Denied,
+                message: "no".into(),
+            }],
+        };
+        let (event, reference) = to_event(&report);
+        assert_eq!(event.type_, EventType::Warning);
+        assert_eq!(
+            (event.reason.as_str(), event.action.as_str()),
+            ("PolicyViolation", "Denied")
+        );
+        assert_eq!(
+            event.note.as_deref(),
+            Some("DELETE by \"bob\": [protect-delete] Denied: no")
+        );
+        assert_eq!(reference.kind.as_deref(), Some("Secret"));
+        assert_eq!(reference.uid.as_deref(), Some("u"));
+    }
+
+    #[test]
+    fn an_unnamed_object_gets_no_empty_name() {
+        let report = Report {
+            reason: "PolicyMutation",
+            action: Action::Mutated,
+            user: "u".into(),
+            operation: "CREATE".into(),
+            regarding: ObjectRef {
+                kind: "Pod".into(),
+                ..ObjectRef::default()
+            },
+            findings: vec![],
+        };
+        let (event, reference) = to_event(&report);
+        assert_eq!(event.type_, EventType::Normal);
+        assert_eq!(reference.name, None);
+        assert_eq!(reference.namespace, None);
+    }
+}
