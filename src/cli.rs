@@ -115,4 +115,18 @@ pub struct CertsArgs {
     /// Replace certificates already in the directory.
     #[arg(long, env = "PRODGUARD_CERTS_FORCE")]
     pub force: bool,
+    /// Another DNS name or IP address for the serving certificate (repeatable).
+    #[arg(long = "san", env = "PRODGUARD_CERTS_SANS", value_delimiter = ',')]
+    pub extra_names: Vec<String>,
+    /// Patch the CA bundle into the webhook configurations of the cluster in the current
+    /// kubeconfig (or in-cluster configuration). Reuses the certificates in --out-dir when
+    /// they exist.
+    #[arg(long, env = "PRODGUARD_CERTS_INJECT")]
+    pub inject: bool,
+    /// With --inject: inject this CA bundle (PEM) instead of --out-dir/ca.crt.
+    #[arg(long, env = "PRODGUARD_CERTS_CA_FILE", requires = "inject")]
+    pub ca_file: Option<PathBuf>,
+    /// With --inject: the name of the mutating and validating webhook configurations.
+    #[arg(long, env = "PRODGUARD_WEBHOOK_NAME", default_value = "prodguard")]
+    pub webhook_name: String,
 }

@@ -507,11 +507,10 @@ impl Config {
                 ));
             }
             if let Some(kind) = &ex.kind {
-                const KINDS: [&str; 5] = [
+                const KINDS: [&str; 4] = [
                     "Deployment",
                     "StatefulSet",
                     "ReplicaSet",
-                    "ReplicationController",
                     "HorizontalPodAutoscaler",
                 ];
                 if !KINDS.contains(&kind.as_str()) {

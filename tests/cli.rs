@@ -406,3 +406,59 @@ fn serve_refuses_a_certificate_it_cannot_use() {
         stderr(&output)
     );
 }
+
+#[test]
+fn the_deployed_policy_set_is_the_embedded_default() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let shipped = std::fs::read_to_string(root.join("policies/openg2p-production.yaml")).unwrap();
+    let deployed = std::fs::read_to_string(root.join("deploy/base/policies.yaml")).unwrap();
+    assert_eq!(
+        shipped, deployed,
+        "copy policies/openg2p-production.yaml to deploy/base/policies.yaml"
+    );
+}
+
+#[test]
+fn prodguards_own_manifests_pass_its_policies() {
+    for dir in ["deploy/base", "deploy/overlays/audit"] {
+        let rendered = Command::new("kubectl")
+            .args(["kustomize", dir])
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .output()
+            .expect("kubectl (scripts/test-deps.sh installs it)");
+        assert!(
+            rendered.status.success(),
+            "{dir}: {}",
+            String::from_utf8_lossy(&rendered.stderr)
+        );
+        let mut child = prodguard()
+            .args(["check", "-f", "-", "-o", "json"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        child
+            .stdin
+            .take()
+            .unwrap()
+            .write_all(&rendered.stdout)
+            .unwrap();
+        let output = child.wait_with_output().unwrap();
+        let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(0), "{dir}: {doc}");
+        assert_eq!(
+            doc["results"],
+            json!([]),
+            "{dir}: no patch and no warning either"
+        );
+        assert_eq!(doc["summary"]["resources"], 10, "{dir}");
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        assert!(text.contains("sideEffects: NoneOnDryRun"), "{dir}");
+        if dir.ends_with("audit") {
+            assert!(
+                text.contains("PRODGUARD_MODE"),
+                "the audit overlay sets the mode"
+            );
+        }
+    }
+}

@@ -1,9 +1,13 @@
 //! The API-server side: what prodguard reads from the cluster.
 
 use async_trait::async_trait;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
 use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource};
+use kube::api::{Api, ApiResource, Patch, PatchParams};
 use kube::core::DynamicObject;
+use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
@@ -90,4 +94,107 @@ impl PodLookup for FixedPodLookup {
                 name: name.to_owned(),
             })
     }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum InjectError {
+    #[error("{kind} {name} was not found; apply the webhook configurations first (kubectl apply -k deploy/base)")]
+    NotFound { kind: &'static str, name: String },
+    #[error("{kind} {name} has no webhooks to inject the CA bundle into")]
+    NoWebhooks { kind: &'static str, name: String },
+    #[error("patching {kind} {name} failed: {message}")]
+    Failed {
+        kind: &'static str,
+        name: String,
+        message: String,
+    },
+}
+
+/// Sets `clientConfig.caBundle` of every webhook of the mutating and the validating webhook
+/// configuration called `name` (a strategic merge by webhook name, RBAC: get and patch).
+/// Returns what was patched.
+pub async fn inject_ca_bundle(
+    client: kube::Client,
+    name: &str,
+    ca_pem: &[u8],
+) -> Result<Vec<String>, InjectError> {
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    let mut patched = Vec::new();
+    let kind = "MutatingWebhookConfiguration";
+    let names = match mutating.get_opt(name).await {
+        Ok(Some(config)) => config
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.name)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(failed(kind, name, e)),
+    };
+    patch_bundle(&mutating, kind, name, names, ca_pem, &mut patched).await?;
+    let kind = "ValidatingWebhookConfiguration";
+    let names = match validating.get_opt(name).await {
+        Ok(Some(config)) => config
+            .webhooks
+            .unwrap_or_default()
+            .into_iter()
+            .map(|w| w.name)
+            .collect(),
+        Ok(None) => Vec::new(),
+        Err(e) => return Err(failed(kind, name, e)),
+    };
+    patch_bundle(&validating, kind, name, names, ca_pem, &mut patched).await?;
+    Ok(patched)
+}
+
+fn failed(kind: &'static str, name: &str, e: kube::Error) -> InjectError {
+    match e {
+        kube::Error::Api(status) if status.is_not_found() => InjectError::NotFound {
+            kind,
+            name: name.to_owned(),
+        },
+        e => InjectError::Failed {
+            kind,
+            name: name.to_owned(),
+            message: e.to_string(),
+        },
+    }
+}
+
+async fn patch_bundle<K>(
+    api: &Api<K>,
+    kind: &'static str,
+    name: &str,
+    webhooks: Vec<String>,
+    ca_pem: &[u8],
+    patched: &mut Vec<String>,
+) -> Result<(), InjectError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    if webhooks.is_empty() {
+        return Err(match api.get_opt(name).await {
+            Ok(None) => InjectError::NotFound {
+                kind,
+                name: name.to_owned(),
+            },
+            _ => InjectError::NoWebhooks {
+                kind,
+                name: name.to_owned(),
+            },
+        });
+    }
+    use base64::Engine as _;
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca_pem);
+    let entries: Vec<_> = webhooks
+        .iter()
+        .map(|w| json!({"name": w, "clientConfig": {"caBundle": bundle}}))
+        .collect();
+    let patch = json!({"webhooks": entries});
+    api.patch(name, &PatchParams::default(), &Patch::Strategic(patch))
+        .await
+        .map_err(|e| failed(kind, name, e))?;
+    patched.push(format!("{kind} {name} ({})", webhooks.join(", ")));
+    Ok(())
 }

@@ -5,6 +5,7 @@ pub mod certs;
 pub mod check;
 pub mod serve;
 
+use std::io::IsTerminal;
 use std::path::Path;
 use std::process::ExitCode;
 use std::str::FromStr;
@@ -37,7 +38,11 @@ fn init_logging(filter: &str, format: LogFormat) -> Result<(), String> {
     let registry = tracing_subscriber::registry().with(targets);
     let result = match format {
         LogFormat::Text => registry
-            .with(tracing_subscriber::fmt::layer().with_writer(std::io::stderr))
+            .with(
+                tracing_subscriber::fmt::layer()
+                    .with_ansi(std::io::stderr().is_terminal())
+                    .with_writer(std::io::stderr),
+            )
             .try_init(),
         LogFormat::Json => registry
             .with(

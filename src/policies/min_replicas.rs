@@ -74,7 +74,6 @@ fn scaled_kind(resource: &str) -> Option<&'static str> {
         "deployments" => "Deployment",
         "statefulsets" => "StatefulSet",
         "replicasets" => "ReplicaSet",
-        "replicationcontrollers" => "ReplicationController",
         _ => return None,
     })
 }

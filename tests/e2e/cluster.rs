@@ -1,0 +1,479 @@
+//! A test cluster of its own: etcd and kube-apiserver 1.20.2 on 127.0.0.1 (free ports), a
+//! PKI made with rcgen, an admin kubeconfig (system:masters), and prodguard registered with the
+//! webhook configurations of deploy/. Everything is stopped by PID when the cluster is
+//! dropped, also when a scenario panics.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, PKCS_ECDSA_P256_SHA256,
+};
+use serde_json::Value;
+
+pub const APISERVER_VERSION: &str = "1.20.2";
+/// Where scripts/test-deps.sh caches the binary, under the cache directory (keep in step).
+pub const APISERVER_BUILD_ID: &str = "kube-apiserver-1.20.2-reflect2-1.0.2";
+
+pub struct TestCluster {
+    pub dir: tempfile::TempDir,
+    pub kubeconfig: PathBuf,
+    pub prodguard_port: u16,
+    pub certs_dir: PathBuf,
+    processes: Vec<(String, Child)>,
+    prodguard: Option<Child>,
+}
+
+fn free_port() -> Result<u16, String> {
+    let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn cache_dir() -> PathBuf {
+    if let Ok(dir) = std::env::var("PRODGUARD_CACHE_DIR") {
+        return PathBuf::from(dir);
+    }
+    let base = std::env::var("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .unwrap_or_else(|_| {
+            PathBuf::from(std::env::var("HOME").unwrap_or_default()).join(".cache")
+        });
+    base.join("prodguard")
+}
+
+/// The kube-apiserver binary built by scripts/test-deps.sh.
+pub fn apiserver_binary() -> Result<PathBuf, String> {
+    let path = match std::env::var("PRODGUARD_KUBE_APISERVER") {
+        Ok(path) => PathBuf::from(path),
+        Err(_) => cache_dir().join(APISERVER_BUILD_ID).join("kube-apiserver"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!(
+            "kube-apiserver {APISERVER_VERSION} is not at {}; run scripts/test-deps.sh (it builds and caches it)",
+            path.display()
+        ))
+    }
+}
+
+fn which(binary: &str) -> Result<(), String> {
+    let found = std::env::var_os("PATH")
+        .map(|paths| std::env::split_paths(&paths).any(|p| p.join(binary).is_file()))
+        .unwrap_or(false);
+    if found {
+        Ok(())
+    } else {
+        Err(format!(
+            "{binary} is not installed; run scripts/test-deps.sh"
+        ))
+    }
+}
+
+struct Pki {
+    ca_pem: String,
+}
+
+fn write(path: &Path, contents: &str) -> Result<(), String> {
+    std::fs::write(path, contents).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+fn make_pki(dir: &Path) -> Result<Pki, String> {
+    let e = |e: rcgen::Error| e.to_string();
+    let ca_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut ca = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    ca.distinguished_name
+        .push(DnType::CommonName, "e2e cluster CA");
+    ca.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    let ca_cert = ca.self_signed(&ca_key).map_err(e)?;
+    let issuer = Issuer::new(ca, ca_key);
+
+    let serving_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut serving = CertificateParams::new(vec![
+        "127.0.0.1".to_string(),
+        "localhost".to_string(),
+        "kubernetes.default.svc".to_string(),
+    ])
+    .map_err(e)?;
+    serving
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver");
+    serving.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let serving_cert = serving.signed_by(&serving_key, &issuer).map_err(e)?;
+
+    let admin_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut admin = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    admin
+        .distinguished_name
+        .push(DnType::CommonName, "e2e-admin");
+    admin
+        .distinguished_name
+        .push(DnType::OrganizationName, "system:masters");
+    admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let admin_cert = admin.signed_by(&admin_key, &issuer).map_err(e)?;
+
+    let sa_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+
+    write(&dir.join("ca.crt"), &ca_cert.pem())?;
+    write(&dir.join("apiserver.crt"), &serving_cert.pem())?;
+    write(&dir.join("apiserver.key"), &serving_key.serialize_pem())?;
+    write(&dir.join("admin.crt"), &admin_cert.pem())?;
+    write(&dir.join("admin.key"), &admin_key.serialize_pem())?;
+    write(&dir.join("sa.key"), &sa_key.serialize_pem())?;
+    write(&dir.join("sa.pub"), &sa_key.public_key_pem())?;
+    Ok(Pki {
+        ca_pem: ca_cert.pem(),
+    })
+}
+
+fn spawn(name: &str, command: &mut Command, log: &Path) -> Result<Child, String> {
+    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
+    command
+        .stdin(Stdio::null())
+        .stdout(log_file)
+        .stderr(err_file)
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))
+}
+
+fn tail(path: &Path) -> String {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let lines: Vec<&str> = text.lines().collect();
+    lines[lines.len().saturating_sub(25)..].join("\n")
+}
+
+impl TestCluster {
+    pub fn start() -> Result<TestCluster, String> {
+        let apiserver = apiserver_binary()?;
+        which("etcd")?;
+        which("kubectl")?;
+        let dir = tempfile::Builder::new()
+            .prefix("prodguard-e2e-")
+            .tempdir()
+            .map_err(|e| e.to_string())?;
+        let root = dir.path().to_path_buf();
+        let pki = make_pki(&root)?;
+        let mut cluster = TestCluster {
+            kubeconfig: root.join("kubeconfig"),
+            certs_dir: root.join("prodguard-certs"),
+            prodguard_port: free_port()?,
+            dir,
+            processes: Vec::new(),
+            prodguard: None,
+        };
+
+        let etcd_client = free_port()?;
+        let etcd_peer = free_port()?;
+        let etcd_log = root.join("etcd.log");
+        let etcd = spawn(
+            "etcd",
+            Command::new("etcd")
+                .arg("--name=e2e")
+                .arg(format!("--data-dir={}", root.join("etcd").display()))
+                .arg(format!(
+                    "--listen-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
+                .arg(format!(
+                    "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
+                ))
+                .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
+                .arg(format!(
+                    "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
+                ))
+                .arg(format!(
+                    "--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"
+                )),
+            &etcd_log,
+        )?;
+        cluster.processes.push(("etcd".into(), etcd));
+
+        let secure_port = free_port()?;
+        let apiserver_log = root.join("kube-apiserver.log");
+        let file = |name: &str| root.join(name).display().to_string();
+        let child = spawn(
+            "kube-apiserver",
+            Command::new(&apiserver)
+                .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
+                .arg("--bind-address=127.0.0.1")
+                .arg("--advertise-address=127.0.0.1")
+                .arg(format!("--secure-port={secure_port}"))
+                .arg("--insecure-port=0")
+                .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
+                .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
+                .arg(format!("--client-ca-file={}", file("ca.crt")))
+                .arg("--service-account-issuer=https://kubernetes.default.svc")
+                .arg(format!("--service-account-key-file={}", file("sa.pub")))
+                .arg(format!(
+                    "--service-account-signing-key-file={}",
+                    file("sa.key")
+                ))
+                .arg("--service-cluster-ip-range=10.96.0.0/24")
+                .arg("--authorization-mode=RBAC")
+                // No controller-manager runs to create service account tokens.
+                .arg("--disable-admission-plugins=ServiceAccount")
+                .arg("--endpoint-reconciler-type=none")
+                .arg(format!("--cert-dir={}", file("apiserver-certs")))
+                .arg("--profiling=false")
+                .arg("--v=1"),
+            &apiserver_log,
+        )?;
+        cluster.processes.push(("kube-apiserver".into(), child));
+
+        let kubeconfig = format!(
+            "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{secure_port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin, namespace: default}}\ncurrent-context: e2e\n",
+            ca = file("ca.crt"),
+            crt = file("admin.crt"),
+            key = file("admin.key"),
+        );
+        write(&cluster.kubeconfig, &kubeconfig)?;
+        let _ = pki.ca_pem;
+
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
+            if ready.status.success() {
+                break;
+            }
+            for (name, child) in cluster.processes.iter_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = if name == "etcd" {
+                        &etcd_log
+                    } else {
+                        &apiserver_log
+                    };
+                    return Err(format!("{name} exited ({status}):\n{}", tail(log)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kube-apiserver was not ready within 120 s:\n{}\n{}",
+                    String::from_utf8_lossy(&ready.stderr),
+                    tail(&apiserver_log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        // The API server creates `default` itself; wait for it and its RBAC bootstrap.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !cluster
+            .kubectl(&["get", "namespace", "default"])
+            .status
+            .success()
+            || !cluster
+                .kubectl(&["get", "clusterrole", "admin"])
+                .status
+                .success()
+        {
+            if Instant::now() > deadline {
+                return Err("the default namespace or RBAC bootstrap roles never appeared".into());
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+        Ok(cluster)
+    }
+
+    pub fn kubectl(&self, args: &[&str]) -> Output {
+        Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .output()
+            .expect("run kubectl")
+    }
+
+    /// kubectl with `input` on standard input.
+    pub fn kubectl_stdin(&self, args: &[&str], input: &str) -> Output {
+        use std::io::Write;
+        let mut child = Command::new("kubectl")
+            .env("KUBECONFIG", &self.kubeconfig)
+            .args(args)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run kubectl");
+        if let Some(mut stdin) = child.stdin.take() {
+            stdin.write_all(input.as_bytes()).expect("kubectl stdin");
+        }
+        child.wait_with_output().expect("kubectl output")
+    }
+
+    /// The prodguard binary with this cluster's kubeconfig.
+    pub fn prodguard(&self) -> Command {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_prodguard"));
+        command
+            .current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("KUBECONFIG", &self.kubeconfig)
+            .env_remove("KUBERNETES_SERVICE_HOST");
+        for (key, _) in std::env::vars() {
+            if key.starts_with("PRODGUARD_") {
+                command.env_remove(key);
+            }
+        }
+        command
+    }
+
+    /// Registers the webhook configurations shipped in deploy/, with the client config swapped
+    /// for this machine's URL, then injects the CA bundle with `prodguard certs --inject`.
+    pub fn register_webhooks(&self) -> Result<(), String> {
+        let rendered = self.kubectl(&["kustomize", "deploy/base"]);
+        if !rendered.status.success() {
+            return Err(format!(
+                "kubectl kustomize deploy/base: {}",
+                String::from_utf8_lossy(&rendered.stderr)
+            ));
+        }
+        let text = String::from_utf8_lossy(&rendered.stdout);
+        let documents: Vec<Value> =
+            serde_saphyr::from_multiple(&text).map_err(|e| format!("rendered deploy/base: {e}"))?;
+        let mut webhooks = Vec::new();
+        for mut doc in documents {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+            if !kind.ends_with("WebhookConfiguration") {
+                continue;
+            }
+            for webhook in doc["webhooks"].as_array_mut().into_iter().flatten() {
+                let path = webhook["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                webhook["clientConfig"] = serde_json::json!({
+                    "url": format!("https://127.0.0.1:{}{path}", self.prodguard_port)
+                });
+            }
+            webhooks.push(doc);
+        }
+        if webhooks.len() != 2 {
+            return Err(format!(
+                "deploy/base holds {} webhook configurations, not 2",
+                webhooks.len()
+            ));
+        }
+        let list = serde_json::json!({"apiVersion": "v1", "kind": "List", "items": webhooks});
+        let applied = self.kubectl_stdin(&["apply", "-f", "-"], &list.to_string());
+        if !applied.status.success() {
+            return Err(format!(
+                "registering the webhooks: {}",
+                String::from_utf8_lossy(&applied.stderr)
+            ));
+        }
+        let certs = self
+            .prodguard()
+            .args([
+                "certs",
+                "--service",
+                "prodguard",
+                "--namespace",
+                "prodguard",
+                "--san",
+                "127.0.0.1",
+                "--inject",
+                "--out-dir",
+            ])
+            .arg(&self.certs_dir)
+            .output()
+            .map_err(|e| e.to_string())?;
+        if !certs.status.success() {
+            return Err(format!(
+                "prodguard certs --inject: {}",
+                String::from_utf8_lossy(&certs.stderr)
+            ));
+        }
+        Ok(())
+    }
+
+    /// (Re)starts prodguard on the registered port with `config` (YAML) and extra arguments.
+    pub fn serve(&mut self, config: &str, args: &[&str]) -> Result<(), String> {
+        self.stop_prodguard();
+        let config_path = self.dir.path().join("prodguard-config.yaml");
+        write(&config_path, config)?;
+        let log = self.dir.path().join("prodguard.log");
+        let child = spawn(
+            "prodguard",
+            self.prodguard()
+                .arg("serve")
+                .arg(format!("--addr=127.0.0.1:{}", self.prodguard_port))
+                .arg(format!(
+                    "--tls-cert={}",
+                    self.certs_dir.join("tls.crt").display()
+                ))
+                .arg(format!(
+                    "--tls-key={}",
+                    self.certs_dir.join("tls.key").display()
+                ))
+                .arg(format!("--config={}", config_path.display()))
+                .arg("--log=info")
+                .args(args),
+            &log,
+        )?;
+        self.prodguard = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let text = std::fs::read_to_string(&log).unwrap_or_default();
+            if text.contains("listening on https://") {
+                return Ok(());
+            }
+            if let Some(child) = self.prodguard.as_mut() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    return Err(format!("prodguard exited ({status}):\n{}", tail(&log)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!("prodguard did not start:\n{}", tail(&log)));
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    pub fn stop_prodguard(&mut self) {
+        if let Some(child) = self.prodguard.take() {
+            stop("prodguard", child);
+        }
+    }
+
+    pub fn prodguard_log(&self) -> String {
+        tail(&self.dir.path().join("prodguard.log"))
+    }
+}
+
+/// SIGTERM, then SIGKILL after 10 s.
+fn stop(name: &str, mut child: Child) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .stderr(Stdio::null())
+        .status();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    eprintln!("e2e: {name} did not stop on SIGTERM; killing it");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for TestCluster {
+    fn drop(&mut self) {
+        self.stop_prodguard();
+        // The API server first, then etcd.
+        while let Some((name, child)) = self.processes.pop() {
+            stop(&name, child);
+        }
+        if std::env::var_os("PRODGUARD_E2E_KEEP").is_some() {
+            let kept = std::mem::replace(&mut self.dir, tempfile::tempdir().expect("tempdir"));
+            eprintln!("e2e: kept {}", kept.keep().display());
+        }
+    }
+}

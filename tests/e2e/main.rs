@@ -1,0 +1,837 @@
+//! prodguard against a real kube-apiserver (1.20.2, built by scripts/test-deps.sh) and etcd on
+//! 127.0.0.1, registered with the webhook configurations of deploy/, driven with kubectl and
+//! the kube client. Every scenario asserts on what the API server stored or answered.
+//!
+//! A custom harness: the cluster starts once, each scenario runs in its own namespace, a
+//! failing scenario is reported and the rest still run, and the cluster is stopped by PID at
+//! the end whatever happened. Without kube-apiserver or etcd the suite fails; it never skips.
+//! `cargo test --test e2e -- NAME` runs the scenarios whose name contains NAME.
+
+mod cluster;
+
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::process::{ExitCode, Output};
+use std::time::{Duration, Instant};
+
+use cluster::TestCluster;
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams};
+use serde_json::{json, Value};
+
+const DEFAULT_POLICY: &str = include_str!("../../policies/openg2p-production.yaml");
+
+struct Env {
+    cluster: TestCluster,
+    runtime: tokio::runtime::Runtime,
+    client: kube::Client,
+}
+
+type Scenario = fn(&mut Env);
+
+fn main() -> ExitCode {
+    let filter: Option<String> = std::env::args().skip(1).find(|a| !a.starts_with('-'));
+    let scenarios: &[(&str, Scenario)] = &[
+        (
+            "webhooks_registered_from_deploy",
+            webhooks_registered_from_deploy,
+        ),
+        ("replicas_scale_and_hpa", replicas_scale_and_hpa),
+        (
+            "cronjob_batch_v1beta1_is_patched",
+            cronjob_batch_v1beta1_is_patched,
+        ),
+        ("airgap_and_mirror", airgap_and_mirror),
+        ("db_access", db_access),
+        ("protect_delete", protect_delete),
+        (
+            "audit_mode_warns_and_stores_unchanged",
+            audit_mode_warns_and_stores_unchanged,
+        ),
+        ("events_and_dry_run", events_and_dry_run),
+    ];
+    let selected: Vec<_> = scenarios
+        .iter()
+        .filter(|(name, _)| filter.as_ref().is_none_or(|f| name.contains(f.as_str())))
+        .collect();
+    if selected.is_empty() {
+        eprintln!("e2e: no scenario matches {filter:?}");
+        return ExitCode::FAILURE;
+    }
+
+    // A failing assertion prints its message and place, not a backtrace per scenario.
+    std::panic::set_hook(Box::new(|info| {
+        let place = info
+            .location()
+            .map(|l| format!(" at {}:{}", l.file(), l.line()))
+            .unwrap_or_default();
+        let message = info
+            .payload()
+            .downcast_ref::<String>()
+            .map(String::as_str)
+            .or_else(|| info.payload().downcast_ref::<&str>().copied())
+            .unwrap_or("(no message)");
+        eprintln!("assertion failed{place}:\n{message}");
+    }));
+
+    let started = Instant::now();
+    let cluster = match TestCluster::start() {
+        Ok(cluster) => cluster,
+        Err(e) => {
+            eprintln!("e2e: cannot start the test cluster: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    eprintln!(
+        "e2e: cluster ready in {:.1} s",
+        started.elapsed().as_secs_f64()
+    );
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let client = match runtime.block_on(client_for(&cluster)) {
+        Ok(client) => client,
+        Err(e) => {
+            eprintln!("e2e: no kube client: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let mut env = Env {
+        cluster,
+        runtime,
+        client,
+    };
+    if let Err(e) = env.cluster.register_webhooks() {
+        eprintln!("e2e: {e}");
+        return ExitCode::FAILURE;
+    }
+
+    println!("\nrunning {} e2e scenarios", selected.len());
+    let mut failed = Vec::new();
+    for (name, scenario) in selected {
+        let t = Instant::now();
+        let result = catch_unwind(AssertUnwindSafe(|| scenario(&mut env)));
+        match result {
+            Ok(()) => println!("e2e {name} ... ok ({:.1} s)", t.elapsed().as_secs_f64()),
+            Err(_) => {
+                println!("e2e {name} ... FAILED ({:.1} s)", t.elapsed().as_secs_f64());
+                println!("--- prodguard log ---\n{}", env.cluster.prodguard_log());
+                failed.push(*name);
+            }
+        }
+    }
+    let total = scenarios.len();
+    drop(env);
+    if failed.is_empty() {
+        println!("\ne2e result: ok. all scenarios passed ({total} defined)");
+        ExitCode::SUCCESS
+    } else {
+        println!(
+            "\ne2e result: FAILED. {} failed: {}",
+            failed.len(),
+            failed.join(", ")
+        );
+        ExitCode::FAILURE
+    }
+}
+
+async fn client_for(cluster: &TestCluster) -> Result<kube::Client, String> {
+    let kubeconfig =
+        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).map_err(|e| e.to_string())?;
+    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+        .await
+        .map_err(|e| e.to_string())?;
+    kube::Client::try_from(config).map_err(|e| e.to_string())
+}
+
+// ---- helpers ------------------------------------------------------------------------------
+
+fn out(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+fn err(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+impl Env {
+    fn kubectl(&self, args: &[&str]) -> Output {
+        self.cluster.kubectl(args)
+    }
+
+    /// kubectl that must succeed; returns stdout.
+    fn ok(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            output.status.success(),
+            "kubectl {args:?} failed: {}",
+            err(&output)
+        );
+        out(&output)
+    }
+
+    /// kubectl that must fail; returns stderr.
+    fn fails(&self, args: &[&str]) -> String {
+        let output = self.kubectl(args);
+        assert!(
+            !output.status.success(),
+            "kubectl {args:?} should have failed: {}",
+            out(&output)
+        );
+        err(&output)
+    }
+
+    fn apply(&self, namespace: &str, manifest: &Value) -> Output {
+        self.cluster.kubectl_stdin(
+            &["apply", "-n", namespace, "-f", "-"],
+            &manifest.to_string(),
+        )
+    }
+
+    fn namespace(&self, name: &str) {
+        self.ok(&["create", "namespace", name]);
+    }
+
+    fn get_json(&self, args: &[&str]) -> Value {
+        let mut full = vec!["get", "-o", "json"];
+        full.extend_from_slice(args);
+        serde_json::from_str(&self.ok(&full)).expect("kubectl JSON")
+    }
+
+    fn serve(&mut self, config: &str, args: &[&str]) {
+        if let Err(e) = self.cluster.serve(config, args) {
+            panic!("{e}");
+        }
+    }
+
+    fn events(&self, namespace: &str) -> Vec<Event> {
+        let api: Api<Event> = Api::namespaced(self.client.clone(), namespace);
+        self.runtime
+            .block_on(api.list(&ListParams::default()))
+            .expect("list events")
+            .items
+    }
+
+    /// Events of `namespace` once at least `count` exist (they are published asynchronously).
+    fn wait_events(&self, namespace: &str, count: usize) -> Vec<Event> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let events = self.events(namespace);
+            if events.len() >= count || Instant::now() > deadline {
+                return events;
+            }
+            std::thread::sleep(Duration::from_millis(200));
+        }
+    }
+}
+
+/// A denial by prodguard's validating webhook, as kubectl prints it.
+fn assert_denied(stderr: &str, expected: &str) {
+    assert!(
+        stderr.contains("admission webhook \"validate.prodguard.io\" denied the request"),
+        "not denied by prodguard: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+}
+
+fn deployment(name: &str, replicas: i64, image: &str) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": name},
+        "spec": {
+            "replicas": replicas,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {
+                "metadata": {"labels": {"app": name}},
+                "spec": {
+                    "initContainers": [{"name": "init", "image": image, "command": ["true"]}],
+                    "containers": [{"name": "main", "image": image}]
+                }
+            }
+        }
+    })
+}
+
+fn pull_policies(object: &Value, spec_pointer: &str) -> Vec<String> {
+    let spec = object.pointer(spec_pointer).expect("pod spec");
+    ["initContainers", "containers"]
+        .iter()
+        .flat_map(|list| spec[*list].as_array().cloned().unwrap_or_default())
+        .map(|c| {
+            c["imagePullPolicy"]
+                .as_str()
+                .unwrap_or("<unset>")
+                .to_string()
+        })
+        .collect()
+}
+
+// ---- scenarios ----------------------------------------------------------------------------
+
+fn webhooks_registered_from_deploy(env: &mut Env) {
+    use base64::Engine as _;
+    let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
+    let bundle = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());
+    for (kind, webhook, path) in [
+        (
+            "mutatingwebhookconfiguration",
+            "mutate.prodguard.io",
+            "/mutate",
+        ),
+        (
+            "validatingwebhookconfiguration",
+            "validate.prodguard.io",
+            "/validate",
+        ),
+    ] {
+        let config = env.get_json(&[kind, "prodguard"]);
+        let hooks = config["webhooks"].as_array().unwrap();
+        assert_eq!(hooks.len(), 1);
+        assert_eq!(hooks[0]["name"], webhook);
+        assert_eq!(hooks[0]["sideEffects"], "NoneOnDryRun");
+        assert_eq!(hooks[0]["admissionReviewVersions"], json!(["v1"]));
+        assert_eq!(
+            hooks[0]["clientConfig"]["caBundle"],
+            bundle.as_str(),
+            "injected by prodguard certs --inject"
+        );
+        assert_eq!(
+            hooks[0]["clientConfig"]["url"],
+            format!("https://127.0.0.1:{}{path}", env.cluster.prodguard_port)
+        );
+    }
+    // Injecting into configurations that do not exist says what to do.
+    let output = env
+        .cluster
+        .prodguard()
+        .args([
+            "certs",
+            "--inject",
+            "--webhook-name",
+            "missing",
+            "--out-dir",
+        ])
+        .arg(&env.cluster.certs_dir)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(err(&output).contains("MutatingWebhookConfiguration missing was not found; apply the webhook configurations first"), "{}", err(&output));
+}
+
+fn replicas_scale_and_hpa(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-replicas";
+    env.namespace(ns);
+
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("[min-replicas] Deployment {ns}/web would run 1 replica"),
+    );
+
+    env.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        ns,
+    ]);
+    let stored = env.get_json(&["deployment", "web", "-n", ns]);
+    assert_eq!(
+        pull_policies(&stored, "/spec/template/spec"),
+        vec!["IfNotPresent"],
+        "stored: {stored}"
+    );
+
+    // Through the kube client too: init and main containers, both patched.
+    let api: Api<k8s_openapi::api::apps::v1::Deployment> = Api::namespaced(env.client.clone(), ns);
+    let created = env
+        .runtime
+        .block_on(api.create(
+            &Default::default(),
+            &serde_json::from_value(deployment("api", 3, "busybox:1.36")).unwrap(),
+        ))
+        .expect("create through the kube client");
+    let created = serde_json::to_value(created).unwrap();
+    assert_eq!(
+        pull_policies(&created, "/spec/template/spec"),
+        vec!["IfNotPresent", "IfNotPresent"]
+    );
+
+    let stderr = env.fails(&["scale", "deployment", "web", "--replicas=1", "-n", ns]);
+    assert_denied(&stderr, &format!("Deployment {ns}/web would run 1 replica"));
+    env.ok(&["scale", "deployment", "web", "--replicas=0", "-n", ns]);
+    assert_eq!(
+        env.get_json(&["deployment", "web", "-n", ns])["spec"]["replicas"],
+        0
+    );
+    env.ok(&["scale", "deployment", "web", "--replicas=3", "-n", ns]);
+
+    let stderr = env.fails(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "--min=1",
+        "--max=4",
+        "-n",
+        ns,
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("HorizontalPodAutoscaler {ns}/web would run 1 replica"),
+    );
+    env.ok(&[
+        "autoscale",
+        "deployment",
+        "web",
+        "--min=2",
+        "--max=4",
+        "-n",
+        ns,
+    ]);
+
+    // The exemption of the default policy set: *-postgresql StatefulSets in openg2p.
+    env.namespace("openg2p");
+    let statefulset = |name: &str| {
+        json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": name},
+            "spec": {"replicas": 1, "serviceName": name, "selector": {"matchLabels": {"app": name}},
+                     "template": {"metadata": {"labels": {"app": name}}, "spec": {"containers": [{"name": "pg", "image": "bitnami/postgresql:16"}]}}}
+        })
+    };
+    let output = env.apply("openg2p", &statefulset("registry-postgresql"));
+    assert!(
+        output.status.success(),
+        "the exempt singleton is stored: {}",
+        err(&output)
+    );
+    let output = env.apply("openg2p", &statefulset("registry-redis"));
+    assert!(!output.status.success());
+    assert_denied(
+        &err(&output),
+        "StatefulSet openg2p/registry-redis would run 1 replica",
+    );
+}
+
+fn cronjob_batch_v1beta1_is_patched(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-cronjob";
+    env.namespace(ns);
+    // Kubernetes 1.20 serves CronJob as batch/v1beta1 only.
+    let cronjob = json!({
+        "apiVersion": "batch/v1beta1", "kind": "CronJob", "metadata": {"name": "backup"},
+        "spec": {"schedule": "0 2 * * *", "jobTemplate": {"spec": {"template": {"spec": {
+            "restartPolicy": "OnFailure",
+            "containers": [{"name": "dump", "image": "bitnami/postgresql:latest"}]}}}}}
+    });
+    let output = env.apply(ns, &cronjob);
+    assert!(output.status.success(), "{}", err(&output));
+    let stored = env.get_json(&["cronjobs.v1beta1.batch", "backup", "-n", ns]);
+    assert_eq!(
+        pull_policies(&stored, "/spec/jobTemplate/spec/template/spec"),
+        vec!["IfNotPresent"]
+    );
+    let job = json!({
+        "apiVersion": "batch/v1", "kind": "Job", "metadata": {"name": "once"},
+        "spec": {"template": {"spec": {"restartPolicy": "Never", "containers": [{"name": "c", "image": "busybox"}]}}}
+    });
+    assert!(env.apply(ns, &job).status.success());
+    let stored = env.get_json(&["job", "once", "-n", ns]);
+    assert_eq!(
+        pull_policies(&stored, "/spec/template/spec"),
+        vec!["IfNotPresent"]
+    );
+}
+
+fn airgap_and_mirror(env: &mut Env) {
+    let ns = "e2e-airgap";
+    env.namespace(ns);
+    let airgapped = "policies:\n  airgap-registry:\n    airgapped: true\n    allowedRegistries: [\"registry.local:5000\"]\n";
+    env.serve(airgapped, &[]);
+    let stderr = env.fails(&["run", "nginx", "--image=nginx", "-n", ns]);
+    assert_denied(
+        &stderr,
+        "[airgap-registry] the cluster is air-gapped and images must come from an allowed registry (registry.local:5000): containers[0] \"nginx\": image \"nginx\" resolves to registry docker.io",
+    );
+    env.ok(&[
+        "run",
+        "app",
+        "--image=registry.local:5000/openg2p/app:1.0",
+        "-n",
+        ns,
+    ]);
+    assert_eq!(
+        env.get_json(&["pod", "app", "-n", ns])["spec"]["containers"][0]["image"],
+        "registry.local:5000/openg2p/app:1.0"
+    );
+
+    let mirrored = format!(
+        "{airgapped}  registry-mirror:\n    mode: enforce\n    mirrors: {{\"docker.io\": \"registry.local:5000/dockerhub\"}}\n"
+    );
+    env.serve(&mirrored, &[]);
+    env.ok(&["run", "redis", "--image=redis:7.2", "-n", ns]);
+    let stored = env.get_json(&["pod", "redis", "-n", ns]);
+    assert_eq!(
+        stored["spec"]["containers"][0]["image"],
+        "registry.local:5000/dockerhub/library/redis:7.2"
+    );
+    assert_eq!(
+        stored["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    // Registries that are not mirrored are still denied.
+    let stderr = env.fails(&[
+        "run",
+        "kc",
+        "--image=quay.io/keycloak/keycloak:24",
+        "-n",
+        ns,
+    ]);
+    assert_denied(&stderr, "resolves to registry quay.io");
+}
+
+/// Creates a Pod and sets its phase to Running (no kubelet runs here).
+fn running_pod(env: &Env, ns: &str, name: &str, labels: Value, image: &str) {
+    let pod = json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "labels": labels},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": image}]}
+    });
+    let output = env.apply(ns, &pod);
+    assert!(output.status.success(), "{}", err(&output));
+    env.ok(&[
+        "patch",
+        "pod",
+        name,
+        "-n",
+        ns,
+        "--subresource=status",
+        "--type=merge",
+        "-p",
+        r#"{"status":{"phase":"Running"}}"#,
+    ]);
+}
+
+fn db_access(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-db";
+    env.namespace(ns);
+    running_pod(
+        env,
+        ns,
+        "postgres-0",
+        json!({"app.kubernetes.io/name": "postgresql"}),
+        "bitnami/postgresql:16",
+    );
+    running_pod(env, ns, "redis", json!({}), "redis:7.2");
+    running_pod(env, ns, "web", json!({"app": "web"}), "nginx:1.25");
+    // RBAC lets "dev" exec, attach and port-forward; prodguard is what stops it.
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "debugger"},
+         "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dev-debugger"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
+    ]});
+    assert!(env.apply(ns, &rbac).status.success());
+
+    for (pod, why) in [
+        ("postgres-0", "label app.kubernetes.io/name=postgresql"),
+        ("redis", "runs image redis:7.2"),
+    ] {
+        let stderr = env.fails(&["exec", pod, "-n", ns, "--as=dev", "--", "true"]);
+        assert_denied(
+            &stderr,
+            &format!("[db-access] user \"dev\" may not exec into database pod {ns}/{pod} ({why})"),
+        );
+        let stderr = env.fails(&[
+            "attach",
+            pod,
+            "-n",
+            ns,
+            "--as=dev",
+            "--pod-running-timeout=5s",
+        ]);
+        assert_denied(
+            &stderr,
+            &format!("may not attach to database pod {ns}/{pod}"),
+        );
+        let stderr = env.fails(&[
+            "port-forward",
+            &format!("pod/{pod}"),
+            ":5432",
+            "-n",
+            ns,
+            "--as=dev",
+            "--address=127.0.0.1",
+            "--pod-running-timeout=5s",
+        ]);
+        assert_denied(
+            &stderr,
+            &format!("may not port-forward to database pod {ns}/{pod}"),
+        );
+
+        // An admin passes admission; what fails next (no kubelet) is not prodguard's.
+        let stderr = env.fails(&["exec", pod, "-n", ns, "--request-timeout=10s", "--", "true"]);
+        assert!(
+            !stderr.contains("prodguard"),
+            "admin exec stopped by prodguard: {stderr}"
+        );
+    }
+    let stderr = env.fails(&[
+        "exec",
+        "web",
+        "-n",
+        ns,
+        "--as=dev",
+        "--request-timeout=10s",
+        "--",
+        "true",
+    ]);
+    assert!(
+        !stderr.contains("prodguard"),
+        "a non-database pod is not prodguard's business: {stderr}"
+    );
+
+    // A pod that does not exist: the CONNECT reaches the webhook, which cannot read it.
+    let stderr = env.fails(&[
+        "create",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/ghost/exec?command=true&stdout=true"),
+        "-f",
+        "/dev/null",
+        "--as=dev",
+    ]);
+    assert_denied(&stderr, &format!("cannot tell whether pod {ns}/ghost is a database pod because the pod lookup failed (pod {ns}/ghost was not found)"));
+}
+
+fn protect_delete(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-delete";
+    env.namespace(ns);
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "deleter"},
+         "rules": [
+            {"apiGroups": [""], "resources": ["configmaps", "secrets"], "verbs": ["get", "list", "delete"]},
+            {"apiGroups": ["apps"], "resources": ["deployments", "statefulsets"], "verbs": ["get", "list", "delete"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dev-deleter"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deleter"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
+    ]});
+    assert!(env.apply(ns, &rbac).status.success());
+    let create_all = |env: &Env| {
+        env.ok(&[
+            "create",
+            "configmap",
+            "settings",
+            "--from-literal=a=b",
+            "-n",
+            ns,
+        ]);
+        env.ok(&[
+            "create",
+            "secret",
+            "generic",
+            "db-creds",
+            "--from-literal=password=x",
+            "-n",
+            ns,
+        ]);
+        env.ok(&[
+            "create",
+            "deployment",
+            "app",
+            "--image=nginx",
+            "--replicas=2",
+            "-n",
+            ns,
+        ]);
+        let sts = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"},
+            "spec": {"replicas": 2, "serviceName": "db", "selector": {"matchLabels": {"app": "db"}},
+                     "template": {"metadata": {"labels": {"app": "db"}}, "spec": {"containers": [{"name": "db", "image": "postgres:16"}]}}}});
+        assert!(env.apply(ns, &sts).status.success());
+    };
+    create_all(env);
+    let objects = [
+        ("configmap", "settings", "ConfigMap"),
+        ("secret", "db-creds", "Secret"),
+        ("deployment", "app", "Deployment"),
+        ("statefulset", "db", "StatefulSet"),
+    ];
+    for (resource, name, kind) in objects {
+        let stderr = env.fails(&["delete", resource, name, "-n", ns, "--as=dev"]);
+        assert_denied(
+            &stderr,
+            &format!("[protect-delete] user \"dev\" may not delete {kind} {ns}/{name}"),
+        );
+        assert!(
+            env.kubectl(&["get", resource, name, "-n", ns])
+                .status
+                .success(),
+            "{kind} still there"
+        );
+    }
+    for (resource, name, _) in objects {
+        env.ok(&["delete", resource, name, "-n", ns]);
+    }
+    create_all(env);
+    for (resource, name, _) in objects {
+        env.ok(&[
+            "delete",
+            resource,
+            name,
+            "-n",
+            ns,
+            "--as=system:serviceaccount:kube-system:generic-garbage-collector",
+        ]);
+    }
+}
+
+fn audit_mode_warns_and_stores_unchanged(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &["--mode", "audit"]);
+    let ns = "e2e-audit";
+    env.namespace(ns);
+    let output = env.kubectl(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    assert!(output.status.success(), "audit allows: {}", err(&output));
+    let stderr = err(&output);
+    assert!(
+        stderr.contains(&format!(
+            "Warning: min-replicas: Deployment {ns}/web would run 1 replica"
+        )),
+        "{stderr}"
+    );
+    assert!(stderr.contains("Warning: image-pull-policy: would patch: set imagePullPolicy: IfNotPresent on containers[0] \"nginx\" (was Always)"), "{stderr}");
+    let stored = env.get_json(&["deployment", "web", "-n", ns]);
+    assert_eq!(stored["spec"]["replicas"], 1);
+    assert_eq!(
+        pull_policies(&stored, "/spec/template/spec"),
+        vec!["Always"],
+        "unchanged in audit mode"
+    );
+    let events = env.wait_events(ns, 2);
+    let actions: Vec<_> = events
+        .iter()
+        .map(|e| e.action.clone().unwrap_or_default())
+        .collect();
+    assert!(actions.iter().all(|a| a == "Audited"), "{actions:?}");
+    assert_eq!(actions.len(), 2, "one audit event per webhook: {actions:?}");
+}
+
+fn events_and_dry_run(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-events";
+    env.namespace(ns);
+    let single = deployment("single", 1, "nginx");
+
+    // Server-side dry run: the same verdict, and no Event.
+    let output = env.cluster.kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+        &single.to_string(),
+    );
+    assert!(!output.status.success());
+    assert_denied(
+        &err(&output),
+        &format!("Deployment {ns}/single would run 1 replica"),
+    );
+    let output = env.cluster.kubectl_stdin(
+        &["apply", "--dry-run=server", "-n", ns, "-f", "-"],
+        &deployment("pair", 2, "nginx").to_string(),
+    );
+    assert!(output.status.success(), "{}", err(&output));
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(
+        env.events(ns).is_empty(),
+        "dry-run requests create no Event: {:?}",
+        env.events(ns)
+    );
+
+    // The real thing: a denial and a mutation, each an Event regarding the object.
+    assert!(!env.apply(ns, &single).status.success());
+    assert!(env
+        .apply(ns, &deployment("pair", 2, "nginx"))
+        .status
+        .success());
+    let events = env.wait_events(ns, 2);
+    let find = |reason: &str| {
+        events
+            .iter()
+            .find(|e| e.reason.as_deref() == Some(reason))
+            .unwrap_or_else(|| panic!("no {reason} event in {events:?}"))
+            .clone()
+    };
+    let violation = find("PolicyViolation");
+    assert_eq!(violation.action.as_deref(), Some("Denied"));
+    assert_eq!(violation.type_.as_deref(), Some("Warning"));
+    assert_eq!(violation.reporting_controller.as_deref(), Some("prodguard"));
+    let regarding = violation.regarding.clone().expect("regarding");
+    assert_eq!(
+        (regarding.kind.as_deref(), regarding.name.as_deref()),
+        (Some("Deployment"), Some("single"))
+    );
+    let note = violation.note.clone().unwrap_or_default();
+    assert!(note.starts_with("CREATE by \"e2e-admin\": [min-replicas] Denied: Deployment e2e-events/single would run 1 replica"), "{note}");
+
+    let mutation = find("PolicyMutation");
+    assert_eq!(
+        (mutation.action.as_deref(), mutation.type_.as_deref()),
+        (Some("Mutated"), Some("Normal"))
+    );
+    assert_eq!(
+        mutation.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("pair")
+    );
+    assert!(mutation
+        .note
+        .clone()
+        .unwrap_or_default()
+        .contains("[image-pull-policy] Mutated: set imagePullPolicy: IfNotPresent"));
+
+    // A repeat is folded into the first Event's series.
+    assert!(!env.apply(ns, &single).status.success());
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let events = env.events(ns);
+        let violations: Vec<_> = events
+            .iter()
+            .filter(|e| e.reason.as_deref() == Some("PolicyViolation"))
+            .collect();
+        assert_eq!(
+            violations.len(),
+            1,
+            "one Event, with a series: {violations:?}"
+        );
+        if let Some(series) = &violations[0].series {
+            assert_eq!(series.count, 2);
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the repeat was not folded into a series: {violations:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
