@@ -91,10 +91,10 @@ impl Report {
                 kind: request.kind.to_owned(),
                 namespace: request.namespace.to_owned(),
                 name: request.object_name().to_owned(),
-                uid: request
-                    .object
-                    .or(request.old_object)
-                    .and_then(|o| o.metadata.uid.clone()),
+                // Only an object that exists already has a uid worth naming: the API server
+                // gives a new object a uid before admission, also when it is then denied, and
+                // repeats of a denied CREATE must fold into one event series.
+                uid: request.old_object.and_then(|o| o.metadata.uid.clone()),
             },
         };
         Some(Report {
@@ -229,6 +229,7 @@ mod tests {
     fn one_report_per_request_with_the_strongest_action() {
         let obj = object(json!({"metadata": {"name": "web", "uid": "u-1"}}));
         let mut req = request(Operation::Update, "Deployment", "deployments", Some(&obj));
+        req.old_object = Some(&obj);
         req.group = "apps";
         let report = Report::new(
             &req,
@@ -263,6 +264,15 @@ mod tests {
             (mutation.reason, mutation.action),
             ("PolicyMutation", Action::Mutated)
         );
+    }
+
+    #[test]
+    fn a_new_object_is_named_without_its_uid() {
+        let obj = object(json!({"metadata": {"name": "web", "uid": "assigned-before-admission"}}));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
+        let report = Report::new(&req, &[item("min-replicas", Action::Denied, true)]).unwrap();
+        assert_eq!(report.regarding.uid, None);
+        assert_eq!(report.regarding.name, "web");
     }
 
     #[test]
