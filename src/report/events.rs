@@ -147,6 +147,30 @@ mod tests {
     }
 
     #[test]
+    fn a_full_queue_drops_and_counts_without_waiting() {
+        // No publisher drains this queue of 2.
+        let (queue, _reports) = mpsc::channel(2);
+        let sink = EventSink {
+            queue,
+            stats: Arc::new(EventStats::default()),
+        };
+        let report = Report {
+            reason: "PolicyViolation",
+            action: Action::Denied,
+            user: "bob".into(),
+            operation: "CREATE".into(),
+            regarding: ObjectRef::default(),
+            findings: vec![],
+        };
+        let started = std::time::Instant::now();
+        for _ in 0..5 {
+            sink.report(report.clone());
+        }
+        assert!(started.elapsed() < std::time::Duration::from_secs(1));
+        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 3);
+    }
+
+    #[test]
     fn an_unnamed_object_gets_no_empty_name() {
         let report = Report {
             reason: "PolicyMutation",
