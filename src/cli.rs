@@ -47,6 +47,21 @@ pub enum Command {
     Check(CheckArgs),
     /// Generate a CA and a serving certificate for the webhook Service.
     Certs(CertsArgs),
+    /// Evaluate what the cluster of the current kubeconfig holds now, once.
+    Audit(AuditArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct AuditArgs {
+    /// Policy configuration file; the embedded default by default.
+    #[arg(long, env = "PRODGUARD_CONFIG")]
+    pub config: Option<PathBuf>,
+    /// `audit` reports every violation as a warning.
+    #[arg(long, env = "PRODGUARD_MODE", value_enum)]
+    pub mode: Option<ModeArg>,
+    /// Output format (the schema of `check`).
+    #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
@@ -69,6 +84,21 @@ pub struct ServeArgs {
     /// Where to write the CA bundle of a generated certificate.
     #[arg(long, env = "PRODGUARD_CA_OUT")]
     pub ca_out: Option<PathBuf>,
+    /// Plain-HTTP address of the Prometheus metrics (`GET /metrics`); `off` disables them.
+    #[arg(long, env = "PRODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9090")]
+    pub metrics_addr: String,
+    /// How often the background audit scans the cluster (`10m`, `30s`); `off` disables it.
+    #[arg(long, env = "PRODGUARD_AUDIT_INTERVAL", default_value = "10m")]
+    pub audit_interval: String,
+    /// Namespace of the audit Lease; the pod's own namespace (POD_NAMESPACE) by default.
+    #[arg(long, env = "PRODGUARD_LEASE_NAMESPACE")]
+    pub lease_namespace: Option<String>,
+    /// How long the audit Lease is held without renewal before another replica takes it.
+    #[arg(long, env = "PRODGUARD_LEASE_DURATION", default_value = "15s")]
+    pub lease_duration: String,
+    /// The most results a PolicyReport holds; the rest are counted in an annotation.
+    #[arg(long, env = "PRODGUARD_REPORT_MAX_RESULTS", default_value_t = 1000)]
+    pub report_max_results: usize,
 }
 
 #[derive(Debug, Args)]

@@ -91,8 +91,15 @@ pub struct Config {
     pub mode: GlobalMode,
     #[serde(default)]
     pub admins: Admins,
+    /// Namespaces prodguard never acts in (the webhook configurations exclude them too).
+    #[serde(default = "default_excluded_namespaces")]
+    pub excluded_namespaces: Vec<String>,
     #[serde(default)]
     pub policies: Policies,
+}
+
+fn default_excluded_namespaces() -> Vec<String> {
+    vec!["kube-system".to_owned(), "prodguard".to_owned()]
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -355,6 +362,7 @@ impl Default for Config {
         Config {
             mode: GlobalMode::Enforce,
             admins: Admins::default(),
+            excluded_namespaces: default_excluded_namespaces(),
             policies: Policies::default(),
         }
     }
@@ -651,6 +659,7 @@ mode: enforce
 admins:
   users: []
   groups: ["system:masters"]
+excludedNamespaces: [kube-system, prodguard]
 policies:
   image-pull-policy:
     mode: enforce
@@ -691,6 +700,10 @@ policies:
             "{text}"
         );
         assert!(text.contains("did you mean `minReplicas`?"), "{text}");
+        assert_eq!(
+            Config::default().excluded_namespaces,
+            vec!["kube-system".to_string(), "prodguard".to_string()]
+        );
 
         let err = load("polices: {}\n").unwrap_err();
         assert_eq!(err.key, "polices");

@@ -238,9 +238,16 @@ fn a_bad_configuration_names_the_file_the_key_and_the_fix() {
 }
 
 /// Starts `prodguard serve` and returns it with the address it listens on.
-fn serve(args: &[&str]) -> (Child, SocketAddr) {
+/// Starts `prodguard serve` and returns it with its webhook and metrics addresses.
+fn serve(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
     let mut child = prodguard()
-        .args(["serve", "--addr", "127.0.0.1:0"])
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
@@ -249,20 +256,47 @@ fn serve(args: &[&str]) -> (Child, SocketAddr) {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(rest) = line.split("listening on https://").nth(1) {
-                let addr = rest
-                    .split_whitespace()
-                    .next()
-                    .unwrap_or_default()
-                    .to_string();
-                let _ = tx.send(addr);
+            for (marker, what) in [
+                ("listening on https://", "webhook"),
+                ("metrics on http://", "metrics"),
+            ] {
+                if let Some(rest) = line.split(marker).nth(1) {
+                    let addr = rest
+                        .split(['/', ' '])
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send((what, addr));
+                }
             }
         }
     });
-    let addr = rx
-        .recv_timeout(Duration::from_secs(30))
-        .expect("serve prints its address");
-    (child, addr.parse().expect("an address"))
+    let (mut webhook, mut metrics) = (None, None);
+    while webhook.is_none() || metrics.is_none() {
+        let (what, addr) = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("serve prints its addresses");
+        let addr: SocketAddr = addr.parse().expect("an address");
+        if what == "webhook" {
+            webhook = Some(addr);
+        } else {
+            metrics = Some(addr);
+        }
+    }
+    (child, webhook.unwrap(), metrics.unwrap())
+}
+
+/// `GET /metrics` over plain HTTP.
+fn scrape(addr: SocketAddr) -> String {
+    use std::io::Read;
+    let mut stream = std::net::TcpStream::connect(addr).expect("metrics port");
+    stream
+        .write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .unwrap();
+    let mut text = String::new();
+    stream.read_to_string(&mut text).unwrap();
+    assert!(text.starts_with("HTTP/1.1 200"), "{text}");
+    text
 }
 
 fn sigterm(child: &mut Child) -> Option<i32> {
@@ -288,7 +322,7 @@ fn sigterm(child: &mut Child) -> Option<i32> {
 async fn serve_without_certificates_writes_its_ca_bundle_and_answers_over_tls() {
     let dir = tempfile::tempdir().unwrap();
     let ca_out = dir.path().join("ca.crt");
-    let (mut child, addr) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
+    let (mut child, addr, metrics) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
     let ca = std::fs::read_to_string(&ca_out).expect("the CA bundle is written");
     let mut client = Client::connect_to(addr, &ca, "localhost").await;
     let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
@@ -300,6 +334,14 @@ async fn serve_without_certificates_writes_its_ca_bundle_and_answers_over_tls() 
     assert_eq!(status, StatusCode::OK);
     // 127.0.0.1 is in the certificate too.
     Client::connect_to(addr, &ca, "127.0.0.1").await;
+    // The metrics endpoint counted the review, and its latency.
+    let text = scrape(metrics);
+    assert!(text.contains("prodguard_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",kind=\"Deployment\",verdict=\"denied\"} 1"), "{text}");
+    assert!(
+        text.contains("prodguard_admission_duration_seconds_count{webhook=\"validate\"} 1"),
+        "{text}"
+    );
+    assert!(text.contains("prodguard_policy_findings_total{policy=\"min-replicas\",action=\"Denied\",source=\"admission\"} 1"), "{text}");
     assert_eq!(sigterm(&mut child), Some(0), "SIGTERM stops it cleanly");
 }
 
@@ -354,7 +396,7 @@ async fn certs_are_for_the_service_names_and_serve_uses_them() {
 
     let cert = out.join("tls.crt");
     let key = out.join("tls.key");
-    let (mut child, addr) = serve(&[
+    let (mut child, addr, _) = serve(&[
         "--tls-cert",
         cert.to_str().unwrap(),
         "--tls-key",
@@ -451,7 +493,7 @@ fn prodguards_own_manifests_pass_its_policies() {
             json!([]),
             "{dir}: no patch and no warning either"
         );
-        assert_eq!(doc["summary"]["resources"], 10, "{dir}");
+        assert_eq!(doc["summary"]["resources"], 14, "{dir}");
         let text = String::from_utf8_lossy(&rendered.stdout);
         assert!(text.contains("sideEffects: NoneOnDryRun"), "{dir}");
         if dir.ends_with("audit") {
@@ -460,5 +502,45 @@ fn prodguards_own_manifests_pass_its_policies() {
                 "the audit overlay sets the mode"
             );
         }
+    }
+}
+
+#[test]
+fn audit_without_a_cluster_says_so() {
+    let output = run(&["audit"]);
+    assert_eq!(output.status.code(), Some(2));
+    assert!(
+        stderr(&output).contains("no in-cluster config or kubeconfig to audit"),
+        "{}",
+        stderr(&output)
+    );
+}
+
+#[test]
+fn serve_rejects_bad_operational_flags() {
+    for (flag, value, expected) in [
+        (
+            "--audit-interval",
+            "soon",
+            "--audit-interval \"soon\" is not a duration",
+        ),
+        (
+            "--metrics-addr",
+            "nowhere",
+            "--metrics-addr \"nowhere\" is not an address",
+        ),
+        (
+            "--lease-duration",
+            "0",
+            "--lease-duration must be longer than 0",
+        ),
+    ] {
+        let output = run(&["serve", "--addr", "127.0.0.1:0", flag, value]);
+        assert_eq!(output.status.code(), Some(2), "{flag}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{flag}: {}",
+            stderr(&output)
+        );
     }
 }

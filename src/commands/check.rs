@@ -10,20 +10,17 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
-use kube::core::DynamicObject;
 use serde::Serialize;
 use serde_json::Value;
 
 use super::{load_config, EXIT_BAD_INPUT};
 use crate::cli::{CheckArgs, OutputFormat};
 use crate::cluster::NoPodLookup;
-use crate::engine::{Action, Context, Engine, Operation, Request, Verdict, Webhook};
+use crate::engine::offline::{evaluate_object, ObjectFinding};
+use crate::engine::Engine;
 use crate::report::NoReporter;
 
-/// The user `check` evaluates as.
-pub const CHECK_USER: &str = "prodguard-check";
-
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct CheckOutput {
     pub results: Vec<CheckResult>,
     pub summary: Summary,
@@ -33,16 +30,10 @@ pub struct CheckOutput {
 
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct CheckResult {
-    pub file: String,
-    pub kind: String,
-    pub namespace: String,
-    pub name: String,
-    pub policy: String,
-    /// `deny`, `patch` or `warn`.
-    pub action: &'static str,
-    pub message: String,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<Vec<json_patch::PatchOperation>>,
+    /// The file the object came from; null for objects read from a cluster (`audit`).
+    pub file: Option<String>,
+    #[serde(flatten)]
+    pub finding: ObjectFinding,
 }
 
 /// Counts of resources: read, and with at least one result of each action.
@@ -61,6 +52,24 @@ pub struct InputError {
 }
 
 impl CheckOutput {
+    pub fn new() -> CheckOutput {
+        CheckOutput::default()
+    }
+
+    /// Counts one evaluated object and keeps what was found on it.
+    pub fn add(&mut self, file: Option<&str>, findings: Vec<ObjectFinding>) {
+        self.summary.resources += 1;
+        let has = |action| findings.iter().any(|f| f.action == action);
+        self.summary.denied += usize::from(has("deny"));
+        self.summary.patched += usize::from(has("patch"));
+        self.summary.warned += usize::from(has("warn"));
+        self.results
+            .extend(findings.into_iter().map(|finding| CheckResult {
+                file: file.map(str::to_owned),
+                finding,
+            }));
+    }
+
     pub fn exit_code(&self) -> u8 {
         if !self.errors.is_empty() {
             EXIT_BAD_INPUT
@@ -108,11 +117,7 @@ pub fn offline_engine(config: &crate::config::Config) -> Engine {
 
 /// Checks files, directories (recursively) and `-` (stdin).
 pub fn check_paths(engine: &Engine, paths: &[PathBuf], default_namespace: &str) -> CheckOutput {
-    let mut output = CheckOutput {
-        results: Vec::new(),
-        summary: Summary::default(),
-        errors: Vec::new(),
-    };
+    let mut output = CheckOutput::new();
     for path in paths {
         for source in read_sources(path, &mut output.errors) {
             check_source(engine, &source, default_namespace, &mut output);
@@ -251,15 +256,8 @@ fn check_source(
         flatten(document, &mut objects);
     }
     for (index, object) in objects.into_iter().enumerate() {
-        match check_object(engine, &source.name, object, default_namespace) {
-            Ok(results) => {
-                output.summary.resources += 1;
-                let has = |action| results.iter().any(|r: &CheckResult| r.action == action);
-                output.summary.denied += usize::from(has("deny"));
-                output.summary.patched += usize::from(has("patch"));
-                output.summary.warned += usize::from(has("warn"));
-                output.results.extend(results);
-            }
+        match evaluate_object(engine, object, default_namespace) {
+            Ok(findings) => output.add(Some(&source.name), findings),
             Err(message) => output.errors.push(InputError {
                 file: source.name.clone(),
                 message: format!("object {}: {message}", index + 1),
@@ -268,124 +266,16 @@ fn check_source(
     }
 }
 
-/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result.
-pub fn check_object(
-    engine: &Engine,
-    file: &str,
-    value: Value,
-    default_namespace: &str,
-) -> Result<Vec<CheckResult>, String> {
-    if !value.is_object() {
-        return Err("is not a mapping, so not a Kubernetes object".into());
-    }
-    for field in ["apiVersion", "kind"] {
-        if !value.get(field).is_some_and(Value::is_string) {
-            return Err(format!("has no {field}, so it is not a Kubernetes object"));
-        }
-    }
-    let object: DynamicObject =
-        serde_json::from_value(value).map_err(|e| format!("is not a valid object: {e}"))?;
-    let mut results = Vec::new();
-    let patch = evaluate(
-        engine,
-        Webhook::Mutate,
-        file,
-        &object,
-        default_namespace,
-        &mut results,
-    )?;
-    let object = if patch.is_empty() {
-        object
-    } else {
-        let mut patched = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-        json_patch::patch(&mut patched, &patch)
-            .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
-        serde_json::from_value(patched).map_err(|e| e.to_string())?
-    };
-    evaluate(
-        engine,
-        Webhook::Validate,
-        file,
-        &object,
-        default_namespace,
-        &mut results,
-    )?;
-    Ok(results)
-}
-
-/// Runs one webhook's policies on `object`; returns the enforced patch.
-fn evaluate(
-    engine: &Engine,
-    webhook: Webhook,
-    file: &str,
-    object: &DynamicObject,
-    default_namespace: &str,
-    results: &mut Vec<CheckResult>,
-) -> Result<Vec<json_patch::PatchOperation>, String> {
-    let types = object.types.clone().unwrap_or_default();
-    let (group, version) = match types.api_version.split_once('/') {
-        Some((group, version)) => (group, version),
-        None => ("", types.api_version.as_str()),
-    };
-    let resource = format!("{}s", types.kind.to_ascii_lowercase());
-    let namespace = object
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or(default_namespace);
-    let request = Request {
-        uid: "",
-        operation: Operation::Create,
-        group,
-        version,
-        kind: &types.kind,
-        resource: &resource,
-        resource_group: group,
-        resource_version: version,
-        sub_resource: None,
-        namespace,
-        name: object.metadata.name.as_deref().unwrap_or(""),
-        username: CHECK_USER,
-        groups: &[],
-        object: Some(object),
-        old_object: None,
-        dry_run: true,
-    };
-    let decision = match engine.evaluate(webhook, &request, &Context::default()) {
-        Verdict::Decided(decision) => decision,
-        Verdict::Malformed(message) => return Err(message),
-    };
-    for item in &decision.reports {
-        let action = match item.action {
-            Action::Denied => "deny",
-            Action::Mutated => "patch",
-            Action::Audited => "warn",
-        };
-        results.push(CheckResult {
-            file: file.to_owned(),
-            kind: types.kind.clone(),
-            namespace: namespace.to_owned(),
-            name: request.object_name().to_owned(),
-            policy: item.policy.to_owned(),
-            action,
-            message: item.message.clone(),
-            patch: (item.action == Action::Mutated).then(|| item.patch.clone()),
-        });
-    }
-    Ok(decision.patch)
-}
-
 /// The human-readable report.
 pub fn render_text(output: &CheckOutput) -> String {
     let mut text = String::new();
     let mut last_object = None;
-    for r in &output.results {
-        let object = (&r.file, &r.kind, &r.namespace, &r.name);
+    for result in &output.results {
+        let r = &result.finding;
+        let file = result.file.as_deref().unwrap_or("cluster");
+        let object = (file, &r.kind, &r.namespace, &r.name);
         if last_object != Some(object) {
-            text.push_str(&format!(
-                "{}: {} {}/{}\n",
-                r.file, r.kind, r.namespace, r.name
-            ));
+            text.push_str(&format!("{file}: {} {}/{}\n", r.kind, r.namespace, r.name));
             last_object = Some(object);
         }
         text.push_str(&format!(
@@ -432,11 +322,7 @@ mod tests {
     }
 
     fn run_text(text: &str) -> CheckOutput {
-        let mut output = CheckOutput {
-            results: vec![],
-            summary: Summary::default(),
-            errors: vec![],
-        };
+        let mut output = CheckOutput::new();
         check_source(&engine(), &source(text), "default", &mut output);
         output
     }
@@ -466,20 +352,14 @@ spec:
             }
         );
         assert_eq!(output.exit_code(), 1);
-        let patch = &output.results[0];
-        assert_eq!(
-            (patch.policy.as_str(), patch.action),
-            ("image-pull-policy", "patch")
-        );
+        let patch = &output.results[0].finding;
+        assert_eq!((patch.policy, patch.action), ("image-pull-policy", "patch"));
         assert_eq!(
             serde_json::to_value(&patch.patch).unwrap(),
             serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "IfNotPresent"}])
         );
-        let deny = &output.results[1];
-        assert_eq!(
-            (deny.policy.as_str(), deny.action),
-            ("min-replicas", "deny")
-        );
+        let deny = &output.results[1].finding;
+        assert_eq!((deny.policy, deny.action), ("min-replicas", "deny"));
         assert_eq!(
             (
                 deny.kind.as_str(),

@@ -1,6 +1,7 @@
 //! The commands: each a thin use of the modules above. Errors become messages and exit codes
 //! here, and nowhere else.
 
+pub mod audit;
 pub mod certs;
 pub mod check;
 pub mod serve;
@@ -28,6 +29,7 @@ pub fn run(cli: Cli) -> ExitCode {
         Command::Serve(args) => serve::run(args),
         Command::Check(args) => check::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Audit(args) => audit::run(args),
     }
 }
 

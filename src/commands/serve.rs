@@ -5,14 +5,19 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 
 use super::{load_config, EXIT_BAD_INPUT};
+use crate::audit::background::{self, AuditSettings};
+use crate::audit::lease::{LeaseSettings, LEASE_NAME};
 use crate::cli::ServeArgs;
 use crate::cluster::{KubePodLookup, NoPodLookup, PodLookup};
+use crate::config::{Config, GlobalMode};
 use crate::engine::Engine;
-use crate::http::{app, AppState};
-use crate::report::events::{self, EventSink};
-use crate::report::{LogReporter, Reporter};
+use crate::http::{app, metrics_app, AppState};
+use crate::report::events::{self, EventSink, EventStats};
+use crate::report::metrics::Metrics;
+use crate::report::{LogReporter, NoReporter, Reporter};
 use crate::server::{self, pki, tls};
 
 pub fn run(args: ServeArgs) -> ExitCode {
@@ -35,6 +40,18 @@ pub fn run(args: ServeArgs) -> ExitCode {
     }
 }
 
+/// A duration flag: `10m`, `30s`, `1h 30m`; `off` (or `0`) is `None`.
+fn parse_interval(flag: &str, value: &str) -> Result<Option<Duration>, String> {
+    if matches!(value.trim(), "off" | "0" | "") {
+        return Ok(None);
+    }
+    humantime::parse_duration(value.trim())
+        .map(Some)
+        .map_err(|e| {
+            format!("{flag} {value:?} is not a duration ({e}); use for example 10m or 30s, or off")
+        })
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(args.config.as_deref(), args.mode).map_err(|e| e.to_string())?;
     let addr: SocketAddr = args.addr.parse().map_err(|e| {
@@ -43,12 +60,56 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             args.addr
         )
     })?;
+    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.trim() {
+        "off" | "" => None,
+        other => Some(other.parse().map_err(|e| {
+            format!("--metrics-addr {other:?} is not an address ({e}); use host:port such as 0.0.0.0:9090, or off")
+        })?),
+    };
+    let audit_interval = parse_interval("--audit-interval", &args.audit_interval)?;
+    let lease_duration = parse_interval("--lease-duration", &args.lease_duration)?
+        .ok_or("--lease-duration must be longer than 0")?;
+    if args.report_max_results == 0 {
+        return Err("--report-max-results must be at least 1".into());
+    }
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => tls::load(cert, key).map_err(|e| e.to_string())?,
         _ => self_signed(args.ca_out.clone())?,
     };
-    let (pods, reporter) = cluster_side().await;
-    let engine = Engine::new(&config, pods, reporter);
+    let metrics = Arc::new(Metrics::new());
+    let client = match kube::Client::try_default().await {
+        Ok(client) => Some(client),
+        Err(e) => {
+            tracing::warn!(
+                "no in-cluster config or kubeconfig ({e}): db-access will deny exec/attach/port-forward by \
+                 non-admins because it cannot read pods, policy reports are logged instead of published \
+                 as Events, and the background audit does not run"
+            );
+            None
+        }
+    };
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
+    let (pods, reporter): (Arc<dyn PodLookup>, Arc<dyn Reporter>) = match &client {
+        Some(client) => (
+            Arc::new(KubePodLookup::new(client.clone())),
+            EventSink::start(
+                client.clone(),
+                events::CONTROLLER,
+                instance.clone(),
+                EventStats::from_metrics(&metrics),
+            ),
+        ),
+        None => (
+            Arc::new(NoPodLookup {
+                reason: "no in-cluster config or kubeconfig".into(),
+            }),
+            Arc::new(LogReporter),
+        ),
+    };
+    let engine = Engine::new(&config, pods, reporter.clone());
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -57,11 +118,75 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "policy active"
         );
     }
-    let state = AppState::new(engine);
+    let state = AppState::with_metrics(engine, metrics.clone());
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let (stop, stopped) = tokio::sync::watch::channel(false);
+    if let Some(metrics_addr) = metrics_addr {
+        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
+            .await
+            .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
+        let metrics_local = metrics_listener.local_addr().map_err(|e| e.to_string())?;
+        tracing::info!("metrics on http://{metrics_local}/metrics");
+        let mut stopped = stopped.clone();
+        tokio::spawn(server::serve_plain(
+            metrics_listener,
+            metrics_app(metrics.clone()),
+            async move {
+                let _ = stopped.wait_for(|stop| *stop).await;
+            },
+        ));
+    }
+    match (&client, audit_interval) {
+        (Some(client), Some(interval)) => {
+            let namespace = args
+                .lease_namespace
+                .clone()
+                .or_else(|| {
+                    std::env::var("POD_NAMESPACE")
+                        .ok()
+                        .filter(|n| !n.is_empty())
+                })
+                .unwrap_or_else(|| "default".to_owned());
+            tracing::info!(every = %humantime::format_duration(interval), lease = %format!("{namespace}/{LEASE_NAME}"), "background audit on");
+            let audit_engine = Arc::new(Engine::new(
+                &Config {
+                    mode: GlobalMode::Enforce,
+                    ..config.clone()
+                },
+                Arc::new(NoPodLookup {
+                    reason: "the audit evaluates stored objects".into(),
+                }),
+                Arc::new(NoReporter),
+            ));
+            let audit_events = EventSink::start(
+                client.clone(),
+                events::AUDIT_CONTROLLER,
+                instance.clone(),
+                EventStats::from_metrics(&metrics),
+            );
+            background::spawn(
+                client.clone(),
+                state.clone(),
+                audit_engine,
+                audit_events,
+                AuditSettings {
+                    interval,
+                    lease: LeaseSettings {
+                        namespace,
+                        name: LEASE_NAME.to_owned(),
+                        identity: instance,
+                        duration: lease_duration,
+                    },
+                    max_results: args.report_max_results,
+                },
+            );
+        }
+        (None, Some(_)) => tracing::warn!("no cluster to audit: the background audit is off"),
+        (_, None) => tracing::info!("background audit off"),
+    }
     tracing::info!(
         "prodguard listening on https://{local} (POST /mutate, POST /validate, GET /healthz, GET /readyz)"
     );
@@ -69,6 +194,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     server::serve(listener, tls_config, app(state), async move {
         shutdown_signal().await;
         shutdown_state.ready.store(false, Ordering::Relaxed);
+        let _ = stop.send(true);
         tracing::info!("shutting down: /readyz fails, no new connections");
     })
     .await;
@@ -96,29 +222,6 @@ fn self_signed(ca_out: Option<PathBuf>) -> Result<Arc<rustls::ServerConfig>, Str
         "generated key",
     )
     .map_err(|e| e.to_string())
-}
-
-/// Pod lookups and the Events sink through the kube client. Without a client, db-access
-/// fails closed and reports are only logged, and both say why.
-async fn cluster_side() -> (Arc<dyn PodLookup>, Arc<dyn Reporter>) {
-    match kube::Client::try_default().await {
-        Ok(client) => {
-            let instance = std::env::var("POD_NAME")
-                .ok()
-                .filter(|n| !n.is_empty())
-                .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
-            let sink = EventSink::start(client.clone(), instance);
-            (Arc::new(KubePodLookup::new(client)), sink)
-        }
-        Err(e) => {
-            let reason = format!("no in-cluster config or kubeconfig: {e}");
-            tracing::warn!(
-                "{reason}; db-access will deny exec/attach/port-forward by non-admins because it \
-                 cannot read pods, and policy reports are logged instead of published as Events"
-            );
-            (Arc::new(NoPodLookup { reason }), Arc::new(LogReporter))
-        }
-    }
 }
 
 async fn shutdown_signal() {

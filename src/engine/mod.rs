@@ -2,6 +2,7 @@
 //! verdict according to each policy's mode (a pure step, see [`decide`]).
 
 mod decide;
+pub mod offline;
 mod request;
 
 use std::sync::Arc;
@@ -93,6 +94,7 @@ pub enum Verdict {
 /// The configured policies, the cluster lookups and the reporter.
 pub struct Engine {
     policies: Vec<Configured>,
+    excluded_namespaces: Vec<String>,
     pods: Arc<dyn PodLookup>,
     reporter: Arc<dyn Reporter>,
     lookup_timeout: Duration,
@@ -114,6 +116,7 @@ impl Engine {
             .collect();
         Engine {
             policies,
+            excluded_namespaces: config.excluded_namespaces.clone(),
             pods,
             reporter,
             lookup_timeout: LOOKUP_TIMEOUT,
@@ -124,6 +127,11 @@ impl Engine {
     pub fn with_lookup_timeout(mut self, timeout: Duration) -> Engine {
         self.lookup_timeout = timeout;
         self
+    }
+
+    /// Whether prodguard stays out of `namespace`.
+    pub fn is_excluded(&self, namespace: &str) -> bool {
+        !namespace.is_empty() && self.excluded_namespaces.iter().any(|n| n == namespace)
     }
 
     /// The ids and effective modes of the policies that run.
@@ -137,6 +145,9 @@ impl Engine {
     /// Evaluates a request for one webhook, reads what the policies need from the cluster,
     /// and reports violations and mutations unless the request is a dry run.
     pub async fn review(&self, webhook: Webhook, request: &Request<'_>) -> Verdict {
+        if self.is_excluded(request.namespace) {
+            return Verdict::Decided(decide(&[]));
+        }
         let mut context = Context::default();
         let active = || {
             self.policies
@@ -168,6 +179,9 @@ impl Engine {
 
     /// Evaluates without reading the cluster or reporting (used by `check` and by `review`).
     pub fn evaluate(&self, webhook: Webhook, request: &Request<'_>, context: &Context) -> Verdict {
+        if self.is_excluded(request.namespace) {
+            return Verdict::Decided(decide(&[]));
+        }
         let mut outcomes = Vec::new();
         for configured in self
             .policies
@@ -247,5 +261,13 @@ mod tests {
             decision.deny_message()
         );
         assert_eq!(reporter.take().len(), 1);
+
+        // Nothing happens in an excluded namespace.
+        let mut excluded = request.clone();
+        excluded.namespace = "kube-system";
+        let Verdict::Decided(decision) = engine.review(Webhook::Validate, &excluded).await else {
+            panic!("decided")
+        };
+        assert!(decision.allowed && decision.reports.is_empty());
     }
 }

@@ -3,6 +3,7 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::time::Instant;
 
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
@@ -15,6 +16,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, Decoded};
 use crate::engine::{Engine, Request, Verdict, Webhook};
+use crate::report::metrics::{FindingLabels, Metrics, RequestLabels, WebhookLabels};
 
 /// The largest review body accepted; larger ones get 413. The API server caps a request
 /// body at 3 MiB.
@@ -24,15 +26,40 @@ pub struct AppState {
     pub engine: Engine,
     /// False while starting and once shutting down: `/readyz` then fails.
     pub ready: AtomicBool,
+    pub metrics: Arc<Metrics>,
 }
 
 impl AppState {
     pub fn new(engine: Engine) -> Arc<AppState> {
+        AppState::with_metrics(engine, Arc::new(Metrics::new()))
+    }
+
+    pub fn with_metrics(engine: Engine, metrics: Arc<Metrics>) -> Arc<AppState> {
         Arc::new(AppState {
             engine,
             ready: AtomicBool::new(true),
+            metrics,
         })
     }
+}
+
+/// The plain-HTTP metrics router: `GET /metrics`.
+pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
+    Router::new().route(
+        "/metrics",
+        get(move || {
+            let metrics = metrics.clone();
+            async move {
+                (
+                    [(
+                        header::CONTENT_TYPE,
+                        "application/openmetrics-text; version=1.0.0; charset=utf-8",
+                    )],
+                    metrics.encode(),
+                )
+            }
+        }),
+    )
 }
 
 pub fn app(state: Arc<AppState>) -> Router {
@@ -98,13 +125,28 @@ async fn review(
             return json_error(status, &message);
         }
     };
+    let started = Instant::now();
+    let metrics = &state.metrics;
+    let count = |operation: String, kind: String, verdict: &'static str| {
+        metrics
+            .requests
+            .get_or_create(&RequestLabels {
+                webhook: webhook.as_str(),
+                operation,
+                kind,
+                verdict,
+            })
+            .inc();
+    };
     let response = match admission::decode(&body) {
         Err(e) => {
             tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
+            count(String::new(), String::new(), "invalid");
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
         Ok(Decoded::Malformed { uid, message }) => {
             tracing::debug!(%uid, webhook = webhook.as_str(), "malformed request: {message}");
+            count(String::new(), String::new(), "malformed");
             admission::respond_malformed(&uid, &message)
         }
         Ok(Decoded::Request(request)) => {
@@ -121,14 +163,38 @@ async fn review(
             );
             async {
                 let verdict = state.engine.review(webhook, &view).await;
+                let operation = format!("{:?}", view.operation).to_uppercase();
                 match &verdict {
-                    Verdict::Decided(d) => tracing::debug!(
-                        allowed = d.allowed,
-                        patch_ops = d.patch.len(),
-                        warnings = d.warnings.len(),
-                        "reviewed"
-                    ),
-                    Verdict::Malformed(m) => tracing::debug!("malformed object: {m}"),
+                    Verdict::Decided(d) => {
+                        tracing::debug!(
+                            allowed = d.allowed,
+                            patch_ops = d.patch.len(),
+                            warnings = d.warnings.len(),
+                            "reviewed"
+                        );
+                        let label = if !d.allowed {
+                            "denied"
+                        } else if !d.patch.is_empty() {
+                            "patched"
+                        } else {
+                            "allowed"
+                        };
+                        count(operation, view.kind.to_owned(), label);
+                        for item in &d.reports {
+                            metrics
+                                .findings
+                                .get_or_create(&FindingLabels {
+                                    policy: item.policy,
+                                    action: item.action.as_str(),
+                                    source: "admission",
+                                })
+                                .inc();
+                        }
+                    }
+                    Verdict::Malformed(m) => {
+                        tracing::debug!("malformed object: {m}");
+                        count(operation, view.kind.to_owned(), "malformed");
+                    }
                 }
                 admission::respond(&request, &verdict)
             }
@@ -136,7 +202,14 @@ async fn review(
             .await
         }
     };
-    match admission::encode(response) {
+    let encoded = admission::encode(response);
+    metrics
+        .latency
+        .get_or_create(&WebhookLabels {
+            webhook: webhook.as_str(),
+        })
+        .observe(started.elapsed().as_secs_f64());
+    match encoded {
         Ok(body) => json_body(body),
         Err(e) => {
             tracing::error!("cannot encode a response: {e}");

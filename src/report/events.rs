@@ -3,43 +3,63 @@
 //! event series). A bounded queue sits between admission and the API server: a full queue
 //! drops the report and counts it, and never delays a response.
 
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
+
+use prometheus_client::metrics::counter::Counter;
 
 use k8s_openapi::api::core::v1::ObjectReference;
 use kube::runtime::events::{Event, EventType, Recorder, Reporter as EventReporter};
 use tokio::sync::mpsc;
 
+use super::metrics::Metrics;
 use super::{Report, Reporter};
 use crate::engine::Action;
 
 /// Reports waiting to be published; beyond this they are dropped and counted.
 pub const QUEUE_CAPACITY: usize = 1024;
-/// The reporting controller named on every Event.
+/// The reporting controller of admission Events.
 pub const CONTROLLER: &str = "prodguard";
+/// The reporting controller of background audit Events, so that they never fold into the
+/// series of an admission Event about the same object.
+pub const AUDIT_CONTROLLER: &str = "prodguard-audit";
 
-/// Counters of the sink.
-#[derive(Debug, Default)]
+/// Counters of the sink (shared with the metrics registry).
+#[derive(Debug, Default, Clone)]
 pub struct EventStats {
-    pub published: AtomicU64,
-    pub dropped: AtomicU64,
-    pub failed: AtomicU64,
+    pub published: Counter,
+    pub dropped: Counter,
+    pub failed: Counter,
+}
+
+impl EventStats {
+    pub fn from_metrics(metrics: &Metrics) -> EventStats {
+        EventStats {
+            published: metrics.events_published.clone(),
+            dropped: metrics.reports_dropped.clone(),
+            failed: metrics.events_failed.clone(),
+        }
+    }
 }
 
 pub struct EventSink {
     queue: mpsc::Sender<Report>,
-    pub stats: Arc<EventStats>,
+    pub stats: EventStats,
 }
 
 impl EventSink {
-    /// Starts the publishing task; `instance` names this replica (its pod name).
-    pub fn start(client: kube::Client, instance: String) -> Arc<EventSink> {
+    /// Starts the publishing task; `controller` and `instance` (the pod name) are named on
+    /// every Event.
+    pub fn start(
+        client: kube::Client,
+        controller: &str,
+        instance: String,
+        stats: EventStats,
+    ) -> Arc<EventSink> {
         let (queue, reports) = mpsc::channel(QUEUE_CAPACITY);
-        let stats = Arc::new(EventStats::default());
         let recorder = Recorder::new(
             client,
             EventReporter {
-                controller: CONTROLLER.to_owned(),
+                controller: controller.to_owned(),
                 instance: Some(instance),
             },
         );
@@ -51,7 +71,7 @@ impl EventSink {
 impl Reporter for EventSink {
     fn report(&self, report: Report) {
         if self.queue.try_send(report).is_err() {
-            let dropped = self.stats.dropped.fetch_add(1, Ordering::Relaxed) + 1;
+            let dropped = self.stats.dropped.inc() + 1;
             if dropped.is_power_of_two() {
                 tracing::warn!(
                     dropped,
@@ -87,15 +107,15 @@ pub fn to_event(report: &Report) -> (Event, ObjectReference) {
     (event, reference)
 }
 
-async fn publish(recorder: Recorder, mut reports: mpsc::Receiver<Report>, stats: Arc<EventStats>) {
+async fn publish(recorder: Recorder, mut reports: mpsc::Receiver<Report>, stats: EventStats) {
     while let Some(report) = reports.recv().await {
         let (event, reference) = to_event(&report);
         match recorder.publish(&event, &reference).await {
             Ok(()) => {
-                stats.published.fetch_add(1, Ordering::Relaxed);
+                stats.published.inc();
             }
             Err(e) => {
-                stats.failed.fetch_add(1, Ordering::Relaxed);
+                stats.failed.inc();
                 tracing::warn!(
                     kind = %report.regarding.kind,
                     namespace = %report.regarding.namespace,
@@ -152,7 +172,7 @@ mod tests {
         let (queue, _reports) = mpsc::channel(2);
         let sink = EventSink {
             queue,
-            stats: Arc::new(EventStats::default()),
+            stats: EventStats::default(),
         };
         let report = Report {
             reason: "PolicyViolation",
@@ -167,7 +187,7 @@ mod tests {
             sink.report(report.clone());
         }
         assert!(started.elapsed() < std::time::Duration::from_secs(1));
-        assert_eq!(sink.stats.dropped.load(Ordering::Relaxed), 3);
+        assert_eq!(sink.stats.dropped.get(), 3);
     }
 
     #[test]

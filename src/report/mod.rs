@@ -3,6 +3,7 @@
 //! block; [`events::EventSink`] turns them into events.k8s.io/v1 Events.
 
 pub mod events;
+pub mod metrics;
 
 use std::sync::Mutex;
 

@@ -13,7 +13,8 @@ use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
-use tokio::net::TcpListener;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
 /// How long a client has to finish its TLS handshake.
@@ -35,6 +36,34 @@ pub async fn serve(
     shutdown: impl Future<Output = ()>,
 ) {
     let acceptor = TlsAcceptor::from(tls);
+    accept_loop(listener, app, shutdown, move |tcp| {
+        let acceptor = acceptor.clone();
+        async move {
+            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+                Ok(Ok(tls)) => Ok(tls),
+                Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
+                Err(_) => Err("TLS handshake timed out".to_owned()),
+            }
+        }
+    })
+    .await;
+}
+
+/// Serves `app` over plain HTTP (the metrics endpoint) until `shutdown` completes.
+pub async fn serve_plain(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
+    accept_loop(listener, app, shutdown, |tcp| async move { Ok(tcp) }).await;
+}
+
+async fn accept_loop<H, F, IO>(
+    listener: TcpListener,
+    app: Router,
+    shutdown: impl Future<Output = ()>,
+    handshake: H,
+) where
+    H: Fn(TcpStream) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<IO, String>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
     let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -43,6 +72,7 @@ pub async fn serve(
         .header_read_timeout(HEADER_READ_TIMEOUT)
         .keep_alive(true);
     let builder = Arc::new(builder);
+    let handshake = Arc::new(handshake);
     tokio::pin!(shutdown);
     loop {
         let accepted = tokio::select! {
@@ -59,24 +89,20 @@ pub async fn serve(
             }
         };
         let _ = tcp.set_nodelay(true);
-        let acceptor = acceptor.clone();
         let app = app.clone();
         let builder = builder.clone();
+        let handshake = handshake.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
-            let tls = match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => tls,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, "TLS handshake failed: {e}");
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
+            let io = match handshake(tcp).await {
+                Ok(io) => io,
+                Err(e) => {
+                    tracing::debug!(%peer, "{e}");
                     return;
                 }
             };
             let service = TowerToHyperService::new(app);
-            let connection = builder.serve_connection(TokioIo::new(tls), service);
+            let connection = builder.serve_connection(TokioIo::new(io), service);
             if let Err(e) = watcher.watch(connection.into_owned()).await {
                 tracing::debug!(%peer, "connection ended: {e}");
             }

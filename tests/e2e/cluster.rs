@@ -22,6 +22,7 @@ pub struct TestCluster {
     pub dir: tempfile::TempDir,
     pub kubeconfig: PathBuf,
     pub prodguard_port: u16,
+    pub metrics_port: u16,
     pub certs_dir: PathBuf,
     processes: Vec<(String, Child)>,
     prodguard: Option<Child>,
@@ -165,6 +166,7 @@ impl TestCluster {
             kubeconfig: root.join("kubeconfig"),
             certs_dir: root.join("prodguard-certs"),
             prodguard_port: free_port()?,
+            metrics_port: free_port()?,
             dir,
             processes: Vec::new(),
             prodguard: None,
@@ -390,16 +392,42 @@ impl TestCluster {
     }
 
     /// (Re)starts prodguard on the registered port with `config` (YAML) and extra arguments.
+    /// The background audit is off unless `args` turn it on.
     pub fn serve(&mut self, config: &str, args: &[&str]) -> Result<(), String> {
         self.stop_prodguard();
-        let config_path = self.dir.path().join("prodguard-config.yaml");
-        write(&config_path, config)?;
-        let log = self.dir.path().join("prodguard.log");
-        let child = spawn(
+        let child = self.start_prodguard(
             "prodguard",
+            self.prodguard_port,
+            self.metrics_port,
+            config,
+            args,
+        )?;
+        self.prodguard = Some(child);
+        Ok(())
+    }
+
+    /// Starts a prodguard process `name` (its log is `<name>.log`) and waits until it listens.
+    pub fn start_prodguard(
+        &self,
+        name: &str,
+        port: u16,
+        metrics_port: u16,
+        config: &str,
+        args: &[&str],
+    ) -> Result<Child, String> {
+        let config_path = self.dir.path().join(format!("{name}-config.yaml"));
+        write(&config_path, config)?;
+        let log = self.dir.path().join(format!("{name}.log"));
+        let mut child = spawn(
+            name,
             self.prodguard()
                 .arg("serve")
-                .arg(format!("--addr=127.0.0.1:{}", self.prodguard_port))
+                .arg(format!("--addr=127.0.0.1:{port}"))
+                .arg(format!("--metrics-addr=127.0.0.1:{metrics_port}"))
+                .args(
+                    (!args.iter().any(|a| a.starts_with("--audit-interval")))
+                        .then_some("--audit-interval=off"),
+                )
                 .arg(format!(
                     "--tls-cert={}",
                     self.certs_dir.join("tls.crt").display()
@@ -410,23 +438,22 @@ impl TestCluster {
                 ))
                 .arg(format!("--config={}", config_path.display()))
                 .arg("--log=info")
+                .env("POD_NAME", name)
                 .args(args),
             &log,
         )?;
-        self.prodguard = Some(child);
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let text = std::fs::read_to_string(&log).unwrap_or_default();
             if text.contains("listening on https://") {
-                return Ok(());
+                return Ok(child);
             }
-            if let Some(child) = self.prodguard.as_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    return Err(format!("prodguard exited ({status}):\n{}", tail(&log)));
-                }
+            if let Ok(Some(status)) = child.try_wait() {
+                return Err(format!("{name} exited ({status}):\n{}", tail(&log)));
             }
             if Instant::now() > deadline {
-                return Err(format!("prodguard did not start:\n{}", tail(&log)));
+                stop(name, child);
+                return Err(format!("{name} did not start:\n{}", tail(&log)));
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -443,8 +470,34 @@ impl TestCluster {
     }
 }
 
+/// `GET /metrics` of a prodguard on this machine.
+pub fn scrape(port: u16) -> String {
+    use std::io::{Read, Write};
+    let Ok(mut stream) = std::net::TcpStream::connect(("127.0.0.1", port)) else {
+        return String::new();
+    };
+    let _ =
+        stream.write_all(b"GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n");
+    let mut text = String::new();
+    let _ = stream.read_to_string(&mut text);
+    text
+}
+
+/// The value of the metric line that is `series` (name and labels) then a value, or 0.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .find(|l| l.starts_with(series) && l[series.len()..].starts_with(' '))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0.0)
+}
+
+pub fn free(name: &str) -> u16 {
+    free_port().unwrap_or_else(|e| panic!("no free port for {name}: {e}"))
+}
+
 /// SIGTERM, then SIGKILL after 10 s.
-fn stop(name: &str, mut child: Child) {
+pub fn stop(name: &str, mut child: Child) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }

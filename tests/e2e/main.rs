@@ -13,7 +13,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::process::{ExitCode, Output};
 use std::time::{Duration, Instant};
 
-use cluster::TestCluster;
+use cluster::{metric, scrape, TestCluster};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
 use serde_json::{json, Value};
@@ -48,6 +48,10 @@ fn main() -> ExitCode {
             audit_mode_warns_and_stores_unchanged,
         ),
         ("events_and_dry_run", events_and_dry_run),
+        (
+            "background_audit_reports_and_lease",
+            background_audit_reports_and_lease,
+        ),
     ];
     let selected: Vec<_> = scenarios
         .iter()
@@ -425,6 +429,52 @@ fn replicas_scale_and_hpa(env: &mut Env) {
     assert_denied(
         &err(&output),
         "StatefulSet openg2p/registry-redis would run 1 replica",
+    );
+
+    // The metrics endpoint counted what the API server sent.
+    let text = scrape(env.cluster.metrics_port);
+    let count = |series: &str| metric(&text, series);
+    assert_eq!(
+        count(
+            r#"prodguard_admission_requests_total{webhook="validate",operation="CREATE",kind="Deployment",verdict="denied"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    // kubectl scale may retry; each attempt is a request of its own.
+    let scale_denied = count(
+        r#"prodguard_admission_requests_total{webhook="validate",operation="UPDATE",kind="Scale",verdict="denied"}"#,
+    );
+    assert!(scale_denied >= 1.0, "{text}");
+    assert_eq!(
+        count(
+            r#"prodguard_admission_requests_total{webhook="validate",operation="CREATE",kind="HorizontalPodAutoscaler",verdict="denied"}"#
+        ),
+        1.0,
+        "{text}"
+    );
+    assert_eq!(
+        count(
+            r#"prodguard_admission_requests_total{webhook="mutate",operation="CREATE",kind="Deployment",verdict="patched"}"#
+        ),
+        2.0,
+        "{text}"
+    );
+    let statefulset_denied = count(
+        r#"prodguard_admission_requests_total{webhook="validate",operation="CREATE",kind="StatefulSet",verdict="denied"}"#,
+    );
+    assert_eq!(statefulset_denied, 1.0, "{text}");
+    // Every denial was min-replicas': one finding each.
+    assert_eq!(
+        count(
+            r#"prodguard_policy_findings_total{policy="min-replicas",action="Denied",source="admission"}"#
+        ),
+        3.0 + scale_denied,
+        "{text}"
+    );
+    assert!(
+        count(r#"prodguard_admission_duration_seconds_count{webhook="validate"}"#) >= 8.0,
+        "{text}"
     );
 }
 
@@ -835,4 +885,222 @@ fn events_and_dry_run(env: &mut Env) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+}
+
+/// Waits until `check` holds for the PolicyReport of `namespace`.
+fn wait_report(env: &Env, namespace: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    let deadline = Instant::now() + Duration::from_secs(40);
+    loop {
+        let output = env.kubectl(&[
+            "get",
+            "policyreport",
+            "prodguard",
+            "-n",
+            namespace,
+            "-o",
+            "json",
+        ]);
+        let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
+        if output.status.success() && check(&report) {
+            return report;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the PolicyReport of {namespace} never showed {what}: {report}"
+        );
+        std::thread::sleep(Duration::from_millis(300));
+    }
+}
+
+fn results_for<'a>(report: &'a Value, name: &str) -> Vec<&'a Value> {
+    report["results"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|r| r["resources"][0]["name"] == name)
+        .collect()
+}
+
+fn background_audit_reports_and_lease(env: &mut Env) {
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/policyreports.wgpolicyk8s.io",
+        "crd/clusterpolicyreports.wgpolicyk8s.io",
+    ]);
+    let audit_args = [
+        "--audit-interval=1s",
+        "--lease-namespace=default",
+        "--lease-duration=3s",
+    ];
+    // The dry-run rollout: admission only warns, the reports say what enforcement would do.
+    let mut args = vec!["--mode", "audit"];
+    args.extend(audit_args);
+    env.serve(DEFAULT_POLICY, &args);
+    let ns = "e2e-reports";
+    env.namespace(ns);
+    env.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    let good = json!({
+        "apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "good"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "good"}},
+                 "template": {"metadata": {"labels": {"app": "good"}},
+                              "spec": {"containers": [{"name": "c", "image": "nginx:1.25", "imagePullPolicy": "IfNotPresent"}]}}}
+    });
+    assert!(env.apply(ns, &good).status.success());
+
+    let report = wait_report(env, ns, "web's findings and good passing", |r| {
+        results_for(r, "web").len() == 2 && r["summary"]["pass"] == 1
+    });
+    let web = results_for(&report, "web");
+    let by_policy = |policy: &str| {
+        web.iter()
+            .find(|r| r["policy"] == policy)
+            .copied()
+            .unwrap_or(&Value::Null)
+    };
+    assert_eq!(by_policy("min-replicas")["result"], "fail", "{report}");
+    assert!(by_policy("min-replicas")["message"]
+        .as_str()
+        .unwrap()
+        .contains(&format!("Deployment {ns}/web would run 1 replica")));
+    assert_eq!(by_policy("image-pull-policy")["result"], "warn", "{report}");
+    assert_eq!(
+        by_policy("min-replicas")["resources"][0]["kind"],
+        "Deployment"
+    );
+    assert_eq!(
+        report["summary"],
+        json!({"pass": 1, "fail": 1, "warn": 1, "error": 0, "skip": 0})
+    );
+    assert!(results_for(&report, "good").is_empty());
+    let listed = env.ok(&["get", "policyreports", "-A"]);
+    assert!(listed.contains(ns), "{listed}");
+    let cluster_report = env.get_json(&["clusterpolicyreport", "prodguard"]);
+    assert_eq!(cluster_report["summary"]["fail"], 0);
+
+    // The same scan once from the command line, in the schema of check.
+    let output = env
+        .cluster
+        .prodguard()
+        .args(["audit", "-o", "json"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(1), "{}", err(&output));
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    let results = doc["results"].as_array().unwrap();
+    let deny = results
+        .iter()
+        .find(|r| r["namespace"] == ns && r["name"] == "web" && r["policy"] == "min-replicas")
+        .unwrap_or_else(|| panic!("no min-replicas result for web: {doc}"));
+    assert_eq!(deny["action"], "deny");
+    assert_eq!(deny["kind"], "Deployment");
+    assert_eq!(deny["file"], Value::Null);
+    assert!(doc["summary"]["resources"].as_u64().unwrap() >= 2);
+    let text = out(&env.cluster.prodguard().arg("audit").output().unwrap());
+    assert!(
+        text.contains(&format!("cluster: Deployment {ns}/web\n")),
+        "{text}"
+    );
+
+    // One audit Event per new finding, from the audit's own controller.
+    let audit_events = |env: &Env| -> Vec<Event> {
+        env.events(ns)
+            .into_iter()
+            .filter(|e| e.reporting_controller.as_deref() == Some("prodguard-audit"))
+            .collect()
+    };
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while audit_events(env).len() < 2 {
+        assert!(
+            Instant::now() < deadline,
+            "no audit Events: {:?}",
+            env.events(ns)
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let first = audit_events(env);
+    assert!(
+        first.iter().all(|e| e
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .starts_with("AUDIT by \"prodguard-audit\": ")),
+        "{first:?}"
+    );
+    assert!(
+        first.iter().any(|e| e
+            .note
+            .as_deref()
+            .unwrap_or_default()
+            .contains("[min-replicas] Audited: would deny: Deployment")),
+        "{first:?}"
+    );
+
+    // Fixing the object removes its results at the next scan, and nothing is reported again.
+    env.ok(&["scale", "deployment", "web", "--replicas=2", "-n", ns]);
+    env.ok(&["patch", "deployment", "web", "-n", ns, "--type=json", "-p", r#"[{"op":"replace","path":"/spec/template/spec/containers/0/imagePullPolicy","value":"IfNotPresent"}]"#]);
+    let report = wait_report(env, ns, "web fixed", |r| results_for(r, "web").is_empty());
+    assert_eq!(
+        report["summary"],
+        json!({"pass": 2, "fail": 0, "warn": 0, "error": 0, "skip": 0})
+    );
+    std::thread::sleep(Duration::from_secs(2));
+    let again = audit_events(env);
+    assert_eq!(again.len(), first.len(), "only new findings make Events");
+    assert!(again.iter().all(|e| e.series.is_none()), "{again:?}");
+
+    let text = scrape(env.cluster.metrics_port);
+    assert_eq!(metric(&text, "prodguard_audit_leader"), 1.0, "{text}");
+    assert!(metric(&text, "prodguard_audit_runs_total") >= 2.0, "{text}");
+    assert!(
+        metric(&text, "prodguard_audit_objects_scanned") >= 2.0,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "prodguard_audit_last_success_timestamp_seconds") > 1.0e9,
+        "{text}"
+    );
+    assert!(
+        metric(&text, "prodguard_audit_duration_seconds") > 0.0,
+        "{text}"
+    );
+
+    // A second replica does not audit while the first holds the Lease...
+    let (port, metrics_port) = (cluster::free("second"), cluster::free("second metrics"));
+    let second = env
+        .cluster
+        .start_prodguard("second", port, metrics_port, DEFAULT_POLICY, &audit_args)
+        .expect("second prodguard");
+    std::thread::sleep(Duration::from_secs(5));
+    let text = scrape(metrics_port);
+    assert_eq!(metric(&text, "prodguard_audit_leader"), 0.0, "{text}");
+    assert_eq!(metric(&text, "prodguard_audit_runs_total"), 0.0, "{text}");
+    let lease = env.get_json(&["lease", "prodguard-audit", "-n", "default"]);
+    assert_eq!(lease["spec"]["holderIdentity"], "prodguard");
+    // ...and takes over once the first stops.
+    env.cluster.stop_prodguard();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while metric(&scrape(metrics_port), "prodguard_audit_runs_total") < 1.0 {
+        assert!(
+            Instant::now() < deadline,
+            "the second replica never audited: {}",
+            scrape(metrics_port)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    assert_eq!(
+        env.get_json(&["lease", "prodguard-audit", "-n", "default"])["spec"]["holderIdentity"],
+        "second"
+    );
+    cluster::stop("second", second);
 }

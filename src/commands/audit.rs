@@ -1,0 +1,74 @@
+//! `prodguard audit`: the background audit's scan, once, against the current kubeconfig,
+//! printed as `check` prints (same JSON schema, same exit codes).
+
+use std::collections::BTreeMap;
+use std::process::ExitCode;
+
+use super::check::{offline_engine, render_text, CheckOutput, InputError};
+use super::{load_config, EXIT_BAD_INPUT};
+use crate::audit::{scan, Scanned};
+use crate::cli::{AuditArgs, OutputFormat};
+
+pub fn run(args: AuditArgs) -> ExitCode {
+    let config = match load_config(args.config.as_deref(), args.mode) {
+        Ok(config) => config,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let engine = offline_engine(&config);
+    let scanned = runtime.block_on(async {
+        let client = kube::Client::try_default()
+            .await
+            .map_err(|e| format!("no in-cluster config or kubeconfig to audit: {e}"))?;
+        Ok::<_, String>(scan(&client, &engine).await)
+    });
+    let scan = match scanned {
+        Ok(scan) => scan,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(EXIT_BAD_INPUT);
+        }
+    };
+    let mut output = CheckOutput::new();
+    // Every scanned object counts once, with its findings.
+    let mut by_object: BTreeMap<&Scanned, Vec<_>> = BTreeMap::new();
+    for (object, finding) in &scan.findings {
+        by_object.entry(object).or_default().push(finding.clone());
+    }
+    for findings in by_object.into_values() {
+        output.add(None, findings);
+    }
+    output.summary.resources = scan.objects();
+    output.errors = scan
+        .errors
+        .iter()
+        .chain(&scan.object_errors)
+        .map(|message| InputError {
+            file: "cluster".to_owned(),
+            message: message.clone(),
+        })
+        .collect();
+    match args.output {
+        OutputFormat::Json => match serde_json::to_string_pretty(&output) {
+            Ok(json) => println!("{json}"),
+            Err(e) => {
+                eprintln!("error: cannot encode the output: {e}");
+                return ExitCode::from(EXIT_BAD_INPUT);
+            }
+        },
+        OutputFormat::Text => print!("{}", render_text(&output)),
+    }
+    ExitCode::from(output.exit_code())
+}

@@ -1,0 +1,133 @@
+//! Evaluation of a stored or written object, as the API server would run the webhooks on
+//! its CREATE: the mutating policies patch it, then the validating policies judge the patched
+//! object. Used by `check` (files) and by the audit (what a cluster holds).
+
+use kube::core::DynamicObject;
+use serde::Serialize;
+use serde_json::Value;
+
+use super::{Action, Context, Engine, Operation, Request, Verdict, Webhook};
+
+/// The user offline evaluation runs as.
+pub const OFFLINE_USER: &str = "prodguard-check";
+
+/// What one policy would do to one object.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct ObjectFinding {
+    pub kind: String,
+    pub namespace: String,
+    pub name: String,
+    pub policy: &'static str,
+    /// `deny`, `patch` or `warn`.
+    pub action: &'static str,
+    pub message: String,
+    /// RFC 6902 operations, for action `patch`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub patch: Option<Vec<json_patch::PatchOperation>>,
+    /// A violation (else a mutation).
+    #[serde(skip)]
+    pub violation: bool,
+}
+
+/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result.
+pub fn evaluate_object(
+    engine: &Engine,
+    value: Value,
+    default_namespace: &str,
+) -> Result<Vec<ObjectFinding>, String> {
+    if !value.is_object() {
+        return Err("is not a mapping, so not a Kubernetes object".into());
+    }
+    for field in ["apiVersion", "kind"] {
+        if !value.get(field).is_some_and(Value::is_string) {
+            return Err(format!("has no {field}, so it is not a Kubernetes object"));
+        }
+    }
+    let object: DynamicObject =
+        serde_json::from_value(value).map_err(|e| format!("is not a valid object: {e}"))?;
+    let mut results = Vec::new();
+    let patch = evaluate(
+        engine,
+        Webhook::Mutate,
+        &object,
+        default_namespace,
+        &mut results,
+    )?;
+    let object = if patch.is_empty() {
+        object
+    } else {
+        let mut patched = serde_json::to_value(&object).map_err(|e| e.to_string())?;
+        json_patch::patch(&mut patched, &patch)
+            .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
+        serde_json::from_value(patched).map_err(|e| e.to_string())?
+    };
+    evaluate(
+        engine,
+        Webhook::Validate,
+        &object,
+        default_namespace,
+        &mut results,
+    )?;
+    Ok(results)
+}
+
+/// Runs one webhook's policies on `object`; returns the enforced patch.
+fn evaluate(
+    engine: &Engine,
+    webhook: Webhook,
+    object: &DynamicObject,
+    default_namespace: &str,
+    results: &mut Vec<ObjectFinding>,
+) -> Result<Vec<json_patch::PatchOperation>, String> {
+    let types = object.types.clone().unwrap_or_default();
+    let (group, version) = match types.api_version.split_once('/') {
+        Some((group, version)) => (group, version),
+        None => ("", types.api_version.as_str()),
+    };
+    let resource = format!("{}s", types.kind.to_ascii_lowercase());
+    let namespace = object
+        .metadata
+        .namespace
+        .as_deref()
+        .unwrap_or(default_namespace);
+    let request = Request {
+        uid: "",
+        operation: Operation::Create,
+        group,
+        version,
+        kind: &types.kind,
+        resource: &resource,
+        resource_group: group,
+        resource_version: version,
+        sub_resource: None,
+        namespace,
+        name: object.metadata.name.as_deref().unwrap_or(""),
+        username: OFFLINE_USER,
+        groups: &[],
+        object: Some(object),
+        old_object: None,
+        dry_run: true,
+    };
+    let decision = match engine.evaluate(webhook, &request, &Context::default()) {
+        Verdict::Decided(decision) => decision,
+        Verdict::Malformed(message) => return Err(message),
+    };
+    for item in &decision.reports {
+        let action = match item.action {
+            Action::Denied => "deny",
+            Action::Mutated => "patch",
+            Action::Audited => "warn",
+        };
+        results.push(ObjectFinding {
+            kind: types.kind.clone(),
+            namespace: namespace.to_owned(),
+            name: request.object_name().to_owned(),
+            policy: item.policy,
+            action,
+            message: item.message.clone(),
+            patch: (item.action == Action::Mutated).then(|| item.patch.clone()),
+            violation: item.violation,
+        });
+    }
+    Ok(decision.patch)
+}

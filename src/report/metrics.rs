@@ -1,0 +1,231 @@
+//! Prometheus metrics (prometheus-client), served as text on a separate plain-HTTP address.
+//! Admission latency has sub-millisecond buckets: the API server's own webhook histogram
+//! starts at 5 ms, which would hide everything prodguard does.
+
+use prometheus_client::encoding::text::encode;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use std::sync::atomic::AtomicU64;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RequestLabels {
+    pub webhook: &'static str,
+    pub operation: String,
+    pub kind: String,
+    /// `allowed`, `patched`, `denied`, `malformed` or `invalid` (not a review).
+    pub verdict: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct WebhookLabels {
+    pub webhook: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct FindingLabels {
+    pub policy: &'static str,
+    /// `Denied`, `Audited`, `Mutated` at admission; `deny`, `patch`, `warn` in the audit.
+    pub action: &'static str,
+    /// `admission` or `audit`.
+    pub source: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AuditFindingLabels {
+    pub policy: &'static str,
+    /// `deny`, `patch` or `warn`.
+    pub action: &'static str,
+}
+
+/// Every metric prodguard exports.
+pub struct Metrics {
+    registry: Registry,
+    pub requests: Family<RequestLabels, Counter>,
+    pub latency: Family<WebhookLabels, Histogram>,
+    pub findings: Family<FindingLabels, Counter>,
+    pub events_published: Counter,
+    pub reports_dropped: Counter,
+    pub events_failed: Counter,
+    pub audit_runs: Counter,
+    pub audit_failures: Counter,
+    pub audit_duration_seconds: Gauge<f64, AtomicU64>,
+    pub audit_objects_scanned: Gauge,
+    pub audit_last_success_seconds: Gauge<f64, AtomicU64>,
+    pub audit_leader: Gauge,
+    pub audit_findings: Family<AuditFindingLabels, Gauge>,
+}
+
+/// 50 us to 1 s.
+const LATENCY_BUCKETS: [f64; 14] = [
+    0.00005, 0.0001, 0.00025, 0.0005, 0.00075, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25,
+    1.0,
+];
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Metrics::new()
+    }
+}
+
+impl Metrics {
+    pub fn new() -> Metrics {
+        let mut registry = Registry::with_prefix("prodguard");
+        let requests = Family::<RequestLabels, Counter>::default();
+        registry.register(
+            "admission_requests",
+            "Admission reviews answered, by webhook, operation, kind and verdict",
+            requests.clone(),
+        );
+        let latency = Family::<WebhookLabels, Histogram>::new_with_constructor(|| {
+            Histogram::new(LATENCY_BUCKETS)
+        });
+        registry.register(
+            "admission_duration_seconds",
+            "Time from a decoded body to an encoded answer, by webhook",
+            latency.clone(),
+        );
+        let findings = Family::<FindingLabels, Counter>::default();
+        registry.register(
+            "policy_findings",
+            "Findings, by policy, action and source (admission or audit)",
+            findings.clone(),
+        );
+        let events_published = Counter::default();
+        registry.register(
+            "events_published",
+            "Policy reports published as Events",
+            events_published.clone(),
+        );
+        let reports_dropped = Counter::default();
+        registry.register(
+            "reports_dropped",
+            "Policy reports dropped because the event queue was full",
+            reports_dropped.clone(),
+        );
+        let events_failed = Counter::default();
+        registry.register(
+            "events_failed",
+            "Policy reports the API server did not accept as Events",
+            events_failed.clone(),
+        );
+        let audit_runs = Counter::default();
+        registry.register(
+            "audit_runs",
+            "Background audit scans completed",
+            audit_runs.clone(),
+        );
+        let audit_failures = Counter::default();
+        registry.register(
+            "audit_failures",
+            "Background audit scans that failed",
+            audit_failures.clone(),
+        );
+        let audit_duration_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "audit_duration_seconds",
+            "Duration of the last background audit scan",
+            audit_duration_seconds.clone(),
+        );
+        let audit_objects_scanned = Gauge::default();
+        registry.register(
+            "audit_objects_scanned",
+            "Objects evaluated by the last background audit scan",
+            audit_objects_scanned.clone(),
+        );
+        let audit_last_success_seconds = Gauge::<f64, AtomicU64>::default();
+        registry.register(
+            "audit_last_success_timestamp_seconds",
+            "Unix time of the last successful background audit scan",
+            audit_last_success_seconds.clone(),
+        );
+        let audit_leader = Gauge::default();
+        registry.register(
+            "audit_leader",
+            "1 while this replica holds the audit Lease",
+            audit_leader.clone(),
+        );
+        let audit_findings = Family::<AuditFindingLabels, Gauge>::default();
+        registry.register(
+            "audit_findings",
+            "Findings of the last background audit scan, by policy and action",
+            audit_findings.clone(),
+        );
+        Metrics {
+            audit_findings,
+            registry,
+            requests,
+            latency,
+            findings,
+            events_published,
+            reports_dropped,
+            events_failed,
+            audit_runs,
+            audit_failures,
+            audit_duration_seconds,
+            audit_objects_scanned,
+            audit_last_success_seconds,
+            audit_leader,
+        }
+    }
+
+    /// The OpenMetrics text exposition.
+    pub fn encode(&self) -> String {
+        let mut text = String::new();
+        if let Err(e) = encode(&mut text, &self.registry) {
+            tracing::warn!("cannot encode metrics: {e}");
+        }
+        text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_latency_and_findings_are_exported() {
+        let m = Metrics::new();
+        m.requests
+            .get_or_create(&RequestLabels {
+                webhook: "validate",
+                operation: "CREATE".into(),
+                kind: "Deployment".into(),
+                verdict: "denied",
+            })
+            .inc();
+        m.latency
+            .get_or_create(&WebhookLabels {
+                webhook: "validate",
+            })
+            .observe(0.0003);
+        m.findings
+            .get_or_create(&FindingLabels {
+                policy: "min-replicas",
+                action: "Denied",
+                source: "admission",
+            })
+            .inc();
+        m.reports_dropped.inc();
+        let text = m.encode();
+        assert!(text.contains(
+            "prodguard_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",kind=\"Deployment\",verdict=\"denied\"} 1"
+        ), "{text}");
+        assert!(
+            text.contains(
+                "prodguard_admission_duration_seconds_bucket{le=\"0.0005\",webhook=\"validate\"} 1"
+            ),
+            "{text}"
+        );
+        assert!(text.contains("prodguard_admission_duration_seconds_bucket{le=\"0.00025\",webhook=\"validate\"} 0"), "{text}");
+        assert!(text.contains("prodguard_policy_findings_total{policy=\"min-replicas\",action=\"Denied\",source=\"admission\"} 1"), "{text}");
+        assert!(text.contains("prodguard_reports_dropped_total 1"), "{text}");
+        assert!(
+            text.contains("prodguard_audit_last_success_timestamp_seconds"),
+            "{text}"
+        );
+    }
+}
