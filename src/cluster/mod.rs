@@ -118,33 +118,27 @@ pub async fn inject_ca_bundle(
     name: &str,
     ca_pem: &[u8],
 ) -> Result<Vec<String>, InjectError> {
-    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
-    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
     let mut patched = Vec::new();
-    let kind = "MutatingWebhookConfiguration";
-    let names = match mutating.get_opt(name).await {
-        Ok(Some(config)) => config
-            .webhooks
-            .unwrap_or_default()
-            .into_iter()
-            .map(|w| w.name)
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(failed(kind, name, e)),
-    };
-    patch_bundle(&mutating, kind, name, names, ca_pem, &mut patched).await?;
-    let kind = "ValidatingWebhookConfiguration";
-    let names = match validating.get_opt(name).await {
-        Ok(Some(config)) => config
-            .webhooks
-            .unwrap_or_default()
-            .into_iter()
-            .map(|w| w.name)
-            .collect(),
-        Ok(None) => Vec::new(),
-        Err(e) => return Err(failed(kind, name, e)),
-    };
-    patch_bundle(&validating, kind, name, names, ca_pem, &mut patched).await?;
+    let mutating: Api<MutatingWebhookConfiguration> = Api::all(client.clone());
+    inject_into(
+        &mutating,
+        "MutatingWebhookConfiguration",
+        name,
+        ca_pem,
+        &mut patched,
+        |c| c.webhooks.into_iter().flatten().map(|w| w.name).collect(),
+    )
+    .await?;
+    let validating: Api<ValidatingWebhookConfiguration> = Api::all(client);
+    inject_into(
+        &validating,
+        "ValidatingWebhookConfiguration",
+        name,
+        ca_pem,
+        &mut patched,
+        |c| c.webhooks.into_iter().flatten().map(|w| w.name).collect(),
+    )
+    .await?;
     Ok(patched)
 }
 
@@ -162,27 +156,32 @@ fn failed(kind: &'static str, name: &str, e: kube::Error) -> InjectError {
     }
 }
 
-async fn patch_bundle<K>(
+/// Reads the configuration `name`, then patches the CA bundle into each of its webhooks.
+async fn inject_into<K>(
     api: &Api<K>,
     kind: &'static str,
     name: &str,
-    webhooks: Vec<String>,
     ca_pem: &[u8],
     patched: &mut Vec<String>,
+    webhook_names: impl FnOnce(K) -> Vec<String>,
 ) -> Result<(), InjectError>
 where
     K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
 {
+    let webhooks = match api.get_opt(name).await {
+        Ok(Some(config)) => webhook_names(config),
+        Ok(None) => {
+            return Err(InjectError::NotFound {
+                kind,
+                name: name.to_owned(),
+            })
+        }
+        Err(e) => return Err(failed(kind, name, e)),
+    };
     if webhooks.is_empty() {
-        return Err(match api.get_opt(name).await {
-            Ok(None) => InjectError::NotFound {
-                kind,
-                name: name.to_owned(),
-            },
-            _ => InjectError::NoWebhooks {
-                kind,
-                name: name.to_owned(),
-            },
+        return Err(InjectError::NoWebhooks {
+            kind,
+            name: name.to_owned(),
         });
     }
     use base64::Engine as _;

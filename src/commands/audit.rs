@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::process::ExitCode;
 
-use super::check::{offline_engine, render_text, CheckOutput, InputError};
+use super::check::{offline_engine, print_output, CheckOutput, InputError};
 use super::{load_config, EXIT_BAD_INPUT};
 use crate::audit::{scan, Scanned};
-use crate::cli::{AuditArgs, OutputFormat};
+use crate::cli::AuditArgs;
 
 pub fn run(args: AuditArgs) -> ExitCode {
     let config = match load_config(args.config.as_deref(), args.mode) {
@@ -60,15 +60,5 @@ pub fn run(args: AuditArgs) -> ExitCode {
             message: message.clone(),
         })
         .collect();
-    match args.output {
-        OutputFormat::Json => match serde_json::to_string_pretty(&output) {
-            Ok(json) => println!("{json}"),
-            Err(e) => {
-                eprintln!("error: cannot encode the output: {e}");
-                return ExitCode::from(EXIT_BAD_INPUT);
-            }
-        },
-        OutputFormat::Text => print!("{}", render_text(&output)),
-    }
-    ExitCode::from(output.exit_code())
+    print_output(&output, args.output)
 }

@@ -91,15 +91,20 @@ pub fn run(args: CheckArgs) -> ExitCode {
     };
     let engine = offline_engine(&config);
     let output = check_paths(&engine, &args.files, &args.namespace);
-    match args.output {
-        OutputFormat::Json => match serde_json::to_string_pretty(&output) {
+    print_output(&output, args.output)
+}
+
+/// Prints the results as text or JSON and returns the exit status they call for.
+pub fn print_output(output: &CheckOutput, format: OutputFormat) -> ExitCode {
+    match format {
+        OutputFormat::Json => match serde_json::to_string_pretty(output) {
             Ok(json) => println!("{json}"),
             Err(e) => {
                 eprintln!("error: cannot encode the output: {e}");
                 return ExitCode::from(EXIT_BAD_INPUT);
             }
         },
-        OutputFormat::Text => print!("{}", render_text(&output)),
+        OutputFormat::Text => print!("{}", render_text(output)),
     }
     ExitCode::from(output.exit_code())
 }
