@@ -1,0 +1,100 @@
+//! Micro-benchmarks: decode, evaluate and encode of each review fixture, the whole path of one
+//! webhook call, and image-reference parsing. `cargo bench --bench micro`.
+
+use std::hint::black_box;
+use std::sync::Arc;
+
+use criterion::{criterion_group, criterion_main, Criterion};
+use prodguard::admission::{self, Decoded};
+use prodguard::cluster::NoPodLookup;
+use prodguard::config::Config;
+use prodguard::engine::{Context, Engine, Request, Verdict, Webhook};
+use prodguard::policies::image_ref::ImageRef;
+use prodguard::report::NoReporter;
+
+const FIXTURES: [(&str, &str); 3] = [
+    ("pod-create-6k", include_str!("../tests/fixtures/bench/pod-create.json")),
+    ("deployment-create-11k", include_str!("../tests/fixtures/bench/deployment-create.json")),
+    ("deployment-update-21k", include_str!("../tests/fixtures/bench/deployment-update.json")),
+];
+
+fn engine() -> Engine {
+    let config = Config::embedded_default().expect("default policy set");
+    Engine::new(
+        &config,
+        Arc::new(NoPodLookup { reason: "bench".into() }),
+        Arc::new(NoReporter),
+    )
+}
+
+fn decode(body: &[u8]) -> Box<kube::core::admission::AdmissionRequest<kube::core::DynamicObject>> {
+    match admission::decode(body) {
+        Ok(Decoded::Request(request)) => request,
+        other => panic!("fixture does not decode: {other:?}"),
+    }
+}
+
+/// One webhook call as the server makes it: decode, evaluate, build and encode the answer.
+fn webhook_call(engine: &Engine, webhook: Webhook, body: &[u8]) -> Vec<u8> {
+    let request = decode(body);
+    let view = Request::from_admission(&request);
+    let verdict = engine.evaluate(webhook, &view, &Context::default());
+    admission::encode(admission::respond(&request, &verdict)).expect("encode")
+}
+
+fn benches(c: &mut Criterion) {
+    let engine = engine();
+    for (name, body) in FIXTURES {
+        let body = body.as_bytes();
+        let request = decode(body);
+        let view = Request::from_admission(&request);
+        // The policies must act on these fixtures: a patch, and a verdict.
+        let Verdict::Decided(mutated) = engine.evaluate(Webhook::Mutate, &view, &Context::default()) else {
+            panic!("{name}: malformed")
+        };
+        assert!(!mutated.patch.is_empty(), "{name}: no patch");
+        let Verdict::Decided(validated) = engine.evaluate(Webhook::Validate, &view, &Context::default()) else {
+            panic!("{name}: malformed")
+        };
+        let mut group = c.benchmark_group(name);
+        group.bench_function("decode", |b| b.iter(|| decode(black_box(body))));
+        group.bench_function("evaluate-mutate", |b| {
+            b.iter(|| engine.evaluate(Webhook::Mutate, black_box(&view), &Context::default()))
+        });
+        group.bench_function("evaluate-validate", |b| {
+            b.iter(|| engine.evaluate(Webhook::Validate, black_box(&view), &Context::default()))
+        });
+        let patched = Verdict::Decided(mutated.clone());
+        group.bench_function("encode-mutate", |b| {
+            b.iter(|| admission::encode(admission::respond(black_box(&request), &patched)))
+        });
+        let judged = Verdict::Decided(validated.clone());
+        group.bench_function("encode-validate", |b| {
+            b.iter(|| admission::encode(admission::respond(black_box(&request), &judged)))
+        });
+        group.bench_function("call-mutate", |b| {
+            b.iter(|| webhook_call(&engine, Webhook::Mutate, black_box(body)))
+        });
+        group.bench_function("call-validate", |b| {
+            b.iter(|| webhook_call(&engine, Webhook::Validate, black_box(body)))
+        });
+        group.finish();
+    }
+    let references = [
+        "nginx",
+        "redis:7.2",
+        "docker.io/bitnami/postgresql:16.3.0-debian-12-r14",
+        "registry.local:5000/openg2p/social-registry@sha256:0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef",
+        "[2001:db8::1]:5000/team/app:v2",
+    ];
+    c.bench_function("image-ref/parse-5", |b| {
+        b.iter(|| {
+            for r in references {
+                let _ = black_box(ImageRef::parse(black_box(r)));
+            }
+        })
+    });
+}
+
+criterion_group!(micro, benches);
+criterion_main!(micro);
