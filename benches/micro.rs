@@ -13,21 +13,32 @@ use prodguard::policies::image_ref::ImageRef;
 use prodguard::report::NoReporter;
 
 const FIXTURES: [(&str, &str); 3] = [
-    ("pod-create-6k", include_str!("../tests/fixtures/bench/pod-create.json")),
-    ("deployment-create-11k", include_str!("../tests/fixtures/bench/deployment-create.json")),
-    ("deployment-update-21k", include_str!("../tests/fixtures/bench/deployment-update.json")),
+    (
+        "pod-create-6k",
+        include_str!("../tests/fixtures/bench/pod-create.json"),
+    ),
+    (
+        "deployment-create-11k",
+        include_str!("../tests/fixtures/bench/deployment-create.json"),
+    ),
+    (
+        "deployment-update-21k",
+        include_str!("../tests/fixtures/bench/deployment-update.json"),
+    ),
 ];
 
 fn engine() -> Engine {
     let config = Config::embedded_default().expect("default policy set");
     Engine::new(
         &config,
-        Arc::new(NoPodLookup { reason: "bench".into() }),
+        Arc::new(NoPodLookup {
+            reason: "bench".into(),
+        }),
         Arc::new(NoReporter),
     )
 }
 
-fn decode(body: &[u8]) -> Box<kube::core::admission::AdmissionRequest<kube::core::DynamicObject>> {
+fn decode(body: &[u8]) -> Box<admission::ReviewRequest> {
     match admission::decode(body) {
         Ok(Decoded::Request(request)) => request,
         other => panic!("fixture does not decode: {other:?}"),
@@ -49,11 +60,15 @@ fn benches(c: &mut Criterion) {
         let request = decode(body);
         let view = Request::from_admission(&request);
         // The policies must act on these fixtures: a patch, and a verdict.
-        let Verdict::Decided(mutated) = engine.evaluate(Webhook::Mutate, &view, &Context::default()) else {
+        let Verdict::Decided(mutated) =
+            engine.evaluate(Webhook::Mutate, &view, &Context::default())
+        else {
             panic!("{name}: malformed")
         };
         assert!(!mutated.patch.is_empty(), "{name}: no patch");
-        let Verdict::Decided(validated) = engine.evaluate(Webhook::Validate, &view, &Context::default()) else {
+        let Verdict::Decided(validated) =
+            engine.evaluate(Webhook::Validate, &view, &Context::default())
+        else {
             panic!("{name}: malformed")
         };
         let mut group = c.benchmark_group(name);

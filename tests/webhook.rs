@@ -631,13 +631,25 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
     for _ in 0..200 {
         nested = json!([nested]);
     }
-    deep.request["object"]["data"] = nested;
+    deep.request["object"]["metadata"]["labels"] = nested;
     let response = client.review("validate", &deep.json()).await;
     assert_eq!(response["allowed"], false);
     assert!(
         message(&response).contains("recursion limit exceeded"),
         "{response}"
     );
+    // In a field no policy reads, even a million levels are skipped without harm.
+    let deep = format!(
+        r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"deeper","kind":{{"group":"","version":"v1","kind":"ConfigMap"}},"resource":{{"group":"","version":"v1","resource":"configmaps"}},"operation":"CREATE","userInfo":{{"username":"alice"}},"object":{{"kind":"ConfigMap","metadata":{{"name":"c"}},"data":{}1{}}},"oldObject":null}}}}"#,
+        "[".repeat(1_000_000),
+        "]".repeat(1_000_000)
+    );
+    let (status, body) = client
+        .send(Method::POST, "/validate", deep.into_bytes())
+        .await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&body).unwrap();
+    assert_eq!(answer["response"]["uid"], "deeper");
 
     let (status, _) = client.send(Method::GET, "/mutate", vec![]).await;
     assert_eq!(status, StatusCode::METHOD_NOT_ALLOWED);

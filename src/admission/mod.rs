@@ -1,9 +1,12 @@
 //! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
-//! server expects. kube-rs' `kube::core::admission` types are used as they are.
+//! server expects. kube-rs' `kube::core::admission` types are used as they are; the objects
+//! in them are decoded partially (see [`partial`]).
+
+pub mod partial;
 
 use base64::Engine as _;
 use kube::core::admission::{AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND};
-use kube::core::{DynamicObject, TypeMeta};
+use kube::core::{Resource, TypeMeta};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -22,10 +25,13 @@ pub enum NotAReview {
     NoUid(String),
 }
 
+/// A decoded request, its objects decoded partially.
+pub type ReviewRequest = AdmissionRequest<partial::ReviewObject>;
+
 /// What a body decodes into.
 #[derive(Debug)]
 pub enum Decoded {
-    Request(Box<AdmissionRequest<DynamicObject>>),
+    Request(Box<ReviewRequest>),
     /// A review whose request does not decode: answered (denied) with its uid.
     Malformed {
         uid: String,
@@ -49,8 +55,35 @@ struct UidOnly {
     uid: String,
 }
 
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Review {
+    api_version: String,
+    kind: String,
+    request: Option<ReviewRequest>,
+}
+
+fn v1_types() -> TypeMeta {
+    TypeMeta {
+        api_version: META_API_VERSION_V1.to_owned(),
+        kind: META_KIND.to_owned(),
+    }
+}
+
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
 pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
+    // One pass for a well-formed review; the slower path below explains what is wrong.
+    if let Ok(Review {
+        api_version,
+        kind,
+        request: Some(mut request),
+    }) = serde_json::from_slice::<Review>(body)
+    {
+        if api_version == META_API_VERSION_V1 && kind == META_KIND && !request.uid.is_empty() {
+            request.types = v1_types();
+            return Ok(Decoded::Request(Box::new(request)));
+        }
+    }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| NotAReview::NotJson(e.to_string()))?;
     if envelope.api_version != META_API_VERSION_V1 || envelope.kind != META_KIND {
@@ -63,15 +96,12 @@ pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
     if raw.get() == "null" {
         return Err(NotAReview::NoRequest);
     }
-    match serde_json::from_str::<AdmissionRequest<DynamicObject>>(raw.get()) {
+    match serde_json::from_str::<ReviewRequest>(raw.get()) {
         Ok(mut request) => {
             if request.uid.is_empty() {
                 return Err(NotAReview::NoUid("request.uid is empty".into()));
             }
-            request.types = TypeMeta {
-                api_version: META_API_VERSION_V1.to_owned(),
-                kind: META_KIND.to_owned(),
-            };
+            request.types = v1_types();
             Ok(Decoded::Request(Box::new(request)))
         }
         Err(e) => match serde_json::from_str::<UidOnly>(raw.get()) {
@@ -85,7 +115,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
 }
 
 /// The response for a decoded request.
-pub fn respond(request: &AdmissionRequest<DynamicObject>, verdict: &Verdict) -> AdmissionResponse {
+pub fn respond<T: Resource>(request: &AdmissionRequest<T>, verdict: &Verdict) -> AdmissionResponse {
     let response = AdmissionResponse::from(request);
     match verdict {
         Verdict::Decided(decision) => apply_decision(response, decision),

@@ -1,7 +1,8 @@
 //! The view of an admission request that policies read.
 
-use kube::core::admission::AdmissionRequest;
 use kube::core::DynamicObject;
+
+use crate::admission::ReviewRequest;
 
 pub use kube::core::admission::Operation;
 
@@ -32,7 +33,7 @@ pub struct Request<'a> {
 const NO_GROUPS: &[String] = &[];
 
 impl<'a> Request<'a> {
-    pub fn from_admission(request: &'a AdmissionRequest<DynamicObject>) -> Request<'a> {
+    pub fn from_admission(request: &'a ReviewRequest) -> Request<'a> {
         Request {
             uid: &request.uid,
             operation: request.operation.clone(),
@@ -47,8 +48,8 @@ impl<'a> Request<'a> {
             name: &request.name,
             username: request.user_info.username.as_deref().unwrap_or(""),
             groups: request.user_info.groups.as_deref().unwrap_or(NO_GROUPS),
-            object: request.object.as_ref(),
-            old_object: request.old_object.as_ref(),
+            object: request.object.as_ref().map(|o| &o.0),
+            old_object: request.old_object.as_ref().map(|o| &o.0),
             dry_run: request.dry_run,
         }
     }
