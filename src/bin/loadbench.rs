@@ -1,0 +1,582 @@
+//! The load benchmark: starts `prodguard serve` (and, for comparison, a no-op server built
+//! from the same stack) and drives it as kube-apiserver does: TLS, HTTP/1.1 keep-alive, up to
+//! 25 connections; also a new TLS connection per request. See BENCHMARKS.md.
+//!
+//!     cargo build --release --bins && target/release/loadbench
+//!     target/debug/loadbench --smoke        (what CI runs: every mode, briefly, checked)
+
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitCode, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use clap::{Parser, Subcommand};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Bytes;
+use hyper::{Method, Request, StatusCode};
+use hyper_util::rt::TokioIo;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+
+const FIXTURES: [(&str, &str); 3] = [
+    ("Pod CREATE (6 KB)", include_str!("../../tests/fixtures/bench/pod-create.json")),
+    ("Deployment CREATE (11 KB)", include_str!("../../tests/fixtures/bench/deployment-create.json")),
+    ("Deployment UPDATE (21 KB)", include_str!("../../tests/fixtures/bench/deployment-update.json")),
+];
+const KEEPALIVE_CONNECTIONS: usize = 25;
+const MANY_CONNECTIONS: usize = 256;
+
+#[derive(Parser)]
+#[command(about = "Load benchmark for prodguard serve")]
+struct Args {
+    /// Every mode for a moment, every answer checked: for CI, so the benchmark cannot rot.
+    #[arg(long)]
+    smoke: bool,
+    /// The prodguard binary; by default the one next to this program.
+    #[arg(long)]
+    prodguard: Option<PathBuf>,
+    /// Seconds per measurement.
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    #[command(subcommand)]
+    command: Option<Sub>,
+}
+
+#[derive(Subcommand)]
+enum Sub {
+    /// The no-op server: same TLS and HTTP stack, answers allowed for the uid.
+    NoopServer {
+        #[arg(long)]
+        addr: SocketAddr,
+        #[arg(long)]
+        tls_cert: PathBuf,
+        #[arg(long)]
+        tls_key: PathBuf,
+    },
+}
+
+fn main() -> ExitCode {
+    let args = Args::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime");
+    if let Some(Sub::NoopServer { addr, tls_cert, tls_key }) = args.command {
+        return runtime.block_on(noop_server(addr, tls_cert, tls_key));
+    }
+    match runtime.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("loadbench: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+// ---- the no-op server ---------------------------------------------------------------------
+
+async fn noop_server(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> ExitCode {
+    use axum::routing::post;
+    #[derive(serde::Deserialize)]
+    struct Uid {
+        uid: String,
+    }
+    #[derive(serde::Deserialize)]
+    struct Review {
+        request: Uid,
+    }
+    async fn answer(body: Bytes) -> (StatusCode, Vec<u8>) {
+        match serde_json::from_slice::<Review>(&body) {
+            Ok(review) => (
+                StatusCode::OK,
+                serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                    "response": {"uid": review.request.uid, "allowed": true}})
+                .to_string()
+                .into_bytes(),
+            ),
+            Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
+        }
+    }
+    let tls = match prodguard::server::tls::load(&cert, &key) {
+        Ok(tls) => tls,
+        Err(e) => {
+            eprintln!("noop-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let app = axum::Router::new()
+        .route("/mutate", post(answer))
+        .route("/validate", post(answer))
+        .route("/healthz", axum::routing::get(|| async { "ok" }));
+    let listener = match tokio::net::TcpListener::bind(addr).await {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("noop-server: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    prodguard::server::serve(listener, tls, app, std::future::pending()).await;
+    ExitCode::SUCCESS
+}
+
+// ---- the client ---------------------------------------------------------------------------
+
+#[derive(Clone)]
+struct Target {
+    addr: SocketAddr,
+    connector: TlsConnector,
+}
+
+type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
+
+impl Target {
+    async fn connect(&self) -> Result<Sender, String> {
+        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        let _ = tcp.set_nodelay(true);
+        let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
+        let tls = self.connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(sender)
+    }
+}
+
+/// One review on a connection; checks the answer names the review's uid.
+async fn send(sender: &mut Sender, path: &str, body: &Bytes, uid: &str) -> Result<Bytes, String> {
+    sender.ready().await.map_err(|e| e.to_string())?;
+    let request = Request::builder()
+        .method(Method::POST)
+        .uri(path)
+        .header("host", "localhost")
+        .header("content-type", "application/json")
+        .body(Full::new(body.clone()))
+        .map_err(|e| e.to_string())?;
+    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let status = response.status();
+    let answer = response
+        .into_body()
+        .collect()
+        .await
+        .map_err(|e| e.to_string())?
+        .to_bytes();
+    if status != StatusCode::OK {
+        return Err(format!("status {status}"));
+    }
+    if !answer.windows(uid.len()).any(|w| w == uid.as_bytes()) {
+        return Err("the answer does not name the review's uid".into());
+    }
+    Ok(answer)
+}
+
+struct Load {
+    body: Bytes,
+    uid: String,
+}
+
+impl Load {
+    fn new(json: &str) -> Load {
+        let value: serde_json::Value = serde_json::from_str(json).expect("fixture");
+        Load {
+            uid: value["request"]["uid"].as_str().unwrap_or_default().to_owned(),
+            body: Bytes::from(json.to_owned()),
+        }
+    }
+
+    /// Alternating webhooks: even requests mutate, odd ones validate.
+    fn path(i: u64) -> &'static str {
+        if i % 2 == 0 {
+            "/mutate"
+        } else {
+            "/validate"
+        }
+    }
+}
+
+/// Closed loop on `connections` keep-alive connections: requests per second.
+async fn closed_loop(target: &Target, load: &Arc<Load>, connections: usize, time: Duration) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let errors = Arc::new(AtomicU64::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut senders = Vec::new();
+    for _ in 0..connections {
+        senders.push(target.connect().await?);
+    }
+    let started = Instant::now();
+    let mut tasks = Vec::new();
+    for mut sender in senders {
+        let (load, done, errors, stop) = (load.clone(), done.clone(), errors.clone(), stop.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                match send(&mut sender, Load::path(i), &load.body, &load.uid).await {
+                    Ok(_) => done.fetch_add(1, Ordering::Relaxed),
+                    Err(_) => errors.fetch_add(1, Ordering::Relaxed),
+                };
+                i += 1;
+            }
+        }));
+    }
+    tokio::time::sleep(time).await;
+    stop.store(true, Ordering::Relaxed);
+    let elapsed = started.elapsed();
+    for task in tasks {
+        let _ = task.await;
+    }
+    let errors = errors.load(Ordering::Relaxed);
+    if errors > 0 {
+        return Err(format!("{errors} requests failed"));
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
+}
+
+/// A new TLS connection for every request: requests per second.
+async fn connection_per_request(target: &Target, load: &Arc<Load>, concurrency: usize, time: Duration) -> Result<f64, String> {
+    let done = Arc::new(AtomicU64::new(0));
+    let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let started = Instant::now();
+    let deadline = started + time;
+    let mut tasks = Vec::new();
+    for _ in 0..concurrency {
+        let (target, load, done, failures) = (target.clone(), load.clone(), done.clone(), failures.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = 0u64;
+            while Instant::now() < deadline {
+                let result = async {
+                    let mut sender = target.connect().await?;
+                    send(&mut sender, Load::path(i), &load.body, &load.uid).await
+                }
+                .await;
+                match result {
+                    Ok(_) => {
+                        done.fetch_add(1, Ordering::Relaxed);
+                    }
+                    Err(e) => {
+                        if let Ok(mut f) = failures.lock() {
+                            f.push(e);
+                        }
+                    }
+                }
+                i += 1;
+            }
+        }));
+    }
+    for task in tasks {
+        let _ = task.await;
+    }
+    let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
+    if let Some(first) = failures.first() {
+        return Err(format!("{} requests failed, first: {first}", failures.len()));
+    }
+    Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
+}
+
+struct Latency {
+    p50: f64,
+    p99: f64,
+    p999: f64,
+    max: f64,
+    achieved: f64,
+}
+
+/// Open loop at `rate` requests per second over 25 connections. Latency is measured from the
+/// time each request was due, so a stall delays every request behind it and shows.
+async fn open_loop(target: &Target, load: &Arc<Load>, rate: f64, time: Duration) -> Result<Latency, String> {
+    let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
+    let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
+    let mut workers = Vec::new();
+    for _ in 0..KEEPALIVE_CONNECTIONS {
+        let mut sender = target.connect().await?;
+        let (load, jobs_rx) = (load.clone(), jobs_rx.clone());
+        workers.push(tokio::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut errors = 0u64;
+            loop {
+                let job = jobs_rx.lock().await.recv().await;
+                let Some((i, due)) = job else { break };
+                match send(&mut sender, Load::path(i), &load.body, &load.uid).await {
+                    Ok(_) => latencies.push(due.elapsed().as_secs_f64() * 1e3),
+                    Err(_) => errors += 1,
+                }
+            }
+            (latencies, errors)
+        }));
+    }
+    let started = Instant::now();
+    let total = (rate * time.as_secs_f64()) as u64;
+    let interval = Duration::from_secs_f64(1.0 / rate);
+    // A thread of its own paces the requests: the async timer's millisecond resolution would
+    // add up to a millisecond to every latency.
+    let pacer = std::thread::spawn(move || {
+        for i in 0..total {
+            let due = started + interval.mul_f64(i as f64);
+            let now = Instant::now();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+            if jobs_tx.send((i, due)).is_err() {
+                break;
+            }
+        }
+    });
+    let _ = tokio::task::spawn_blocking(move || pacer.join()).await;
+    let mut all = Vec::new();
+    let mut errors = 0;
+    for worker in workers {
+        if let Ok((latencies, e)) = worker.await {
+            all.extend(latencies);
+            errors += e;
+        }
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    if errors > 0 {
+        return Err(format!("{errors} requests failed"));
+    }
+    all.sort_by(f64::total_cmp);
+    let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    Ok(Latency {
+        p50: at(0.50),
+        p99: at(0.99),
+        p999: at(0.999),
+        max: all.last().copied().unwrap_or(0.0),
+        achieved: all.len() as f64 / elapsed,
+    })
+}
+
+// ---- processes ----------------------------------------------------------------------------
+
+fn free_port() -> Result<u16, String> {
+    let l = StdListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
+    Ok(l.local_addr().map_err(|e| e.to_string())?.port())
+}
+
+fn rss_kib(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with("VmRSS:"))
+                .and_then(|l| l.split_whitespace().nth(1))
+                .and_then(|v| v.parse().ok())
+        })
+        .unwrap_or(0)
+}
+
+struct Server {
+    name: &'static str,
+    child: Child,
+    target: Target,
+    /// Process start to a listening socket, and to the first answered /healthz.
+    listening: Duration,
+    ready: Duration,
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn start(name: &'static str, command: &mut Command, port: u16, connector: &TlsConnector) -> Result<Server, String> {
+    let addr: SocketAddr = ([127, 0, 0, 1], port).into();
+    let started = Instant::now();
+    let child = command
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .map_err(|e| format!("cannot start {name}: {e}"))?;
+    let mut server = Server {
+        name,
+        child,
+        target: Target { addr, connector: connector.clone() },
+        listening: Duration::ZERO,
+        ready: Duration::ZERO,
+    };
+    let deadline = started + Duration::from_secs(10);
+    while std::net::TcpStream::connect(addr).is_err() {
+        if Instant::now() > deadline {
+            return Err(format!("{name} did not listen within 10 s"));
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    server.listening = started.elapsed();
+    loop {
+        if let Ok(mut sender) = server.target.connect().await {
+            let request = Request::get("/healthz").header("host", "localhost").body(Full::new(Bytes::new()));
+            if let Ok(request) = request {
+                if let Ok(response) = sender.send_request(request).await {
+                    if response.status() == StatusCode::OK {
+                        break;
+                    }
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(format!("{name} did not answer /healthz within 10 s"));
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    server.ready = started.elapsed();
+    Ok(server)
+}
+
+/// RSS while `connections` keep-alive connections send reviews in a closed loop: the peak.
+async fn rss_under_connections(server: &Server, load: &Arc<Load>, connections: usize, time: Duration) -> Result<u64, String> {
+    let pid = server.child.id();
+    let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
+    let sampling = Arc::new(AtomicBool::new(true));
+    let sampler = {
+        let (peak, sampling) = (peak.clone(), sampling.clone());
+        tokio::spawn(async move {
+            while sampling.load(Ordering::Relaxed) {
+                peak.fetch_max(rss_kib(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let result = closed_loop(&server.target, load, connections, time).await;
+    sampling.store(false, Ordering::Relaxed);
+    let _ = sampler.await;
+    result?;
+    Ok(peak.load(Ordering::Relaxed))
+}
+
+// ---- the run ------------------------------------------------------------------------------
+
+fn prodguard_binary(args: &Args) -> Result<PathBuf, String> {
+    let path = match &args.prodguard {
+        Some(path) => path.clone(),
+        None => std::env::current_exe()
+            .map_err(|e| e.to_string())?
+            .with_file_name("prodguard"),
+    };
+    if path.is_file() {
+        Ok(path)
+    } else {
+        Err(format!("no prodguard binary at {} (cargo build --release --bins)", path.display()))
+    }
+}
+
+fn write(path: &Path, text: &str) -> Result<(), String> {
+    std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()))
+}
+
+async fn run(args: Args) -> Result<(), String> {
+    let time = if args.smoke { Duration::from_millis(500) } else { Duration::from_secs(args.seconds) };
+    let prodguard = prodguard_binary(&args)?;
+    let dir = std::env::temp_dir().join(format!("prodguard-loadbench-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
+    let pki = prodguard::server::pki::generate("loadbench CA", &names).map_err(|e| e.to_string())?;
+    let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
+    write(&cert, &pki.cert_pem)?;
+    write(&key, &pki.key_pem)?;
+    let mut roots = rustls::RootCertStore::empty();
+    for ca in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
+        roots.add(ca.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+    }
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    client.alpn_protocols = vec![b"http/1.1".to_vec()];
+    let connector = TlsConnector::from(Arc::new(client));
+
+    let port = free_port()?;
+    let mut prodguard_cmd = Command::new(&prodguard);
+    prodguard_cmd
+        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--metrics-addr", "off", "--audit-interval", "off", "--log", "warn"])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key)
+        .env("KUBECONFIG", dir.join("no-kubeconfig"))
+        .env_remove("KUBERNETES_SERVICE_HOST");
+    let noop_port = free_port()?;
+    let mut noop_cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);
+    noop_cmd
+        .args(["noop-server", "--addr", &format!("127.0.0.1:{noop_port}")])
+        .arg("--tls-cert")
+        .arg(&cert)
+        .arg("--tls-key")
+        .arg(&key);
+
+    let loads: Vec<(&str, Arc<Load>)> = FIXTURES.iter().map(|(name, json)| (*name, Arc::new(Load::new(json)))).collect();
+    let eleven = loads[1].1.clone();
+
+    println!("| measure | prodguard | no-op server | prodguard / no-op |");
+    println!("|---|---|---|---|");
+    let pg = start("prodguard", &mut prodguard_cmd, port, &connector).await?;
+    let idle = {
+        tokio::time::sleep(Duration::from_millis(if args.smoke { 100 } else { 1000 })).await;
+        rss_kib(pg.child.id())
+    };
+    // The policies act on the fixtures: every one is patched, the Deployments are denied
+    // (one replica).
+    for (index, (name, load)) in loads.iter().enumerate() {
+        let mut sender = pg.target.connect().await?;
+        let mutated = send(&mut sender, "/mutate", &load.body, &load.uid).await?;
+        let validated = send(&mut sender, "/validate", &load.body, &load.uid).await?;
+        let mutated = String::from_utf8_lossy(&mutated);
+        let validated = String::from_utf8_lossy(&validated);
+        let denied = validated.contains("\"allowed\":false");
+        if !mutated.contains("\"patchType\":\"JSONPatch\"") || denied != (index > 0) {
+            return Err(format!("{name}: the policies did not act (mutate: {mutated}; validate: {validated})"));
+        }
+    }
+    let noop = start("no-op server", &mut noop_cmd, noop_port, &connector).await?;
+    let noop_idle = {
+        tokio::time::sleep(Duration::from_millis(if args.smoke { 100 } else { 1000 })).await;
+        rss_kib(noop.child.id())
+    };
+    println!("| start to listening | {:.1} ms | {:.1} ms | |", ms(pg.listening), ms(noop.listening));
+    println!("| start to first answered /healthz over TLS | {:.1} ms | {:.1} ms | |", ms(pg.ready), ms(noop.ready));
+    println!("| RSS idle | {:.1} MiB | {:.1} MiB | |", idle as f64 / 1024.0, noop_idle as f64 / 1024.0);
+
+    for (name, load) in &loads {
+        let a = closed_loop(&pg.target, load, KEEPALIVE_CONNECTIONS, time).await?;
+        let b = closed_loop(&noop.target, load, KEEPALIVE_CONNECTIONS, time).await?;
+        println!("| closed loop, 25 keep-alive connections, {name} | {a:.0} req/s | {b:.0} req/s | {:.0} % |", 100.0 * a / b);
+    }
+    for rate in [1000.0, 3000.0] {
+        let rate = if args.smoke { rate / 10.0 } else { rate };
+        for server in [&pg, &noop] {
+            let l = open_loop(&server.target, &eleven, rate, time).await?;
+            let line = format!(
+                "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({:.0} req/s done)",
+                l.p50, l.p99, l.p999, l.max, l.achieved
+            );
+            println!("| open loop {rate:.0} req/s, 11 KB, {} | {line} | | |", server.name);
+        }
+    }
+    let a = connection_per_request(&pg.target, &eleven, KEEPALIVE_CONNECTIONS, time).await?;
+    let b = connection_per_request(&noop.target, &eleven, KEEPALIVE_CONNECTIONS, time).await?;
+    println!("| new TLS connection per request, 11 KB | {a:.0} req/s | {b:.0} req/s | {:.0} % |", 100.0 * a / b);
+    let connections = if args.smoke { 32 } else { MANY_CONNECTIONS };
+    let a = rss_under_connections(&pg, &eleven, connections, time).await?;
+    let b = rss_under_connections(&noop, &eleven, connections, time).await?;
+    println!(
+        "| peak RSS, {connections} keep-alive connections in a closed loop | {:.1} MiB | {:.1} MiB | |",
+        a as f64 / 1024.0,
+        b as f64 / 1024.0
+    );
+    drop(pg);
+    drop(noop);
+    let _ = std::fs::remove_dir_all(&dir);
+    if args.smoke {
+        println!("\nsmoke run: every mode ran and every answer named its uid");
+    }
+    Ok(())
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1e3
+}
