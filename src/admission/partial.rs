@@ -9,7 +9,9 @@
 use std::borrow::Cow;
 use std::fmt;
 
-use kube::core::{ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Resource};
+use kube::core::{
+    ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Resource, TypeMeta,
+};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -188,9 +190,37 @@ pub struct ReviewObject(pub DynamicObject);
 impl<'de> Deserialize<'de> for ReviewObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let pruned = Filtered(OBJECT).deserialize(deserializer)?;
-        serde_json::from_value(pruned)
-            .map(ReviewObject)
-            .map_err(serde::de::Error::custom)
+        // Built by moving the parts out of the tree, not through `DynamicObject`'s flattening
+        // deserializer, which would copy the tree once more.
+        let Value::Object(mut fields) = pruned else {
+            return serde_json::from_value(pruned)
+                .map(ReviewObject)
+                .map_err(serde::de::Error::custom);
+        };
+        let metadata = match fields.remove("metadata") {
+            Some(meta) => serde_json::from_value(meta).map_err(serde::de::Error::custom)?,
+            None => ObjectMeta::default(),
+        };
+        let types = match (fields.remove("apiVersion"), fields.remove("kind")) {
+            (Some(Value::String(api_version)), Some(Value::String(kind))) => {
+                Some(TypeMeta { api_version, kind })
+            }
+            (api_version, kind) => {
+                // Not both strings: leave them in the data, as DynamicObject would.
+                if let Some(v) = api_version {
+                    fields.insert("apiVersion".into(), v);
+                }
+                if let Some(k) = kind {
+                    fields.insert("kind".into(), k);
+                }
+                None
+            }
+        };
+        Ok(ReviewObject(DynamicObject {
+            types,
+            metadata,
+            data: Value::Object(fields),
+        }))
     }
 }
 
@@ -299,6 +329,18 @@ mod tests {
         assert_eq!(filter(&wrong), wrong);
         let wrong = json!({"spec": "not an object"});
         assert_eq!(filter(&wrong), wrong);
+    }
+
+    #[test]
+    fn the_object_is_split_as_dynamic_object_splits_it() {
+        let text = r#"{"apiVersion":"apps/v1","kind":"Deployment","metadata":{"name":"web","labels":{"a":"b"}},"spec":{"replicas":2}}"#;
+        let fast: ReviewObject = serde_json::from_str(text).unwrap();
+        let full: DynamicObject = serde_json::from_str(text).unwrap();
+        assert_eq!(fast.0, full);
+        let partial = r#"{"kind":"Pod","spec":{}}"#;
+        let fast: ReviewObject = serde_json::from_str(partial).unwrap();
+        assert_eq!(fast.0.types, None);
+        assert_eq!(fast.0.data["kind"], "Pod");
     }
 
     #[test]

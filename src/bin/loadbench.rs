@@ -23,9 +23,18 @@ use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
 
 const FIXTURES: [(&str, &str); 3] = [
-    ("Pod CREATE (6 KB)", include_str!("../../tests/fixtures/bench/pod-create.json")),
-    ("Deployment CREATE (11 KB)", include_str!("../../tests/fixtures/bench/deployment-create.json")),
-    ("Deployment UPDATE (21 KB)", include_str!("../../tests/fixtures/bench/deployment-update.json")),
+    (
+        "Pod CREATE (6 KB)",
+        include_str!("../../tests/fixtures/bench/pod-create.json"),
+    ),
+    (
+        "Deployment CREATE (11 KB)",
+        include_str!("../../tests/fixtures/bench/deployment-create.json"),
+    ),
+    (
+        "Deployment UPDATE (21 KB)",
+        include_str!("../../tests/fixtures/bench/deployment-update.json"),
+    ),
 ];
 const KEEPALIVE_CONNECTIONS: usize = 25;
 const MANY_CONNECTIONS: usize = 256;
@@ -65,7 +74,12 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("tokio runtime");
-    if let Some(Sub::NoopServer { addr, tls_cert, tls_key }) = args.command {
+    if let Some(Sub::NoopServer {
+        addr,
+        tls_cert,
+        tls_key,
+    }) = args.command
+    {
         return runtime.block_on(noop_server(addr, tls_cert, tls_key));
     }
     match runtime.block_on(run(args)) {
@@ -135,10 +149,16 @@ type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Target {
     async fn connect(&self) -> Result<Sender, String> {
-        let tcp = TcpStream::connect(self.addr).await.map_err(|e| e.to_string())?;
+        let tcp = TcpStream::connect(self.addr)
+            .await
+            .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
-        let tls = self.connector.connect(name, tcp).await.map_err(|e| e.to_string())?;
+        let tls = self
+            .connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .map_err(|e| e.to_string())?;
@@ -157,7 +177,10 @@ async fn send(sender: &mut Sender, path: &str, body: &Bytes, uid: &str) -> Resul
         .header("content-type", "application/json")
         .body(Full::new(body.clone()))
         .map_err(|e| e.to_string())?;
-    let response = sender.send_request(request).await.map_err(|e| e.to_string())?;
+    let response = sender
+        .send_request(request)
+        .await
+        .map_err(|e| e.to_string())?;
     let status = response.status();
     let answer = response
         .into_body()
@@ -183,7 +206,10 @@ impl Load {
     fn new(json: &str) -> Load {
         let value: serde_json::Value = serde_json::from_str(json).expect("fixture");
         Load {
-            uid: value["request"]["uid"].as_str().unwrap_or_default().to_owned(),
+            uid: value["request"]["uid"]
+                .as_str()
+                .unwrap_or_default()
+                .to_owned(),
             body: Bytes::from(json.to_owned()),
         }
     }
@@ -199,7 +225,12 @@ impl Load {
 }
 
 /// Closed loop on `connections` keep-alive connections: requests per second.
-async fn closed_loop(target: &Target, load: &Arc<Load>, connections: usize, time: Duration) -> Result<f64, String> {
+async fn closed_loop(
+    target: &Target,
+    load: &Arc<Load>,
+    connections: usize,
+    time: Duration,
+) -> Result<f64, String> {
     let done = Arc::new(AtomicU64::new(0));
     let errors = Arc::new(AtomicU64::new(0));
     let stop = Arc::new(AtomicBool::new(false));
@@ -236,14 +267,20 @@ async fn closed_loop(target: &Target, load: &Arc<Load>, connections: usize, time
 }
 
 /// A new TLS connection for every request: requests per second.
-async fn connection_per_request(target: &Target, load: &Arc<Load>, concurrency: usize, time: Duration) -> Result<f64, String> {
+async fn connection_per_request(
+    target: &Target,
+    load: &Arc<Load>,
+    concurrency: usize,
+    time: Duration,
+) -> Result<f64, String> {
     let done = Arc::new(AtomicU64::new(0));
     let failures = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
     let started = Instant::now();
     let deadline = started + time;
     let mut tasks = Vec::new();
     for _ in 0..concurrency {
-        let (target, load, done, failures) = (target.clone(), load.clone(), done.clone(), failures.clone());
+        let (target, load, done, failures) =
+            (target.clone(), load.clone(), done.clone(), failures.clone());
         tasks.push(tokio::spawn(async move {
             let mut i = 0u64;
             while Instant::now() < deadline {
@@ -271,7 +308,10 @@ async fn connection_per_request(target: &Target, load: &Arc<Load>, concurrency: 
     }
     let failures = failures.lock().map(|f| f.clone()).unwrap_or_default();
     if let Some(first) = failures.first() {
-        return Err(format!("{} requests failed, first: {first}", failures.len()));
+        return Err(format!(
+            "{} requests failed, first: {first}",
+            failures.len()
+        ));
     }
     Ok(done.load(Ordering::Relaxed) as f64 / started.elapsed().as_secs_f64())
 }
@@ -286,7 +326,12 @@ struct Latency {
 
 /// Open loop at `rate` requests per second over 25 connections. Latency is measured from the
 /// time each request was due, so a stall delays every request behind it and shows.
-async fn open_loop(target: &Target, load: &Arc<Load>, rate: f64, time: Duration) -> Result<Latency, String> {
+async fn open_loop(
+    target: &Target,
+    load: &Arc<Load>,
+    rate: f64,
+    time: Duration,
+) -> Result<Latency, String> {
     let (jobs_tx, jobs_rx) = tokio::sync::mpsc::unbounded_channel::<(u64, Instant)>();
     let jobs_rx = Arc::new(tokio::sync::Mutex::new(jobs_rx));
     let mut workers = Vec::new();
@@ -338,7 +383,11 @@ async fn open_loop(target: &Target, load: &Arc<Load>, rate: f64, time: Duration)
         return Err(format!("{errors} requests failed"));
     }
     all.sort_by(f64::total_cmp);
-    let at = |q: f64| all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1))).copied().unwrap_or(0.0);
+    let at = |q: f64| {
+        all.get(((all.len() as f64 * q) as usize).min(all.len().saturating_sub(1)))
+            .copied()
+            .unwrap_or(0.0)
+    };
     Ok(Latency {
         p50: at(0.50),
         p99: at(0.99),
@@ -377,13 +426,29 @@ struct Server {
 }
 
 impl Drop for Server {
+    /// SIGTERM (prodguard shuts down gracefully), SIGKILL after 5 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
 
-async fn start(name: &'static str, command: &mut Command, port: u16, connector: &TlsConnector) -> Result<Server, String> {
+async fn start(
+    name: &'static str,
+    command: &mut Command,
+    port: u16,
+    connector: &TlsConnector,
+) -> Result<Server, String> {
     let addr: SocketAddr = ([127, 0, 0, 1], port).into();
     let started = Instant::now();
     let child = command
@@ -395,7 +460,10 @@ async fn start(name: &'static str, command: &mut Command, port: u16, connector: 
     let mut server = Server {
         name,
         child,
-        target: Target { addr, connector: connector.clone() },
+        target: Target {
+            addr,
+            connector: connector.clone(),
+        },
         listening: Duration::ZERO,
         ready: Duration::ZERO,
     };
@@ -409,7 +477,9 @@ async fn start(name: &'static str, command: &mut Command, port: u16, connector: 
     server.listening = started.elapsed();
     loop {
         if let Ok(mut sender) = server.target.connect().await {
-            let request = Request::get("/healthz").header("host", "localhost").body(Full::new(Bytes::new()));
+            let request = Request::get("/healthz")
+                .header("host", "localhost")
+                .body(Full::new(Bytes::new()));
             if let Ok(request) = request {
                 if let Ok(response) = sender.send_request(request).await {
                     if response.status() == StatusCode::OK {
@@ -427,8 +497,39 @@ async fn start(name: &'static str, command: &mut Command, port: u16, connector: 
     Ok(server)
 }
 
+/// CPU seconds (user and system) a process has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The fields after the command name, which is in parentheses.
+    let after = stat
+        .rsplit_once(')')
+        .map(|(_, rest)| rest)
+        .unwrap_or_default();
+    let fields: Vec<&str> = after.split_whitespace().collect();
+    let ticks: f64 = [11, 12]
+        .iter()
+        .filter_map(|&i| fields.get(i).and_then(|v| v.parse::<f64>().ok()))
+        .sum();
+    ticks / 100.0
+}
+
+/// Runs `measure` and returns its result with the CPU seconds the server used meanwhile.
+async fn with_cpu<T>(
+    server: &Server,
+    measure: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<(T, f64), String> {
+    let before = cpu_seconds(server.child.id());
+    let result = measure.await?;
+    Ok((result, cpu_seconds(server.child.id()) - before))
+}
+
 /// RSS while `connections` keep-alive connections send reviews in a closed loop: the peak.
-async fn rss_under_connections(server: &Server, load: &Arc<Load>, connections: usize, time: Duration) -> Result<u64, String> {
+async fn rss_under_connections(
+    server: &Server,
+    load: &Arc<Load>,
+    connections: usize,
+    time: Duration,
+) -> Result<u64, String> {
     let pid = server.child.id();
     let peak = Arc::new(AtomicU64::new(rss_kib(pid)));
     let sampling = Arc::new(AtomicBool::new(true));
@@ -460,7 +561,10 @@ fn prodguard_binary(args: &Args) -> Result<PathBuf, String> {
     if path.is_file() {
         Ok(path)
     } else {
-        Err(format!("no prodguard binary at {} (cargo build --release --bins)", path.display()))
+        Err(format!(
+            "no prodguard binary at {} (cargo build --release --bins)",
+            path.display()
+        ))
     }
 }
 
@@ -469,31 +573,50 @@ fn write(path: &Path, text: &str) -> Result<(), String> {
 }
 
 async fn run(args: Args) -> Result<(), String> {
-    let time = if args.smoke { Duration::from_millis(500) } else { Duration::from_secs(args.seconds) };
+    let time = if args.smoke {
+        Duration::from_millis(500)
+    } else {
+        Duration::from_secs(args.seconds)
+    };
     let prodguard = prodguard_binary(&args)?;
     let dir = std::env::temp_dir().join(format!("prodguard-loadbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let pki = prodguard::server::pki::generate("loadbench CA", &names).map_err(|e| e.to_string())?;
+    let pki =
+        prodguard::server::pki::generate("loadbench CA", &names).map_err(|e| e.to_string())?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     write(&cert, &pki.cert_pem)?;
     write(&key, &pki.key_pem)?;
     let mut roots = rustls::RootCertStore::empty();
     for ca in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
-        roots.add(ca.map_err(|e| e.to_string())?).map_err(|e| e.to_string())?;
+        roots
+            .add(ca.map_err(|e| e.to_string())?)
+            .map_err(|e| e.to_string())?;
     }
-    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+    let mut client = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .map_err(|e| e.to_string())?
+    .with_root_certificates(roots)
+    .with_no_client_auth();
     client.alpn_protocols = vec![b"http/1.1".to_vec()];
     let connector = TlsConnector::from(Arc::new(client));
 
     let port = free_port()?;
     let mut prodguard_cmd = Command::new(&prodguard);
     prodguard_cmd
-        .args(["serve", "--addr", &format!("127.0.0.1:{port}"), "--metrics-addr", "off", "--audit-interval", "off", "--log", "warn"])
+        .args([
+            "serve",
+            "--addr",
+            &format!("127.0.0.1:{port}"),
+            "--metrics-addr",
+            "off",
+            "--audit-interval",
+            "off",
+            "--log",
+            "warn",
+        ])
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
@@ -509,7 +632,10 @@ async fn run(args: Args) -> Result<(), String> {
         .arg("--tls-key")
         .arg(&key);
 
-    let loads: Vec<(&str, Arc<Load>)> = FIXTURES.iter().map(|(name, json)| (*name, Arc::new(Load::new(json)))).collect();
+    let loads: Vec<(&str, Arc<Load>)> = FIXTURES
+        .iter()
+        .map(|(name, json)| (*name, Arc::new(Load::new(json))))
+        .collect();
     let eleven = loads[1].1.clone();
 
     println!("| measure | prodguard | no-op server | prodguard / no-op |");
@@ -529,7 +655,9 @@ async fn run(args: Args) -> Result<(), String> {
         let validated = String::from_utf8_lossy(&validated);
         let denied = validated.contains("\"allowed\":false");
         if !mutated.contains("\"patchType\":\"JSONPatch\"") || denied != (index > 0) {
-            return Err(format!("{name}: the policies did not act (mutate: {mutated}; validate: {validated})"));
+            return Err(format!(
+                "{name}: the policies did not act (mutate: {mutated}; validate: {validated})"
+            ));
         }
     }
     let noop = start("no-op server", &mut noop_cmd, noop_port, &connector).await?;
@@ -537,14 +665,39 @@ async fn run(args: Args) -> Result<(), String> {
         tokio::time::sleep(Duration::from_millis(if args.smoke { 100 } else { 1000 })).await;
         rss_kib(noop.child.id())
     };
-    println!("| start to listening | {:.1} ms | {:.1} ms | |", ms(pg.listening), ms(noop.listening));
-    println!("| start to first answered /healthz over TLS | {:.1} ms | {:.1} ms | |", ms(pg.ready), ms(noop.ready));
-    println!("| RSS idle | {:.1} MiB | {:.1} MiB | |", idle as f64 / 1024.0, noop_idle as f64 / 1024.0);
+    println!(
+        "| start to listening | {:.1} ms | {:.1} ms | |",
+        ms(pg.listening),
+        ms(noop.listening)
+    );
+    println!(
+        "| start to first answered /healthz over TLS | {:.1} ms | {:.1} ms | |",
+        ms(pg.ready),
+        ms(noop.ready)
+    );
+    println!(
+        "| RSS idle | {:.1} MiB | {:.1} MiB | |",
+        idle as f64 / 1024.0,
+        noop_idle as f64 / 1024.0
+    );
 
     for (name, load) in &loads {
-        let a = closed_loop(&pg.target, load, KEEPALIVE_CONNECTIONS, time).await?;
-        let b = closed_loop(&noop.target, load, KEEPALIVE_CONNECTIONS, time).await?;
+        let (a, a_cpu) = with_cpu(
+            &pg,
+            closed_loop(&pg.target, load, KEEPALIVE_CONNECTIONS, time),
+        )
+        .await?;
+        let (b, b_cpu) = with_cpu(
+            &noop,
+            closed_loop(&noop.target, load, KEEPALIVE_CONNECTIONS, time),
+        )
+        .await?;
         println!("| closed loop, 25 keep-alive connections, {name} | {a:.0} req/s | {b:.0} req/s | {:.0} % |", 100.0 * a / b);
+        println!(
+            "| server CPU per request in that loop, {name} | {:.1} us | {:.1} us | |",
+            a_cpu / (a * time.as_secs_f64()) * 1e6,
+            b_cpu / (b * time.as_secs_f64()) * 1e6
+        );
     }
     for rate in [1000.0, 3000.0] {
         let rate = if args.smoke { rate / 10.0 } else { rate };
@@ -554,12 +707,18 @@ async fn run(args: Args) -> Result<(), String> {
                 "p50 {:.2} ms, p99 {:.2} ms, p99.9 {:.2} ms, max {:.2} ms ({:.0} req/s done)",
                 l.p50, l.p99, l.p999, l.max, l.achieved
             );
-            println!("| open loop {rate:.0} req/s, 11 KB, {} | {line} | | |", server.name);
+            println!(
+                "| open loop {rate:.0} req/s, 11 KB, {} | {line} | | |",
+                server.name
+            );
         }
     }
     let a = connection_per_request(&pg.target, &eleven, KEEPALIVE_CONNECTIONS, time).await?;
     let b = connection_per_request(&noop.target, &eleven, KEEPALIVE_CONNECTIONS, time).await?;
-    println!("| new TLS connection per request, 11 KB | {a:.0} req/s | {b:.0} req/s | {:.0} % |", 100.0 * a / b);
+    println!(
+        "| new TLS connection per request, 11 KB | {a:.0} req/s | {b:.0} req/s | {:.0} % |",
+        100.0 * a / b
+    );
     let connections = if args.smoke { 32 } else { MANY_CONNECTIONS };
     let a = rss_under_connections(&pg, &eleven, connections, time).await?;
     let b = rss_under_connections(&noop, &eleven, connections, time).await?;
