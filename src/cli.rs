@@ -96,6 +96,9 @@ pub struct ServeArgs {
     /// How long the audit Lease is held without renewal before another replica takes it.
     #[arg(long, env = "PRODGUARD_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: String,
+    /// How often the certificate files are re-read for a rotated certificate.
+    #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
+    pub tls_reload_interval: String,
     /// The most results a PolicyReport holds; the rest are counted in an annotation.
     #[arg(long, env = "PRODGUARD_REPORT_MAX_RESULTS", default_value_t = 1000)]
     pub report_max_results: usize,

@@ -544,3 +544,112 @@ fn serve_rejects_bad_operational_flags() {
         );
     }
 }
+
+#[tokio::test]
+async fn sigterm_lets_in_flight_reviews_finish_and_refuses_new_connections() {
+    // An API server that accepts connections and never answers: the Pod lookup of a CONNECT
+    // review hangs until prodguard's lookup timeout (3 s), so the review is in flight.
+    let silent = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let silent_addr = silent.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((socket, _)) = silent.accept().await {
+            held.push(socket);
+        }
+    });
+    let dir = tempfile::tempdir().unwrap();
+    let kubeconfig = dir.path().join("kubeconfig");
+    std::fs::write(
+        &kubeconfig,
+        format!("apiVersion: v1\nkind: Config\nclusters:\n- name: c\n  cluster:\n    server: https://{silent_addr}\n    insecure-skip-tls-verify: true\nusers:\n- name: u\n  user:\n    token: t\ncontexts:\n- name: c\n  context: {{cluster: c, user: u}}\ncurrent-context: c\n"),
+    )
+    .unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let mut child = prodguard()
+        .env("KUBECONFIG", &kubeconfig)
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "off",
+            "--audit-interval",
+            "off",
+            "--ca-out",
+        ])
+        .arg(&ca_out)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(rest) = line.split("listening on https://").nth(1) {
+                let _ = tx.send(rest.split(' ').next().unwrap_or_default().to_string());
+            }
+        }
+    });
+    let addr: SocketAddr = rx
+        .recv_timeout(Duration::from_secs(30))
+        .unwrap()
+        .parse()
+        .unwrap();
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let exec = Review::new("CONNECT", "v1", "PodExecOptions", "pods")
+        .set("subResource", json!("exec"))
+        .set("name", json!("db-0"))
+        .set(
+            "object",
+            json!({"apiVersion": "v1", "kind": "PodExecOptions"}),
+        )
+        .user("dev", &[]);
+    let in_flight = tokio::spawn(async move {
+        let started = Instant::now();
+        let response = client.review("validate", &exec.json()).await;
+        (response, started.elapsed())
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let terminated = Instant::now();
+    let pid = child.id();
+    let status = Command::new("kill")
+        .args(["-TERM", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+    // No new connections once shutdown has begun.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        tokio::net::TcpStream::connect(addr).await.is_err(),
+        "the listener is closed"
+    );
+    // The review in flight still gets its answer: denied, because the lookup timed out.
+    let (response, took) = in_flight.await.unwrap();
+    assert_eq!(response["allowed"], false);
+    assert!(
+        common::message(&response).contains("took longer than 3s"),
+        "{response}"
+    );
+    assert!(took < Duration::from_secs(10), "{took:?}");
+    assert_eq!(
+        sigterm_wait(&mut child),
+        Some(0),
+        "exits 0 after the in-flight review"
+    );
+    assert!(
+        terminated.elapsed() < Duration::from_secs(25),
+        "within the shutdown bound"
+    );
+}
+
+fn sigterm_wait(child: &mut Child) -> Option<i32> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            return status.code();
+        }
+        assert!(Instant::now() < deadline, "prodguard did not exit");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}

@@ -72,11 +72,24 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.report_max_results == 0 {
         return Err("--report-max-results must be at least 1".into());
     }
+    let tls_reload_interval = parse_interval("--tls-reload-interval", &args.tls_reload_interval)?;
+    let metrics = Arc::new(Metrics::new());
     let tls_config = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => tls::load(cert, key).map_err(|e| e.to_string())?,
+        (Some(cert), Some(key)) => {
+            let reloading = tls::ReloadingCert::load(
+                cert,
+                key,
+                metrics.tls_reloads.clone(),
+                metrics.tls_reload_failures.clone(),
+            )
+            .map_err(|e| e.to_string())?;
+            if let Some(interval) = tls_reload_interval {
+                tokio::spawn(reloading.clone().watch(interval));
+            }
+            tls::server_config(reloading).map_err(|e| e.to_string())?
+        }
         _ => self_signed(args.ca_out.clone())?,
     };
-    let metrics = Arc::new(Metrics::new());
     let client = match kube::Client::try_default().await {
         Ok(client) => Some(client),
         Err(e) => {

@@ -57,6 +57,8 @@ pub struct Metrics {
     pub audit_last_success_seconds: Gauge<f64, AtomicU64>,
     pub audit_leader: Gauge,
     pub audit_findings: Family<AuditFindingLabels, Gauge>,
+    pub tls_reloads: Counter,
+    pub tls_reload_failures: Counter,
 }
 
 /// 50 us to 1 s.
@@ -154,7 +156,21 @@ impl Metrics {
             "Findings of the last background audit scan, by policy and action",
             audit_findings.clone(),
         );
+        let tls_reloads = Counter::default();
+        registry.register(
+            "tls_reloads",
+            "Serving certificates reloaded from their files",
+            tls_reloads.clone(),
+        );
+        let tls_reload_failures = Counter::default();
+        registry.register(
+            "tls_reload_failures",
+            "Changed certificate files that could not be used (the previous certificate stayed)",
+            tls_reload_failures.clone(),
+        );
         Metrics {
+            tls_reloads,
+            tls_reload_failures,
             audit_findings,
             registry,
             requests,

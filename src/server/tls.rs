@@ -1,10 +1,14 @@
-//! rustls server configuration: PEM loading and ALPN.
+//! rustls server configuration: PEM loading, ALPN, and certificates that follow their files.
 
-use std::path::Path;
-use std::sync::Arc;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
 
+use prometheus_client::metrics::counter::Counter;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::ServerConfig;
 
 #[derive(Debug, thiserror::Error)]
@@ -22,32 +26,24 @@ pub enum TlsError {
     Rustls(#[from] rustls::Error),
 }
 
-/// A server configuration from PEM files. Checked before binding, so a bad certificate
-/// stops startup.
-pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
-    let read = |path: &Path| {
-        std::fs::read(path).map_err(|source| TlsError::Read {
-            path: path.display().to_string(),
-            source,
-        })
-    };
-    let cert = read(cert_path)?;
-    let key = read(key_path)?;
-    from_pem(
-        &cert,
-        &key,
-        &cert_path.display().to_string(),
-        &key_path.display().to_string(),
-    )
+fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
+    std::fs::read(path).map_err(|source| TlsError::Read {
+        path: path.display().to_string(),
+        source,
+    })
 }
 
-/// A server configuration from PEM text; `cert_name` and `key_name` name them in errors.
-pub fn from_pem(
+fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// A certificate chain and its key, checked to belong together.
+pub fn certified_key(
     cert_pem: &[u8],
     key_pem: &[u8],
     cert_name: &str,
     key_name: &str,
-) -> Result<Arc<ServerConfig>, TlsError> {
+) -> Result<CertifiedKey, TlsError> {
     let certs: Vec<CertificateDer<'static>> = CertificateDer::pem_slice_iter(cert_pem)
         .filter_map(Result::ok)
         .collect();
@@ -60,12 +56,143 @@ pub fn from_pem(
         what: key_name.to_owned(),
         detail: e.to_string(),
     })?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = ServerConfig::builder_with_provider(provider)
+    let key = provider().key_provider.load_private_key(key)?;
+    let certified = CertifiedKey::new(certs, key);
+    certified.keys_match()?;
+    Ok(certified)
+}
+
+/// The server configuration around a certificate resolver, with ALPN.
+pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
+    let mut config = ServerConfig::builder_with_provider(provider())
         .with_safe_default_protocol_versions()?
         .with_no_client_auth()
-        .with_single_cert(certs, key)?;
+        .with_cert_resolver(resolver);
     // kube-apiserver speaks HTTP/1.1 with keep-alive to webhooks; other clients may use h2.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
+}
+
+/// A server configuration from PEM files, read once. Checked before binding.
+pub fn load(cert_path: &Path, key_path: &Path) -> Result<Arc<ServerConfig>, TlsError> {
+    from_pem(
+        &read(cert_path)?,
+        &read(key_path)?,
+        &cert_path.display().to_string(),
+        &key_path.display().to_string(),
+    )
+}
+
+/// A server configuration from PEM text; `cert_name` and `key_name` name them in errors.
+pub fn from_pem(
+    cert_pem: &[u8],
+    key_pem: &[u8],
+    cert_name: &str,
+    key_name: &str,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let certified = certified_key(cert_pem, key_pem, cert_name, key_name)?;
+    server_config(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+}
+
+/// A certificate that follows its files. Kubernetes updates a mounted Secret by swapping a
+/// `..data` symlink, so the files are re-read through their paths every interval (which sees
+/// the new target) rather than watched with inotify on paths (which would not). A change that
+/// parses and whose key matches is used for new handshakes; open connections keep theirs. A
+/// broken change keeps the certificate in use, and is logged and counted once.
+#[derive(Debug)]
+pub struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    current: RwLock<Arc<CertifiedKey>>,
+    /// The bytes last read, loaded or not: a change is handled once.
+    seen: Mutex<(Vec<u8>, Vec<u8>)>,
+    pub reloads: Counter,
+    pub failures: Counter,
+}
+
+impl ReloadingCert {
+    /// Reads and checks the files (a failure here stops startup); `reloads` and `failures`
+    /// count what later changes do.
+    pub fn load(
+        cert_path: &Path,
+        key_path: &Path,
+        reloads: Counter,
+        failures: Counter,
+    ) -> Result<Arc<ReloadingCert>, TlsError> {
+        let (cert, key) = (read(cert_path)?, read(key_path)?);
+        let certified = certified_key(
+            &cert,
+            &key,
+            &cert_path.display().to_string(),
+            &key_path.display().to_string(),
+        )?;
+        Ok(Arc::new(ReloadingCert {
+            cert_path: cert_path.to_owned(),
+            key_path: key_path.to_owned(),
+            current: RwLock::new(Arc::new(certified)),
+            seen: Mutex::new((cert, key)),
+            reloads,
+            failures,
+        }))
+    }
+
+    /// The certificate new handshakes get.
+    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
+        self.current.read().ok().map(|c| c.clone())
+    }
+
+    /// Re-reads the files; `Ok(true)` when a new certificate is in use.
+    pub fn reload(&self) -> Result<bool, TlsError> {
+        let (cert, key) = (read(&self.cert_path)?, read(&self.key_path)?);
+        {
+            let Ok(mut seen) = self.seen.lock() else {
+                return Ok(false);
+            };
+            if seen.0 == cert && seen.1 == key {
+                return Ok(false);
+            }
+            *seen = (cert.clone(), key.clone());
+        }
+        let certified = certified_key(
+            &cert,
+            &key,
+            &self.cert_path.display().to_string(),
+            &self.key_path.display().to_string(),
+        )
+        .inspect_err(|_| {
+            self.failures.inc();
+        })?;
+        if let Ok(mut current) = self.current.write() {
+            *current = Arc::new(certified);
+        }
+        self.reloads.inc();
+        Ok(true)
+    }
+
+    /// Re-reads the files every `interval`, for ever.
+    pub async fn watch(self: Arc<Self>, interval: Duration) {
+        loop {
+            tokio::time::sleep(interval).await;
+            match self.reload() {
+                Ok(true) => {
+                    tracing::info!(cert = %self.cert_path.display(), "serving the new certificate")
+                }
+                Ok(false) => {}
+                // Mid-swap a file can be missing for a moment: not a change yet.
+                Err(TlsError::Read { path, source }) => {
+                    tracing::debug!("cannot read {path} to check for a new certificate: {source}")
+                }
+                Err(e) => tracing::error!(
+                    cert = %self.cert_path.display(),
+                    "the new certificate cannot be used, the previous one stays in use: {e}"
+                ),
+            }
+        }
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        self.current()
+    }
 }
