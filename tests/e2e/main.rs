@@ -52,6 +52,10 @@ fn main() -> ExitCode {
             "background_audit_reports_and_lease",
             background_audit_reports_and_lease,
         ),
+        (
+            "no_lockout_while_prodguard_is_down",
+            no_lockout_while_prodguard_is_down,
+        ),
     ];
     let selected: Vec<_> = scenarios
         .iter()
@@ -1103,4 +1107,79 @@ fn background_audit_reports_and_lease(env: &mut Env) {
         "second"
     );
     cluster::stop("second", second);
+}
+
+fn no_lockout_while_prodguard_is_down(env: &mut Env) {
+    // Kubernetes 1.21 and later label every namespace with its name; this 1.20 cluster gets the
+    // label the webhook configurations select on by hand.
+    for ns in ["kube-system", "prodguard"] {
+        if !env.kubectl(&["get", "namespace", ns]).status.success() {
+            env.namespace(ns);
+        }
+        env.ok(&[
+            "label",
+            "namespace",
+            ns,
+            &format!("kubernetes.io/metadata.name={ns}"),
+            "--overwrite",
+        ]);
+    }
+    env.cluster.stop_prodguard();
+    // The cluster's own namespaces still take objects...
+    for ns in ["kube-system", "prodguard"] {
+        env.ok(&[
+            "create",
+            "deployment",
+            "recovery",
+            "--image=registry.k8s.io/pause:3.9",
+            "--replicas=1",
+            "-n",
+            ns,
+        ]);
+        env.ok(&[
+            "create",
+            "configmap",
+            "recovery",
+            "--from-literal=a=b",
+            "-n",
+            ns,
+        ]);
+        env.ok(&["delete", "configmap", "recovery", "-n", ns]);
+    }
+    // ...while elsewhere the validating webhook fails closed and the mutating one fails open.
+    let ns = "e2e-lockout";
+    env.namespace(ns);
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        ns,
+    ]);
+    assert!(
+        stderr.contains("failed calling webhook \"validate.prodguard.io\""),
+        "{stderr}"
+    );
+    env.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=a=b",
+        "-n",
+        ns,
+    ]);
+    let stored = env.get_json(&["configmap", "settings", "-n", ns]);
+    assert_eq!(stored["data"]["a"], "b");
+    env.serve(DEFAULT_POLICY, &[]);
+    env.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        ns,
+    ]);
 }
