@@ -51,6 +51,10 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Soak instead: this many minutes at 1,000 requests/s on the 11 KB review, with errors,
+    /// latency and RSS every 30 s.
+    #[arg(long)]
+    soak_minutes: Option<u64>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -637,6 +641,17 @@ async fn run(args: Args) -> Result<(), String> {
         .map(|(name, json)| (*name, Arc::new(Load::new(json))))
         .collect();
     let eleven = loads[1].1.clone();
+    if let Some(minutes) = args.soak_minutes {
+        return soak(
+            &mut prodguard_cmd,
+            port,
+            &connector,
+            &eleven,
+            minutes,
+            args.smoke,
+        )
+        .await;
+    }
 
     println!("| measure | prodguard | no-op server | prodguard / no-op |");
     println!("|---|---|---|---|");
@@ -733,6 +748,44 @@ async fn run(args: Args) -> Result<(), String> {
     if args.smoke {
         println!("\nsmoke run: every mode ran and every answer named its uid");
     }
+    Ok(())
+}
+
+/// A long open loop: every window's requests, errors, latency and the RSS after it.
+async fn soak(
+    command: &mut Command,
+    port: u16,
+    connector: &TlsConnector,
+    load: &Arc<Load>,
+    minutes: u64,
+    smoke: bool,
+) -> Result<(), String> {
+    let pg = start("prodguard", command, port, connector).await?;
+    let window = if smoke {
+        Duration::from_secs(1)
+    } else {
+        Duration::from_secs(30)
+    };
+    let windows = (minutes * 60 / window.as_secs()).max(1);
+    let windows = if smoke { windows.min(3) } else { windows };
+    println!("| minute | requests/s done | p50 | p99 | p99.9 | max | RSS |");
+    println!("|---|---|---|---|---|---|---|");
+    for w in 0..windows {
+        let l = open_loop(&pg.target, load, 1000.0, window)
+            .await
+            .map_err(|e| format!("soak window {}: {e}", w + 1))?;
+        println!(
+            "| {:.1} | {:.0} | {:.2} ms | {:.2} ms | {:.2} ms | {:.2} ms | {:.1} MiB |",
+            (w + 1) as f64 * window.as_secs_f64() / 60.0,
+            l.achieved,
+            l.p50,
+            l.p99,
+            l.p999,
+            l.max,
+            rss_kib(pg.child.id()) as f64 / 1024.0
+        );
+    }
+    println!("\nno request failed");
     Ok(())
 }
 
