@@ -96,6 +96,16 @@ pub struct ServeArgs {
     /// How long the audit Lease is held without renewal before another replica takes it.
     #[arg(long, env = "PRODGUARD_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: String,
+    /// Connections served at once; more wait until one ends.
+    #[arg(long, env = "PRODGUARD_MAX_CONNECTIONS", default_value_t = 1024)]
+    pub max_connections: usize,
+    /// How long a client has to finish its TLS handshake.
+    #[arg(long, env = "PRODGUARD_HANDSHAKE_TIMEOUT", default_value = "10s")]
+    pub handshake_timeout: String,
+    /// How long a client has to send a request's headers, and how long a keep-alive connection
+    /// may idle (keep it above the API server's 90 s idle-connection timeout).
+    #[arg(long, env = "PRODGUARD_HEADER_READ_TIMEOUT", default_value = "100s")]
+    pub header_read_timeout: String,
     /// How often the certificate files are re-read for a rotated certificate.
     #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
     pub tls_reload_interval: String,

@@ -73,6 +73,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         return Err("--report-max-results must be at least 1".into());
     }
     let tls_reload_interval = parse_interval("--tls-reload-interval", &args.tls_reload_interval)?;
+    let limits = server::Limits {
+        handshake_timeout: parse_interval("--handshake-timeout", &args.handshake_timeout)?
+            .ok_or("--handshake-timeout must be longer than 0")?,
+        header_read_timeout: parse_interval("--header-read-timeout", &args.header_read_timeout)?
+            .ok_or("--header-read-timeout must be longer than 0")?,
+        max_connections: args.max_connections,
+    };
+    if limits.max_connections == 0 {
+        return Err("--max-connections must be at least 1".into());
+    }
     let metrics = Arc::new(Metrics::new());
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
@@ -204,7 +214,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "prodguard listening on https://{local} (POST /mutate, POST /validate, GET /healthz, GET /readyz)"
     );
     let shutdown_state = state.clone();
-    server::serve(listener, tls_config, app(state), async move {
+    server::serve_with(listener, tls_config, app(state), limits, async move {
         shutdown_signal().await;
         shutdown_state.ready.store(false, Ordering::Relaxed);
         let _ = stop.send(true);

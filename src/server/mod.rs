@@ -17,13 +17,31 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-/// How long a client has to finish its TLS handshake.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
-/// How long a client has to send a request's headers. In hyper this also bounds the idle time
-/// between requests on a keep-alive connection, so it is longer than the 90 s for which Go's
-/// HTTP client (kube-apiserver's) keeps an idle connection: closing one the client still
-/// holds would fail a webhook call that races the close.
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(100);
+/// Bounds on what a client can hold.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client has to send a request's headers. In hyper this also bounds the idle
+    /// time between requests on a keep-alive connection, so the default is longer than the
+    /// 90 s for which Go's HTTP client (kube-apiserver's) keeps an idle connection: closing
+    /// one the client still holds would fail a webhook call that races the close.
+    pub header_read_timeout: Duration,
+    /// Connections served at once; beyond this, new ones wait in the listen backlog until a
+    /// connection ends (slow or idle clients are cut off by the two timeouts above).
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(100),
+            max_connections: 1024,
+        }
+    }
+}
+
 /// How long in-flight requests have to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
 
@@ -35,11 +53,23 @@ pub async fn serve(
     app: Router,
     shutdown: impl Future<Output = ()>,
 ) {
+    serve_with(listener, tls, app, Limits::default(), shutdown).await;
+}
+
+/// [`serve`] with explicit [`Limits`].
+pub async fn serve_with(
+    listener: TcpListener,
+    tls: Arc<rustls::ServerConfig>,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
     let acceptor = TlsAcceptor::from(tls);
-    accept_loop(listener, app, shutdown, move |tcp| {
+    let handshake_timeout = limits.handshake_timeout;
+    accept_loop(listener, app, limits, shutdown, move |tcp| {
         let acceptor = acceptor.clone();
         async move {
-            match tokio::time::timeout(HANDSHAKE_TIMEOUT, acceptor.accept(tcp)).await {
+            match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
                 Ok(Ok(tls)) => Ok(tls),
                 Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                 Err(_) => Err("TLS handshake timed out".to_owned()),
@@ -51,12 +81,24 @@ pub async fn serve(
 
 /// Serves `app` over plain HTTP (the metrics endpoint) until `shutdown` completes.
 pub async fn serve_plain(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
-    accept_loop(listener, app, shutdown, |tcp| async move { Ok(tcp) }).await;
+    let limits = Limits {
+        max_connections: 64,
+        ..Limits::default()
+    };
+    accept_loop(
+        listener,
+        app,
+        limits,
+        shutdown,
+        |tcp| async move { Ok(tcp) },
+    )
+    .await;
 }
 
 async fn accept_loop<H, F, IO>(
     listener: TcpListener,
     app: Router,
+    limits: Limits,
     shutdown: impl Future<Output = ()>,
     handshake: H,
 ) where
@@ -69,12 +111,18 @@ async fn accept_loop<H, F, IO>(
     builder
         .http1()
         .timer(TokioTimer::new())
-        .header_read_timeout(HEADER_READ_TIMEOUT)
+        .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
     let builder = Arc::new(builder);
     let handshake = Arc::new(handshake);
+    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
     tokio::pin!(shutdown);
     loop {
+        let slot = tokio::select! {
+            slot = slots.clone().acquire_owned() => slot,
+            () = &mut shutdown => break,
+        };
+        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -94,6 +142,8 @@ async fn accept_loop<H, F, IO>(
         let handshake = handshake.clone();
         let watcher = graceful.watcher();
         tokio::spawn(async move {
+            // Held while the connection lives.
+            let _slot = slot;
             let io = match handshake(tcp).await {
                 Ok(io) => io,
                 Err(e) => {

@@ -1,0 +1,121 @@
+//! Hostile clients: slow headers are cut off, a flood of idle connections is bounded, and the
+//! server keeps answering reviews throughout.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use common::{pod_bearing_objects, Client, Review};
+use prodguard::config::Config;
+use prodguard::engine::Engine;
+use prodguard::http::{app, AppState};
+use prodguard::report::NoReporter;
+use prodguard::server::{self, pki, tls, Limits};
+use rustls::pki_types::ServerName;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+async fn start(limits: Limits) -> (std::net::SocketAddr, String) {
+    let names = vec!["localhost".to_string()];
+    let pki = pki::generate("limits CA", &names).unwrap();
+    let config = tls::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), "c", "k").unwrap();
+    let engine = Engine::new(
+        &Config::embedded_default().unwrap(),
+        Arc::new(prodguard::cluster::FixedPodLookup::default()),
+        Arc::new(NoReporter),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(server::serve_with(
+        listener,
+        config,
+        app(AppState::new(engine)),
+        limits,
+        std::future::pending(),
+    ));
+    (addr, pki.ca_cert_pem)
+}
+
+async fn one_review(addr: std::net::SocketAddr, ca: &str) {
+    let mut client = Client::connect_to(addr, ca, "localhost").await;
+    let review = Review::create(pod_bearing_objects("nginx", 1).remove(1).0).json();
+    let response = client.review("validate", &review).await;
+    assert_eq!(response["allowed"], false);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_headers_slowly_is_cut_off() {
+    let limits = Limits {
+        header_read_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let (addr, ca) = start(limits).await;
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let name = ServerName::try_from("localhost").unwrap();
+    let mut tls = common::connector(&ca, &[b"http/1.1"])
+        .connect(name, tcp)
+        .await
+        .unwrap();
+    tls.write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\n")
+        .await
+        .unwrap();
+    tls.flush().await.unwrap();
+    let started = Instant::now();
+    // ...and nothing more: the server closes the connection.
+    let mut buf = [0u8; 1024];
+    let closed = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match tls.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await;
+    assert!(closed.is_ok(), "the slow client was not cut off");
+    assert!(
+        started.elapsed() >= Duration::from_millis(400),
+        "{:?}",
+        started.elapsed()
+    );
+    // Everyone else is still served.
+    one_review(addr, &ca).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_flood_of_idle_connections_is_bounded_and_reviews_still_pass() {
+    let limits = Limits {
+        handshake_timeout: Duration::from_millis(300),
+        max_connections: 16,
+        ..Limits::default()
+    };
+    let (addr, ca) = start(limits).await;
+    // Connections that never start TLS.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(TcpStream::connect(addr).await.unwrap());
+    }
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(30), one_review(addr, &ca))
+        .await
+        .expect("a review got through while 300 idle connections were open");
+    // At most 16 are held at a time, each for the handshake timeout: the flood drains.
+    assert!(
+        started.elapsed() >= Duration::from_millis(300),
+        "{:?}",
+        started.elapsed()
+    );
+    // The idle connections were closed by the server.
+    let mut closed = 0;
+    for mut socket in idle.drain(..64) {
+        let mut buf = [0u8; 1];
+        if let Ok(Ok(0) | Err(_)) =
+            tokio::time::timeout(Duration::from_millis(100), socket.read(&mut buf)).await
+        {
+            closed += 1;
+        }
+    }
+    assert!(closed > 0, "the server holds idle connections for ever");
+    one_review(addr, &ca).await;
+}
