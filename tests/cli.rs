@@ -534,6 +534,16 @@ fn serve_rejects_bad_operational_flags() {
             "0",
             "--lease-duration must be longer than 0",
         ),
+        (
+            "--max-connections",
+            "0",
+            "--max-connections must be at least 1",
+        ),
+        (
+            "--header-read-timeout",
+            "off",
+            "--header-read-timeout must be longer than 0",
+        ),
     ] {
         let output = run(&["serve", "--addr", "127.0.0.1:0", flag, value]);
         assert_eq!(output.status.code(), Some(2), "{flag}");
