@@ -106,6 +106,10 @@ pub struct ServeArgs {
     /// may idle (keep it above the API server's 90 s idle-connection timeout).
     #[arg(long, env = "PRODGUARD_HEADER_READ_TIMEOUT", default_value = "100s")]
     pub header_read_timeout: String,
+    /// How often --config is re-read; a changed file that is valid replaces the policies in
+    /// force, an invalid one is refused and the previous configuration stays. `off` disables it.
+    #[arg(long, env = "PRODGUARD_CONFIG_RELOAD_INTERVAL", default_value = "10s")]
+    pub config_reload_interval: String,
     /// How often the certificate files are re-read for a rotated certificate.
     #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
     pub tls_reload_interval: String,

@@ -663,3 +663,49 @@ fn sigterm_wait(child: &mut Child) -> Option<i32> {
         std::thread::sleep(Duration::from_millis(50));
     }
 }
+
+#[tokio::test]
+async fn a_changed_configuration_is_reloaded_and_a_broken_one_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = dir.path().join("policy.yaml");
+    std::fs::write(&config, "policies:\n  min-replicas:\n    minReplicas: 2\n").unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (mut child, addr, metrics) = serve(&[
+        "--config",
+        config.to_str().unwrap(),
+        "--config-reload-interval",
+        "100ms",
+        "--ca-out",
+        ca_out.to_str().unwrap(),
+    ]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
+    let review = Review::create(deploy).json();
+    assert_eq!(client.review("validate", &review).await["allowed"], false);
+
+    // A valid change takes effect...
+    std::fs::write(&config, "policies:\n  min-replicas:\n    minReplicas: 1\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while client.review("validate", &review).await["allowed"] != true {
+        assert!(
+            Instant::now() < deadline,
+            "the new configuration never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ...a broken one is refused and the previous one stays in force.
+    std::fs::write(&config, "policies:\n  min-replicas:\n    minReplica: 5\n").unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !scrape(metrics).contains("prodguard_config_reload_failures_total 1") {
+        assert!(
+            Instant::now() < deadline,
+            "the broken configuration was not refused: {}",
+            scrape(metrics)
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    assert_eq!(client.review("validate", &review).await["allowed"], true);
+    assert!(scrape(metrics).contains("prodguard_config_reloads_total 1"));
+    assert_eq!(sigterm(&mut child), Some(0));
+}

@@ -132,7 +132,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(LogReporter),
         ),
     };
-    let engine = Engine::new(&config, pods, reporter.clone());
+    let engine = Engine::new(&config, pods.clone(), reporter.clone());
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -142,6 +142,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let state = AppState::with_metrics(engine, metrics.clone());
+    let config_reload_interval =
+        parse_interval("--config-reload-interval", &args.config_reload_interval)?;
+    if let (Some(path), Some(interval)) = (args.config.clone(), config_reload_interval) {
+        tokio::spawn(reload_config(
+            path,
+            args.mode,
+            interval,
+            state.clone(),
+            pods.clone(),
+            reporter.clone(),
+        ));
+    }
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
@@ -222,6 +234,42 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     })
     .await;
     Ok(())
+}
+
+/// Re-reads the configuration file every `interval`. A changed file that loads replaces the
+/// policies in force; one that does not is refused, logged and counted once, and the previous
+/// configuration stays in force.
+async fn reload_config(
+    path: PathBuf,
+    mode: Option<crate::cli::ModeArg>,
+    interval: Duration,
+    state: Arc<AppState>,
+    pods: Arc<dyn PodLookup>,
+    reporter: Arc<dyn Reporter>,
+) {
+    let mut seen = std::fs::read(&path).ok();
+    loop {
+        tokio::time::sleep(interval).await;
+        let Ok(bytes) = std::fs::read(&path) else {
+            // Mid-swap (a ConfigMap's ..data) the file can be missing for a moment.
+            continue;
+        };
+        if seen.as_ref() == Some(&bytes) {
+            continue;
+        }
+        seen = Some(bytes);
+        match load_config(Some(&path), mode) {
+            Ok(config) => {
+                state.replace_engine(Engine::new(&config, pods.clone(), reporter.clone()));
+                state.metrics.config_reloads.inc();
+                tracing::info!(config = %path.display(), "policy configuration reloaded");
+            }
+            Err(e) => {
+                state.metrics.config_reload_failures.inc();
+                tracing::error!("{e}; the previous policy configuration stays in force");
+            }
+        }
+    }
 }
 
 /// A certificate for localhost and 127.0.0.1, with its CA bundle written where it says.

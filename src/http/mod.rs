@@ -2,7 +2,7 @@
 //! [`app`] builds it from the state, so tests can drive it without a socket.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Instant;
 
 use axum::body::Bytes;
@@ -23,7 +23,8 @@ use crate::report::metrics::{FindingLabels, Metrics, RequestLabels, WebhookLabel
 pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
 
 pub struct AppState {
-    pub engine: Engine,
+    /// The policies in force; replaced whole when the configuration is reloaded.
+    engine: RwLock<Arc<Engine>>,
     /// False while starting and once shutting down: `/readyz` then fails.
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
@@ -36,10 +37,26 @@ impl AppState {
 
     pub fn with_metrics(engine: Engine, metrics: Arc<Metrics>) -> Arc<AppState> {
         Arc::new(AppState {
-            engine,
+            engine: RwLock::new(Arc::new(engine)),
             ready: AtomicBool::new(true),
             metrics,
         })
+    }
+
+    /// The engine reviews are evaluated with now.
+    pub fn engine(&self) -> Arc<Engine> {
+        match self.engine.read() {
+            Ok(engine) => engine.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    /// Puts a new engine in force for the next reviews; reviews in flight finish with theirs.
+    pub fn replace_engine(&self, engine: Engine) {
+        match self.engine.write() {
+            Ok(mut current) => *current = Arc::new(engine),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(engine),
+        }
     }
 }
 
@@ -162,7 +179,7 @@ async fn review(
                 user = view.username,
             );
             async {
-                let verdict = state.engine.review(webhook, &view).await;
+                let verdict = state.engine().review(webhook, &view).await;
                 let operation = format!("{:?}", view.operation).to_uppercase();
                 match &verdict {
                     Verdict::Decided(d) => {

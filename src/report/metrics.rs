@@ -59,6 +59,8 @@ pub struct Metrics {
     pub audit_findings: Family<AuditFindingLabels, Gauge>,
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    pub config_reloads: Counter,
+    pub config_reload_failures: Counter,
 }
 
 /// 50 us to 1 s.
@@ -168,7 +170,21 @@ impl Metrics {
             "Changed certificate files that could not be used (the previous certificate stayed)",
             tls_reload_failures.clone(),
         );
+        let config_reloads = Counter::default();
+        registry.register(
+            "config_reloads",
+            "Policy configurations reloaded from --config",
+            config_reloads.clone(),
+        );
+        let config_reload_failures = Counter::default();
+        registry.register(
+            "config_reload_failures",
+            "Changed policy configurations refused (the previous one stayed in force)",
+            config_reload_failures.clone(),
+        );
         Metrics {
+            config_reloads,
+            config_reload_failures,
             tls_reloads,
             tls_reload_failures,
             audit_findings,
