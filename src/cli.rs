@@ -81,6 +81,10 @@ pub struct ServeArgs {
     /// Serving key (PEM).
     #[arg(long, env = "PRODGUARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
+    /// Require a client certificate signed by this CA (PEM): the API server's, configured in its
+    /// admission configuration. Without it, no client certificate is asked for.
+    #[arg(long, env = "PRODGUARD_CLIENT_CA")]
+    pub client_ca: Option<PathBuf>,
     /// Where to write the CA bundle of a generated certificate.
     #[arg(long, env = "PRODGUARD_CA_OUT")]
     pub ca_out: Option<PathBuf>,

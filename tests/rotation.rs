@@ -80,7 +80,7 @@ async fn a_rotated_certificate_is_served_without_a_failed_request() {
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
-    let config = tls::server_config(reloading.clone()).unwrap();
+    let config = tls::server_config(reloading.clone(), None).unwrap();
     tokio::spawn(server::serve(
         listener,
         config,

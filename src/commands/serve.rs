@@ -96,9 +96,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             if let Some(interval) = tls_reload_interval {
                 tokio::spawn(reloading.clone().watch(interval));
             }
-            tls::server_config(reloading).map_err(|e| e.to_string())?
+            tls::server_config(reloading, args.client_ca.as_deref()).map_err(|e| e.to_string())?
         }
-        _ => self_signed(args.ca_out.clone())?,
+        _ => self_signed(args.ca_out.clone(), args.client_ca.as_deref())?,
     };
     let client = match kube::Client::try_default().await {
         Ok(client) => Some(client),
@@ -273,7 +273,10 @@ async fn reload_config(
 }
 
 /// A certificate for localhost and 127.0.0.1, with its CA bundle written where it says.
-fn self_signed(ca_out: Option<PathBuf>) -> Result<Arc<rustls::ServerConfig>, String> {
+fn self_signed(
+    ca_out: Option<PathBuf>,
+    client_ca: Option<&std::path::Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let pki = pki::generate("prodguard self-signed CA", &names)
         .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
@@ -286,11 +289,16 @@ fn self_signed(ca_out: Option<PathBuf>) -> Result<Arc<rustls::ServerConfig>, Str
         ca_path.display(),
         ca_path.display()
     );
-    tls::from_pem(
+    let certified = tls::certified_key(
         pki.cert_pem.as_bytes(),
         pki.key_pem.as_bytes(),
         "generated certificate",
         "generated key",
+    )
+    .map_err(|e| e.to_string())?;
+    tls::server_config(
+        Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+        client_ca,
     )
     .map_err(|e| e.to_string())
 }

@@ -24,6 +24,8 @@ pub enum TlsError {
     NoKey { what: String, detail: String },
     #[error("the certificate and key cannot be used together: {0}")]
     Rustls(#[from] rustls::Error),
+    #[error("{what} cannot verify client certificates: {detail}")]
+    ClientCa { what: String, detail: String },
 }
 
 fn read(path: &Path) -> Result<Vec<u8>, TlsError> {
@@ -62,12 +64,40 @@ pub fn certified_key(
     Ok(certified)
 }
 
-/// The server configuration around a certificate resolver, with ALPN.
-pub fn server_config(resolver: Arc<dyn ResolvesServerCert>) -> Result<Arc<ServerConfig>, TlsError> {
-    let mut config = ServerConfig::builder_with_provider(provider())
-        .with_safe_default_protocol_versions()?
-        .with_no_client_auth()
-        .with_cert_resolver(resolver);
+/// The server configuration around a certificate resolver, with ALPN. With `client_ca`, a
+/// client must present a certificate signed by it (the API server's, from its admission
+/// configuration's kubeconfig); without, none is asked for.
+pub fn server_config(
+    resolver: Arc<dyn ResolvesServerCert>,
+    client_ca: Option<&Path>,
+) -> Result<Arc<ServerConfig>, TlsError> {
+    let builder =
+        ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            for cert in CertificateDer::pem_slice_iter(&read(path)?).filter_map(Result::ok) {
+                roots.add(cert)?;
+            }
+            if roots.is_empty() {
+                return Err(TlsError::NoCertificate {
+                    what: path.display().to_string(),
+                });
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider(),
+            )
+            .build()
+            .map_err(|e| TlsError::ClientCa {
+                what: path.display().to_string(),
+                detail: e.to_string(),
+            })?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(resolver);
     // kube-apiserver speaks HTTP/1.1 with keep-alive to webhooks; other clients may use h2.
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
     Ok(Arc::new(config))
@@ -91,7 +121,10 @@ pub fn from_pem(
     key_name: &str,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let certified = certified_key(cert_pem, key_pem, cert_name, key_name)?;
-    server_config(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
+    server_config(
+        Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
+        None,
+    )
 }
 
 /// A certificate that follows its files. Kubernetes updates a mounted Secret by swapping a

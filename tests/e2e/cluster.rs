@@ -24,6 +24,8 @@ pub struct TestCluster {
     pub prodguard_port: u16,
     pub metrics_port: u16,
     pub certs_dir: PathBuf,
+    /// The CA of the cluster, which signed the API server's webhook client certificate.
+    pub ca_file: PathBuf,
     processes: Vec<(String, Child)>,
     prodguard: Option<Child>,
 }
@@ -120,6 +122,22 @@ fn make_pki(dir: &Path) -> Result<Pki, String> {
     admin.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     let admin_cert = admin.signed_by(&admin_key, &issuer).map_err(e)?;
 
+    // What kube-apiserver presents to webhooks (its admission configuration's kubeconfig).
+    let webhook_client_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
+    let mut webhook_client = CertificateParams::new(Vec::<String>::new()).map_err(e)?;
+    webhook_client
+        .distinguished_name
+        .push(DnType::CommonName, "kube-apiserver-webhook-client");
+    webhook_client.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    let webhook_client_cert = webhook_client
+        .signed_by(&webhook_client_key, &issuer)
+        .map_err(e)?;
+    write(&dir.join("webhook-client.crt"), &webhook_client_cert.pem())?;
+    write(
+        &dir.join("webhook-client.key"),
+        &webhook_client_key.serialize_pem(),
+    )?;
+
     let sa_key = KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(e)?;
 
     write(&dir.join("ca.crt"), &ca_cert.pem())?;
@@ -167,6 +185,7 @@ impl TestCluster {
             certs_dir: root.join("prodguard-certs"),
             prodguard_port: free_port()?,
             metrics_port: free_port()?,
+            ca_file: root.join("ca.crt"),
             dir,
             processes: Vec::new(),
             prodguard: None,
@@ -200,6 +219,29 @@ impl TestCluster {
         let secure_port = free_port()?;
         let apiserver_log = root.join("kube-apiserver.log");
         let file = |name: &str| root.join(name).display().to_string();
+        // The API server authenticates to webhooks with a client certificate.
+        write(
+            &root.join("webhook-kubeconfig"),
+            &format!(
+                "apiVersion: v1\nkind: Config\nusers:\n- name: \"*\"\n  user:\n    client-certificate: {}\n    client-key: {}\n",
+                file("webhook-client.crt"),
+                file("webhook-client.key")
+            ),
+        )?;
+        let plugin = |name: &str| {
+            format!(
+                "- name: {name}\n  configuration:\n    apiVersion: apiserver.config.k8s.io/v1\n    kind: WebhookAdmissionConfiguration\n    kubeConfigFile: {}\n",
+                file("webhook-kubeconfig")
+            )
+        };
+        write(
+            &root.join("admission.yaml"),
+            &format!(
+                "apiVersion: apiserver.config.k8s.io/v1\nkind: AdmissionConfiguration\nplugins:\n{}{}",
+                plugin("ValidatingAdmissionWebhook"),
+                plugin("MutatingAdmissionWebhook")
+            ),
+        )?;
         let child = spawn(
             "kube-apiserver",
             Command::new(&apiserver)
@@ -222,6 +264,10 @@ impl TestCluster {
                 // No controller-manager runs to create service account tokens.
                 .arg("--disable-admission-plugins=ServiceAccount")
                 .arg("--endpoint-reconciler-type=none")
+                .arg(format!(
+                    "--admission-control-config-file={}",
+                    file("admission.yaml")
+                ))
                 .arg(format!("--cert-dir={}", file("apiserver-certs")))
                 .arg("--profiling=false")
                 .arg("--v=1"),

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use cluster::{metric, scrape, TestCluster};
 use k8s_openapi::api::events::v1::Event;
 use kube::api::{Api, ListParams};
+use rustls::pki_types::pem::PemObject;
 use serde_json::{json, Value};
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/openg2p-production.yaml");
@@ -52,6 +53,7 @@ fn main() -> ExitCode {
             "background_audit_reports_and_lease",
             background_audit_reports_and_lease,
         ),
+        ("client_certificates_required", client_certificates_required),
         (
             "no_lockout_while_prodguard_is_down",
             no_lockout_while_prodguard_is_down,
@@ -1182,4 +1184,66 @@ fn no_lockout_while_prodguard_is_down(env: &mut Env) {
         "-n",
         ns,
     ]);
+}
+
+fn client_certificates_required(env: &mut Env) {
+    let client_ca = format!("--client-ca={}", env.cluster.ca_file.display());
+    env.serve(DEFAULT_POLICY, &[&client_ca]);
+    let ns = "e2e-mtls";
+    env.namespace(ns);
+    // The API server presents its client certificate: reviews work as before.
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    assert_denied(&stderr, &format!("Deployment {ns}/web would run 1 replica"));
+    env.ok(&[
+        "create",
+        "deployment",
+        "web",
+        "--image=nginx",
+        "--replicas=2",
+        "-n",
+        ns,
+    ]);
+    // A caller without one is refused.
+    let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
+    let port = env.cluster.prodguard_port;
+    let refused = env.runtime.block_on(async move {
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let name = rustls::pki_types::ServerName::try_from("prodguard.prodguard.svc").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let Ok(mut tls) = connector.connect(name, tcp).await else {
+            return true;
+        };
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        // TLS 1.3 reports the refusal on the first read.
+        let _ = tls
+            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+            .await;
+        let mut buf = [0u8; 64];
+        !matches!(tls.read(&mut buf).await, Ok(n) if n > 0)
+    });
+    assert!(
+        refused,
+        "a caller without a client certificate got an answer"
+    );
 }
