@@ -39,6 +39,8 @@ pub enum OutputFormat {
     Json,
 }
 
+// Parsed once at startup: the size of the largest variant does not matter.
+#[allow(clippy::large_enum_variant)]
 #[derive(Debug, Subcommand)]
 pub enum Command {
     /// Run the webhook server (POST /mutate, POST /validate, GET /healthz, GET /readyz).
