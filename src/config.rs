@@ -554,7 +554,7 @@ pub struct RegistryPattern {
 
 impl RegistryPattern {
     pub fn matches(&self, image: &ImageRef) -> bool {
-        image.registry == self.registry
+        image.registry_is(&self.registry)
             && (self.path_prefix.is_empty()
                 || image.path == self.path_prefix
                 || image

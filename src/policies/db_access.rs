@@ -111,7 +111,7 @@ impl DbAccess {
                 continue;
             };
             let is_db = self.images.iter().any(|db| {
-                db.registry.as_ref().is_none_or(|r| *r == parsed.registry)
+                db.registry.as_ref().is_none_or(|r| parsed.registry_is(r))
                     && parsed.path_ends_with(&db.suffix)
             });
             if is_db {

@@ -17,7 +17,9 @@ const TAG_LENGTH_MAX: usize = 128;
 /// A parsed, normalised image reference.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ImageRef {
-    /// `host[:port]`, lowercase host, Docker Hub aliases folded into `docker.io`.
+    /// `host[:port]` as written (a host is told from a path by its case too, so lowering it
+    /// would change what the printed reference means), Docker Hub aliases folded into
+    /// `docker.io`. Compare with [`ImageRef::registry_is`].
     pub registry: String,
     /// The repository path inside the registry (`library/nginx`).
     pub path: String,
@@ -30,7 +32,7 @@ pub struct ImageRef {
 pub enum ImageRefError {
     #[error("the reference is empty")]
     Empty,
-    #[error("the name is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
+    #[error("the name, with its registry, is longer than {NAME_TOTAL_LENGTH_MAX} characters")]
     NameTooLong,
     #[error("registry host {0:?} is not a valid host[:port]")]
     InvalidRegistry(String),
@@ -92,12 +94,22 @@ impl ImageRef {
         } else {
             path.to_owned()
         };
+        // Also once resolved (`docker.io/library/` added), so that the reference as printed
+        // parses too; stricter than Docker for names within 18 characters of the limit.
+        if registry.len() + 1 + path.len() > NAME_TOTAL_LENGTH_MAX {
+            return Err(ImageRefError::NameTooLong);
+        }
         Ok(ImageRef {
             registry,
             path,
             tag: tag.map(str::to_owned),
             digest,
         })
+    }
+
+    /// Whether the image comes from `registry` (host names compare without case).
+    pub fn registry_is(&self, registry: &str) -> bool {
+        self.registry.eq_ignore_ascii_case(registry)
     }
 
     /// The same image, moved to `prefix` (`host[:port][/path]`), keeping path, tag and digest.
@@ -159,7 +171,7 @@ fn split_registry(name: &str) -> (Option<&str>, &str) {
     }
 }
 
-/// Validates `host[:port]` and returns it with a lowercase host and Docker Hub aliases folded.
+/// Validates `host[:port]` and returns it with Docker Hub aliases folded into `docker.io`.
 pub fn normalize_registry(registry: &str) -> Result<String, ImageRefError> {
     let invalid = || ImageRefError::InvalidRegistry(registry.to_owned());
     let (host, port) = if let Some(rest) = registry.strip_prefix('[') {
@@ -192,13 +204,12 @@ pub fn normalize_registry(registry: &str) -> Result<String, ImageRefError> {
             return Err(invalid());
         }
     }
-    let host = host.to_ascii_lowercase();
-    if port.is_none() && is_docker_hub(&host) {
+    if port.is_none() && is_docker_hub(host) {
         return Ok(DOCKER_HUB.to_owned());
     }
     Ok(match port {
         Some(port) => format!("{host}:{port}"),
-        None => host,
+        None => host.to_owned(),
     })
 }
 
@@ -405,12 +416,12 @@ mod tests {
                 "a/b__c/d-e--f.g".into(),
                 ok("docker.io", "a/b__c/d-e--f.g", None, false),
             ),
-            // Uppercase host is a registry (and is lowercased)
+            // An uppercase first component is a registry (and keeps its case)
             (
                 "Registry.Local/app".into(),
-                ok("registry.local", "app", None, false),
+                ok("Registry.Local", "app", None, false),
             ),
-            ("REGISTRY/app".into(), ok("registry", "app", None, false)),
+            ("REGISTRY/app".into(), ok("REGISTRY", "app", None, false)),
             // Bypass forms: a look-alike host is its own registry
             (
                 "ghcr.io.evil.com/openg2p/app".into(),
@@ -491,6 +502,32 @@ mod tests {
         let r = ImageRef::parse("bitnami/postgresql").unwrap();
         assert!(r.path_ends_with("bitnami/postgresql"));
         assert!(!r.path_ends_with("postgres"));
+    }
+
+    #[test]
+    fn a_printed_reference_parses_back_to_itself() {
+        // Found by fuzzing: a host told from a path only by its uppercase letter must keep it.
+        for reference in [
+            "IOeee/o",
+            "Registry.Local/app:1",
+            "nginx",
+            "[::1]:5000/a/b",
+            "REGISTRY/app",
+        ] {
+            let parsed = ImageRef::parse(reference).unwrap();
+            assert_eq!(
+                ImageRef::parse(&parsed.to_string()).unwrap(),
+                parsed,
+                "{reference}"
+            );
+        }
+        assert!(ImageRef::parse("Registry.Local/app")
+            .unwrap()
+            .registry_is("registry.local"));
+        // Found by fuzzing: a short name that fits only before `docker.io/library/` is added.
+        let long = "a".repeat(250);
+        assert_eq!(ImageRef::parse(&long), Err(ImageRefError::NameTooLong));
+        assert!(ImageRef::parse(&"a".repeat(237)).is_ok());
     }
 
     #[test]

@@ -42,7 +42,7 @@ impl RegistryMirror {
         let (_, prefix) = self
             .mirrors
             .iter()
-            .find(|(from, _)| *from == parsed.registry)?;
+            .find(|(from, _)| parsed.registry_is(from))?;
         let rewritten = parsed.with_prefix(prefix);
         (rewritten != image).then_some(rewritten)
     }
