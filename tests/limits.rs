@@ -3,15 +3,10 @@
 
 mod common;
 
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use common::{pod_bearing_objects, Client, Review};
-use prodguard::config::Config;
-use prodguard::engine::Engine;
-use prodguard::http::{app, AppState};
-use prodguard::report::NoReporter;
-use prodguard::server::{self, pki, tls, Limits};
+use prodguard::server::{pki, tls, Limits};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -20,21 +15,7 @@ async fn start(limits: Limits) -> (std::net::SocketAddr, String) {
     let names = vec!["localhost".to_string()];
     let pki = pki::generate("limits CA", &names).unwrap();
     let config = tls::from_pem(pki.cert_pem.as_bytes(), pki.key_pem.as_bytes(), "c", "k").unwrap();
-    let engine = Engine::new(
-        &Config::embedded_default().unwrap(),
-        Arc::new(prodguard::cluster::FixedPodLookup::default()),
-        Arc::new(NoReporter),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(server::serve_with(
-        listener,
-        config,
-        app(AppState::new(engine)),
-        limits,
-        std::future::pending(),
-    ));
-    (addr, pki.ca_cert_pem)
+    (common::serve_default(config, limits).await, pki.ca_cert_pem)
 }
 
 async fn one_review(addr: std::net::SocketAddr, ca: &str) {

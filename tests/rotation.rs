@@ -12,12 +12,8 @@ use std::time::{Duration, Instant};
 
 use common::{connector, pod_bearing_objects, Client, Review};
 use hyper::Method;
-use prodguard::config::Config;
-use prodguard::engine::Engine;
-use prodguard::http::{app, AppState};
 use prodguard::report::metrics::Metrics;
-use prodguard::report::NoReporter;
-use prodguard::server::{self, tls};
+use prodguard::server::{tls, Limits};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::ServerName;
 
@@ -73,20 +69,8 @@ async fn a_rotated_certificate_is_served_without_a_failed_request() {
     )
     .unwrap();
     tokio::spawn(reloading.clone().watch(Duration::from_millis(50)));
-    let engine = Engine::new(
-        &Config::embedded_default().unwrap(),
-        Arc::new(prodguard::cluster::FixedPodLookup::default()),
-        Arc::new(NoReporter),
-    );
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
     let config = tls::server_config(reloading.clone(), None).unwrap();
-    tokio::spawn(server::serve(
-        listener,
-        config,
-        app(AppState::new(engine)),
-        std::future::pending(),
-    ));
+    let addr = common::serve_default(config, Limits::default()).await;
 
     let review = Review::create(pod_bearing_objects("nginx", 1).remove(1).0).json();
     let stop = Arc::new(AtomicBool::new(false));

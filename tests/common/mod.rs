@@ -72,6 +72,31 @@ pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
     }
 }
 
+/// Serves the embedded default policy set over `tls` with `limits` on 127.0.0.1:0, with no
+/// reporting; for tests of the transport rather than the policies.
+pub async fn serve_default(
+    tls: Arc<rustls::ServerConfig>,
+    limits: server::Limits,
+) -> std::net::SocketAddr {
+    let engine = Engine::new(
+        &Config::embedded_default().expect("default config"),
+        Arc::new(FixedPodLookup::default()),
+        Arc::new(prodguard::report::NoReporter),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+        .await
+        .expect("bind");
+    let addr = listener.local_addr().expect("addr");
+    tokio::spawn(server::serve_with(
+        listener,
+        tls,
+        app(AppState::new(engine)),
+        limits,
+        std::future::pending(),
+    ));
+    addr
+}
+
 pub async fn start_default() -> TestServer {
     start(
         Config::embedded_default().expect("default config"),
