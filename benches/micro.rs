@@ -6,7 +6,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use prodguard::admission::{self, Decoded};
-use prodguard::cluster::NoPodLookup;
+use prodguard::cluster::NoLookup;
 use prodguard::config::Config;
 use prodguard::engine::{Context, Engine, Request, Verdict, Webhook};
 use prodguard::policies::image_ref::ImageRef;
@@ -31,7 +31,7 @@ fn engine() -> Engine {
     let config = Config::embedded_default().expect("default policy set");
     Engine::new(
         &config,
-        Arc::new(NoPodLookup {
+        Arc::new(NoLookup {
             reason: "bench".into(),
         }),
         Arc::new(NoReporter),

@@ -149,6 +149,10 @@ pub struct CheckArgs {
         default_value = "default"
     )]
     pub namespace: String,
+    /// Treat namespaces that no Namespace object in the input defines as production
+    /// namespaces (for opensearch-cluster and external-databases).
+    #[arg(long, env = "PRODGUARD_PRODUCTION")]
+    pub production: bool,
     /// Output format.
     #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,

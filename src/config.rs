@@ -79,6 +79,9 @@ impl PolicyMode {
 fn enforce() -> PolicyMode {
     PolicyMode::Enforce
 }
+fn audit() -> PolicyMode {
+    PolicyMode::Audit
+}
 fn off() -> PolicyMode {
     PolicyMode::Off
 }
@@ -94,8 +97,24 @@ pub struct Config {
     /// Namespaces prodguard never acts in (the webhook configurations exclude them too).
     #[serde(default = "default_excluded_namespaces")]
     pub excluded_namespaces: Vec<String>,
+    /// The namespaces `opensearch-cluster` and `external-databases` treat as production:
+    /// those whose labels match (`{}` matches every namespace).
+    #[serde(default = "default_production_namespaces")]
+    pub production_namespaces: LabelSelector,
     #[serde(default)]
     pub policies: Policies,
+}
+
+/// The label a production namespace carries by default.
+pub const PRODUCTION_LABEL: (&str, &str) = ("prodguard.io/environment", "production");
+
+fn default_production_namespaces() -> LabelSelector {
+    LabelSelector {
+        match_labels: BTreeMap::from([(
+            PRODUCTION_LABEL.0.to_owned(),
+            PRODUCTION_LABEL.1.to_owned(),
+        )]),
+    }
 }
 
 fn default_excluded_namespaces() -> Vec<String> {
@@ -146,6 +165,158 @@ pub struct Policies {
     pub min_replicas: MinReplicasConfig,
     #[serde(rename = "protect-delete", default)]
     pub protect_delete: ProtectDeleteConfig,
+    #[serde(rename = "rbac-hygiene", default)]
+    pub rbac_hygiene: RbacHygieneConfig,
+    #[serde(rename = "ingress-body-size", default)]
+    pub ingress_body_size: IngressBodySizeConfig,
+    #[serde(rename = "opensearch-cluster", default)]
+    pub opensearch_cluster: OpensearchClusterConfig,
+    #[serde(rename = "external-databases", default)]
+    pub external_databases: ExternalDatabasesConfig,
+    #[serde(rename = "node-spread", default)]
+    pub node_spread: NodeSpreadConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct RbacHygieneConfig {
+    #[serde(default = "enforce")]
+    pub mode: PolicyMode,
+    /// Users and service accounts (`system:serviceaccount:<namespace>:<name>`), with `*`
+    /// wildcards, that may be granted the guarded permissions besides the admins.
+    #[serde(default = "default_rbac_exempt_users")]
+    pub exempt_users: Vec<String>,
+    /// Groups, with `*` wildcards, that may be granted them.
+    #[serde(default = "default_rbac_exempt_groups")]
+    pub exempt_groups: Vec<String>,
+}
+
+fn default_rbac_exempt_users() -> Vec<String> {
+    [
+        "system:serviceaccount:kube-system:*",
+        "system:kube-controller-manager",
+        "system:kube-scheduler",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_rbac_exempt_groups() -> Vec<String> {
+    vec!["system:nodes".to_owned()]
+}
+
+impl Default for RbacHygieneConfig {
+    fn default() -> Self {
+        RbacHygieneConfig {
+            mode: enforce(),
+            exempt_users: default_rbac_exempt_users(),
+            exempt_groups: default_rbac_exempt_groups(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct IngressBodySizeConfig {
+    #[serde(default = "enforce")]
+    pub mode: PolicyMode,
+    /// Set on an Ingress that names no `proxy-body-size` (an nginx size: `50m`).
+    #[serde(default = "default_body_size")]
+    pub default: String,
+    /// The largest `proxy-body-size` allowed.
+    #[serde(default = "default_body_size")]
+    pub maximum: String,
+}
+
+fn default_body_size() -> String {
+    "50m".to_owned()
+}
+
+impl Default for IngressBodySizeConfig {
+    fn default() -> Self {
+        IngressBodySizeConfig {
+            mode: enforce(),
+            default: default_body_size(),
+            maximum: default_body_size(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct OpensearchClusterConfig {
+    #[serde(default = "audit")]
+    pub mode: PolicyMode,
+    /// Image repositories that are OpenSearch nodes.
+    #[serde(default = "default_opensearch_images")]
+    pub images: Vec<String>,
+    /// The fewest replicas an OpenSearch workload of a production namespace should run.
+    #[serde(default = "default_min_nodes")]
+    pub min_nodes: i64,
+}
+
+fn default_opensearch_images() -> Vec<String> {
+    vec![
+        "opensearchproject/opensearch".to_owned(),
+        "bitnami/opensearch".to_owned(),
+    ]
+}
+
+fn default_min_nodes() -> i64 {
+    3
+}
+
+impl Default for OpensearchClusterConfig {
+    fn default() -> Self {
+        OpensearchClusterConfig {
+            mode: audit(),
+            images: default_opensearch_images(),
+            min_nodes: default_min_nodes(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct ExternalDatabasesConfig {
+    #[serde(default = "audit")]
+    pub mode: PolicyMode,
+    /// Image repositories of the stores the guide runs outside the cluster.
+    #[serde(default = "default_external_images")]
+    pub images: Vec<String>,
+}
+
+fn default_external_images() -> Vec<String> {
+    [
+        "postgres",
+        "bitnami/postgresql",
+        "minio/minio",
+        "bitnami/minio",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+impl Default for ExternalDatabasesConfig {
+    fn default() -> Self {
+        ExternalDatabasesConfig {
+            mode: audit(),
+            images: default_external_images(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct NodeSpreadConfig {
+    #[serde(default = "enforce")]
+    pub mode: PolicyMode,
+}
+
+impl Default for NodeSpreadConfig {
+    fn default() -> Self {
+        NodeSpreadConfig { mode: enforce() }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
@@ -363,6 +534,7 @@ impl Default for Config {
             mode: GlobalMode::Enforce,
             admins: Admins::default(),
             excluded_namespaces: default_excluded_namespaces(),
+            production_namespaces: default_production_namespaces(),
             policies: Policies::default(),
         }
     }
@@ -532,6 +704,52 @@ impl Config {
                 }
             }
         }
+        for (key, value) in [
+            ("default", &p.ingress_body_size.default),
+            ("maximum", &p.ingress_body_size.maximum),
+        ] {
+            let key = format!("policies.ingress-body-size.{key}");
+            let size = parse_nginx_size(value).map_err(|problem| (key.clone(), problem))?;
+            if size == 0 {
+                return Err((
+                    key,
+                    "0 turns nginx's limit off; give a size such as `50m`".into(),
+                ));
+            }
+        }
+        if parse_nginx_size(&p.ingress_body_size.default)
+            > parse_nginx_size(&p.ingress_body_size.maximum)
+        {
+            return Err((
+                "policies.ingress-body-size.default".into(),
+                format!(
+                    "{} is above the maximum {}, so every Ingress given the default would be denied",
+                    p.ingress_body_size.default, p.ingress_body_size.maximum
+                ),
+            ));
+        }
+        for (policy, images) in [
+            ("opensearch-cluster", &p.opensearch_cluster.images),
+            ("external-databases", &p.external_databases.images),
+        ] {
+            for (i, image) in images.iter().enumerate() {
+                ImageRef::parse(image).map_err(|e| {
+                    (
+                        format!("policies.{policy}.images[{i}]"),
+                        format!("{e}; give a repository such as `bitnami/postgresql`"),
+                    )
+                })?;
+            }
+        }
+        if p.opensearch_cluster.min_nodes < 1 {
+            return Err((
+                "policies.opensearch-cluster.minNodes".into(),
+                format!(
+                    "is {}; it must be at least 1 (3 for a cluster)",
+                    p.opensearch_cluster.min_nodes
+                ),
+            ));
+        }
         for (i, kind) in p.protect_delete.kinds.iter().enumerate() {
             if kind.is_empty() || !kind.starts_with(|c: char| c.is_ascii_uppercase()) {
                 return Err((
@@ -542,6 +760,33 @@ impl Config {
         }
         Ok(())
     }
+}
+
+/// The bytes an nginx size names: a number, optionally followed by `k`, `m` or `g` (either
+/// case), as `client_max_body_size` and ingress-nginx's `proxy-body-size` take it.
+pub fn parse_nginx_size(text: &str) -> Result<u64, String> {
+    let explain = || {
+        format!(
+            "{text:?} is not an nginx size; write a number with an optional unit k, m or g, such \
+             as `50m`"
+        )
+    };
+    let (digits, unit) = match text.char_indices().last() {
+        Some((i, c)) if c.is_ascii_alphabetic() => (&text[..i], Some(c.to_ascii_lowercase())),
+        _ => (text, None),
+    };
+    if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return Err(explain());
+    }
+    let number: u64 = digits.parse().map_err(|_| explain())?;
+    let scale: u64 = match unit {
+        None => 1,
+        Some('k') => 1 << 10,
+        Some('m') => 1 << 20,
+        Some('g') => 1 << 30,
+        Some(_) => return Err(explain()),
+    };
+    number.checked_mul(scale).ok_or_else(explain)
 }
 
 /// An allowed-registry or mirror entry: `host[:port]` with an optional path prefix.

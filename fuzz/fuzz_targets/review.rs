@@ -6,7 +6,7 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use prodguard::admission::{self, Decoded};
-use prodguard::cluster::NoPodLookup;
+use prodguard::cluster::NoLookup;
 use prodguard::config::Config;
 use prodguard::engine::{Context, Engine, Request, Webhook};
 use prodguard::report::NoReporter;
@@ -16,7 +16,7 @@ fn engine() -> &'static Engine {
     ENGINE.get_or_init(|| {
         Engine::new(
             &Config::embedded_default().expect("the default policy set"),
-            Arc::new(NoPodLookup { reason: "fuzzing".into() }),
+            Arc::new(NoLookup { reason: "fuzzing".into() }),
             Arc::new(NoReporter),
         )
     })

@@ -11,6 +11,7 @@ use std::collections::BTreeMap;
 use kube::api::{Api, ApiResource, ListParams};
 use kube::core::{DynamicObject, GroupVersionKind, TypeMeta};
 
+use crate::cluster::Snapshot;
 use crate::engine::offline::{evaluate_object, ObjectFinding};
 use crate::engine::Engine;
 
@@ -86,6 +87,24 @@ pub const TARGETS: &[Target] = &[
         kind: "HorizontalPodAutoscaler",
         plural: "horizontalpodautoscalers",
     },
+    Target {
+        group: "networking.k8s.io",
+        versions: &["v1"],
+        kind: "Ingress",
+        plural: "ingresses",
+    },
+    Target {
+        group: "rbac.authorization.k8s.io",
+        versions: &["v1"],
+        kind: "RoleBinding",
+        plural: "rolebindings",
+    },
+    Target {
+        group: "rbac.authorization.k8s.io",
+        versions: &["v1"],
+        kind: "ClusterRoleBinding",
+        plural: "clusterrolebindings",
+    },
 ];
 
 /// Objects per list call.
@@ -134,13 +153,21 @@ fn has_controller(object: &DynamicObject) -> bool {
 /// excluded namespaces and objects run by a controller are skipped.
 pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
     let mut scan = Scan::default();
+    // What bindings grant and which namespaces are production ones.
+    let snapshot = match Snapshot::list(client).await {
+        Ok(snapshot) => snapshot,
+        Err(e) => {
+            scan.errors.push(e.to_string());
+            Snapshot::default()
+        }
+    };
     for target in TARGETS {
         let mut listed = false;
         let mut last_error = None;
         for version in target.versions {
             let gvk = GroupVersionKind::gvk(target.group, version, target.kind);
             let resource = ApiResource::from_gvk_with_plural(&gvk, target.plural);
-            match scan_kind(client, engine, &resource, &mut scan).await {
+            match scan_kind(client, engine, &snapshot, &resource, &mut scan).await {
                 Ok(()) => {
                     listed = true;
                     break;
@@ -167,6 +194,7 @@ pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
 async fn scan_kind(
     client: &kube::Client,
     engine: &Engine,
+    snapshot: &Snapshot,
     resource: &ApiResource,
     scan: &mut Scan,
 ) -> Result<(), kube::Error> {
@@ -201,7 +229,7 @@ async fn scan_kind(
                     continue;
                 }
             };
-            match evaluate_object(engine, value, &namespace) {
+            match evaluate_object(engine, snapshot, value, &namespace) {
                 Ok(findings) => {
                     *scan.scanned.entry(namespace).or_default() += 1;
                     scan.findings

@@ -4,84 +4,273 @@ use async_trait::async_trait;
 use k8s_openapi::api::admissionregistration::v1::{
     MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
 };
-use k8s_openapi::api::core::v1::Pod;
-use kube::api::{Api, ApiResource, Patch, PatchParams};
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::rbac::v1::{
+    ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
+};
+use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
 pub enum LookupError {
-    #[error("pod {namespace}/{name} was not found")]
-    NotFound { namespace: String, name: String },
-    #[error("reading pod {namespace}/{name} failed: {message}")]
-    Failed {
-        namespace: String,
-        name: String,
-        message: String,
-    },
+    #[error("{what} was not found")]
+    NotFound { what: String },
+    #[error("reading {what} failed: {message}")]
+    Failed { what: String, message: String },
     #[error("no Kubernetes client is configured ({0})")]
     NoClient(String),
 }
 
-/// Reads Pods (what `db-access` needs for CONNECT requests).
-#[async_trait]
-pub trait PodLookup: Send + Sync {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError>;
+/// A Role (namespaced) or ClusterRole, as a binding's `roleRef` names it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleKey {
+    /// A ClusterRole (else a Role in `namespace`).
+    pub cluster: bool,
+    pub namespace: String,
+    pub name: String,
 }
 
-/// Reads Pods through the kube client (RBAC: get pods).
-pub struct KubePodLookup {
-    client: kube::Client,
-}
-
-impl KubePodLookup {
-    pub fn new(client: kube::Client) -> KubePodLookup {
-        KubePodLookup { client }
-    }
-}
-
-#[async_trait]
-impl PodLookup for KubePodLookup {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
-        let resource = ApiResource::erase::<Pod>(&());
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &resource);
-        match api.get_opt(name).await {
-            Ok(Some(pod)) => Ok(pod),
-            Ok(None) => Err(LookupError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-            }),
-            Err(e) => Err(LookupError::Failed {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
-                message: e.to_string(),
-            }),
+impl RoleKey {
+    pub fn kind(&self) -> &'static str {
+        if self.cluster {
+            "ClusterRole"
+        } else {
+            "Role"
         }
     }
 }
 
-/// Used when no client could be built: every lookup fails, so `db-access` fails closed.
-pub struct NoPodLookup {
+impl std::fmt::Display for RoleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.cluster {
+            write!(f, "ClusterRole {}", self.name)
+        } else {
+            write!(f, "Role {}/{}", self.namespace, self.name)
+        }
+    }
+}
+
+/// A RoleBinding or ClusterRoleBinding: who it grants a role to.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Binding {
+    /// `RoleBinding` or `ClusterRoleBinding`.
+    pub kind: &'static str,
+    /// Empty for a ClusterRoleBinding.
+    pub namespace: String,
+    pub name: String,
+    pub role: RoleKey,
+    pub subjects: Vec<Subject>,
+}
+
+impl Binding {
+    pub fn from_role_binding(b: &RoleBinding) -> Binding {
+        let namespace = b.metadata.namespace.clone().unwrap_or_default();
+        Binding {
+            kind: "RoleBinding",
+            role: role_key(&b.role_ref, &namespace),
+            namespace,
+            name: b.metadata.name.clone().unwrap_or_default(),
+            subjects: b.subjects.clone().unwrap_or_default(),
+        }
+    }
+
+    pub fn from_cluster_role_binding(b: &ClusterRoleBinding) -> Binding {
+        Binding {
+            kind: "ClusterRoleBinding",
+            role: role_key(&b.role_ref, ""),
+            namespace: String::new(),
+            name: b.metadata.name.clone().unwrap_or_default(),
+            subjects: b.subjects.clone().unwrap_or_default(),
+        }
+    }
+
+    /// `RoleBinding openg2p/dev`, `ClusterRoleBinding dev`.
+    pub fn describe(&self) -> String {
+        if self.namespace.is_empty() {
+            format!("{} {}", self.kind, self.name)
+        } else {
+            format!("{} {}/{}", self.kind, self.namespace, self.name)
+        }
+    }
+}
+
+/// The role a `roleRef` names, seen from a binding in `namespace` ("" for a ClusterRoleBinding).
+pub fn role_key(role_ref: &RoleRef, namespace: &str) -> RoleKey {
+    let cluster = role_ref.kind == "ClusterRole";
+    RoleKey {
+        cluster,
+        namespace: if cluster {
+            String::new()
+        } else {
+            namespace.to_owned()
+        },
+        name: role_ref.name.clone(),
+    }
+}
+
+/// What the policies read from the cluster: the Pod a CONNECT targets (`db-access`), the
+/// labels of a namespace (production namespaces), the rules of a role and the bindings of a
+/// role (`rbac-hygiene`).
+#[async_trait]
+pub trait ClusterLookup: Send + Sync {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError>;
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, LookupError>;
+    /// The role's rules, `None` when it does not exist.
+    async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError>;
+    /// The bindings that grant `role`.
+    async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError>;
+}
+
+/// Reads through the kube client (RBAC: get pods and namespaces; get roles and clusterroles;
+/// list rolebindings and clusterrolebindings).
+pub struct KubeLookup {
+    client: kube::Client,
+}
+
+impl KubeLookup {
+    pub fn new(client: kube::Client) -> KubeLookup {
+        KubeLookup { client }
+    }
+}
+
+fn read_failed(what: String) -> impl FnOnce(kube::Error) -> LookupError {
+    move |e| LookupError::Failed {
+        what,
+        message: e.to_string(),
+    }
+}
+
+/// Every item of a list, in pages.
+async fn list_all<K>(api: &Api<K>, what: &str) -> Result<Vec<K>, LookupError>
+where
+    K: kube::Resource + Clone + serde::de::DeserializeOwned + std::fmt::Debug,
+{
+    let mut params = ListParams::default().limit(500);
+    let mut items = Vec::new();
+    loop {
+        let page = api
+            .list(&params)
+            .await
+            .map_err(read_failed(what.to_owned()))?;
+        items.extend(page.items);
+        match page.metadata.continue_ {
+            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            _ => return Ok(items),
+        }
+    }
+}
+
+#[async_trait]
+impl ClusterLookup for KubeLookup {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+        let resource = ApiResource::erase::<Pod>(&());
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, &resource);
+        let what = format!("pod {namespace}/{name}");
+        match api.get_opt(name).await {
+            Ok(Some(pod)) => Ok(pod),
+            Ok(None) => Err(LookupError::NotFound { what }),
+            Err(e) => Err(read_failed(what)(e)),
+        }
+    }
+
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, LookupError> {
+        let api: Api<Namespace> = Api::all(self.client.clone());
+        let what = format!("namespace {namespace}");
+        match api.get_opt(namespace).await {
+            Ok(Some(ns)) => Ok(ns.metadata.labels.unwrap_or_default()),
+            Ok(None) => Err(LookupError::NotFound { what }),
+            Err(e) => Err(read_failed(what)(e)),
+        }
+    }
+
+    async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+        let what = role.to_string();
+        if role.cluster {
+            let api: Api<ClusterRole> = Api::all(self.client.clone());
+            let found = api.get_opt(&role.name).await.map_err(read_failed(what))?;
+            Ok(found.map(|r| r.rules.unwrap_or_default()))
+        } else {
+            let api: Api<Role> = Api::namespaced(self.client.clone(), &role.namespace);
+            let found = api.get_opt(&role.name).await.map_err(read_failed(what))?;
+            Ok(found.map(|r| r.rules.unwrap_or_default()))
+        }
+    }
+
+    async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError> {
+        let role_bindings: Api<RoleBinding> = if role.cluster {
+            Api::all(self.client.clone())
+        } else {
+            Api::namespaced(self.client.clone(), &role.namespace)
+        };
+        let mut bindings: Vec<Binding> = list_all(&role_bindings, "rolebindings")
+            .await?
+            .iter()
+            .map(Binding::from_role_binding)
+            .collect();
+        if role.cluster {
+            let cluster_bindings: Api<ClusterRoleBinding> = Api::all(self.client.clone());
+            bindings.extend(
+                list_all(&cluster_bindings, "clusterrolebindings")
+                    .await?
+                    .iter()
+                    .map(Binding::from_cluster_role_binding),
+            );
+        }
+        bindings.retain(|b| &b.role == role);
+        Ok(bindings)
+    }
+}
+
+/// Used when no client could be built: every lookup fails, so the policies that need the
+/// cluster fail closed.
+pub struct NoLookup {
     pub reason: String,
 }
 
 #[async_trait]
-impl PodLookup for NoPodLookup {
-    async fn get_pod(&self, _namespace: &str, _name: &str) -> Result<DynamicObject, LookupError> {
+impl ClusterLookup for NoLookup {
+    async fn get_pod(&self, _: &str, _: &str) -> Result<DynamicObject, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
+    async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
+    async fn role_rules(&self, _: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
+    async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
 }
 
-/// Answers from a fixed set of Pods (tests, `check`).
-#[derive(Default)]
-pub struct FixedPodLookup {
+/// A fixed picture of a cluster: what the audit listed, what `check` was given, or what a
+/// test sets up. Answers lookups synchronously.
+#[derive(Debug, Default, Clone)]
+pub struct Snapshot {
     pub pods: Vec<DynamicObject>,
+    /// Namespace name -> labels.
+    pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
+    /// Labels assumed for a namespace not in `namespaces`; `None`: such a namespace is not found.
+    pub other_namespaces: Option<BTreeMap<String, String>>,
+    pub roles: Vec<(RoleKey, Vec<PolicyRule>)>,
+    pub bindings: Vec<Binding>,
+    /// Whether a role missing here is missing from the cluster (an audit listing) rather than
+    /// merely not given (`check`'s input, which cannot be judged).
+    pub complete: bool,
 }
 
-#[async_trait]
-impl PodLookup for FixedPodLookup {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+impl Snapshot {
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
         self.pods
             .iter()
             .find(|p| {
@@ -90,9 +279,231 @@ impl PodLookup for FixedPodLookup {
             })
             .cloned()
             .ok_or_else(|| LookupError::NotFound {
-                namespace: namespace.to_owned(),
-                name: name.to_owned(),
+                what: format!("pod {namespace}/{name}"),
             })
+    }
+
+    pub fn labels_of(&self, namespace: &str) -> Result<BTreeMap<String, String>, LookupError> {
+        self.namespaces
+            .get(namespace)
+            .or(self.other_namespaces.as_ref())
+            .cloned()
+            .ok_or_else(|| LookupError::NotFound {
+                what: format!("namespace {namespace}"),
+            })
+    }
+
+    pub fn rules_of(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+        match self.roles.iter().find(|(key, _)| key == role) {
+            Some((_, rules)) => Ok(Some(rules.clone())),
+            None if self.complete => Ok(None),
+            None => Err(LookupError::NotFound {
+                what: format!("{role} (not among the checked objects, so its rules cannot be checked; add it to the input)"),
+            }),
+        }
+    }
+
+    pub fn bindings_of(&self, role: &RoleKey) -> Vec<Binding> {
+        self.bindings
+            .iter()
+            .filter(|b| &b.role == role)
+            .cloned()
+            .collect()
+    }
+
+    /// Adds what a Namespace, Role, ClusterRole or binding object says about the cluster;
+    /// other objects are ignored.
+    pub fn learn(&mut self, object: &DynamicObject) {
+        let kind = object.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("");
+        let Ok(value) = serde_json::to_value(object) else {
+            return;
+        };
+        match kind {
+            "Namespace" => {
+                if let Some(name) = &object.metadata.name {
+                    self.namespaces.insert(
+                        name.clone(),
+                        object.metadata.labels.clone().unwrap_or_default(),
+                    );
+                }
+            }
+            "Role" => {
+                if let Ok(role) = serde_json::from_value::<Role>(value) {
+                    self.roles.push((
+                        RoleKey {
+                            cluster: false,
+                            namespace: role.metadata.namespace.clone().unwrap_or_default(),
+                            name: role.metadata.name.clone().unwrap_or_default(),
+                        },
+                        role.rules.unwrap_or_default(),
+                    ));
+                }
+            }
+            "ClusterRole" => {
+                if let Ok(role) = serde_json::from_value::<ClusterRole>(value) {
+                    self.roles.push((
+                        RoleKey {
+                            cluster: true,
+                            namespace: String::new(),
+                            name: role.metadata.name.clone().unwrap_or_default(),
+                        },
+                        role.rules.unwrap_or_default(),
+                    ));
+                }
+            }
+            "RoleBinding" => {
+                if let Ok(b) = serde_json::from_value::<RoleBinding>(value) {
+                    self.bindings.push(Binding::from_role_binding(&b));
+                }
+            }
+            "ClusterRoleBinding" => {
+                if let Ok(b) = serde_json::from_value::<ClusterRoleBinding>(value) {
+                    self.bindings.push(Binding::from_cluster_role_binding(&b));
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// What `check` knows before reading its input: the user-facing ClusterRoles every cluster
+    /// has (`cluster-admin`, `admin`, `edit`, `view`; the rules of theirs that the policies
+    /// look at), and the labels to assume for a namespace the input does not define.
+    pub fn for_check(other_namespaces: BTreeMap<String, String>) -> Snapshot {
+        let rule = |groups: &[&str], resources: &[&str], verbs: &[&str]| PolicyRule {
+            api_groups: Some(groups.iter().map(|s| s.to_string()).collect()),
+            resources: Some(resources.iter().map(|s| s.to_string()).collect()),
+            verbs: verbs.iter().map(|s| s.to_string()).collect(),
+            ..PolicyRule::default()
+        };
+        let write = ["create", "delete", "deletecollection", "patch", "update"];
+        let edit = vec![
+            rule(
+                &[""],
+                &[
+                    "pods/attach",
+                    "pods/exec",
+                    "pods/portforward",
+                    "pods/proxy",
+                    "secrets",
+                    "services/proxy",
+                ],
+                &["get", "list", "watch"],
+            ),
+            rule(
+                &[""],
+                &[
+                    "pods",
+                    "pods/attach",
+                    "pods/exec",
+                    "pods/portforward",
+                    "pods/proxy",
+                ],
+                &write,
+            ),
+            rule(
+                &[""],
+                &[
+                    "configmaps",
+                    "persistentvolumeclaims",
+                    "secrets",
+                    "services",
+                ],
+                &write,
+            ),
+            rule(
+                &["apps"],
+                &["daemonsets", "deployments", "replicasets", "statefulsets"],
+                &write,
+            ),
+        ];
+        let view = vec![rule(
+            &["", "apps"],
+            &[
+                "pods",
+                "configmaps",
+                "services",
+                "deployments",
+                "statefulsets",
+            ],
+            &["get", "list", "watch"],
+        )];
+        let cluster_role = |name: &str| RoleKey {
+            cluster: true,
+            namespace: String::new(),
+            name: name.to_owned(),
+        };
+        Snapshot {
+            other_namespaces: Some(other_namespaces),
+            roles: vec![
+                (
+                    cluster_role("cluster-admin"),
+                    vec![rule(&["*"], &["*"], &["*"])],
+                ),
+                (cluster_role("admin"), edit.clone()),
+                (cluster_role("edit"), edit),
+                (cluster_role("view"), view),
+            ],
+            ..Snapshot::default()
+        }
+    }
+
+    /// Reads namespaces and roles from the cluster (for the audit, which checks bindings, not
+    /// roles): a complete picture of what bindings can grant.
+    pub async fn list(client: &kube::Client) -> Result<Snapshot, LookupError> {
+        let mut snapshot = Snapshot {
+            complete: true,
+            ..Snapshot::default()
+        };
+        let namespaces: Api<Namespace> = Api::all(client.clone());
+        for ns in list_all(&namespaces, "namespaces").await? {
+            if let Some(name) = ns.metadata.name {
+                snapshot
+                    .namespaces
+                    .insert(name, ns.metadata.labels.unwrap_or_default());
+            }
+        }
+        let roles: Api<Role> = Api::all(client.clone());
+        for role in list_all(&roles, "roles").await? {
+            snapshot.roles.push((
+                RoleKey {
+                    cluster: false,
+                    namespace: role.metadata.namespace.unwrap_or_default(),
+                    name: role.metadata.name.unwrap_or_default(),
+                },
+                role.rules.unwrap_or_default(),
+            ));
+        }
+        let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
+        for role in list_all(&cluster_roles, "clusterroles").await? {
+            snapshot.roles.push((
+                RoleKey {
+                    cluster: true,
+                    namespace: String::new(),
+                    name: role.metadata.name.unwrap_or_default(),
+                },
+                role.rules.unwrap_or_default(),
+            ));
+        }
+        Ok(snapshot)
+    }
+}
+
+#[async_trait]
+impl ClusterLookup for Snapshot {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+        self.pod(namespace, name)
+    }
+    async fn namespace_labels(
+        &self,
+        namespace: &str,
+    ) -> Result<BTreeMap<String, String>, LookupError> {
+        self.labels_of(namespace)
+    }
+    async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+        self.rules_of(role)
+    }
+    async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError> {
+        Ok(self.bindings_of(role))
     }
 }
 

@@ -15,7 +15,12 @@ use serde_json::Value;
 
 use super::{load_config, EXIT_BAD_INPUT};
 use crate::cli::{CheckArgs, OutputFormat};
-use crate::cluster::NoPodLookup;
+use std::collections::BTreeMap;
+
+use kube::core::DynamicObject;
+
+use crate::cluster::{NoLookup, Snapshot};
+use crate::config::Config;
 use crate::engine::offline::{evaluate_object, ObjectFinding};
 use crate::engine::Engine;
 use crate::report::NoReporter;
@@ -90,7 +95,12 @@ pub fn run(args: CheckArgs) -> ExitCode {
         }
     };
     let engine = offline_engine(&config);
-    let output = check_paths(&engine, &args.files, &args.namespace);
+    let output = check_paths(
+        &engine,
+        &check_snapshot(&config, args.production),
+        &args.files,
+        &args.namespace,
+    );
     print_output(&output, args.output)
 }
 
@@ -110,24 +120,47 @@ pub fn print_output(output: &CheckOutput, format: OutputFormat) -> ExitCode {
 }
 
 /// An engine that reads nothing from a cluster and reports nowhere.
-pub fn offline_engine(config: &crate::config::Config) -> Engine {
+pub fn offline_engine(config: &Config) -> Engine {
     Engine::new(
         config,
-        Arc::new(NoPodLookup {
+        Arc::new(NoLookup {
             reason: "check runs offline".into(),
         }),
         Arc::new(NoReporter),
     )
 }
 
-/// Checks files, directories (recursively) and `-` (stdin).
-pub fn check_paths(engine: &Engine, paths: &[PathBuf], default_namespace: &str) -> CheckOutput {
+/// What `check` assumes about the cluster before reading its input: the well-known
+/// ClusterRoles, and namespaces that the input does not define are production namespaces
+/// only with `--production`.
+pub fn check_snapshot(config: &Config, production: bool) -> Snapshot {
+    Snapshot::for_check(if production {
+        config.production_namespaces.match_labels.clone()
+    } else {
+        BTreeMap::new()
+    })
+}
+
+/// Checks files, directories (recursively) and `-` (stdin). Namespaces, roles and bindings
+/// in the input are known to the policies that read them, wherever they appear.
+pub fn check_paths(
+    engine: &Engine,
+    snapshot: &Snapshot,
+    paths: &[PathBuf],
+    default_namespace: &str,
+) -> CheckOutput {
     let mut output = CheckOutput::new();
+    let mut sources = Vec::new();
     for path in paths {
-        for source in read_sources(path, &mut output.errors) {
-            check_source(engine, &source, default_namespace, &mut output);
-        }
+        sources.extend(read_sources(path, &mut output.errors));
     }
+    check_sources(
+        engine,
+        snapshot.clone(),
+        &sources,
+        default_namespace,
+        &mut output,
+    );
     output
 }
 
@@ -240,33 +273,48 @@ fn flatten(value: Value, objects: &mut Vec<Value>) {
     }
 }
 
-fn check_source(
+fn check_sources(
     engine: &Engine,
-    source: &Source,
+    mut snapshot: Snapshot,
+    sources: &[Source],
     default_namespace: &str,
     output: &mut CheckOutput,
 ) {
-    let documents = match parse_documents(source) {
-        Ok(documents) => documents,
-        Err(message) => {
-            output.errors.push(InputError {
-                file: source.name.clone(),
-                message,
-            });
-            return;
+    let mut inputs = Vec::new();
+    for source in sources {
+        let documents = match parse_documents(source) {
+            Ok(documents) => documents,
+            Err(message) => {
+                output.errors.push(InputError {
+                    file: source.name.clone(),
+                    message,
+                });
+                continue;
+            }
+        };
+        let mut objects = Vec::new();
+        for document in documents.into_iter().filter(|d| !d.is_null()) {
+            flatten(document, &mut objects);
         }
-    };
-    let mut objects = Vec::new();
-    for document in documents.into_iter().filter(|d| !d.is_null()) {
-        flatten(document, &mut objects);
+        for object in &objects {
+            if let Ok(mut known) = serde_json::from_value::<DynamicObject>(object.clone()) {
+                if known.metadata.namespace.is_none() {
+                    known.metadata.namespace = Some(default_namespace.to_owned());
+                }
+                snapshot.learn(&known);
+            }
+        }
+        inputs.push((source, objects));
     }
-    for (index, object) in objects.into_iter().enumerate() {
-        match evaluate_object(engine, object, default_namespace) {
-            Ok(findings) => output.add(Some(&source.name), findings),
-            Err(message) => output.errors.push(InputError {
-                file: source.name.clone(),
-                message: format!("object {}: {message}", index + 1),
-            }),
+    for (source, objects) in inputs {
+        for (index, object) in objects.into_iter().enumerate() {
+            match evaluate_object(engine, &snapshot, object, default_namespace) {
+                Ok(findings) => output.add(Some(&source.name), findings),
+                Err(message) => output.errors.push(InputError {
+                    file: source.name.clone(),
+                    message: format!("object {}: {message}", index + 1),
+                }),
+            }
         }
     }
 }
@@ -312,7 +360,6 @@ pub fn render_text(output: &CheckOutput) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
 
     fn engine() -> Engine {
         offline_engine(&Config::embedded_default().unwrap())
@@ -328,7 +375,13 @@ mod tests {
 
     fn run_text(text: &str) -> CheckOutput {
         let mut output = CheckOutput::new();
-        check_source(&engine(), &source(text), "default", &mut output);
+        check_sources(
+            &engine(),
+            check_snapshot(&Config::default(), false),
+            &[source(text)],
+            "default",
+            &mut output,
+        );
         output
     }
 

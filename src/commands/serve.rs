@@ -11,7 +11,7 @@ use super::{load_config, EXIT_BAD_INPUT};
 use crate::audit::background::{self, AuditSettings};
 use crate::audit::lease::{LeaseSettings, LEASE_NAME};
 use crate::cli::ServeArgs;
-use crate::cluster::{KubePodLookup, NoPodLookup, PodLookup};
+use crate::cluster::{ClusterLookup, KubeLookup, NoLookup};
 use crate::config::{Config, GlobalMode};
 use crate::engine::Engine;
 use crate::http::{app, metrics_app, AppState};
@@ -115,9 +115,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         .ok()
         .filter(|n| !n.is_empty())
         .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
-    let (pods, reporter): (Arc<dyn PodLookup>, Arc<dyn Reporter>) = match &client {
+    let (pods, reporter): (Arc<dyn ClusterLookup>, Arc<dyn Reporter>) = match &client {
         Some(client) => (
-            Arc::new(KubePodLookup::new(client.clone())),
+            Arc::new(KubeLookup::new(client.clone())),
             EventSink::start(
                 client.clone(),
                 events::CONTROLLER,
@@ -126,7 +126,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             ),
         ),
         None => (
-            Arc::new(NoPodLookup {
+            Arc::new(NoLookup {
                 reason: "no in-cluster config or kubeconfig".into(),
             }),
             Arc::new(LogReporter),
@@ -191,7 +191,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                     mode: GlobalMode::Enforce,
                     ..config.clone()
                 },
-                Arc::new(NoPodLookup {
+                Arc::new(NoLookup {
                     reason: "the audit evaluates stored objects".into(),
                 }),
                 Arc::new(NoReporter),
@@ -244,7 +244,7 @@ async fn reload_config(
     mode: Option<crate::cli::ModeArg>,
     interval: Duration,
     state: Arc<AppState>,
-    pods: Arc<dyn PodLookup>,
+    pods: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
 ) {
     let mut seen = std::fs::read(&path).ok();

@@ -5,6 +5,7 @@ mod decide;
 pub mod offline;
 mod request;
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -13,7 +14,9 @@ use kube::core::DynamicObject;
 pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
 pub use request::{Operation, Request};
 
-use crate::cluster::PodLookup;
+use k8s_openapi::api::rbac::v1::PolicyRule;
+
+use crate::cluster::{Binding, ClusterLookup, RoleKey, Snapshot};
 use crate::config::{Config, GlobalMode, PolicyMode};
 use crate::policies::{self, pod_spec::ShapeError};
 use crate::report::{Report, Reporter};
@@ -50,11 +53,126 @@ pub enum Finding {
     },
 }
 
-/// Facts a policy needs from outside the request, fetched before policies run.
+/// Facts a policy needs from outside the request, fetched before policies run. Each is
+/// `None` when no policy asked for it, or the answer, or why it could not be read.
 #[derive(Debug, Default)]
 pub struct Context {
-    /// The Pod a CONNECT request targets, or why it could not be read.
+    /// The Pod a CONNECT request targets.
     pub pod: Option<Result<DynamicObject, String>>,
+    /// The labels of the request's namespace.
+    pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
+    /// The rules of the role a binding grants; `Ok(None)` when the role does not exist.
+    pub role_rules: Option<Result<Option<Vec<PolicyRule>>, String>>,
+    /// The bindings that grant the role being written.
+    pub bindings: Option<Result<Vec<Binding>, String>>,
+}
+
+/// What a policy asks to be read from the cluster for one request.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Needs {
+    pub pod: bool,
+    pub namespace_labels: bool,
+    pub role_rules: Option<RoleKey>,
+    pub bindings: Option<RoleKey>,
+}
+
+impl Needs {
+    pub fn any(&self) -> bool {
+        self.pod || self.namespace_labels || self.role_rules.is_some() || self.bindings.is_some()
+    }
+
+    fn merge(&mut self, other: Needs) {
+        self.pod |= other.pod;
+        self.namespace_labels |= other.namespace_labels;
+        if self.role_rules.is_none() {
+            self.role_rules = other.role_rules;
+        }
+        if self.bindings.is_none() {
+            self.bindings = other.bindings;
+        }
+    }
+}
+
+impl Context {
+    /// Reads what `needs` asks for through `lookup`.
+    pub async fn fetch(
+        lookup: &dyn ClusterLookup,
+        needs: &Needs,
+        request: &Request<'_>,
+    ) -> Context {
+        let text = |e: crate::cluster::LookupError| e.to_string();
+        let mut context = Context::default();
+        if needs.pod {
+            context.pod = Some(
+                lookup
+                    .get_pod(request.namespace, request.name)
+                    .await
+                    .map_err(text),
+            );
+        }
+        if needs.namespace_labels {
+            context.namespace_labels = Some(
+                lookup
+                    .namespace_labels(request.namespace)
+                    .await
+                    .map_err(text),
+            );
+        }
+        if let Some(role) = &needs.role_rules {
+            context.role_rules = Some(lookup.role_rules(role).await.map_err(text));
+        }
+        if let Some(role) = &needs.bindings {
+            context.bindings = Some(lookup.bindings_to(role).await.map_err(text));
+        }
+        context
+    }
+
+    /// Every lookup `needs` asks for failed by taking longer than `timeout`.
+    fn timed_out(needs: &Needs, request: &Request<'_>, timeout: Duration) -> Context {
+        fn late<T>(what: String, timeout: Duration) -> Result<T, String> {
+            Err(format!("reading {what} took longer than {timeout:?}"))
+        }
+        Context {
+            pod: needs.pod.then(|| {
+                late(
+                    format!("pod {}/{}", request.namespace, request.name),
+                    timeout,
+                )
+            }),
+            namespace_labels: needs
+                .namespace_labels
+                .then(|| late(format!("namespace {}", request.namespace), timeout)),
+            role_rules: needs
+                .role_rules
+                .as_ref()
+                .map(|r| late(r.to_string(), timeout)),
+            bindings: needs
+                .bindings
+                .as_ref()
+                .map(|r| late(format!("the bindings of {r}"), timeout)),
+        }
+    }
+
+    /// The same, answered from a snapshot (no waiting).
+    pub fn from_snapshot(snapshot: &Snapshot, needs: &Needs, request: &Request<'_>) -> Context {
+        let text = |e: crate::cluster::LookupError| e.to_string();
+        Context {
+            pod: needs
+                .pod
+                .then(|| snapshot.pod(request.namespace, request.name).map_err(text)),
+            namespace_labels: needs
+                .namespace_labels
+                .then(|| snapshot.labels_of(request.namespace).map_err(text)),
+            role_rules: needs
+                .role_rules
+                .as_ref()
+                .map(|role| snapshot.rules_of(role).map_err(text)),
+            bindings: needs
+                .bindings
+                .as_ref()
+                .map(|role| Ok(snapshot.bindings_of(role))),
+        }
+    }
 }
 
 /// A request a policy cannot evaluate because its object is malformed.
@@ -70,9 +188,9 @@ pub enum EvalError {
 pub trait Policy: Send + Sync {
     fn id(&self) -> &'static str;
     fn webhook(&self) -> Webhook;
-    /// Whether this request needs the target Pod read from the API server.
-    fn needs_pod(&self, _request: &Request<'_>) -> bool {
-        false
+    /// What this request needs read from the API server before `evaluate`.
+    fn needs(&self, _request: &Request<'_>) -> Needs {
+        Needs::default()
     }
     fn evaluate(&self, request: &Request<'_>, context: &Context)
         -> Result<Vec<Finding>, EvalError>;
@@ -95,13 +213,17 @@ pub enum Verdict {
 pub struct Engine {
     policies: Vec<Configured>,
     excluded_namespaces: Vec<String>,
-    pods: Arc<dyn PodLookup>,
+    cluster: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
     lookup_timeout: Duration,
 }
 
 impl Engine {
-    pub fn new(config: &Config, pods: Arc<dyn PodLookup>, reporter: Arc<dyn Reporter>) -> Engine {
+    pub fn new(
+        config: &Config,
+        cluster: Arc<dyn ClusterLookup>,
+        reporter: Arc<dyn Reporter>,
+    ) -> Engine {
         let global_audit = config.mode == GlobalMode::Audit;
         let policies = policies::build(config)
             .into_iter()
@@ -117,7 +239,7 @@ impl Engine {
         Engine {
             policies,
             excluded_namespaces: config.excluded_namespaces.clone(),
-            pods,
+            cluster,
             reporter,
             lookup_timeout: LOOKUP_TIMEOUT,
         }
@@ -148,24 +270,16 @@ impl Engine {
         if self.is_excluded(request.namespace) {
             return Verdict::Decided(decide(&[]));
         }
-        let mut context = Context::default();
-        let active = || {
-            self.policies
-                .iter()
-                .filter(|c| c.policy.webhook() == webhook)
+        let needs = self.needs(webhook, request);
+        let context = if needs.any() {
+            let fetch = Context::fetch(self.cluster.as_ref(), &needs, request);
+            match tokio::time::timeout(self.lookup_timeout, fetch).await {
+                Ok(context) => context,
+                Err(_) => Context::timed_out(&needs, request, self.lookup_timeout),
+            }
+        } else {
+            Context::default()
         };
-        if active().any(|c| c.policy.needs_pod(request)) {
-            let lookup = self.pods.get_pod(request.namespace, request.name);
-            context.pod = Some(
-                match tokio::time::timeout(self.lookup_timeout, lookup).await {
-                    Ok(result) => result.map_err(|e| e.to_string()),
-                    Err(_) => Err(format!(
-                        "reading pod {}/{} took longer than {:?}",
-                        request.namespace, request.name, self.lookup_timeout
-                    )),
-                },
-            );
-        }
         let verdict = self.evaluate(webhook, request, &context);
         if let Verdict::Decided(decision) = &verdict {
             if !request.dry_run {
@@ -175,6 +289,22 @@ impl Engine {
             }
         }
         verdict
+    }
+
+    /// What the active policies of `webhook` need read from the cluster for `request`.
+    pub fn needs(&self, webhook: Webhook, request: &Request<'_>) -> Needs {
+        let mut needs = Needs::default();
+        if self.is_excluded(request.namespace) {
+            return needs;
+        }
+        for c in self
+            .policies
+            .iter()
+            .filter(|c| c.policy.webhook() == webhook)
+        {
+            needs.merge(c.policy.needs(request));
+        }
+        needs
     }
 
     /// Evaluates without reading the cluster or reporting (used by `check` and by `review`).
@@ -216,8 +346,17 @@ mod tests {
     struct HangingLookup;
 
     #[async_trait::async_trait]
-    impl PodLookup for HangingLookup {
+    impl ClusterLookup for HangingLookup {
         async fn get_pod(&self, _: &str, _: &str) -> Result<DynamicObject, LookupError> {
+            std::future::pending().await
+        }
+        async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
+            std::future::pending().await
+        }
+        async fn role_rules(&self, _: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+            std::future::pending().await
+        }
+        async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
             std::future::pending().await
         }
     }

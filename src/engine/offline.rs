@@ -6,6 +6,8 @@ use kube::core::DynamicObject;
 use serde::Serialize;
 use serde_json::Value;
 
+use crate::cluster::Snapshot;
+
 use super::{Action, Context, Engine, Operation, Request, Verdict, Webhook};
 
 /// The user offline evaluation runs as.
@@ -29,9 +31,11 @@ pub struct ObjectFinding {
     pub violation: bool,
 }
 
-/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result.
+/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result. What the
+/// policies would read from the cluster comes from `cluster`.
 pub fn evaluate_object(
     engine: &Engine,
+    cluster: &Snapshot,
     value: Value,
     default_namespace: &str,
 ) -> Result<Vec<ObjectFinding>, String> {
@@ -48,6 +52,7 @@ pub fn evaluate_object(
     let mut results = Vec::new();
     let patch = evaluate(
         engine,
+        cluster,
         Webhook::Mutate,
         &object,
         default_namespace,
@@ -63,6 +68,7 @@ pub fn evaluate_object(
     };
     evaluate(
         engine,
+        cluster,
         Webhook::Validate,
         &object,
         default_namespace,
@@ -74,6 +80,7 @@ pub fn evaluate_object(
 /// Runs one webhook's policies on `object`; returns the enforced patch.
 fn evaluate(
     engine: &Engine,
+    cluster: &Snapshot,
     webhook: Webhook,
     object: &DynamicObject,
     default_namespace: &str,
@@ -84,7 +91,7 @@ fn evaluate(
         Some((group, version)) => (group, version),
         None => ("", types.api_version.as_str()),
     };
-    let resource = format!("{}s", types.kind.to_ascii_lowercase());
+    let resource = plural(&types.kind);
     let namespace = object
         .metadata
         .namespace
@@ -108,7 +115,8 @@ fn evaluate(
         old_object: None,
         dry_run: true,
     };
-    let decision = match engine.evaluate(webhook, &request, &Context::default()) {
+    let context = Context::from_snapshot(cluster, &engine.needs(webhook, &request), &request);
+    let decision = match engine.evaluate(webhook, &request, &context) {
         Verdict::Decided(decision) => decision,
         Verdict::Malformed(message) => return Err(message),
     };
@@ -130,4 +138,33 @@ fn evaluate(
         });
     }
     Ok(decision.patch)
+}
+
+/// The resource name of a kind, as the API server derives it (`Ingress` -> `ingresses`).
+fn plural(kind: &str) -> String {
+    let lower = kind.to_ascii_lowercase();
+    if lower.ends_with('s') {
+        format!("{lower}es")
+    } else if let Some(stem) = lower.strip_suffix('y') {
+        format!("{stem}ies")
+    } else {
+        format!("{lower}s")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::plural;
+
+    #[test]
+    fn plurals() {
+        for (kind, resource) in [
+            ("Deployment", "deployments"),
+            ("Ingress", "ingresses"),
+            ("NetworkPolicy", "networkpolicies"),
+            ("ClusterRoleBinding", "clusterrolebindings"),
+        ] {
+            assert_eq!(plural(kind), resource);
+        }
+    }
 }

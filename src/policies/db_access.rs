@@ -10,10 +10,10 @@
 
 use kube::core::DynamicObject;
 
-use super::image_ref::{is_docker_hub, ImageRef};
+use super::image_ref::{ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
 use crate::config::{Admins, DbAccessConfig};
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "db-access";
 pub const DATABASE_ANNOTATION: &str = "prodguard.io/database";
@@ -23,40 +23,15 @@ const LABELS: [&str; 3] = [
     "app.kubernetes.io/component",
 ];
 
-/// A configured database image: a repository suffix, on any registry unless one is named.
-#[derive(Debug, Clone, PartialEq)]
-struct DbImage {
-    registry: Option<String>,
-    suffix: String,
-}
-
 pub struct DbAccess {
     databases: Vec<String>,
-    images: Vec<DbImage>,
+    images: Vec<ImagePattern>,
     admins: Admins,
 }
 
 impl DbAccess {
     pub fn new(config: &DbAccessConfig, admins: &Admins) -> DbAccess {
-        let images = config
-            .images
-            .iter()
-            .filter_map(|entry| {
-                let parsed = ImageRef::parse(entry).ok()?;
-                // `postgres` matches any registry's `.../postgres` (mirrors included);
-                // `ghcr.io/x/db` names its registry and matches only there.
-                let explicit = !is_docker_hub(&parsed.registry)
-                    || entry.to_ascii_lowercase().starts_with("docker.io/");
-                let suffix = match parsed.path.strip_prefix("library/") {
-                    Some(official) if !entry.contains("library/") => official.to_owned(),
-                    _ => parsed.path.clone(),
-                };
-                Some(DbImage {
-                    registry: explicit.then_some(parsed.registry),
-                    suffix,
-                })
-            })
-            .collect();
+        let images = ImagePattern::parse_all(&config.images);
         DbAccess {
             databases: config
                 .databases
@@ -110,10 +85,7 @@ impl DbAccess {
             let Ok(parsed) = ImageRef::parse(image) else {
                 continue;
             };
-            let is_db = self.images.iter().any(|db| {
-                db.registry.as_ref().is_none_or(|r| parsed.registry_is(r))
-                    && parsed.path_ends_with(&db.suffix)
-            });
+            let is_db = self.images.iter().any(|db| db.matches(&parsed));
             if is_db {
                 return Some(format!("{} runs image {image}", container.describe()));
             }
@@ -131,8 +103,11 @@ impl Policy for DbAccess {
         Webhook::Validate
     }
 
-    fn needs_pod(&self, request: &Request<'_>) -> bool {
-        Self::applies(request) && !self.is_admin(request)
+    fn needs(&self, request: &Request<'_>) -> Needs {
+        Needs {
+            pod: Self::applies(request) && !self.is_admin(request),
+            ..Needs::default()
+        }
     }
 
     fn evaluate(
@@ -140,7 +115,7 @@ impl Policy for DbAccess {
         request: &Request<'_>,
         context: &Context,
     ) -> Result<Vec<Finding>, EvalError> {
-        if !self.needs_pod(request) {
+        if !self.needs(request).pod {
             return Ok(Vec::new());
         }
         let verb = match request.sub_resource {
@@ -192,6 +167,7 @@ mod tests {
     fn pod(value: serde_json::Value) -> Context {
         Context {
             pod: Some(Ok(object(value))),
+            ..Context::default()
         }
     }
 
@@ -268,7 +244,7 @@ mod tests {
             ("portforward", "port-forward to"),
         ] {
             let req = exec_request(sub, &[]);
-            assert!(p.needs_pod(&req));
+            assert!(p.needs(&req).pod);
             let findings = p.evaluate(&req, &ctx).unwrap();
             let Finding::Violation { message } = &findings[0] else {
                 panic!()
@@ -291,14 +267,14 @@ mod tests {
         let p = policy();
         let masters = ["system:masters".to_string()];
         let req = exec_request("exec", &masters);
-        assert!(!p.needs_pod(&req));
+        assert!(!p.needs(&req).pod);
         assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
         let req = exec_request("exec", &[]);
         let web = pod(json!({"spec": {"containers": [{"name": "web", "image": "nginx"}]}}));
         assert!(p.evaluate(&req, &web).unwrap().is_empty());
         let mut logs = exec_request("log", &[]);
         logs.operation = Operation::Connect;
-        assert!(!p.needs_pod(&logs));
+        assert!(!p.needs(&logs).pod);
     }
 
     #[test]
@@ -307,6 +283,7 @@ mod tests {
         let req = exec_request("exec", &[]);
         let ctx = Context {
             pod: Some(Err("pod openg2p/db-0 was not found".into())),
+            ..Context::default()
         };
         let findings = p.evaluate(&req, &ctx).unwrap();
         let Finding::Violation { message } = &findings[0] else {

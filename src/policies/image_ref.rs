@@ -150,6 +150,48 @@ impl fmt::Display for ImageRef {
     }
 }
 
+/// A configured image repository (`postgres`, `bitnami/postgresql`, `ghcr.io/x/db`): a
+/// repository suffix, on any registry (mirrors included) unless the entry names one.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ImagePattern {
+    registry: Option<String>,
+    suffix: String,
+}
+
+impl ImagePattern {
+    pub fn parse(entry: &str) -> Result<ImagePattern, ImageRefError> {
+        let parsed = ImageRef::parse(entry)?;
+        let explicit = !is_docker_hub(&parsed.registry)
+            || entry.to_ascii_lowercase().starts_with("docker.io/");
+        let suffix = match parsed.path.strip_prefix("library/") {
+            Some(official) if !entry.contains("library/") => official.to_owned(),
+            _ => parsed.path.clone(),
+        };
+        Ok(ImagePattern {
+            registry: explicit.then_some(parsed.registry),
+            suffix,
+        })
+    }
+
+    /// The valid entries of a configured list (the configuration is validated at load).
+    pub fn parse_all(entries: &[String]) -> Vec<ImagePattern> {
+        entries
+            .iter()
+            .filter_map(|e| ImagePattern::parse(e).ok())
+            .collect()
+    }
+
+    pub fn matches(&self, image: &ImageRef) -> bool {
+        self.registry.as_ref().is_none_or(|r| image.registry_is(r))
+            && image.path_ends_with(&self.suffix)
+    }
+
+    /// Whether any pattern matches the image reference `image` (unparsable: no).
+    pub fn any_matches(patterns: &[ImagePattern], image: &str) -> bool {
+        ImageRef::parse(image).is_ok_and(|parsed| patterns.iter().any(|p| p.matches(&parsed)))
+    }
+}
+
 /// Whether a registry string names Docker Hub.
 pub fn is_docker_hub(registry: &str) -> bool {
     DOCKER_HUB_ALIASES

@@ -11,7 +11,7 @@ use std::collections::BTreeMap;
 
 use serde_json::Value;
 
-use super::pod_spec::ShapeError;
+use super::{controlled_by, int_field};
 use crate::config::{Exemption, MinReplicasConfig};
 use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
 
@@ -51,22 +51,6 @@ impl MinReplicas {
                     .is_some_and(|(kind, name)| e.matches(namespace, kind, name, None))
         })
     }
-}
-
-/// An integer field at `path` under `root`, `default` when absent.
-fn int_at(kind: &str, root: &Value, path: &[&str], default: i64) -> Result<i64, ShapeError> {
-    let mut value = root;
-    for token in path {
-        match value.get(token) {
-            None | Some(Value::Null) => return Ok(default),
-            Some(v) => value = v,
-        }
-    }
-    value.as_i64().ok_or_else(|| ShapeError {
-        kind: kind.to_owned(),
-        path: path.join("."),
-        expected: "an integer",
-    })
 }
 
 fn scaled_kind(resource: &str) -> Option<&'static str> {
@@ -113,21 +97,12 @@ impl Policy for MinReplicas {
                     labels: None,
                     target: None,
                     field: "spec.replicas",
-                    value: int_at("Scale", &object.data, &path, 0)?,
-                    old_value: old.map(|o| int_at("Scale", o, &path, 0)).transpose()?,
+                    value: int_field("Scale", &object.data, &path, 0)?,
+                    old_value: old.map(|o| int_field("Scale", o, &path, 0)).transpose()?,
                 }
             }
             (kind @ ("Deployment" | "StatefulSet" | "ReplicaSet"), false) => {
-                let owned_by_deployment =
-                    object
-                        .metadata
-                        .owner_references
-                        .as_ref()
-                        .is_some_and(|refs| {
-                            refs.iter()
-                                .any(|r| r.kind == "Deployment" && r.controller == Some(true))
-                        });
-                if kind == "ReplicaSet" && owned_by_deployment {
+                if kind == "ReplicaSet" && controlled_by(object, "Deployment") {
                     return Ok(Vec::new());
                 }
                 let path = ["spec", "replicas"];
@@ -137,8 +112,8 @@ impl Policy for MinReplicas {
                     labels: object.metadata.labels.as_ref(),
                     target: None,
                     field: "spec.replicas",
-                    value: int_at(kind, &object.data, &path, 1)?,
-                    old_value: old.map(|o| int_at(kind, o, &path, 1)).transpose()?,
+                    value: int_field(kind, &object.data, &path, 1)?,
+                    old_value: old.map(|o| int_field(kind, o, &path, 1)).transpose()?,
                 }
             }
             ("HorizontalPodAutoscaler", false) => {
@@ -156,8 +131,10 @@ impl Policy for MinReplicas {
                     labels: object.metadata.labels.as_ref(),
                     target: target_field("kind").zip(target_field("name")),
                     field: "spec.minReplicas",
-                    value: int_at(request.kind, &object.data, &path, 1)?,
-                    old_value: old.map(|o| int_at(request.kind, o, &path, 1)).transpose()?,
+                    value: int_field(request.kind, &object.data, &path, 1)?,
+                    old_value: old
+                        .map(|o| int_field(request.kind, o, &path, 1))
+                        .transpose()?,
                 }
             }
             _ => return Ok(Vec::new()),

@@ -3,18 +3,28 @@
 
 pub mod airgap_registry;
 pub mod db_access;
+pub mod external_databases;
 pub mod image_pull_policy;
 pub mod image_ref;
+pub mod ingress_body_size;
 pub mod min_replicas;
+pub mod node_spread;
+pub mod opensearch_cluster;
 pub mod pod_spec;
 pub mod protect_delete;
+pub mod rbac_hygiene;
 pub mod registry_mirror;
 
-use json_patch::PatchOperation;
+use std::collections::BTreeMap;
 
-use crate::config::{Config, PolicyMode};
-use crate::engine::{EvalError, Finding, Operation, Policy, Request};
-use pod_spec::{ContainerList, ContainerRef};
+use json_patch::PatchOperation;
+use kube::core::DynamicObject;
+use serde_json::Value;
+
+use crate::config::{Config, LabelSelector, PolicyMode};
+use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request};
+use image_ref::ImagePattern;
+use pod_spec::{ContainerList, ContainerRef, ShapeError};
 
 /// Every built-in policy with its configured mode, mutating ones first, in the order they run.
 pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
@@ -27,6 +37,13 @@ pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
         (
             Box::new(image_pull_policy::ImagePullPolicy),
             p.image_pull_policy.mode,
+        ),
+        (Box::new(node_spread::NodeSpread), p.node_spread.mode),
+        (
+            Box::new(ingress_body_size::IngressBodySizeDefault::new(
+                &p.ingress_body_size,
+            )),
+            p.ingress_body_size.mode,
         ),
         (
             Box::new(airgap_registry::AirgapRegistry::new(&p.airgap_registry)),
@@ -46,6 +63,34 @@ pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
                 &config.admins,
             )),
             p.protect_delete.mode,
+        ),
+        (
+            Box::new(rbac_hygiene::RbacHygiene::new(
+                &p.rbac_hygiene,
+                &config.admins,
+                &p.protect_delete.kinds,
+            )),
+            p.rbac_hygiene.mode,
+        ),
+        (
+            Box::new(ingress_body_size::IngressBodySizeLimit::new(
+                &p.ingress_body_size,
+            )),
+            p.ingress_body_size.mode,
+        ),
+        (
+            Box::new(opensearch_cluster::OpensearchCluster::new(
+                &p.opensearch_cluster,
+                &config.production_namespaces,
+            )),
+            p.opensearch_cluster.mode,
+        ),
+        (
+            Box::new(external_databases::ExternalDatabases::new(
+                &p.external_databases,
+                &config.production_namespaces,
+            )),
+            p.external_databases.mode,
         ),
     ]
 }
@@ -132,6 +177,91 @@ pub fn image_unchanged(request: &Request<'_>, container: &ContainerRef<'_>) -> b
     old_containers
         .iter()
         .any(|o| o.name == container.name && o.image == container.image)
+}
+
+/// An integer field at `path` under `root`, `default` when absent.
+pub fn int_field(kind: &str, root: &Value, path: &[&str], default: i64) -> Result<i64, ShapeError> {
+    let mut value = root;
+    for token in path {
+        match value.get(token) {
+            None | Some(Value::Null) => return Ok(default),
+            Some(v) => value = v,
+        }
+    }
+    value.as_i64().ok_or_else(|| ShapeError {
+        kind: kind.to_owned(),
+        path: path.join("."),
+        expected: "an integer",
+    })
+}
+
+/// Whether a controller of kind `kind` owns the object (a Deployment's ReplicaSet): the
+/// controller is checked instead.
+pub fn controlled_by(object: &DynamicObject, kind: &str) -> bool {
+    object
+        .metadata
+        .owner_references
+        .as_ref()
+        .is_some_and(|refs| {
+            refs.iter()
+                .any(|r| r.kind == kind && r.controller == Some(true))
+        })
+}
+
+/// Whether the labels match every pair of `selector` (an empty selector matches everything).
+pub fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
+    selector
+        .match_labels
+        .iter()
+        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+}
+
+/// The first container (of `containers`, not init or ephemeral ones, which are often
+/// clients) whose image one of `patterns` matches.
+pub fn container_running<'a>(
+    kind: &str,
+    object: &'a Value,
+    patterns: &[ImagePattern],
+) -> Result<Option<ContainerRef<'a>>, ShapeError> {
+    Ok(
+        pod_spec::containers(kind, object, &[ContainerList::Containers])?
+            .into_iter()
+            .find(|c| {
+                c.image
+                    .is_some_and(|image| ImagePattern::any_matches(patterns, image))
+            }),
+    )
+}
+
+/// Whether the request's namespace is a production one, from the namespace labels the engine
+/// read: `Ok(None)` when they were not read (offline callers without namespaces), `Err` with
+/// the reason when reading failed.
+pub fn is_production(
+    context: &Context,
+    request: &Request<'_>,
+    selector: &LabelSelector,
+) -> Result<Option<bool>, String> {
+    match &context.namespace_labels {
+        None => Ok(None),
+        Some(Ok(labels)) => Ok(Some(labels_match(selector, labels))),
+        Some(Err(e)) => Err(format!(
+            "cannot tell whether namespace {} is a production namespace: {e}",
+            request.namespace
+        )),
+    }
+}
+
+/// The labels that mark a production namespace, for messages: `a=b, c=d`.
+pub fn describe_selector(selector: &LabelSelector) -> String {
+    if selector.match_labels.is_empty() {
+        return "(every namespace)".to_owned();
+    }
+    selector
+        .match_labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// `containers[0] "app"` joined for messages.

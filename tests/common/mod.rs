@@ -11,7 +11,7 @@ use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use kube::core::DynamicObject;
-use prodguard::cluster::FixedPodLookup;
+use prodguard::cluster::Snapshot;
 use prodguard::config::Config;
 use prodguard::engine::Engine;
 use prodguard::http::{app, AppState};
@@ -52,7 +52,14 @@ pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
     )
     .expect("tls config");
     let reporter = Arc::new(MemoryReporter::default());
-    let engine = Engine::new(&config, Arc::new(FixedPodLookup { pods }), reporter.clone());
+    let engine = Engine::new(
+        &config,
+        Arc::new(Snapshot {
+            pods,
+            ..Snapshot::default()
+        }),
+        reporter.clone(),
+    );
     let state = AppState::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
@@ -80,7 +87,7 @@ pub async fn serve_default(
 ) -> std::net::SocketAddr {
     let engine = Engine::new(
         &Config::embedded_default().expect("default config"),
-        Arc::new(FixedPodLookup::default()),
+        Arc::new(Snapshot::default()),
         Arc::new(prodguard::report::NoReporter),
     );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")

@@ -1,0 +1,228 @@
+//! `external-databases` (validating, audit by default): in a production namespace, a
+//! PostgreSQL or MinIO StatefulSet or Deployment is reported with the production guide's
+//! advice: run them on separate machines with high capacity, tight access control and backups.
+//!
+//! A workload is such a store when one of its containers runs a configured image. A workload
+//! scaled to 0 is not reported. On UPDATE only a workload that did not already run the store
+//! is reported: the background audit reports what runs.
+
+use super::image_ref::ImagePattern;
+use super::pod_spec::ShapeError;
+use super::{container_running, describe_selector, int_field, is_production};
+use crate::config::{ExternalDatabasesConfig, LabelSelector};
+use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "external-databases";
+
+pub struct ExternalDatabases {
+    images: Vec<ImagePattern>,
+    production: LabelSelector,
+}
+
+/// How the guide names the store an image runs.
+fn store_name(image: &str) -> &'static str {
+    let image = image.to_ascii_lowercase();
+    if image.contains("postgres") {
+        "PostgreSQL"
+    } else if image.contains("minio") {
+        "MinIO"
+    } else {
+        "a database"
+    }
+}
+
+impl ExternalDatabases {
+    pub fn new(config: &ExternalDatabasesConfig, production: &LabelSelector) -> ExternalDatabases {
+        ExternalDatabases {
+            images: ImagePattern::parse_all(&config.images),
+            production: production.clone(),
+        }
+    }
+
+    /// Which store the workload runs in the cluster, or `None`.
+    fn store(&self, kind: &str, object: &serde_json::Value) -> Result<Option<String>, ShapeError> {
+        if !matches!(kind, "Deployment" | "StatefulSet") {
+            return Ok(None);
+        }
+        let Some(container) = container_running(kind, object, &self.images)? else {
+            return Ok(None);
+        };
+        if int_field(kind, object, &["spec", "replicas"], 1)? == 0 {
+            return Ok(None);
+        }
+        let image = container.image.unwrap_or_default();
+        Ok(Some(format!(
+            "{} ({}, image {image})",
+            store_name(image),
+            container.describe()
+        )))
+    }
+
+    fn introduced(&self, request: &Request<'_>) -> Result<Option<String>, EvalError> {
+        if !matches!(request.operation, Operation::Create | Operation::Update)
+            || request.sub_resource.is_some()
+        {
+            return Ok(None);
+        }
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let Some(store) = self.store(request.kind, &object.data)? else {
+            return Ok(None);
+        };
+        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
+            if matches!(self.store(request.kind, &old.data), Ok(Some(_))) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(store))
+    }
+}
+
+impl Policy for ExternalDatabases {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn needs(&self, request: &Request<'_>) -> Needs {
+        Needs {
+            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
+            ..Needs::default()
+        }
+    }
+
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
+        let Some(store) = self.introduced(request)? else {
+            return Ok(Vec::new());
+        };
+        let message = match is_production(context, request, &self.production) {
+            Err(problem) => problem,
+            Ok(Some(true)) => format!(
+                "{} runs {store} inside the cluster in production namespace {} ({}); the \
+                 production guide runs PostgreSQL and MinIO on separate machines with high \
+                 capacity, tight access control and backups",
+                request.describe(),
+                request.namespace,
+                describe_selector(&self.production)
+            ),
+            Ok(_) => return Ok(Vec::new()),
+        };
+        Ok(vec![Finding::Violation { message }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> ExternalDatabases {
+        let config = Config::default();
+        ExternalDatabases::new(
+            &config.policies.external_databases,
+            &config.production_namespaces,
+        )
+    }
+
+    fn production() -> Context {
+        Context {
+            namespace_labels: Some(Ok(BTreeMap::from([(
+                "prodguard.io/environment".to_owned(),
+                "production".to_owned(),
+            )]))),
+            ..Context::default()
+        }
+    }
+
+    fn workload(kind: &str, replicas: i64, image: &str) -> kube::core::DynamicObject {
+        object(
+            json!({"kind": kind, "metadata": {"name": "store"}, "spec": {
+            "replicas": replicas,
+            "template": {"spec": {
+                "initContainers": [{"name": "wait", "image": "postgres:16"}],
+                "containers": [{"name": "main", "image": image}]}}}}),
+        )
+    }
+
+    fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
+        let req = request(Operation::Create, kind, "x", Some(obj));
+        policy()
+            .evaluate(&req, ctx)
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!(),
+            })
+            .next()
+    }
+
+    #[test]
+    fn table() {
+        let cases = [
+            (
+                "StatefulSet",
+                1,
+                "docker.io/bitnami/postgresql:16.2.0",
+                Some("PostgreSQL"),
+            ),
+            ("StatefulSet", 3, "postgres:16", Some("PostgreSQL")),
+            (
+                "Deployment",
+                1,
+                "quay.io/minio/minio:RELEASE.2024",
+                Some("MinIO"),
+            ),
+            ("StatefulSet", 4, "bitnami/minio:2024", Some("MinIO")),
+            ("StatefulSet", 0, "postgres:16", None),
+            // A client in the init container does not count; other images do not either.
+            ("StatefulSet", 1, "openg2p/odoo:17", None),
+            ("Deployment", 1, "minio/mc:latest", None),
+            ("DaemonSet", 1, "postgres:16", None),
+        ];
+        for (kind, replicas, image, store) in cases {
+            let obj = workload(kind, replicas, image);
+            let got = verdict(kind, &obj, &production());
+            match store {
+                None => assert_eq!(got, None, "{kind} {image}"),
+                Some(name) => {
+                    let msg = got.unwrap_or_default();
+                    assert!(
+                        msg.starts_with(&format!("{kind} openg2p/store runs {name} (containers[0] \"main\", image {image}) inside the cluster in production namespace openg2p")),
+                        "{msg}"
+                    );
+                    assert!(msg.contains("separate machines"), "{msg}");
+                }
+            }
+            let not_production = Context {
+                namespace_labels: Some(Ok(BTreeMap::new())),
+                ..Context::default()
+            };
+            assert_eq!(verdict(kind, &obj, &not_production), None);
+        }
+    }
+
+    #[test]
+    fn update_reports_only_a_new_store_and_needs_follow_the_image() {
+        let old = workload("StatefulSet", 1, "postgres:15");
+        let new = workload("StatefulSet", 1, "postgres:16");
+        let mut req = request(Operation::Update, "StatefulSet", "statefulsets", Some(&new));
+        req.old_object = Some(&old);
+        assert!(policy().evaluate(&req, &production()).unwrap().is_empty());
+        assert!(!policy().needs(&req).namespace_labels);
+        let before = workload("StatefulSet", 1, "busybox");
+        req.old_object = Some(&before);
+        assert_eq!(policy().evaluate(&req, &production()).unwrap().len(), 1);
+        assert!(policy().needs(&req).namespace_labels);
+    }
+}

@@ -1,0 +1,297 @@
+//! `node-spread` (mutating): a workload that runs 2 or more replicas and says nothing about
+//! spreading them over nodes gets a soft topology spread constraint over
+//! `kubernetes.io/hostname` (`whenUnsatisfiable: ScheduleAnyway`), so its replicas land on
+//! different nodes when the cluster can place them there and still schedule when it cannot.
+//!
+//! Acts on CREATE and UPDATE of Deployments, StatefulSets, ReplicaSets (not those a
+//! Deployment controls: the Deployment is patched) and ReplicationControllers. A workload that
+//! already has a pod anti-affinity term or a spread constraint over the hostname is left
+//! alone; other constraints are kept and the new one is appended. The constraint selects the
+//! workload's pods with the workload's own selector.
+
+use json_patch::jsonptr::PointerBuf;
+use json_patch::{AddOperation, PatchOperation};
+use serde_json::{json, Value};
+
+use super::pod_spec::ShapeError;
+use super::{controlled_by, int_field};
+use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "node-spread";
+pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
+/// Fewer replicas than this are not spread.
+pub const MIN_REPLICAS: i64 = 2;
+
+pub struct NodeSpread;
+
+/// Whether the pod spec already spreads or separates its pods by node.
+fn spreads_by_node(pod_spec: &Value) -> bool {
+    let by_hostname =
+        |term: &Value| term.get("topologyKey").and_then(Value::as_str) == Some(HOSTNAME_KEY);
+    let items = |value: Option<&Value>| -> Vec<Value> {
+        value.and_then(Value::as_array).cloned().unwrap_or_default()
+    };
+    if items(pod_spec.get("topologySpreadConstraints"))
+        .iter()
+        .any(by_hostname)
+    {
+        return true;
+    }
+    let anti = pod_spec.pointer("/affinity/podAntiAffinity");
+    let required =
+        items(anti.and_then(|a| a.get("requiredDuringSchedulingIgnoredDuringExecution")));
+    let preferred =
+        items(anti.and_then(|a| a.get("preferredDuringSchedulingIgnoredDuringExecution")));
+    required.iter().any(by_hostname)
+        || preferred
+            .iter()
+            .any(|weighted| weighted.get("podAffinityTerm").is_some_and(by_hostname))
+}
+
+/// The label selector of the workload's pods, as a spread constraint takes it.
+fn pod_selector(kind: &str, object: &Value) -> Option<Value> {
+    let selector = object.pointer("/spec/selector")?;
+    if kind == "ReplicationController" {
+        // A plain label map.
+        let labels = selector.as_object().filter(|m| !m.is_empty())?;
+        return Some(json!({ "matchLabels": labels }));
+    }
+    let mut out = serde_json::Map::new();
+    for key in ["matchLabels", "matchExpressions"] {
+        if let Some(value) = selector.get(key).filter(|v| !v.is_null()) {
+            out.insert(key.to_owned(), value.clone());
+        }
+    }
+    (!out.is_empty()).then_some(Value::Object(out))
+}
+
+impl Policy for NodeSpread {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Mutate
+    }
+
+    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+        let kind = request.kind;
+        if !matches!(request.operation, Operation::Create | Operation::Update)
+            || request.sub_resource.is_some()
+            || !matches!(
+                kind,
+                "Deployment" | "StatefulSet" | "ReplicaSet" | "ReplicationController"
+            )
+        {
+            return Ok(Vec::new());
+        }
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        if kind == "ReplicaSet" && controlled_by(object, "Deployment") {
+            return Ok(Vec::new());
+        }
+        let replicas = int_field(kind, &object.data, &["spec", "replicas"], 1)?;
+        if replicas < MIN_REPLICAS {
+            return Ok(Vec::new());
+        }
+        let Some(pod_spec) = object.data.pointer("/spec/template/spec") else {
+            return Ok(Vec::new());
+        };
+        if !pod_spec.is_object() {
+            return Err(ShapeError {
+                kind: kind.to_owned(),
+                path: "spec.template.spec".into(),
+                expected: "an object",
+            }
+            .into());
+        }
+        if spreads_by_node(pod_spec) {
+            return Ok(Vec::new());
+        }
+        let Some(selector) = pod_selector(kind, &object.data) else {
+            // Without a selector there is nothing to spread by (the API server rejects such
+            // a workload anyway).
+            return Ok(Vec::new());
+        };
+        let constraint = json!({
+            "maxSkew": 1,
+            "topologyKey": HOSTNAME_KEY,
+            "whenUnsatisfiable": "ScheduleAnyway",
+            "labelSelector": selector,
+        });
+        let mut path =
+            PointerBuf::from_tokens(["spec", "template", "spec", "topologySpreadConstraints"]);
+        let value = match pod_spec.get("topologySpreadConstraints") {
+            None | Some(Value::Null) => Value::Array(vec![constraint]),
+            Some(Value::Array(_)) => {
+                path.push_back("-");
+                constraint
+            }
+            Some(_) => {
+                return Err(ShapeError {
+                    kind: kind.to_owned(),
+                    path: "spec.template.spec.topologySpreadConstraints".into(),
+                    expected: "a list",
+                }
+                .into())
+            }
+        };
+        Ok(vec![Finding::Mutation {
+            message: format!(
+                "add a topology spread constraint over {HOSTNAME_KEY} (ScheduleAnyway) so that \
+                 the {replicas} replicas of {} land on different nodes",
+                request.describe()
+            ),
+            patch: vec![PatchOperation::Add(AddOperation { path, value })],
+        }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policies::test_support::{object, request};
+
+    fn patched(kind: &str, obj: Value, op: Operation) -> Option<Value> {
+        let obj = object(obj);
+        let req = request(op, kind, "x", Some(&obj));
+        let findings = NodeSpread.evaluate(&req, &Context::default()).unwrap();
+        let Some(Finding::Mutation { patch, .. }) = findings.into_iter().next() else {
+            return None;
+        };
+        let mut doc = serde_json::to_value(&obj).unwrap();
+        json_patch::patch(&mut doc, &patch).unwrap();
+        Some(doc)
+    }
+
+    fn deployment(replicas: Option<i64>, pod_spec: Value) -> Value {
+        let mut spec = json!({
+            "selector": {"matchLabels": {"app": "web"}},
+            "template": {"metadata": {"labels": {"app": "web"}}, "spec": pod_spec},
+        });
+        if let Some(r) = replicas {
+            spec["replicas"] = json!(r);
+        }
+        json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web"}, "spec": spec})
+    }
+
+    #[test]
+    fn adds_a_soft_constraint_with_the_workload_selector() {
+        let doc = patched(
+            "Deployment",
+            deployment(Some(3), json!({"containers": []})),
+            Operation::Create,
+        )
+        .expect("patched");
+        assert_eq!(
+            doc.pointer("/spec/template/spec/topologySpreadConstraints"),
+            Some(&json!([{
+                "maxSkew": 1,
+                "topologyKey": "kubernetes.io/hostname",
+                "whenUnsatisfiable": "ScheduleAnyway",
+                "labelSelector": {"matchLabels": {"app": "web"}},
+            }]))
+        );
+    }
+
+    #[test]
+    fn replicas_table() {
+        for (replicas, expected) in [
+            (None, false),
+            (Some(0), false),
+            (Some(1), false),
+            (Some(2), true),
+        ] {
+            let doc = patched(
+                "StatefulSet",
+                deployment(replicas, json!({"containers": []})),
+                Operation::Update,
+            );
+            assert_eq!(doc.is_some(), expected, "{replicas:?}");
+        }
+    }
+
+    #[test]
+    fn existing_constraints_are_kept_and_hostname_ones_respected() {
+        let zone = json!({"maxSkew": 2, "topologyKey": "topology.kubernetes.io/zone", "whenUnsatisfiable": "DoNotSchedule", "labelSelector": {}});
+        let doc = patched(
+            "Deployment",
+            deployment(
+                Some(2),
+                json!({"topologySpreadConstraints": [zone.clone()]}),
+            ),
+            Operation::Create,
+        )
+        .expect("appended");
+        let list = doc
+            .pointer("/spec/template/spec/topologySpreadConstraints")
+            .unwrap();
+        assert_eq!(list[0], zone, "the existing constraint is unchanged");
+        assert_eq!(list[1]["topologyKey"], "kubernetes.io/hostname");
+
+        let host = json!({"maxSkew": 3, "topologyKey": "kubernetes.io/hostname", "whenUnsatisfiable": "DoNotSchedule"});
+        let anti_required = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "kubernetes.io/hostname", "labelSelector": {}}]}}});
+        let anti_preferred = json!({"affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [
+            {"weight": 100, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}}});
+        for spec in [
+            json!({"topologySpreadConstraints": [host]}),
+            anti_required,
+            anti_preferred,
+        ] {
+            assert_eq!(
+                patched(
+                    "Deployment",
+                    deployment(Some(4), spec.clone()),
+                    Operation::Create
+                ),
+                None,
+                "{spec}"
+            );
+        }
+        // Anti-affinity by zone only does not spread by node.
+        let by_zone = json!({"affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+            {"topologyKey": "topology.kubernetes.io/zone"}]}}});
+        assert!(patched(
+            "Deployment",
+            deployment(Some(4), by_zone),
+            Operation::Create
+        )
+        .is_some());
+    }
+
+    #[test]
+    fn kinds_and_owned_replicasets() {
+        let rc = json!({"kind": "ReplicationController", "metadata": {"name": "rc"}, "spec": {
+            "replicas": 2, "selector": {"app": "rc"}, "template": {"spec": {"containers": []}}}});
+        let doc = patched("ReplicationController", rc, Operation::Create).expect("patched");
+        assert_eq!(
+            doc.pointer("/spec/template/spec/topologySpreadConstraints/0/labelSelector"),
+            Some(&json!({"matchLabels": {"app": "rc"}}))
+        );
+        let mut owned = deployment(Some(3), json!({}));
+        owned["metadata"]["ownerReferences"] = json!([{"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}]);
+        assert_eq!(patched("ReplicaSet", owned, Operation::Create), None);
+        assert_eq!(
+            patched(
+                "DaemonSet",
+                deployment(Some(3), json!({})),
+                Operation::Create
+            ),
+            None
+        );
+    }
+
+    #[test]
+    fn a_malformed_list_is_a_shape_error() {
+        let obj = object(deployment(
+            Some(2),
+            json!({"topologySpreadConstraints": "x"}),
+        ));
+        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
+        let err = NodeSpread.evaluate(&req, &Context::default()).unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "Deployment field spec.template.spec.topologySpreadConstraints must be a list"
+        );
+    }
+}

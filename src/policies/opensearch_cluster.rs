@@ -1,0 +1,308 @@
+//! `opensearch-cluster` (validating, audit by default): in a production namespace, an
+//! OpenSearch workload that runs as a single node is reported, because the production guide
+//! asks for an OpenSearch cluster (several pods with master, data, coordinating and ingest
+//! roles) where development runs one pod.
+//!
+//! A Deployment or StatefulSet is an OpenSearch workload when one of its containers runs a
+//! configured OpenSearch image. It runs as a single node when that container sets
+//! `discovery.type=single-node` (in `env`), or when it has fewer than `minNodes` replicas
+//! (0 replicas is a deliberate scale-down and is not reported). On UPDATE only a workload
+//! that did not already break the policy is reported: the background audit reports what runs.
+
+use serde_json::Value;
+
+use super::image_ref::ImagePattern;
+use super::pod_spec::ShapeError;
+use super::{container_running, describe_selector, int_field, is_production};
+use crate::config::{LabelSelector, OpensearchClusterConfig};
+use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "opensearch-cluster";
+
+pub struct OpensearchCluster {
+    images: Vec<ImagePattern>,
+    min_nodes: i64,
+    production: LabelSelector,
+}
+
+impl OpensearchCluster {
+    pub fn new(config: &OpensearchClusterConfig, production: &LabelSelector) -> OpensearchCluster {
+        OpensearchCluster {
+            images: ImagePattern::parse_all(&config.images),
+            min_nodes: config.min_nodes,
+            production: production.clone(),
+        }
+    }
+
+    /// How the workload falls short of a cluster, or `None`.
+    fn single_node(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
+        if !matches!(kind, "Deployment" | "StatefulSet") {
+            return Ok(None);
+        }
+        let Some(container) = container_running(kind, object, &self.images)? else {
+            return Ok(None);
+        };
+        let replicas = int_field(kind, object, &["spec", "replicas"], 1)?;
+        if replicas == 0 {
+            return Ok(None);
+        }
+        let single = object
+            .pointer(container.field_pointer("env").as_str())
+            .and_then(Value::as_array)
+            .is_some_and(|env| {
+                env.iter().any(|var| {
+                    var.get("name").and_then(Value::as_str) == Some("discovery.type")
+                        && var.get("value").and_then(Value::as_str) == Some("single-node")
+                })
+            });
+        let image = container.image.unwrap_or_default();
+        if single {
+            return Ok(Some(format!(
+                "{} runs {image} with discovery.type=single-node",
+                container.describe()
+            )));
+        }
+        if replicas < self.min_nodes {
+            let noun = if replicas == 1 { "replica" } else { "replicas" };
+            return Ok(Some(format!(
+                "it runs {replicas} {noun} of {image}, fewer than the {} nodes of a cluster",
+                self.min_nodes
+            )));
+        }
+        Ok(None)
+    }
+
+    /// The shortfall this request introduces, or `None`.
+    fn introduced(&self, request: &Request<'_>) -> Result<Option<String>, EvalError> {
+        if !matches!(request.operation, Operation::Create | Operation::Update)
+            || request.sub_resource.is_some()
+        {
+            return Ok(None);
+        }
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let Some(reason) = self.single_node(request.kind, &object.data)? else {
+            return Ok(None);
+        };
+        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
+            if matches!(self.single_node(request.kind, &old.data), Ok(Some(_))) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(reason))
+    }
+}
+
+impl Policy for OpensearchCluster {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn needs(&self, request: &Request<'_>) -> Needs {
+        Needs {
+            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
+            ..Needs::default()
+        }
+    }
+
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
+        let Some(reason) = self.introduced(request)? else {
+            return Ok(Vec::new());
+        };
+        let message = match is_production(context, request, &self.production) {
+            Err(problem) => problem,
+            Ok(Some(true)) => format!(
+                "{} runs OpenSearch as a single node ({reason}) in production namespace {} \
+                 ({}); the production guide asks for an OpenSearch cluster: several pods with \
+                 master, data, coordinating and ingest roles",
+                request.describe(),
+                request.namespace,
+                describe_selector(&self.production)
+            ),
+            Ok(_) => return Ok(Vec::new()),
+        };
+        Ok(vec![Finding::Violation { message }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::config::Config;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> OpensearchCluster {
+        let config = Config::default();
+        OpensearchCluster::new(
+            &config.policies.opensearch_cluster,
+            &config.production_namespaces,
+        )
+    }
+
+    fn production(yes: bool) -> Context {
+        let labels = if yes {
+            BTreeMap::from([(
+                "prodguard.io/environment".to_owned(),
+                "production".to_owned(),
+            )])
+        } else {
+            BTreeMap::new()
+        };
+        Context {
+            namespace_labels: Some(Ok(labels)),
+            ..Context::default()
+        }
+    }
+
+    fn workload(kind: &str, replicas: i64, image: &str, env: Value) -> kube::core::DynamicObject {
+        object(
+            json!({"kind": kind, "metadata": {"name": "opensearch"}, "spec": {
+            "replicas": replicas,
+            "template": {"spec": {"containers": [{"name": "opensearch", "image": image, "env": env}]}}}}),
+        )
+    }
+
+    fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
+        let req = request(Operation::Create, kind, "x", Some(obj));
+        policy()
+            .evaluate(&req, ctx)
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!(),
+            })
+            .next()
+    }
+
+    #[test]
+    fn table() {
+        let single = json!([{"name": "discovery.type", "value": "single-node"}]);
+        let cases = [
+            (
+                "StatefulSet",
+                1,
+                "opensearchproject/opensearch:2.11.0",
+                json!([]),
+                true,
+            ),
+            (
+                "StatefulSet",
+                3,
+                "opensearchproject/opensearch:2.11.0",
+                json!([]),
+                false,
+            ),
+            (
+                "StatefulSet",
+                3,
+                "opensearchproject/opensearch:2.11.0",
+                single.clone(),
+                true,
+            ),
+            (
+                "Deployment",
+                2,
+                "docker.io/bitnami/opensearch:2",
+                json!([]),
+                true,
+            ),
+            (
+                "StatefulSet",
+                0,
+                "opensearchproject/opensearch",
+                single.clone(),
+                false,
+            ),
+            // Not OpenSearch itself: a connector, a dashboard.
+            (
+                "Deployment",
+                1,
+                "openg2p/reporting-opensearch-kafka-connector:1.2.0",
+                json!([]),
+                false,
+            ),
+            (
+                "Deployment",
+                1,
+                "opensearchproject/opensearch-dashboards:2",
+                json!([]),
+                false,
+            ),
+            (
+                "DaemonSet",
+                1,
+                "opensearchproject/opensearch",
+                json!([]),
+                false,
+            ),
+        ];
+        for (kind, replicas, image, env, reported) in cases {
+            let obj = workload(kind, replicas, image, env);
+            assert_eq!(
+                verdict(kind, &obj, &production(true)).is_some(),
+                reported,
+                "{kind} {replicas} {image}"
+            );
+            assert_eq!(
+                verdict(kind, &obj, &production(false)),
+                None,
+                "not production"
+            );
+        }
+    }
+
+    #[test]
+    fn messages_and_needs() {
+        let obj = workload(
+            "StatefulSet",
+            3,
+            "opensearchproject/opensearch:2",
+            json!([{"name": "discovery.type", "value": "single-node"}]),
+        );
+        let msg = verdict("StatefulSet", &obj, &production(true)).unwrap();
+        assert!(msg.starts_with("StatefulSet openg2p/opensearch runs OpenSearch as a single node (containers[0] \"opensearch\" runs opensearchproject/opensearch:2 with discovery.type=single-node) in production namespace openg2p (prodguard.io/environment=production)"), "{msg}");
+        let failed = Context {
+            namespace_labels: Some(Err("namespace openg2p was not found".into())),
+            ..Context::default()
+        };
+        let msg = verdict("StatefulSet", &obj, &failed).unwrap();
+        assert_eq!(
+            msg,
+            "cannot tell whether namespace openg2p is a production namespace: namespace openg2p was not found"
+        );
+        let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
+        assert!(policy().needs(&req).namespace_labels);
+        let web = workload("StatefulSet", 1, "nginx", json!([]));
+        let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&web));
+        assert!(
+            !policy().needs(&req).namespace_labels,
+            "no lookup for other images"
+        );
+    }
+
+    #[test]
+    fn update_reports_only_a_new_shortfall() {
+        let old = workload("StatefulSet", 1, "opensearchproject/opensearch", json!([]));
+        let new = workload("StatefulSet", 1, "opensearchproject/opensearch", json!([]));
+        let mut req = request(Operation::Update, "StatefulSet", "statefulsets", Some(&new));
+        req.old_object = Some(&old);
+        assert!(policy()
+            .evaluate(&req, &production(true))
+            .unwrap()
+            .is_empty());
+        let old3 = workload("StatefulSet", 3, "opensearchproject/opensearch", json!([]));
+        req.old_object = Some(&old3);
+        assert_eq!(policy().evaluate(&req, &production(true)).unwrap().len(), 1);
+    }
+}

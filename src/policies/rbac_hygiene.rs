@@ -1,0 +1,744 @@
+//! `rbac-hygiene` (validating): reads skip admission, so prodguard guards the grants. The
+//! production guide protects viewing Secrets at every level, access to database pods, and
+//! deletion of workloads and configuration; a grant of any of these to a subject that is not
+//! an admin or exempt is a violation:
+//!
+//! - `get`, `list` or `watch` on `secrets`;
+//! - `create` or `get` on `pods/exec`, `pods/attach` or `pods/portforward`;
+//! - `delete` or `deletecollection` on the kinds `protect-delete` protects;
+//!
+//! directly or through `*` (verbs, resources, API groups, `pods/*`, `*/exec`), whatever
+//! `resourceNames` narrows it to. It checks CREATE and UPDATE of RoleBindings and
+//! ClusterRoleBindings (the role's rules are read through the API; a role that does not
+//! exist grants nothing yet) and of Roles and ClusterRoles that are already bound (their
+//! bindings are read through the API). When the API cannot be read, the request is refused
+//! (fail closed). On UPDATE only what the request adds is judged: new subjects of a binding,
+//! new grants of a role.
+
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
+use serde_json::Value;
+use wildmatch::WildMatch;
+
+use super::pod_spec::ShapeError;
+use crate::cluster::{role_key, Binding, RoleKey};
+use crate::config::{Admins, RbacHygieneConfig};
+use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+
+pub const ID: &str = "rbac-hygiene";
+const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
+
+/// A permission the guide reserves for admins.
+#[derive(Debug, Clone, PartialEq)]
+struct Guarded {
+    group: String,
+    resource: String,
+    verbs: &'static [&'static str],
+}
+
+impl Guarded {
+    fn new(group: &str, resource: &str, verbs: &'static [&'static str]) -> Guarded {
+        Guarded {
+            group: group.to_owned(),
+            resource: resource.to_owned(),
+            verbs,
+        }
+    }
+
+    /// `secrets`, `deployments.apps`.
+    fn describe_resource(&self) -> String {
+        if self.group.is_empty() || self.group == "*" {
+            self.resource.clone()
+        } else {
+            format!("{}.{}", self.resource, self.group)
+        }
+    }
+}
+
+const READ: &[&str] = &["get", "list", "watch"];
+const CONNECT: &[&str] = &["create", "get"];
+const DELETE: &[&str] = &["delete", "deletecollection"];
+
+/// The API group and resource of a kind `protect-delete` names; an unknown kind is matched by
+/// its lower-case plural in any group.
+fn resource_of(kind: &str) -> (&'static str, String) {
+    match kind {
+        "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" => {
+            ("apps", format!("{}s", kind.to_ascii_lowercase()))
+        }
+        "Job" | "CronJob" => ("batch", format!("{}s", kind.to_ascii_lowercase())),
+        "Ingress" => ("networking.k8s.io", "ingresses".to_owned()),
+        "ConfigMap" | "Secret" | "Service" | "Pod" | "PersistentVolumeClaim" | "ServiceAccount"
+        | "Namespace" | "PersistentVolume" | "ReplicationController" => {
+            ("", format!("{}s", kind.to_ascii_lowercase()))
+        }
+        _ => ("*", format!("{}s", kind.to_ascii_lowercase())),
+    }
+}
+
+fn matches_list(list: &[String], value: &str) -> bool {
+    list.iter().any(|item| item == "*" || item == value)
+}
+
+/// Whether a rule's `resources` entry covers `resource` (`pods/exec`): exact, `*`, `pods/*`
+/// or `*/exec`.
+fn covers_resource(entry: &str, resource: &str) -> bool {
+    if entry == "*" || entry == resource {
+        return true;
+    }
+    match (entry.split_once('/'), resource.split_once('/')) {
+        (Some((main, "*")), Some((want_main, _))) => main == want_main,
+        (Some(("*", sub)), Some((_, want_sub))) => sub == want_sub,
+        _ => false,
+    }
+}
+
+/// What `rules` grant of `guarded`, as `get, list, watch on secrets`.
+fn grants(rules: &[PolicyRule], guarded: &[Guarded]) -> Vec<String> {
+    let mut found = Vec::new();
+    for g in guarded {
+        let mut verbs: Vec<&str> = Vec::new();
+        let mut names: Vec<String> = Vec::new();
+        let mut unrestricted = false;
+        for rule in rules {
+            let groups = rule.api_groups.as_deref().unwrap_or_default();
+            let resources = rule.resources.as_deref().unwrap_or_default();
+            let group_ok = g.group == "*" || matches_list(groups, &g.group);
+            if !group_ok || !resources.iter().any(|r| covers_resource(r, &g.resource)) {
+                continue;
+            }
+            let granted: Vec<&str> = g
+                .verbs
+                .iter()
+                .copied()
+                .filter(|v| matches_list(&rule.verbs, v))
+                .collect();
+            if granted.is_empty() {
+                continue;
+            }
+            match rule.resource_names.as_deref() {
+                Some(list) if !list.is_empty() => names.extend(list.iter().cloned()),
+                _ => unrestricted = true,
+            }
+            for v in granted {
+                if !verbs.contains(&v) {
+                    verbs.push(v);
+                }
+            }
+        }
+        if verbs.is_empty() {
+            continue;
+        }
+        verbs.sort_by_key(|v| g.verbs.iter().position(|x| x == v));
+        let scope = if unrestricted || names.is_empty() {
+            String::new()
+        } else {
+            names.sort();
+            names.dedup();
+            format!(" (named {})", names.join(", "))
+        };
+        found.push(format!(
+            "{} on {}{scope}",
+            verbs.join(", "),
+            g.describe_resource()
+        ));
+    }
+    found
+}
+
+fn describe_subject(subject: &Subject, binding_namespace: &str) -> String {
+    match subject.kind.as_str() {
+        "ServiceAccount" => format!(
+            "ServiceAccount {}/{}",
+            subject.namespace.as_deref().unwrap_or(binding_namespace),
+            subject.name
+        ),
+        kind => format!("{kind} {}", subject.name),
+    }
+}
+
+pub struct RbacHygiene {
+    admins: Admins,
+    exempt_users: Vec<WildMatch>,
+    exempt_groups: Vec<WildMatch>,
+    guarded: Vec<Guarded>,
+}
+
+impl RbacHygiene {
+    pub fn new(
+        config: &RbacHygieneConfig,
+        admins: &Admins,
+        protected_kinds: &[String],
+    ) -> RbacHygiene {
+        let mut guarded = vec![
+            Guarded::new("", "secrets", READ),
+            Guarded::new("", "pods/exec", CONNECT),
+            Guarded::new("", "pods/attach", CONNECT),
+            Guarded::new("", "pods/portforward", CONNECT),
+        ];
+        for kind in protected_kinds {
+            let (group, resource) = resource_of(kind);
+            guarded.push(Guarded::new(group, &resource, DELETE));
+        }
+        RbacHygiene {
+            admins: admins.clone(),
+            exempt_users: config
+                .exempt_users
+                .iter()
+                .map(|u| WildMatch::new(u))
+                .collect(),
+            exempt_groups: config
+                .exempt_groups
+                .iter()
+                .map(|g| WildMatch::new(g))
+                .collect(),
+            guarded,
+        }
+    }
+
+    /// Whether the subject may hold the guarded permissions.
+    fn trusted(&self, subject: &Subject, binding_namespace: &str) -> bool {
+        let user = |name: &str| {
+            self.admins.users.iter().any(|u| u == name)
+                || self.exempt_users.iter().any(|p| p.matches(name))
+        };
+        match subject.kind.as_str() {
+            "User" => user(&subject.name),
+            "Group" => {
+                self.admins.groups.iter().any(|g| g == &subject.name)
+                    || self.exempt_groups.iter().any(|p| p.matches(&subject.name))
+            }
+            "ServiceAccount" => user(&format!(
+                "system:serviceaccount:{}:{}",
+                subject.namespace.as_deref().unwrap_or(binding_namespace),
+                subject.name
+            )),
+            _ => false,
+        }
+    }
+
+    fn untrusted<'s>(&self, subjects: &'s [Subject], namespace: &str) -> Vec<&'s Subject> {
+        subjects
+            .iter()
+            .filter(|s| !self.trusted(s, namespace))
+            .collect()
+    }
+
+    fn parse<T: serde::de::DeserializeOwned>(
+        kind: &str,
+        data: &Value,
+        field: &str,
+        expected: &'static str,
+    ) -> Result<Option<T>, ShapeError> {
+        match data.get(field) {
+            None | Some(Value::Null) => Ok(None),
+            Some(value) => serde_json::from_value(value.clone())
+                .map(Some)
+                .map_err(|_| ShapeError {
+                    kind: kind.to_owned(),
+                    path: field.to_owned(),
+                    expected,
+                }),
+        }
+    }
+
+    /// For a binding write: the role it grants and its untrusted subjects (on UPDATE only those
+    /// the request adds). `None` when there is nothing to check.
+    fn binding_write(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<Option<(RoleKey, Vec<Subject>)>, EvalError> {
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let Some(role_ref) =
+            Self::parse::<RoleRef>(request.kind, &object.data, "roleRef", "a role reference")?
+        else {
+            return Ok(None);
+        };
+        let subjects: Vec<Subject> =
+            Self::parse(request.kind, &object.data, "subjects", "a list of subjects")?
+                .unwrap_or_default();
+        let mut added: Vec<Subject> = self
+            .untrusted(&subjects, request.namespace)
+            .into_iter()
+            .cloned()
+            .collect();
+        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
+            let old_subjects: Vec<Subject> =
+                Self::parse(request.kind, &old.data, "subjects", "a list of subjects")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+            added.retain(|s| !old_subjects.contains(s));
+        }
+        if added.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some((role_key(&role_ref, request.namespace), added)))
+    }
+
+    /// For a role write: the role and what its rules grant (on UPDATE only the new grants).
+    fn role_write(
+        &self,
+        request: &Request<'_>,
+    ) -> Result<Option<(RoleKey, Vec<String>)>, EvalError> {
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let rules: Vec<PolicyRule> =
+            Self::parse(request.kind, &object.data, "rules", "a list of rules")?
+                .unwrap_or_default();
+        let mut granted = grants(&rules, &self.guarded);
+        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
+            let old_rules: Vec<PolicyRule> =
+                Self::parse(request.kind, &old.data, "rules", "a list of rules")
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default();
+            let before = grants(&old_rules, &self.guarded);
+            granted.retain(|g| !before.contains(g));
+        }
+        if granted.is_empty() {
+            return Ok(None);
+        }
+        let key = RoleKey {
+            cluster: request.kind == "ClusterRole",
+            namespace: if request.kind == "ClusterRole" {
+                String::new()
+            } else {
+                request.namespace.to_owned()
+            },
+            name: request.object_name().to_owned(),
+        };
+        Ok(Some((key, granted)))
+    }
+
+    fn applies(request: &Request<'_>) -> bool {
+        request.group == RBAC_GROUP
+            && matches!(request.operation, Operation::Create | Operation::Update)
+            && request.sub_resource.is_none()
+    }
+
+    const FIX: &'static str = "the production guide reserves these for admins; a subject that \
+                               needs them is listed in admins or in policies.rbac-hygiene's \
+                               exemptUsers or exemptGroups, which an admin does";
+}
+
+impl Policy for RbacHygiene {
+    fn id(&self) -> &'static str {
+        ID
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    fn needs(&self, request: &Request<'_>) -> Needs {
+        if !Self::applies(request) {
+            return Needs::default();
+        }
+        match request.kind {
+            "RoleBinding" | "ClusterRoleBinding" => Needs {
+                role_rules: self
+                    .binding_write(request)
+                    .ok()
+                    .flatten()
+                    .map(|(role, _)| role),
+                ..Needs::default()
+            },
+            "Role" | "ClusterRole" => Needs {
+                bindings: self
+                    .role_write(request)
+                    .ok()
+                    .flatten()
+                    .map(|(role, _)| role),
+                ..Needs::default()
+            },
+            _ => Needs::default(),
+        }
+    }
+
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
+        if !Self::applies(request) {
+            return Ok(Vec::new());
+        }
+        let message = match request.kind {
+            "RoleBinding" | "ClusterRoleBinding" => {
+                let Some((role, subjects)) = self.binding_write(request)? else {
+                    return Ok(Vec::new());
+                };
+                let rules = match &context.role_rules {
+                    None | Some(Ok(None)) => return Ok(Vec::new()),
+                    Some(Err(e)) => {
+                        return Ok(vec![Finding::Violation {
+                            message: format!(
+                            "{} cannot be checked: {e}; prodguard refuses bindings it cannot check",
+                            request.describe()
+                        ),
+                        }])
+                    }
+                    Some(Ok(Some(rules))) => rules,
+                };
+                let granted = grants(rules, &self.guarded);
+                if granted.is_empty() {
+                    return Ok(Vec::new());
+                }
+                let who: Vec<String> = subjects
+                    .iter()
+                    .map(|s| describe_subject(s, request.namespace))
+                    .collect();
+                let scope = if request.kind == "ClusterRoleBinding" {
+                    "cluster-wide".to_owned()
+                } else {
+                    format!("in namespace {}", request.namespace)
+                };
+                format!(
+                    "{} grants {role} to {}, which allows {} {scope}; {}",
+                    request.describe(),
+                    who.join(", "),
+                    granted.join("; "),
+                    Self::FIX
+                )
+            }
+            "Role" | "ClusterRole" => {
+                let Some((role, granted)) = self.role_write(request)? else {
+                    return Ok(Vec::new());
+                };
+                let bindings: &[Binding] = match &context.bindings {
+                    None => return Ok(Vec::new()),
+                    Some(Err(e)) => {
+                        return Ok(vec![Finding::Violation {
+                            message: format!(
+                                "{} cannot be checked: {e}; prodguard refuses role changes it cannot check",
+                                request.describe()
+                            ),
+                        }])
+                    }
+                    Some(Ok(bindings)) => bindings,
+                };
+                let mut who = Vec::new();
+                for binding in bindings {
+                    for subject in self.untrusted(&binding.subjects, &binding.namespace) {
+                        who.push(format!(
+                            "{} (through {})",
+                            describe_subject(subject, &binding.namespace),
+                            binding.describe()
+                        ));
+                    }
+                }
+                if who.is_empty() {
+                    return Ok(Vec::new());
+                }
+                format!(
+                    "{role} would allow {} to {}; {}",
+                    granted.join("; "),
+                    who.join(", "),
+                    Self::FIX
+                )
+            }
+            _ => return Ok(Vec::new()),
+        };
+        Ok(vec![Finding::Violation { message }])
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use crate::policies::test_support::{object, request};
+    use serde_json::json;
+
+    fn policy() -> RbacHygiene {
+        let config = Config::default();
+        RbacHygiene::new(
+            &config.policies.rbac_hygiene,
+            &config.admins,
+            &config.policies.protect_delete.kinds,
+        )
+    }
+
+    fn rules(value: Value) -> Vec<PolicyRule> {
+        serde_json::from_value(value).unwrap()
+    }
+
+    #[test]
+    fn grants_table() {
+        let g = policy().guarded;
+        let cases = [
+            (
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "list"]}]),
+                vec!["get, list on secrets"],
+            ),
+            (
+                json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]),
+                vec![
+                    "get, list, watch on secrets",
+                    "create, get on pods/exec",
+                    "create, get on pods/attach",
+                    "create, get on pods/portforward",
+                    "delete, deletecollection on deployments.apps",
+                    "delete, deletecollection on statefulsets.apps",
+                    "delete, deletecollection on configmaps",
+                    "delete, deletecollection on secrets",
+                ],
+            ),
+            (
+                json!([{"apiGroups": [""], "resources": ["pods/*"], "verbs": ["create"]}]),
+                vec![
+                    "create on pods/exec",
+                    "create on pods/attach",
+                    "create on pods/portforward",
+                ],
+            ),
+            (
+                json!([{"apiGroups": [""], "resources": ["*/portforward"], "verbs": ["create"]}]),
+                vec!["create on pods/portforward"],
+            ),
+            (
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"], "resourceNames": ["tls", "db"]}]),
+                vec!["get on secrets (named db, tls)"],
+            ),
+            (
+                json!([{"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["delete"]}]),
+                vec!["delete on deployments.apps"],
+            ),
+            // Harmless: other groups, other verbs, pods themselves, logs, non-resource URLs.
+            (
+                json!([{"apiGroups": ["example.com"], "resources": ["secrets"], "verbs": ["*"]}]),
+                vec![],
+            ),
+            (
+                json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["create", "update"]}]),
+                vec![],
+            ),
+            (
+                json!([{"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch", "delete"]}]),
+                vec![],
+            ),
+            (
+                json!([{"apiGroups": ["extensions"], "resources": ["deployments"], "verbs": ["delete"]}]),
+                vec![],
+            ),
+            (json!([{"nonResourceURLs": ["*"], "verbs": ["*"]}]), vec![]),
+        ];
+        for (value, expected) in cases {
+            assert_eq!(grants(&rules(value.clone()), &g), expected, "{value}");
+        }
+    }
+
+    fn binding(
+        kind: &str,
+        role_kind: &str,
+        role: &str,
+        subjects: Value,
+    ) -> kube::core::DynamicObject {
+        object(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": "b"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
+            "subjects": subjects}),
+        )
+    }
+
+    fn rbac_request<'a>(
+        op: Operation,
+        kind: &'a str,
+        obj: &'a kube::core::DynamicObject,
+    ) -> Request<'a> {
+        let mut req = request(op, kind, "x", Some(obj));
+        req.group = RBAC_GROUP;
+        if kind.starts_with("Cluster") {
+            req.namespace = "";
+        }
+        req
+    }
+
+    fn messages(req: &Request<'_>, ctx: &Context) -> Vec<String> {
+        policy()
+            .evaluate(req, ctx)
+            .unwrap()
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!(),
+            })
+            .collect()
+    }
+
+    fn with_rules(value: Value) -> Context {
+        Context {
+            role_rules: Some(Ok(Some(rules(value)))),
+            ..Context::default()
+        }
+    }
+
+    #[test]
+    fn a_binding_to_a_secret_reader_is_refused_for_non_admins() {
+        let obj = binding(
+            "RoleBinding",
+            "ClusterRole",
+            "secret-reader",
+            json!([
+                {"kind": "User", "name": "bob", "apiGroup": "rbac.authorization.k8s.io"},
+                {"kind": "ServiceAccount", "name": "app"},
+                {"kind": "Group", "name": "system:masters", "apiGroup": "rbac.authorization.k8s.io"},
+            ]),
+        );
+        let req = rbac_request(Operation::Create, "RoleBinding", &obj);
+        assert_eq!(
+            policy().needs(&req).role_rules,
+            Some(RoleKey {
+                cluster: true,
+                namespace: String::new(),
+                name: "secret-reader".into()
+            })
+        );
+        let ctx = with_rules(
+            json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "watch"]}]),
+        );
+        assert_eq!(messages(&req, &ctx), vec![
+            "RoleBinding openg2p/b grants ClusterRole secret-reader to User bob, ServiceAccount openg2p/app, \
+             which allows get, watch on secrets in namespace openg2p; the production guide reserves these for \
+             admins; a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers \
+             or exemptGroups, which an admin does".to_owned()
+        ]);
+        // Harmless rules, a missing role, or only trusted subjects: nothing.
+        let view =
+            with_rules(json!([{"apiGroups": [""], "resources": ["pods"], "verbs": ["get"]}]));
+        assert!(messages(&req, &view).is_empty());
+        let missing = Context {
+            role_rules: Some(Ok(None)),
+            ..Context::default()
+        };
+        assert!(messages(&req, &missing).is_empty());
+        let admins_only = binding(
+            "ClusterRoleBinding",
+            "ClusterRole",
+            "cluster-admin",
+            json!([
+                {"kind": "Group", "name": "system:masters"},
+                {"kind": "ServiceAccount", "name": "generic-garbage-collector", "namespace": "kube-system"},
+                {"kind": "User", "name": "system:kube-controller-manager"},
+                {"kind": "Group", "name": "system:nodes"},
+            ]),
+        );
+        let req = rbac_request(Operation::Create, "ClusterRoleBinding", &admins_only);
+        assert_eq!(policy().needs(&req), Needs::default(), "no lookup needed");
+        assert!(messages(
+            &req,
+            &with_rules(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]))
+        )
+        .is_empty());
+    }
+
+    #[test]
+    fn cluster_wide_scope_and_fail_closed() {
+        let obj = binding(
+            "ClusterRoleBinding",
+            "ClusterRole",
+            "ops",
+            json!([{"kind": "Group", "name": "developers"}]),
+        );
+        let req = rbac_request(Operation::Create, "ClusterRoleBinding", &obj);
+        let msgs = messages(
+            &req,
+            &with_rules(
+                json!([{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]),
+            ),
+        );
+        assert!(msgs[0].starts_with("ClusterRoleBinding b grants ClusterRole ops to Group developers, which allows create on pods/exec cluster-wide;"), "{}", msgs[0]);
+        let failed = Context {
+            role_rules: Some(Err("reading ClusterRole ops failed: timeout".into())),
+            ..Context::default()
+        };
+        assert_eq!(messages(&req, &failed), vec![
+            "ClusterRoleBinding b cannot be checked: reading ClusterRole ops failed: timeout; prodguard refuses bindings it cannot check".to_owned()
+        ]);
+    }
+
+    #[test]
+    fn a_binding_update_judges_only_new_subjects() {
+        let old = binding(
+            "RoleBinding",
+            "Role",
+            "r",
+            json!([{"kind": "User", "name": "bob"}]),
+        );
+        let new = binding(
+            "RoleBinding",
+            "Role",
+            "r",
+            json!([{"kind": "User", "name": "bob"}, {"kind": "User", "name": "eve"}]),
+        );
+        let mut req = rbac_request(Operation::Update, "RoleBinding", &new);
+        req.old_object = Some(&old);
+        let ctx =
+            with_rules(json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}]));
+        let msgs = messages(&req, &ctx);
+        assert!(
+            msgs[0].contains("grants Role openg2p/r to User eve,"),
+            "{}",
+            msgs[0]
+        );
+        req.object = Some(&old);
+        assert!(messages(&req, &ctx).is_empty());
+    }
+
+    #[test]
+    fn a_bound_role_may_not_gain_guarded_rules() {
+        let role = object(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "app"},
+            "rules": [{"apiGroups": [""], "resources": ["secrets"], "verbs": ["*"]}]}),
+        );
+        let req = rbac_request(Operation::Create, "Role", &role);
+        let key = RoleKey {
+            cluster: false,
+            namespace: "openg2p".into(),
+            name: "app".into(),
+        };
+        assert_eq!(policy().needs(&req).bindings, Some(key.clone()));
+        let bound = |subjects: Vec<Subject>| Context {
+            bindings: Some(Ok(vec![Binding {
+                kind: "RoleBinding",
+                namespace: "openg2p".into(),
+                name: "app-binding".into(),
+                role: key.clone(),
+                subjects,
+            }])),
+            ..Context::default()
+        };
+        let subject = |kind: &str, name: &str| Subject {
+            kind: kind.into(),
+            name: name.into(),
+            ..Subject::default()
+        };
+        assert_eq!(messages(&req, &bound(vec![subject("User", "bob")])), vec![
+            "Role openg2p/app would allow get, list, watch on secrets; delete, deletecollection on secrets to \
+             User bob (through RoleBinding openg2p/app-binding); the production guide reserves these for admins; \
+             a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
+             exemptGroups, which an admin does".to_owned()
+        ]);
+        assert!(messages(&req, &bound(vec![subject("Group", "system:masters")])).is_empty());
+        assert!(messages(&req, &bound(vec![])).is_empty(), "unbound");
+        // An update that keeps the same grants is not judged again.
+        let mut update = req.clone();
+        update.operation = Operation::Update;
+        update.old_object = Some(&role);
+        assert_eq!(policy().needs(&update), Needs::default());
+        assert!(messages(&update, &bound(vec![subject("User", "bob")])).is_empty());
+    }
+
+    #[test]
+    fn malformed_rbac_objects_are_shape_errors() {
+        let obj =
+            object(json!({"kind": "RoleBinding", "metadata": {"name": "b"}, "roleRef": "admin"}));
+        let req = rbac_request(Operation::Create, "RoleBinding", &obj);
+        assert_eq!(
+            policy()
+                .evaluate(&req, &Context::default())
+                .unwrap_err()
+                .to_string(),
+            "RoleBinding field roleRef must be a role reference"
+        );
+    }
+}
