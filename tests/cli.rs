@@ -59,13 +59,85 @@ fn check_reports_patches_and_denials_of_the_examples() {
     );
     assert!(text.contains("  PATCH [image-pull-policy] set imagePullPolicy: IfNotPresent on containers[0] \"redis\" (was unset)"), "{text}");
     assert!(
-        text.ends_with("6 resources: 1 denied, 2 patched, 0 warned\n"),
+        text.ends_with("11 resources: 2 denied, 5 patched, 2 warned\n"),
         "{text}"
     );
     assert!(
-        !text.contains("postgresql"),
-        "the exempt PostgreSQL primary passes: {text}"
+        !text.contains("[min-replicas] StatefulSet openg2p/social-registry-postgresql"),
+        "the exempt PostgreSQL primary passes min-replicas: {text}"
     );
+    // The policies of the rest of the guide, with the namespace the examples define.
+    for expected in [
+        "  PATCH [ingress-body-size] set nginx.ingress.kubernetes.io/proxy-body-size: 50m on Ingress openg2p/social-registry",
+        "  PATCH [node-spread] add a topology spread constraint over kubernetes.io/hostname (ScheduleAnyway) so that the 2 replicas of Deployment openg2p/keycloak land on different nodes",
+        "  WARN  [opensearch-cluster] StatefulSet openg2p/opensearch does not run OpenSearch as a cluster (it runs 2 replicas of docker.io/opensearchproject/opensearch:2.11.1, fewer than the 3 nodes of a cluster) in production namespace openg2p",
+        "  WARN  [external-databases] StatefulSet openg2p/social-registry-postgresql runs PostgreSQL",
+        "  DENY  [rbac-hygiene] RoleBinding openg2p/developers-edit grants ClusterRole edit to Group developers, which allows get, list, watch on secrets; create, get on pods/exec;",
+    ] {
+        assert!(text.contains(expected), "expected {expected:?} in:\n{text}");
+    }
+    assert!(
+        !text.contains("developers-view"),
+        "binding view passes: {text}"
+    );
+}
+
+#[test]
+fn check_knows_roles_namespaces_and_production_from_its_input() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("rbac.yaml");
+    std::fs::write(
+        &path,
+        r#"
+apiVersion: rbac.authorization.k8s.io/v1
+kind: RoleBinding
+metadata: {name: app-reads-secrets, namespace: staging}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: Role, name: secret-reader}
+subjects: [{kind: ServiceAccount, name: app, namespace: staging}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: Role
+metadata: {name: secret-reader, namespace: staging}
+rules: [{apiGroups: [""], resources: [secrets], verbs: [get]}]
+---
+apiVersion: rbac.authorization.k8s.io/v1
+kind: ClusterRoleBinding
+metadata: {name: ops}
+roleRef: {apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: ops-custom}
+subjects: [{kind: User, name: bob}]
+---
+apiVersion: apps/v1
+kind: StatefulSet
+metadata: {name: files, namespace: staging}
+spec:
+  replicas: 2
+  selector: {matchLabels: {app: files}}
+  template:
+    metadata: {labels: {app: files}}
+    spec:
+      affinity: {podAntiAffinity: {requiredDuringSchedulingIgnoredDuringExecution: [{topologyKey: kubernetes.io/hostname, labelSelector: {matchLabels: {app: files}}}]}}
+      containers: [{name: minio, image: quay.io/minio/minio:RELEASE.2024-01-01T00-00-00Z, imagePullPolicy: IfNotPresent}]
+"#,
+    )
+    .unwrap();
+    let file = path.to_str().unwrap();
+    let output = run(&["check", "-f", file]);
+    assert_eq!(
+        output.status.code(),
+        Some(2),
+        "a role not in the input cannot be judged"
+    );
+    let text = stdout(&output);
+    assert!(text.contains("  DENY  [rbac-hygiene] RoleBinding staging/app-reads-secrets grants Role staging/secret-reader to ServiceAccount staging/app, which allows get on secrets in namespace staging;"), "{text}");
+    assert!(text.contains("rbac.yaml: ERROR object 3: ClusterRoleBinding ops cannot be checked: ClusterRole ops-custom is not among the checked objects; add it to the input"), "{text}");
+    assert!(
+        !text.contains("external-databases"),
+        "staging is not a production namespace: {text}"
+    );
+
+    let output = run(&["check", "-f", file, "--production"]);
+    let text = stdout(&output);
+    assert!(text.contains("  WARN  [external-databases] StatefulSet staging/files runs MinIO (containers[0] \"minio\", image quay.io/minio/minio:RELEASE.2024-01-01T00-00-00Z) inside the cluster in production namespace staging"), "{text}");
 }
 
 #[test]
@@ -118,7 +190,7 @@ fn check_in_audit_mode_warns_and_exits_zero() {
     let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
     assert_eq!(
         doc["summary"],
-        json!({"resources": 6, "denied": 0, "patched": 0, "warned": 2})
+        json!({"resources": 11, "denied": 0, "patched": 0, "warned": 7})
     );
     assert!(doc["results"]
         .as_array()

@@ -29,18 +29,29 @@ pub enum Shape {
 
 use Shape::{All, Each, Fields};
 
-const CONTAINER: Shape = Fields(&[("name", All), ("image", All), ("imagePullPolicy", All)]);
+const ENV_VAR: Shape = Fields(&[("name", All), ("value", All)]);
+const CONTAINER: Shape = Fields(&[
+    ("name", All),
+    ("image", All),
+    ("imagePullPolicy", All),
+    // opensearch-cluster: discovery.type.
+    ("env", Each(&ENV_VAR)),
+]);
 const CONTAINERS: Shape = Each(&CONTAINER);
 const POD_SPEC: Shape = Fields(&[
     ("containers", CONTAINERS),
     ("initContainers", CONTAINERS),
     ("ephemeralContainers", CONTAINERS),
+    // node-spread.
+    ("affinity", Fields(&[("podAntiAffinity", All)])),
+    ("topologySpreadConstraints", All),
 ]);
 const TEMPLATE: Shape = Fields(&[("spec", POD_SPEC)]);
 const SPEC: Shape = Fields(&[
     ("replicas", All),
     ("minReplicas", All),
     ("scaleTargetRef", All),
+    ("selector", All),
     ("template", TEMPLATE),
     (
         "jobTemplate",
@@ -58,6 +69,12 @@ const METADATA: Shape = Fields(&[
     ("uid", All),
     ("labels", All),
     ("ownerReferences", All),
+    // ingress-body-size reads one annotation; the others (last-applied-configuration) are
+    // skipped.
+    (
+        "annotations",
+        Fields(&[("nginx.ingress.kubernetes.io/proxy-body-size", All)]),
+    ),
 ]);
 /// What the policies read of an object in a review.
 pub const OBJECT: Shape = Fields(&[
@@ -69,6 +86,10 @@ pub const OBJECT: Shape = Fields(&[
     ("template", TEMPLATE),
     // EphemeralContainers (Kubernetes 1.20-1.22).
     ("ephemeralContainers", CONTAINERS),
+    // Roles and bindings (rbac-hygiene).
+    ("rules", All),
+    ("roleRef", All),
+    ("subjects", All),
 ]);
 
 /// Deserializes a value keeping only `Shape`.
@@ -284,9 +305,10 @@ mod tests {
             json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "web", "namespace": "openg2p", "uid": "u", "labels": {"a": "b"},
+                             "annotations": {},
                              "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "y", "controller": true}]},
-                "spec": {"replicas": 1, "template": {"spec": {
-                    "initContainers": [{"name": "i", "image": "busybox"}],
+                "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {
+                    "initContainers": [{"name": "i", "image": "busybox", "env": [{"name": "A", "value": "1"}]}],
                     "containers": [{"name": "c", "image": "nginx", "imagePullPolicy": "Always"}]}}}
             })
         );
@@ -348,5 +370,117 @@ mod tests {
         let text = r#"{"kind":"Pod","spec":{"cont\u0061iners":[{"name":"c","image":"nginx"}]}}"#;
         let object: ReviewObject = serde_json::from_str(text).unwrap();
         assert_eq!(object.0.data["spec"]["containers"][0]["image"], "nginx");
+    }
+
+    /// Every policy decides the same on the partial object as on the whole one.
+    #[test]
+    fn policies_decide_alike_on_partial_and_whole_objects() {
+        use std::collections::BTreeMap;
+
+        use crate::cluster::NoLookup;
+        use crate::config::Config;
+        use crate::engine::{Context, Engine, Operation, Request, Webhook};
+        use crate::report::NoReporter;
+
+        let engine = Engine::new(
+            &Config::default(),
+            std::sync::Arc::new(NoLookup {
+                reason: "test".into(),
+            }),
+            std::sync::Arc::new(NoReporter),
+        );
+        let context = || Context {
+            namespace_labels: Some(Ok(BTreeMap::from([(
+                "prodguard.io/environment".to_owned(),
+                "production".to_owned(),
+            )]))),
+            role_rules: Some(Ok(Some(
+                serde_json::from_value(
+                    json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get"]}]),
+                )
+                .unwrap(),
+            ))),
+            ..Context::default()
+        };
+        let noise = json!({"last-applied": "x".repeat(100)});
+        let objects = [
+            (
+                "apps",
+                "Deployment",
+                json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "search", "annotations": noise},
+                "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "s"}},
+                    "template": {"metadata": {"labels": {"app": "s"}}, "spec": {
+                        "affinity": {"nodeAffinity": {"x": 1}},
+                        "topologySpreadConstraints": [{"maxSkew": 1, "topologyKey": "zone", "whenUnsatisfiable": "DoNotSchedule"}],
+                        "containers": [{"name": "os", "image": "opensearchproject/opensearch:2", "ports": [],
+                            "env": [{"name": "discovery.type", "value": "single-node"}, {"name": "X", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}}]}]}}}}),
+            ),
+            (
+                "apps",
+                "StatefulSet",
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "db"},
+                "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "db"}},
+                    "template": {"spec": {
+                        "affinity": {"podAntiAffinity": {"preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 1, "podAffinityTerm": {"topologyKey": "kubernetes.io/hostname"}}]}},
+                        "containers": [{"name": "pg", "image": "bitnami/postgresql:16"}]}}}}),
+            ),
+            (
+                "networking.k8s.io",
+                "Ingress",
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "i", "annotations": {"nginx.ingress.kubernetes.io/proxy-body-size": "0", "other": "y"}}, "spec": {"rules": []}}),
+            ),
+            (
+                "networking.k8s.io",
+                "Ingress",
+                json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+                "metadata": {"name": "j", "annotations": {"other": "y"}}, "spec": {}}),
+            ),
+            (
+                "rbac.authorization.k8s.io",
+                "RoleBinding",
+                json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+                "metadata": {"name": "b"}, "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+                "subjects": [{"kind": "User", "name": "bob"}]}),
+            ),
+        ];
+        for (group, kind, whole) in objects {
+            let full: DynamicObject = serde_json::from_value(whole.clone()).unwrap();
+            let text = serde_json::to_string(&whole).unwrap();
+            let partial: ReviewObject = serde_json::from_str(&text).unwrap();
+            let mut acted = false;
+            for webhook in [Webhook::Mutate, Webhook::Validate] {
+                let decide = |object: &DynamicObject| {
+                    let request = Request {
+                        uid: "u",
+                        operation: Operation::Create,
+                        group,
+                        version: "v1",
+                        kind,
+                        resource: "x",
+                        resource_group: group,
+                        resource_version: "v1",
+                        sub_resource: None,
+                        namespace: "openg2p",
+                        name: "",
+                        username: "bob",
+                        groups: &[],
+                        object: Some(object),
+                        old_object: None,
+                        dry_run: false,
+                    };
+                    engine.evaluate(webhook, &request, &context())
+                };
+                let (a, b) = (decide(&full), decide(&partial.0));
+                assert_eq!(a, b, "{kind} {webhook:?}");
+                let crate::engine::Verdict::Decided(d) = a else {
+                    panic!("{kind}")
+                };
+                acted |= !d.reports.is_empty();
+            }
+            assert!(acted, "{kind} is a case a policy acts on");
+        }
     }
 }

@@ -22,6 +22,8 @@ pub enum LookupError {
     Failed { what: String, message: String },
     #[error("no Kubernetes client is configured ({0})")]
     NoClient(String),
+    #[error("{what} is not among the checked objects; add it to the input")]
+    NotGiven { what: String },
 }
 
 /// A Role (namespaced) or ClusterRole, as a binding's `roleRef` names it.
@@ -297,8 +299,8 @@ impl Snapshot {
         match self.roles.iter().find(|(key, _)| key == role) {
             Some((_, rules)) => Ok(Some(rules.clone())),
             None if self.complete => Ok(None),
-            None => Err(LookupError::NotFound {
-                what: format!("{role} (not among the checked objects, so its rules cannot be checked; add it to the input)"),
+            None => Err(LookupError::NotGiven {
+                what: role.to_string(),
             }),
         }
     }

@@ -21,7 +21,7 @@ use kube::core::DynamicObject;
 
 use crate::cluster::{NoLookup, Snapshot};
 use crate::config::Config;
-use crate::engine::offline::{evaluate_object, ObjectFinding};
+use crate::engine::offline::{evaluate_object, is_cluster_scoped, ObjectFinding};
 use crate::engine::Engine;
 use crate::report::NoReporter;
 
@@ -128,6 +128,7 @@ pub fn offline_engine(config: &Config) -> Engine {
         }),
         Arc::new(NoReporter),
     )
+    .with_lookup_failures_as_errors()
 }
 
 /// What `check` assumes about the cluster before reading its input: the well-known
@@ -298,7 +299,8 @@ fn check_sources(
         }
         for object in &objects {
             if let Ok(mut known) = serde_json::from_value::<DynamicObject>(object.clone()) {
-                if known.metadata.namespace.is_none() {
+                let kind = known.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("");
+                if known.metadata.namespace.is_none() && !is_cluster_scoped(kind) {
                     known.metadata.namespace = Some(default_namespace.to_owned());
                 }
                 snapshot.learn(&known);

@@ -182,6 +182,11 @@ pub enum EvalError {
     Shape(#[from] ShapeError),
     #[error("the request carries no object to check")]
     MissingObject,
+    /// What the policy needs from the cluster could not be read. The webhook treats this as
+    /// the policy's violation (so it fails closed in enforce mode and warns in audit mode);
+    /// offline evaluation, which may simply not have been given the object, as an error.
+    #[error("{0}")]
+    Lookup(String),
 }
 
 /// One built-in policy. Policies are pure: what they need from the cluster comes in [`Context`].
@@ -216,6 +221,7 @@ pub struct Engine {
     cluster: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
     lookup_timeout: Duration,
+    lookup_failures_are_errors: bool,
 }
 
 impl Engine {
@@ -242,12 +248,20 @@ impl Engine {
             cluster,
             reporter,
             lookup_timeout: LOOKUP_TIMEOUT,
+            lookup_failures_are_errors: false,
         }
     }
 
     /// Changes how long a Pod lookup may take (default [`LOOKUP_TIMEOUT`]).
     pub fn with_lookup_timeout(mut self, timeout: Duration) -> Engine {
         self.lookup_timeout = timeout;
+        self
+    }
+
+    /// Makes a failed lookup an error for the whole object instead of the policy's violation
+    /// (for offline evaluation, where the input may just lack what the policy reads).
+    pub fn with_lookup_failures_as_errors(mut self) -> Engine {
+        self.lookup_failures_are_errors = true;
         self
     }
 
@@ -325,6 +339,13 @@ impl Engine {
                     mode: configured.mode,
                     findings,
                 }),
+                Err(EvalError::Lookup(message)) if !self.lookup_failures_are_errors => outcomes
+                    .push(PolicyOutcome {
+                        policy: configured.policy.id(),
+                        mode: configured.mode,
+                        findings: vec![Finding::Violation { message }],
+                    }),
+                Err(EvalError::Lookup(message)) => return Verdict::Malformed(message),
                 Err(e) => {
                     return Verdict::Malformed(format!(
                         "prodguard cannot check {}: {e}",
@@ -408,5 +429,75 @@ mod tests {
             panic!("decided")
         };
         assert!(decision.allowed && decision.reports.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_failed_lookup_is_the_policys_violation_in_its_mode() {
+        let binding: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
+            "metadata": {"name": "b", "namespace": "openg2p"},
+            "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
+            "subjects": [{"kind": "User", "name": "bob"}]
+        }))
+        .unwrap();
+        let request = Request {
+            uid: "u",
+            operation: Operation::Create,
+            group: "rbac.authorization.k8s.io",
+            version: "v1",
+            kind: "RoleBinding",
+            resource: "rolebindings",
+            resource_group: "rbac.authorization.k8s.io",
+            resource_version: "v1",
+            sub_resource: None,
+            namespace: "openg2p",
+            name: "b",
+            username: "alice",
+            groups: &[],
+            object: Some(&binding),
+            old_object: None,
+            dry_run: false,
+        };
+        let lookup = || {
+            Arc::new(crate::cluster::NoLookup {
+                reason: "test".into(),
+            })
+        };
+        let engine = Engine::new(
+            &Config::default(),
+            lookup(),
+            Arc::new(MemoryReporter::default()),
+        );
+        let Verdict::Decided(decision) = engine.review(Webhook::Validate, &request).await else {
+            panic!("decided")
+        };
+        assert!(!decision.allowed);
+        assert_eq!(
+            decision.deny_message(),
+            "[rbac-hygiene] RoleBinding openg2p/b cannot be checked: no Kubernetes client is configured (test)"
+        );
+        let audit = Config {
+            mode: GlobalMode::Audit,
+            ..Config::default()
+        };
+        let engine = Engine::new(&audit, lookup(), Arc::new(MemoryReporter::default()));
+        let Verdict::Decided(decision) = engine.review(Webhook::Validate, &request).await else {
+            panic!("decided")
+        };
+        assert!(decision.allowed, "audit mode warns");
+        assert_eq!(decision.reports.len(), 1);
+        let strict = Engine::new(
+            &Config::default(),
+            lookup(),
+            Arc::new(MemoryReporter::default()),
+        )
+        .with_lookup_failures_as_errors();
+        assert_eq!(
+            strict.evaluate(Webhook::Validate, &request, &Context {
+                role_rules: Some(Err("Role openg2p/r is not among the checked objects".into())),
+                ..Context::default()
+            }),
+            Verdict::Malformed("RoleBinding openg2p/b cannot be checked: Role openg2p/r is not among the checked objects".into())
+        );
     }
 }

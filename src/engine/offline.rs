@@ -92,11 +92,11 @@ fn evaluate(
         None => ("", types.api_version.as_str()),
     };
     let resource = plural(&types.kind);
-    let namespace = object
-        .metadata
-        .namespace
-        .as_deref()
-        .unwrap_or(default_namespace);
+    let namespace = match object.metadata.namespace.as_deref() {
+        _ if is_cluster_scoped(&types.kind) => "",
+        Some(namespace) => namespace,
+        None => default_namespace,
+    };
     let request = Request {
         uid: "",
         operation: Operation::Create,
@@ -138,6 +138,29 @@ fn evaluate(
         });
     }
     Ok(decision.patch)
+}
+
+/// Whether objects of the kind live outside namespaces (of the kinds a manifest set holds).
+pub fn is_cluster_scoped(kind: &str) -> bool {
+    matches!(
+        kind,
+        "Namespace"
+            | "Node"
+            | "PersistentVolume"
+            | "ClusterRole"
+            | "ClusterRoleBinding"
+            | "StorageClass"
+            | "IngressClass"
+            | "PriorityClass"
+            | "RuntimeClass"
+            | "CustomResourceDefinition"
+            | "MutatingWebhookConfiguration"
+            | "ValidatingWebhookConfiguration"
+            | "APIService"
+            | "ClusterPolicyReport"
+            | "CSIDriver"
+            | "PodSecurityPolicy"
+    )
 }
 
 /// The resource name of a kind, as the API server derives it (`Ingress` -> `ingresses`).

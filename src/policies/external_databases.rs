@@ -102,7 +102,7 @@ impl Policy for ExternalDatabases {
             return Ok(Vec::new());
         };
         let message = match is_production(context, request, &self.production) {
-            Err(problem) => problem,
+            Err(problem) => return Err(EvalError::Lookup(problem)),
             Ok(Some(true)) => format!(
                 "{} runs {store} inside the cluster in production namespace {} ({}); the \
                  production guide runs PostgreSQL and MinIO on separate machines with high \

@@ -117,9 +117,9 @@ impl Policy for OpensearchCluster {
             return Ok(Vec::new());
         };
         let message = match is_production(context, request, &self.production) {
-            Err(problem) => problem,
+            Err(problem) => return Err(EvalError::Lookup(problem)),
             Ok(Some(true)) => format!(
-                "{} runs OpenSearch as a single node ({reason}) in production namespace {} \
+                "{} does not run OpenSearch as a cluster ({reason}) in production namespace {} \
                  ({}); the production guide asks for an OpenSearch cluster: several pods with \
                  master, data, coordinating and ingest roles",
                 request.describe(),
@@ -271,15 +271,17 @@ mod tests {
             json!([{"name": "discovery.type", "value": "single-node"}]),
         );
         let msg = verdict("StatefulSet", &obj, &production(true)).unwrap();
-        assert!(msg.starts_with("StatefulSet openg2p/opensearch runs OpenSearch as a single node (containers[0] \"opensearch\" runs opensearchproject/opensearch:2 with discovery.type=single-node) in production namespace openg2p (prodguard.io/environment=production)"), "{msg}");
+        assert!(msg.starts_with("StatefulSet openg2p/opensearch does not run OpenSearch as a cluster (containers[0] \"opensearch\" runs opensearchproject/opensearch:2 with discovery.type=single-node) in production namespace openg2p (prodguard.io/environment=production)"), "{msg}");
         let failed = Context {
             namespace_labels: Some(Err("namespace openg2p was not found".into())),
             ..Context::default()
         };
-        let msg = verdict("StatefulSet", &obj, &failed).unwrap();
+        let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
         assert_eq!(
-            msg,
-            "cannot tell whether namespace openg2p is a production namespace: namespace openg2p was not found"
+            policy().evaluate(&req, &failed),
+            Err(EvalError::Lookup(
+                "cannot tell whether namespace openg2p is a production namespace: namespace openg2p was not found".into()
+            ))
         );
         let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
         assert!(policy().needs(&req).namespace_labels);

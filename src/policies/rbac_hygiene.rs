@@ -67,10 +67,15 @@ fn resource_of(kind: &str) -> (&'static str, String) {
         }
         "Job" | "CronJob" => ("batch", format!("{}s", kind.to_ascii_lowercase())),
         "Ingress" => ("networking.k8s.io", "ingresses".to_owned()),
-        "ConfigMap" | "Secret" | "Service" | "Pod" | "PersistentVolumeClaim" | "ServiceAccount"
-        | "Namespace" | "PersistentVolume" | "ReplicationController" => {
-            ("", format!("{}s", kind.to_ascii_lowercase()))
-        }
+        "ConfigMap"
+        | "Secret"
+        | "Service"
+        | "Pod"
+        | "PersistentVolumeClaim"
+        | "ServiceAccount"
+        | "Namespace"
+        | "PersistentVolume"
+        | "ReplicationController" => ("", format!("{}s", kind.to_ascii_lowercase())),
         _ => ("*", format!("{}s", kind.to_ascii_lowercase())),
     }
 }
@@ -370,12 +375,10 @@ impl Policy for RbacHygiene {
                 let rules = match &context.role_rules {
                     None | Some(Ok(None)) => return Ok(Vec::new()),
                     Some(Err(e)) => {
-                        return Ok(vec![Finding::Violation {
-                            message: format!(
-                            "{} cannot be checked: {e}; prodguard refuses bindings it cannot check",
+                        return Err(EvalError::Lookup(format!(
+                            "{} cannot be checked: {e}",
                             request.describe()
-                        ),
-                        }])
+                        )))
                     }
                     Some(Ok(Some(rules))) => rules,
                 };
@@ -407,12 +410,10 @@ impl Policy for RbacHygiene {
                 let bindings: &[Binding] = match &context.bindings {
                     None => return Ok(Vec::new()),
                     Some(Err(e)) => {
-                        return Ok(vec![Finding::Violation {
-                            message: format!(
-                                "{} cannot be checked: {e}; prodguard refuses role changes it cannot check",
-                                request.describe()
-                            ),
-                        }])
+                        return Err(EvalError::Lookup(format!(
+                            "{} cannot be checked: {e}",
+                            request.describe()
+                        )))
                     }
                     Some(Ok(bindings)) => bindings,
                 };
@@ -651,9 +652,13 @@ mod tests {
             role_rules: Some(Err("reading ClusterRole ops failed: timeout".into())),
             ..Context::default()
         };
-        assert_eq!(messages(&req, &failed), vec![
-            "ClusterRoleBinding b cannot be checked: reading ClusterRole ops failed: timeout; prodguard refuses bindings it cannot check".to_owned()
-        ]);
+        assert_eq!(
+            policy().evaluate(&req, &failed),
+            Err(EvalError::Lookup(
+                "ClusterRoleBinding b cannot be checked: reading ClusterRole ops failed: timeout"
+                    .to_owned()
+            ))
+        );
     }
 
     #[test]
