@@ -32,7 +32,8 @@ const TABLE: &[(&str, Expect, Expect)] = &[
     // exec and port-forward by members of system:masters: admins pass without a lookup.
     ("spreadshirt-kube-request-access/kube-request-access.go.admissionReviewExample.extracted.json", Allow(0), Allow(0)),
     ("shilazi-disallow-portforward-policy/test_data/pod_portforward.json", Allow(0), Allow(0)),
-    ("kubewarden-policies/policies/cel-policy/test_data/deployment_gt_max_replicas.json", Allow(1), Allow(0)),
+    // 51 replicas: image-pull-policy and node-spread.
+    ("kubewarden-policies/policies/cel-policy/test_data/deployment_gt_max_replicas.json", Allow(2), Allow(0)),
     // replicas: 0 is a deliberate scale-down.
     ("kubewarden-policies/policies/echo/test_data/create_accept.json", Allow(1), Allow(0)),
     // DELETE of a Deployment by a member of system:masters.
@@ -50,8 +51,8 @@ const TABLE: &[(&str, Expect, Expect)] = &[
     ("kubewarden-policies/policies/user-group-psp-policy/test_data/daemonset_with_no_securitycontext.json", Allow(0), Allow(0)),
     ("kubewarden-policies/policies/user-group-psp-policy/test_data/deployment_with_no_securitycontext.json", Allow(1), Allow(0)),
     ("kubewarden-policies/policies/user-group-psp-policy/test_data/job_with_no_securitycontext.json", Allow(0), Allow(0)),
-    ("kubewarden-policies/policies/user-group-psp-policy/test_data/replicaset_with_no_securitycontext.json", Allow(1), Allow(0)),
-    ("kubewarden-policies/policies/user-group-psp-policy/test_data/statefulset_with_no_securitycontext.json", Allow(0), Allow(0)),
+    ("kubewarden-policies/policies/user-group-psp-policy/test_data/replicaset_with_no_securitycontext.json", Allow(2), Allow(0)),
+    ("kubewarden-policies/policies/user-group-psp-policy/test_data/statefulset_with_no_securitycontext.json", Allow(1), Allow(0)),
     ("kubewarden-policies/policies/verify-image-signatures/test_data/replicationcontroller_creation_unsigned.json", Allow(1), Allow(0)),
     ("kubewarden-policy-server/tests/data/pod_with_privileged_containers.json", Allow(0), Allow(0)),
 ];

@@ -42,6 +42,18 @@ impl Drop for TestServer {
 
 /// Starts prodguard with `config` and a Pod lookup that knows `pods`.
 pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
+    start_with(
+        config,
+        Snapshot {
+            pods,
+            ..Snapshot::default()
+        },
+    )
+    .await
+}
+
+/// Starts prodguard with `config`, answering cluster lookups from `cluster`.
+pub async fn start_with(config: Config, cluster: Snapshot) -> TestServer {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let pki = pki::generate("test CA", &names).expect("certificates");
     let tls = tls::from_pem(
@@ -52,14 +64,7 @@ pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
     )
     .expect("tls config");
     let reporter = Arc::new(MemoryReporter::default());
-    let engine = Engine::new(
-        &config,
-        Arc::new(Snapshot {
-            pods,
-            ..Snapshot::default()
-        }),
-        reporter.clone(),
-    );
+    let engine = Engine::new(&config, Arc::new(cluster), reporter.clone());
     let state = AppState::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
