@@ -21,6 +21,24 @@ use serde_json::{json, Value};
 
 const DEFAULT_POLICY: &str = include_str!("../../policies/openg2p-production.yaml");
 
+/// The default policy set with one line changed; panics when `from` is not in it.
+fn default_with(from: &str, to: &str) -> String {
+    assert!(
+        DEFAULT_POLICY.contains(from),
+        "{from:?} is not in the default policy set"
+    );
+    DEFAULT_POLICY.replacen(from, to, 1)
+}
+
+/// The default policy set where rbac-hygiene lets `user` hold guarded permissions (what an
+/// admin does for a user who may exec or delete, so that prodguard's own policies decide).
+fn default_exempting(user: &str) -> String {
+    default_with(
+        "\"system:kube-controller-manager\", \"system:kube-scheduler\"]",
+        &format!("\"system:kube-controller-manager\", \"system:kube-scheduler\", \"{user}\"]"),
+    )
+}
+
 struct Env {
     cluster: TestCluster,
     runtime: tokio::runtime::Runtime,
@@ -58,6 +76,13 @@ fn main() -> ExitCode {
             "no_lockout_while_prodguard_is_down",
             no_lockout_while_prodguard_is_down,
         ),
+        ("ingress_body_size", ingress_body_size),
+        ("node_spread", node_spread),
+        (
+            "production_namespaces_opensearch_and_databases",
+            production_namespaces_opensearch_and_databases,
+        ),
+        ("rbac_hygiene", rbac_hygiene),
     ];
     let selected: Vec<_> = scenarios
         .iter()
@@ -249,6 +274,18 @@ fn assert_denied(stderr: &str, expected: &str) {
     );
 }
 
+/// A denial by prodguard's RBAC webhook.
+fn assert_rbac_denied(stderr: &str, expected: &str) {
+    assert!(
+        stderr.contains("admission webhook \"rbac.validate.prodguard.io\" denied the request"),
+        "not denied by prodguard's RBAC webhook: {stderr}"
+    );
+    assert!(
+        stderr.contains(expected),
+        "expected {expected:?} in: {stderr}"
+    );
+}
+
 fn deployment(name: &str, replicas: i64, image: &str) -> Value {
     json!({
         "apiVersion": "apps/v1", "kind": "Deployment",
@@ -287,33 +324,46 @@ fn webhooks_registered_from_deploy(env: &mut Env) {
     use base64::Engine as _;
     let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
     let bundle = base64::engine::general_purpose::STANDARD.encode(ca.as_bytes());
-    for (kind, webhook, path) in [
+    for (kind, webhooks, path) in [
         (
             "mutatingwebhookconfiguration",
-            "mutate.prodguard.io",
+            &["mutate.prodguard.io"][..],
             "/mutate",
         ),
         (
             "validatingwebhookconfiguration",
-            "validate.prodguard.io",
+            &["validate.prodguard.io", "rbac.validate.prodguard.io"][..],
             "/validate",
         ),
     ] {
         let config = env.get_json(&[kind, "prodguard"]);
         let hooks = config["webhooks"].as_array().unwrap();
-        assert_eq!(hooks.len(), 1);
-        assert_eq!(hooks[0]["name"], webhook);
-        assert_eq!(hooks[0]["sideEffects"], "NoneOnDryRun");
-        assert_eq!(hooks[0]["admissionReviewVersions"], json!(["v1"]));
-        assert_eq!(
-            hooks[0]["clientConfig"]["caBundle"],
-            bundle.as_str(),
-            "injected by prodguard certs --inject"
-        );
-        assert_eq!(
-            hooks[0]["clientConfig"]["url"],
-            format!("https://127.0.0.1:{}{path}", env.cluster.prodguard_port)
-        );
+        let names: Vec<_> = hooks.iter().map(|h| h["name"].as_str().unwrap()).collect();
+        assert_eq!(names, webhooks);
+        for hook in hooks {
+            assert_eq!(hook["sideEffects"], "NoneOnDryRun");
+            assert_eq!(hook["admissionReviewVersions"], json!(["v1"]));
+            assert_eq!(
+                hook["clientConfig"]["caBundle"],
+                bundle.as_str(),
+                "injected by prodguard certs --inject"
+            );
+            assert_eq!(
+                hook["clientConfig"]["url"],
+                format!("https://127.0.0.1:{}{path}", env.cluster.prodguard_port)
+            );
+        }
+        // Enforcement fails closed; patching, and RBAC checks (see deploy/), fail open.
+        let policies: Vec<_> = hooks
+            .iter()
+            .map(|h| h["failurePolicy"].as_str().unwrap())
+            .collect();
+        let expected: &[&str] = if webhooks.len() == 2 {
+            &["Fail", "Ignore"]
+        } else {
+            &["Ignore"]
+        };
+        assert_eq!(policies, expected);
     }
     // Injecting into configurations that do not exist says what to do.
     let output = env
@@ -463,7 +513,8 @@ fn replicas_scale_and_hpa(env: &mut Env) {
         count(
             r#"prodguard_admission_requests_total{webhook="mutate",operation="CREATE",kind="Deployment",verdict="patched"}"#
         ),
-        2.0,
+        // Both kubectl creates (image-pull-policy), the kube client's 3 replicas (node-spread).
+        3.0,
         "{text}"
     );
     let statefulset_denied = count(
@@ -584,7 +635,8 @@ fn running_pod(env: &Env, ns: &str, name: &str, labels: Value, image: &str) {
 }
 
 fn db_access(env: &mut Env) {
-    env.serve(DEFAULT_POLICY, &[]);
+    // rbac-hygiene would refuse the grants below; the admin exempts dev.
+    env.serve(&default_exempting("dev"), &[]);
     let ns = "e2e-db";
     env.namespace(ns);
     running_pod(
@@ -606,7 +658,8 @@ fn db_access(env: &mut Env) {
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
     ]});
-    assert!(env.apply(ns, &rbac).status.success());
+    let output = env.apply(ns, &rbac);
+    assert!(output.status.success(), "{}", err(&output));
 
     for (pod, why) in [
         ("postgres-0", "label app.kubernetes.io/name=postgresql"),
@@ -679,7 +732,8 @@ fn db_access(env: &mut Env) {
 }
 
 fn protect_delete(env: &mut Env) {
-    env.serve(DEFAULT_POLICY, &[]);
+    // rbac-hygiene would refuse the grants below; the admin exempts dev.
+    env.serve(&default_exempting("dev"), &[]);
     let ns = "e2e-delete";
     env.namespace(ns);
     let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
@@ -691,7 +745,8 @@ fn protect_delete(env: &mut Env) {
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "deleter"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
     ]});
-    assert!(env.apply(ns, &rbac).status.success());
+    let output = env.apply(ns, &rbac);
+    assert!(output.status.success(), "{}", err(&output));
     let create_all = |env: &Env| {
         env.ok(&[
             "create",
@@ -944,7 +999,13 @@ fn background_audit_reports_and_lease(env: &mut Env) {
     // The dry-run rollout: admission only warns, the reports say what enforcement would do.
     let mut args = vec!["--mode", "audit"];
     args.extend(audit_args);
-    env.serve(DEFAULT_POLICY, &args);
+    // node-spread is checked on its own (node_spread); here it would add a finding per
+    // replicated Deployment.
+    let policies = default_with(
+        "  node-spread:\n    mode: enforce",
+        "  node-spread:\n    mode: \"off\"",
+    );
+    env.serve(&policies, &args);
     let ns = "e2e-reports";
     env.namespace(ns);
     env.ok(&[
@@ -1085,7 +1146,7 @@ fn background_audit_reports_and_lease(env: &mut Env) {
     let (port, metrics_port) = (cluster::free("second"), cluster::free("second metrics"));
     let second = env
         .cluster
-        .start_prodguard("second", port, metrics_port, DEFAULT_POLICY, &audit_args)
+        .start_prodguard("second", port, metrics_port, &policies, &audit_args)
         .expect("second prodguard");
     std::thread::sleep(Duration::from_secs(5));
     let text = scrape(metrics_port);
@@ -1246,4 +1307,329 @@ fn client_certificates_required(env: &mut Env) {
         refused,
         "a caller without a client certificate got an answer"
     );
+}
+
+// ---- the rest of the guide ------------------------------------------------------------------
+
+const BODY_SIZE: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
+
+fn ingress(name: &str, annotations: Value) -> Value {
+    json!({
+        "apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+        "metadata": {"name": name, "annotations": annotations},
+        "spec": {"rules": [{"host": format!("{name}.example.org"), "http": {"paths": [{
+            "path": "/", "pathType": "Prefix",
+            "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}
+    })
+}
+
+fn ingress_body_size(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-ingress";
+    env.namespace(ns);
+    let output = env.apply(ns, &ingress("portal", json!({"team": "registry"})));
+    assert!(output.status.success(), "{}", err(&output));
+    let stored = env.get_json(&["ingress", "portal", "-n", ns]);
+    assert_eq!(
+        stored["metadata"]["annotations"][BODY_SIZE], "50m",
+        "{stored}"
+    );
+    assert_eq!(stored["metadata"]["annotations"]["team"], "registry");
+
+    let output = env.apply(ns, &ingress("uploads", json!({ BODY_SIZE: "500m" })));
+    assert!(!output.status.success());
+    assert_denied(
+        &err(&output),
+        &format!("[ingress-body-size] Ingress {ns}/uploads sets {BODY_SIZE}: \"500m\": 500m is above the most allowed, 50m"),
+    );
+    // Lowering the limit of a stored Ingress is fine; turning it off is not.
+    env.ok(&[
+        "annotate",
+        "ingress",
+        "portal",
+        "-n",
+        ns,
+        &format!("{BODY_SIZE}=10m"),
+        "--overwrite",
+    ]);
+    let stderr = env.fails(&[
+        "annotate",
+        "ingress",
+        "portal",
+        "-n",
+        ns,
+        &format!("{BODY_SIZE}=0"),
+        "--overwrite",
+    ]);
+    assert_denied(&stderr, "0 turns nginx's request-body limit off");
+    let stored = env.get_json(&["ingress", "portal", "-n", ns]);
+    assert_eq!(stored["metadata"]["annotations"][BODY_SIZE], "10m");
+}
+
+fn node_spread(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-spread";
+    env.namespace(ns);
+    env.ok(&[
+        "create",
+        "deployment",
+        "portal",
+        "--image=nginx:1.25",
+        "--replicas=3",
+        "-n",
+        ns,
+    ]);
+    let stored = env.get_json(&["deployment", "portal", "-n", ns]);
+    assert_eq!(
+        stored.pointer("/spec/template/spec/topologySpreadConstraints"),
+        Some(
+            &json!([{"maxSkew": 1, "topologyKey": "kubernetes.io/hostname",
+            "whenUnsatisfiable": "ScheduleAnyway", "labelSelector": {"matchLabels": {"app": "portal"}}}])
+        ),
+        "{stored}"
+    );
+    // Scaling up through an update of the workload spreads it; existing rules are kept as given.
+    env.ok(&[
+        "create",
+        "deployment",
+        "single",
+        "--image=nginx:1.25",
+        "--replicas=0",
+        "-n",
+        ns,
+    ]);
+    let stored = env.get_json(&["deployment", "single", "-n", ns]);
+    assert!(stored
+        .pointer("/spec/template/spec/topologySpreadConstraints")
+        .is_none());
+    env.ok(&[
+        "patch",
+        "deployment",
+        "single",
+        "-n",
+        ns,
+        "--type=merge",
+        "-p",
+        r#"{"spec":{"replicas":2}}"#,
+    ]);
+    let stored = env.get_json(&["deployment", "single", "-n", ns]);
+    assert_eq!(
+        stored.pointer("/spec/template/spec/topologySpreadConstraints/0/whenUnsatisfiable"),
+        Some(&json!("ScheduleAnyway")),
+        "{stored}"
+    );
+    let mut zoned = deployment("zoned", 2, "nginx:1.25");
+    zoned["spec"]["template"]["spec"]["affinity"] = json!({"podAntiAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [{"weight": 100, "podAffinityTerm": {
+            "topologyKey": "kubernetes.io/hostname", "labelSelector": {"matchLabels": {"app": "zoned"}}}}]}});
+    let output = env.apply(ns, &zoned);
+    assert!(output.status.success(), "{}", err(&output));
+    let stored = env.get_json(&["deployment", "zoned", "-n", ns]);
+    assert!(
+        stored
+            .pointer("/spec/template/spec/topologySpreadConstraints")
+            .is_none(),
+        "anti-affinity by host already spreads: {stored}"
+    );
+}
+
+fn statefulset(name: &str, replicas: i64, image: &str, env_vars: Value) -> Value {
+    json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name},
+        "spec": {"replicas": replicas, "serviceName": name,
+            "selector": {"matchLabels": {"app": name}},
+            "template": {"metadata": {"labels": {"app": name}}, "spec": {
+                "containers": [{"name": "main", "image": image, "imagePullPolicy": "IfNotPresent", "env": env_vars}]}}}
+    })
+}
+
+fn production_namespaces_opensearch_and_databases(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let (prod, dev) = ("e2e-production", "e2e-development");
+    env.namespace(prod);
+    env.ok(&[
+        "label",
+        "namespace",
+        prod,
+        "prodguard.io/environment=production",
+    ]);
+    env.namespace(dev);
+    let search = statefulset(
+        "opensearch",
+        3,
+        "opensearchproject/opensearch:2.11.1",
+        json!([{"name": "discovery.type", "value": "single-node"}]),
+    );
+    let postgres = statefulset(
+        "registry-postgresql",
+        2,
+        "docker.io/bitnami/postgresql:16.2.0",
+        json!([]),
+    );
+    // Audit by default: stored, with a warning kubectl prints, in production only.
+    for (object, warning) in [
+        (&search, format!("Warning: opensearch-cluster: StatefulSet {prod}/opensearch does not run OpenSearch as a cluster (containers[0] \"main\" runs opensearchproject/opensearch:2.11.1 with discovery.type=single-node) in production namespace {prod}")),
+        (&postgres, format!("Warning: external-databases: StatefulSet {prod}/registry-postgresql runs PostgreSQL (containers[0] \"main\", image docker.io/bitnami/postgresql:16.2.0) inside the cluster in production namespace {prod}")),
+    ] {
+        let output = env.apply(prod, object);
+        assert!(output.status.success(), "{}", err(&output));
+        assert!(err(&output).contains(&warning), "{}", err(&output));
+        let output = env.apply(dev, object);
+        assert!(output.status.success(), "{}", err(&output));
+        assert!(!err(&output).contains("Warning"), "{}", err(&output));
+    }
+    // Enforced, the same OpenSearch is refused in production.
+    let enforced = DEFAULT_POLICY.replace(
+        "  opensearch-cluster:\n    mode: audit",
+        "  opensearch-cluster:\n    mode: enforce",
+    );
+    assert_ne!(enforced, DEFAULT_POLICY);
+    env.serve(&enforced, &[]);
+    let mut renamed = search.clone();
+    renamed["metadata"]["name"] = json!("search");
+    let output = env.apply(prod, &renamed);
+    assert!(!output.status.success());
+    assert_denied(
+        &err(&output),
+        &format!(
+            "[opensearch-cluster] StatefulSet {prod}/search does not run OpenSearch as a cluster"
+        ),
+    );
+    let output = env.apply(dev, &renamed);
+    assert!(output.status.success(), "{}", err(&output));
+}
+
+fn rbac_hygiene(env: &mut Env) {
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-rbac";
+    env.namespace(ns);
+    // A harmless role, bound to a developer.
+    env.ok(&[
+        "create",
+        "role",
+        "pod-reader",
+        "--verb=get,list",
+        "--resource=pods",
+        "-n",
+        ns,
+    ]);
+    env.ok(&[
+        "create",
+        "rolebinding",
+        "bob-pods",
+        "--role=pod-reader",
+        "--user=bob",
+        "-n",
+        ns,
+    ]);
+    // The bound role may not start granting exec.
+    let stderr = env.fails(&["patch", "role", "pod-reader", "-n", ns, "--type=json", "-p",
+        r#"[{"op":"add","path":"/rules/-","value":{"apiGroups":[""],"resources":["pods/exec"],"verbs":["create"]}}]"#]);
+    assert_rbac_denied(&stderr, &format!("[rbac-hygiene] Role {ns}/pod-reader would allow create on pods/exec to User bob (through RoleBinding {ns}/bob-pods)"));
+    // Reading Secrets: not for bob, fine for the admins.
+    env.ok(&[
+        "create",
+        "role",
+        "secret-reader",
+        "--verb=get,list,watch",
+        "--resource=secrets",
+        "-n",
+        ns,
+    ]);
+    let stderr = env.fails(&[
+        "create",
+        "rolebinding",
+        "bob-secrets",
+        "--role=secret-reader",
+        "--user=bob",
+        "-n",
+        ns,
+    ]);
+    assert_rbac_denied(&stderr, &format!("[rbac-hygiene] RoleBinding {ns}/bob-secrets grants Role {ns}/secret-reader to User bob, which allows get, list, watch on secrets in namespace {ns}"));
+    env.ok(&[
+        "create",
+        "rolebinding",
+        "admins-secrets",
+        "--role=secret-reader",
+        "--group=system:masters",
+        "-n",
+        ns,
+    ]);
+    // Cluster-wide, through wildcards.
+    env.ok(&[
+        "create",
+        "clusterrole",
+        "e2e-deleter",
+        "--verb=*",
+        "--resource=deployments.apps,statefulsets.apps",
+    ]);
+    let stderr = env.fails(&[
+        "create",
+        "clusterrolebinding",
+        "e2e-ops-delete",
+        "--clusterrole=e2e-deleter",
+        "--group=ops",
+    ]);
+    assert_rbac_denied(&stderr, "[rbac-hygiene] ClusterRoleBinding e2e-ops-delete grants ClusterRole e2e-deleter to Group ops, which allows delete, deletecollection on deployments.apps; delete, deletecollection on statefulsets.apps cluster-wide");
+
+    // With prodguard down the RBAC webhook fails open (a lockout guard); the background audit
+    // then reports the grant.
+    env.cluster.stop_prodguard();
+    env.ok(&[
+        "create",
+        "clusterrolebinding",
+        "e2e-ops-delete",
+        "--clusterrole=e2e-deleter",
+        "--group=ops",
+    ]);
+    env.ok(&[
+        "create",
+        "rolebinding",
+        "bob-secrets",
+        "--role=secret-reader",
+        "--user=bob",
+        "-n",
+        ns,
+    ]);
+    env.serve(
+        DEFAULT_POLICY,
+        &[
+            "--audit-interval=1s",
+            "--lease-namespace=default",
+            "--lease-duration=3s",
+        ],
+    );
+    let report = wait_report(env, ns, "bob-secrets reported", |r| {
+        !results_for(r, "bob-secrets").is_empty()
+    });
+    let found = results_for(&report, "bob-secrets");
+    assert_eq!(found[0]["policy"], "rbac-hygiene", "{report}");
+    assert_eq!(found[0]["result"], "fail", "{report}");
+    assert_eq!(found[0]["resources"][0]["kind"], "RoleBinding", "{report}");
+    assert!(
+        results_for(&report, "bob-pods").is_empty()
+            && results_for(&report, "admins-secrets").is_empty(),
+        "{report}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let cluster_report = env.get_json(&["clusterpolicyreport", "prodguard"]);
+        let found = results_for(&cluster_report, "e2e-ops-delete");
+        if !found.is_empty() {
+            assert_eq!(found[0]["policy"], "rbac-hygiene", "{cluster_report}");
+            assert_eq!(found[0]["resources"][0]["kind"], "ClusterRoleBinding");
+            // Kubernetes' own bootstrap bindings (system:masters, kube-system service accounts,
+            // control-plane users) pass.
+            assert_eq!(cluster_report["summary"]["fail"], 1, "{cluster_report}");
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no ClusterPolicyReport result: {cluster_report}"
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    env.ok(&["delete", "clusterrolebinding", "e2e-ops-delete"]);
 }
