@@ -104,9 +104,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         Ok(client) => Some(client),
         Err(e) => {
             tracing::warn!(
-                "no in-cluster config or kubeconfig ({e}): db-access will deny exec/attach/port-forward by \
-                 non-admins because it cannot read pods, policy reports are logged instead of published \
-                 as Events, and the background audit does not run"
+                "no in-cluster config or kubeconfig ({e}): the policies that read the cluster give their \
+                 verdict on what they cannot check (db-access denies exec/attach/port-forward by \
+                 non-admins, rbac-hygiene denies guarded grants, production-namespace policies report), \
+                 policy reports are logged instead of published as Events, and the background audit \
+                 does not run"
             );
             None
         }

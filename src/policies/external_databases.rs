@@ -6,17 +6,17 @@
 //! scaled to 0 is not reported. On UPDATE only a workload that did not already run the store
 //! is reported: the background audit reports what runs.
 
+use serde_json::Value;
+
 use super::image_ref::ImagePattern;
 use super::pod_spec::ShapeError;
-use super::{container_running, describe_selector, int_field, is_production};
+use super::production::{running_container, InProduction, WorkloadCheck};
 use crate::config::{ExternalDatabasesConfig, LabelSelector};
-use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "external-databases";
 
 pub struct ExternalDatabases {
     images: Vec<ImagePattern>,
-    production: LabelSelector,
 }
 
 /// How the guide names the store an image runs.
@@ -32,24 +32,29 @@ fn store_name(image: &str) -> &'static str {
 }
 
 impl ExternalDatabases {
-    pub fn new(config: &ExternalDatabasesConfig, production: &LabelSelector) -> ExternalDatabases {
-        ExternalDatabases {
-            images: ImagePattern::parse_all(&config.images),
+    pub fn policy(
+        config: &ExternalDatabasesConfig,
+        production: &LabelSelector,
+    ) -> InProduction<ExternalDatabases> {
+        InProduction {
+            check: ExternalDatabases {
+                images: ImagePattern::parse_all(&config.images),
+            },
             production: production.clone(),
         }
     }
+}
+
+impl WorkloadCheck for ExternalDatabases {
+    fn id(&self) -> &'static str {
+        ID
+    }
 
     /// Which store the workload runs in the cluster, or `None`.
-    fn store(&self, kind: &str, object: &serde_json::Value) -> Result<Option<String>, ShapeError> {
-        if !matches!(kind, "Deployment" | "StatefulSet") {
-            return Ok(None);
-        }
-        let Some(container) = container_running(kind, object, &self.images)? else {
+    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
+        let Some((container, _)) = running_container(kind, object, &self.images)? else {
             return Ok(None);
         };
-        if int_field(kind, object, &["spec", "replicas"], 1)? == 0 {
-            return Ok(None);
-        }
         let image = container.image.unwrap_or_default();
         Ok(Some(format!(
             "{} ({}, image {image})",
@@ -58,62 +63,12 @@ impl ExternalDatabases {
         )))
     }
 
-    fn introduced(&self, request: &Request<'_>) -> Result<Option<String>, EvalError> {
-        if !matches!(request.operation, Operation::Create | Operation::Update)
-            || request.sub_resource.is_some()
-        {
-            return Ok(None);
-        }
-        let object = request.object.ok_or(EvalError::MissingObject)?;
-        let Some(store) = self.store(request.kind, &object.data)? else {
-            return Ok(None);
-        };
-        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
-            if matches!(self.store(request.kind, &old.data), Ok(Some(_))) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(store))
-    }
-}
-
-impl Policy for ExternalDatabases {
-    fn id(&self) -> &'static str {
-        ID
-    }
-
-    fn webhook(&self) -> Webhook {
-        Webhook::Validate
-    }
-
-    fn needs(&self, request: &Request<'_>) -> Needs {
-        Needs {
-            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
-            ..Needs::default()
-        }
-    }
-
-    fn evaluate(
-        &self,
-        request: &Request<'_>,
-        context: &Context,
-    ) -> Result<Vec<Finding>, EvalError> {
-        let Some(store) = self.introduced(request)? else {
-            return Ok(Vec::new());
-        };
-        let message = match is_production(context, request, &self.production) {
-            Err(problem) => return Err(EvalError::Lookup(problem)),
-            Ok(Some(true)) => format!(
-                "{} runs {store} inside the cluster in production namespace {} ({}); the \
-                 production guide runs PostgreSQL and MinIO on separate machines with high \
-                 capacity, tight access control and backups",
-                request.describe(),
-                request.namespace,
-                describe_selector(&self.production)
-            ),
-            Ok(_) => return Ok(Vec::new()),
-        };
-        Ok(vec![Finding::Violation { message }])
+    fn message(&self, what: &str, store: &str, namespace: &str) -> String {
+        format!(
+            "{what} runs {store} inside the cluster in {namespace}; the production guide runs \
+             PostgreSQL and MinIO on separate machines with high capacity, tight access control \
+             and backups"
+        )
     }
 }
 
@@ -123,12 +78,13 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::policies::test_support::{object, request};
+    use crate::engine::{Context, Operation, Policy};
+    use crate::policies::test_support::{object, request, violations};
     use serde_json::json;
 
-    fn policy() -> ExternalDatabases {
+    fn policy() -> InProduction<ExternalDatabases> {
         let config = Config::default();
-        ExternalDatabases::new(
+        ExternalDatabases::policy(
             &config.policies.external_databases,
             &config.production_namespaces,
         )
@@ -156,15 +112,7 @@ mod tests {
 
     fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
         let req = request(Operation::Create, kind, "x", Some(obj));
-        policy()
-            .evaluate(&req, ctx)
-            .unwrap()
-            .into_iter()
-            .map(|f| match f {
-                Finding::Violation { message } => message,
-                Finding::Mutation { .. } => panic!(),
-            })
-            .next()
+        violations(&policy(), &req, ctx).into_iter().next()
     }
 
     #[test]

@@ -11,6 +11,7 @@ pub mod min_replicas;
 pub mod node_spread;
 pub mod opensearch_cluster;
 pub mod pod_spec;
+pub mod production;
 pub mod protect_delete;
 pub mod rbac_hygiene;
 pub mod registry_mirror;
@@ -79,14 +80,14 @@ pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
             p.ingress_body_size.mode,
         ),
         (
-            Box::new(opensearch_cluster::OpensearchCluster::new(
+            Box::new(opensearch_cluster::OpensearchCluster::policy(
                 &p.opensearch_cluster,
                 &config.production_namespaces,
             )),
             p.opensearch_cluster.mode,
         ),
         (
-            Box::new(external_databases::ExternalDatabases::new(
+            Box::new(external_databases::ExternalDatabases::policy(
                 &p.external_databases,
                 &config.production_namespaces,
             )),
@@ -275,7 +276,24 @@ pub(crate) mod test_support {
     use kube::core::DynamicObject;
     use serde_json::Value;
 
-    use crate::engine::{Operation, Request};
+    use crate::engine::{Context, Finding, Operation, Policy, Request};
+
+    /// The messages of the violations `policy` finds; panics on an error or a mutation.
+    pub fn violations(
+        policy: &dyn Policy,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Vec<String> {
+        policy
+            .evaluate(request, context)
+            .expect("evaluates")
+            .into_iter()
+            .map(|f| match f {
+                Finding::Violation { message } => message,
+                Finding::Mutation { .. } => panic!("a validating policy patched"),
+            })
+            .collect()
+    }
 
     pub fn object(value: Value) -> DynamicObject {
         serde_json::from_value(value).expect("test object")

@@ -13,39 +13,41 @@ use serde_json::Value;
 
 use super::image_ref::ImagePattern;
 use super::pod_spec::ShapeError;
-use super::{container_running, describe_selector, int_field, is_production};
+use super::production::{running_container, InProduction, WorkloadCheck};
 use crate::config::{LabelSelector, OpensearchClusterConfig};
-use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "opensearch-cluster";
 
 pub struct OpensearchCluster {
     images: Vec<ImagePattern>,
     min_nodes: i64,
-    production: LabelSelector,
 }
 
 impl OpensearchCluster {
-    pub fn new(config: &OpensearchClusterConfig, production: &LabelSelector) -> OpensearchCluster {
-        OpensearchCluster {
-            images: ImagePattern::parse_all(&config.images),
-            min_nodes: config.min_nodes,
+    pub fn policy(
+        config: &OpensearchClusterConfig,
+        production: &LabelSelector,
+    ) -> InProduction<OpensearchCluster> {
+        InProduction {
+            check: OpensearchCluster {
+                images: ImagePattern::parse_all(&config.images),
+                min_nodes: config.min_nodes,
+            },
             production: production.clone(),
         }
     }
+}
+
+impl WorkloadCheck for OpensearchCluster {
+    fn id(&self) -> &'static str {
+        ID
+    }
 
     /// How the workload falls short of a cluster, or `None`.
-    fn single_node(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
-        if !matches!(kind, "Deployment" | "StatefulSet") {
-            return Ok(None);
-        }
-        let Some(container) = container_running(kind, object, &self.images)? else {
+    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
+        let Some((container, replicas)) = running_container(kind, object, &self.images)? else {
             return Ok(None);
         };
-        let replicas = int_field(kind, object, &["spec", "replicas"], 1)?;
-        if replicas == 0 {
-            return Ok(None);
-        }
         let single = object
             .pointer(container.field_pointer("env").as_str())
             .and_then(Value::as_array)
@@ -72,63 +74,12 @@ impl OpensearchCluster {
         Ok(None)
     }
 
-    /// The shortfall this request introduces, or `None`.
-    fn introduced(&self, request: &Request<'_>) -> Result<Option<String>, EvalError> {
-        if !matches!(request.operation, Operation::Create | Operation::Update)
-            || request.sub_resource.is_some()
-        {
-            return Ok(None);
-        }
-        let object = request.object.ok_or(EvalError::MissingObject)?;
-        let Some(reason) = self.single_node(request.kind, &object.data)? else {
-            return Ok(None);
-        };
-        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
-            if matches!(self.single_node(request.kind, &old.data), Ok(Some(_))) {
-                return Ok(None);
-            }
-        }
-        Ok(Some(reason))
-    }
-}
-
-impl Policy for OpensearchCluster {
-    fn id(&self) -> &'static str {
-        ID
-    }
-
-    fn webhook(&self) -> Webhook {
-        Webhook::Validate
-    }
-
-    fn needs(&self, request: &Request<'_>) -> Needs {
-        Needs {
-            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
-            ..Needs::default()
-        }
-    }
-
-    fn evaluate(
-        &self,
-        request: &Request<'_>,
-        context: &Context,
-    ) -> Result<Vec<Finding>, EvalError> {
-        let Some(reason) = self.introduced(request)? else {
-            return Ok(Vec::new());
-        };
-        let message = match is_production(context, request, &self.production) {
-            Err(problem) => return Err(EvalError::Lookup(problem)),
-            Ok(Some(true)) => format!(
-                "{} does not run OpenSearch as a cluster ({reason}) in production namespace {} \
-                 ({}); the production guide asks for an OpenSearch cluster: several pods with \
-                 master, data, coordinating and ingest roles",
-                request.describe(),
-                request.namespace,
-                describe_selector(&self.production)
-            ),
-            Ok(_) => return Ok(Vec::new()),
-        };
-        Ok(vec![Finding::Violation { message }])
+    fn message(&self, what: &str, shortfall: &str, namespace: &str) -> String {
+        format!(
+            "{what} does not run OpenSearch as a cluster ({shortfall}) in {namespace}; the \
+             production guide asks for an OpenSearch cluster: several pods with master, data, \
+             coordinating and ingest roles"
+        )
     }
 }
 
@@ -138,12 +89,13 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::policies::test_support::{object, request};
+    use crate::engine::{Context, EvalError, Operation, Policy};
+    use crate::policies::test_support::{object, request, violations};
     use serde_json::json;
 
-    fn policy() -> OpensearchCluster {
+    fn policy() -> InProduction<OpensearchCluster> {
         let config = Config::default();
-        OpensearchCluster::new(
+        OpensearchCluster::policy(
             &config.policies.opensearch_cluster,
             &config.production_namespaces,
         )
@@ -174,15 +126,7 @@ mod tests {
 
     fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
         let req = request(Operation::Create, kind, "x", Some(obj));
-        policy()
-            .evaluate(&req, ctx)
-            .unwrap()
-            .into_iter()
-            .map(|f| match f {
-                Finding::Violation { message } => message,
-                Finding::Mutation { .. } => panic!(),
-            })
-            .next()
+        violations(&policy(), &req, ctx).into_iter().next()
     }
 
     #[test]

@@ -447,7 +447,7 @@ impl Policy for RbacHygiene {
 mod tests {
     use super::*;
     use crate::config::Config;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, request, violations};
     use serde_json::json;
 
     fn policy() -> RbacHygiene {
@@ -555,15 +555,7 @@ mod tests {
     }
 
     fn messages(req: &Request<'_>, ctx: &Context) -> Vec<String> {
-        policy()
-            .evaluate(req, ctx)
-            .unwrap()
-            .into_iter()
-            .map(|f| match f {
-                Finding::Violation { message } => message,
-                Finding::Mutation { .. } => panic!(),
-            })
-            .collect()
+        violations(&policy(), req, ctx)
     }
 
     fn with_rules(value: Value) -> Context {

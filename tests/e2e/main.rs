@@ -264,21 +264,20 @@ impl Env {
 
 /// A denial by prodguard's validating webhook, as kubectl prints it.
 fn assert_denied(stderr: &str, expected: &str) {
-    assert!(
-        stderr.contains("admission webhook \"validate.prodguard.io\" denied the request"),
-        "not denied by prodguard: {stderr}"
-    );
-    assert!(
-        stderr.contains(expected),
-        "expected {expected:?} in: {stderr}"
-    );
+    assert_denied_by("validate.prodguard.io", stderr, expected);
 }
 
 /// A denial by prodguard's RBAC webhook.
 fn assert_rbac_denied(stderr: &str, expected: &str) {
+    assert_denied_by("rbac.validate.prodguard.io", stderr, expected);
+}
+
+fn assert_denied_by(webhook: &str, stderr: &str, expected: &str) {
     assert!(
-        stderr.contains("admission webhook \"rbac.validate.prodguard.io\" denied the request"),
-        "not denied by prodguard's RBAC webhook: {stderr}"
+        stderr.contains(&format!(
+            "admission webhook \"{webhook}\" denied the request"
+        )),
+        "not denied by {webhook}: {stderr}"
     );
     assert!(
         stderr.contains(expected),

@@ -1,0 +1,108 @@
+//! What `opensearch-cluster` and `external-databases` share: they judge workloads, only in
+//! production namespaces (`productionNamespaces`), and on UPDATE only what the request
+//! introduces. Each supplies the check; [`InProduction`] makes it a policy.
+
+use serde_json::Value;
+
+use super::image_ref::ImagePattern;
+use super::pod_spec::{ContainerRef, ShapeError};
+use super::{container_running, describe_selector, int_field, is_production};
+use crate::config::LabelSelector;
+use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+
+/// The first container of a running Deployment or StatefulSet that runs one of `images`, with
+/// the workload's replicas; `None` for other kinds, other images and workloads scaled to 0.
+pub fn running_container<'a>(
+    kind: &str,
+    object: &'a Value,
+    images: &[ImagePattern],
+) -> Result<Option<(ContainerRef<'a>, i64)>, ShapeError> {
+    if !matches!(kind, "Deployment" | "StatefulSet") {
+        return Ok(None);
+    }
+    let Some(container) = container_running(kind, object, images)? else {
+        return Ok(None);
+    };
+    let replicas = int_field(kind, object, &["spec", "replicas"], 1)?;
+    Ok((replicas != 0).then_some((container, replicas)))
+}
+
+/// A check of one workload object.
+pub trait WorkloadCheck: Send + Sync {
+    fn id(&self) -> &'static str;
+    /// What is wrong with the object of kind `kind`, or `None`.
+    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError>;
+    /// The finding, for `what` (`StatefulSet ns/name`), the shortfall and where it is.
+    fn message(&self, what: &str, shortfall: &str, namespace: &str) -> String;
+}
+
+/// A [`WorkloadCheck`] run as a validating policy in production namespaces.
+pub struct InProduction<C> {
+    pub check: C,
+    pub production: LabelSelector,
+}
+
+impl<C: WorkloadCheck> InProduction<C> {
+    /// The shortfall this request introduces: on CREATE any, on UPDATE one the old object did
+    /// not have.
+    fn introduced(&self, request: &Request<'_>) -> Result<Option<String>, EvalError> {
+        if !matches!(request.operation, Operation::Create | Operation::Update)
+            || request.sub_resource.is_some()
+        {
+            return Ok(None);
+        }
+        let object = request.object.ok_or(EvalError::MissingObject)?;
+        let Some(shortfall) = self.check.shortfall(request.kind, &object.data)? else {
+            return Ok(None);
+        };
+        if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
+            if matches!(self.check.shortfall(request.kind, &old.data), Ok(Some(_))) {
+                return Ok(None);
+            }
+        }
+        Ok(Some(shortfall))
+    }
+}
+
+impl<C: WorkloadCheck> Policy for InProduction<C> {
+    fn id(&self) -> &'static str {
+        self.check.id()
+    }
+
+    fn webhook(&self) -> Webhook {
+        Webhook::Validate
+    }
+
+    /// The namespace's labels, only for a workload the check finds fault with.
+    fn needs(&self, request: &Request<'_>) -> Needs {
+        Needs {
+            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
+            ..Needs::default()
+        }
+    }
+
+    fn evaluate(
+        &self,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
+        let Some(shortfall) = self.introduced(request)? else {
+            return Ok(Vec::new());
+        };
+        match is_production(context, request, &self.production) {
+            Err(problem) => Err(EvalError::Lookup(problem)),
+            Ok(Some(true)) => Ok(vec![Finding::Violation {
+                message: self.check.message(
+                    &request.describe(),
+                    &shortfall,
+                    &format!(
+                        "production namespace {} ({})",
+                        request.namespace,
+                        describe_selector(&self.production)
+                    ),
+                ),
+            }]),
+            Ok(_) => Ok(Vec::new()),
+        }
+    }
+}
