@@ -25,17 +25,19 @@ pub enum Shape {
     Fields(&'static [(&'static str, Shape)]),
     /// Every element of an array, each with this shape.
     Each(&'static Shape),
+    /// A list of `{name, value}` entries (a container's `env`): only the entries whose name is
+    /// listed are kept, as `{name, value}`; the others are skipped without allocating.
+    Named(&'static [&'static str]),
 }
 
-use Shape::{All, Each, Fields};
+use Shape::{All, Each, Fields, Named};
 
-const ENV_VAR: Shape = Fields(&[("name", All), ("value", All)]);
 const CONTAINER: Shape = Fields(&[
     ("name", All),
     ("image", All),
     ("imagePullPolicy", All),
-    // opensearch-cluster: discovery.type.
-    ("env", Each(&ENV_VAR)),
+    // opensearch-cluster: discovery.type (the other variables, often dozens, are skipped).
+    ("env", Named(&["discovery.type"])),
 ]);
 const CONTAINERS: Shape = Each(&CONTAINER);
 const POD_SPEC: Shape = Fields(&[
@@ -102,6 +104,7 @@ impl<'de> DeserializeSeed<'de> for Filtered {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         match self.0 {
             All => Value::deserialize(deserializer),
+            Named(names) => deserializer.deserialize_any(NamedListVisitor(names)),
             shape => deserializer.deserialize_any(FilterVisitor(shape)),
         }
     }
@@ -150,7 +153,7 @@ impl<'de> Visitor<'de> for FilterVisitor {
                     .find(|(name, _)| *name == key)
                     .map(|(_, s)| *s),
                 // An object where an array belongs: kept whole, for the shape error.
-                All | Each(_) => Some(All),
+                All | Each(_) | Named(_) => Some(All),
             };
             match child {
                 Some(shape) => {
@@ -169,7 +172,7 @@ impl<'de> Visitor<'de> for FilterVisitor {
         let element = match self.0 {
             Each(shape) => *shape,
             // An array where an object belongs: kept whole, for the shape error.
-            All | Fields(_) => All,
+            All | Fields(_) | Named(_) => All,
         };
         let mut out = Vec::new();
         while let Some(value) = seq.next_element_seed(Filtered(element))? {
@@ -201,6 +204,168 @@ impl<'de> Visitor<'de> for FilterVisitor {
     }
     fn visit_none<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
+    }
+}
+
+/// A `Named` list: the listed entries, or the value whole when it is not a list.
+struct NamedListVisitor(&'static [&'static str]);
+
+impl<'de> Visitor<'de> for NamedListVisitor {
+    type Value = Value;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a list of named entries")
+    }
+
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        let mut out = Vec::new();
+        while let Some(entry) = seq.next_element_seed(NamedEntry(self.0))? {
+            out.extend(entry);
+        }
+        Ok(Value::Array(out))
+    }
+
+    // Anything else is kept whole, for the shape error.
+    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
+        FilterVisitor(All).visit_map(map)
+    }
+    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+        Ok(Value::Bool(v))
+    }
+    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+        Ok(Value::from(v))
+    }
+    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+        Ok(Value::String(v.to_owned()))
+    }
+    fn visit_unit<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+    fn visit_none<E>(self) -> Result<Value, E> {
+        Ok(Value::Null)
+    }
+}
+
+/// One entry of a `Named` list: `Some({name, value})` when its name is listed.
+#[derive(Clone, Copy)]
+struct NamedEntry(&'static [&'static str]);
+
+impl<'de> DeserializeSeed<'de> for NamedEntry {
+    type Value = Option<Value>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Option<Value>, D::Error> {
+        deserializer.deserialize_any(self)
+    }
+}
+
+impl<'de> Visitor<'de> for NamedEntry {
+    type Value = Option<Value>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a named entry")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Option<Value>, A::Error> {
+        let (mut name, mut value) = (None, None);
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            match key.as_ref() {
+                "name" => name = map.next_value::<MaybeStr<'de>>()?.0,
+                "value" => value = map.next_value::<MaybeStr<'de>>()?.0,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let Some(name) = name.filter(|n| self.0.contains(&n.as_ref())) else {
+            return Ok(None);
+        };
+        let mut entry = Map::new();
+        entry.insert("name".into(), Value::String(name.into_owned()));
+        if let Some(value) = value {
+            entry.insert("value".into(), Value::String(value.into_owned()));
+        }
+        Ok(Some(Value::Object(entry)))
+    }
+
+    // An entry that is not an object names nothing.
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Option<Value>, A::Error> {
+        while seq.next_element::<IgnoredAny>()?.is_some() {}
+        Ok(None)
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+    fn visit_none<E>(self) -> Result<Option<Value>, E> {
+        Ok(None)
+    }
+}
+
+/// A string, borrowed from the input when it can be; `None` for any other value.
+struct MaybeStr<'de>(Option<Cow<'de, str>>);
+
+impl<'de> Deserialize<'de> for MaybeStr<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct StrVisitor;
+        impl<'de> Visitor<'de> for StrVisitor {
+            type Value = MaybeStr<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(Some(Cow::Borrowed(v))))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(Some(Cow::Owned(v.to_owned()))))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<MaybeStr<'de>, A::Error> {
+                while map.next_entry::<IgnoredAny, IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<MaybeStr<'de>, A::Error> {
+                while seq.next_element::<IgnoredAny>()?.is_some() {}
+                Ok(MaybeStr(None))
+            }
+            fn visit_bool<E>(self, _: bool) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_i64<E>(self, _: i64) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_u64<E>(self, _: u64) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_f64<E>(self, _: f64) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_unit<E>(self) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+            fn visit_none<E>(self) -> Result<MaybeStr<'de>, E> {
+                Ok(MaybeStr(None))
+            }
+        }
+        deserializer.deserialize_any(StrVisitor)
     }
 }
 
@@ -308,7 +473,7 @@ mod tests {
                              "annotations": {},
                              "ownerReferences": [{"apiVersion": "v1", "kind": "X", "name": "x", "uid": "y", "controller": true}]},
                 "spec": {"replicas": 1, "selector": {"matchLabels": {"a": "b"}}, "template": {"spec": {
-                    "initContainers": [{"name": "i", "image": "busybox", "env": [{"name": "A", "value": "1"}]}],
+                    "initContainers": [{"name": "i", "image": "busybox", "env": []}],
                     "containers": [{"name": "c", "image": "nginx", "imagePullPolicy": "Always"}]}}}
             })
         );
@@ -370,6 +535,34 @@ mod tests {
         let text = r#"{"kind":"Pod","spec":{"cont\u0061iners":[{"name":"c","image":"nginx"}]}}"#;
         let object: ReviewObject = serde_json::from_str(text).unwrap();
         assert_eq!(object.0.data["spec"]["containers"][0]["image"], "nginx");
+    }
+
+    #[test]
+    fn only_listed_env_variables_are_kept() {
+        let pod = json!({"spec": {"containers": [{"name": "c", "image": "x", "env": [
+            {"name": "A", "value": "1"},
+            {"name": "discovery.type", "value": "single-node"},
+            {"name": "B", "valueFrom": {"secretKeyRef": {"name": "s", "key": "k"}}},
+            {"name": "discovery.type"},
+            "not an entry", 5, null, ["x"],
+            {"name": 7, "value": "v"}
+        ]}]}});
+        assert_eq!(
+            filter(&pod)["spec"]["containers"][0]["env"],
+            json!([{"name": "discovery.type", "value": "single-node"}, {"name": "discovery.type"}])
+        );
+        let escaped = r#"{"spec": {"containers": [{"env": [{"name": "discovery\u002etype", "value": "single\u002dnode"}]}]}}"#;
+        let mut de = serde_json::Deserializer::from_str(escaped);
+        assert_eq!(
+            Filtered(OBJECT).deserialize(&mut de).unwrap()["spec"]["containers"][0]["env"],
+            json!([{"name": "discovery.type", "value": "single-node"}])
+        );
+        // Not a list: kept whole for the shape error.
+        let wrong = json!({"spec": {"containers": [{"env": {"discovery.type": "single-node"}}]}});
+        assert_eq!(
+            filter(&wrong)["spec"]["containers"][0]["env"],
+            json!({"discovery.type": "single-node"})
+        );
     }
 
     /// Every policy decides the same on the partial object as on the whole one.

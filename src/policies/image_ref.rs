@@ -186,9 +186,17 @@ impl ImagePattern {
             && image.path_ends_with(&self.suffix)
     }
 
-    /// Whether any pattern matches the image reference `image` (unparsable: no).
+    /// Whether any pattern matches the image reference `image` (unparsable: no). A reference
+    /// that does not even contain a pattern's last path component is turned away before it is
+    /// parsed: most images match nothing, and this runs on every container of every request.
     pub fn any_matches(patterns: &[ImagePattern], image: &str) -> bool {
-        ImageRef::parse(image).is_ok_and(|parsed| patterns.iter().any(|p| p.matches(&parsed)))
+        let candidate = patterns.iter().any(|p| {
+            let last = p.suffix.rsplit('/').next().unwrap_or(&p.suffix);
+            image.contains(last)
+        });
+        candidate
+            && ImageRef::parse(image)
+                .is_ok_and(|parsed| patterns.iter().any(|p| p.matches(&parsed)))
     }
 }
 
@@ -581,5 +589,32 @@ mod tests {
         );
         let err = ImageRef::parse("registry.local:50x0/app").unwrap_err();
         assert!(err.to_string().contains("registry.local:50x0"), "{err}");
+    }
+
+    #[test]
+    fn image_patterns_match_by_trailing_components_and_named_registries() {
+        let cases = [
+            ("postgres", "postgres:16", true),
+            ("postgres", "registry.local:5000/dockerhub/library/postgres:16", true),
+            ("postgres", "docker.io/library/postgres@sha256:0000000000000000000000000000000000000000000000000000000000000000", true),
+            ("postgres", "bitnami/postgresql:16", false),
+            ("postgres", "myorg/postgres-exporter:1", false),
+            ("bitnami/postgresql", "docker.io/bitnami/postgresql:16.3.0", true),
+            ("bitnami/postgresql", "postgresql:16", false),
+            ("library/postgres", "postgres", true),
+            ("ghcr.io/x/db", "ghcr.io/x/db:1", true),
+            ("ghcr.io/x/db", "docker.io/x/db:1", false),
+            ("minio/minio", "quay.io/minio/minio:RELEASE.2024", true),
+            ("minio/minio", "minio/mc", false),
+            ("postgres", "Not A Reference", false),
+        ];
+        for (entry, image, expected) in cases {
+            let pattern = ImagePattern::parse(entry).unwrap();
+            assert_eq!(
+                ImagePattern::any_matches(std::slice::from_ref(&pattern), image),
+                expected,
+                "{entry} ~ {image}"
+            );
+        }
     }
 }
