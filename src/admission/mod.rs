@@ -57,10 +57,56 @@ struct UidOnly {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Review {
+struct Review<T: Resource> {
     api_version: String,
     kind: String,
-    request: Option<ReviewRequest>,
+    request: Option<AdmissionRequest<T>>,
+}
+
+/// The request of a body decoded with `Named` lists skipped, as a [`ReviewRequest`].
+fn from_lean(r: AdmissionRequest<partial::LeanReviewObject>) -> ReviewRequest {
+    AdmissionRequest {
+        types: r.types,
+        uid: r.uid,
+        kind: r.kind,
+        resource: r.resource,
+        sub_resource: r.sub_resource,
+        request_kind: r.request_kind,
+        request_resource: r.request_resource,
+        request_sub_resource: r.request_sub_resource,
+        name: r.name,
+        namespace: r.namespace,
+        operation: r.operation,
+        user_info: r.user_info,
+        object: r.object.map(|o| o.0),
+        old_object: r.old_object.map(|o| o.0),
+        dry_run: r.dry_run,
+        options: r.options,
+    }
+}
+
+/// A well-formed v1 review with a uid, in one pass; `None` for anything else.
+fn decode_fast(body: &[u8]) -> Option<ReviewRequest> {
+    let Review {
+        api_version,
+        kind,
+        request,
+    } = if partial::may_name_entries(body) {
+        serde_json::from_slice::<Review<partial::ReviewObject>>(body).ok()?
+    } else {
+        let lean = serde_json::from_slice::<Review<partial::LeanReviewObject>>(body).ok()?;
+        Review {
+            api_version: lean.api_version,
+            kind: lean.kind,
+            request: lean.request.map(from_lean),
+        }
+    };
+    let mut request = request?;
+    if api_version != META_API_VERSION_V1 || kind != META_KIND || request.uid.is_empty() {
+        return None;
+    }
+    request.types = v1_types();
+    Some(request)
 }
 
 fn v1_types() -> TypeMeta {
@@ -73,16 +119,8 @@ fn v1_types() -> TypeMeta {
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
 pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
     // One pass for a well-formed review; the slower path below explains what is wrong.
-    if let Ok(Review {
-        api_version,
-        kind,
-        request: Some(mut request),
-    }) = serde_json::from_slice::<Review>(body)
-    {
-        if api_version == META_API_VERSION_V1 && kind == META_KIND && !request.uid.is_empty() {
-            request.types = v1_types();
-            return Ok(Decoded::Request(Box::new(request)));
-        }
+    if let Some(request) = decode_fast(body) {
+        return Ok(Decoded::Request(Box::new(request)));
     }
     let envelope: Envelope<'_> =
         serde_json::from_slice(body).map_err(|e| NotAReview::NotJson(e.to_string()))?;
@@ -230,6 +268,41 @@ mod tests {
 
     fn review(request: serde_json::Value) -> Vec<u8> {
         serde_json::to_vec(&json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": request})).unwrap()
+    }
+
+    #[test]
+    fn env_is_read_only_when_the_body_can_name_a_variable_a_policy_reads() {
+        let with_env = |env: serde_json::Value| {
+            let mut request = pod_request();
+            request["object"]["spec"]["containers"] =
+                json!([{"name": "c", "image": "opensearchproject/opensearch", "env": env}]);
+            request
+        };
+        let env_of = |body: Vec<u8>| {
+            let Ok(Decoded::Request(request)) = decode(&body) else {
+                panic!("decodes")
+            };
+            request.object.unwrap().0.data["spec"]["containers"][0]
+                .get("env")
+                .cloned()
+        };
+        let single = json!([{"name": "A", "value": "1"}, {"name": "discovery.type", "value": "single-node"}]);
+        assert_eq!(
+            env_of(review(with_env(single))),
+            Some(json!([{"name": "discovery.type", "value": "single-node"}]))
+        );
+        assert_eq!(
+            env_of(review(with_env(json!([{"name": "A", "value": "1"}])))),
+            None
+        );
+        // A \u escape could spell the name: the variables are read.
+        let escaped = String::from_utf8(review(with_env(json!([{"name": "A", "value": "1"}]))))
+            .unwrap()
+            .replace("\"A\"", "\"discovery\\u002etype\"");
+        assert_eq!(
+            env_of(escaped.into_bytes()),
+            Some(json!([{"name": "discovery.type", "value": "1"}]))
+        );
     }
 
     fn pod_request() -> serde_json::Value {

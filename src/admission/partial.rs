@@ -37,7 +37,7 @@ const CONTAINER: Shape = Fields(&[
     ("image", All),
     ("imagePullPolicy", All),
     // opensearch-cluster: discovery.type (the other variables, often dozens, are skipped).
-    ("env", Named(&["discovery.type"])),
+    ("env", Named(NAMED_ENTRIES)),
 ]);
 const CONTAINERS: Shape = Each(&CONTAINER);
 const POD_SPEC: Shape = Fields(&[
@@ -96,7 +96,27 @@ pub const OBJECT: Shape = Fields(&[
 
 /// Deserializes a value keeping only `Shape`.
 #[derive(Clone, Copy)]
-pub struct Filtered(pub Shape);
+pub struct Filtered(pub Shape, pub NamedLists);
+
+/// Whether `Named` lists are read at all. A body that cannot name any listed entry (see
+/// [`may_name_entries`]) skips them whole, which is much cheaper than looking at each entry.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NamedLists {
+    Read,
+    Skipped,
+}
+
+/// The entry names `Named` shapes look for.
+const NAMED_ENTRIES: &[&str] = &["discovery.type"];
+
+/// Whether a review body may hold one of the entries `Named` shapes keep: it contains the name
+/// verbatim, or a `\u` escape that could spell it (the API server writes names verbatim).
+pub fn may_name_entries(body: &[u8]) -> bool {
+    memchr::memmem::find(body, b"\\u").is_some()
+        || NAMED_ENTRIES
+            .iter()
+            .any(|name| memchr::memmem::find(body, name.as_bytes()).is_some())
+}
 
 impl<'de> DeserializeSeed<'de> for Filtered {
     type Value = Value;
@@ -105,12 +125,12 @@ impl<'de> DeserializeSeed<'de> for Filtered {
         match self.0 {
             All => Value::deserialize(deserializer),
             Named(names) => deserializer.deserialize_any(NamedListVisitor(names)),
-            shape => deserializer.deserialize_any(FilterVisitor(shape)),
+            shape => deserializer.deserialize_any(FilterVisitor(shape, self.1)),
         }
     }
 }
 
-struct FilterVisitor(Shape);
+struct FilterVisitor(Shape, NamedLists);
 
 /// A map key, borrowed from the input when it can be.
 struct Key<'de>(Cow<'de, str>);
@@ -151,13 +171,14 @@ impl<'de> Visitor<'de> for FilterVisitor {
                 Fields(fields) => fields
                     .iter()
                     .find(|(name, _)| *name == key)
-                    .map(|(_, s)| *s),
+                    .map(|(_, s)| *s)
+                    .filter(|s| !(matches!(s, Named(_)) && self.1 == NamedLists::Skipped)),
                 // An object where an array belongs: kept whole, for the shape error.
                 All | Each(_) | Named(_) => Some(All),
             };
             match child {
                 Some(shape) => {
-                    let value = map.next_value_seed(Filtered(shape))?;
+                    let value = map.next_value_seed(Filtered(shape, self.1))?;
                     out.insert(key.into_owned(), value);
                 }
                 None => {
@@ -175,7 +196,7 @@ impl<'de> Visitor<'de> for FilterVisitor {
             All | Fields(_) | Named(_) => All,
         };
         let mut out = Vec::new();
-        while let Some(value) = seq.next_element_seed(Filtered(element))? {
+        while let Some(value) = seq.next_element_seed(Filtered(element, self.1))? {
             out.push(value);
         }
         Ok(Value::Array(out))
@@ -227,7 +248,7 @@ impl<'de> Visitor<'de> for NamedListVisitor {
 
     // Anything else is kept whole, for the shape error.
     fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        FilterVisitor(All).visit_map(map)
+        FilterVisitor(All, NamedLists::Read).visit_map(map)
     }
     fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
         Ok(Value::Bool(v))
@@ -375,7 +396,27 @@ pub struct ReviewObject(pub DynamicObject);
 
 impl<'de> Deserialize<'de> for ReviewObject {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        let pruned = Filtered(OBJECT).deserialize(deserializer)?;
+        ReviewObject::decode(deserializer, NamedLists::Read)
+    }
+}
+
+/// A [`ReviewObject`] decoded with `Named` lists skipped, for bodies that cannot name their
+/// entries.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LeanReviewObject(pub ReviewObject);
+
+impl<'de> Deserialize<'de> for LeanReviewObject {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        ReviewObject::decode(deserializer, NamedLists::Skipped).map(LeanReviewObject)
+    }
+}
+
+impl ReviewObject {
+    fn decode<'de, D: Deserializer<'de>>(
+        deserializer: D,
+        named: NamedLists,
+    ) -> Result<ReviewObject, D::Error> {
+        let pruned = Filtered(OBJECT, named).deserialize(deserializer)?;
         // Built by moving the parts out of the tree, not through `DynamicObject`'s flattening
         // deserializer, which would copy the tree once more.
         let Value::Object(mut fields) = pruned else {
@@ -407,6 +448,30 @@ impl<'de> Deserialize<'de> for ReviewObject {
             metadata,
             data: Value::Object(fields),
         }))
+    }
+}
+
+impl Resource for LeanReviewObject {
+    type DynamicType = ApiResource;
+    type Scope = DynamicResourceScope;
+
+    fn kind(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::kind(dt)
+    }
+    fn group(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::group(dt)
+    }
+    fn version(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::version(dt)
+    }
+    fn plural(dt: &ApiResource) -> Cow<'_, str> {
+        DynamicObject::plural(dt)
+    }
+    fn meta(&self) -> &ObjectMeta {
+        &self.0 .0.metadata
+    }
+    fn meta_mut(&mut self) -> &mut ObjectMeta {
+        &mut self.0 .0.metadata
     }
 }
 
@@ -448,7 +513,9 @@ mod tests {
     fn filter(value: &Value) -> Value {
         let text = serde_json::to_string(value).unwrap();
         let mut de = serde_json::Deserializer::from_str(&text);
-        Filtered(OBJECT).deserialize(&mut de).unwrap()
+        Filtered(OBJECT, NamedLists::Read)
+            .deserialize(&mut de)
+            .unwrap()
     }
 
     #[test]
@@ -554,7 +621,9 @@ mod tests {
         let escaped = r#"{"spec": {"containers": [{"env": [{"name": "discovery\u002etype", "value": "single\u002dnode"}]}]}}"#;
         let mut de = serde_json::Deserializer::from_str(escaped);
         assert_eq!(
-            Filtered(OBJECT).deserialize(&mut de).unwrap()["spec"]["containers"][0]["env"],
+            Filtered(OBJECT, NamedLists::Read)
+                .deserialize(&mut de)
+                .unwrap()["spec"]["containers"][0]["env"],
             json!([{"name": "discovery.type", "value": "single-node"}])
         );
         // Not a list: kept whole for the shape error.

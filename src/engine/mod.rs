@@ -296,7 +296,7 @@ impl Engine {
         };
         let verdict = self.evaluate(webhook, request, &context);
         if let Verdict::Decided(decision) = &verdict {
-            if !request.dry_run {
+            if !request.dry_run && self.reporter.wants_reports() {
                 if let Some(report) = Report::new(request, &decision.reports) {
                     self.reporter.report(report);
                 }

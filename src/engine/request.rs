@@ -54,6 +54,16 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
+    pub fn operation_name(&self) -> &'static str {
+        match self.operation {
+            Operation::Create => "CREATE",
+            Operation::Update => "UPDATE",
+            Operation::Delete => "DELETE",
+            Operation::Connect => "CONNECT",
+        }
+    }
+
     /// The object's name: the request's, else the object's, else its generateName prefix.
     pub fn object_name(&self) -> &'a str {
         if !self.name.is_empty() {

@@ -1,6 +1,7 @@
 //! The axum router: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /readyz`.
 //! [`app`] builds it from the state, so tests can drive it without a socket.
 
+use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -16,7 +17,7 @@ use tracing::Instrument;
 
 use crate::admission::{self, Decoded};
 use crate::engine::{Engine, Request, Verdict, Webhook};
-use crate::report::metrics::{FindingLabels, Metrics, RequestLabels, WebhookLabels};
+use crate::report::metrics::{kind_label, FindingLabels, Metrics, RequestLabels, WebhookLabels};
 
 /// The largest review body accepted; larger ones get 413. The API server caps a request
 /// body at 3 MiB.
@@ -144,7 +145,7 @@ async fn review(
     };
     let started = Instant::now();
     let metrics = &state.metrics;
-    let count = |operation: String, kind: String, verdict: &'static str| {
+    let count = |operation: &'static str, kind: Cow<'static, str>, verdict: &'static str| {
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -158,12 +159,12 @@ async fn review(
     let response = match admission::decode(&body) {
         Err(e) => {
             tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
-            count(String::new(), String::new(), "invalid");
+            count("", Cow::Borrowed(""), "invalid");
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
         Ok(Decoded::Malformed { uid, message }) => {
             tracing::debug!(%uid, webhook = webhook.as_str(), "malformed request: {message}");
-            count(String::new(), String::new(), "malformed");
+            count("", Cow::Borrowed(""), "malformed");
             admission::respond_malformed(&uid, &message)
         }
         Ok(Decoded::Request(request)) => {
@@ -180,7 +181,7 @@ async fn review(
             );
             async {
                 let verdict = state.engine().review(webhook, &view).await;
-                let operation = format!("{:?}", view.operation).to_uppercase();
+                let operation = view.operation_name();
                 match &verdict {
                     Verdict::Decided(d) => {
                         tracing::debug!(
@@ -196,7 +197,7 @@ async fn review(
                         } else {
                             "allowed"
                         };
-                        count(operation, view.kind.to_owned(), label);
+                        count(operation, kind_label(view.kind), label);
                         for item in &d.reports {
                             metrics
                                 .findings
@@ -210,7 +211,7 @@ async fn review(
                     }
                     Verdict::Malformed(m) => {
                         tracing::debug!("malformed object: {m}");
-                        count(operation, view.kind.to_owned(), "malformed");
+                        count(operation, kind_label(view.kind), "malformed");
                     }
                 }
                 admission::respond(&request, &verdict)

@@ -57,8 +57,8 @@ pub struct ContainerRef<'a> {
     pub name: &'a str,
     pub image: Option<&'a str>,
     pub pull_policy: Option<&'a str>,
-    /// JSON pointer to the container object, from the object root.
-    pub pointer: PointerBuf,
+    /// Where the kind keeps its pod spec ([`pod_spec_path`]).
+    pub spec_path: &'static [&'static str],
 }
 
 impl ContainerRef<'_> {
@@ -67,9 +67,21 @@ impl ContainerRef<'_> {
         format!("{}[{}] {:?}", self.list.field(), self.index, self.name)
     }
 
+    /// JSON pointer to the container object, from the object root. Built on demand: most
+    /// walks only read containers.
+    pub fn pointer(&self) -> PointerBuf {
+        let index = self.index.to_string();
+        PointerBuf::from_tokens(
+            self.spec_path
+                .iter()
+                .copied()
+                .chain([self.list.field(), index.as_str()]),
+        )
+    }
+
     /// Pointer to a field of this container.
     pub fn field_pointer(&self, field: &str) -> PointerBuf {
-        let mut p = self.pointer.clone();
+        let mut p = self.pointer();
         p.push_back(field);
         p
     }
@@ -146,20 +158,13 @@ pub fn containers<'a>(
             let name = string_field("name")?.unwrap_or("");
             let image = string_field("image")?;
             let pull_policy = string_field("imagePullPolicy")?;
-            let index_token = index.to_string();
-            let pointer = PointerBuf::from_tokens(
-                spec_path
-                    .iter()
-                    .copied()
-                    .chain([list.field(), index_token.as_str()]),
-            );
             found.push(ContainerRef {
                 list,
                 index,
                 name,
                 image,
                 pull_policy,
-                pointer,
+                spec_path,
             });
         }
     }
@@ -209,7 +214,7 @@ mod tests {
             let found = containers(kind, &object, &ContainerList::ALL).unwrap();
             let got: Vec<_> = found
                 .iter()
-                .map(|c| (c.name, c.image, c.pull_policy, c.pointer.to_string()))
+                .map(|c| (c.name, c.image, c.pull_policy, c.pointer().to_string()))
                 .collect();
             assert_eq!(
                 got,
@@ -243,7 +248,7 @@ mod tests {
         let object = json!({"ephemeralContainers": [{"name": "debug", "image": "busybox"}]});
         let found = containers("EphemeralContainers", &object, &ContainerList::ALL).unwrap();
         assert_eq!(found.len(), 1);
-        assert_eq!(found[0].pointer.to_string(), "/ephemeralContainers/0");
+        assert_eq!(found[0].pointer().to_string(), "/ephemeralContainers/0");
     }
 
     #[test]

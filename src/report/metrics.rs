@@ -9,15 +9,52 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
+use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RequestLabels {
     pub webhook: &'static str,
-    pub operation: String,
-    pub kind: String,
+    /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT`, or empty for a body that was not a request.
+    pub operation: &'static str,
+    /// The kind; the kinds the webhooks are registered for are static (see [`kind_label`]).
+    pub kind: Cow<'static, str>,
     /// `allowed`, `patched`, `denied`, `malformed` or `invalid` (not a review).
     pub verdict: &'static str,
+}
+
+/// The kinds the webhook configurations send, so that counting a request allocates nothing.
+const KINDS: &[&str] = &[
+    "Pod",
+    "EphemeralContainers",
+    "PodTemplate",
+    "ReplicationController",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "Scale",
+    "HorizontalPodAutoscaler",
+    "PodExecOptions",
+    "PodAttachOptions",
+    "PodPortForwardOptions",
+    "ConfigMap",
+    "Secret",
+    "Ingress",
+    "Role",
+    "ClusterRole",
+    "RoleBinding",
+    "ClusterRoleBinding",
+];
+
+/// The `kind` label of a request: a static string for the kinds prodguard is registered for.
+pub fn kind_label(kind: &str) -> Cow<'static, str> {
+    match KINDS.iter().find(|k| **k == kind) {
+        Some(known) => Cow::Borrowed(known),
+        None => Cow::Owned(kind.to_owned()),
+    }
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -224,8 +261,8 @@ mod tests {
         m.requests
             .get_or_create(&RequestLabels {
                 webhook: "validate",
-                operation: "CREATE".into(),
-                kind: "Deployment".into(),
+                operation: "CREATE",
+                kind: kind_label("Deployment"),
                 verdict: "denied",
             })
             .inc();

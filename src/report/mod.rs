@@ -7,7 +7,7 @@ pub mod metrics;
 
 use std::sync::Mutex;
 
-use crate::engine::{Action, Operation, Reported, Request};
+use crate::engine::{Action, Reported, Request};
 
 /// One thing a policy found and what was done about it.
 #[derive(Debug, Clone, PartialEq)]
@@ -106,13 +106,7 @@ impl Report {
             },
             action,
             user: request.username.to_owned(),
-            operation: match request.operation {
-                Operation::Create => "CREATE",
-                Operation::Update => "UPDATE",
-                Operation::Delete => "DELETE",
-                Operation::Connect => "CONNECT",
-            }
-            .to_owned(),
+            operation: request.operation_name().to_owned(),
             regarding,
             findings: items
                 .iter()
@@ -160,6 +154,10 @@ impl Report {
 /// fails an admission response.
 pub trait Reporter: Send + Sync {
     fn report(&self, report: Report);
+    /// Whether reports go anywhere now; when not, the engine does not build them.
+    fn wants_reports(&self) -> bool {
+        true
+    }
 }
 
 /// Reports nowhere (for `check`, which prints instead).
@@ -167,12 +165,19 @@ pub struct NoReporter;
 
 impl Reporter for NoReporter {
     fn report(&self, _report: Report) {}
+    fn wants_reports(&self) -> bool {
+        false
+    }
 }
 
 /// Logs each report at debug level (when no cluster is reachable for Events).
 pub struct LogReporter;
 
 impl Reporter for LogReporter {
+    fn wants_reports(&self) -> bool {
+        tracing::enabled!(tracing::Level::DEBUG)
+    }
+
     fn report(&self, report: Report) {
         tracing::debug!(
             reason = report.reason,
@@ -213,6 +218,7 @@ impl Reporter for MemoryReporter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Operation;
     use crate::policies::test_support::{object, request};
     use serde_json::json;
 
