@@ -51,6 +51,9 @@ struct Args {
     /// Seconds per measurement.
     #[arg(long, default_value_t = 10)]
     seconds: u64,
+    /// Only the closed-loop throughput of each review (to profile the server under it).
+    #[arg(long)]
+    throughput_only: bool,
     /// Soak instead: this many minutes at 1,000 requests/s on the 11 KB review, with errors,
     /// latency and RSS every 30 s.
     #[arg(long)]
@@ -713,6 +716,9 @@ async fn run(args: Args) -> Result<(), String> {
             a_cpu / (a * time.as_secs_f64()) * 1e6,
             b_cpu / (b * time.as_secs_f64()) * 1e6
         );
+    }
+    if args.throughput_only {
+        return Ok(());
     }
     for rate in [1000.0, 3000.0] {
         let rate = if args.smoke { rate / 10.0 } else { rate };
