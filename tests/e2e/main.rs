@@ -1363,6 +1363,37 @@ fn ingress_body_size(env: &mut Env) {
     assert_denied(&stderr, "0 turns nginx's request-body limit off");
     let stored = env.get_json(&["ingress", "portal", "-n", ns]);
     assert_eq!(stored["metadata"]["annotations"][BODY_SIZE], "10m");
+
+    // During a dry-run rollout the oversized Ingress is stored with a warning, and the background
+    // audit reports what enforcement would deny.
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.serve(
+        DEFAULT_POLICY,
+        &[
+            "--mode",
+            "audit",
+            "--audit-interval=1s",
+            "--lease-namespace=default",
+            "--lease-duration=3s",
+        ],
+    );
+    let output = env.apply(ns, &ingress("uploads", json!({ BODY_SIZE: "500m" })));
+    assert!(output.status.success(), "{}", err(&output));
+    assert!(
+        err(&output).contains(&format!(
+            "Warning: ingress-body-size: Ingress {ns}/uploads sets {BODY_SIZE}: \"500m\""
+        )),
+        "{}",
+        err(&output)
+    );
+    let report = wait_report(env, ns, "uploads reported", |r| {
+        !results_for(r, "uploads").is_empty()
+    });
+    let found = results_for(&report, "uploads");
+    assert_eq!(found[0]["policy"], "ingress-body-size", "{report}");
+    assert_eq!(found[0]["result"], "fail", "{report}");
+    assert_eq!(found[0]["resources"][0]["kind"], "Ingress", "{report}");
+    assert!(results_for(&report, "portal").is_empty(), "{report}");
 }
 
 fn node_spread(env: &mut Env) {
@@ -1497,6 +1528,44 @@ fn production_namespaces_opensearch_and_databases(env: &mut Env) {
     );
     let output = env.apply(dev, &renamed);
     assert!(output.status.success(), "{}", err(&output));
+
+    // The background audit reads the namespaces' labels: what runs in production is reported.
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.serve(
+        DEFAULT_POLICY,
+        &[
+            "--audit-interval=1s",
+            "--lease-namespace=default",
+            "--lease-duration=3s",
+        ],
+    );
+    let report = wait_report(env, prod, "the in-cluster stores reported", |r| {
+        !results_for(r, "registry-postgresql").is_empty()
+            && !results_for(r, "opensearch").is_empty()
+    });
+    assert_eq!(
+        results_for(&report, "registry-postgresql")[0]["policy"],
+        "external-databases",
+        "{report}"
+    );
+    assert_eq!(
+        results_for(&report, "registry-postgresql")[0]["result"],
+        "warn",
+        "{report}"
+    );
+    assert_eq!(
+        results_for(&report, "opensearch")[0]["policy"],
+        "opensearch-cluster",
+        "{report}"
+    );
+    let report = wait_report(env, dev, "the development namespace scanned", |r| {
+        r["summary"]["pass"].as_u64().unwrap_or(0) >= 1
+    });
+    assert!(
+        results_for(&report, "registry-postgresql").is_empty()
+            && results_for(&report, "opensearch").is_empty(),
+        "not production: {report}"
+    );
 }
 
 fn rbac_hygiene(env: &mut Env) {
