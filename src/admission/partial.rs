@@ -451,59 +451,43 @@ impl ReviewObject {
     }
 }
 
-impl Resource for LeanReviewObject {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
-
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::kind(dt)
-    }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::group(dt)
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::version(dt)
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0 .0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0 .0.metadata
-    }
-}
-
 impl serde::Serialize for ReviewObject {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         self.0.serialize(serializer)
     }
 }
 
-impl Resource for ReviewObject {
-    type DynamicType = ApiResource;
-    type Scope = DynamicResourceScope;
+/// Both wrappers are `DynamicObject`s to kube-rs, whose `AdmissionRequest` wants a `Resource`.
+macro_rules! dynamic_resource {
+    ($type:ty, $($object:tt).+) => {
+        impl Resource for $type {
+            type DynamicType = ApiResource;
+            type Scope = DynamicResourceScope;
 
-    fn kind(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::kind(dt)
-    }
-    fn group(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::group(dt)
-    }
-    fn version(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::version(dt)
-    }
-    fn plural(dt: &ApiResource) -> Cow<'_, str> {
-        DynamicObject::plural(dt)
-    }
-    fn meta(&self) -> &ObjectMeta {
-        &self.0.metadata
-    }
-    fn meta_mut(&mut self) -> &mut ObjectMeta {
-        &mut self.0.metadata
-    }
+            fn kind(dt: &ApiResource) -> Cow<'_, str> {
+                DynamicObject::kind(dt)
+            }
+            fn group(dt: &ApiResource) -> Cow<'_, str> {
+                DynamicObject::group(dt)
+            }
+            fn version(dt: &ApiResource) -> Cow<'_, str> {
+                DynamicObject::version(dt)
+            }
+            fn plural(dt: &ApiResource) -> Cow<'_, str> {
+                DynamicObject::plural(dt)
+            }
+            fn meta(&self) -> &ObjectMeta {
+                &self.$($object).+.metadata
+            }
+            fn meta_mut(&mut self) -> &mut ObjectMeta {
+                &mut self.$($object).+.metadata
+            }
+        }
+    };
 }
+
+dynamic_resource!(ReviewObject, 0);
+dynamic_resource!(LeanReviewObject, 0.0);
 
 #[cfg(test)]
 mod tests {

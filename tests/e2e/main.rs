@@ -948,6 +948,25 @@ fn events_and_dry_run(env: &mut Env) {
 }
 
 /// Waits until `check` holds for the PolicyReport of `namespace`.
+/// Serves `policies` with the background audit every second, the report CRDs applied first.
+fn serve_auditing(env: &mut Env, policies: &str, extra: &[&str]) {
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/policyreports.wgpolicyk8s.io",
+        "crd/clusterpolicyreports.wgpolicyk8s.io",
+    ]);
+    let mut args = vec![
+        "--audit-interval=1s",
+        "--lease-namespace=default",
+        "--lease-duration=3s",
+    ];
+    args.extend_from_slice(extra);
+    env.serve(policies, &args);
+}
+
 fn wait_report(env: &Env, namespace: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
@@ -1366,17 +1385,7 @@ fn ingress_body_size(env: &mut Env) {
 
     // During a dry-run rollout the oversized Ingress is stored with a warning, and the background
     // audit reports what enforcement would deny.
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.serve(
-        DEFAULT_POLICY,
-        &[
-            "--mode",
-            "audit",
-            "--audit-interval=1s",
-            "--lease-namespace=default",
-            "--lease-duration=3s",
-        ],
-    );
+    serve_auditing(env, DEFAULT_POLICY, &["--mode", "audit"]);
     let output = env.apply(ns, &ingress("uploads", json!({ BODY_SIZE: "500m" })));
     assert!(output.status.success(), "{}", err(&output));
     assert!(
@@ -1530,15 +1539,7 @@ fn production_namespaces_opensearch_and_databases(env: &mut Env) {
     assert!(output.status.success(), "{}", err(&output));
 
     // The background audit reads the namespaces' labels: what runs in production is reported.
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.serve(
-        DEFAULT_POLICY,
-        &[
-            "--audit-interval=1s",
-            "--lease-namespace=default",
-            "--lease-duration=3s",
-        ],
-    );
+    serve_auditing(env, DEFAULT_POLICY, &[]);
     let report = wait_report(env, prod, "the in-cluster stores reported", |r| {
         !results_for(r, "registry-postgresql").is_empty()
             && !results_for(r, "opensearch").is_empty()
@@ -1569,7 +1570,6 @@ fn production_namespaces_opensearch_and_databases(env: &mut Env) {
 }
 
 fn rbac_hygiene(env: &mut Env) {
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
     env.serve(DEFAULT_POLICY, &[]);
     let ns = "e2e-rbac";
     env.namespace(ns);
@@ -1661,14 +1661,7 @@ fn rbac_hygiene(env: &mut Env) {
         "-n",
         ns,
     ]);
-    env.serve(
-        DEFAULT_POLICY,
-        &[
-            "--audit-interval=1s",
-            "--lease-namespace=default",
-            "--lease-duration=3s",
-        ],
-    );
+    serve_auditing(env, DEFAULT_POLICY, &[]);
     let report = wait_report(env, ns, "bob-secrets reported", |r| {
         !results_for(r, "bob-secrets").is_empty()
     });
