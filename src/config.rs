@@ -468,6 +468,15 @@ pub struct LabelSelector {
     pub match_labels: BTreeMap<String, String>,
 }
 
+impl LabelSelector {
+    /// Whether the labels hold every pair (an empty selector matches everything).
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        self.match_labels
+            .iter()
+            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+    }
+}
+
 impl Exemption {
     /// Whether this exemption covers the workload. `labels` is `None` when the request does
     /// not carry the workload's labels (a Scale request): a selector then does not match.
@@ -486,13 +495,10 @@ impl Exemption {
         glob(&self.namespace, namespace)
             && self.kind.as_ref().is_none_or(|k| k == kind)
             && glob(&self.name, name)
-            && self.selector.as_ref().is_none_or(|s| {
-                labels.is_some_and(|labels| {
-                    s.match_labels
-                        .iter()
-                        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-                })
-            })
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| labels.is_some_and(|labels| s.matches(labels)))
     }
 }
 

@@ -124,7 +124,6 @@ impl<'de> DeserializeSeed<'de> for Filtered {
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
         match self.0 {
             All => Value::deserialize(deserializer),
-            Named(names) => deserializer.deserialize_any(NamedListVisitor(names)),
             shape => deserializer.deserialize_any(FilterVisitor(shape, self.1)),
         }
     }
@@ -192,8 +191,15 @@ impl<'de> Visitor<'de> for FilterVisitor {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
         let element = match self.0 {
             Each(shape) => *shape,
+            Named(names) => {
+                let mut out = Vec::new();
+                while let Some(entry) = seq.next_element_seed(NamedEntry(names))? {
+                    out.extend(entry);
+                }
+                return Ok(Value::Array(out));
+            }
             // An array where an object belongs: kept whole, for the shape error.
-            All | Fields(_) | Named(_) => All,
+            All | Fields(_) => All,
         };
         let mut out = Vec::new();
         while let Some(value) = seq.next_element_seed(Filtered(element, self.1))? {
@@ -219,51 +225,6 @@ impl<'de> Visitor<'de> for FilterVisitor {
     }
     fn visit_string<E>(self, v: String) -> Result<Value, E> {
         Ok(Value::String(v))
-    }
-    fn visit_unit<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-    fn visit_none<E>(self) -> Result<Value, E> {
-        Ok(Value::Null)
-    }
-}
-
-/// A `Named` list: the listed entries, or the value whole when it is not a list.
-struct NamedListVisitor(&'static [&'static str]);
-
-impl<'de> Visitor<'de> for NamedListVisitor {
-    type Value = Value;
-
-    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-        f.write_str("a list of named entries")
-    }
-
-    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
-        let mut out = Vec::new();
-        while let Some(entry) = seq.next_element_seed(NamedEntry(self.0))? {
-            out.extend(entry);
-        }
-        Ok(Value::Array(out))
-    }
-
-    // Anything else is kept whole, for the shape error.
-    fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Value, A::Error> {
-        FilterVisitor(All, NamedLists::Read).visit_map(map)
-    }
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
-        Ok(Value::Bool(v))
-    }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
-        Ok(Value::from(v))
-    }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
-        Ok(Value::String(v.to_owned()))
     }
     fn visit_unit<E>(self) -> Result<Value, E> {
         Ok(Value::Null)

@@ -99,6 +99,26 @@ impl Binding {
     }
 }
 
+/// A Role as a snapshot holds it.
+fn role_entry(role: Role) -> (RoleKey, Vec<PolicyRule>) {
+    let key = RoleKey {
+        cluster: false,
+        namespace: role.metadata.namespace.unwrap_or_default(),
+        name: role.metadata.name.unwrap_or_default(),
+    };
+    (key, role.rules.unwrap_or_default())
+}
+
+/// A ClusterRole as a snapshot holds it.
+fn cluster_role_entry(role: ClusterRole) -> (RoleKey, Vec<PolicyRule>) {
+    let key = RoleKey {
+        cluster: true,
+        namespace: String::new(),
+        name: role.metadata.name.unwrap_or_default(),
+    };
+    (key, role.rules.unwrap_or_default())
+}
+
 /// The role a `roleRef` names, seen from a binding in `namespace` ("" for a ClusterRoleBinding).
 pub fn role_key(role_ref: &RoleRef, namespace: &str) -> RoleKey {
     let cluster = role_ref.kind == "ClusterRole";
@@ -313,53 +333,46 @@ impl Snapshot {
             .collect()
     }
 
-    /// Adds what a Namespace, Role, ClusterRole or binding object says about the cluster;
-    /// other objects are ignored.
-    pub fn learn(&mut self, object: &DynamicObject) {
-        let kind = object.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("");
-        let Ok(value) = serde_json::to_value(object) else {
-            return;
-        };
-        match kind {
-            "Namespace" => {
-                if let Some(name) = &object.metadata.name {
-                    self.namespaces.insert(
-                        name.clone(),
-                        object.metadata.labels.clone().unwrap_or_default(),
-                    );
+    /// Adds what a Namespace, Role, ClusterRole or binding manifest says about the cluster
+    /// (a namespaced one without a namespace is in `default_namespace`); other objects, and
+    /// objects that do not have their kind's shape, are ignored here.
+    pub fn learn(&mut self, manifest: &serde_json::Value, default_namespace: &str) {
+        fn typed<K: kube::Resource + serde::de::DeserializeOwned>(
+            manifest: &serde_json::Value,
+            default_namespace: &str,
+            namespaced: bool,
+        ) -> Option<K> {
+            let mut object: K = serde_json::from_value(manifest.clone()).ok()?;
+            let namespace = &mut object.meta_mut().namespace;
+            if namespaced && namespace.is_none() {
+                *namespace = Some(default_namespace.to_owned());
+            }
+            Some(object)
+        }
+        match manifest.get("kind").and_then(serde_json::Value::as_str) {
+            Some("Namespace") => {
+                if let Some(ns) = typed::<Namespace>(manifest, default_namespace, false) {
+                    if let Some(name) = ns.metadata.name {
+                        self.namespaces
+                            .insert(name, ns.metadata.labels.unwrap_or_default());
+                    }
                 }
             }
-            "Role" => {
-                if let Ok(role) = serde_json::from_value::<Role>(value) {
-                    self.roles.push((
-                        RoleKey {
-                            cluster: false,
-                            namespace: role.metadata.namespace.clone().unwrap_or_default(),
-                            name: role.metadata.name.clone().unwrap_or_default(),
-                        },
-                        role.rules.unwrap_or_default(),
-                    ));
-                }
+            Some("Role") => {
+                self.roles
+                    .extend(typed(manifest, default_namespace, true).map(role_entry));
             }
-            "ClusterRole" => {
-                if let Ok(role) = serde_json::from_value::<ClusterRole>(value) {
-                    self.roles.push((
-                        RoleKey {
-                            cluster: true,
-                            namespace: String::new(),
-                            name: role.metadata.name.clone().unwrap_or_default(),
-                        },
-                        role.rules.unwrap_or_default(),
-                    ));
-                }
+            Some("ClusterRole") => {
+                self.roles
+                    .extend(typed(manifest, default_namespace, false).map(cluster_role_entry));
             }
-            "RoleBinding" => {
-                if let Ok(b) = serde_json::from_value::<RoleBinding>(value) {
+            Some("RoleBinding") => {
+                if let Some(b) = typed::<RoleBinding>(manifest, default_namespace, true) {
                     self.bindings.push(Binding::from_role_binding(&b));
                 }
             }
-            "ClusterRoleBinding" => {
-                if let Ok(b) = serde_json::from_value::<ClusterRoleBinding>(value) {
+            Some("ClusterRoleBinding") => {
+                if let Some(b) = typed::<ClusterRoleBinding>(manifest, default_namespace, false) {
                     self.bindings.push(Binding::from_cluster_role_binding(&b));
                 }
             }
@@ -465,27 +478,16 @@ impl Snapshot {
             }
         }
         let roles: Api<Role> = Api::all(client.clone());
-        for role in list_all(&roles, "roles").await? {
-            snapshot.roles.push((
-                RoleKey {
-                    cluster: false,
-                    namespace: role.metadata.namespace.unwrap_or_default(),
-                    name: role.metadata.name.unwrap_or_default(),
-                },
-                role.rules.unwrap_or_default(),
-            ));
-        }
+        snapshot
+            .roles
+            .extend(list_all(&roles, "roles").await?.into_iter().map(role_entry));
         let cluster_roles: Api<ClusterRole> = Api::all(client.clone());
-        for role in list_all(&cluster_roles, "clusterroles").await? {
-            snapshot.roles.push((
-                RoleKey {
-                    cluster: true,
-                    namespace: String::new(),
-                    name: role.metadata.name.unwrap_or_default(),
-                },
-                role.rules.unwrap_or_default(),
-            ));
-        }
+        snapshot.roles.extend(
+            list_all(&cluster_roles, "clusterroles")
+                .await?
+                .into_iter()
+                .map(cluster_role_entry),
+        );
         Ok(snapshot)
     }
 }

@@ -17,11 +17,9 @@ use super::{load_config, EXIT_BAD_INPUT};
 use crate::cli::{CheckArgs, OutputFormat};
 use std::collections::BTreeMap;
 
-use kube::core::DynamicObject;
-
 use crate::cluster::{NoLookup, Snapshot};
 use crate::config::Config;
-use crate::engine::offline::{evaluate_object, is_cluster_scoped, ObjectFinding};
+use crate::engine::offline::{evaluate_object, ObjectFinding};
 use crate::engine::Engine;
 use crate::report::NoReporter;
 
@@ -298,13 +296,7 @@ fn check_sources(
             flatten(document, &mut objects);
         }
         for object in &objects {
-            if let Ok(mut known) = serde_json::from_value::<DynamicObject>(object.clone()) {
-                let kind = known.types.as_ref().map(|t| t.kind.as_str()).unwrap_or("");
-                if known.metadata.namespace.is_none() && !is_cluster_scoped(kind) {
-                    known.metadata.namespace = Some(default_namespace.to_owned());
-                }
-                snapshot.learn(&known);
-            }
+            snapshot.learn(object, default_namespace);
         }
         inputs.push((source, objects));
     }

@@ -16,8 +16,6 @@ pub mod protect_delete;
 pub mod rbac_hygiene;
 pub mod registry_mirror;
 
-use std::collections::BTreeMap;
-
 use json_patch::PatchOperation;
 use kube::core::DynamicObject;
 use serde_json::Value;
@@ -209,14 +207,6 @@ pub fn controlled_by(object: &DynamicObject, kind: &str) -> bool {
         })
 }
 
-/// Whether the labels match every pair of `selector` (an empty selector matches everything).
-pub fn labels_match(selector: &LabelSelector, labels: &BTreeMap<String, String>) -> bool {
-    selector
-        .match_labels
-        .iter()
-        .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
-}
-
 /// The first container (of `containers`, not init or ephemeral ones, which are often
 /// clients) whose image one of `patterns` matches.
 pub fn container_running<'a>(
@@ -244,7 +234,7 @@ pub fn is_production(
 ) -> Result<Option<bool>, String> {
     match &context.namespace_labels {
         None => Ok(None),
-        Some(Ok(labels)) => Ok(Some(labels_match(selector, labels))),
+        Some(Ok(labels)) => Ok(Some(selector.matches(labels))),
         Some(Err(e)) => Err(format!(
             "cannot tell whether namespace {} is a production namespace: {e}",
             request.namespace

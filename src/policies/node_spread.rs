@@ -24,27 +24,20 @@ pub const MIN_REPLICAS: i64 = 2;
 
 pub struct NodeSpread;
 
+/// The elements of a list field (none when absent or not a list).
+fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
+    value.and_then(Value::as_array).into_iter().flatten()
+}
+
 /// Whether the pod spec already spreads or separates its pods by node.
 fn spreads_by_node(pod_spec: &Value) -> bool {
     let by_hostname =
         |term: &Value| term.get("topologyKey").and_then(Value::as_str) == Some(HOSTNAME_KEY);
-    let items = |value: Option<&Value>| -> Vec<Value> {
-        value.and_then(Value::as_array).cloned().unwrap_or_default()
-    };
-    if items(pod_spec.get("topologySpreadConstraints"))
-        .iter()
-        .any(by_hostname)
-    {
-        return true;
-    }
     let anti = pod_spec.pointer("/affinity/podAntiAffinity");
-    let required =
-        items(anti.and_then(|a| a.get("requiredDuringSchedulingIgnoredDuringExecution")));
-    let preferred =
-        items(anti.and_then(|a| a.get("preferredDuringSchedulingIgnoredDuringExecution")));
-    required.iter().any(by_hostname)
-        || preferred
-            .iter()
+    items(pod_spec.get("topologySpreadConstraints")).any(by_hostname)
+        || items(anti.and_then(|a| a.get("requiredDuringSchedulingIgnoredDuringExecution")))
+            .any(by_hostname)
+        || items(anti.and_then(|a| a.get("preferredDuringSchedulingIgnoredDuringExecution")))
             .any(|weighted| weighted.get("podAffinityTerm").is_some_and(by_hostname))
 }
 
