@@ -32,6 +32,24 @@ fn run(args: &[&str]) -> Output {
     prodguard().args(args).output().expect("run prodguard")
 }
 
+/// Runs prodguard with `input` on its standard input.
+fn run_with_stdin(args: &[&str], input: &[u8]) -> Output {
+    let mut child = prodguard()
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run prodguard");
+    child
+        .stdin
+        .take()
+        .expect("stdin")
+        .write_all(input)
+        .expect("write stdin");
+    child.wait_with_output().expect("prodguard exits")
+}
+
 fn stdout(output: &Output) -> String {
     String::from_utf8_lossy(&output.stdout).into_owned()
 }
@@ -205,19 +223,7 @@ fn check_reads_stdin_json_and_yaml() {
         r#"{"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "db"}, "spec": {"replicas": 1}}"#,
         "apiVersion: apps/v1\nkind: StatefulSet\nmetadata: {name: db}\nspec: {replicas: 1}\n",
     ] {
-        let mut child = prodguard()
-            .args(["check", "-f", "-", "-n", "openg2p"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(input.as_bytes())
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output = run_with_stdin(&["check", "-f", "-", "-n", "openg2p"], input.as_bytes());
         assert_eq!(output.status.code(), Some(1));
         assert!(
             stdout(&output).contains("-: StatefulSet openg2p/db"),
@@ -545,19 +551,7 @@ fn prodguards_own_manifests_pass_its_policies() {
             "{dir}: {}",
             String::from_utf8_lossy(&rendered.stderr)
         );
-        let mut child = prodguard()
-            .args(["check", "-f", "-", "-o", "json"])
-            .stdin(Stdio::piped())
-            .stdout(Stdio::piped())
-            .spawn()
-            .unwrap();
-        child
-            .stdin
-            .take()
-            .unwrap()
-            .write_all(&rendered.stdout)
-            .unwrap();
-        let output = child.wait_with_output().unwrap();
+        let output = run_with_stdin(&["check", "-f", "-", "-o", "json"], &rendered.stdout);
         let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(output.status.code(), Some(0), "{dir}: {doc}");
         assert_eq!(
