@@ -21,8 +21,9 @@ use crate::config::{Config, GlobalMode, PolicyMode};
 use crate::policies::{self, pod_spec::ShapeError};
 use crate::report::{Report, Reporter};
 
-/// How long a Pod lookup may take: well under the webhooks' 10 s timeout, so a slow API
-/// server gets prodguard's own denial rather than the webhook's failure policy.
+/// How long the cluster lookups of one request may take together: well under the webhooks' 5 s
+/// timeout, so a slow API server gets the policy's own verdict rather than the webhook's
+/// failure policy.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
 
 /// Which webhook a policy belongs to.
@@ -252,7 +253,7 @@ impl Engine {
         }
     }
 
-    /// Changes how long a Pod lookup may take (default [`LOOKUP_TIMEOUT`]).
+    /// Changes how long the cluster lookups of a request may take (default [`LOOKUP_TIMEOUT`]).
     pub fn with_lookup_timeout(mut self, timeout: Duration) -> Engine {
         self.lookup_timeout = timeout;
         self
