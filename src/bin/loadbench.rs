@@ -259,6 +259,81 @@ async fn closed_loop(
     Ok(done.load(Ordering::Relaxed) as f64 / elapsed.as_secs_f64())
 }
 
+/// Requests, seconds and server CPU seconds summed over the rounds of one server.
+#[derive(Default)]
+struct Tally {
+    requests: f64,
+    seconds: f64,
+    cpu: f64,
+}
+
+impl Tally {
+    fn add(&mut self, rate: f64, seconds: f64, cpu: f64) {
+        self.requests += rate * seconds;
+        self.seconds += seconds;
+        self.cpu += cpu;
+    }
+    fn rate(&self) -> f64 {
+        self.requests / self.seconds
+    }
+    fn cpu_per_request(&self) -> f64 {
+        self.cpu / self.requests
+    }
+}
+
+struct Rounds {
+    pg: Tally,
+    noop: Tally,
+    lowest_ratio: f64,
+    highest_ratio: f64,
+}
+
+/// The closed loop against both servers in alternating one-second rounds (the order flips
+/// every round), so that a change in what else the machine runs falls on both alike: a
+/// sequential measurement of one server after the other moved the ratio by ten points from
+/// run to run on this shared virtual machine.
+async fn closed_loop_rounds(
+    pg: &Server,
+    noop: &Server,
+    load: &Arc<Load>,
+    time: Duration,
+) -> Result<Rounds, String> {
+    let count = time.as_secs().max(1);
+    let round = time / count as u32;
+    let mut rounds = Rounds {
+        pg: Tally::default(),
+        noop: Tally::default(),
+        lowest_ratio: f64::INFINITY,
+        highest_ratio: 0.0,
+    };
+    for i in 0..count {
+        let order = if i % 2 == 0 { [pg, noop] } else { [noop, pg] };
+        let mut rates = [0.0; 2];
+        for (slot, server) in order.into_iter().enumerate() {
+            let (rate, cpu) = with_cpu(
+                server,
+                closed_loop(&server.target, load, KEEPALIVE_CONNECTIONS, round),
+            )
+            .await?;
+            rates[slot] = rate;
+            let tally = if std::ptr::eq(server, pg) {
+                &mut rounds.pg
+            } else {
+                &mut rounds.noop
+            };
+            tally.add(rate, round.as_secs_f64(), cpu);
+        }
+        let ratio = if i % 2 == 0 {
+            rates[0] / rates[1]
+        } else {
+            rates[1] / rates[0]
+        };
+        rounds.lowest_ratio = rounds.lowest_ratio.min(ratio);
+        rounds.highest_ratio = rounds.highest_ratio.max(ratio);
+    }
+    Ok(rounds)
+}
+
 /// A new TLS connection for every request: requests per second.
 async fn connection_per_request(
     target: &Target,
@@ -686,21 +761,19 @@ async fn run(args: Args) -> Result<(), String> {
     );
 
     for (name, load) in &loads {
-        let (a, a_cpu) = with_cpu(
-            &pg,
-            closed_loop(&pg.target, load, KEEPALIVE_CONNECTIONS, time),
-        )
-        .await?;
-        let (b, b_cpu) = with_cpu(
-            &noop,
-            closed_loop(&noop.target, load, KEEPALIVE_CONNECTIONS, time),
-        )
-        .await?;
-        println!("| closed loop, 25 keep-alive connections, {name} | {a:.0} req/s | {b:.0} req/s | {:.0} % |", 100.0 * a / b);
+        let rounds = closed_loop_rounds(&pg, &noop, load, time).await?;
+        println!(
+            "| closed loop, 25 keep-alive connections, {name} | {:.0} req/s | {:.0} req/s | {:.0} % (rounds {:.0}-{:.0} %) |",
+            rounds.pg.rate(),
+            rounds.noop.rate(),
+            100.0 * rounds.pg.rate() / rounds.noop.rate(),
+            100.0 * rounds.lowest_ratio,
+            100.0 * rounds.highest_ratio
+        );
         println!(
             "| server CPU per request in that loop, {name} | {:.1} us | {:.1} us | |",
-            a_cpu / (a * time.as_secs_f64()) * 1e6,
-            b_cpu / (b * time.as_secs_f64()) * 1e6
+            rounds.pg.cpu_per_request() * 1e6,
+            rounds.noop.cpu_per_request() * 1e6
         );
     }
     if args.throughput_only {
