@@ -38,7 +38,7 @@ fn engine() -> Engine {
     )
 }
 
-fn decode(body: &[u8]) -> Box<admission::ReviewRequest> {
+fn decode(body: &[u8]) -> Box<admission::ReviewRequest<'_>> {
     match admission::decode(body) {
         Ok(Decoded::Request(request)) => request,
         other => panic!("fixture does not decode: {other:?}"),

@@ -631,11 +631,21 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
     for _ in 0..200 {
         nested = json!([nested]);
     }
-    deep.request["object"]["metadata"]["labels"] = nested;
+    deep.request["object"]["roleRef"] = nested.clone();
     let response = client.review("validate", &deep.json()).await;
     assert_eq!(response["allowed"], false);
     assert!(
         message(&response).contains("recursion limit exceeded"),
+        "{response}"
+    );
+    // Where a policy reads a typed field (labels are a map of strings), the first wrong
+    // type ends the read.
+    deep.request["object"]["roleRef"] = json!(null);
+    deep.request["object"]["metadata"]["labels"] = nested;
+    let response = client.review("validate", &deep.json()).await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        message(&response).contains("invalid type: sequence, expected a map"),
         "{response}"
     );
     // In a field no policy reads, even a million levels are skipped without harm.

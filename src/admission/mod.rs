@@ -1,12 +1,14 @@
 //! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
-//! server expects. kube-rs' `kube::core::admission` types are used as they are; the objects
-//! in them are decoded partially (see [`partial`]).
+//! server expects. The request is decoded into [`ReviewRequest`], which keeps only what
+//! policies and answers read, its strings borrowed from the body; the objects in it are
+//! decoded partially (see [`partial`]). The answer is built with kube-rs' `AdmissionResponse`.
 
 pub mod partial;
 
 use base64::Engine as _;
-use kube::core::admission::{AdmissionRequest, AdmissionResponse, META_API_VERSION_V1, META_KIND};
-use kube::core::{Resource, TypeMeta};
+use std::borrow::Cow;
+
+use kube::core::admission::{AdmissionResponse, Operation, META_API_VERSION_V1, META_KIND};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
@@ -25,13 +27,72 @@ pub enum NotAReview {
     NoUid(String),
 }
 
+/// What prodguard reads of an admission request (`admission.k8s.io/v1`), strings borrowed
+/// from the body. The fields kube-rs' `AdmissionRequest` requires are required here too;
+/// `requestKind`, `requestResource`, `options` and the user's `uid` and `extra` are skipped,
+/// since no policy reads them.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct RequestOf<'a, O> {
+    #[serde(borrow)]
+    pub uid: Cow<'a, str>,
+    #[serde(borrow)]
+    pub kind: Kind<'a>,
+    #[serde(borrow)]
+    pub resource: ResourceName<'a>,
+    #[serde(borrow, default)]
+    pub sub_resource: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub namespace: Option<Cow<'a, str>>,
+    pub operation: Operation,
+    #[serde(borrow)]
+    pub user_info: UserInfo<'a>,
+    pub object: Option<O>,
+    pub old_object: Option<O>,
+    #[serde(default)]
+    pub dry_run: bool,
+}
+
 /// A decoded request, its objects decoded partially.
-pub type ReviewRequest = AdmissionRequest<partial::ReviewObject>;
+pub type ReviewRequest<'a> = RequestOf<'a, partial::ReviewObject>;
+
+/// The kind of the object: `{group, version, kind}`.
+#[derive(Debug, Deserialize)]
+pub struct Kind<'a> {
+    #[serde(borrow)]
+    pub group: Cow<'a, str>,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub kind: Cow<'a, str>,
+}
+
+/// The resource requested: `{group, version, resource}`.
+#[derive(Debug, Deserialize)]
+pub struct ResourceName<'a> {
+    #[serde(borrow)]
+    pub group: Cow<'a, str>,
+    #[serde(borrow)]
+    pub version: Cow<'a, str>,
+    #[serde(borrow)]
+    pub resource: Cow<'a, str>,
+}
+
+/// Who made the request.
+#[derive(Debug, Default, Deserialize)]
+pub struct UserInfo<'a> {
+    #[serde(borrow, default)]
+    pub username: Option<Cow<'a, str>>,
+    #[serde(default)]
+    pub groups: Option<Vec<String>>,
+}
 
 /// What a body decodes into.
 #[derive(Debug)]
-pub enum Decoded {
-    Request(Box<ReviewRequest>),
+pub enum Decoded<'a> {
+    Request(Box<ReviewRequest<'a>>),
     /// A review whose request does not decode: answered (denied) with its uid.
     Malformed {
         uid: String,
@@ -57,67 +118,56 @@ struct UidOnly {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct Review<T: Resource> {
-    api_version: String,
-    kind: String,
-    request: Option<AdmissionRequest<T>>,
+struct Review<'a, O> {
+    #[serde(borrow)]
+    api_version: Cow<'a, str>,
+    #[serde(borrow)]
+    kind: Cow<'a, str>,
+    #[serde(borrow)]
+    request: Option<RequestOf<'a, O>>,
 }
 
-/// The request of a body decoded with `Named` lists skipped, as a [`ReviewRequest`].
-fn from_lean(r: AdmissionRequest<partial::LeanReviewObject>) -> ReviewRequest {
-    AdmissionRequest {
-        types: r.types,
-        uid: r.uid,
-        kind: r.kind,
-        resource: r.resource,
-        sub_resource: r.sub_resource,
-        request_kind: r.request_kind,
-        request_resource: r.request_resource,
-        request_sub_resource: r.request_sub_resource,
-        name: r.name,
-        namespace: r.namespace,
-        operation: r.operation,
-        user_info: r.user_info,
-        object: r.object.map(|o| o.0),
-        old_object: r.old_object.map(|o| o.0),
-        dry_run: r.dry_run,
-        options: r.options,
+impl<'a> RequestOf<'a, partial::LeanReviewObject> {
+    /// The request of a body decoded with `Named` lists skipped, as a [`ReviewRequest`].
+    fn into_full(self) -> ReviewRequest<'a> {
+        RequestOf {
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            object: self.object.map(|o| o.0),
+            old_object: self.old_object.map(|o| o.0),
+            dry_run: self.dry_run,
+        }
     }
 }
 
 /// A well-formed v1 review with a uid, in one pass; `None` for anything else.
-fn decode_fast(body: &[u8]) -> Option<ReviewRequest> {
-    let Review {
-        api_version,
-        kind,
-        request,
-    } = if partial::may_name_entries(body) {
-        serde_json::from_slice::<Review<partial::ReviewObject>>(body).ok()?
+fn decode_fast(body: &[u8]) -> Option<ReviewRequest<'_>> {
+    let (api_version, kind, request) = if partial::may_name_entries(body) {
+        let review = serde_json::from_slice::<Review<partial::ReviewObject>>(body).ok()?;
+        (review.api_version, review.kind, review.request)
     } else {
         let lean = serde_json::from_slice::<Review<partial::LeanReviewObject>>(body).ok()?;
-        Review {
-            api_version: lean.api_version,
-            kind: lean.kind,
-            request: lean.request.map(from_lean),
-        }
+        (
+            lean.api_version,
+            lean.kind,
+            lean.request.map(RequestOf::into_full),
+        )
     };
-    let mut request = request?;
+    let request = request?;
     if api_version != META_API_VERSION_V1 || kind != META_KIND || request.uid.is_empty() {
         return None;
     }
-    request.types = v1_types();
     Some(request)
 }
 
-fn v1_types() -> TypeMeta {
-    TypeMeta {
-        api_version: META_API_VERSION_V1.to_owned(),
-        kind: META_KIND.to_owned(),
-    }
-}
-
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
-pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
+pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
     // One pass for a well-formed review; the slower path below explains what is wrong.
     if let Some(request) = decode_fast(body) {
         return Ok(Decoded::Request(Box::new(request)));
@@ -135,11 +185,10 @@ pub fn decode(body: &[u8]) -> Result<Decoded, NotAReview> {
         return Err(NotAReview::NoRequest);
     }
     match serde_json::from_str::<ReviewRequest>(raw.get()) {
-        Ok(mut request) => {
+        Ok(request) => {
             if request.uid.is_empty() {
                 return Err(NotAReview::NoUid("request.uid is empty".into()));
             }
-            request.types = v1_types();
             Ok(Decoded::Request(Box::new(request)))
         }
         Err(e) => match serde_json::from_str::<UidOnly>(raw.get()) {
@@ -174,8 +223,11 @@ pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
 }
 
 /// The response for a decoded request.
-pub fn respond<T: Resource>(request: &AdmissionRequest<T>, verdict: &Verdict) -> AdmissionResponse {
-    let response = AdmissionResponse::from(request);
+pub fn respond(request: &ReviewRequest<'_>, verdict: &Verdict) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = request.uid.clone().into_owned();
+    response.allowed = true;
+    response.result = kube::core::Status::default();
     match verdict {
         Verdict::Decided(decision) => apply_decision(response, decision),
         Verdict::Malformed(message) => deny(response, message, 400, "BadRequest"),
@@ -346,11 +398,19 @@ mod tests {
 
     #[test]
     fn decodes_a_review() {
-        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else {
+        let body = review(pod_request());
+        let Decoded::Request(req) = decode(&body).unwrap() else {
             panic!()
         };
         assert_eq!(req.uid, "u-1");
-        assert_eq!(req.types.api_version, "admission.k8s.io/v1");
+        assert_eq!(req.kind.kind, "Pod");
+        assert_eq!(req.resource.resource, "pods");
+        assert_eq!(req.namespace.as_deref(), Some("default"));
+        assert_eq!(req.user_info.username.as_deref(), Some("alice"));
+        assert_eq!(req.operation, Operation::Create);
+        assert!(!req.dry_run);
+        // Strings without escapes are borrowed from the body.
+        assert!(matches!(req.uid, Cow::Borrowed(_)));
     }
 
     #[test]
@@ -381,7 +441,8 @@ mod tests {
 
     #[test]
     fn the_patch_is_base64_on_the_wire() {
-        let Decoded::Request(req) = decode(&review(pod_request())).unwrap() else {
+        let body = review(pod_request());
+        let Decoded::Request(req) = decode(&body).unwrap() else {
             panic!()
         };
         let decision = crate::engine::Decision {
@@ -392,8 +453,8 @@ mod tests {
             })],
             ..Default::default()
         };
-        let body = encode(respond(&req, &Verdict::Decided(decision))).unwrap();
-        let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
+        let answer = encode(respond(&req, &Verdict::Decided(decision))).unwrap();
+        let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(v["response"]["patchType"], "JSONPatch");
         let bytes = base64::engine::general_purpose::STANDARD
             .decode(v["response"]["patch"].as_str().unwrap())

@@ -7,11 +7,11 @@
 //! report the shape error with its path.
 
 use std::borrow::Cow;
+use std::collections::BTreeMap;
 use std::fmt;
 
-use kube::core::{
-    ApiResource, DynamicObject, DynamicResourceScope, ObjectMeta, Resource, TypeMeta,
-};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
+use kube::core::{DynamicObject, ObjectMeta, TypeMeta};
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 use serde_json::{Map, Value};
@@ -64,25 +64,11 @@ const SPEC: Shape = Fields(&[
     ("initContainers", CONTAINERS),
     ("ephemeralContainers", CONTAINERS),
 ]);
-const METADATA: Shape = Fields(&[
-    ("name", All),
-    ("generateName", All),
-    ("namespace", All),
-    ("uid", All),
-    ("labels", All),
-    ("ownerReferences", All),
-    // ingress-body-size reads one annotation; the others (last-applied-configuration) are
-    // skipped.
-    (
-        "annotations",
-        Fields(&[("nginx.ingress.kubernetes.io/proxy-body-size", All)]),
-    ),
-]);
-/// What the policies read of an object in a review.
-pub const OBJECT: Shape = Fields(&[
+/// What the policies read of an object in a review, besides its metadata (see [`Metadata`]).
+pub const OBJECT: Shape = Fields(OBJECT_FIELDS);
+const OBJECT_FIELDS: &[(&str, Shape)] = &[
     ("apiVersion", All),
     ("kind", All),
-    ("metadata", METADATA),
     ("spec", SPEC),
     // PodTemplate.
     ("template", TEMPLATE),
@@ -92,7 +78,7 @@ pub const OBJECT: Shape = Fields(&[
     ("rules", All),
     ("roleRef", All),
     ("subjects", All),
-]);
+];
 
 /// Deserializes a value keeping only `Shape`.
 #[derive(Clone, Copy)]
@@ -131,7 +117,7 @@ impl<'de> DeserializeSeed<'de> for Filtered {
 
 struct FilterVisitor(Shape, NamedLists);
 
-/// A map key, borrowed from the input when it can be.
+/// A map key, borrowed from the input when it needs no unescaping.
 struct Key<'de>(Cow<'de, str>);
 
 impl<'de> Deserialize<'de> for Key<'de> {
@@ -377,37 +363,119 @@ impl ReviewObject {
         deserializer: D,
         named: NamedLists,
     ) -> Result<ReviewObject, D::Error> {
-        let pruned = Filtered(OBJECT, named).deserialize(deserializer)?;
-        // Built by moving the parts out of the tree, not through `DynamicObject`'s flattening
-        // deserializer, which would copy the tree once more.
-        let Value::Object(mut fields) = pruned else {
-            return serde_json::from_value(pruned)
-                .map(ReviewObject)
-                .map_err(serde::de::Error::custom);
-        };
-        let metadata = match fields.remove("metadata") {
-            Some(meta) => serde_json::from_value(meta).map_err(serde::de::Error::custom)?,
-            None => ObjectMeta::default(),
-        };
-        let types = match (fields.remove("apiVersion"), fields.remove("kind")) {
+        deserializer.deserialize_map(ObjectVisitor(named))
+    }
+}
+
+/// The metadata fields policies read, decoded straight into `ObjectMeta`'s types (no JSON
+/// tree in between). `managedFields` and every annotation but the one a policy reads are
+/// skipped.
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct Metadata {
+    name: Option<String>,
+    generate_name: Option<String>,
+    namespace: Option<String>,
+    uid: Option<String>,
+    labels: Option<BTreeMap<String, String>>,
+    owner_references: Option<Vec<OwnerReference>>,
+    annotations: Option<KeptAnnotations>,
+}
+
+/// ingress-body-size reads one annotation; the others (last-applied-configuration) are
+/// skipped.
+const KEPT_ANNOTATIONS: &[&str] = &["nginx.ingress.kubernetes.io/proxy-body-size"];
+
+struct KeptAnnotations(BTreeMap<String, String>);
+
+impl<'de> Deserialize<'de> for KeptAnnotations {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnnotationsVisitor;
+        impl<'de> Visitor<'de> for AnnotationsVisitor {
+            type Value = KeptAnnotations;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map of annotations")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<KeptAnnotations, A::Error> {
+                let mut kept = BTreeMap::new();
+                while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+                    if KEPT_ANNOTATIONS.contains(&key.as_ref()) {
+                        kept.insert(key.into_owned(), map.next_value::<String>()?);
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(KeptAnnotations(kept))
+            }
+        }
+        deserializer.deserialize_map(AnnotationsVisitor)
+    }
+}
+
+impl From<Metadata> for ObjectMeta {
+    fn from(m: Metadata) -> ObjectMeta {
+        ObjectMeta {
+            name: m.name,
+            generate_name: m.generate_name,
+            namespace: m.namespace,
+            uid: m.uid,
+            labels: m.labels,
+            owner_references: m.owner_references,
+            annotations: m.annotations.map(|a| a.0),
+            ..ObjectMeta::default()
+        }
+    }
+}
+
+/// The object itself: metadata through [`Metadata`], the rest through [`OBJECT`], assembled
+/// as `DynamicObject` splits an object (`apiVersion` and `kind` into its type when both are
+/// strings).
+struct ObjectVisitor(NamedLists);
+
+impl<'de> Visitor<'de> for ObjectVisitor {
+    type Value = ReviewObject;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewObject, A::Error> {
+        let mut metadata = None;
+        let mut data = Map::new();
+        while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
+            if key == "metadata" {
+                metadata = Some(map.next_value::<Metadata>()?);
+                continue;
+            }
+            match OBJECT_FIELDS.iter().find(|(name, _)| *name == key) {
+                Some((_, shape)) => {
+                    let value = map.next_value_seed(Filtered(*shape, self.0))?;
+                    data.insert(key.into_owned(), value);
+                }
+                None => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        let types = match (data.remove("apiVersion"), data.remove("kind")) {
             (Some(Value::String(api_version)), Some(Value::String(kind))) => {
                 Some(TypeMeta { api_version, kind })
             }
             (api_version, kind) => {
                 // Not both strings: leave them in the data, as DynamicObject would.
                 if let Some(v) = api_version {
-                    fields.insert("apiVersion".into(), v);
+                    data.insert("apiVersion".into(), v);
                 }
                 if let Some(k) = kind {
-                    fields.insert("kind".into(), k);
+                    data.insert("kind".into(), k);
                 }
                 None
             }
         };
         Ok(ReviewObject(DynamicObject {
             types,
-            metadata,
-            data: Value::Object(fields),
+            metadata: metadata.map(ObjectMeta::from).unwrap_or_default(),
+            data: Value::Object(data),
         }))
     }
 }
@@ -417,38 +485,6 @@ impl serde::Serialize for ReviewObject {
         self.0.serialize(serializer)
     }
 }
-
-/// Both wrappers are `DynamicObject`s to kube-rs, whose `AdmissionRequest` wants a `Resource`.
-macro_rules! dynamic_resource {
-    ($type:ty, $($object:tt).+) => {
-        impl Resource for $type {
-            type DynamicType = ApiResource;
-            type Scope = DynamicResourceScope;
-
-            fn kind(dt: &ApiResource) -> Cow<'_, str> {
-                DynamicObject::kind(dt)
-            }
-            fn group(dt: &ApiResource) -> Cow<'_, str> {
-                DynamicObject::group(dt)
-            }
-            fn version(dt: &ApiResource) -> Cow<'_, str> {
-                DynamicObject::version(dt)
-            }
-            fn plural(dt: &ApiResource) -> Cow<'_, str> {
-                DynamicObject::plural(dt)
-            }
-            fn meta(&self) -> &ObjectMeta {
-                &self.$($object).+.metadata
-            }
-            fn meta_mut(&mut self) -> &mut ObjectMeta {
-                &mut self.$($object).+.metadata
-            }
-        }
-    };
-}
-
-dynamic_resource!(ReviewObject, 0);
-dynamic_resource!(LeanReviewObject, 0.0);
 
 #[cfg(test)]
 mod tests {
@@ -477,8 +513,9 @@ mod tests {
                          "volumes": [{"name": "v"}]}}},
             "status": {"replicas": 1}
         });
+        let object: ReviewObject = serde_json::from_value(deployment).unwrap();
         assert_eq!(
-            filter(&deployment),
+            serde_json::to_value(&object).unwrap(),
             json!({
                 "apiVersion": "apps/v1", "kind": "Deployment",
                 "metadata": {"name": "web", "namespace": "openg2p", "uid": "u", "labels": {"a": "b"},
@@ -540,6 +577,38 @@ mod tests {
         let fast: ReviewObject = serde_json::from_str(partial).unwrap();
         assert_eq!(fast.0.types, None);
         assert_eq!(fast.0.data["kind"], "Pod");
+    }
+
+    #[test]
+    fn metadata_keeps_what_policies_read_and_checks_its_types() {
+        let text = r#"{"kind":"Ingress","metadata":{"name":"i","generateName":"g-","annotations":{"nginx.ingress.kubernetes.io/proxy-body-size":"8m","last-applied":{"not":"a string"}},"managedFields":[{"manager":"helm"}],"finalizers":["x"]}}"#;
+        let object: ReviewObject = serde_json::from_str(text).unwrap();
+        let meta = &object.0.metadata;
+        assert_eq!(meta.name.as_deref(), Some("i"));
+        assert_eq!(meta.generate_name.as_deref(), Some("g-"));
+        assert_eq!(
+            meta.annotations,
+            Some(BTreeMap::from([(
+                "nginx.ingress.kubernetes.io/proxy-body-size".to_owned(),
+                "8m".to_owned()
+            )]))
+        );
+        assert_eq!(meta.managed_fields, None);
+        assert_eq!(meta.finalizers, None);
+        // The kept fields have the types ObjectMeta gives them.
+        for wrong in [
+            r#"{"metadata":{"labels":{"a":1}}}"#,
+            r#"{"metadata":{"name":["x"]}}"#,
+            r#"{"metadata":{"annotations":{"nginx.ingress.kubernetes.io/proxy-body-size":5}}}"#,
+            r#"{"metadata":{"ownerReferences":[{"kind":7}]}}"#,
+            r#"{"metadata":"not an object"}"#,
+            r#""not an object""#,
+        ] {
+            assert!(
+                serde_json::from_str::<ReviewObject>(wrong).is_err(),
+                "{wrong}"
+            );
+        }
     }
 
     #[test]

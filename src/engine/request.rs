@@ -33,7 +33,7 @@ pub struct Request<'a> {
 const NO_GROUPS: &[String] = &[];
 
 impl<'a> Request<'a> {
-    pub fn from_admission(request: &'a ReviewRequest) -> Request<'a> {
+    pub fn from_admission(request: &'a ReviewRequest<'_>) -> Request<'a> {
         Request {
             uid: &request.uid,
             operation: request.operation.clone(),
