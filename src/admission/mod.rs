@@ -269,11 +269,13 @@ fn apply_decision(mut response: AdmissionResponse, decision: &Decision) -> Admis
     if decision.patch.is_empty() {
         return response;
     }
-    match response
-        .clone()
-        .with_patch(json_patch::Patch(decision.patch.clone()))
-    {
-        Ok(patched) => patched,
+    // The patch is written straight from the decision (kube-rs' `with_patch` wants an owned
+    // copy); `encode` writes `patchType` whenever there is a patch.
+    match serde_json::to_vec(&decision.patch) {
+        Ok(patch) => {
+            response.patch = Some(patch);
+            response
+        }
         // Serialising a patch of JSON values cannot fail; if it ever did, deny rather than
         // admit an object the policies wanted changed.
         Err(e) => deny(
