@@ -224,14 +224,21 @@ pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
 
 /// The response for a decoded request.
 pub fn respond(request: &ReviewRequest<'_>, verdict: &Verdict) -> AdmissionResponse {
-    let mut response = AdmissionResponse::invalid("");
-    response.uid = request.uid.clone().into_owned();
-    response.allowed = true;
-    response.result = kube::core::Status::default();
+    let response = allowed(&request.uid);
     match verdict {
         Verdict::Decided(decision) => apply_decision(response, decision),
         Verdict::Malformed(message) => deny(response, message, 400, "BadRequest"),
     }
+}
+
+/// An allowed response for `uid`. kube-rs builds one only from its own request type; its
+/// other constructor, `invalid`, gives the v1 type and no patch, and the rest is set here.
+fn allowed(uid: &str) -> AdmissionResponse {
+    let mut response = AdmissionResponse::invalid("");
+    response.uid = uid.to_owned();
+    response.allowed = true;
+    response.result = kube::core::Status::default();
+    response
 }
 
 /// The response for a review whose request did not decode.

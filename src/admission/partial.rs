@@ -64,8 +64,11 @@ const SPEC: Shape = Fields(&[
     ("initContainers", CONTAINERS),
     ("ephemeralContainers", CONTAINERS),
 ]);
+/// What the policies read of an object in a review, besides its metadata (see [`Metadata`]),
+/// as a shape (the tests prune whole objects with it).
+#[cfg(test)]
+const OBJECT: Shape = Fields(OBJECT_FIELDS);
 /// What the policies read of an object in a review, besides its metadata (see [`Metadata`]).
-pub const OBJECT: Shape = Fields(OBJECT_FIELDS);
 const OBJECT_FIELDS: &[(&str, Shape)] = &[
     ("apiVersion", All),
     ("kind", All),
@@ -153,23 +156,11 @@ impl<'de> Visitor<'de> for FilterVisitor {
         let mut out = Map::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let child = match self.0 {
-                Fields(fields) => fields
-                    .iter()
-                    .find(|(name, _)| *name == key)
-                    .map(|(_, s)| *s)
-                    .filter(|s| !(matches!(s, Named(_)) && self.1 == NamedLists::Skipped)),
+                Fields(fields) => field_shape(fields, &key, self.1),
                 // An object where an array belongs: kept whole, for the shape error.
                 All | Each(_) | Named(_) => Some(All),
             };
-            match child {
-                Some(shape) => {
-                    let value = map.next_value_seed(Filtered(shape, self.1))?;
-                    out.insert(key.into_owned(), value);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+            keep_entry(&mut map, &mut out, key, child, self.1)?;
         }
         Ok(Value::Object(out))
     }
@@ -218,6 +209,35 @@ impl<'de> Visitor<'de> for FilterVisitor {
     fn visit_none<E>(self) -> Result<Value, E> {
         Ok(Value::Null)
     }
+}
+
+/// The shape `fields` keep for `key`, if any (a `Named` list only when they are read).
+fn field_shape(fields: &[(&str, Shape)], key: &str, named: NamedLists) -> Option<Shape> {
+    fields
+        .iter()
+        .find(|(name, _)| *name == key)
+        .map(|(_, shape)| *shape)
+        .filter(|shape| !(matches!(shape, Named(_)) && named == NamedLists::Skipped))
+}
+
+/// Reads the value of the map entry `key` into `out` with `shape`, or skips it unparsed.
+fn keep_entry<'de, A: MapAccess<'de>>(
+    map: &mut A,
+    out: &mut Map<String, Value>,
+    key: Cow<'de, str>,
+    shape: Option<Shape>,
+    named: NamedLists,
+) -> Result<(), A::Error> {
+    match shape {
+        Some(shape) => {
+            let value = map.next_value_seed(Filtered(shape, named))?;
+            out.insert(key.into_owned(), value);
+        }
+        None => {
+            map.next_value::<IgnoredAny>()?;
+        }
+    }
+    Ok(())
 }
 
 /// One entry of a `Named` list: `Some({name, value})` when its name is listed.
@@ -447,15 +467,8 @@ impl<'de> Visitor<'de> for ObjectVisitor {
                 metadata = Some(map.next_value::<Metadata>()?);
                 continue;
             }
-            match OBJECT_FIELDS.iter().find(|(name, _)| *name == key) {
-                Some((_, shape)) => {
-                    let value = map.next_value_seed(Filtered(*shape, self.0))?;
-                    data.insert(key.into_owned(), value);
-                }
-                None => {
-                    map.next_value::<IgnoredAny>()?;
-                }
-            }
+            let shape = field_shape(OBJECT_FIELDS, &key, self.0);
+            keep_entry(&mut map, &mut data, key, shape, self.0)?;
         }
         let types = match (data.remove("apiVersion"), data.remove("kind")) {
             (Some(Value::String(api_version)), Some(Value::String(kind))) => {

@@ -282,8 +282,8 @@ impl Tally {
 }
 
 struct Rounds {
-    pg: Tally,
-    noop: Tally,
+    /// prodguard's, then the no-op server's.
+    tally: [Tally; 2],
     lowest_ratio: f64,
     highest_ratio: f64,
 }
@@ -301,33 +301,25 @@ async fn closed_loop_rounds(
     let count = time.as_secs().max(1);
     let round = time / count as u32;
     let mut rounds = Rounds {
-        pg: Tally::default(),
-        noop: Tally::default(),
+        tally: [Tally::default(), Tally::default()],
         lowest_ratio: f64::INFINITY,
         highest_ratio: 0.0,
     };
     for i in 0..count {
-        let order = if i % 2 == 0 { [pg, noop] } else { [noop, pg] };
+        // Index 0 is prodguard, 1 the no-op server; odd rounds start with the no-op server.
+        let order = if i % 2 == 0 { [0, 1] } else { [1, 0] };
         let mut rates = [0.0; 2];
-        for (slot, server) in order.into_iter().enumerate() {
+        for index in order {
+            let server = [pg, noop][index];
             let (rate, cpu) = with_cpu(
                 server,
                 closed_loop(&server.target, load, KEEPALIVE_CONNECTIONS, round),
             )
             .await?;
-            rates[slot] = rate;
-            let tally = if std::ptr::eq(server, pg) {
-                &mut rounds.pg
-            } else {
-                &mut rounds.noop
-            };
-            tally.add(rate, round.as_secs_f64(), cpu);
+            rates[index] = rate;
+            rounds.tally[index].add(rate, round.as_secs_f64(), cpu);
         }
-        let ratio = if i % 2 == 0 {
-            rates[0] / rates[1]
-        } else {
-            rates[1] / rates[0]
-        };
+        let ratio = rates[0] / rates[1];
         rounds.lowest_ratio = rounds.lowest_ratio.min(ratio);
         rounds.highest_ratio = rounds.highest_ratio.max(ratio);
     }
@@ -764,16 +756,16 @@ async fn run(args: Args) -> Result<(), String> {
         let rounds = closed_loop_rounds(&pg, &noop, load, time).await?;
         println!(
             "| closed loop, 25 keep-alive connections, {name} | {:.0} req/s | {:.0} req/s | {:.0} % (rounds {:.0}-{:.0} %) |",
-            rounds.pg.rate(),
-            rounds.noop.rate(),
-            100.0 * rounds.pg.rate() / rounds.noop.rate(),
+            rounds.tally[0].rate(),
+            rounds.tally[1].rate(),
+            100.0 * rounds.tally[0].rate() / rounds.tally[1].rate(),
             100.0 * rounds.lowest_ratio,
             100.0 * rounds.highest_ratio
         );
         println!(
             "| server CPU per request in that loop, {name} | {:.1} us | {:.1} us | |",
-            rounds.pg.cpu_per_request() * 1e6,
-            rounds.noop.cpu_per_request() * 1e6
+            rounds.tally[0].cpu_per_request() * 1e6,
+            rounds.tally[1].cpu_per_request() * 1e6
         );
     }
     if args.throughput_only {
