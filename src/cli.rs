@@ -122,6 +122,19 @@ pub struct ServeArgs {
     /// The most results a PolicyReport holds; the rest are counted in an annotation.
     #[arg(long, env = "PRODGUARD_REPORT_MAX_RESULTS", default_value_t = 1000)]
     pub report_max_results: usize,
+    /// The most results all PolicyReports hold together (it bounds the audit's memory on a
+    /// cluster of many namespaces); the rest are counted. Lowered to fit a memory limit.
+    #[arg(long, env = "PRODGUARD_AUDIT_MAX_RESULTS", default_value_t = 10_000)]
+    pub audit_max_results: usize,
+    /// The most objects the background audit asks for in one list call. Pages are also kept
+    /// under 4 MiB of JSON (less under a tight memory limit), from the size of the objects
+    /// listed so far.
+    #[arg(long, env = "PRODGUARD_AUDIT_PAGE_SIZE", default_value_t = 500)]
+    pub audit_page_size: u32,
+    /// The most Events one background audit scan publishes, paced; the Events of further
+    /// new findings are published by later scans.
+    #[arg(long, env = "PRODGUARD_AUDIT_EVENTS_PER_SCAN", default_value_t = 100)]
+    pub audit_events_per_scan: usize,
 }
 
 #[derive(Debug, Args)]

@@ -1,51 +1,173 @@
 //! The background audit of `serve`: the replica holding the Lease scans every interval,
-//! rewrites the PolicyReports, publishes Events for findings that are new since the previous
-//! scan, and updates the audit metrics.
+//! rewrites the PolicyReports, publishes Events for findings that are new, and updates the
+//! audit metrics.
+//!
+//! It runs on a thread and a single-threaded runtime of its own, with a kube client of its
+//! own, so that a scan never takes a worker of the runtime that answers admission reviews.
+//!
+//! Events are late, never lost: a scan publishes at most `events_per_scan` Events, one at a
+//! time with a pause between them; a new finding beyond that, or whose Event the API server
+//! refused, stays pending and is published by a later scan (it is still new then, since only
+//! published findings count as known). A leader's first scan that finds more new findings
+//! than one scan publishes (a fresh install on a large cluster, or a new leader) publishes
+//! one summary Event per namespace instead, with the counts per policy.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, HashSet};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::ObjectReference;
 use kube::api::Api;
+use kube::runtime::events::{Event, EventType, Recorder, Reporter as EventReporter};
 
+use super::budget::{self, AuditBudget, Plan};
 use super::lease::{self, LeaseSettings};
-use super::reports::{self, finding_key};
-use super::scan;
+use super::reports;
+use super::tally::{Tally, TallyLimits, AUDIT_USER};
+use super::{scan_into, PageBudget};
 use crate::engine::{Action, Engine};
 use crate::http::AppState;
+use crate::report::events::{to_event, AUDIT_CONTROLLER};
 use crate::report::metrics::AuditFindingLabels;
-use crate::report::{ObjectRef, Report, ReportedFinding, Reporter};
+use crate::report::{ObjectRef, Report, ReportedFinding};
+
+/// The pause between two audit Events: at most 20 a second reach the API server.
+pub const EVENT_GAP: Duration = Duration::from_millis(50);
 
 #[derive(Debug, Clone)]
 pub struct AuditSettings {
     pub interval: Duration,
     pub lease: LeaseSettings,
+    /// Results one report keeps.
     pub max_results: usize,
+    /// Results all reports keep together (lowered by the memory plan).
+    pub max_results_total: usize,
+    /// Pages as asked (lowered by the memory plan).
+    pub page: PageBudget,
+    /// Events one scan publishes at most.
+    pub events_per_scan: usize,
+    /// The pause between two Events.
+    pub event_gap: Duration,
+    /// The pod prodguard runs in (namespace, name), for Warning Events about the audit.
+    pub pod: Option<(String, String)>,
 }
 
-/// The user audit Events name.
-pub const AUDIT_USER: &str = "prodguard-audit";
-
-/// Starts the Lease and scan loops.
-/// `engine` evaluates the objects: built from the configuration with the global mode at
-/// enforce, so that a dry-run rollout's reports show what enforcement would deny.
+/// Starts the audit's thread. `engine` evaluates the objects: built from the configuration
+/// with the global mode at enforce, so that a dry-run rollout's reports show what
+/// enforcement would deny.
 pub fn spawn(
-    client: kube::Client,
+    config: kube::Config,
     state: Arc<AppState>,
     engine: Arc<Engine>,
-    reporter: Arc<dyn Reporter>,
+    settings: AuditSettings,
+) -> Result<(), String> {
+    std::thread::Builder::new()
+        .name("prodguard-audit".into())
+        .spawn(move || {
+            let runtime = match tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+            {
+                Ok(runtime) => runtime,
+                Err(e) => {
+                    tracing::error!(
+                        "cannot start the audit's runtime: {e}; the background audit is off"
+                    );
+                    return;
+                }
+            };
+            runtime.block_on(run(config, state, engine, settings));
+        })
+        .map(|_| ())
+        .map_err(|e| format!("cannot start the audit's thread: {e}"))
+}
+
+async fn run(
+    config: kube::Config,
+    state: Arc<AppState>,
+    engine: Arc<Engine>,
     settings: AuditSettings,
 ) {
-    let leader = Arc::new(AtomicBool::new(false));
-    tokio::spawn(hold_lease(
+    let client = match kube::Client::try_from(config) {
+        Ok(client) => client,
+        Err(e) => {
+            tracing::error!(
+                "cannot build the audit's Kubernetes client: {e}; the background audit is off"
+            );
+            return;
+        }
+    };
+    let recorder = Recorder::new(
         client.clone(),
-        state.clone(),
-        settings.lease.clone(),
-        leader.clone(),
-    ));
-    tokio::spawn(scan_loop(client, state, engine, reporter, settings, leader));
+        EventReporter {
+            controller: AUDIT_CONTROLLER.to_owned(),
+            instance: Some(settings.lease.identity.clone()),
+        },
+    );
+    let wanted = AuditBudget {
+        page: settings.page,
+        max_results_total: settings.max_results_total,
+    };
+    let limit = budget::memory_limit();
+    let resident = budget::resident_bytes().unwrap_or(0);
+    let budget = match budget::plan(limit, resident, wanted) {
+        Plan::Full(budget) => budget,
+        Plan::Degraded(budget, why) => {
+            tracing::warn!("{why}");
+            warn_pod(&recorder, &settings, "AuditDegraded", &why).await;
+            budget
+        }
+        Plan::Refused(why) => {
+            tracing::error!("{why}");
+            warn_pod(&recorder, &settings, "AuditRefused", &why).await;
+            return;
+        }
+    };
+    tracing::info!(
+        memory_limit = limit,
+        page_objects = budget.page.objects,
+        page_bytes = budget.page.bytes,
+        max_results_total = budget.max_results_total,
+        "background audit planned"
+    );
+    let leader = Arc::new(AtomicBool::new(false));
+    tokio::join!(
+        hold_lease(
+            client.clone(),
+            state.clone(),
+            settings.lease.clone(),
+            leader.clone()
+        ),
+        scan_loop(client, recorder, state, engine, settings, budget, leader),
+    );
+}
+
+/// A Warning Event about the audit itself, regarding prodguard's pod (when it runs in one).
+async fn warn_pod(recorder: &Recorder, settings: &AuditSettings, reason: &str, note: &str) {
+    let Some((namespace, name)) = &settings.pod else {
+        return;
+    };
+    let event = Event {
+        type_: EventType::Warning,
+        reason: reason.to_owned(),
+        note: Some(
+            crate::audit::tally::bounded(note.to_owned(), crate::report::NOTE_MAX_BYTES).into(),
+        ),
+        action: "Audit".to_owned(),
+        secondary: None,
+    };
+    let reference = ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        namespace: Some(namespace.clone()),
+        name: Some(name.clone()),
+        ..ObjectReference::default()
+    };
+    if let Err(e) = recorder.publish(&event, &reference).await {
+        tracing::warn!("cannot publish the {reason} Event: {e}");
+    }
 }
 
 async fn hold_lease(
@@ -78,13 +200,16 @@ async fn hold_lease(
 
 async fn scan_loop(
     client: kube::Client,
+    recorder: Recorder,
     state: Arc<AppState>,
     engine: Arc<Engine>,
-    reporter: Arc<dyn Reporter>,
     settings: AuditSettings,
+    budget: AuditBudget,
     leader: Arc<AtomicBool>,
 ) {
-    let mut previous: Option<BTreeSet<String>> = None;
+    // The findings whose Event was published; `None` until this replica leads and has read
+    // what the reports of the previous leader (or of itself before a restart) hold.
+    let mut known: Option<HashSet<u64>> = None;
     let mut next = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
@@ -93,113 +218,247 @@ async fn scan_loop(
         }
         if !leader.load(Ordering::Relaxed) {
             // Another replica may report meanwhile: read its reports when this one leads.
-            previous = None;
+            known = None;
             continue;
         }
         if Instant::now() < next {
             continue;
         }
         next = Instant::now() + settings.interval;
-        if previous.is_none() {
-            previous = Some(reports::previous_findings(&client).await);
-        }
-        let seen = previous.take().unwrap_or_default();
-        let reported = run_once(
-            &client,
-            &state,
-            &engine,
-            reporter.as_ref(),
-            &settings,
-            &seen,
-        )
-        .await;
-        previous = Some(reported.unwrap_or(seen));
+        let first = known.is_none();
+        let before = match known.take() {
+            Some(known) => known,
+            None => reports::previous_findings(&client).await,
+        };
+        let limits = TallyLimits {
+            max_results: settings.max_results,
+            max_results_total: budget.max_results_total,
+            events: settings.events_per_scan,
+        };
+        let scan = Scanner {
+            client: &client,
+            recorder: &recorder,
+            state: &state,
+            engine: &engine,
+            settings: &settings,
+        };
+        known = Some(
+            scan.once(Tally::new(limits, before), budget.page, first)
+                .await,
+        );
     }
 }
 
-/// One scan; returns the finding keys it reported, or `None` when it could not report.
-async fn run_once(
-    client: &kube::Client,
-    state: &AppState,
-    engine: &Engine,
-    reporter: &dyn Reporter,
-    settings: &AuditSettings,
-    seen: &BTreeSet<String>,
-) -> Option<BTreeSet<String>> {
-    let metrics = &state.metrics;
-    let started = Instant::now();
-    let scan = scan(client, engine).await;
-    for error in &scan.object_errors {
-        tracing::warn!("audit: {error}");
-    }
-    if !scan.errors.is_empty() {
-        metrics.audit_failures.inc();
-        tracing::warn!(errors = ?scan.errors, "the audit could not list everything; the reports are kept as they were");
-        return None;
-    }
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or_default();
-    let built = reports::build(&scan, settings.max_results, now.as_secs() as i64);
-    if let Err(e) = reports::publish(client, &built).await {
-        metrics.audit_failures.inc();
-        tracing::warn!("audit: {e}");
-        return None;
-    }
-    let mut keys = BTreeSet::new();
-    metrics.audit_findings.clear();
-    for (scanned, finding) in &scan.findings {
-        metrics
-            .audit_findings
-            .get_or_create(&AuditFindingLabels {
-                policy: finding.policy,
-                action: finding.action,
-            })
-            .inc();
-        let result = reports::result_of(finding.action);
-        let key = finding_key(
-            finding.policy,
-            &scanned.kind,
-            &scanned.namespace,
-            &scanned.name,
-            result,
-        );
-        if !seen.contains(&key) {
-            reporter.report(Report {
-                reason: if finding.violation {
-                    "PolicyViolation"
-                } else {
-                    "PolicyMutation"
-                },
-                action: Action::Audited,
-                user: AUDIT_USER.to_owned(),
-                operation: "AUDIT".to_owned(),
-                regarding: ObjectRef {
-                    api_version: scanned.api_version.clone(),
-                    kind: scanned.kind.clone(),
-                    namespace: scanned.namespace.clone(),
-                    name: scanned.name.clone(),
-                    uid: scanned.uid.clone(),
-                },
-                findings: vec![ReportedFinding {
-                    policy: finding.policy,
-                    action: Action::Audited,
-                    message: format!("would {}: {}", finding.action, finding.message),
-                }],
-            });
+struct Scanner<'a> {
+    client: &'a kube::Client,
+    recorder: &'a Recorder,
+    state: &'a AppState,
+    engine: &'a Engine,
+    settings: &'a AuditSettings,
+}
+
+impl Scanner<'_> {
+    /// One scan; returns the keys of the findings whose Events are published.
+    async fn once(&self, mut tally: Tally, page: PageBudget, first: bool) -> HashSet<u64> {
+        let metrics = &self.state.metrics;
+        let started = Instant::now();
+        let stats = scan_into(self.client, self.engine, page, &mut tally).await;
+        for error in &tally.object_errors {
+            tracing::warn!("audit: {error}");
         }
-        keys.insert(key);
+        if tally.more_object_errors > 0 {
+            tracing::warn!(
+                "audit: {} more objects could not be evaluated",
+                tally.more_object_errors
+            );
+        }
+        if !stats.errors.is_empty() {
+            metrics.audit_failures.inc();
+            tracing::warn!(errors = ?stats.errors, "the audit could not list everything; the reports are kept as they were");
+            return tally.into_known();
+        }
+        let now = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap_or_default();
+        if let Err(e) = reports::publish(self.client, &tally.namespaces, now.as_secs() as i64).await
+        {
+            metrics.audit_failures.inc();
+            tracing::warn!("audit: {e}");
+            return tally.into_known();
+        }
+        metrics.audit_findings.clear();
+        for ((policy, action), count) in &tally.by_policy {
+            metrics
+                .audit_findings
+                .get_or_create(&AuditFindingLabels { policy, action })
+                .set(*count);
+        }
+        let findings = tally.findings();
+        let objects = tally.objects();
+        let new_findings = tally.new_findings;
+        let dropped: usize = tally.namespaces.values().map(|n| n.dropped).sum();
+        let (known, pending) = if first && new_findings > self.settings.events_per_scan {
+            self.publish_summaries(&tally.namespaces).await;
+            (tally.all_published(), 0)
+        } else {
+            let published = self.publish_findings(&mut tally).await;
+            let pending = new_findings - published.len();
+            (tally.published_after(published), pending)
+        };
+        let elapsed = started.elapsed();
+        metrics.audit_events_pending.set(pending as i64);
+        metrics.audit_results_dropped.set(dropped as i64);
+        metrics
+            .audit_page_bytes_max
+            .set(stats.largest_page_bytes as i64);
+        metrics.audit_runs.inc();
+        metrics.audit_duration_seconds.set(elapsed.as_secs_f64());
+        metrics.audit_objects_scanned.set(objects as i64);
+        metrics.audit_last_success_seconds.set(now.as_secs_f64());
+        tracing::info!(
+            objects,
+            findings,
+            new_findings,
+            pending_events = pending,
+            pages = stats.pages,
+            largest_page_bytes = stats.largest_page_bytes,
+            seconds = elapsed.as_secs_f64(),
+            "audit scan done"
+        );
+        known
     }
-    let elapsed = started.elapsed();
-    metrics.audit_runs.inc();
-    metrics.audit_duration_seconds.set(elapsed.as_secs_f64());
-    metrics.audit_objects_scanned.set(scan.objects() as i64);
-    metrics.audit_last_success_seconds.set(now.as_secs_f64());
-    tracing::info!(
-        objects = scan.objects(),
-        findings = scan.findings.len(),
-        seconds = elapsed.as_secs_f64(),
-        "audit scan done"
-    );
-    Some(keys)
+
+    /// One Event per candidate, paced; returns the keys of those the API server accepted.
+    async fn publish_findings(&self, tally: &mut Tally) -> Vec<u64> {
+        let metrics = &self.state.metrics;
+        let mut published = Vec::new();
+        for (i, candidate) in std::mem::take(&mut tally.candidates)
+            .into_iter()
+            .enumerate()
+        {
+            if i > 0 {
+                tokio::time::sleep(self.settings.event_gap).await;
+            }
+            if self.publish(&candidate.report).await {
+                metrics.audit_events_published.inc();
+                published.push(candidate.key);
+            } else {
+                metrics.audit_events_failed.inc();
+            }
+        }
+        published
+    }
+
+    /// One summary Event per namespace with new findings, paced.
+    async fn publish_summaries(&self, namespaces: &BTreeMap<String, super::tally::NamespaceTally>) {
+        let mut first = true;
+        for (namespace, tally) in namespaces {
+            let Some(report) = summary(namespace, tally) else {
+                continue;
+            };
+            if !first {
+                tokio::time::sleep(self.settings.event_gap).await;
+            }
+            first = false;
+            if self.publish(&report).await {
+                self.state.metrics.audit_summary_events.inc();
+            } else {
+                self.state.metrics.audit_events_failed.inc();
+            }
+        }
+    }
+
+    async fn publish(&self, report: &Report) -> bool {
+        let (event, reference) = to_event(report);
+        match self.recorder.publish(&event, &reference).await {
+            Ok(()) => true,
+            Err(e) => {
+                tracing::warn!(
+                    kind = %report.regarding.kind,
+                    namespace = %report.regarding.namespace,
+                    name = %report.regarding.name,
+                    "cannot publish an audit Event (it stays pending): {e}"
+                );
+                false
+            }
+        }
+    }
+}
+
+/// The summary Event of a namespace's new findings, regarding its report; `None` when it
+/// has none.
+pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<Report> {
+    if tally.new_by_policy.is_empty() {
+        return None;
+    }
+    let (kind, where_) = if namespace.is_empty() {
+        ("ClusterPolicyReport", "cluster-scoped objects".to_owned())
+    } else {
+        ("PolicyReport", format!("namespace {namespace}"))
+    };
+    let findings = tally
+        .new_by_policy
+        .iter()
+        .map(|((policy, action), count)| ReportedFinding {
+            policy,
+            action: Action::Audited,
+            message: format!(
+                "{count} {} would {action} in {where_}",
+                if *count == 1 { "finding" } else { "findings" }
+            ),
+        })
+        .collect();
+    Some(Report {
+        reason: if tally.fail + tally.warn > 0 {
+            "PolicyViolation"
+        } else {
+            "PolicyMutation"
+        },
+        action: Action::Audited,
+        user: AUDIT_USER.to_owned(),
+        operation: "AUDIT".to_owned(),
+        regarding: ObjectRef {
+            api_version: format!("{}/{}", reports::GROUP, reports::VERSION),
+            kind: kind.to_owned(),
+            namespace: namespace.to_owned(),
+            name: reports::REPORT_NAME.to_owned(),
+            uid: None,
+        },
+        findings,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::audit::tally::NamespaceTally;
+
+    #[test]
+    fn a_summary_counts_new_findings_per_policy_regarding_the_report() {
+        let mut tally = NamespaceTally {
+            objects: 10,
+            objects_with_findings: 4,
+            fail: 3,
+            warn: 2,
+            ..NamespaceTally::default()
+        };
+        assert_eq!(summary("openg2p", &tally), None, "nothing new, no summary");
+        tally.new_by_policy.insert(("min-replicas", "deny"), 3);
+        tally
+            .new_by_policy
+            .insert(("image-pull-policy", "patch"), 1);
+        let report = summary("openg2p", &tally).unwrap();
+        assert_eq!(report.regarding.kind, "PolicyReport");
+        assert_eq!(report.regarding.name, "prodguard");
+        assert_eq!(report.regarding.namespace, "openg2p");
+        assert_eq!(report.regarding.api_version, "wgpolicyk8s.io/v1alpha2");
+        assert_eq!(
+            report.note(),
+            "AUDIT by \"prodguard-audit\": [image-pull-policy] Audited: 1 finding would patch in namespace openg2p; \
+             [min-replicas] Audited: 3 findings would deny in namespace openg2p"
+        );
+        let cluster = summary("", &tally).unwrap();
+        assert_eq!(cluster.regarding.kind, "ClusterPolicyReport");
+        assert!(cluster.note().contains("in cluster-scoped objects"));
+    }
 }

@@ -1,15 +1,28 @@
 //! The audit: what the objects a cluster holds today would get from the policies if they were
 //! created now (denied, patched, warned). `prodguard audit` scans once; `serve` scans in the
 //! background on the replica that holds the audit Lease and keeps PolicyReports in step.
+//!
+//! A scan streams: it lists one page, evaluates its objects one at a time, hands each
+//! object's findings to a [`ScanSink`] and lets the page go before it lists the next. What
+//! survives a page is what the sink keeps: everything for `prodguard audit`, which prints
+//! it all; counts, a bounded set of results and finding hashes for the background audit
+//! ([`tally`]).
 
 pub mod background;
+pub mod budget;
 pub mod lease;
 pub mod reports;
+pub mod tally;
 
 use std::collections::BTreeMap;
 
+use http_body_util::BodyExt;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{Api, ApiResource, ListParams};
-use kube::core::{DynamicObject, GroupVersionKind, TypeMeta};
+use kube::core::{DynamicObject, GroupVersionKind, Status};
+use serde::Deserialize;
+use serde_json::value::RawValue;
+use serde_json::Value;
 
 use crate::cluster::Snapshot;
 use crate::engine::offline::{evaluate_object, ObjectFinding};
@@ -107,20 +120,70 @@ pub const TARGETS: &[Target] = &[
     },
 ];
 
-/// Objects per list call.
-pub const PAGE_SIZE: u32 = 500;
+/// How large a page may be: at most `objects` objects, and fewer when the objects listed so
+/// far say that `objects` of them would come to more than `bytes` of JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageBudget {
+    pub objects: u32,
+    pub bytes: usize,
+}
+
+/// The fewest objects a page asks for, however large the objects are.
+pub const MIN_PAGE_OBJECTS: u32 = 10;
+
+impl Default for PageBudget {
+    fn default() -> Self {
+        PageBudget {
+            objects: 500,
+            bytes: 4 * 1024 * 1024,
+        }
+    }
+}
+
+impl PageBudget {
+    /// The `limit` of the next list call, from the mean size of the objects listed so far.
+    pub fn next_limit(&self, listed_objects: usize, listed_bytes: usize) -> u32 {
+        if listed_objects == 0 {
+            return self.objects.clamp(MIN_PAGE_OBJECTS, 100);
+        }
+        let mean = (listed_bytes / listed_objects).max(1);
+        let fits = (self.bytes / mean).min(u32::MAX as usize) as u32;
+        fits.clamp(MIN_PAGE_OBJECTS, self.objects.max(MIN_PAGE_OBJECTS))
+    }
+}
 
 /// One scanned object.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
 pub struct Scanned {
     pub api_version: String,
-    pub kind: String,
+    pub kind: &'static str,
     pub namespace: String,
     pub name: String,
     pub uid: Option<String>,
 }
 
-/// What a scan found.
+/// Receives what a scan finds, object by object. A scan keeps nothing itself.
+pub trait ScanSink {
+    /// An object was evaluated; `findings` is empty when it passes.
+    fn object(&mut self, object: &Scanned, findings: Vec<ObjectFinding>);
+    /// An object could not be evaluated (malformed): reported, the rest still counts.
+    fn object_error(&mut self, message: String);
+}
+
+/// What a scan says of itself.
+#[derive(Debug, Default)]
+pub struct ScanStats {
+    /// Kinds that could not be listed: the scan is incomplete.
+    pub errors: Vec<String>,
+    /// List calls made, and the JSON bytes and objects they returned.
+    pub pages: usize,
+    pub listed_bytes: usize,
+    pub listed_objects: usize,
+    /// The largest page, in bytes.
+    pub largest_page_bytes: usize,
+}
+
+/// Everything a scan found, kept whole (for `prodguard audit`, which prints it all).
 #[derive(Debug, Default)]
 pub struct Scan {
     /// Each finding with the object it is about.
@@ -139,25 +202,49 @@ impl Scan {
     }
 }
 
-/// Whether the object is run by a controller that is audited itself (a ReplicaSet's Pods, a
-/// Deployment's ReplicaSets, a CronJob's Jobs): its findings would repeat the controller's.
-fn has_controller(object: &DynamicObject) -> bool {
-    object
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|refs| refs.iter().any(|r| r.controller == Some(true)))
+impl ScanSink for Scan {
+    fn object(&mut self, object: &Scanned, findings: Vec<ObjectFinding>) {
+        *self.scanned.entry(object.namespace.clone()).or_default() += 1;
+        self.findings
+            .extend(findings.into_iter().map(|f| (object.clone(), f)));
+    }
+
+    fn object_error(&mut self, message: String) {
+        self.object_errors.push(message);
+    }
 }
 
-/// Lists every covered kind cluster-wide, in pages, and evaluates each object. Objects in
-/// excluded namespaces and objects run by a controller are skipped.
+/// Scans the cluster once and keeps everything it finds.
 pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
     let mut scan = Scan::default();
+    let stats = scan_into(client, engine, PageBudget::default(), &mut scan).await;
+    scan.errors = stats.errors;
+    scan
+}
+
+/// Whether the listed object is run by a controller that is audited itself (a ReplicaSet's
+/// Pods, a Deployment's ReplicaSets, a CronJob's Jobs): its findings would repeat the
+/// controller's.
+fn has_controller(object: &Value) -> bool {
+    object["metadata"]["ownerReferences"]
+        .as_array()
+        .is_some_and(|refs| refs.iter().any(|r| r["controller"] == Value::Bool(true)))
+}
+
+/// Lists every covered kind cluster-wide, page by page, and hands each object's findings to
+/// `sink`. Objects in excluded namespaces and objects run by a controller are skipped.
+pub async fn scan_into(
+    client: &kube::Client,
+    engine: &Engine,
+    budget: PageBudget,
+    sink: &mut dyn ScanSink,
+) -> ScanStats {
+    let mut stats = ScanStats::default();
     // What bindings grant and which namespaces are production ones.
     let snapshot = match Snapshot::list(client).await {
         Ok(snapshot) => snapshot,
         Err(e) => {
-            scan.errors.push(e.to_string());
+            stats.errors.push(e.to_string());
             Snapshot::default()
         }
     };
@@ -167,7 +254,15 @@ pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
         for version in target.versions {
             let gvk = GroupVersionKind::gvk(target.group, version, target.kind);
             let resource = ApiResource::from_gvk_with_plural(&gvk, target.plural);
-            match scan_kind(client, engine, &snapshot, &resource, &mut scan).await {
+            let kind = Kind {
+                api_version: &resource.api_version,
+                kind: target.kind,
+            };
+            match scan_kind(
+                client, engine, &snapshot, &resource, kind, budget, sink, &mut stats,
+            )
+            .await
+            {
                 Ok(()) => {
                     listed = true;
                     break;
@@ -183,67 +278,173 @@ pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
             }
         }
         if !listed {
-            scan.errors.push(
+            stats.errors.push(
                 last_error.unwrap_or_else(|| format!("{} could not be listed", target.plural)),
             );
         }
     }
-    scan
+    stats
 }
 
+#[derive(Clone, Copy)]
+struct Kind<'a> {
+    api_version: &'a str,
+    kind: &'static str,
+}
+
+/// A list page with its items left as JSON text, borrowed from the response body: an item
+/// is decoded only when its turn comes, and dropped before the next one is.
+#[derive(Deserialize)]
+struct RawPage<'a> {
+    #[serde(borrow, default)]
+    items: Vec<&'a RawValue>,
+    #[serde(default)]
+    metadata: ListMeta,
+}
+
+/// One list call; the body as bytes (an API error as [`kube::Error::Api`], as kube's own
+/// `list` gives it).
+async fn list_page(
+    client: &kube::Client,
+    url: &str,
+    params: &ListParams,
+) -> Result<axum::body::Bytes, kube::Error> {
+    let request = kube::core::Request::new(url)
+        .list(params)
+        .map_err(kube::Error::BuildRequest)?;
+    let response = client.send(request.map(kube::client::Body::from)).await?;
+    let status = response.status();
+    let body = response.into_body().collect().await?.to_bytes();
+    if status.is_client_error() || status.is_server_error() {
+        let parsed = serde_json::from_slice::<Status>(&body).unwrap_or_else(|_| {
+            Status::failure(
+                String::from_utf8_lossy(&body).trim(),
+                "the API server's answer is not a Status",
+            )
+            .with_code(status.as_u16())
+        });
+        return Err(kube::Error::Api(parsed.boxed()));
+    }
+    Ok(body)
+}
+
+#[allow(clippy::too_many_arguments)]
 async fn scan_kind(
     client: &kube::Client,
     engine: &Engine,
     snapshot: &Snapshot,
     resource: &ApiResource,
-    scan: &mut Scan,
+    kind: Kind<'_>,
+    budget: PageBudget,
+    sink: &mut dyn ScanSink,
+    stats: &mut ScanStats,
 ) -> Result<(), kube::Error> {
     let api: Api<DynamicObject> = Api::all_with(client.clone(), resource);
-    let mut params = ListParams::default().limit(PAGE_SIZE);
+    let url = api.resource_url().to_owned();
+    let (mut objects, mut bytes) = (0usize, 0usize);
+    let mut params = ListParams::default().limit(budget.next_limit(0, 0));
     loop {
-        let page = api.list(&params).await?;
-        for mut object in page.items {
-            let namespace = object.metadata.namespace.clone().unwrap_or_default();
-            if engine.is_excluded(&namespace) || has_controller(&object) {
-                continue;
-            }
-            // List items carry no apiVersion and kind.
-            object.types = Some(TypeMeta {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-            });
-            let scanned = Scanned {
-                api_version: resource.api_version.clone(),
-                kind: resource.kind.clone(),
-                namespace: namespace.clone(),
-                name: object.metadata.name.clone().unwrap_or_default(),
-                uid: object.metadata.uid.clone(),
-            };
-            let value = match serde_json::to_value(&object) {
-                Ok(value) => value,
-                Err(e) => {
-                    scan.object_errors.push(format!(
-                        "{} {namespace}/{}: {e}",
-                        scanned.kind, scanned.name
-                    ));
-                    continue;
-                }
-            };
-            match evaluate_object(engine, snapshot, value, &namespace) {
-                Ok(findings) => {
-                    *scan.scanned.entry(namespace).or_default() += 1;
-                    scan.findings
-                        .extend(findings.into_iter().map(|f| (scanned.clone(), f)));
-                }
-                Err(e) => scan.object_errors.push(format!(
-                    "{} {namespace}/{}: {e}",
-                    scanned.kind, scanned.name
-                )),
-            }
+        let body = list_page(client, &url, &params).await?;
+        stats.pages += 1;
+        stats.listed_bytes += body.len();
+        stats.largest_page_bytes = stats.largest_page_bytes.max(body.len());
+        let page: RawPage = serde_json::from_slice(&body).map_err(kube::Error::SerdeError)?;
+        objects += page.items.len();
+        bytes += body.len();
+        stats.listed_objects += page.items.len();
+        for item in page.items {
+            scan_object(engine, snapshot, kind, item, sink);
         }
         match page.metadata.continue_ {
-            Some(token) if !token.is_empty() => params = params.continue_token(&token),
+            Some(token) if !token.is_empty() => {
+                params = params
+                    .continue_token(&token)
+                    .limit(budget.next_limit(objects, bytes));
+            }
             _ => return Ok(()),
         }
+    }
+}
+
+/// Decodes and evaluates one listed object, and hands its findings to the sink.
+fn scan_object(
+    engine: &Engine,
+    snapshot: &Snapshot,
+    kind: Kind<'_>,
+    item: &RawValue,
+    sink: &mut dyn ScanSink,
+) {
+    let mut value: Value = match serde_json::from_str(item.get()) {
+        Ok(value) => value,
+        Err(e) => {
+            sink.object_error(format!("a {} in a list is not JSON: {e}", kind.kind));
+            return;
+        }
+    };
+    let metadata = &value["metadata"];
+    let namespace = metadata["namespace"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned();
+    if engine.is_excluded(&namespace) || has_controller(&value) {
+        return;
+    }
+    let scanned = Scanned {
+        api_version: kind.api_version.to_owned(),
+        kind: kind.kind,
+        name: metadata["name"].as_str().unwrap_or_default().to_owned(),
+        uid: metadata["uid"].as_str().map(str::to_owned),
+        namespace,
+    };
+    // List items carry no apiVersion and kind.
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "apiVersion".into(),
+            Value::String(scanned.api_version.clone()),
+        );
+        fields.insert("kind".into(), Value::String(kind.kind.to_owned()));
+    }
+    match evaluate_object(engine, snapshot, value, &scanned.namespace) {
+        Ok(findings) => sink.object(&scanned, findings),
+        Err(e) => sink.object_error(format!(
+            "{} {}/{}: {e}",
+            scanned.kind, scanned.namespace, scanned.name
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_shrink_to_the_byte_budget_from_the_objects_seen() {
+        let budget = PageBudget {
+            objects: 500,
+            bytes: 1_000_000,
+        };
+        assert_eq!(budget.next_limit(0, 0), 100, "a first page of 100 measures");
+        assert_eq!(
+            budget.next_limit(100, 200_000),
+            500,
+            "2 kB objects: full pages"
+        );
+        assert_eq!(budget.next_limit(100, 2_000_000), 50, "20 kB objects: 50");
+        assert_eq!(
+            budget.next_limit(10, 100_000_000),
+            MIN_PAGE_OBJECTS,
+            "never fewer than the minimum"
+        );
+    }
+
+    #[test]
+    fn a_controller_owned_object_is_left_to_its_controller() {
+        let owned = serde_json::json!({"metadata": {"ownerReferences": [
+            {"kind": "ReplicaSet", "name": "web-1", "controller": true}]}});
+        let referenced = serde_json::json!({"metadata": {"ownerReferences": [
+            {"kind": "ConfigMap", "name": "x"}]}});
+        assert!(has_controller(&owned));
+        assert!(!has_controller(&referenced));
+        assert!(!has_controller(&serde_json::json!({"metadata": {}})));
     }
 }

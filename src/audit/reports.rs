@@ -1,15 +1,15 @@
 //! wg-policy `wgpolicyk8s.io/v1alpha2` reports: one `PolicyReport` per namespace and one
 //! `ClusterPolicyReport` for cluster-scoped objects, rewritten whole at each scan (so the
 //! results of fixed objects disappear), with a cap on results whose overflow is counted.
+//! Each report is built from its namespace's tally and written before the next is built.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeMap, HashSet};
 
 use kube::api::{Api, ApiResource, DeleteParams, ListParams, Patch, PatchParams};
 use kube::core::{DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
 
-use super::{Scan, Scanned};
-use crate::engine::offline::ObjectFinding;
+use super::tally::{finding_key, result_of, KeptResult, NamespaceTally};
 
 pub const GROUP: &str = "wgpolicyk8s.io";
 pub const VERSION: &str = "v1alpha2";
@@ -36,137 +36,113 @@ pub fn cluster_policy_report_resource() -> ApiResource {
     )
 }
 
-/// `fail` for what would be denied, `warn` for what would be patched or is audited.
-pub fn result_of(action: &str) -> &'static str {
-    match action {
-        "deny" => "fail",
-        _ => "warn",
-    }
-}
-
-/// Identifies a finding across scans (for "new since the previous scan").
-pub fn finding_key(policy: &str, kind: &str, namespace: &str, name: &str, result: &str) -> String {
-    format!("{policy}|{kind}|{namespace}|{name}|{result}")
-}
-
-fn result_entry(scanned: &Scanned, finding: &ObjectFinding, now_seconds: i64) -> Value {
+fn result_entry(result: &KeptResult, namespace: &str, now_seconds: i64) -> Value {
     let mut resource = json!({
-        "apiVersion": scanned.api_version,
-        "kind": scanned.kind,
-        "name": scanned.name,
+        "apiVersion": result.api_version,
+        "kind": result.kind,
+        "name": result.name,
     });
-    if !scanned.namespace.is_empty() {
-        resource["namespace"] = json!(scanned.namespace);
+    if !namespace.is_empty() {
+        resource["namespace"] = json!(namespace);
     }
-    if let Some(uid) = &scanned.uid {
+    if let Some(uid) = &result.uid {
         resource["uid"] = json!(uid);
     }
     json!({
         "source": "prodguard",
-        "policy": finding.policy,
-        "result": result_of(finding.action),
-        "message": finding.message,
+        "policy": result.policy,
+        "result": result_of(result.action),
+        "message": result.message,
         "category": "OpenG2P production deployment guide",
-        "severity": if finding.action == "deny" { "high" } else { "medium" },
+        "severity": if result.action == "deny" { "high" } else { "medium" },
         "scored": true,
         "resources": [resource],
         "timestamp": {"seconds": now_seconds, "nanos": 0},
-        "properties": {"action": finding.action},
+        "properties": {"action": result.action},
     })
 }
 
-/// The reports of a scan: a PolicyReport for every namespace with a scanned object, and the
-/// ClusterPolicyReport (always, with its summary, even when nothing cluster-scoped is covered).
-pub fn build(scan: &Scan, max_results: usize, now_seconds: i64) -> Vec<Value> {
-    let mut by_namespace: BTreeMap<&str, Vec<&(Scanned, ObjectFinding)>> = BTreeMap::new();
-    for namespace in scan.scanned.keys() {
-        by_namespace.entry(namespace.as_str()).or_default();
-    }
-    by_namespace.entry("").or_default();
-    for item in &scan.findings {
-        by_namespace
-            .entry(item.0.namespace.as_str())
-            .or_default()
-            .push(item);
-    }
-    by_namespace
-        .into_iter()
-        .map(|(namespace, items)| {
-            let scanned = scan.scanned.get(namespace).copied().unwrap_or(0);
-            let with_findings: BTreeSet<&Scanned> = items.iter().map(|(s, _)| s).collect();
-            let fail = items.iter().filter(|(_, f)| f.action == "deny").count();
-            let warn = items.len() - fail;
-            let results: Vec<Value> = items
-                .iter()
-                .take(max_results)
-                .map(|(s, f)| result_entry(s, f, now_seconds))
-                .collect();
-            let dropped = items.len().saturating_sub(max_results);
-            let mut metadata = json!({
-                "name": REPORT_NAME,
-                "labels": {MANAGED_BY_LABEL: MANAGER},
-                "annotations": {DROPPED_ANNOTATION: dropped.to_string()},
-            });
-            let kind = if namespace.is_empty() {
-                "ClusterPolicyReport"
-            } else {
-                metadata["namespace"] = json!(namespace);
-                "PolicyReport"
-            };
-            json!({
-                "apiVersion": format!("{GROUP}/{VERSION}"),
-                "kind": kind,
-                "metadata": metadata,
-                "summary": {
-                    "pass": scanned.saturating_sub(with_findings.len()),
-                    "fail": fail,
-                    "warn": warn,
-                    "error": 0,
-                    "skip": 0,
-                },
-                "results": results,
-            })
-        })
-        .collect()
+/// The report of one namespace ("" for the ClusterPolicyReport).
+pub fn build(namespace: &str, tally: &NamespaceTally, now_seconds: i64) -> Value {
+    let results: Vec<Value> = tally
+        .results
+        .iter()
+        .map(|r| result_entry(r, namespace, now_seconds))
+        .collect();
+    let mut metadata = json!({
+        "name": REPORT_NAME,
+        "labels": {MANAGED_BY_LABEL: MANAGER},
+        "annotations": {DROPPED_ANNOTATION: tally.dropped.to_string()},
+    });
+    let kind = if namespace.is_empty() {
+        "ClusterPolicyReport"
+    } else {
+        metadata["namespace"] = json!(namespace);
+        "PolicyReport"
+    };
+    json!({
+        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "kind": kind,
+        "metadata": metadata,
+        "summary": {
+            "pass": tally.objects.saturating_sub(tally.objects_with_findings),
+            "fail": tally.fail,
+            "warn": tally.warn,
+            "error": 0,
+            "skip": 0,
+        },
+        "results": results,
+    })
 }
 
-/// Writes the reports (server-side apply, field manager `prodguard`) and deletes prodguard's
-/// PolicyReports in namespaces that no longer hold a scanned object.
-pub async fn publish(client: &kube::Client, reports: &[Value]) -> Result<(), String> {
+/// Writes the reports of a scan one at a time (server-side apply, field manager
+/// `prodguard`): a PolicyReport for every namespace with a scanned object, and the
+/// ClusterPolicyReport (always, with its summary, even when nothing cluster-scoped is
+/// covered). Then deletes prodguard's PolicyReports in namespaces that no longer hold a
+/// scanned object.
+pub async fn publish(
+    client: &kube::Client,
+    namespaces: &BTreeMap<String, NamespaceTally>,
+    now_seconds: i64,
+) -> Result<(), String> {
     let params = PatchParams::apply(MANAGER).force();
     let namespaced = policy_report_resource();
     let cluster = cluster_policy_report_resource();
-    let mut current = BTreeSet::new();
-    for report in reports {
-        let namespace = report["metadata"]["namespace"].as_str();
-        let api: Api<DynamicObject> = match namespace {
-            Some(ns) => {
-                current.insert(ns.to_owned());
-                Api::namespaced_with(client.clone(), ns, &namespaced)
-            }
-            None => Api::all_with(client.clone(), &cluster),
+    let empty = NamespaceTally::default();
+    let cluster_scoped = std::iter::once(("", namespaces.get("").unwrap_or(&empty)));
+    let named = namespaces
+        .iter()
+        .filter(|(ns, _)| !ns.is_empty())
+        .map(|(ns, tally)| (ns.as_str(), tally));
+    for (namespace, tally) in cluster_scoped.chain(named) {
+        let report = build(namespace, tally, now_seconds);
+        let api: Api<DynamicObject> = if namespace.is_empty() {
+            Api::all_with(client.clone(), &cluster)
+        } else {
+            Api::namespaced_with(client.clone(), namespace, &namespaced)
         };
-        api.patch(REPORT_NAME, &params, &Patch::Apply(report))
+        api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
             .await
             .map_err(|e| {
                 format!(
                     "writing the {} of {} failed: {e} (are the wg-policy CRDs of deploy/ installed?)",
                     report["kind"].as_str().unwrap_or("report"),
-                    namespace.unwrap_or("the cluster")
+                    if namespace.is_empty() { "the cluster" } else { namespace }
                 )
             })?;
     }
+    // Only the names: the reports themselves can be large.
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &namespaced);
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let existing = all
-        .list(&managed)
+        .list_metadata(&managed)
         .await
         .map_err(|e| format!("listing PolicyReports failed: {e}"))?;
     for stale in existing.items {
         let Some(ns) = stale.metadata.namespace.as_deref() else {
             continue;
         };
-        if current.contains(ns) {
+        if namespaces.contains_key(ns) {
             continue;
         }
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &namespaced);
@@ -178,25 +154,37 @@ pub async fn publish(client: &kube::Client, reports: &[Value]) -> Result<(), Str
     Ok(())
 }
 
-/// The findings recorded in the reports prodguard wrote before (to tell new findings from old
-/// ones after a restart or a change of audit leader).
-pub async fn previous_findings(client: &kube::Client) -> BTreeSet<String> {
-    let mut keys = BTreeSet::new();
-    let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+/// Reports read per list call when reading the previous findings.
+const PREVIOUS_PAGE: u32 = 20;
+
+/// The findings recorded in the reports prodguard wrote before (to tell new findings from
+/// old ones after a restart or a change of audit leader), read a few reports at a time.
+pub async fn previous_findings(client: &kube::Client) -> HashSet<u64> {
+    let mut previous = HashSet::new();
+    let managed = ListParams::default()
+        .labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
+        .limit(PREVIOUS_PAGE);
     for resource in [policy_report_resource(), cluster_policy_report_resource()] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
-        let Ok(list) = api.list(&managed).await else {
-            continue;
-        };
-        for report in list.items {
-            keys.extend(keys_of(&report.data));
+        let mut params = managed.clone();
+        loop {
+            let Ok(list) = api.list(&params).await else {
+                break;
+            };
+            for report in &list.items {
+                previous.extend(keys_of(&report.data));
+            }
+            match list.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
         }
     }
-    keys
+    previous
 }
 
 /// The finding keys of a report's results.
-pub fn keys_of(report: &Value) -> Vec<String> {
+pub fn keys_of(report: &Value) -> Vec<u64> {
     report["results"]
         .as_array()
         .into_iter()
@@ -217,11 +205,14 @@ pub fn keys_of(report: &Value) -> Vec<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::audit::tally::{Tally, TallyLimits};
+    use crate::audit::{ScanSink, Scanned};
+    use crate::engine::offline::ObjectFinding;
 
     fn scanned(ns: &str, name: &str) -> Scanned {
         Scanned {
             api_version: "apps/v1".into(),
-            kind: "Deployment".into(),
+            kind: "Deployment",
             namespace: ns.into(),
             name: name.into(),
             uid: Some(format!("uid-{name}")),
@@ -241,48 +232,39 @@ mod tests {
         }
     }
 
-    fn scan() -> Scan {
-        let mut scan = Scan::default();
-        scan.scanned.insert("openg2p".into(), 4);
-        scan.scanned.insert("quiet".into(), 2);
-        scan.findings = vec![
-            (
-                scanned("openg2p", "a"),
+    fn tally(max_results: usize) -> Tally {
+        let mut tally = Tally::new(
+            TallyLimits {
+                max_results,
+                max_results_total: 100,
+                events: 10,
+            },
+            HashSet::new(),
+        );
+        tally.object(
+            &scanned("openg2p", "a"),
+            vec![
                 finding("a", "min-replicas", "deny"),
-            ),
-            (
-                scanned("openg2p", "a"),
                 finding("a", "image-pull-policy", "patch"),
-            ),
-            (
-                scanned("openg2p", "b"),
-                finding("b", "image-pull-policy", "patch"),
-            ),
-        ];
-        scan
+            ],
+        );
+        tally.object(
+            &scanned("openg2p", "b"),
+            vec![finding("b", "image-pull-policy", "patch")],
+        );
+        tally.object(&scanned("openg2p", "c"), vec![]);
+        tally.object(&scanned("openg2p", "d"), vec![]);
+        tally.object(&scanned("quiet", "e"), vec![]);
+        tally.object(&scanned("quiet", "f"), vec![]);
+        tally
     }
 
     #[test]
-    fn one_report_per_namespace_and_a_cluster_report() {
-        let reports = build(&scan(), 100, 1_700_000_000);
-        let kinds: Vec<_> = reports
-            .iter()
-            .map(|r| {
-                (
-                    r["kind"].as_str().unwrap(),
-                    r["metadata"]["namespace"].as_str(),
-                )
-            })
-            .collect();
-        assert_eq!(
-            kinds,
-            vec![
-                ("ClusterPolicyReport", None),
-                ("PolicyReport", Some("openg2p")),
-                ("PolicyReport", Some("quiet"))
-            ]
-        );
-        let openg2p = &reports[1];
+    fn a_report_per_namespace_from_its_tally() {
+        let tally = tally(100);
+        let openg2p = build("openg2p", &tally.namespaces["openg2p"], 1_700_000_000);
+        assert_eq!(openg2p["kind"], "PolicyReport");
+        assert_eq!(openg2p["metadata"]["namespace"], "openg2p");
         assert_eq!(
             openg2p["summary"],
             json!({"pass": 2, "fail": 1, "warn": 2, "error": 0, "skip": 0})
@@ -291,6 +273,7 @@ mod tests {
         let first = &openg2p["results"][0];
         assert_eq!(first["policy"], "min-replicas");
         assert_eq!(first["result"], "fail");
+        assert_eq!(first["message"], "min-replicas on a");
         assert_eq!(
             first["resources"][0],
             json!({"apiVersion": "apps/v1", "kind": "Deployment", "namespace": "openg2p", "name": "a", "uid": "uid-a"})
@@ -300,15 +283,23 @@ mod tests {
             json!({"seconds": 1_700_000_000, "nanos": 0})
         );
         assert_eq!(openg2p["metadata"]["labels"][MANAGED_BY_LABEL], "prodguard");
-        let quiet = &reports[2];
+        assert_eq!(openg2p["metadata"]["annotations"][DROPPED_ANNOTATION], "0");
+        let quiet = build("quiet", &tally.namespaces["quiet"], 0);
         assert_eq!(quiet["summary"]["pass"], 2);
         assert_eq!(quiet["results"], json!([]));
+        let cluster = build("", &NamespaceTally::default(), 0);
+        assert_eq!(cluster["kind"], "ClusterPolicyReport");
+        assert_eq!(cluster["metadata"].get("namespace"), None);
+        assert_eq!(
+            cluster["summary"],
+            json!({"pass": 0, "fail": 0, "warn": 0, "error": 0, "skip": 0})
+        );
     }
 
     #[test]
     fn results_are_capped_and_the_overflow_counted() {
-        let reports = build(&scan(), 1, 0);
-        let openg2p = &reports[1];
+        let tally = tally(1);
+        let openg2p = build("openg2p", &tally.namespaces["openg2p"], 0);
         assert_eq!(openg2p["results"].as_array().unwrap().len(), 1);
         assert_eq!(openg2p["metadata"]["annotations"][DROPPED_ANNOTATION], "2");
         assert_eq!(
@@ -319,8 +310,9 @@ mod tests {
 
     #[test]
     fn keys_read_back_from_a_report() {
-        let reports = build(&scan(), 100, 0);
-        let keys = keys_of(&reports[1]);
+        let tally = tally(100);
+        let report = build("openg2p", &tally.namespaces["openg2p"], 0);
+        let keys = keys_of(&report);
         assert_eq!(keys.len(), 3);
         assert!(keys.contains(&finding_key(
             "min-replicas",
@@ -329,5 +321,7 @@ mod tests {
             "a",
             "fail"
         )));
+        let all: HashSet<u64> = keys.into_iter().collect();
+        assert_eq!(all, tally.current, "the keys of the report are the scan's");
     }
 }

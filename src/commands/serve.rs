@@ -72,6 +72,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.report_max_results == 0 {
         return Err("--report-max-results must be at least 1".into());
     }
+    if args.audit_max_results == 0 {
+        return Err("--audit-max-results must be at least 1".into());
+    }
+    if args.audit_page_size < crate::audit::MIN_PAGE_OBJECTS {
+        return Err(format!(
+            "--audit-page-size must be at least {}",
+            crate::audit::MIN_PAGE_OBJECTS
+        ));
+    }
     let tls_reload_interval = parse_interval("--tls-reload-interval", &args.tls_reload_interval)?;
     let limits = server::Limits {
         handshake_timeout: parse_interval("--handshake-timeout", &args.handshake_timeout)?
@@ -100,8 +109,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         }
         _ => self_signed(args.ca_out.clone(), args.client_ca.as_deref())?,
     };
-    let client = match kube::Client::try_default().await {
-        Ok(client) => Some(client),
+    let kube_config = kube::Config::infer()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let client = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
+            Ok((config, client))
+        });
+    let (kube_config, client) = match kube_config {
+        Ok((config, client)) => (Some(config), Some(client)),
         Err(e) => {
             tracing::warn!(
                 "no in-cluster config or kubeconfig ({e}): the policies that read the cluster give their \
@@ -110,7 +126,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                  policy reports are logged instead of published as Events, and the background audit \
                  does not run"
             );
-            None
+            (None, None)
         }
     };
     let instance = std::env::var("POD_NAME")
@@ -176,16 +192,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             },
         ));
     }
-    match (&client, audit_interval) {
-        (Some(client), Some(interval)) => {
+    match (kube_config, audit_interval) {
+        (Some(kube_config), Some(interval)) => {
+            let pod_namespace = std::env::var("POD_NAMESPACE")
+                .ok()
+                .filter(|n| !n.is_empty());
             let namespace = args
                 .lease_namespace
                 .clone()
-                .or_else(|| {
-                    std::env::var("POD_NAMESPACE")
-                        .ok()
-                        .filter(|n| !n.is_empty())
-                })
+                .or_else(|| pod_namespace.clone())
                 .unwrap_or_else(|| "default".to_owned());
             tracing::info!(every = %humantime::format_duration(interval), lease = %format!("{namespace}/{LEASE_NAME}"), "background audit on");
             let audit_engine = Arc::new(Engine::new(
@@ -198,17 +213,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 }),
                 Arc::new(NoReporter),
             ));
-            let audit_events = EventSink::start(
-                client.clone(),
-                events::AUDIT_CONTROLLER,
-                instance.clone(),
-                EventStats::from_metrics(&metrics),
-            );
+            let pod = pod_namespace.zip(std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()));
             background::spawn(
-                client.clone(),
+                kube_config,
                 state.clone(),
                 audit_engine,
-                audit_events,
                 AuditSettings {
                     interval,
                     lease: LeaseSettings {
@@ -218,8 +227,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                         duration: lease_duration,
                     },
                     max_results: args.report_max_results,
+                    max_results_total: args.audit_max_results,
+                    page: crate::audit::PageBudget {
+                        objects: args.audit_page_size,
+                        ..crate::audit::PageBudget::default()
+                    },
+                    events_per_scan: args.audit_events_per_scan,
+                    event_gap: background::EVENT_GAP,
+                    pod,
                 },
-            );
+            )?;
         }
         (None, Some(_)) => tracing::warn!("no cluster to audit: the background audit is off"),
         (_, None) => tracing::info!("background audit off"),

@@ -94,6 +94,12 @@ pub struct Metrics {
     pub audit_last_success_seconds: Gauge<f64, AtomicU64>,
     pub audit_leader: Gauge,
     pub audit_findings: Family<AuditFindingLabels, Gauge>,
+    pub audit_events_published: Counter,
+    pub audit_events_pending: Gauge,
+    pub audit_events_failed: Counter,
+    pub audit_summary_events: Counter,
+    pub audit_results_dropped: Gauge,
+    pub audit_page_bytes_max: Gauge,
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
     pub config_reloads: Counter,
@@ -195,6 +201,42 @@ impl Metrics {
             "Findings of the last background audit scan, by policy and action",
             audit_findings.clone(),
         );
+        let audit_events_published = Counter::default();
+        registry.register(
+            "audit_events_published",
+            "Background audit findings published as Events (one per finding)",
+            audit_events_published.clone(),
+        );
+        let audit_events_pending = Gauge::default();
+        registry.register(
+            "audit_events_pending",
+            "New findings of the last background audit scan whose Event is delayed to a later scan (none are dropped)",
+            audit_events_pending.clone(),
+        );
+        let audit_events_failed = Counter::default();
+        registry.register(
+            "audit_events_failed",
+            "Background audit Events the API server did not accept (their findings stay pending)",
+            audit_events_failed.clone(),
+        );
+        let audit_summary_events = Counter::default();
+        registry.register(
+            "audit_summary_events",
+            "Summary Events of a leader's first scan, one per namespace, in place of one Event per finding",
+            audit_summary_events.clone(),
+        );
+        let audit_results_dropped = Gauge::default();
+        registry.register(
+            "audit_results_dropped",
+            "Results of the last background audit scan left out of the reports by the caps (counted in their summaries)",
+            audit_results_dropped.clone(),
+        );
+        let audit_page_bytes_max = Gauge::default();
+        registry.register(
+            "audit_page_bytes_max",
+            "The largest list page of the last background audit scan, in bytes of JSON",
+            audit_page_bytes_max.clone(),
+        );
         let tls_reloads = Counter::default();
         registry.register(
             "tls_reloads",
@@ -225,6 +267,12 @@ impl Metrics {
             tls_reloads,
             tls_reload_failures,
             audit_findings,
+            audit_events_published,
+            audit_events_pending,
+            audit_events_failed,
+            audit_summary_events,
+            audit_results_dropped,
+            audit_page_bytes_max,
             registry,
             requests,
             latency,

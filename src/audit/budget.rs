@@ -1,0 +1,221 @@
+//! How much memory the background audit may use, from the container's memory limit.
+//!
+//! The audit's memory is what one list page costs while it is evaluated plus what the
+//! reports keep (results, with their messages cut to 1 KiB); everything else it holds is
+//! small and fixed, or a few bytes per finding. At start, `serve` reads the cgroup's limit
+//! and its own resident memory, keeps room for admission, and plans pages and kept results
+//! to fit the rest: as asked when they fit, smaller when they do not (a degraded audit,
+//! said in a Warning Event and the log), and no audit at all when even the smallest plan
+//! does not fit. The figures below come from BENCHMARKS.md's audit benchmark.
+
+use super::PageBudget;
+
+/// Room kept for admission reviews in flight (bodies of up to 3 MiB, decoded).
+pub const ADMISSION_RESERVE: u64 = 24 * 1024 * 1024;
+/// The audit's fixed cost: its thread and runtime, its kube client, the snapshot of roles
+/// and namespaces, the finding hashes of a cluster of tens of thousands of findings.
+pub const AUDIT_FIXED: u64 = 6 * 1024 * 1024;
+/// Peak bytes per byte of a list page: the body, and the one object decoded from it at a
+/// time (measured: about 2.2).
+pub const PAGE_FACTOR: u64 = 3;
+/// Bytes a kept result costs (measured about 350 with the benchmark's messages; a message
+/// is at most 1 KiB).
+pub const RESULT_BYTES: u64 = 512;
+/// The smallest plan: pages of 256 KiB and 100 kept results.
+pub const MIN_PAGE_BYTES: usize = 256 * 1024;
+pub const MIN_RESULTS: usize = 100;
+
+/// Pages and kept results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AuditBudget {
+    pub page: PageBudget,
+    /// Results all reports keep together.
+    pub max_results_total: usize,
+}
+
+impl AuditBudget {
+    /// The memory the plan needs beyond the fixed cost.
+    pub fn bytes(&self) -> u64 {
+        self.page.bytes as u64 * PAGE_FACTOR + self.max_results_total as u64 * RESULT_BYTES
+    }
+}
+
+/// What the audit runs with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// As asked: no limit, or the limit holds it.
+    Full(AuditBudget),
+    /// Smaller pages and fewer kept results, and why.
+    Degraded(AuditBudget, String),
+    /// No audit: even the smallest plan does not fit, and why.
+    Refused(String),
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1024.0 * 1024.0))
+}
+
+/// Fits `wanted` into `limit` (bytes, `None` for no limit) for a process that already
+/// holds `resident` bytes.
+pub fn plan(limit: Option<u64>, resident: u64, wanted: AuditBudget) -> Plan {
+    let Some(limit) = limit else {
+        return Plan::Full(wanted);
+    };
+    let available = limit.saturating_sub(resident + ADMISSION_RESERVE + AUDIT_FIXED);
+    if wanted.bytes() <= available {
+        return Plan::Full(wanted);
+    }
+    let smallest = AuditBudget {
+        page: PageBudget {
+            objects: wanted.page.objects,
+            bytes: MIN_PAGE_BYTES.min(wanted.page.bytes),
+        },
+        max_results_total: MIN_RESULTS.min(wanted.max_results_total),
+    };
+    let accounting = format!(
+        "the memory limit is {}, {} is in use, {} is kept for admission and {} for the audit's fixed cost",
+        mib(limit),
+        mib(resident),
+        mib(ADMISSION_RESERVE),
+        mib(AUDIT_FIXED)
+    );
+    if smallest.bytes() > available {
+        return Plan::Refused(format!(
+            "the background audit does not fit: {accounting}, which leaves {} where its smallest plan \
+             (pages of {}, {} kept results) needs {}; raise the memory limit",
+            mib(available),
+            mib(smallest.page.bytes as u64),
+            smallest.max_results_total,
+            mib(smallest.bytes())
+        ));
+    }
+    // Both shrink by the same factor, down to the smallest plan.
+    let scale = available as f64 / wanted.bytes() as f64;
+    let page_bytes = ((wanted.page.bytes as f64 * scale) as usize).max(smallest.page.bytes);
+    let rest = available.saturating_sub(page_bytes as u64 * PAGE_FACTOR);
+    let results = ((rest / RESULT_BYTES) as usize)
+        .min(wanted.max_results_total)
+        .max(smallest.max_results_total);
+    let budget = AuditBudget {
+        page: PageBudget {
+            objects: wanted.page.objects,
+            bytes: page_bytes,
+        },
+        max_results_total: results,
+    };
+    Plan::Degraded(
+        budget,
+        format!(
+            "the background audit runs degraded: {accounting}, which leaves {} where the asked plan \
+             (pages of {}, {} kept results) needs {}; it lists pages of at most {} and keeps {} results \
+             in all (the rest are counted); raise the memory limit to audit in full",
+            mib(available),
+            mib(wanted.page.bytes as u64),
+            wanted.max_results_total,
+            mib(wanted.bytes()),
+            mib(budget.page.bytes as u64),
+            budget.max_results_total
+        ),
+    )
+}
+
+/// The memory limit of this process's cgroup (v2, then v1), or `None` when there is none.
+pub fn memory_limit() -> Option<u64> {
+    read_limit("/sys/fs/cgroup/memory.max")
+        .or_else(|| read_limit("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+}
+
+fn read_limit(path: &str) -> Option<u64> {
+    parse_limit(&std::fs::read_to_string(path).ok()?)
+}
+
+/// `max`, or v1's "no limit" (a page-rounded `i64::MAX`), is no limit.
+pub fn parse_limit(text: &str) -> Option<u64> {
+    let value: u64 = text.trim().parse().ok()?;
+    (value < 1 << 62).then_some(value)
+}
+
+/// This process's resident memory (`VmRSS`), in bytes.
+pub fn resident_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    status_field(&status, "VmRSS:")
+}
+
+/// A `kB` field of `/proc/PID/status`, in bytes.
+pub fn status_field(status: &str, field: &str) -> Option<u64> {
+    let line = status.lines().find(|l| l.starts_with(field))?;
+    let kib: u64 = line[field.len()..]
+        .trim()
+        .trim_end_matches("kB")
+        .trim()
+        .parse()
+        .ok()?;
+    Some(kib * 1024)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: u64 = 1024 * 1024;
+
+    fn wanted() -> AuditBudget {
+        AuditBudget {
+            page: PageBudget {
+                objects: 500,
+                bytes: 4 * MIB as usize,
+            },
+            max_results_total: 10_000,
+        }
+    }
+
+    #[test]
+    fn no_limit_or_a_roomy_one_plans_in_full() {
+        assert_eq!(plan(None, 10 * MIB, wanted()), Plan::Full(wanted()));
+        assert_eq!(
+            plan(Some(128 * MIB), 10 * MIB, wanted()),
+            Plan::Full(wanted())
+        );
+    }
+
+    #[test]
+    fn a_tight_limit_shrinks_pages_and_results_to_fit() {
+        let limit = 56 * MIB;
+        let Plan::Degraded(budget, why) = plan(Some(limit), 10 * MIB, wanted()) else {
+            panic!("not degraded");
+        };
+        assert!(budget.page.bytes < wanted().page.bytes, "{budget:?}");
+        assert!(
+            budget.max_results_total < wanted().max_results_total,
+            "{budget:?}"
+        );
+        assert!(budget.page.bytes >= MIN_PAGE_BYTES);
+        assert!(
+            budget.bytes() <= limit - 10 * MIB - ADMISSION_RESERVE - AUDIT_FIXED,
+            "{budget:?}"
+        );
+        assert!(why.contains("runs degraded"), "{why}");
+        assert!(why.contains("the memory limit is 56.0 MiB"), "{why}");
+    }
+
+    #[test]
+    fn a_limit_that_cannot_hold_the_smallest_plan_refuses() {
+        let Plan::Refused(why) = plan(Some(40 * MIB), 12 * MIB, wanted()) else {
+            panic!("not refused");
+        };
+        assert!(why.contains("does not fit"), "{why}");
+        assert!(why.contains("raise the memory limit"), "{why}");
+    }
+
+    #[test]
+    fn cgroup_limits_and_status_fields_parse() {
+        assert_eq!(parse_limit("134217728\n"), Some(128 * MIB));
+        assert_eq!(parse_limit("max\n"), None);
+        assert_eq!(parse_limit("9223372036854771712\n"), None);
+        assert_eq!(parse_limit("garbage"), None);
+        let status = "Name:\tprodguard\nVmHWM:\t   20480 kB\nVmRSS:\t   10240 kB\n";
+        assert_eq!(status_field(status, "VmRSS:"), Some(10 * MIB));
+        assert_eq!(status_field(status, "VmHWM:"), Some(20 * MIB));
+        assert_eq!(status_field(status, "VmSwap:"), None);
+    }
+}
