@@ -10,6 +10,11 @@
 # (json-iterator's map encoding, hit whenever a mutating webhook returns a patch), so it is
 # replaced by Debian's reflect2 1.0.2 before building.
 #
+# The build uses Debian's own Go (golang-go, at /usr/lib/go/bin), called by its path, whatever
+# other Go comes first on PATH, with the Go environment variables that would lead it astray
+# (GOROOT, GOFLAGS, GOTOOLCHAIN, GOPATH, GO111MODULE) cleared or set for the build. The
+# toolchain's version is checked before the build starts, and so are etcd's and kubectl's.
+#
 # Prints the path of the kube-apiserver binary on its last line.
 set -euo pipefail
 
@@ -19,16 +24,28 @@ version="1.20.2"
 build_id="kube-apiserver-$version-reflect2-1.0.2"
 apiserver="$cache/$build_id/kube-apiserver"
 reflect2=/usr/share/gocode/src/github.com/modern-go/reflect2
+# Debian's Go, whatever else PATH holds.
+debian_go=/usr/lib/go/bin
 
 log() { printf 'test-deps: %s\n' "$*" >&2; }
+fail() { log "$*"; exit 1; }
 as_root() { if [ "$(id -u)" -eq 0 ]; then "$@"; else sudo "$@"; fi; }
+
+# "1.19.8" from "go version go1.19.8 linux/amd64", "3.4.23" from "etcd Version: 3.4.23".
+version_of() { grep -oE '[0-9]+\.[0-9]+(\.[0-9]+)?' | head -n 1; }
+# Whether version $1 (major.minor[.patch]) is at least $2 and, with $3, below $3.
+version_in() {
+  local v="$1" low="$2" high="${3:-}"
+  [ "$(printf '%s\n%s\n' "$low" "$v" | sort -V | head -n 1)" = "$low" ] || return 1
+  [ -z "$high" ] || [ "$(printf '%s\n%s\n' "$v" "$high" | sort -V | head -n 1)" = "$v" ] && [ "$v" != "$high" ]
+}
 
 missing=()
 command -v etcd >/dev/null || missing+=(etcd-server)
 command -v openssl >/dev/null || missing+=(openssl)
 command -v kubectl >/dev/null || missing+=(kubernetes-client)
 if [ ! -x "$apiserver" ]; then
-  command -v go >/dev/null || missing+=(golang-go)
+  [ -x "$debian_go/go" ] && [ -x "$debian_go/gofmt" ] || missing+=(golang-go)
   command -v rsync >/dev/null || missing+=(rsync)
   command -v dpkg-source >/dev/null || missing+=(dpkg-dev)
   [ -f "$reflect2/unsafe_map.go" ] || missing+=(golang-github-modern-go-reflect2-dev)
@@ -39,7 +56,26 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
 
+# etcd: kube-apiserver 1.20 speaks etcd's v3 API; Debian bookworm has 3.4.
+etcd_version="$(etcd --version 2>/dev/null | version_of || true)"
+if [ -z "$etcd_version" ] || ! version_in "$etcd_version" 3.4 4.0; then
+  fail "etcd on PATH ($(command -v etcd)) reports version '${etcd_version:-none}'; the e2e suite needs etcd 3.4 or a later 3.x (Debian's etcd-server)"
+fi
+# kubectl: the suite drives kube-apiserver 1.20 with it and renders deploy/ with its kustomize;
+# 1.19 or later does both (the suite runs with Debian's 1.20 and with 1.32).
+kubectl_version="$(kubectl version --client 2>/dev/null | version_of || true)"
+if [ -z "$kubectl_version" ] || ! version_in "$kubectl_version" 1.19; then
+  fail "kubectl on PATH ($(command -v kubectl)) reports version '${kubectl_version:-none}'; the e2e suite needs kubectl 1.19 or later (Debian's kubernetes-client)"
+fi
+
 if [ ! -x "$apiserver" ]; then
+  # Debian's Go 1.19 builds Kubernetes 1.20 with the reflect2 fix below; an older one cannot
+  # (the reflect2 1.0.2 it needs), and a newer one is not what this build was proven with.
+  go_version="$("$debian_go/go" version 2>/dev/null | sed 's/.*go\([0-9][0-9.]*\).*/\1/' || true)"
+  if [ -z "$go_version" ] || ! version_in "$go_version" 1.19 1.22; then
+    fail "Debian's Go at $debian_go/go reports version '${go_version:-none}'; building kube-apiserver $version needs Go 1.19 to 1.21 (bookworm's golang-go)"
+  fi
+  log "building with Debian's Go $go_version ($debian_go), not $(command -v go || echo 'no go') on PATH"
   if ! grep -rqs '^Types:.*deb-src' /etc/apt/sources.list.d/ && ! grep -qs '^deb-src' /etc/apt/sources.list; then
     log "adding a deb-src entry for bookworm"
     as_root tee /etc/apt/sources.list.d/bookworm-src.sources >/dev/null <<'SRC'
@@ -63,8 +99,14 @@ SRC
   rsync -a --delete --exclude '*_test.go' "$reflect2/" "$src/vendor/github.com/modern-go/reflect2/"
   mkdir -p "$src/.go/src/k8s.io"
   ln -sfn ../../.. "$src/.go/src/k8s.io/kubernetes"
-  (cd "$src" && env GOPATH="$src/.go" CGO_ENABLED=0 HOME="$work/home" GOCACHE="$work/gocache" \
-      PATH="/usr/lib/go/bin:$PATH" make WHAT=cmd/kube-apiserver >&2)
+  # Only Debian's Go on the build's PATH before the system's directories, and none of the Go
+  # variables of the caller's environment: GOROOT would point the toolchain elsewhere, GOFLAGS
+  # (-mod=mod) and GO111MODULE would change how the vendored tree is read, GOTOOLCHAIN could
+  # switch to a downloaded toolchain.
+  (cd "$src" && env -u GOROOT -u GOFLAGS -u GO111MODULE -u GOBIN -u GOENV \
+      GOTOOLCHAIN=local GOPATH="$src/.go" CGO_ENABLED=0 HOME="$work/home" GOCACHE="$work/gocache" \
+      GOENV=off PATH="$debian_go:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" \
+      make WHAT=cmd/kube-apiserver >&2)
   mkdir -p "$(dirname "$apiserver")"
   cp "$src/_output/bin/kube-apiserver" "$apiserver.tmp"
   mv "$apiserver.tmp" "$apiserver"
