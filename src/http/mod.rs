@@ -1,7 +1,6 @@
 //! The axum router: `POST /mutate`, `POST /validate`, `GET /healthz`, `GET /readyz`.
 //! [`app`] builds it from the state, so tests can drive it without a socket.
 
-use std::borrow::Cow;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::Instant;
@@ -145,7 +144,7 @@ async fn review(
     };
     let started = Instant::now();
     let metrics = &state.metrics;
-    let count = |operation: &'static str, kind: Cow<'static, str>, verdict: &'static str| {
+    let count = |operation: &'static str, kind: &'static str, verdict: &'static str| {
         metrics
             .requests
             .get_or_create(&RequestLabels {
@@ -159,12 +158,12 @@ async fn review(
     let response = match admission::decode(&body) {
         Err(e) => {
             tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
-            count("", Cow::Borrowed(""), "invalid");
+            count("", "", "invalid");
             return json_error(StatusCode::BAD_REQUEST, &e.to_string());
         }
         Ok(Decoded::Malformed { uid, message }) => {
             tracing::debug!(%uid, webhook = webhook.as_str(), "malformed request: {message}");
-            count("", Cow::Borrowed(""), "malformed");
+            count("", "", "malformed");
             admission::respond_malformed(&uid, &message)
         }
         Ok(Decoded::Request(request)) => {

@@ -9,7 +9,6 @@ use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::Histogram;
 use prometheus_client::registry::Registry;
-use std::borrow::Cow;
 use std::sync::atomic::AtomicU64;
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -17,8 +16,9 @@ pub struct RequestLabels {
     pub webhook: &'static str,
     /// `CREATE`, `UPDATE`, `DELETE`, `CONNECT`, or empty for a body that was not a request.
     pub operation: &'static str,
-    /// The kind; the kinds the webhooks are registered for are static (see [`kind_label`]).
-    pub kind: Cow<'static, str>,
+    /// The kind, one of the kinds the webhook configurations send or `other` (see
+    /// [`kind_label`]): never a string from the request.
+    pub kind: &'static str,
     /// `allowed`, `patched`, `denied`, `malformed` or `invalid` (not a review).
     pub verdict: &'static str,
 }
@@ -49,12 +49,15 @@ const KINDS: &[&str] = &[
     "ClusterRoleBinding",
 ];
 
-/// The `kind` label of a request: a static string for the kinds prodguard is registered for.
-pub fn kind_label(kind: &str) -> Cow<'static, str> {
-    match KINDS.iter().find(|k| **k == kind) {
-        Some(known) => Cow::Borrowed(known),
-        None => Cow::Owned(kind.to_owned()),
-    }
+/// The `kind` label of a request: the kind when prodguard is registered for it, else `other`.
+/// A label value never comes from the request, so a request can neither add a series (the
+/// number of series is bounded by construction) nor forge a line of the exposition.
+pub fn kind_label(kind: &str) -> &'static str {
+    KINDS
+        .iter()
+        .find(|k| **k == kind)
+        .copied()
+        .unwrap_or("other")
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -343,6 +346,37 @@ mod tests {
         assert!(
             text.contains("prodguard_audit_last_success_timestamp_seconds"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn kinds_from_requests_add_no_series_and_forge_no_line() {
+        let m = Metrics::new();
+        let count = |kind: &str| {
+            m.requests
+                .get_or_create(&RequestLabels {
+                    webhook: "validate",
+                    operation: "CREATE",
+                    kind: kind_label(kind),
+                    verdict: "allowed",
+                })
+                .inc();
+        };
+        count("Deployment");
+        let before = m.encode().lines().count();
+        count("Pod\",verdict=\"allowed\"} 1\nprodguard_injected_metric{x=\"1");
+        for i in 0..1000 {
+            count(&format!("Kind{i}"));
+        }
+        let text = m.encode();
+        assert!(!text.contains("injected"), "{text}");
+        assert!(text.contains(
+            "prodguard_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",kind=\"other\",verdict=\"allowed\"} 1001"
+        ), "{text}");
+        assert_eq!(
+            text.lines().count(),
+            before + 1,
+            "one series for every unknown kind"
         );
     }
 }
