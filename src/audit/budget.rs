@@ -119,14 +119,38 @@ pub fn plan(limit: Option<u64>, resident: u64, wanted: AuditBudget) -> Plan {
     )
 }
 
-/// The memory limit of this process's cgroup (v2, then v1), or `None` when there is none.
+/// The memory limit of this process's cgroup, or `None` when there is none.
 pub fn memory_limit() -> Option<u64> {
-    read_limit("/sys/fs/cgroup/memory.max")
-        .or_else(|| read_limit("/sys/fs/cgroup/memory/memory.limit_in_bytes"))
+    let membership = std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default();
+    memory_limit_in(std::path::Path::new("/sys/fs/cgroup"), &membership)
 }
 
-fn read_limit(path: &str) -> Option<u64> {
-    parse_limit(&std::fs::read_to_string(path).ok()?)
+/// The memory limit of the cgroup that `membership` (the text of `/proc/self/cgroup`) names
+/// under `root`: cgroup v2's `memory.max`, then v1's `memory.limit_in_bytes`. In a container
+/// with a cgroup namespace the path is `/`, the files at the root of the mount; without one
+/// it is the full path. The mount's root files are the last resort.
+pub fn memory_limit_in(root: &std::path::Path, membership: &str) -> Option<u64> {
+    let mut candidates = Vec::new();
+    for line in membership.lines() {
+        let mut fields = line.splitn(3, ':');
+        let (Some(_), Some(controllers), Some(path)) =
+            (fields.next(), fields.next(), fields.next())
+        else {
+            continue;
+        };
+        let path = path.trim_start_matches('/');
+        if controllers.is_empty() {
+            candidates.push(root.join(path).join("memory.max"));
+        } else if controllers.split(',').any(|c| c == "memory") {
+            candidates.push(root.join("memory").join(path).join("memory.limit_in_bytes"));
+        }
+    }
+    candidates.push(root.join("memory.max"));
+    candidates.push(root.join("memory").join("memory.limit_in_bytes"));
+    candidates
+        .iter()
+        .find_map(|file| std::fs::read_to_string(file).ok())
+        .and_then(|text| parse_limit(&text))
 }
 
 /// `max`, or v1's "no limit" (a page-rounded `i64::MAX`), is no limit.
@@ -205,6 +229,40 @@ mod tests {
         };
         assert!(why.contains("does not fit"), "{why}");
         assert!(why.contains("raise the memory limit"), "{why}");
+    }
+
+    #[test]
+    fn the_limit_of_this_process_s_own_cgroup() {
+        let root = tempfile::tempdir().unwrap();
+        let write = |path: &str, text: &str| {
+            let file = root.path().join(path);
+            std::fs::create_dir_all(file.parent().unwrap()).unwrap();
+            std::fs::write(file, text).unwrap();
+        };
+        // cgroup v2 without a namespace: the full path.
+        write("kubepods/pod1/c1/memory.max", "134217728\n");
+        write("memory.max", "max\n");
+        assert_eq!(
+            memory_limit_in(root.path(), "0::/kubepods/pod1/c1\n"),
+            Some(128 * MIB)
+        );
+        // With a cgroup namespace the path is /: the root's file.
+        assert_eq!(
+            memory_limit_in(root.path(), "0::/\n"),
+            None,
+            "max is no limit"
+        );
+        // cgroup v1: the memory controller's line.
+        write("memory/docker/abc/memory.limit_in_bytes", "67108864\n");
+        assert_eq!(
+            memory_limit_in(
+                root.path(),
+                "12:pids:/docker/abc\n4:memory:/docker/abc\n1:name=systemd:/docker/abc\n"
+            ),
+            Some(64 * MIB)
+        );
+        let empty = tempfile::tempdir().unwrap();
+        assert_eq!(memory_limit_in(empty.path(), ""), None, "no cgroup files");
     }
 
     #[test]

@@ -58,6 +58,14 @@ struct Args {
     /// latency and RSS every 30 s.
     #[arg(long)]
     soak_minutes: Option<u64>,
+    /// A kubeconfig for prodguard (none by default: no cluster, no audit). With
+    /// `--serve-arg=--audit-interval=1s` the soak measures admission while the background
+    /// audit scans that cluster.
+    #[arg(long)]
+    kubeconfig: Option<PathBuf>,
+    /// Another argument for `prodguard serve` (repeatable).
+    #[arg(long, allow_hyphen_values = true)]
+    serve_arg: Vec<String>,
     #[command(subcommand)]
     command: Option<Sub>,
 }
@@ -672,16 +680,27 @@ async fn run(args: Args) -> Result<(), String> {
             &format!("127.0.0.1:{port}"),
             "--metrics-addr",
             "off",
-            "--audit-interval",
-            "off",
             "--log",
             "warn",
         ])
+        .args(
+            (!args
+                .serve_arg
+                .iter()
+                .any(|a| a.starts_with("--audit-interval")))
+            .then_some("--audit-interval=off"),
+        )
         .arg("--tls-cert")
         .arg(&cert)
         .arg("--tls-key")
         .arg(&key)
-        .env("KUBECONFIG", dir.join("no-kubeconfig"))
+        .args(&args.serve_arg)
+        .env(
+            "KUBECONFIG",
+            args.kubeconfig
+                .clone()
+                .unwrap_or_else(|| dir.join("no-kubeconfig")),
+        )
         .env_remove("KUBERNETES_SERVICE_HOST");
     let noop_port = free_port()?;
     let mut noop_cmd = Command::new(std::env::current_exe().map_err(|e| e.to_string())?);

@@ -511,6 +511,11 @@ impl TestCluster {
         }
     }
 
+    /// The process id of the prodguard started by [`TestCluster::serve`].
+    pub fn prodguard_pid(&self) -> Option<u32> {
+        self.prodguard.as_ref().map(Child::id)
+    }
+
     pub fn prodguard_log(&self) -> String {
         tail(&self.dir.path().join("prodguard.log"))
     }
