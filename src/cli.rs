@@ -116,6 +116,12 @@ pub struct ServeArgs {
     /// force, an invalid one is refused and the previous configuration stays. `off` disables it.
     #[arg(long, env = "PRODGUARD_CONFIG_RELOAD_INTERVAL", default_value = "10s")]
     pub config_reload_interval: String,
+    /// After SIGTERM, how long to keep accepting connections with /readyz failing, so that
+    /// endpoints stop routing to the pod before it stops listening; open connections then
+    /// have 20 s to finish. SIGHUP never stops prodguard: it re-reads --config and the
+    /// certificate files.
+    #[arg(long, env = "PRODGUARD_SHUTDOWN_DELAY", default_value = "5s")]
+    pub shutdown_delay: String,
     /// How often the certificate files are re-read for a rotated certificate.
     #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
     pub tls_reload_interval: String,

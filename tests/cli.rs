@@ -326,6 +326,11 @@ fn serve(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
             "--metrics-addr",
             "127.0.0.1:0",
         ])
+        // Stop at once on SIGTERM unless a test is about the delay.
+        .args(
+            (!args.iter().any(|a| a.starts_with("--shutdown-delay")))
+                .then_some("--shutdown-delay=0s"),
+        )
         .args(args)
         .stderr(Stdio::piped())
         .spawn()
@@ -394,6 +399,67 @@ fn sigterm(child: &mut Child) -> Option<i32> {
         );
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+fn signal(child: &Child, name: &str) {
+    let status = Command::new("kill")
+        .args([&format!("-{name}"), &child.id().to_string()])
+        .status()
+        .unwrap();
+    assert!(status.success());
+}
+
+#[tokio::test]
+async fn sighup_never_stops_serve_and_sigterm_keeps_accepting_during_the_delay() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (mut child, addr, _) = serve(&[
+        "--ca-out",
+        ca_out.to_str().unwrap(),
+        "--shutdown-delay",
+        "3s",
+    ]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
+    let review = Review::create(deploy).json();
+
+    // SIGHUP's default action would end the process: prodguard handles it.
+    signal(&child, "HUP");
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "SIGHUP stopped prodguard"
+    );
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    assert_eq!(client.review("validate", &review).await["allowed"], false);
+
+    // SIGTERM: /readyz fails at once, and new connections are still accepted and answered
+    // for the delay (endpoints may still route here), then prodguard stops cleanly.
+    let terminated = Instant::now();
+    signal(&child, "TERM");
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let mut late = Client::connect_to(addr, &ca, "localhost").await;
+    let (status, _) = late.send(Method::GET, "/readyz", vec![]).await;
+    assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(late.review("validate", &review).await["allowed"], false);
+    assert!(
+        child.try_wait().unwrap().is_none(),
+        "stopped before the delay"
+    );
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let code = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status.code();
+        }
+        assert!(Instant::now() < deadline, "prodguard did not stop");
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(code, Some(0));
+    assert!(
+        terminated.elapsed() >= Duration::from_millis(2900),
+        "stopped after {:?}, before the 3 s delay",
+        terminated.elapsed()
+    );
 }
 
 #[tokio::test]
@@ -651,6 +717,8 @@ async fn sigterm_lets_in_flight_reviews_finish_and_refuses_new_connections() {
             "off",
             "--audit-interval",
             "off",
+            // The listener closes at once: the delay has a test of its own.
+            "--shutdown-delay=0s",
             "--ca-out",
         ])
         .arg(&ca_out)

@@ -68,7 +68,11 @@ async fn a_rotated_certificate_is_served_without_a_failed_request() {
         metrics.tls_reload_failures.clone(),
     )
     .unwrap();
-    tokio::spawn(reloading.clone().watch(Duration::from_millis(50)));
+    tokio::spawn(
+        reloading
+            .clone()
+            .watch(Some(Duration::from_millis(50)), Default::default()),
+    );
     let config = tls::server_config(reloading.clone(), None).unwrap();
     let addr = common::serve_default(config, Limits::default()).await;
 

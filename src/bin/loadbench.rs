@@ -682,6 +682,8 @@ async fn run(args: Args) -> Result<(), String> {
             "off",
             "--log",
             "warn",
+            "--shutdown-delay",
+            "0s",
         ])
         .args(
             (!args

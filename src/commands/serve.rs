@@ -92,7 +92,17 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if limits.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());
     }
+    let shutdown_delay =
+        parse_interval("--shutdown-delay", &args.shutdown_delay)?.unwrap_or(Duration::ZERO);
     let metrics = Arc::new(Metrics::new());
+    // SIGHUP re-reads the configuration and the certificate files now; it never stops the
+    // process (its default action would).
+    let reload = Arc::new(tokio::sync::Notify::new());
+    watch_hangup(
+        reload.clone(),
+        args.config.is_some() || args.tls_cert.is_some(),
+    )
+    .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let tls_config = match (&args.tls_cert, &args.tls_key) {
         (Some(cert), Some(key)) => {
             let reloading = tls::ReloadingCert::load(
@@ -102,9 +112,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 metrics.tls_reload_failures.clone(),
             )
             .map_err(|e| e.to_string())?;
-            if let Some(interval) = tls_reload_interval {
-                tokio::spawn(reloading.clone().watch(interval));
-            }
+            tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
             tls::server_config(reloading, args.client_ca.as_deref()).map_err(|e| e.to_string())?
         }
         _ => self_signed(args.ca_out.clone(), args.client_ca.as_deref())?,
@@ -162,11 +170,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let state = AppState::with_metrics(engine, metrics.clone());
     let config_reload_interval =
         parse_interval("--config-reload-interval", &args.config_reload_interval)?;
-    if let (Some(path), Some(interval)) = (args.config.clone(), config_reload_interval) {
+    if let Some(path) = args.config.clone() {
         tokio::spawn(reload_config(
             path,
             args.mode,
-            interval,
+            config_reload_interval,
+            reload.clone(),
             state.clone(),
             pods.clone(),
             reporter.clone(),
@@ -247,28 +256,40 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let shutdown_state = state.clone();
     server::serve_with(listener, tls_config, app(state), limits, async move {
         shutdown_signal().await;
+        // Endpoints still route to this pod until every node has seen it leave: keep
+        // accepting for the delay, with /readyz failing, then stop accepting and drain.
         shutdown_state.ready.store(false, Ordering::Relaxed);
+        tracing::info!(
+            delay = %humantime::format_duration(shutdown_delay),
+            "shutting down: /readyz fails; still accepting for the delay, then draining"
+        );
+        tokio::time::sleep(shutdown_delay).await;
         let _ = stop.send(true);
-        tracing::info!("shutting down: /readyz fails, no new connections");
+        tracing::info!("no new connections; draining the open ones");
     })
     .await;
     Ok(())
 }
 
-/// Re-reads the configuration file every `interval`. A changed file that loads replaces the
-/// policies in force; one that does not is refused, logged and counted once, and the previous
-/// configuration stays in force.
+/// Re-reads the configuration file every `interval` (never, when `None`) and whenever
+/// `wake` is notified (SIGHUP). A changed file that loads replaces the policies in force; one
+/// that does not is refused, logged and counted once, and the previous configuration stays in
+/// force.
 async fn reload_config(
     path: PathBuf,
     mode: Option<crate::cli::ModeArg>,
-    interval: Duration,
+    interval: Option<Duration>,
+    wake: Arc<tokio::sync::Notify>,
     state: Arc<AppState>,
     pods: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
 ) {
     let mut seen = std::fs::read(&path).ok();
     loop {
-        tokio::time::sleep(interval).await;
+        tokio::select! {
+            _ = tls::sleep_or_never(interval) => {}
+            _ = wake.notified() => {}
+        }
         let Ok(bytes) = std::fs::read(&path) else {
             // Mid-swap (a ConfigMap's ..data) the file can be missing for a moment.
             continue;
@@ -320,6 +341,28 @@ fn self_signed(
         client_ca,
     )
     .map_err(|e| e.to_string())
+}
+
+/// On SIGHUP, wakes the reloads of the configuration and the certificate files.
+fn watch_hangup(reload: Arc<tokio::sync::Notify>, anything: bool) -> std::io::Result<()> {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{signal, SignalKind};
+        let mut hangup = signal(SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hangup.recv().await.is_some() {
+                if anything {
+                    tracing::info!("SIGHUP: re-reading the configuration and certificate files");
+                    reload.notify_waiters();
+                } else {
+                    tracing::info!("SIGHUP: nothing to re-read (no --config, no --tls-cert)");
+                }
+            }
+        });
+    }
+    #[cfg(not(unix))]
+    let _ = (reload, anything);
+    Ok(())
 }
 
 async fn shutdown_signal() {

@@ -202,10 +202,18 @@ impl ReloadingCert {
         Ok(true)
     }
 
-    /// Re-reads the files every `interval`, for ever.
-    pub async fn watch(self: Arc<Self>, interval: Duration) {
+    /// Re-reads the files every `interval` (never, when `None`) and whenever `wake` is
+    /// notified (SIGHUP), for ever.
+    pub async fn watch(
+        self: Arc<Self>,
+        interval: Option<Duration>,
+        wake: Arc<tokio::sync::Notify>,
+    ) {
         loop {
-            tokio::time::sleep(interval).await;
+            tokio::select! {
+                _ = sleep_or_never(interval) => {}
+                _ = wake.notified() => {}
+            }
             match self.reload() {
                 Ok(true) => {
                     tracing::info!(cert = %self.cert_path.display(), "serving the new certificate")
@@ -227,5 +235,13 @@ impl ReloadingCert {
 impl ResolvesServerCert for ReloadingCert {
     fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
         self.current()
+    }
+}
+
+/// Sleeps for `interval`, or for ever when it is `None`.
+pub async fn sleep_or_never(interval: Option<Duration>) {
+    match interval {
+        Some(interval) => tokio::time::sleep(interval).await,
+        None => std::future::pending().await,
     }
 }

@@ -474,6 +474,8 @@ impl TestCluster {
                     (!args.iter().any(|a| a.starts_with("--audit-interval")))
                         .then_some("--audit-interval=off"),
                 )
+                // The e2e suite restarts prodguard often: no drain delay.
+                .arg("--shutdown-delay=0s")
                 .arg(format!(
                     "--tls-cert={}",
                     self.certs_dir.join("tls.crt").display()
