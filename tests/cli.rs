@@ -606,7 +606,11 @@ fn the_deployed_policy_set_is_the_embedded_default() {
 
 #[test]
 fn prodguards_own_manifests_pass_its_policies() {
-    for dir in ["deploy/base", "deploy/overlays/audit"] {
+    for dir in [
+        "deploy/base",
+        "deploy/overlays/audit",
+        "deploy/overlays/network-policy",
+    ] {
         let rendered = Command::new("kubectl")
             .args(["kustomize", dir])
             .current_dir(env!("CARGO_MANIFEST_DIR"))
@@ -625,7 +629,9 @@ fn prodguards_own_manifests_pass_its_policies() {
             json!([]),
             "{dir}: no patch and no warning either"
         );
-        assert_eq!(doc["summary"]["resources"], 14, "{dir}");
+        // The network-policy overlay adds its NetworkPolicy.
+        let expected = if dir.ends_with("network-policy") { 15 } else { 14 };
+        assert_eq!(doc["summary"]["resources"], expected, "{dir}");
         let text = String::from_utf8_lossy(&rendered.stdout);
         assert!(text.contains("sideEffects: NoneOnDryRun"), "{dir}");
         if dir.ends_with("audit") {
