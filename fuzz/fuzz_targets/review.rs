@@ -1,5 +1,6 @@
 //! Any body: decoding never panics, and a decoded review is evaluated by both webhooks of the
-//! default policy set and encoded.
+//! default policy set and encoded. The request's kind is counted as the router counts it: the
+//! metrics exposition then holds no line but prodguard's own.
 #![no_main]
 
 use std::sync::{Arc, OnceLock};
@@ -9,6 +10,7 @@ use prodguard::admission::{self, Decoded};
 use prodguard::cluster::NoLookup;
 use prodguard::config::Config;
 use prodguard::engine::{Context, Engine, Request, Webhook};
+use prodguard::report::metrics::{kind_label, Metrics, RequestLabels};
 use prodguard::report::NoReporter;
 
 fn engine() -> &'static Engine {
@@ -26,6 +28,22 @@ fuzz_target!(|data: &[u8]| {
     match admission::decode(data) {
         Ok(Decoded::Request(request)) => {
             let view = Request::from_admission(&request);
+            let metrics = Metrics::new();
+            metrics
+                .requests
+                .get_or_create(&RequestLabels {
+                    webhook: "validate",
+                    operation: view.operation_name(),
+                    kind: kind_label(view.kind),
+                    verdict: "allowed",
+                })
+                .inc();
+            for line in metrics.encode().lines() {
+                assert!(
+                    line.starts_with("# ") || line.starts_with("prodguard_"),
+                    "a foreign line in the exposition: {line:?}"
+                );
+            }
             for webhook in [Webhook::Mutate, Webhook::Validate] {
                 let verdict = engine().evaluate(webhook, &view, &Context::default());
                 admission::encode(admission::respond(&request, &verdict)).expect("encodes");
