@@ -191,18 +191,66 @@ fn run(runtime: &tokio::runtime::Runtime, options: &Options, objects: usize) -> 
         mib(measured.idle)
     );
     if let Some(loadbench) = &options.loadbench {
-        let status = std::process::Command::new(loadbench)
-            .args(["--soak-minutes", "1", "--kubeconfig"])
-            .arg(&cluster.kubeconfig)
-            .args([
-                "--serve-arg=--audit-interval=1s",
-                "--serve-arg=--lease-namespace=default",
-            ])
-            .status()
-            .map_err(|e| format!("{loadbench}: {e}"))?;
-        if !status.success() {
-            return Err(format!("{loadbench} failed: {status}"));
-        }
+        soak(
+            loadbench,
+            &cluster,
+            "prodguard auditing every second",
+            true,
+            false,
+        )?;
+        // The same load on the API server without prodguard's audit: what its lists cost
+        // the machine when the API server shares its cores.
+        soak(
+            loadbench,
+            &cluster,
+            "no audit, kubectl listing the workloads in a loop",
+            false,
+            true,
+        )?;
+        soak(loadbench, &cluster, "no audit, nothing else", false, false)?;
+    }
+    Ok(())
+}
+
+/// `loadbench --soak-minutes 1`: admission at 1,000 reviews/s for a minute, with prodguard
+/// auditing the cluster every second, or not, and with a kubectl listing every workload in
+/// a loop, or not.
+fn soak(
+    loadbench: &str,
+    cluster: &TestCluster,
+    what: &str,
+    audit: bool,
+    lister: bool,
+) -> Result<(), String> {
+    println!("\nloadbench --soak-minutes 1, {what}:\n");
+    let mut command = std::process::Command::new(loadbench);
+    command.args(["--soak-minutes", "1"]);
+    if audit {
+        command.arg("--kubeconfig").arg(&cluster.kubeconfig).args([
+            "--serve-arg=--audit-interval=1s",
+            "--serve-arg=--lease-namespace=default",
+        ]);
+    }
+    let mut listing = if lister {
+        let script =
+            "while kubectl get deployments -A --chunk-size=500 -o json >/dev/null; do :; done";
+        Some(
+            std::process::Command::new("sh")
+                .args(["-c", script])
+                .env("KUBECONFIG", &cluster.kubeconfig)
+                .spawn()
+                .map_err(|e| format!("kubectl loop: {e}"))?,
+        )
+    } else {
+        None
+    };
+    let status = command.status().map_err(|e| format!("{loadbench}: {e}"));
+    if let Some(child) = listing.take() {
+        cluster::stop("kubectl loop", child);
+    }
+    let status = status?;
+    if !status.success() {
+        return Err(format!("{loadbench} failed: {status}"));
     }
     Ok(())
 }
@@ -260,6 +308,12 @@ fn measure(cluster: &TestCluster, options: &Options) -> Result<Measured, String>
         .stderr(log_file);
     let child = command.spawn().map_err(|e| e.to_string())?;
     let result = sample(&child, metrics_port, options.scans);
+    if options.via.is_some() {
+        // The wrapper does not pass SIGTERM on to prodguard, its child.
+        let _ = std::process::Command::new("pkill")
+            .args(["-TERM", "-P", &child.id().to_string()])
+            .status();
+    }
     cluster::stop("prodguard", child);
     result.map_err(|e| format!("{e}\n{}", std::fs::read_to_string(&log).unwrap_or_default()))
 }
