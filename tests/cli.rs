@@ -630,7 +630,11 @@ fn prodguards_own_manifests_pass_its_policies() {
             "{dir}: no patch and no warning either"
         );
         // The network-policy overlay adds its NetworkPolicy.
-        let expected = if dir.ends_with("network-policy") { 15 } else { 14 };
+        let expected = if dir.ends_with("network-policy") {
+            15
+        } else {
+            14
+        };
         assert_eq!(doc["summary"]["resources"], expected, "{dir}");
         let text = String::from_utf8_lossy(&rendered.stdout);
         assert!(text.contains("sideEffects: NoneOnDryRun"), "{dir}");
@@ -681,6 +685,26 @@ fn serve_rejects_bad_operational_flags() {
             "--header-read-timeout",
             "off",
             "--header-read-timeout must be longer than 0",
+        ),
+        (
+            "--audit-events-per-scan",
+            "0",
+            "--audit-events-per-scan must be at least 1",
+        ),
+        (
+            "--audit-page-size",
+            "5",
+            "--audit-page-size must be at least 10",
+        ),
+        (
+            "--audit-max-results",
+            "0",
+            "--audit-max-results must be at least 1",
+        ),
+        (
+            "--shutdown-delay",
+            "later",
+            "--shutdown-delay \"later\" is not a duration",
         ),
     ] {
         let output = run(&["serve", "--addr", "127.0.0.1:0", flag, value]);

@@ -268,10 +268,11 @@ async fn scan_loop(
             engine: &engine,
             settings: &settings,
         };
-        known = Some(
-            scan.once(Tally::new(limits, before), budget.page, first)
-                .await,
-        );
+        // A scan that could not finish leaves the reports as they were: the next one reads
+        // them again and is still this leader's first.
+        known = scan
+            .once(Tally::new(limits, before), budget.page, first)
+            .await;
     }
 }
 
@@ -284,8 +285,9 @@ struct Scanner<'a> {
 }
 
 impl Scanner<'_> {
-    /// One scan; returns the keys of the findings whose Events are published.
-    async fn once(&self, mut tally: Tally, page: PageBudget, first: bool) -> HashSet<u64> {
+    /// One scan; returns the keys of the findings whose Events are published, or `None` when
+    /// the scan could not finish.
+    async fn once(&self, mut tally: Tally, page: PageBudget, first: bool) -> Option<HashSet<u64>> {
         let metrics = &self.state.metrics;
         let started = Instant::now();
         let stats = scan_into(self.client, self.engine, page, &mut tally).await;
@@ -301,7 +303,7 @@ impl Scanner<'_> {
         if !stats.errors.is_empty() {
             metrics.audit_failures.inc();
             tracing::warn!(errors = ?stats.errors, "the audit could not list everything; the reports are kept as they were");
-            return tally.into_known();
+            return None;
         }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
@@ -310,7 +312,7 @@ impl Scanner<'_> {
         {
             metrics.audit_failures.inc();
             tracing::warn!("audit: {e}");
-            return tally.into_known();
+            return None;
         }
         metrics.audit_findings.clear();
         for ((policy, action), count) in &tally.by_policy {
@@ -351,7 +353,7 @@ impl Scanner<'_> {
             seconds = elapsed.as_secs_f64(),
             "audit scan done"
         );
-        known
+        Some(known)
     }
 
     /// One Event per candidate, paced; returns the keys of those the API server accepted.

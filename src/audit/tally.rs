@@ -154,11 +154,6 @@ impl Tally {
         known
     }
 
-    /// The known keys as they were before this scan (for a scan that could not finish).
-    pub fn into_known(self) -> HashSet<u64> {
-        self.known
-    }
-
     /// Every finding of this scan counts as published (after summary Events).
     pub fn all_published(&mut self) -> HashSet<u64> {
         self.known = HashSet::new();

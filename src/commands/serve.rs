@@ -75,6 +75,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     if args.audit_max_results == 0 {
         return Err("--audit-max-results must be at least 1".into());
     }
+    if args.audit_events_per_scan == 0 {
+        return Err(
+            "--audit-events-per-scan must be at least 1 (new findings would wait for ever)".into(),
+        );
+    }
     if args.audit_page_size < crate::audit::MIN_PAGE_OBJECTS {
         return Err(format!(
             "--audit-page-size must be at least {}",
