@@ -25,7 +25,7 @@ use kube::runtime::events::{Event, EventType, Recorder, Reporter as EventReporte
 use super::budget::{self, AuditBudget, Plan};
 use super::lease::{self, LeaseSettings};
 use super::reports;
-use super::tally::{Tally, TallyLimits, AUDIT_USER};
+use super::tally::{audit_report, Tally, TallyLimits};
 use super::{scan_into, PageBudget};
 use crate::engine::{Action, Engine};
 use crate::http::AppState;
@@ -436,24 +436,19 @@ pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<
             ),
         })
         .collect();
-    Some(Report {
-        reason: if tally.fail + tally.warn > 0 {
-            "PolicyViolation"
-        } else {
-            "PolicyMutation"
-        },
-        action: Action::Audited,
-        user: AUDIT_USER.to_owned(),
-        operation: "AUDIT".to_owned(),
-        regarding: ObjectRef {
-            api_version: format!("{}/{}", reports::GROUP, reports::VERSION),
-            kind: kind.to_owned(),
-            namespace: namespace.to_owned(),
-            name: reports::REPORT_NAME.to_owned(),
-            uid: None,
-        },
-        findings,
-    })
+    // A violation when any new finding would be denied or warned about, not only patched.
+    let violation = tally
+        .new_by_policy
+        .keys()
+        .any(|(_, action)| *action != "patch");
+    let regarding = ObjectRef {
+        api_version: format!("{}/{}", reports::GROUP, reports::VERSION),
+        kind: kind.to_owned(),
+        namespace: namespace.to_owned(),
+        name: reports::REPORT_NAME.to_owned(),
+        uid: None,
+    };
+    Some(audit_report(violation, regarding, findings))
 }
 
 #[cfg(test)]
@@ -485,8 +480,12 @@ mod tests {
             "AUDIT by \"prodguard-audit\": [image-pull-policy] Audited: 1 finding would patch in namespace openg2p; \
              [min-replicas] Audited: 3 findings would deny in namespace openg2p"
         );
+        assert_eq!(report.reason, "PolicyViolation");
         let cluster = summary("", &tally).unwrap();
         assert_eq!(cluster.regarding.kind, "ClusterPolicyReport");
         assert!(cluster.note().contains("in cluster-scoped objects"));
+        // Only patches: a mutation summary.
+        tally.new_by_policy.remove(&("min-replicas", "deny"));
+        assert_eq!(summary("openg2p", &tally).unwrap().reason, "PolicyMutation");
     }
 }

@@ -161,36 +161,47 @@ impl Tally {
     }
 }
 
+/// An audit Event's report: from the audit's user, with the operation `AUDIT`.
+pub fn audit_report(
+    violation: bool,
+    regarding: ObjectRef,
+    findings: Vec<ReportedFinding>,
+) -> Report {
+    Report {
+        reason: if violation {
+            "PolicyViolation"
+        } else {
+            "PolicyMutation"
+        },
+        action: Action::Audited,
+        user: AUDIT_USER.to_owned(),
+        operation: "AUDIT".to_owned(),
+        regarding,
+        findings,
+    }
+}
+
 /// The Event of a new finding.
 fn candidate(key: u64, object: &Scanned, finding: &ObjectFinding) -> Candidate {
     let message = bounded(
         format!("would {}: {}", finding.action, finding.message),
         MESSAGE_MAX_BYTES,
     );
+    let regarding = ObjectRef {
+        api_version: object.api_version.clone(),
+        kind: object.kind.to_owned(),
+        namespace: object.namespace.clone(),
+        name: object.name.clone(),
+        uid: object.uid.clone(),
+    };
+    let reported = ReportedFinding {
+        policy: finding.policy,
+        action: Action::Audited,
+        message: message.into(),
+    };
     Candidate {
         key,
-        report: Report {
-            reason: if finding.violation {
-                "PolicyViolation"
-            } else {
-                "PolicyMutation"
-            },
-            action: Action::Audited,
-            user: AUDIT_USER.to_owned(),
-            operation: "AUDIT".to_owned(),
-            regarding: ObjectRef {
-                api_version: object.api_version.clone(),
-                kind: object.kind.to_owned(),
-                namespace: object.namespace.clone(),
-                name: object.name.clone(),
-                uid: object.uid.clone(),
-            },
-            findings: vec![ReportedFinding {
-                policy: finding.policy,
-                action: Action::Audited,
-                message: message.into(),
-            }],
-        },
+        report: audit_report(finding.violation, regarding, vec![reported]),
     }
 }
 
