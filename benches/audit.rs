@@ -128,7 +128,7 @@ struct Measured {
 
 fn run(runtime: &tokio::runtime::Runtime, options: &Options, objects: usize) -> Result<(), String> {
     let cluster = TestCluster::start()?;
-    let client = runtime.block_on(client_for(&cluster))?;
+    let client = runtime.block_on(cluster.client())?;
     let crds = cluster.kubectl(&["apply", "-f", "deploy/base/crds.yaml"]);
     if !crds.status.success() {
         return Err(String::from_utf8_lossy(&crds.stderr).into_owned());
@@ -348,13 +348,4 @@ fn sample(child: &Child, metrics_port: u16, scans: usize) -> Result<Measured, St
     }
     measured.peak = status_kib(pid, "VmHWM:").unwrap_or(0);
     Ok(measured)
-}
-
-async fn client_for(cluster: &TestCluster) -> Result<kube::Client, String> {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).map_err(|e| e.to_string())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    kube::Client::try_from(config).map_err(|e| e.to_string())
 }

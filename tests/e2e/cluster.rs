@@ -513,6 +513,16 @@ impl TestCluster {
         }
     }
 
+    /// A kube client with the admin kubeconfig.
+    pub async fn client(&self) -> Result<kube::Client, String> {
+        let kubeconfig =
+            kube::config::Kubeconfig::read_from(&self.kubeconfig).map_err(|e| e.to_string())?;
+        let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
+            .await
+            .map_err(|e| e.to_string())?;
+        kube::Client::try_from(config).map_err(|e| e.to_string())
+    }
+
     /// The process id of the prodguard started by [`TestCluster::serve`].
     pub fn prodguard_pid(&self) -> Option<u32> {
         self.prodguard.as_ref().map(Child::id)

@@ -131,7 +131,7 @@ fn main() -> ExitCode {
         .enable_all()
         .build()
         .expect("runtime");
-    let client = match runtime.block_on(client_for(&cluster)) {
+    let client = match runtime.block_on(cluster.client()) {
         Ok(client) => client,
         Err(e) => {
             eprintln!("e2e: no kube client: {e}");
@@ -176,15 +176,6 @@ fn main() -> ExitCode {
         );
         ExitCode::FAILURE
     }
-}
-
-async fn client_for(cluster: &TestCluster) -> Result<kube::Client, String> {
-    let kubeconfig =
-        kube::config::Kubeconfig::read_from(&cluster.kubeconfig).map_err(|e| e.to_string())?;
-    let config = kube::Config::from_custom_kubeconfig(kubeconfig, &Default::default())
-        .await
-        .map_err(|e| e.to_string())?;
-    kube::Client::try_from(config).map_err(|e| e.to_string())
 }
 
 // ---- helpers ------------------------------------------------------------------------------
