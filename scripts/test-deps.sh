@@ -3,7 +3,7 @@
 #
 # kube-apiserver comes from Debian bookworm's `kubernetes` source package, which carries the
 # whole Kubernetes 1.20.2 tree with its Go dependencies vendored, so it builds offline with
-# Debian's golang-go. The binary is cached outside the checkout (about 10-15 minutes to build
+# Debian's golang-go. The binary is cached outside the checkout (4 to 7 minutes to build
 # on 2 cores) and rebuilt only when it is missing. etcd comes from Debian's etcd-server.
 #
 # The vendored github.com/modern-go/reflect2 1.0.1 of Kubernetes 1.20 faults under Go >= 1.18
@@ -93,7 +93,7 @@ SRC
   (cd "$work" && apt-get source -qq kubernetes >&2)
   src="$(find "$work" -maxdepth 1 -type d -name 'kubernetes-*' | head -n 1)"
   [ -n "$src" ] || { log "apt-get source kubernetes gave no source tree"; exit 1; }
-  log "building kube-apiserver $version from $src (10-15 minutes on 2 cores)"
+  log "building kube-apiserver $version from $src (4 to 7 minutes on 2 cores)"
   started=$SECONDS
   # The GOPATH layout of the package's debian/rules.
   rsync -a --delete --exclude '*_test.go' "$reflect2/" "$src/vendor/github.com/modern-go/reflect2/"
