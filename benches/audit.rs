@@ -33,7 +33,7 @@ struct Options {
     namespaces: usize,
     /// Another prodguard binary (an older build, to compare).
     prodguard: Option<String>,
-    /// A command to run prodguard under (`"heaptrack -o /tmp/profile"`).
+    /// A command to run prodguard under (`"heaptrack -o FILE"`).
     via: Option<String>,
     /// After the scans, `loadbench --soak-minutes 1` against a prodguard that audits the same
     /// cluster every second: admission latency during scans.
