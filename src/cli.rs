@@ -108,6 +108,11 @@ pub struct ServeArgs {
     /// How long a client has to finish its TLS handshake.
     #[arg(long, env = "PRODGUARD_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: String,
+    /// How long a new connection has, after its TLS handshake, to send its first request; one
+    /// that sends nothing is closed (kube-apiserver sends at once). Only a connection that has
+    /// completed a request may then idle for --header-read-timeout.
+    #[arg(long, env = "PRODGUARD_FIRST_REQUEST_TIMEOUT", default_value = "5s")]
+    pub first_request_timeout: String,
     /// How long a client has to send a request's headers, and how long a keep-alive connection
     /// may idle (keep it above the API server's 90 s idle-connection timeout).
     #[arg(long, env = "PRODGUARD_HEADER_READ_TIMEOUT", default_value = "100s")]

@@ -100,3 +100,57 @@ async fn a_flood_of_idle_connections_is_bounded_and_reviews_still_pass() {
     assert!(closed > 0, "the server holds idle connections for ever");
     one_review(addr, &ca).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn connections_that_send_no_request_lose_their_slots_to_a_review() {
+    let limits = Limits {
+        max_connections: 4,
+        first_request_timeout: Duration::from_millis(500),
+        ..Limits::default()
+    };
+    let (addr, ca) = start(limits).await;
+    // Every slot taken by a connection that finished its TLS handshake and then sent nothing,
+    // or only "P", the start of the HTTP/2 preface.
+    let mut idlers = Vec::new();
+    for (alpn, sends) in [
+        (&b"http/1.1"[..], &b""[..]),
+        (&b"http/1.1"[..], &b""[..]),
+        (&b"h2"[..], &b""[..]),
+        (&b"h2"[..], &b"P"[..]),
+    ] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let name = ServerName::try_from("localhost").unwrap();
+        let mut tls = common::connector(&ca, &[alpn])
+            .connect(name, tcp)
+            .await
+            .unwrap();
+        tls.write_all(sends).await.unwrap();
+        tls.flush().await.unwrap();
+        idlers.push(tls);
+    }
+    // A review on a new connection is answered well within the webhooks' 5 s timeout: the
+    // idlers are closed after their first-request timeout, which frees the slots. (With the
+    // timeout at 30 s this fails: the review waits behind them.)
+    let started = Instant::now();
+    tokio::time::timeout(Duration::from_secs(5), one_review(addr, &ca))
+        .await
+        .expect("the review waited behind connections that sent nothing");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "{:?}",
+        started.elapsed()
+    );
+    for mut idler in idlers {
+        let mut buf = [0u8; 64];
+        let closed = tokio::time::timeout(Duration::from_secs(2), async {
+            loop {
+                match idler.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => {}
+                }
+            }
+        })
+        .await;
+        assert!(closed.is_ok(), "an idle connection was left open");
+    }
+}

@@ -93,6 +93,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         header_read_timeout: parse_interval("--header-read-timeout", &args.header_read_timeout)?
             .ok_or("--header-read-timeout must be longer than 0")?,
         max_connections: args.max_connections,
+        first_request_timeout: parse_interval(
+            "--first-request-timeout",
+            &args.first_request_timeout,
+        )?
+        .ok_or("--first-request-timeout must be longer than 0")?,
     };
     if limits.max_connections == 0 {
         return Err("--max-connections must be at least 1".into());

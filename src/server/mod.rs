@@ -28,8 +28,14 @@ pub struct Limits {
     /// one the client still holds would fail a webhook call that races the close.
     pub header_read_timeout: Duration,
     /// Connections served at once; beyond this, new ones wait in the listen backlog until a
-    /// connection ends (slow or idle clients are cut off by the two timeouts above).
+    /// connection ends (slow or idle clients are cut off by the timeouts).
     pub max_connections: usize,
+    /// How long a connection has, from its TLS handshake, to send its first request (HTTP/1.1
+    /// headers or an HTTP/2 stream). kube-apiserver sends at once; a connection that sends
+    /// nothing (or only the start of the HTTP/2 preface) is closed, so idlers cannot hold the
+    /// connection slots for the long keep-alive time that only a connection that has
+    /// completed a request gets.
+    pub first_request_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -38,6 +44,7 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(100),
             max_connections: 1024,
+            first_request_timeout: Duration::from_secs(5),
         }
     }
 }
@@ -151,10 +158,37 @@ async fn accept_loop<H, F, IO>(
                     return;
                 }
             };
-            let service = TowerToHyperService::new(app);
-            let connection = builder.serve_connection(TokioIo::new(io), service);
-            if let Err(e) = watcher.watch(connection.into_owned()).await {
-                tracing::debug!(%peer, "connection ended: {e}");
+            // Told when the connection's first request arrives.
+            let (first, mut first_seen) = tokio::sync::watch::channel(false);
+            let inner = TowerToHyperService::new(app);
+            let service = hyper::service::service_fn(move |request| {
+                first.send_if_modified(|seen| !std::mem::replace(seen, true));
+                hyper::service::Service::call(&inner, request)
+            });
+            let connection = watcher.watch(
+                builder
+                    .serve_connection(TokioIo::new(io), service)
+                    .into_owned(),
+            );
+            tokio::pin!(connection);
+            let first_request = async {
+                if tokio::time::timeout(limits.first_request_timeout, first_seen.wait_for(|s| *s))
+                    .await
+                    .is_err()
+                {
+                    return;
+                }
+                std::future::pending::<()>().await
+            };
+            tokio::select! {
+                result = &mut connection => {
+                    if let Err(e) = result {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                }
+                () = first_request => {
+                    tracing::debug!(%peer, "no request within {:?}; closing", limits.first_request_timeout);
+                }
             }
         });
     }
