@@ -383,22 +383,8 @@ fn scrape(addr: SocketAddr) -> String {
 }
 
 fn sigterm(child: &mut Child) -> Option<i32> {
-    let status = Command::new("kill")
-        .args(["-TERM", &child.id().to_string()])
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            return status.code();
-        }
-        assert!(
-            Instant::now() < deadline,
-            "prodguard did not stop on SIGTERM"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    signal(child, "TERM");
+    sigterm_wait(child)
 }
 
 fn signal(child: &Child, name: &str) {
@@ -446,15 +432,7 @@ async fn sighup_never_stops_serve_and_sigterm_keeps_accepting_during_the_delay()
         child.try_wait().unwrap().is_none(),
         "stopped before the delay"
     );
-    let deadline = Instant::now() + Duration::from_secs(30);
-    let code = loop {
-        if let Some(status) = child.try_wait().unwrap() {
-            break status.code();
-        }
-        assert!(Instant::now() < deadline, "prodguard did not stop");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    };
-    assert_eq!(code, Some(0));
+    assert_eq!(sigterm_wait(&mut child), Some(0));
     assert!(
         terminated.elapsed() >= Duration::from_millis(2900),
         "stopped after {:?}, before the 3 s delay",

@@ -18,6 +18,22 @@ async fn start(limits: Limits) -> (std::net::SocketAddr, String) {
     (common::serve_default(config, limits).await, pki.ca_cert_pem)
 }
 
+/// Whether the server closes `stream` within `limit` (what it sends meanwhile is read and
+/// dropped).
+async fn closed_within<S: tokio::io::AsyncRead + Unpin>(stream: &mut S, limit: Duration) -> bool {
+    let mut buf = [0u8; 1024];
+    tokio::time::timeout(limit, async {
+        loop {
+            match stream.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) => {}
+            }
+        }
+    })
+    .await
+    .is_ok()
+}
+
 async fn one_review(addr: std::net::SocketAddr, ca: &str) {
     let mut client = Client::connect_to(addr, ca, "localhost").await;
     let review = Review::create(pod_bearing_objects("nginx", 1).remove(1).0).json();
@@ -44,17 +60,10 @@ async fn a_client_that_sends_headers_slowly_is_cut_off() {
     tls.flush().await.unwrap();
     let started = Instant::now();
     // ...and nothing more: the server closes the connection.
-    let mut buf = [0u8; 1024];
-    let closed = tokio::time::timeout(Duration::from_secs(5), async {
-        loop {
-            match tls.read(&mut buf).await {
-                Ok(0) | Err(_) => return,
-                Ok(_) => {}
-            }
-        }
-    })
-    .await;
-    assert!(closed.is_ok(), "the slow client was not cut off");
+    assert!(
+        closed_within(&mut tls, Duration::from_secs(5)).await,
+        "the slow client was not cut off"
+    );
     assert!(
         started.elapsed() >= Duration::from_millis(400),
         "{:?}",
@@ -141,16 +150,9 @@ async fn connections_that_send_no_request_lose_their_slots_to_a_review() {
         started.elapsed()
     );
     for mut idler in idlers {
-        let mut buf = [0u8; 64];
-        let closed = tokio::time::timeout(Duration::from_secs(2), async {
-            loop {
-                match idler.read(&mut buf).await {
-                    Ok(0) | Err(_) => return,
-                    Ok(_) => {}
-                }
-            }
-        })
-        .await;
-        assert!(closed.is_ok(), "an idle connection was left open");
+        assert!(
+            closed_within(&mut idler, Duration::from_secs(2)).await,
+            "an idle connection was left open"
+        );
     }
 }
