@@ -102,9 +102,38 @@ pub struct ServeArgs {
     /// How long the audit Lease is held without renewal before another replica takes it.
     #[arg(long, env = "PRODGUARD_LEASE_DURATION", default_value = "15s")]
     pub lease_duration: String,
-    /// Connections served at once; more wait until one ends.
+    /// Connections served at once. At the limit the connection that has idled longest is
+    /// closed to make room; when none idles, new ones wait until one ends.
     #[arg(long, env = "PRODGUARD_MAX_CONNECTIONS", default_value_t = 1024)]
     pub max_connections: usize,
+    /// Connections one peer address may hold (kube-apiserver keeps up to 25 idle per host). At
+    /// the cap the peer's longest-idle connection makes room; when none idles, the new
+    /// connection is refused. Behind a proxy that hides the API servers' addresses
+    /// (konnectivity), all of them count as one peer.
+    #[arg(
+        long,
+        env = "PRODGUARD_MAX_CONNECTIONS_PER_PEER",
+        default_value_t = 128
+    )]
+    pub max_connections_per_peer: usize,
+    /// TLS handshakes in progress at once; at the limit the oldest is dropped, so that a flood
+    /// of unfinished handshakes cannot delay a real client's.
+    #[arg(long, env = "PRODGUARD_MAX_HANDSHAKES", default_value_t = 64)]
+    pub max_handshakes: usize,
+    /// How long a review's body has to arrive after its headers; a body trickled more slowly
+    /// is refused with 408.
+    #[arg(long, env = "PRODGUARD_BODY_READ_TIMEOUT", default_value = "10s")]
+    pub body_read_timeout: String,
+    /// Memory the reviews in flight may hold together: each body, and twice the estimate of
+    /// what decoding built from it. A review that does not fit waits for room within
+    /// --body-read-timeout, then gets 503. At least 35,717,120 bytes: the largest body and
+    /// what its objects may build.
+    #[arg(long, env = "PRODGUARD_MAX_BYTES_IN_FLIGHT", default_value_t = crate::http::DEFAULT_BYTES_IN_FLIGHT)]
+    pub max_bytes_in_flight: usize,
+    /// How long a write to a client may make no progress (a client that does not read its
+    /// answers) before its connection is closed.
+    #[arg(long, env = "PRODGUARD_WRITE_TIMEOUT", default_value = "10s")]
+    pub write_timeout: String,
     /// How long a client has to finish its TLS handshake.
     #[arg(long, env = "PRODGUARD_HANDSHAKE_TIMEOUT", default_value = "10s")]
     pub handshake_timeout: String,
@@ -114,7 +143,8 @@ pub struct ServeArgs {
     #[arg(long, env = "PRODGUARD_FIRST_REQUEST_TIMEOUT", default_value = "5s")]
     pub first_request_timeout: String,
     /// How long a client has to send a request's headers, and how long a keep-alive connection
-    /// may idle (keep it above the API server's 90 s idle-connection timeout).
+    /// (HTTP/1.1 or HTTP/2) may idle between requests (keep it above the API server's 90 s
+    /// idle-connection timeout).
     #[arg(long, env = "PRODGUARD_HEADER_READ_TIMEOUT", default_value = "100s")]
     pub header_read_timeout: String,
     /// How often --config is re-read; a changed file that is valid replaces the policies in

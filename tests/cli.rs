@@ -665,6 +665,31 @@ fn serve_rejects_bad_operational_flags() {
             "--header-read-timeout must be longer than 0",
         ),
         (
+            "--write-timeout",
+            "0s",
+            "--write-timeout must be longer than 0",
+        ),
+        (
+            "--body-read-timeout",
+            "off",
+            "--body-read-timeout must be longer than 0",
+        ),
+        (
+            "--max-connections-per-peer",
+            "0",
+            "--max-connections-per-peer must be at least 1",
+        ),
+        (
+            "--max-handshakes",
+            "0",
+            "--max-handshakes must be at least 1",
+        ),
+        (
+            "--max-bytes-in-flight",
+            "1048576",
+            "--max-bytes-in-flight must be at least 35717120 (the largest review body and what its objects may build)",
+        ),
+        (
             "--audit-events-per-scan",
             "0",
             "--audit-events-per-scan must be at least 1",
@@ -849,5 +874,75 @@ async fn a_changed_configuration_is_reloaded_and_a_broken_one_refused() {
     }
     assert_eq!(client.review("validate", &review).await["allowed"], true);
     assert!(scrape(metrics).contains("prodguard_config_reloads_total 1"));
+    assert_eq!(sigterm(&mut child), Some(0));
+}
+
+/// What one huge review may add to the peak RSS (see BENCHMARKS.md's memory per review size).
+const PEAK_BOUND_KIB: u64 = 24 * 1024;
+/// How far above its baseline RSS may stay once the huge reviews are done.
+const SETTLED_BOUND_KIB: u64 = 8 * 1024;
+
+/// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
+fn status_kib(child: &Child, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{}/status", child.id())).unwrap();
+    status
+        .lines()
+        .find_map(|line| line.strip_prefix(field)?.strip_prefix(':'))
+        .and_then(|rest| rest.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in {status}"))
+}
+
+/// A Pod with `n` containers `{"name": "c", "image": "a"}`, none with a pull policy.
+fn pod_with_containers(n: usize) -> Value {
+    let containers = vec![json!({"name": "c", "image": "a"}); n];
+    json!({"apiVersion": "v1", "kind": "Pod",
+           "metadata": {"name": "many", "namespace": "openg2p"},
+           "spec": {"containers": containers}})
+}
+
+/// The memory bound of one review, measured through prodguard's own peak RSS: a Pod of
+/// 100,000 containers (2.9 MB) is refused with a clear message, a Pod of 5,000 containers
+/// (near the largest still judged) is patched under the bound too, and RSS comes back down.
+#[tokio::test]
+async fn a_huge_review_costs_a_bounded_multiple_of_its_size_and_rss_comes_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (mut child, addr, _) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let small = Review::create(pod_with_containers(1)).json();
+    client.review("mutate", &small).await;
+    let baseline = status_kib(&child, "VmRSS");
+
+    let huge = Review::create(pod_with_containers(100_000)).json();
+    let size = serde_json::to_vec(&huge).unwrap().len();
+    assert!(size > 2_500_000, "{size}");
+    let response = client.review("mutate", &huge).await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        common::message(&response)
+            .contains("the object builds more than 4 MiB in the fields prodguard reads"),
+        "{response}"
+    );
+    let largest = Review::create(pod_with_containers(5_000)).json();
+    let response = client.review("mutate", &largest).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let patch = common::decode_patch(&response).expect("a patch");
+    assert_eq!(patch.0.len(), 5_000);
+
+    let peak = status_kib(&child, "VmHWM");
+    assert!(
+        peak < baseline + PEAK_BOUND_KIB,
+        "peak RSS {peak} KiB, baseline {baseline} KiB: more than {PEAK_BOUND_KIB} KiB for a 2.9 MB review"
+    );
+    // Back down: small reviews after it find the memory free again.
+    for _ in 0..3 {
+        client.review("mutate", &small).await;
+    }
+    let after = status_kib(&child, "VmRSS");
+    assert!(
+        after < baseline + SETTLED_BOUND_KIB,
+        "RSS stays at {after} KiB after the large reviews (baseline {baseline} KiB)"
+    );
     assert_eq!(sigterm(&mut child), Some(0));
 }

@@ -7,6 +7,7 @@
 //! report the shape error with its path.
 
 use std::borrow::Cow;
+use std::cell::Cell;
 use std::collections::BTreeMap;
 use std::fmt;
 
@@ -83,6 +84,49 @@ const OBJECT_FIELDS: &[(&str, Shape)] = &[
     ("subjects", All),
 ];
 
+/// The most memory that decoding one object in a review may build, by the estimate of
+/// [`keep`]. A real object builds a few kilobytes (a ClusterRole of 300 rules, about 300 KiB);
+/// the bound keeps a hostile one (100,000 containers, or a kept list of millions of `{}`) from
+/// costing 20 to 80 times its JSON.
+pub const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;
+
+/// The estimated cost of one JSON value in the tree (`serde_json::Value` is 32 bytes).
+const VALUE: usize = 32;
+/// The estimated cost of a JSON object's map: a B-tree leaf of 11 `String` keys and `Value`s.
+const MAP: usize = 640;
+
+thread_local! {
+    /// Bytes kept so far of the object being decoded (decoding is synchronous, so one object's
+    /// count never mixes with another's on the same thread).
+    static KEPT: Cell<usize> = const { Cell::new(0) };
+    /// Bytes kept since [`take_kept`] was last called, all objects together.
+    static KEPT_TOTAL: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts `bytes` more of the object being decoded, or fails once it exceeds
+/// [`MAX_KEPT_BYTES`].
+fn keep<E: serde::de::Error>(bytes: usize) -> Result<(), E> {
+    KEPT_TOTAL.with(|total| total.set(total.get().saturating_add(bytes)));
+    KEPT.with(|kept| {
+        let n = kept.get().saturating_add(bytes);
+        kept.set(n);
+        if n > MAX_KEPT_BYTES {
+            Err(E::custom(format_args!(
+                "the object builds more than {} MiB in the fields prodguard reads (containers, rules, labels...); prodguard judges no object that large",
+                MAX_KEPT_BYTES >> 20
+            )))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+/// The estimated bytes decoding has built on this thread since the last call (both objects of
+/// a review, and any attempt that failed), and starts counting again.
+pub fn take_kept() -> usize {
+    KEPT_TOTAL.with(|total| total.replace(0))
+}
+
 /// Deserializes a value keeping only `Shape`.
 #[derive(Clone, Copy)]
 pub struct Filtered(pub Shape, pub NamedLists);
@@ -111,10 +155,7 @@ impl<'de> DeserializeSeed<'de> for Filtered {
     type Value = Value;
 
     fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Value, D::Error> {
-        match self.0 {
-            All => Value::deserialize(deserializer),
-            shape => deserializer.deserialize_any(FilterVisitor(shape, self.1)),
-        }
+        deserializer.deserialize_any(FilterVisitor(self.0, self.1))
     }
 }
 
@@ -153,6 +194,7 @@ impl<'de> Visitor<'de> for FilterVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Value, A::Error> {
+        keep(VALUE + MAP)?;
         let mut out = Map::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
             let child = match self.0 {
@@ -166,6 +208,7 @@ impl<'de> Visitor<'de> for FilterVisitor {
     }
 
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Value, A::Error> {
+        keep(VALUE)?;
         let element = match self.0 {
             Each(shape) => *shape,
             Named(names) => {
@@ -180,33 +223,43 @@ impl<'de> Visitor<'de> for FilterVisitor {
         };
         let mut out = Vec::new();
         while let Some(value) = seq.next_element_seed(Filtered(element, self.1))? {
+            // The vector's spare capacity.
+            keep(VALUE)?;
             out.push(value);
         }
         Ok(Value::Array(out))
     }
 
-    fn visit_bool<E>(self, v: bool) -> Result<Value, E> {
+    fn visit_bool<E: serde::de::Error>(self, v: bool) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::Bool(v))
     }
-    fn visit_i64<E>(self, v: i64) -> Result<Value, E> {
+    fn visit_i64<E: serde::de::Error>(self, v: i64) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::from(v))
     }
-    fn visit_u64<E>(self, v: u64) -> Result<Value, E> {
+    fn visit_u64<E: serde::de::Error>(self, v: u64) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::from(v))
     }
-    fn visit_f64<E>(self, v: f64) -> Result<Value, E> {
+    fn visit_f64<E: serde::de::Error>(self, v: f64) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::from(v))
     }
-    fn visit_str<E>(self, v: &str) -> Result<Value, E> {
+    fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Value, E> {
+        keep(VALUE + v.len())?;
         Ok(Value::String(v.to_owned()))
     }
-    fn visit_string<E>(self, v: String) -> Result<Value, E> {
+    fn visit_string<E: serde::de::Error>(self, v: String) -> Result<Value, E> {
+        keep(VALUE + v.len())?;
         Ok(Value::String(v))
     }
-    fn visit_unit<E>(self) -> Result<Value, E> {
+    fn visit_unit<E: serde::de::Error>(self) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::Null)
     }
-    fn visit_none<E>(self) -> Result<Value, E> {
+    fn visit_none<E: serde::de::Error>(self) -> Result<Value, E> {
+        keep(VALUE)?;
         Ok(Value::Null)
     }
 }
@@ -230,6 +283,7 @@ fn keep_entry<'de, A: MapAccess<'de>>(
 ) -> Result<(), A::Error> {
     match shape {
         Some(shape) => {
+            keep(key.len())?;
             let value = map.next_value_seed(Filtered(shape, named))?;
             out.insert(key.into_owned(), value);
         }
@@ -273,6 +327,7 @@ impl<'de> Visitor<'de> for NamedEntry {
         let Some(name) = name.filter(|n| self.0.contains(&n.as_ref())) else {
             return Ok(None);
         };
+        keep(VALUE + MAP + name.len() + value.as_ref().map_or(0, |v| v.len()))?;
         let mut entry = Map::new();
         entry.insert("name".into(), Value::String(name.into_owned()));
         if let Some(value) = value {
@@ -397,9 +452,68 @@ struct Metadata {
     generate_name: Option<String>,
     namespace: Option<String>,
     uid: Option<String>,
+    #[serde(default, deserialize_with = "counted_labels")]
     labels: Option<BTreeMap<String, String>>,
+    #[serde(default, deserialize_with = "counted_owners")]
     owner_references: Option<Vec<OwnerReference>>,
     annotations: Option<KeptAnnotations>,
+}
+
+/// Labels, each counted against [`MAX_KEPT_BYTES`].
+fn counted_labels<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct LabelsVisitor;
+    impl<'de> Visitor<'de> for LabelsVisitor {
+        type Value = Option<BTreeMap<String, String>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a map of labels")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+            let mut labels = BTreeMap::new();
+            while let Some((key, value)) = map.next_entry::<String, String>()? {
+                // Two strings in a B-tree leaf, and their text.
+                keep(96 + key.len() + value.len())?;
+                labels.insert(key, value);
+            }
+            Ok(Some(labels))
+        }
+    }
+    deserializer.deserialize_any(LabelsVisitor)
+}
+
+/// Owner references, each counted against [`MAX_KEPT_BYTES`].
+fn counted_owners<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<OwnerReference>>, D::Error> {
+    struct OwnersVisitor;
+    impl<'de> Visitor<'de> for OwnersVisitor {
+        type Value = Option<Vec<OwnerReference>>;
+        fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+            f.write_str("a list of owner references")
+        }
+        fn visit_unit<E>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+            let mut owners = Vec::new();
+            while let Some(owner) = seq.next_element::<OwnerReference>()? {
+                keep(
+                    std::mem::size_of::<OwnerReference>()
+                        + owner.api_version.len()
+                        + owner.kind.len()
+                        + owner.name.len()
+                        + owner.uid.len(),
+                )?;
+                owners.push(owner);
+            }
+            Ok(Some(owners))
+        }
+    }
+    deserializer.deserialize_any(OwnersVisitor)
 }
 
 /// ingress-body-size reads one annotation; the others (last-applied-configuration) are
@@ -460,6 +574,7 @@ impl<'de> Visitor<'de> for ObjectVisitor {
     }
 
     fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<ReviewObject, A::Error> {
+        KEPT.with(|kept| kept.set(0));
         let mut metadata = None;
         let mut data = Map::new();
         while let Some(Key(key)) = map.next_key::<Key<'de>>()? {
@@ -503,6 +618,50 @@ impl serde::Serialize for ReviewObject {
 mod tests {
     use super::*;
     use serde_json::json;
+
+    /// Decodes `value` as a review's object: the error, and the bytes kept.
+    fn kept_of(value: &Value) -> (Option<String>, usize) {
+        let text = serde_json::to_string(value).unwrap();
+        take_kept();
+        let result = serde_json::from_str::<ReviewObject>(&text);
+        (result.err().map(|e| e.to_string()), take_kept())
+    }
+
+    #[test]
+    fn what_an_object_builds_is_bounded_whatever_its_shape() {
+        let refused = "the object builds more than 4 MiB in the fields prodguard reads";
+        // 100,000 containers (2.6 MB of JSON).
+        let containers = vec![json!({"name": "c", "image": "a"}); 100_000];
+        let (error, kept) = kept_of(&json!({"kind": "Pod", "spec": {"containers": containers}}));
+        assert!(error.unwrap().contains(refused));
+        assert!(kept <= MAX_KEPT_BYTES + 1024, "{kept}");
+        // A kept list of empty objects (3 bytes of JSON each), and a million labels.
+        let rules = vec![json!({}); 1_000_000];
+        let (error, _) = kept_of(&json!({"kind": "ClusterRole", "rules": rules}));
+        assert!(error.unwrap().contains(refused));
+        let labels: serde_json::Map<String, Value> =
+            (0..1_000_000).map(|i| (i.to_string(), json!(""))).collect();
+        let (error, _) = kept_of(&json!({"kind": "Pod", "metadata": {"labels": labels}}));
+        assert!(error.unwrap().contains(refused));
+        // A real object is far below: a Deployment of 50 containers, a ClusterRole of 300 rules.
+        let containers = vec![
+            json!({"name": "app", "image": "registry.local/app:1.2.3", "imagePullPolicy": "IfNotPresent"});
+            50
+        ];
+        let (error, kept) = kept_of(
+            &json!({"kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": containers}}}}),
+        );
+        assert_eq!(error, None);
+        assert!(kept < 128 * 1024, "{kept}");
+        let rules = vec![
+            json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]});
+            300
+        ];
+        let (error, kept) = kept_of(&json!({"kind": "ClusterRole", "rules": rules}));
+        assert_eq!(error, None);
+        assert!(kept < 1024 * 1024, "{kept}");
+    }
 
     fn filter(value: &Value) -> Value {
         let text = serde_json::to_string(value).unwrap();

@@ -52,6 +52,8 @@ pub struct AuditSettings {
     pub event_gap: Duration,
     /// The pod prodguard runs in (namespace, name), for Warning Events about the audit.
     pub pod: Option<(String, String)>,
+    /// Memory kept for admission (see `http::admission_memory`).
+    pub admission_memory: u64,
 }
 
 /// Starts the audit's thread. `engine` evaluates the objects: built from the configuration
@@ -138,7 +140,7 @@ async fn run(
     };
     let limit = budget::memory_limit();
     let resident = budget::resident_bytes().unwrap_or(0);
-    let budget = match budget::plan(limit, resident, wanted) {
+    let budget = match budget::plan(limit, resident, settings.admission_memory, wanted) {
         Plan::Full(budget) => budget,
         Plan::Degraded(budget, why) => {
             tracing::warn!("{why}");

@@ -10,8 +10,6 @@
 
 use super::PageBudget;
 
-/// Room kept for admission reviews in flight (bodies of up to 3 MiB, decoded).
-pub const ADMISSION_RESERVE: u64 = 24 * 1024 * 1024;
 /// The audit's fixed cost: its thread and runtime, its kube client, the snapshot of roles
 /// and namespaces, the finding hashes of a cluster of tens of thousands of findings.
 pub const AUDIT_FIXED: u64 = 6 * 1024 * 1024;
@@ -56,12 +54,12 @@ fn mib(bytes: u64) -> String {
 }
 
 /// Fits `wanted` into `limit` (bytes, `None` for no limit) for a process that already
-/// holds `resident` bytes.
-pub fn plan(limit: Option<u64>, resident: u64, wanted: AuditBudget) -> Plan {
+/// holds `resident` bytes and keeps `admission` bytes for reviews in flight.
+pub fn plan(limit: Option<u64>, resident: u64, admission: u64, wanted: AuditBudget) -> Plan {
     let Some(limit) = limit else {
         return Plan::Full(wanted);
     };
-    let available = limit.saturating_sub(resident + ADMISSION_RESERVE + AUDIT_FIXED);
+    let available = limit.saturating_sub(resident + admission + AUDIT_FIXED);
     if wanted.bytes() <= available {
         return Plan::Full(wanted);
     }
@@ -76,7 +74,7 @@ pub fn plan(limit: Option<u64>, resident: u64, wanted: AuditBudget) -> Plan {
         "the memory limit is {}, {} is in use, {} is kept for admission and {} for the audit's fixed cost",
         mib(limit),
         mib(resident),
-        mib(ADMISSION_RESERVE),
+        mib(admission),
         mib(AUDIT_FIXED)
     );
     if smallest.bytes() > available {
@@ -182,6 +180,7 @@ mod tests {
     use super::*;
 
     const MIB: u64 = 1024 * 1024;
+    const ADMISSION: u64 = 24 * MIB;
 
     fn wanted() -> AuditBudget {
         AuditBudget {
@@ -195,9 +194,22 @@ mod tests {
 
     #[test]
     fn no_limit_or_a_roomy_one_plans_in_full() {
-        assert_eq!(plan(None, 10 * MIB, wanted()), Plan::Full(wanted()));
         assert_eq!(
-            plan(Some(128 * MIB), 10 * MIB, wanted()),
+            plan(None, 10 * MIB, ADMISSION, wanted()),
+            Plan::Full(wanted())
+        );
+        assert_eq!(
+            plan(Some(128 * MIB), 10 * MIB, ADMISSION, wanted()),
+            Plan::Full(wanted())
+        );
+    }
+
+    #[test]
+    fn deploy_s_limit_holds_admission_s_default_budget_and_the_full_audit() {
+        // deploy/base: a 128Mi limit; about 20 MiB resident once serving.
+        let admission = crate::http::admission_memory(crate::http::DEFAULT_BYTES_IN_FLIGHT);
+        assert_eq!(
+            plan(Some(128 * MIB), 20 * MIB, admission, wanted()),
             Plan::Full(wanted())
         );
     }
@@ -205,7 +217,7 @@ mod tests {
     #[test]
     fn a_tight_limit_shrinks_pages_and_results_to_fit() {
         let limit = 56 * MIB;
-        let Plan::Degraded(budget, why) = plan(Some(limit), 10 * MIB, wanted()) else {
+        let Plan::Degraded(budget, why) = plan(Some(limit), 10 * MIB, ADMISSION, wanted()) else {
             panic!("not degraded");
         };
         assert!(budget.page.bytes < wanted().page.bytes, "{budget:?}");
@@ -215,7 +227,7 @@ mod tests {
         );
         assert!(budget.page.bytes >= MIN_PAGE_BYTES);
         assert!(
-            budget.bytes() <= limit - 10 * MIB - ADMISSION_RESERVE - AUDIT_FIXED,
+            budget.bytes() <= limit - 10 * MIB - ADMISSION - AUDIT_FIXED,
             "{budget:?}"
         );
         assert!(why.contains("runs degraded"), "{why}");
@@ -224,7 +236,7 @@ mod tests {
 
     #[test]
     fn a_limit_that_cannot_hold_the_smallest_plan_refuses() {
-        let Plan::Refused(why) = plan(Some(40 * MIB), 12 * MIB, wanted()) else {
+        let Plan::Refused(why) = plan(Some(40 * MIB), 12 * MIB, ADMISSION, wanted()) else {
             panic!("not refused");
         };
         assert!(why.contains("does not fit"), "{why}");

@@ -52,6 +52,13 @@ fn parse_interval(flag: &str, value: &str) -> Result<Option<Duration>, String> {
         })
 }
 
+/// A duration flag that must be longer than zero (`off` and `0s` are refused).
+fn positive(flag: &str, value: &str) -> Result<Duration, String> {
+    parse_interval(flag, value)?
+        .filter(|d| !d.is_zero())
+        .ok_or_else(|| format!("{flag} must be longer than 0"))
+}
+
 async fn serve(args: ServeArgs) -> Result<(), String> {
     let config = load_config(args.config.as_deref(), args.mode).map_err(|e| e.to_string())?;
     let addr: SocketAddr = args.addr.parse().map_err(|e| {
@@ -67,8 +74,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         })?),
     };
     let audit_interval = parse_interval("--audit-interval", &args.audit_interval)?;
-    let lease_duration = parse_interval("--lease-duration", &args.lease_duration)?
-        .ok_or("--lease-duration must be longer than 0")?;
+    let lease_duration = positive("--lease-duration", &args.lease_duration)?;
     if args.report_max_results == 0 {
         return Err("--report-max-results must be at least 1".into());
     }
@@ -88,19 +94,36 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     let tls_reload_interval = parse_interval("--tls-reload-interval", &args.tls_reload_interval)?;
     let limits = server::Limits {
-        handshake_timeout: parse_interval("--handshake-timeout", &args.handshake_timeout)?
-            .ok_or("--handshake-timeout must be longer than 0")?,
-        header_read_timeout: parse_interval("--header-read-timeout", &args.header_read_timeout)?
-            .ok_or("--header-read-timeout must be longer than 0")?,
+        handshake_timeout: positive("--handshake-timeout", &args.handshake_timeout)?,
+        header_read_timeout: positive("--header-read-timeout", &args.header_read_timeout)?,
         max_connections: args.max_connections,
-        first_request_timeout: parse_interval(
-            "--first-request-timeout",
-            &args.first_request_timeout,
-        )?
-        .ok_or("--first-request-timeout must be longer than 0")?,
+        first_request_timeout: positive("--first-request-timeout", &args.first_request_timeout)?,
+        write_timeout: positive("--write-timeout", &args.write_timeout)?,
+        max_connections_per_peer: args.max_connections_per_peer,
+        max_handshakes: args.max_handshakes,
     };
-    if limits.max_connections == 0 {
-        return Err("--max-connections must be at least 1".into());
+    for (flag, value) in [
+        ("--max-connections", limits.max_connections),
+        (
+            "--max-connections-per-peer",
+            limits.max_connections_per_peer,
+        ),
+        ("--max-handshakes", limits.max_handshakes),
+    ] {
+        if value == 0 {
+            return Err(format!("{flag} must be at least 1"));
+        }
+    }
+    let bodies = crate::http::BodyLimits {
+        read_timeout: positive("--body-read-timeout", &args.body_read_timeout)?,
+        in_flight_bytes: args.max_bytes_in_flight,
+        ..crate::http::BodyLimits::default()
+    };
+    if bodies.in_flight_bytes < crate::http::MIN_BYTES_IN_FLIGHT {
+        return Err(format!(
+            "--max-bytes-in-flight must be at least {} (the largest review body and what its objects may build)",
+            crate::http::MIN_BYTES_IN_FLIGHT
+        ));
     }
     let shutdown_delay =
         parse_interval("--shutdown-delay", &args.shutdown_delay)?.unwrap_or(Duration::ZERO);
@@ -177,7 +200,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "policy active"
         );
     }
-    let state = AppState::with_metrics(engine, metrics.clone());
+    let state = AppState::with_limits(engine, metrics.clone(), bodies);
     let config_reload_interval =
         parse_interval("--config-reload-interval", &args.config_reload_interval)?;
     if let Some(path) = args.config.clone() {
@@ -254,6 +277,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                     events_per_scan: args.audit_events_per_scan,
                     event_gap: background::EVENT_GAP,
                     pod,
+                    admission_memory: crate::http::admission_memory(bodies.in_flight_bytes),
                 },
             )?;
         }

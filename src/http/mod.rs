@@ -3,11 +3,12 @@
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
-use axum::extract::{DefaultBodyLimit, State};
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
@@ -18,9 +19,104 @@ use crate::admission::{self, Decoded};
 use crate::engine::{Engine, Request, Verdict, Webhook};
 use crate::report::metrics::{kind_label, FindingLabels, Metrics, RequestLabels, WebhookLabels};
 
-/// The largest review body accepted; larger ones get 413. The API server caps a request
-/// body at 3 MiB.
-pub const MAX_BODY_BYTES: usize = 3 * 1024 * 1024;
+/// The largest review body accepted; larger ones get 413. It fits the largest legitimate
+/// review: an UPDATE carries the object and its old version, each at most etcd's request
+/// limit (1.5 MiB) as stored, and the API server writes `<`, `>` and `&` as `\u003c` (six
+/// bytes for one); 64 KiB more hold the review's envelope (user, groups, options). The API
+/// server's own 3 MiB cap is on what a client sends it, not on what it sends a webhook.
+pub const MAX_BODY_BYTES: usize = 2 * ETCD_MAX_REQUEST_BYTES * MAX_ESCAPE + 64 * 1024;
+/// etcd's default `--max-request-bytes`, the largest object the API server can store.
+pub const ETCD_MAX_REQUEST_BYTES: usize = 1536 * 1024;
+/// The most bytes the API server's JSON encoding writes for one byte of a stored object.
+pub const MAX_ESCAPE: usize = 6;
+
+/// The default of [`BodyLimits::in_flight_bytes`].
+pub const DEFAULT_BYTES_IN_FLIGHT: usize = 40 * 1024 * 1024;
+/// Reviews decoded at once: what decoding builds is held against the in-flight budget only
+/// once it is done, so at most this many times [`admission::partial::MAX_KEPT_BYTES`] (for
+/// each of the object, its old version and a retry that explains an error) is ever built
+/// beyond the budget, whatever the number of cores.
+pub const DECODE_SLOTS: usize = 2;
+/// The least in-flight budget: the largest body and twice what its objects may build.
+pub const MIN_BYTES_IN_FLIGHT: usize = MAX_BODY_BYTES + 4 * admission::partial::MAX_KEPT_BYTES;
+
+/// Memory that admission may hold with a budget of `in_flight` bytes: the budget, and what
+/// decodes in progress build beyond it. The background audit plans around it.
+pub fn admission_memory(in_flight: usize) -> u64 {
+    (in_flight + DECODE_SLOTS * 3 * admission::partial::MAX_KEPT_BYTES) as u64
+}
+
+/// Bounds on the review bodies being read and evaluated.
+#[derive(Debug, Clone, Copy)]
+pub struct BodyLimits {
+    /// The largest body; see [`MAX_BODY_BYTES`].
+    pub max_bytes: usize,
+    /// How long a body has to arrive, from its request's headers (kube-apiserver sends it at
+    /// once; a body trickled slowly is cut off).
+    pub read_timeout: Duration,
+    /// The memory all reviews hold at once, from the first byte read to the answer sent: each
+    /// body, and twice the estimate of what decoding built from it (the objects, and the
+    /// findings and patches made from them). A review that does not fit waits (within its
+    /// read timeout) and is then refused with 503.
+    pub in_flight_bytes: usize,
+}
+
+impl Default for BodyLimits {
+    fn default() -> Self {
+        BodyLimits {
+            max_bytes: MAX_BODY_BYTES,
+            read_timeout: Duration::from_secs(10),
+            in_flight_bytes: DEFAULT_BYTES_IN_FLIGHT,
+        }
+    }
+}
+
+/// The body budget: [`BodyLimits`] and the bytes still free.
+struct Bodies {
+    limits: BodyLimits,
+    free: Arc<Semaphore>,
+    /// See [`DECODE_SLOTS`].
+    decoding: Semaphore,
+}
+
+impl Bodies {
+    /// Takes `bytes` of the budget, waiting for room until `deadline`; 503 after it.
+    async fn reserve(
+        &self,
+        bytes: usize,
+        deadline: tokio::time::Instant,
+    ) -> Result<Option<OwnedSemaphorePermit>, Response> {
+        if bytes == 0 {
+            return Ok(None);
+        }
+        let permits = u32::try_from(bytes.min(self.limits.in_flight_bytes)).unwrap_or(u32::MAX);
+        match tokio::time::timeout_at(deadline, self.free.clone().acquire_many_owned(permits)).await
+        {
+            Ok(Ok(share)) => Ok(Some(share)),
+            _ => Err(json_error(
+                StatusCode::SERVICE_UNAVAILABLE,
+                &format!(
+                    "prodguard holds {} bytes of reviews in flight (--max-bytes-in-flight); this one waited {:?} for room",
+                    self.limits.in_flight_bytes, self.limits.read_timeout
+                ),
+            )),
+        }
+    }
+
+    fn new(limits: BodyLimits) -> Bodies {
+        let budget = limits
+            .in_flight_bytes
+            .clamp(MIN_BYTES_IN_FLIGHT, Semaphore::MAX_PERMITS);
+        Bodies {
+            limits: BodyLimits {
+                in_flight_bytes: budget,
+                ..limits
+            },
+            free: Arc::new(Semaphore::new(budget)),
+            decoding: Semaphore::new(DECODE_SLOTS),
+        }
+    }
+}
 
 pub struct AppState {
     /// The policies in force; replaced whole when the configuration is reloaded.
@@ -28,6 +124,7 @@ pub struct AppState {
     /// False while starting and once shutting down: `/readyz` then fails.
     pub ready: AtomicBool,
     pub metrics: Arc<Metrics>,
+    bodies: Bodies,
 }
 
 impl AppState {
@@ -36,10 +133,15 @@ impl AppState {
     }
 
     pub fn with_metrics(engine: Engine, metrics: Arc<Metrics>) -> Arc<AppState> {
+        AppState::with_limits(engine, metrics, BodyLimits::default())
+    }
+
+    pub fn with_limits(engine: Engine, metrics: Arc<Metrics>, bodies: BodyLimits) -> Arc<AppState> {
         Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
             ready: AtomicBool::new(true),
             metrics,
+            bodies: Bodies::new(bodies),
         })
     }
 
@@ -85,7 +187,6 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
-        .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .with_state(state)
 }
 
@@ -97,12 +198,108 @@ async fn readyz(State(state): State<Arc<AppState>>) -> Response {
     }
 }
 
-async fn mutate(state: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    review(state, Webhook::Mutate, body).await
+async fn mutate(state: State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    review(state, Webhook::Mutate, request).await
 }
 
-async fn validate(state: State<Arc<AppState>>, body: Result<Bytes, BytesRejection>) -> Response {
-    review(state, Webhook::Validate, body).await
+async fn validate(state: State<Arc<AppState>>, request: axum::extract::Request) -> Response {
+    review(state, Webhook::Validate, request).await
+}
+
+/// A body read whole, and its share of the in-flight budget (given back when dropped).
+struct Body {
+    bytes: Vec<u8>,
+    _share: Option<OwnedSemaphorePermit>,
+}
+
+/// One share of the in-flight budget holding both.
+fn merged(
+    share: Option<OwnedSemaphorePermit>,
+    more: Option<OwnedSemaphorePermit>,
+) -> Option<OwnedSemaphorePermit> {
+    match (share, more) {
+        (Some(mut share), Some(more)) => {
+            share.merge(more);
+            Some(share)
+        }
+        (share, more) => share.or(more),
+    }
+}
+
+/// Reads a request's body within [`BodyLimits`]: its size, its read timeout and the in-flight
+/// budget. A declared length is reserved before the first byte is read, so that bodies never
+/// wait for each other half-read; a chunked body reserves as it grows.
+async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<Body, Response> {
+    let limits = bodies.limits;
+    let max = limits.max_bytes;
+    let too_large = || {
+        json_error(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            &format!(
+                "the body is larger than {max} bytes, the largest review (an UPDATE of two objects at etcd's 1.5 MiB limit, escaped)"
+            ),
+        )
+    };
+    let declared = match request.headers().get(header::CONTENT_LENGTH) {
+        None => None,
+        Some(value) => match value.to_str().ok().and_then(|v| v.parse::<usize>().ok()) {
+            Some(length) => Some(length),
+            None => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    "the Content-Length header is not a number",
+                ))
+            }
+        },
+    };
+    if declared.is_some_and(|length| length > max) {
+        return Err(too_large());
+    }
+    let deadline = tokio::time::Instant::now() + limits.read_timeout;
+    let mut share = bodies.reserve(declared.unwrap_or(0), deadline).await?;
+    let mut reserved = declared.unwrap_or(0);
+    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    let mut body = request.into_body();
+    loop {
+        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
+            Err(_) => {
+                return Err(json_error(
+                    StatusCode::REQUEST_TIMEOUT,
+                    &format!(
+                        "the body did not arrive within {:?} (--body-read-timeout)",
+                        limits.read_timeout
+                    ),
+                ))
+            }
+            Ok(None) => break,
+            Ok(Some(Err(e))) => {
+                return Err(json_error(
+                    StatusCode::BAD_REQUEST,
+                    &format!("cannot read the body: {e}"),
+                ))
+            }
+            Ok(Some(Ok(frame))) => frame,
+        };
+        let Ok(data) = frame.into_data() else {
+            continue; // trailers
+        };
+        let length = bytes.len() + data.len();
+        if length > max {
+            return Err(too_large());
+        }
+        if length > reserved {
+            // More than declared (hyper refuses that) or chunked: reserve at least 64 KiB more.
+            let more = (length - reserved).max(64 * 1024).min(max - reserved);
+            let added = bodies.reserve(more, deadline).await?;
+            share = merged(share, added);
+            reserved += more;
+        }
+        bytes.extend_from_slice(&data);
+    }
+    Ok(Body {
+        bytes,
+        _share: share,
+    })
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
@@ -127,19 +324,13 @@ fn json_body(body: Vec<u8>) -> Response {
 async fn review(
     State(state): State<Arc<AppState>>,
     webhook: Webhook,
-    body: Result<Bytes, BytesRejection>,
+    request: axum::extract::Request,
 ) -> Response {
-    let body = match body {
+    let body = match read_body(&state.bodies, request).await {
         Ok(body) => body,
-        Err(rejection) => {
-            let status = rejection.status();
-            let message = if status == StatusCode::PAYLOAD_TOO_LARGE {
-                format!("the body is larger than {MAX_BODY_BYTES} bytes (3 MiB)")
-            } else {
-                rejection.body_text()
-            };
-            tracing::debug!(%status, "rejected body: {message}");
-            return json_error(status, &message);
+        Err(refused) => {
+            tracing::debug!(status = %refused.status(), "body refused");
+            return refused;
         }
     };
     let started = Instant::now();
@@ -155,7 +346,24 @@ async fn review(
             })
             .inc();
     };
-    let response = match admission::decode(&body) {
+    let decoded = {
+        // The semaphore is never closed.
+        let _slot = state.bodies.decoding.acquire().await;
+        let _ = admission::partial::take_kept();
+        admission::decode(&body.bytes)
+    };
+    // What decoding built is held until the answer is sent: its share of the budget, twice its
+    // estimate (the objects, and the findings and patches made from them).
+    let built = admission::partial::take_kept();
+    let deadline = tokio::time::Instant::now() + state.bodies.limits.read_timeout;
+    let _built_share = match state.bodies.reserve(2 * built, deadline).await {
+        Ok(share) => share,
+        Err(busy) => {
+            tracing::debug!(built, "no room for a decoded review");
+            return busy;
+        }
+    };
+    let response = match decoded {
         Err(e) => {
             tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
             count("", "", "invalid");
@@ -235,5 +443,53 @@ async fn review(
                 "cannot encode the response",
             )
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bodies(read_timeout: Duration) -> Bodies {
+        Bodies::new(BodyLimits {
+            read_timeout,
+            in_flight_bytes: MIN_BYTES_IN_FLIGHT,
+            ..BodyLimits::default()
+        })
+    }
+
+    #[tokio::test]
+    async fn a_review_that_does_not_fit_waits_then_gets_503() {
+        let bodies = bodies(Duration::from_millis(200));
+        let soon = || tokio::time::Instant::now() + Duration::from_millis(200);
+        let first = bodies.reserve(MAX_BODY_BYTES, soon()).await.unwrap();
+        assert!(first.is_some());
+        // The rest of the budget is less than another largest body.
+        let refused = bodies.reserve(MAX_BODY_BYTES, soon()).await.unwrap_err();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        // It waits for room, and gets it when the first is done.
+        let waiting = bodies.reserve(
+            MAX_BODY_BYTES,
+            tokio::time::Instant::now() + Duration::from_secs(5),
+        );
+        let release = async {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            drop(first);
+        };
+        let (second, ()) = tokio::join!(waiting, release);
+        assert!(second.unwrap().is_some());
+        // Nothing to hold takes nothing.
+        assert!(bodies.reserve(0, soon()).await.unwrap().is_none());
+    }
+
+    #[test]
+    fn the_budget_is_never_below_the_largest_review() {
+        let small = Bodies::new(BodyLimits {
+            in_flight_bytes: 1,
+            ..BodyLimits::default()
+        });
+        assert_eq!(small.limits.in_flight_bytes, MIN_BYTES_IN_FLIGHT);
+        assert_eq!(MIN_BYTES_IN_FLIGHT, 35_717_120);
+        assert!(admission_memory(DEFAULT_BYTES_IN_FLIGHT) <= 64 * 1024 * 1024);
     }
 }

@@ -1,41 +1,54 @@
 //! The TLS listener: accepts connections, serves the router over HTTP/1.1 or HTTP/2 (by
 //! ALPN), and shuts down gracefully.
 
+mod conns;
 pub mod pki;
+mod timed_io;
 pub mod tls;
 
 use std::future::Future;
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
 use axum::Router;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::server::graceful::GracefulShutdown;
 use hyper_util::service::TowerToHyperService;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-/// Bounds on what a client can hold.
+use conns::{Admission, Entry, Phase, Table};
+use timed_io::WriteTimeout;
+
+/// Bounds on what a client can hold. README's "Hostile clients" gives each with its default.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// How long a client has to finish its TLS handshake.
     pub handshake_timeout: Duration,
-    /// How long a client has to send a request's headers. In hyper this also bounds the idle
-    /// time between requests on a keep-alive connection, so the default is longer than the
-    /// 90 s for which Go's HTTP client (kube-apiserver's) keeps an idle connection: closing
-    /// one the client still holds would fail a webhook call that races the close.
+    /// How long a client has to send a request's headers, and how long a keep-alive connection
+    /// (HTTP/1.1 or HTTP/2) may idle between requests. The default is longer than the 90 s for
+    /// which Go's HTTP client (kube-apiserver's) keeps an idle connection: closing one the
+    /// client still holds would fail a webhook call that races the close.
     pub header_read_timeout: Duration,
-    /// Connections served at once; beyond this, new ones wait in the listen backlog until a
-    /// connection ends (slow or idle clients are cut off by the timeouts).
+    /// Connections served at once. At the limit, the connection that has idled longest is
+    /// closed to make room; when none idles, new ones wait until one ends.
     pub max_connections: usize,
+    /// Connections one peer address may hold; at the cap its longest-idle one makes room, and
+    /// when none of its connections idles, a new one is refused.
+    pub max_connections_per_peer: usize,
+    /// TLS handshakes in progress at once; at the limit the oldest is dropped.
+    pub max_handshakes: usize,
     /// How long a connection has, from its TLS handshake, to send its first request (HTTP/1.1
     /// headers or an HTTP/2 stream). kube-apiserver sends at once; a connection that sends
     /// nothing (or only the start of the HTTP/2 preface) is closed, so idlers cannot hold the
     /// connection slots for the long keep-alive time that only a connection that has
     /// completed a request gets.
     pub first_request_timeout: Duration,
+    /// How long a write to the client may make no progress (a client that does not read its
+    /// answers) before the connection is closed.
+    pub write_timeout: Duration,
 }
 
 impl Default for Limits {
@@ -44,10 +57,19 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(100),
             max_connections: 1024,
+            max_connections_per_peer: 128,
+            max_handshakes: 64,
             first_request_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
         }
     }
 }
+
+/// Concurrent HTTP/2 streams per connection (hyper's default is 200; kube-apiserver opens as
+/// many as it has webhook calls in flight, and more wait client-side).
+pub const HTTP2_MAX_STREAMS: u32 = 100;
+/// The largest header block of an HTTP/2 request (hyper's default is 16 MiB).
+pub const HTTP2_MAX_HEADER_LIST: u32 = 64 * 1024;
 
 /// How long in-flight requests have to finish after shutdown starts.
 pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(20);
@@ -113,23 +135,23 @@ async fn accept_loop<H, F, IO>(
     F: Future<Output = Result<IO, String>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
-    let graceful = GracefulShutdown::new();
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
         .timer(TokioTimer::new())
         .header_read_timeout(limits.header_read_timeout)
         .keep_alive(true);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(HTTP2_MAX_STREAMS)
+        .max_header_list_size(HTTP2_MAX_HEADER_LIST);
     let builder = Arc::new(builder);
     let handshake = Arc::new(handshake);
-    let slots = Arc::new(tokio::sync::Semaphore::new(limits.max_connections.max(1)));
+    let table = Table::new(&limits);
+    let refused = RefusalLog::default();
     tokio::pin!(shutdown);
     loop {
-        let slot = tokio::select! {
-            slot = slots.clone().acquire_owned() => slot,
-            () = &mut shutdown => break,
-        };
-        let Ok(slot) = slot else { break };
         let accepted = tokio::select! {
             accepted = listener.accept() => accepted,
             () = &mut shutdown => break,
@@ -143,60 +165,164 @@ async fn accept_loop<H, F, IO>(
                 continue;
             }
         };
+        let entry = tokio::select! {
+            admission = table.admit(peer.ip()) => match admission {
+                Admission::Admitted(entry) => entry,
+                Admission::PeerFull => {
+                    refused.note(peer, limits.max_connections_per_peer);
+                    continue;
+                }
+            },
+            () = &mut shutdown => break,
+        };
         let _ = tcp.set_nodelay(true);
-        let app = app.clone();
-        let builder = builder.clone();
-        let handshake = handshake.clone();
-        let watcher = graceful.watcher();
-        tokio::spawn(async move {
-            // Held while the connection lives.
-            let _slot = slot;
-            let io = match handshake(tcp).await {
-                Ok(io) => io,
-                Err(e) => {
-                    tracing::debug!(%peer, "{e}");
-                    return;
-                }
-            };
-            // Told when the connection's first request arrives.
-            let (first, mut first_seen) = tokio::sync::watch::channel(false);
-            let inner = TowerToHyperService::new(app);
-            let service = hyper::service::service_fn(move |request| {
-                first.send_if_modified(|seen| !std::mem::replace(seen, true));
-                hyper::service::Service::call(&inner, request)
-            });
-            let connection = watcher.watch(
-                builder
-                    .serve_connection(TokioIo::new(io), service)
-                    .into_owned(),
-            );
-            tokio::pin!(connection);
-            let first_request = async {
-                if tokio::time::timeout(limits.first_request_timeout, first_seen.wait_for(|s| *s))
-                    .await
-                    .is_err()
-                {
-                    return;
-                }
-                std::future::pending::<()>().await
-            };
-            tokio::select! {
-                result = &mut connection => {
-                    if let Err(e) = result {
-                        tracing::debug!(%peer, "connection ended: {e}");
-                    }
-                }
-                () = first_request => {
-                    tracing::debug!(%peer, "no request within {:?}; closing", limits.first_request_timeout);
-                }
-            }
-        });
+        tokio::spawn(connection(
+            entry,
+            tcp,
+            peer,
+            handshake.clone(),
+            builder.clone(),
+            app.clone(),
+            limits,
+        ));
     }
     drop(listener);
+    table.close_all();
     tokio::select! {
-        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = table.drained() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(SHUTDOWN_GRACE) => {
             tracing::warn!("connections still open after {SHUTDOWN_GRACE:?}; closing them")
         }
+    }
+}
+
+/// Serves one connection: its handshake, then its requests, until it ends or the server
+/// closes it (first-request timeout, idle timeout, eviction, shutdown).
+async fn connection<H, F, IO>(
+    mut entry: Entry,
+    tcp: TcpStream,
+    peer: SocketAddr,
+    handshake: Arc<H>,
+    builder: Arc<auto::Builder<TokioExecutor>>,
+    app: Router,
+    limits: Limits,
+) where
+    H: Fn(TcpStream) -> F + Send + Sync + 'static,
+    F: Future<Output = Result<IO, String>> + Send + 'static,
+    IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let conn = entry.conn().clone();
+    let mut state = conn.subscribe();
+    let io = tokio::select! {
+        io = handshake(tcp) => match io {
+            Ok(io) => io,
+            Err(e) => {
+                tracing::debug!(%peer, "{e}");
+                return;
+            }
+        },
+        _ = state.wait_for(|s| s.close.is_some()) => {
+            tracing::debug!(%peer, "handshake dropped to make room for a newer one");
+            return;
+        }
+    };
+    entry.handshake_done();
+    let inner = TowerToHyperService::new(app);
+    let service = hyper::service::service_fn(move |request| {
+        let request_guard = conn.begin_request();
+        let response = hyper::service::Service::call(&inner, request);
+        async move {
+            let response = response.await;
+            drop(request_guard);
+            response
+        }
+    });
+    let connection = builder.serve_connection(
+        TokioIo::new(WriteTimeout::new(io, limits.write_timeout)),
+        service,
+    );
+    tokio::pin!(connection);
+    // When the server asked the connection to close; it then has SHUTDOWN_GRACE to finish.
+    let mut closing_since: Option<tokio::time::Instant> = None;
+    loop {
+        let now = *state.borrow_and_update();
+        let (deadline, on_deadline) = match (now.close, now.phase) {
+            (Some(why), _) => {
+                if closing_since.is_none() {
+                    tracing::debug!(%peer, "closing: {why:?}");
+                    connection.as_mut().graceful_shutdown();
+                    closing_since = Some(tokio::time::Instant::now());
+                }
+                let since = closing_since.unwrap_or(now.since);
+                (Some(since + SHUTDOWN_GRACE), "did not finish closing")
+            }
+            (None, Phase::Handshake | Phase::Open) => (
+                Some(now.since + limits.first_request_timeout),
+                "no request within the first-request timeout",
+            ),
+            (None, Phase::Idle) => (
+                Some(now.since + limits.header_read_timeout),
+                "idle for the keep-alive timeout",
+            ),
+            (None, Phase::Busy(_)) => (None, ""),
+        };
+        let expired = async {
+            match deadline {
+                Some(deadline) => tokio::time::sleep_until(deadline).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            result = connection.as_mut() => {
+                if let Err(e) = result {
+                    tracing::debug!(%peer, "connection ended: {e}");
+                }
+                return;
+            }
+            changed = state.changed() => {
+                if changed.is_err() {
+                    return;
+                }
+            }
+            () = expired => {
+                tracing::debug!(%peer, "{on_deadline}; closing");
+                match now.phase {
+                    // An idle connection closes gracefully (an HTTP/2 client gets a GOAWAY).
+                    Phase::Idle if now.close.is_none() => {
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(tokio::time::Instant::now());
+                    }
+                    _ => return,
+                }
+            }
+        }
+    }
+}
+
+/// Logs refused connections at most once a second, with how many there were.
+#[derive(Default)]
+struct RefusalLog {
+    since_last: std::sync::atomic::AtomicU64,
+    last: std::sync::Mutex<Option<std::time::Instant>>,
+}
+
+impl RefusalLog {
+    fn note(&self, peer: SocketAddr, cap: usize) {
+        use std::sync::atomic::Ordering;
+        let count = self.since_last.fetch_add(1, Ordering::Relaxed) + 1;
+        let mut last = match self.last.lock() {
+            Ok(last) => last,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        if last.is_some_and(|at| at.elapsed() < Duration::from_secs(1)) {
+            return;
+        }
+        *last = Some(std::time::Instant::now());
+        self.since_last.store(0, Ordering::Relaxed);
+        tracing::warn!(
+            peer = %peer.ip(),
+            refused = count,
+            "refused connections: the peer holds --max-connections-per-peer ({cap}) connections, none of them idle"
+        );
     }
 }

@@ -90,6 +90,15 @@ pub async fn serve_default(
     tls: Arc<rustls::ServerConfig>,
     limits: server::Limits,
 ) -> std::net::SocketAddr {
+    serve_default_with(tls, limits, prodguard::http::BodyLimits::default()).await
+}
+
+/// [`serve_default`] with explicit body limits.
+pub async fn serve_default_with(
+    tls: Arc<rustls::ServerConfig>,
+    limits: server::Limits,
+    bodies: prodguard::http::BodyLimits,
+) -> std::net::SocketAddr {
     let engine = Engine::new(
         &Config::embedded_default().expect("default config"),
         Arc::new(Snapshot::default()),
@@ -102,7 +111,11 @@ pub async fn serve_default(
     tokio::spawn(server::serve_with(
         listener,
         tls,
-        app(AppState::new(engine)),
+        app(AppState::with_limits(
+            engine,
+            Arc::new(prodguard::report::metrics::Metrics::new()),
+            bodies,
+        )),
         limits,
         std::future::pending(),
     ));
@@ -141,7 +154,27 @@ async fn tls_connect(
     server_name: &str,
     alpn: &[u8],
 ) -> (tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>) {
-    let tcp = TcpStream::connect(addr).await.expect("connect");
+    tls_connect_from(None, addr, ca_pem, server_name, alpn).await
+}
+
+/// [`tls_connect`] from a chosen local address (any of 127.0.0.0/8 on Linux).
+async fn tls_connect_from(
+    source: Option<std::net::IpAddr>,
+    addr: SocketAddr,
+    ca_pem: &str,
+    server_name: &str,
+    alpn: &[u8],
+) -> (tokio_rustls::client::TlsStream<TcpStream>, Option<Vec<u8>>) {
+    let tcp = match source {
+        None => TcpStream::connect(addr).await.expect("connect"),
+        Some(ip) => {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket
+                .bind(SocketAddr::new(ip, 0))
+                .expect("bind the source");
+            socket.connect(addr).await.expect("connect")
+        }
+    };
     let name = ServerName::try_from(server_name.to_string()).expect("server name");
     let tls = connector(ca_pem, &[alpn])
         .connect(name, tcp)
@@ -163,12 +196,27 @@ impl Client {
     }
 
     pub async fn connect_to(addr: SocketAddr, ca_pem: &str, server_name: &str) -> Client {
-        let (tls, alpn) = tls_connect(addr, ca_pem, server_name, b"http/1.1").await;
+        Client::connect_from(None, addr, ca_pem, server_name).await
+    }
+
+    /// A connection from `source` (a loopback address other than 127.0.0.1 is another peer).
+    pub async fn connect_from(
+        source: Option<std::net::IpAddr>,
+        addr: SocketAddr,
+        ca_pem: &str,
+        server_name: &str,
+    ) -> Client {
+        let (tls, alpn) = tls_connect_from(source, addr, ca_pem, server_name, b"http/1.1").await;
         let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
             .await
             .expect("HTTP/1.1 handshake");
         tokio::spawn(conn);
         Client { sender, alpn }
+    }
+
+    /// Whether the server has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
     }
 
     pub async fn send(&mut self, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
