@@ -5,6 +5,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
+use axum::body::Bytes;
 use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -208,7 +209,7 @@ async fn validate(state: State<Arc<AppState>>, request: axum::extract::Request) 
 
 /// A body read whole, and its share of the in-flight budget (given back when dropped).
 struct Body {
-    bytes: Vec<u8>,
+    bytes: Bytes,
     _share: Option<OwnedSemaphorePermit>,
 }
 
@@ -258,7 +259,11 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
     let deadline = tokio::time::Instant::now() + limits.read_timeout;
     let mut share = bodies.reserve(declared.unwrap_or(0), deadline).await?;
     let mut reserved = declared.unwrap_or(0);
-    let mut bytes = Vec::with_capacity(declared.unwrap_or(0));
+    // The first chunk is kept as it came (a body in one frame is not copied); a second one
+    // starts a buffer.
+    let mut first: Option<Bytes> = None;
+    let mut buffer: Vec<u8> = Vec::new();
+    let mut length = 0usize;
     let mut body = request.into_body();
     loop {
         let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
@@ -283,7 +288,7 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };
-        let length = bytes.len() + data.len();
+        length += data.len();
         if length > max {
             return Err(too_large());
         }
@@ -294,8 +299,20 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
             share = merged(share, added);
             reserved += more;
         }
-        bytes.extend_from_slice(&data);
+        match first.take() {
+            None if buffer.is_empty() => first = Some(data),
+            None => buffer.extend_from_slice(&data),
+            Some(kept) => {
+                buffer.reserve_exact(declared.unwrap_or(length).max(length));
+                buffer.extend_from_slice(&kept);
+                buffer.extend_from_slice(&data);
+            }
+        }
     }
+    let bytes = match first {
+        Some(kept) => kept,
+        None => Bytes::from(buffer),
+    };
     Ok(Body {
         bytes,
         _share: share,

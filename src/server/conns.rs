@@ -58,14 +58,19 @@ pub struct Conn {
 }
 
 impl Conn {
+    /// The connection's state; only a request to close it is notified (phase changes are read
+    /// when a deadline comes).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state.subscribe()
     }
 
+    /// Changes the phase without waking the connection's task: it re-reads the phase when
+    /// its deadline comes (a wake-up per request would cost every review two task polls).
     fn set_phase(&self, phase: Phase) {
-        self.state.send_modify(|state| {
+        self.state.send_if_modified(|state| {
             state.phase = phase;
             state.since = Instant::now();
+            false
         });
     }
 
@@ -81,12 +86,13 @@ impl Conn {
 
     /// Marks a request as started; the returned guard marks it finished when dropped.
     pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
-        self.state.send_modify(|state| {
+        self.state.send_if_modified(|state| {
             state.phase = match state.phase {
                 Phase::Busy(n) => Phase::Busy(n.saturating_add(1)),
                 _ => Phase::Busy(1),
             };
             state.since = Instant::now();
+            false
         });
         RequestGuard(self.clone())
     }
@@ -97,12 +103,13 @@ pub struct RequestGuard(Arc<Conn>);
 
 impl Drop for RequestGuard {
     fn drop(&mut self) {
-        self.0.state.send_modify(|state| {
+        self.0.state.send_if_modified(|state| {
             state.phase = match state.phase {
                 Phase::Busy(n) if n > 1 => Phase::Busy(n - 1),
                 _ => Phase::Idle,
             };
             state.since = Instant::now();
+            false
         });
     }
 }

@@ -245,32 +245,19 @@ async fn connection<H, F, IO>(
     // When the server asked the connection to close; it then has SHUTDOWN_GRACE to finish.
     let mut closing_since: Option<tokio::time::Instant> = None;
     loop {
-        let now = *state.borrow_and_update();
-        let (deadline, on_deadline) = match (now.close, now.phase) {
-            (Some(why), _) => {
-                if closing_since.is_none() {
-                    tracing::debug!(%peer, "closing: {why:?}");
-                    connection.as_mut().graceful_shutdown();
-                    closing_since = Some(tokio::time::Instant::now());
-                }
-                let since = closing_since.unwrap_or(now.since);
-                (Some(since + SHUTDOWN_GRACE), "did not finish closing")
-            }
-            (None, Phase::Handshake | Phase::Open) => (
-                Some(now.since + limits.first_request_timeout),
-                "no request within the first-request timeout",
-            ),
-            (None, Phase::Idle) => (
-                Some(now.since + limits.header_read_timeout),
-                "idle for the keep-alive timeout",
-            ),
-            (None, Phase::Busy(_)) => (None, ""),
-        };
-        let expired = async {
-            match deadline {
-                Some(deadline) => tokio::time::sleep_until(deadline).await,
-                None => std::future::pending().await,
-            }
+        // Only a request to close wakes this task; phase changes are read at the deadline,
+        // which is then moved to the phase's own.
+        let current = *state.borrow_and_update();
+        if let (Some(why), None) = (current.close, closing_since) {
+            tracing::debug!(%peer, "closing: {why:?}");
+            connection.as_mut().graceful_shutdown();
+            closing_since = Some(tokio::time::Instant::now());
+        }
+        let deadline = match (closing_since, current.phase) {
+            (Some(since), _) => since + SHUTDOWN_GRACE,
+            (None, Phase::Handshake | Phase::Open) => current.since + limits.first_request_timeout,
+            (None, Phase::Idle) => current.since + limits.header_read_timeout,
+            (None, Phase::Busy(_)) => tokio::time::Instant::now() + limits.header_read_timeout,
         };
         tokio::select! {
             result = connection.as_mut() => {
@@ -284,15 +271,28 @@ async fn connection<H, F, IO>(
                     return;
                 }
             }
-            () = expired => {
-                tracing::debug!(%peer, "{on_deadline}; closing");
-                match now.phase {
-                    // An idle connection closes gracefully (an HTTP/2 client gets a GOAWAY).
-                    Phase::Idle if now.close.is_none() => {
-                        connection.as_mut().graceful_shutdown();
-                        closing_since = Some(tokio::time::Instant::now());
+            () = tokio::time::sleep_until(deadline) => {
+                if closing_since.is_some() {
+                    tracing::debug!(%peer, "did not finish closing within {SHUTDOWN_GRACE:?}");
+                    return;
+                }
+                let current = *state.borrow();
+                let now = tokio::time::Instant::now();
+                match current.phase {
+                    Phase::Handshake | Phase::Open
+                        if current.since + limits.first_request_timeout <= now =>
+                    {
+                        tracing::debug!(%peer, "no request within {:?}; closing", limits.first_request_timeout);
+                        return;
                     }
-                    _ => return,
+                    // An idle connection closes gracefully (an HTTP/2 client gets a GOAWAY).
+                    Phase::Idle if current.since + limits.header_read_timeout <= now => {
+                        tracing::debug!(%peer, "idle for {:?}; closing", limits.header_read_timeout);
+                        connection.as_mut().graceful_shutdown();
+                        closing_since = Some(now);
+                    }
+                    // It has moved on since: the next round arms its phase's deadline.
+                    _ => {}
                 }
             }
         }
