@@ -315,9 +315,33 @@ fn a_bad_configuration_names_the_file_the_key_and_the_fix() {
     assert!(stderr(&output).contains("did you mean `minReplicas`?"));
 }
 
-/// Starts `prodguard serve` and returns it with the address it listens on.
+/// A `prodguard serve` process, killed when dropped (a failed test leaves none behind).
+struct Serve(Child);
+
+impl std::ops::Deref for Serve {
+    type Target = Child;
+    fn deref(&self) -> &Child {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for Serve {
+    fn deref_mut(&mut self) -> &mut Child {
+        &mut self.0
+    }
+}
+
+impl Drop for Serve {
+    fn drop(&mut self) {
+        if let Ok(None) = self.0.try_wait() {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+}
+
 /// Starts `prodguard serve` and returns it with its webhook and metrics addresses.
-fn serve(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
+fn serve(args: &[&str]) -> (Serve, SocketAddr, SocketAddr) {
     let mut child = prodguard()
         .args([
             "serve",
@@ -366,7 +390,7 @@ fn serve(args: &[&str]) -> (Child, SocketAddr, SocketAddr) {
             metrics = Some(addr);
         }
     }
-    (child, webhook.unwrap(), metrics.unwrap())
+    (Serve(child), webhook.unwrap(), metrics.unwrap())
 }
 
 /// `GET /metrics` over plain HTTP.
@@ -943,6 +967,88 @@ async fn a_huge_review_costs_a_bounded_multiple_of_its_size_and_rss_comes_back()
     assert!(
         after < baseline + SETTLED_BOUND_KIB,
         "RSS stays at {after} KiB after the large reviews (baseline {baseline} KiB)"
+    );
+    assert_eq!(sigterm(&mut child), Some(0));
+}
+
+/// Every line of an OpenMetrics text: a comment, `# EOF`, or `name{labels} value` whose value
+/// is a number and whose label values are closed strings.
+fn assert_exposition_parses(text: &str) {
+    let body = text.split("\r\n\r\n").nth(1).unwrap_or(text);
+    let mut lines = 0;
+    for line in body.lines().filter(|l| !l.is_empty()) {
+        lines += 1;
+        if line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line
+            .rsplit_once(' ')
+            .unwrap_or_else(|| panic!("no value: {line}"));
+        assert!(value.parse::<f64>().is_ok(), "not a number: {line}");
+        let name_end = series.find('{').unwrap_or(series.len());
+        let name = &series[..name_end];
+        assert!(
+            name.starts_with("prodguard_")
+                && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'),
+            "not prodguard's series: {line}"
+        );
+        if name_end < series.len() {
+            assert!(series.ends_with('}'), "labels not closed: {line}");
+            // Label values are quoted, with `"` and `\` escaped: the quotes that are not escaped
+            // come in pairs.
+            let mut quotes = 0;
+            let mut escaped = false;
+            for c in series[name_end..].chars() {
+                match (escaped, c) {
+                    (true, _) => escaped = false,
+                    (false, '\\') => escaped = true,
+                    (false, '"') => quotes += 1,
+                    _ => {}
+                }
+            }
+            assert_eq!(quotes % 2, 0, "an unclosed label value: {line}");
+        }
+    }
+    assert!(lines > 10, "{text}");
+}
+
+#[tokio::test]
+async fn request_kinds_forge_no_metric_line_and_add_no_series() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (mut child, addr, metrics) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).unwrap();
+    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let with_kind = |kind: &str| {
+        let object = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": "x", "namespace": "openg2p"}});
+        let mut review = Review::create(object);
+        review.request["kind"]["kind"] = json!(kind);
+        review.json()
+    };
+    client.review("validate", &with_kind("Service")).await;
+    let before = scrape(metrics);
+    let forged = "Pod\",verdict=\"allowed\"} 1\nprodguard_injected_metric{x=\"1";
+    client.review("validate", &with_kind(forged)).await;
+    for i in 0..1000 {
+        client
+            .review("validate", &with_kind(&format!("Kind{i}")))
+            .await;
+    }
+    let after = scrape(metrics);
+    assert!(!after.contains("injected"), "{after}");
+    assert_exposition_parses(&after);
+    let series = |text: &str| {
+        text.lines()
+            .filter(|l| l.starts_with("prodguard_admission_requests_total{"))
+            .count()
+    };
+    // A Service is not among the kinds prodguard is registered for either: its series is
+    // `other`'s, and the 1,001 kinds after it add none.
+    assert_eq!(series(&before), 1, "{before}");
+    assert_eq!(series(&after), 1, "{after}");
+    assert!(
+        after.contains("prodguard_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",kind=\"other\",verdict=\"allowed\"} 1002"),
+        "{after}"
     );
     assert_eq!(sigterm(&mut child), Some(0));
 }
