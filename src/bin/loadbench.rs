@@ -58,6 +58,10 @@ struct Args {
     /// latency and RSS every 30 s.
     #[arg(long)]
     soak_minutes: Option<u64>,
+    /// Instead: the memory one review costs, per size (1 KB to the largest body), each in a
+    /// fresh prodguard: its peak RSS and its RSS after, above the idle RSS.
+    #[arg(long)]
+    memory_per_size: bool,
     /// A kubeconfig for prodguard (none by default: no cluster, no audit). With
     /// `--serve-arg=--audit-interval=1s` the soak measures admission while the background
     /// audit scans that cluster.
@@ -144,15 +148,30 @@ async fn noop_server(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> ExitCode 
 struct Target {
     addr: SocketAddr,
     connector: TlsConnector,
+    /// Connections come from this many loopback addresses (127.0.0.1, .2, ...) in turn, as
+    /// from several API servers: prodguard caps the connections of one peer address.
+    sources: u8,
 }
+
+/// Connections opened so far, to spread them over `Target::sources`.
+static OPENED: AtomicU64 = AtomicU64::new(0);
 
 type Sender = hyper::client::conn::http1::SendRequest<Full<Bytes>>;
 
 impl Target {
     async fn connect(&self) -> Result<Sender, String> {
-        let tcp = TcpStream::connect(self.addr)
-            .await
-            .map_err(|e| e.to_string())?;
+        let tcp = if self.sources > 1 {
+            let n = OPENED.fetch_add(1, Ordering::Relaxed) % u64::from(self.sources);
+            let source = std::net::Ipv4Addr::new(127, 0, 0, 1 + n as u8);
+            let socket = tokio::net::TcpSocket::new_v4().map_err(|e| e.to_string())?;
+            socket
+                .bind(SocketAddr::from((source, 0)))
+                .map_err(|e| e.to_string())?;
+            socket.connect(self.addr).await
+        } else {
+            TcpStream::connect(self.addr).await
+        }
+        .map_err(|e| e.to_string())?;
         let _ = tcp.set_nodelay(true);
         let name = ServerName::try_from("localhost").map_err(|e| e.to_string())?;
         let tls = self
@@ -473,11 +492,16 @@ fn free_port() -> Result<u16, String> {
 }
 
 fn rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
+/// A `/proc/<pid>/status` field in KiB (`VmRSS:`, `VmHWM:`), 0 if unreadable.
+fn status_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
             s.lines()
-                .find(|l| l.starts_with("VmRSS:"))
+                .find(|l| l.starts_with(field))
                 .and_then(|l| l.split_whitespace().nth(1))
                 .and_then(|v| v.parse().ok())
         })
@@ -531,6 +555,7 @@ async fn start(
         target: Target {
             addr,
             connector: connector.clone(),
+            sources: 1,
         },
         listening: Duration::ZERO,
         ready: Duration::ZERO,
@@ -610,7 +635,12 @@ async fn rss_under_connections(
             }
         })
     };
-    let result = closed_loop(&server.target, load, connections, time).await;
+    // Eight peers, as from several API servers (one address may hold 128 connections).
+    let target = Target {
+        sources: 8,
+        ..server.target.clone()
+    };
+    let result = closed_loop(&target, load, connections, time).await;
     sampling.store(false, Ordering::Relaxed);
     let _ = sampler.await;
     result?;
@@ -713,6 +743,9 @@ async fn run(args: Args) -> Result<(), String> {
         .arg("--tls-key")
         .arg(&key);
 
+    if args.memory_per_size {
+        return memory_per_size(&mut prodguard_cmd, port, &connector, args.smoke).await;
+    }
     let loads: Vec<(&str, Arc<Load>)> = FIXTURES
         .iter()
         .map(|(name, json)| (*name, Arc::new(Load::new(json))))
@@ -869,4 +902,134 @@ async fn soak(
 
 fn ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1e3
+}
+
+// ---- memory per review size ---------------------------------------------------------------
+
+/// A review of about `size` bytes in one of two shapes: an UPDATE of a Deployment whose object
+/// and old version carry an annotation of `<` as the API server escapes it (the largest
+/// legitimate reviews look like this), or a Pod of as many containers as fit (the shape that
+/// builds the most per byte).
+fn review_of_size(shape: &str, size: usize) -> String {
+    let containers = |n: usize| {
+        let one = r#"{"name":"c","image":"a"}"#;
+        format!("[{}]", vec![one; n.max(1)].join(","))
+    };
+    let envelope = |operation: &str, kind: &str, object: &str, old: &str| {
+        format!(
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"mem-{size}","kind":{{"group":"","version":"v1","kind":"{kind}"}},"resource":{{"group":"","version":"v1","resource":"x"}},"namespace":"openg2p","operation":"{operation}","userInfo":{{"username":"alice"}},"object":{object},"oldObject":{old}}}}}"#
+        )
+    };
+    if shape == "pod" {
+        let empty = envelope("CREATE", "Pod", &pod_json(&containers(1)), "null");
+        let n = size.saturating_sub(empty.len()) / 25 + 1;
+        return envelope("CREATE", "Pod", &pod_json(&containers(n)), "null");
+    }
+    let deployment = |replicas: u32, pad: &str| {
+        format!(
+            r#"{{"apiVersion":"apps/v1","kind":"Deployment","metadata":{{"name":"web","namespace":"openg2p","annotations":{{"note":"{pad}"}}}},"spec":{{"replicas":{replicas},"template":{{"spec":{{"containers":[{{"name":"app","image":"registry.local/app:1","imagePullPolicy":"IfNotPresent"}}]}}}}}}}}"#
+        )
+    };
+    let empty = envelope(
+        "UPDATE",
+        "Deployment",
+        &deployment(1, ""),
+        &deployment(3, ""),
+    );
+    let room = size.saturating_sub(empty.len());
+    let pad = |bytes: usize| format!("{}{}", "\\u003c".repeat(bytes / 6), "a".repeat(bytes % 6));
+    envelope(
+        "UPDATE",
+        "Deployment",
+        &deployment(1, &pad(room / 2)),
+        &deployment(3, &pad(room - room / 2)),
+    )
+}
+
+fn pod_json(containers: &str) -> String {
+    format!(
+        r#"{{"apiVersion":"v1","kind":"Pod","metadata":{{"name":"many","namespace":"openg2p"}},"spec":{{"containers":{containers}}}}}"#
+    )
+}
+
+async fn memory_per_size(
+    command: &mut Command,
+    port: u16,
+    connector: &TlsConnector,
+    smoke: bool,
+) -> Result<(), String> {
+    let largest = prodguard::http::MAX_BODY_BYTES;
+    let sizes: &[(&str, usize)] = if smoke {
+        &[("update", 100_000), ("pod", 1_000_000)]
+    } else {
+        &[
+            ("update", 1_000),
+            ("update", 10_000),
+            ("update", 100_000),
+            ("update", 1_048_576),
+            ("update", 3_145_728),
+            ("update", largest),
+            ("pod", 1_000),
+            ("pod", 10_000),
+            ("pod", 100_000),
+            ("pod", 1_048_576),
+            ("pod", 3_145_728),
+        ]
+    };
+    println!("| review | body | answer | peak RSS above idle | RSS after, above idle |");
+    println!("|---|---|---|---|---|");
+    for (shape, size) in sizes {
+        let body = Bytes::from(review_of_size(shape, *size));
+        let uid = format!("mem-{size}");
+        let server = start("prodguard", command, port, connector).await?;
+        let pid = server.child.id();
+        let mut sender = server.target.connect().await?;
+        let small = Bytes::from(review_of_size("update", 1_000));
+        send(&mut sender, "/mutate", &small, "mem-1000").await?;
+        tokio::time::sleep(Duration::from_millis(if smoke { 50 } else { 500 })).await;
+        let idle = rss_kib(pid);
+        let mutated = send(&mut sender, "/mutate", &body, &uid).await?;
+        let validated = send(&mut sender, "/validate", &body, &uid).await?;
+        let peak = status_kib(pid, "VmHWM:");
+        for _ in 0..3 {
+            send(&mut sender, "/mutate", &small, "mem-1000").await?;
+        }
+        let after = rss_kib(pid);
+        let answer = |text: &[u8]| {
+            let text = String::from_utf8_lossy(text);
+            if text.contains("builds more than") {
+                "refused (builds over 4 MiB)".to_owned()
+            } else if text.contains("\"patchType\"") {
+                format!("patched ({} KB)", text.len() / 1000)
+            } else if text.contains("\"allowed\":false") {
+                "denied".to_owned()
+            } else {
+                "allowed".to_owned()
+            }
+        };
+        let what = match *shape {
+            "pod" => "Pod CREATE, containers",
+            _ => "Deployment UPDATE, escaped",
+        };
+        println!(
+            "| {what} | {} | mutate {}, validate {} | {:.1} MiB | {:.1} MiB |",
+            body.len(),
+            answer(&mutated),
+            answer(&validated),
+            peak.saturating_sub(idle) as f64 / 1024.0,
+            after.saturating_sub(idle) as f64 / 1024.0,
+        );
+        if smoke {
+            let expected = if *shape == "pod" { "refused" } else { "denied" };
+            if !answer(&validated).starts_with(expected) {
+                return Err(format!(
+                    "{what} of {} bytes: expected {expected}, got {}",
+                    body.len(),
+                    answer(&validated)
+                ));
+            }
+        }
+        drop(server);
+    }
+    Ok(())
 }
