@@ -6,14 +6,13 @@ use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use http_body_util::BodyExt;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore};
-
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
+use http_body_util::BodyExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
 use crate::admission::{self, Decoded};
@@ -137,6 +136,7 @@ impl AppState {
         AppState::with_limits(engine, metrics, BodyLimits::default())
     }
 
+    /// With explicit bounds on the review bodies (`serve`'s flags).
     pub fn with_limits(engine: Engine, metrics: Arc<Metrics>, bodies: BodyLimits) -> Arc<AppState> {
         Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
