@@ -315,8 +315,15 @@ fn a_bad_configuration_names_the_file_the_key_and_the_fix() {
     assert!(stderr(&output).contains("did you mean `minReplicas`?"));
 }
 
-/// A `prodguard serve` process, killed when dropped (a failed test leaves none behind).
-struct Serve(Child);
+/// A `prodguard serve` process, killed when dropped (a failed test leaves none behind), and
+/// the lines of its log so far.
+struct Serve(Child, std::sync::Arc<std::sync::Mutex<Vec<String>>>);
+
+impl Serve {
+    fn log(&self) -> String {
+        self.1.lock().unwrap().join("\n")
+    }
+}
 
 impl std::ops::Deref for Serve {
     type Target = Child;
@@ -361,8 +368,11 @@ fn serve(args: &[&str]) -> (Serve, SocketAddr, SocketAddr) {
         .expect("start prodguard serve");
     let stderr = child.stderr.take().unwrap();
     let (tx, rx) = std::sync::mpsc::channel();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let lines = log.clone();
     std::thread::spawn(move || {
         for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            lines.lock().unwrap().push(line.clone());
             for (marker, what) in [
                 ("listening on https://", "webhook"),
                 ("metrics on http://", "metrics"),
@@ -390,7 +400,7 @@ fn serve(args: &[&str]) -> (Serve, SocketAddr, SocketAddr) {
             metrics = Some(addr);
         }
     }
-    (Serve(child), webhook.unwrap(), metrics.unwrap())
+    (Serve(child, log), webhook.unwrap(), metrics.unwrap())
 }
 
 /// `GET /metrics` over plain HTTP.
@@ -1049,6 +1059,65 @@ async fn request_kinds_forge_no_metric_line_and_add_no_series() {
     assert!(
         after.contains("prodguard_admission_requests_total{webhook=\"validate\",operation=\"CREATE\",kind=\"other\",verdict=\"allowed\"} 1002"),
         "{after}"
+    );
+    assert_eq!(sigterm(&mut child), Some(0));
+}
+
+/// Certificates given as files: their expiry is a metric, and one with less than 30 days left
+/// is warned about in the log (prodguard does not renew files).
+#[tokio::test]
+async fn the_expiry_of_certificate_files_is_a_metric_and_a_warning() {
+    use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
+    let now = time::OffsetDateTime::now_utc();
+    let ca_key = KeyPair::generate().unwrap();
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+    ca_params.not_after = now + time::Duration::days(400);
+    let ca = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = Issuer::new(ca_params, ca_key);
+    let key = KeyPair::generate().unwrap();
+    let mut params = CertificateParams::new(vec!["localhost".to_owned()]).unwrap();
+    params.not_after = now + time::Duration::days(20);
+    let leaf = params.signed_by(&key, &issuer).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key_file) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, format!("{}{}", leaf.pem(), ca.pem())).unwrap();
+    std::fs::write(&key_file, key.serialize_pem()).unwrap();
+
+    let (mut child, addr, metrics) = serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key_file.to_str().unwrap(),
+    ]);
+    let mut client = Client::connect_to(addr, &ca.pem(), "localhost").await;
+    let (status, _) = client.send(Method::GET, "/healthz", vec![]).await;
+    assert_eq!(status, StatusCode::OK);
+    let text = scrape(metrics);
+    let gauge = |certificate: &str| -> i64 {
+        let prefix = format!(
+            "prodguard_certificate_expiry_timestamp_seconds{{certificate=\"{certificate}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(prefix.as_str()))
+            .unwrap_or_else(|| panic!("no {certificate} expiry in {text}"))
+            .parse()
+            .unwrap()
+    };
+    let serving_at = (now + time::Duration::days(20)).unix_timestamp();
+    let ca_at = (now + time::Duration::days(400)).unix_timestamp();
+    assert!((gauge("serving") - serving_at).abs() <= 1, "{text}");
+    assert!((gauge("ca") - ca_at).abs() <= 1, "{text}");
+    let log = child.log();
+    // 20 days from the moment the test made it (19 when a second boundary fell between).
+    assert!(
+        log.contains("the served certificate (or its CA) expires in 20 days")
+            || log.contains("the served certificate (or its CA) expires in 19 days"),
+        "{log}"
+    );
+    assert!(
+        log.contains("prodguard does not renew certificates given as files"),
+        "{log}"
     );
     assert_eq!(sigterm(&mut child), Some(0));
 }

@@ -66,6 +66,10 @@ async fn a_rotated_certificate_is_served_without_a_failed_request() {
         &dir.path().join("tls.key"),
         metrics.tls_reloads.clone(),
         metrics.tls_reload_failures.clone(),
+        prodguard::server::expiry::ExpiryWatch::new(
+            metrics.certificate_expiry.clone(),
+            "test".to_owned(),
+        ),
     )
     .unwrap();
     tokio::spawn(

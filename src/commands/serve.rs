@@ -143,12 +143,23 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 key,
                 metrics.tls_reloads.clone(),
                 metrics.tls_reload_failures.clone(),
+                server::expiry::ExpiryWatch::new(
+                    metrics.certificate_expiry.clone(),
+                    format!("--tls-cert {}", cert.display()),
+                ),
             )
             .map_err(|e| e.to_string())?;
             tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
             tls::server_config(reloading, args.client_ca.as_deref()).map_err(|e| e.to_string())?
         }
-        _ => self_signed(args.ca_out.clone(), args.client_ca.as_deref())?,
+        _ => self_signed(
+            args.ca_out.clone(),
+            args.client_ca.as_deref(),
+            &server::expiry::ExpiryWatch::new(
+                metrics.certificate_expiry.clone(),
+                "the self-signed certificate".to_owned(),
+            ),
+        )?,
     };
     let kube_config = kube::Config::infer()
         .await
@@ -350,6 +361,7 @@ async fn reload_config(
 fn self_signed(
     ca_out: Option<PathBuf>,
     client_ca: Option<&std::path::Path>,
+    expiry: &server::expiry::ExpiryWatch,
 ) -> Result<Arc<rustls::ServerConfig>, String> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let pki = pki::generate("prodguard self-signed CA", &names)
@@ -370,6 +382,14 @@ fn self_signed(
         "generated key",
     )
     .map_err(|e| e.to_string())?;
+    let mut chain = certified.cert.clone();
+    chain.extend(
+        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(
+            pki.ca_cert_pem.as_bytes(),
+        )
+        .filter_map(Result::ok),
+    );
+    expiry.serving(&chain);
     tls::server_config(
         Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
         client_ca,

@@ -65,6 +65,12 @@ pub struct WebhookLabels {
     pub webhook: &'static str,
 }
 
+/// `serving` or `ca`.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct CertificateLabels {
+    pub certificate: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct FindingLabels {
     pub policy: &'static str,
@@ -105,6 +111,7 @@ pub struct Metrics {
     pub audit_page_bytes_max: Gauge,
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    pub certificate_expiry: Family<CertificateLabels, Gauge>,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -252,6 +259,12 @@ impl Metrics {
             "Changed certificate files that could not be used (the previous certificate stayed)",
             tls_reload_failures.clone(),
         );
+        let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
+        registry.register(
+            "certificate_expiry_timestamp_seconds",
+            "When the served certificate (serving) and the last certificate of its chain (ca) expire, in seconds since the Unix epoch",
+            certificate_expiry.clone(),
+        );
         let config_reloads = Counter::default();
         registry.register(
             "config_reloads",
@@ -269,6 +282,7 @@ impl Metrics {
             config_reload_failures,
             tls_reloads,
             tls_reload_failures,
+            certificate_expiry,
             audit_findings,
             audit_events_published,
             audit_events_pending,

@@ -2,6 +2,7 @@
 //! ALPN), and shuts down gracefully.
 
 mod conns;
+pub mod expiry;
 pub mod pki;
 mod timed_io;
 pub mod tls;

@@ -141,6 +141,8 @@ pub struct ReloadingCert {
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
     pub reloads: Counter,
     pub failures: Counter,
+    /// When what is served expires.
+    pub expiry: super::expiry::ExpiryWatch,
 }
 
 impl ReloadingCert {
@@ -151,6 +153,7 @@ impl ReloadingCert {
         key_path: &Path,
         reloads: Counter,
         failures: Counter,
+        expiry: super::expiry::ExpiryWatch,
     ) -> Result<Arc<ReloadingCert>, TlsError> {
         let (cert, key) = (read(cert_path)?, read(key_path)?);
         let certified = certified_key(
@@ -159,6 +162,7 @@ impl ReloadingCert {
             &cert_path.display().to_string(),
             &key_path.display().to_string(),
         )?;
+        expiry.serving(&certified.cert);
         Ok(Arc::new(ReloadingCert {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
@@ -166,6 +170,7 @@ impl ReloadingCert {
             seen: Mutex::new((cert, key)),
             reloads,
             failures,
+            expiry,
         }))
     }
 
@@ -195,6 +200,7 @@ impl ReloadingCert {
         .inspect_err(|_| {
             self.failures.inc();
         })?;
+        self.expiry.serving(&certified.cert);
         if let Ok(mut current) = self.current.write() {
             *current = Arc::new(certified);
         }
@@ -214,6 +220,7 @@ impl ReloadingCert {
                 _ = sleep_or_never(interval) => {}
                 _ = wake.notified() => {}
             }
+            self.expiry.check();
             match self.reload() {
                 Ok(true) => {
                     tracing::info!(cert = %self.cert_path.display(), "serving the new certificate")
