@@ -622,6 +622,7 @@ fn prodguards_own_manifests_pass_its_policies() {
         "deploy/base",
         "deploy/overlays/audit",
         "deploy/overlays/network-policy",
+        "deploy/overlays/cert-manager",
     ] {
         let rendered = Command::new("kubectl")
             .args(["kustomize", dir])
@@ -641,15 +642,27 @@ fn prodguards_own_manifests_pass_its_policies() {
             json!([]),
             "{dir}: no patch and no warning either"
         );
-        // The network-policy overlay adds its NetworkPolicy.
+        // The network-policy overlay adds its NetworkPolicy; the cert-manager one two Issuers
+        // and two Certificates.
         let expected = if dir.ends_with("network-policy") {
             15
+        } else if dir.ends_with("cert-manager") {
+            18
         } else {
             14
         };
         assert_eq!(doc["summary"]["resources"], expected, "{dir}");
         let text = String::from_utf8_lossy(&rendered.stdout);
         assert!(text.contains("sideEffects: NoneOnDryRun"), "{dir}");
+        if dir.ends_with("cert-manager") {
+            assert_eq!(
+                text.matches("cert-manager.io/inject-ca-from: prodguard/prodguard-serving")
+                    .count(),
+                2,
+                "both webhook configurations get their CA from cert-manager"
+            );
+            assert!(text.contains("secretName: prodguard-tls"), "{text}");
+        }
         if dir.ends_with("audit") {
             assert!(
                 text.contains("PRODGUARD_MODE"),
