@@ -926,8 +926,11 @@ async fn a_changed_configuration_is_reloaded_and_a_broken_one_refused() {
 
 /// What one huge review may add to the peak RSS (see BENCHMARKS.md's memory per review size).
 const PEAK_BOUND_KIB: u64 = 24 * 1024;
-/// How far above its baseline RSS may stay once the huge reviews are done.
-const SETTLED_BOUND_KIB: u64 = 8 * 1024;
+/// How far above its baseline RSS may stay once the huge reviews are done: what glibc keeps
+/// of the freed small chunks, up to a decode's worth in each worker thread's arena (seen: 4.8
+/// MiB when both reviews ran on one worker, 11.2 MiB when they ran on two); before the bound,
+/// 27 MiB.
+const SETTLED_BOUND_KIB: u64 = 16 * 1024;
 
 /// A field of `/proc/<pid>/status` in KiB (`VmRSS`, `VmHWM`).
 fn status_kib(child: &Child, field: &str) -> u64 {
