@@ -3,6 +3,7 @@
 
 mod conns;
 pub mod expiry;
+pub mod managed;
 pub mod pki;
 mod timed_io;
 pub mod tls;

@@ -7,10 +7,11 @@ use rcgen::{
 };
 use time::{Duration, OffsetDateTime};
 
-/// PEM-encoded CA certificate, serving certificate and serving key.
+/// PEM-encoded CA certificate and key, serving certificate and serving key.
 #[derive(Clone)]
 pub struct Pki {
     pub ca_cert_pem: String,
+    pub ca_key_pem: String,
     pub cert_pem: String,
     pub key_pem: String,
 }
@@ -45,11 +46,13 @@ pub fn generate(ca_name: &str, names: &[String]) -> Result<Pki, rcgen::Error> {
     serving.use_authority_key_identifier_extension = true;
     serving.not_before = not_before;
     serving.not_after = now + Duration::days(SERVING_DAYS);
+    let ca_key_pem = ca_key.serialize_pem();
     let issuer = Issuer::new(ca, ca_key);
     let cert = serving.signed_by(&key, &issuer)?;
 
     Ok(Pki {
         ca_cert_pem: ca_cert.pem(),
+        ca_key_pem,
         cert_pem: cert.pem(),
         key_pem: key.serialize_pem(),
     })
