@@ -58,8 +58,8 @@ pub struct Conn {
 }
 
 impl Conn {
-    /// The connection's state; only a request to close it is notified (phase changes are read
-    /// when a deadline comes).
+    /// The connection's state; a request to close it and its first request are notified
+    /// (other phase changes are read when a deadline comes).
     pub fn subscribe(&self) -> watch::Receiver<State> {
         self.state.subscribe()
     }
@@ -85,14 +85,17 @@ impl Conn {
     }
 
     /// Marks a request as started; the returned guard marks it finished when dropped.
+    /// Only a connection's first request wakes its task (its deadline was the first-request
+    /// one, which may lie beyond the keep-alive time).
     pub fn begin_request(self: &Arc<Self>) -> RequestGuard {
         self.state.send_if_modified(|state| {
+            let first = matches!(state.phase, Phase::Handshake | Phase::Open);
             state.phase = match state.phase {
                 Phase::Busy(n) => Phase::Busy(n.saturating_add(1)),
                 _ => Phase::Busy(1),
             };
             state.since = Instant::now();
-            false
+            first
         });
         RequestGuard(self.clone())
     }
@@ -351,6 +354,24 @@ mod tests {
             .unwrap();
         assert_eq!(table.len(), 3);
         drop(d);
+    }
+
+    #[tokio::test]
+    async fn only_the_first_request_and_a_close_wake_the_connection() {
+        let table = Table::new(&limits(2, 2, 2));
+        let mut entry = admitted(&table, ip(1)).await;
+        let mut state = entry.conn().subscribe();
+        state.borrow_and_update();
+        entry.handshake_done();
+        assert!(!state.has_changed().unwrap());
+        drop(entry.conn().begin_request());
+        assert!(state.has_changed().unwrap(), "the first request");
+        state.borrow_and_update();
+        drop(entry.conn().begin_request());
+        assert!(!state.has_changed().unwrap(), "a later request");
+        assert_eq!(state.borrow().phase, Phase::Idle);
+        table.close_all();
+        assert!(state.has_changed().unwrap(), "a close");
     }
 
     #[tokio::test]

@@ -247,8 +247,8 @@ async fn connection<H, F, IO>(
     // When the server asked the connection to close; it then has SHUTDOWN_GRACE to finish.
     let mut closing_since: Option<tokio::time::Instant> = None;
     loop {
-        // Only a request to close wakes this task; phase changes are read at the deadline,
-        // which is then moved to the phase's own.
+        // Only a request to close and the first request wake this task; other phase changes
+        // are read at the deadline, which is then moved to the phase's own.
         let current = *state.borrow_and_update();
         if let (Some(why), None) = (current.close, closing_since) {
             tracing::debug!(%peer, "closing: {why:?}");
