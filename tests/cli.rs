@@ -403,6 +403,17 @@ fn serve(args: &[&str]) -> (Serve, SocketAddr, SocketAddr) {
     (Serve(child, log), webhook.unwrap(), metrics.unwrap())
 }
 
+/// `serve` with the self-signed certificate it makes without `--tls-cert`, and a client that
+/// trusts its CA (from the bundle it writes to `--ca-out`).
+async fn serve_self_signed() -> (Serve, SocketAddr, SocketAddr, Client, String) {
+    let dir = tempfile::tempdir().unwrap();
+    let ca_out = dir.path().join("ca.crt");
+    let (child, addr, metrics) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
+    let ca = std::fs::read_to_string(&ca_out).expect("the CA bundle is written");
+    let client = Client::connect_to(addr, &ca, "localhost").await;
+    (child, addr, metrics, client, ca)
+}
+
 /// `GET /metrics` over plain HTTP.
 fn scrape(addr: SocketAddr) -> String {
     use std::io::Read;
@@ -476,11 +487,7 @@ async fn sighup_never_stops_serve_and_sigterm_keeps_accepting_during_the_delay()
 
 #[tokio::test]
 async fn serve_without_certificates_writes_its_ca_bundle_and_answers_over_tls() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let (mut child, addr, metrics) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).expect("the CA bundle is written");
-    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let (mut child, addr, metrics, mut client, ca) = serve_self_signed().await;
     let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
     let response = client
         .review("validate", &Review::create(deploy).json())
@@ -955,11 +962,7 @@ fn pod_with_containers(n: usize) -> Value {
 /// (near the largest still judged) is patched under the bound too, and RSS comes back down.
 #[tokio::test]
 async fn a_huge_review_costs_a_bounded_multiple_of_its_size_and_rss_comes_back() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let (mut child, addr, _) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).unwrap();
-    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let (mut child, _, _, mut client, _) = serve_self_signed().await;
     let small = Review::create(pod_with_containers(1)).json();
     client.review("mutate", &small).await;
     let baseline = status_kib(&child, "VmRSS");
@@ -1040,11 +1043,7 @@ fn assert_exposition_parses(text: &str) {
 
 #[tokio::test]
 async fn request_kinds_forge_no_metric_line_and_add_no_series() {
-    let dir = tempfile::tempdir().unwrap();
-    let ca_out = dir.path().join("ca.crt");
-    let (mut child, addr, metrics) = serve(&["--ca-out", ca_out.to_str().unwrap()]);
-    let ca = std::fs::read_to_string(&ca_out).unwrap();
-    let mut client = Client::connect_to(addr, &ca, "localhost").await;
+    let (mut child, _, metrics, mut client, _) = serve_self_signed().await;
     let with_kind = |kind: &str| {
         let object = json!({"apiVersion": "v1", "kind": kind, "metadata": {"name": "x", "namespace": "openg2p"}});
         let mut review = Review::create(object);

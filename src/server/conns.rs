@@ -319,6 +319,12 @@ mod tests {
         }
     }
 
+    /// Admits a connection from `peer` in a task of its own (it may have to wait).
+    fn admitted_later(table: &Arc<Table>, peer: IpAddr) -> tokio::task::JoinHandle<Entry> {
+        let table = table.clone();
+        tokio::spawn(async move { admitted(&table, peer).await })
+    }
+
     fn close_of(entry: &Entry) -> Option<Close> {
         entry.conn.subscribe().borrow().close
     }
@@ -338,10 +344,7 @@ mod tests {
         drop(a.conn().begin_request());
         let _busy = c.conn().begin_request();
         // The table is full: the next connection waits until b, told to close, goes.
-        let next = tokio::spawn({
-            let table = table.clone();
-            async move { admitted(&table, ip(4)).await }
-        });
+        let next = admitted_later(&table, ip(4));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(close_of(&b), Some(Close::Evicted));
         assert_eq!(close_of(&a), None);
@@ -380,10 +383,7 @@ mod tests {
         let mut a = admitted(&table, ip(1)).await;
         a.handshake_done();
         let busy = a.conn().begin_request();
-        let next = tokio::spawn({
-            let table = table.clone();
-            async move { admitted(&table, ip(2)).await }
-        });
+        let next = admitted_later(&table, ip(2));
         tokio::time::sleep(Duration::from_millis(250)).await;
         assert!(!next.is_finished());
         assert_eq!(close_of(&a), None, "a busy connection was closed");
@@ -427,10 +427,7 @@ mod tests {
         let first = admitted(&table, ip(1)).await;
         tokio::time::sleep(Duration::from_millis(5)).await;
         let second = admitted(&table, ip(2)).await;
-        let next = tokio::spawn({
-            let table = table.clone();
-            async move { admitted(&table, ip(3)).await }
-        });
+        let next = admitted_later(&table, ip(3));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(close_of(&first), Some(Close::Evicted));
         assert_eq!(close_of(&second), None);
