@@ -77,7 +77,7 @@ async fn a_rotated_certificate_is_served_without_a_failed_request() {
             .clone()
             .watch(Some(Duration::from_millis(50)), Default::default()),
     );
-    let config = tls::server_config(reloading.clone(), None).unwrap();
+    let config = tls::server_config(reloading.slot.clone(), None).unwrap();
     let addr = common::serve_default(config, Limits::default()).await;
 
     let review = Review::create(pod_bearing_objects("nginx", 1).remove(1).0).json();

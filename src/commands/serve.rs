@@ -150,7 +150,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
-            tls::server_config(reloading, args.client_ca.as_deref()).map_err(|e| e.to_string())?
+            tls::server_config(reloading.slot.clone(), args.client_ca.as_deref())
+                .map_err(|e| e.to_string())?
         }
         _ => self_signed(
             args.ca_out.clone(),

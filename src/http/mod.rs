@@ -123,6 +123,9 @@ pub struct AppState {
     engine: RwLock<Arc<Engine>>,
     /// False while starting and once shutting down: `/readyz` then fails.
     pub ready: AtomicBool,
+    /// With `--manage-certs`: false until the certificate served is one the webhooks' CA
+    /// bundle trusts (`/readyz` then fails).
+    pub certificate_ready: AtomicBool,
     pub metrics: Arc<Metrics>,
     bodies: Bodies,
 }
@@ -141,6 +144,7 @@ impl AppState {
         Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
             ready: AtomicBool::new(true),
+            certificate_ready: AtomicBool::new(true),
             metrics,
             bodies: Bodies::new(bodies),
         })
@@ -192,10 +196,16 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if state.ready.load(Ordering::Relaxed) {
-        "ok".into_response()
-    } else {
+    if !state.ready.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
+    } else if !state.certificate_ready.load(Ordering::Relaxed) {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the certificate served is not yet in the webhooks' CA bundle",
+        )
+            .into_response()
+    } else {
+        "ok".into_response()
     }
 }
 

@@ -112,6 +112,9 @@ pub struct Metrics {
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
+    pub certificate_renewals: Family<CertificateLabels, Counter>,
+    pub certificate_failures: Counter,
+    pub webhooks_repaired: Counter,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
 }
@@ -265,6 +268,24 @@ impl Metrics {
             "When the served certificate (serving) and the last certificate of its chain (ca) expire, in seconds since the Unix epoch",
             certificate_expiry.clone(),
         );
+        let certificate_renewals = Family::<CertificateLabels, Counter>::default();
+        registry.register(
+            "certificate_renewals",
+            "Certificates this replica issued and stored as the certificate writer of --manage-certs: serving certificates (serving) and CAs put in use (ca)",
+            certificate_renewals.clone(),
+        );
+        let certificate_failures = Counter::default();
+        registry.register(
+            "certificate_failures",
+            "Certificate writer and webhook steps of --manage-certs that failed (a forbidden or refused write, a certificate that could not be issued); what is served stays in use",
+            certificate_failures.clone(),
+        );
+        let webhooks_repaired = Counter::default();
+        registry.register(
+            "webhook_repairs",
+            "Patches to prodguard's webhook configurations: a CA bundle set or restored, a webhook armed to fail closed",
+            webhooks_repaired.clone(),
+        );
         let config_reloads = Counter::default();
         registry.register(
             "config_reloads",
@@ -283,6 +304,9 @@ impl Metrics {
             tls_reloads,
             tls_reload_failures,
             certificate_expiry,
+            certificate_renewals,
+            certificate_failures,
+            webhooks_repaired,
             audit_findings,
             audit_events_published,
             audit_events_pending,

@@ -65,11 +65,11 @@ pub enum Standing {
     Expired,
 }
 
-pub fn standing(not_after: i64, now: i64) -> Standing {
+pub fn standing(not_after: i64, now: i64, warn_before: Duration) -> Standing {
     let left = not_after - now;
     if left <= 0 {
         Standing::Expired
-    } else if left < WARN_BEFORE.as_secs() as i64 {
+    } else if left < i64::try_from(warn_before.as_secs()).unwrap_or(i64::MAX) {
         Standing::ExpiresSoon {
             days: left / 86_400,
         }
@@ -78,14 +78,30 @@ pub fn standing(not_after: i64, now: i64) -> Standing {
     }
 }
 
+/// Where a warning goes besides the log: a Warning Event (set once a cluster client exists).
+pub type WarningHook = Box<dyn Fn(String) + Send + Sync>;
+
 /// Records the expiry of what is served and warns as the module says.
-#[derive(Debug)]
 pub struct ExpiryWatch {
     gauges: Family<CertificateLabels, Gauge>,
     /// Where the certificate comes from, for the warning ("--tls-cert FILE").
     source: String,
+    /// How long before expiry it is warned about.
+    warn_before: Duration,
+    /// Whether prodguard renews it itself (`--manage-certs`): the advice differs.
+    managed: bool,
     /// What is served now, and when it was last warned about.
     state: Mutex<(Option<ChainExpiry>, Option<std::time::Instant>)>,
+    hook: std::sync::OnceLock<WarningHook>,
+}
+
+impl std::fmt::Debug for ExpiryWatch {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ExpiryWatch")
+            .field("source", &self.source)
+            .field("warn_before", &self.warn_before)
+            .finish_non_exhaustive()
+    }
 }
 
 impl ExpiryWatch {
@@ -93,8 +109,24 @@ impl ExpiryWatch {
         ExpiryWatch {
             gauges,
             source,
+            warn_before: WARN_BEFORE,
+            managed: false,
             state: Mutex::new((None, None)),
+            hook: std::sync::OnceLock::new(),
         }
+    }
+
+    /// For certificates that prodguard renews itself: warned about only once renewal is
+    /// overdue, `warn_before` ahead (half the renewal margin; at most [`WARN_BEFORE`]).
+    pub fn managed(mut self, warn_before: Duration) -> ExpiryWatch {
+        self.warn_before = warn_before.min(WARN_BEFORE);
+        self.managed = true;
+        self
+    }
+
+    /// Sends each warning to `hook` too (a Warning Event); the first hook set stays.
+    pub fn on_warning(&self, hook: WarningHook) {
+        let _ = self.hook.set(hook);
     }
 
     /// A new chain is served (at start or after a reload).
@@ -141,16 +173,32 @@ impl ExpiryWatch {
         let earliest = expiry
             .ca
             .map_or(expiry.serving, |ca| ca.min(expiry.serving));
-        match standing(earliest, now) {
-            Standing::Fine => return,
-            Standing::ExpiresSoon { days } => tracing::warn!(
-                source = %self.source,
-                "the served certificate (or its CA) expires in {days} days; prodguard does not renew certificates given as files: replace them (prodguard certs), and they are reloaded without a restart"
+        let left = humantime::format_duration(Duration::from_secs(
+            u64::try_from(earliest - now).unwrap_or(0),
+        ));
+        let message = match (standing(earliest, now, self.warn_before), self.managed) {
+            (Standing::Fine, _) => return,
+            (Standing::ExpiresSoon { .. }, false) => format!(
+                "the served certificate ({}) or its CA expires in {left}; prodguard does not renew certificates given as files: replace them (prodguard certs), and they are reloaded without a restart",
+                self.source
             ),
-            Standing::Expired => tracing::error!(
-                source = %self.source,
-                "the served certificate (or its CA) has expired: the API server cannot call prodguard; replace the files (prodguard certs)"
+            (Standing::ExpiresSoon { .. }, true) => format!(
+                "the served certificate ({}) or its CA expires in {left} and has not been renewed: see the certificate writer's errors in the log of the replica holding the prodguard-certs Lease (a missing RBAC permission is named there)",
+                self.source
             ),
+            (Standing::Expired, _) => format!(
+                "the served certificate ({}) or its CA has expired: the API server cannot call prodguard; {}",
+                self.source,
+                if self.managed {
+                    "see the certificate writer's errors, or delete the Secret to have a new CA issued"
+                } else {
+                    "replace the files (prodguard certs)"
+                }
+            ),
+        };
+        tracing::warn!("{message}");
+        if let Some(hook) = self.hook.get() {
+            hook(message);
         }
         state.1 = Some(std::time::Instant::now());
     }
@@ -182,6 +230,40 @@ mod tests {
     }
 
     #[test]
+    fn a_managed_certificate_is_warned_about_when_its_renewal_is_overdue() {
+        use std::sync::Arc;
+        let warnings = Arc::new(Mutex::new(Vec::<String>::new()));
+        let gauges = Family::<CertificateLabels, Gauge>::default();
+        let watch = ExpiryWatch::new(gauges.clone(), "the Secret prodguard/prodguard-tls".into())
+            .managed(Duration::from_secs(3 * 3600));
+        let seen = warnings.clone();
+        watch.on_warning(Box::new(move |m| seen.lock().unwrap().push(m)));
+        // A year's certificate: fine although less than 30 days would have warned a file's.
+        let names = vec!["localhost".to_owned()];
+        let ca = super::super::pki::issue_ca("CA", Duration::from_secs(86_400)).unwrap();
+        let leaf = |validity| {
+            let pair =
+                super::super::pki::issue_serving(&ca, &names, Duration::from_secs(validity), None)
+                    .unwrap();
+            CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap()
+        };
+        watch.serving(&[leaf(10 * 86_400)]);
+        assert!(warnings.lock().unwrap().is_empty());
+        // Two hours left of a three-hour margin: renewal is overdue.
+        watch.serving(&[leaf(2 * 3600)]);
+        let got = warnings.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(got[0].contains("has not been renewed"), "{got:?}");
+        assert!(
+            got[0].contains("the Secret prodguard/prodguard-tls"),
+            "{got:?}"
+        );
+        // Once a day at most.
+        watch.check();
+        assert_eq!(warnings.lock().unwrap().len(), 1);
+    }
+
+    #[test]
     fn standing_over_the_times() {
         let day = 86_400;
         let now = 1_800_000_000;
@@ -195,7 +277,11 @@ mod tests {
             (0, Standing::Expired),
             (-day, Standing::Expired),
         ] {
-            assert_eq!(standing(now + left, now), expected, "{left} s left");
+            assert_eq!(
+                standing(now + left, now, WARN_BEFORE),
+                expected,
+                "{left} s left"
+            );
         }
     }
 }

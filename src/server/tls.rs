@@ -127,6 +127,44 @@ pub fn from_pem(
     )
 }
 
+/// The certificate new handshakes get, swapped whole while serving (open connections keep
+/// theirs). `changed` wakes whoever judges what is served (readiness, arming).
+#[derive(Debug)]
+pub struct CertSlot {
+    current: RwLock<Arc<CertifiedKey>>,
+    pub changed: tokio::sync::Notify,
+}
+
+impl CertSlot {
+    pub fn new(certified: CertifiedKey) -> Arc<CertSlot> {
+        Arc::new(CertSlot {
+            current: RwLock::new(Arc::new(certified)),
+            changed: tokio::sync::Notify::new(),
+        })
+    }
+
+    pub fn current(&self) -> Arc<CertifiedKey> {
+        match self.current.read() {
+            Ok(current) => current.clone(),
+            Err(poisoned) => poisoned.into_inner().clone(),
+        }
+    }
+
+    pub fn set(&self, certified: CertifiedKey) {
+        match self.current.write() {
+            Ok(mut current) => *current = Arc::new(certified),
+            Err(poisoned) => *poisoned.into_inner() = Arc::new(certified),
+        }
+        self.changed.notify_waiters();
+    }
+}
+
+impl ResolvesServerCert for CertSlot {
+    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current())
+    }
+}
+
 /// A certificate that follows its files. Kubernetes updates a mounted Secret by swapping a
 /// `..data` symlink, so the files are re-read through their paths every interval (which sees
 /// the new target) rather than watched with inotify on paths (which would not). A change that
@@ -136,7 +174,7 @@ pub fn from_pem(
 pub struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
-    current: RwLock<Arc<CertifiedKey>>,
+    pub slot: Arc<CertSlot>,
     /// The bytes last read, loaded or not: a change is handled once.
     seen: Mutex<(Vec<u8>, Vec<u8>)>,
     pub reloads: Counter,
@@ -166,17 +204,12 @@ impl ReloadingCert {
         Ok(Arc::new(ReloadingCert {
             cert_path: cert_path.to_owned(),
             key_path: key_path.to_owned(),
-            current: RwLock::new(Arc::new(certified)),
+            slot: CertSlot::new(certified),
             seen: Mutex::new((cert, key)),
             reloads,
             failures,
             expiry,
         }))
-    }
-
-    /// The certificate new handshakes get.
-    pub fn current(&self) -> Option<Arc<CertifiedKey>> {
-        self.current.read().ok().map(|c| c.clone())
     }
 
     /// Re-reads the files; `Ok(true)` when a new certificate is in use.
@@ -201,9 +234,7 @@ impl ReloadingCert {
             self.failures.inc();
         })?;
         self.expiry.serving(&certified.cert);
-        if let Ok(mut current) = self.current.write() {
-            *current = Arc::new(certified);
-        }
+        self.slot.set(certified);
         self.reloads.inc();
         Ok(true)
     }
@@ -236,12 +267,6 @@ impl ReloadingCert {
                 ),
             }
         }
-    }
-}
-
-impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
-        self.current()
     }
 }
 
