@@ -90,6 +90,58 @@ pub struct ServeArgs {
     /// Where to write the CA bundle of a generated certificate.
     #[arg(long, env = "PRODGUARD_CA_OUT")]
     pub ca_out: Option<PathBuf>,
+    /// Issue, renew and rotate the certificates in the Secret --cert-secret (one replica, the
+    /// holder of the Lease prodguard-certs, writes), serve them as they change, and keep the CA
+    /// bundle of both webhook configurations. Not with --tls-cert.
+    #[arg(
+        long,
+        env = "PRODGUARD_MANAGE_CERTS",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub manage_certs: bool,
+    /// The Secret of --manage-certs, in prodguard's namespace (POD_NAMESPACE or --lease-namespace).
+    #[arg(long, env = "PRODGUARD_CERT_SECRET", default_value = "prodguard-tls")]
+    pub cert_secret: String,
+    /// The name of the mutating and of the validating webhook configuration: their CA bundle
+    /// is kept with --manage-certs, and the webhooks their annotation
+    /// prodguard.io/fail-closed-when-ready names are set to fail closed once the certificate
+    /// served is in the bundle.
+    #[arg(
+        long,
+        env = "PRODGUARD_WEBHOOK_CONFIGURATION",
+        default_value = "prodguard"
+    )]
+    pub webhook_configuration: String,
+    /// The Service the API server calls: the serving certificate is for its DNS names unless
+    /// --cert-dns-names says.
+    #[arg(long, env = "PRODGUARD_CERT_SERVICE", default_value = "prodguard")]
+    pub cert_service: String,
+    /// The DNS names of the serving certificate (comma-separated); the Service's by default
+    /// (prodguard, prodguard.NS, prodguard.NS.svc, prodguard.NS.svc.cluster.local).
+    #[arg(long, env = "PRODGUARD_CERT_DNS_NAMES", value_delimiter = ',')]
+    pub cert_dns_names: Vec<String>,
+    /// IP addresses the serving certificate is also for (comma-separated; for tests and
+    /// webhooks registered by URL).
+    #[arg(long, env = "PRODGUARD_CERT_IP_ADDRESSES", value_delimiter = ',')]
+    pub cert_ip_addresses: Vec<String>,
+    /// How long a serving certificate issued by --manage-certs is valid.
+    #[arg(long, env = "PRODGUARD_CERT_VALIDITY", default_value = "365d")]
+    pub cert_validity: String,
+    /// How long before its end a serving certificate is renewed; a third of its validity by
+    /// default.
+    #[arg(long, env = "PRODGUARD_CERT_RENEW_BEFORE")]
+    pub cert_renew_before: Option<String>,
+    /// How long a CA issued by --manage-certs is valid; three times --cert-validity by default.
+    /// It is rotated when a third of it is left.
+    #[arg(long, env = "PRODGUARD_CA_VALIDITY")]
+    pub ca_validity: Option<String>,
+    /// How long each step of a CA rotation waits before the next (the API server and every
+    /// replica see a change within seconds).
+    #[arg(long, env = "PRODGUARD_CA_OVERLAP", default_value = "2m")]
+    pub ca_overlap: String,
     /// Plain-HTTP address of the Prometheus metrics (`GET /metrics`); `off` disables them.
     #[arg(long, env = "PRODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: String,

@@ -136,8 +136,31 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         args.config.is_some() || args.tls_cert.is_some(),
     )
     .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-    let tls_config = match (&args.tls_cert, &args.tls_key) {
-        (Some(cert), Some(key)) => {
+    let pod_namespace = std::env::var("POD_NAMESPACE")
+        .ok()
+        .filter(|n| !n.is_empty());
+    let instance = std::env::var("POD_NAME")
+        .ok()
+        .filter(|n| !n.is_empty())
+        .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
+    if args.manage_certs && args.tls_cert.is_some() {
+        return Err(
+            "--manage-certs and --tls-cert exclude each other: prodguard either manages its certificates in a Secret or serves the files given (then --manage-certs=false)".into(),
+        );
+    }
+    let writing = if args.manage_certs {
+        Some(writing_settings(
+            &args,
+            pod_namespace.as_deref(),
+            &instance,
+            lease_duration,
+        )?)
+    } else {
+        None
+    };
+    // The served certificate, and (with --manage-certs) what watches its expiry.
+    let (tls_config, served, managed_expiry) = match (&args.tls_cert, &args.tls_key, &writing) {
+        (Some(cert), Some(key), _) => {
             let reloading = tls::ReloadingCert::load(
                 cert,
                 key,
@@ -150,17 +173,56 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
-            tls::server_config(reloading.slot.clone(), args.client_ca.as_deref())
-                .map_err(|e| e.to_string())?
+            let config = tls::server_config(reloading.slot.clone(), args.client_ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            (config, Some(reloading.slot.clone()), None)
         }
-        _ => self_signed(
-            args.ca_out.clone(),
-            args.client_ca.as_deref(),
-            &server::expiry::ExpiryWatch::new(
-                metrics.certificate_expiry.clone(),
-                "the self-signed certificate".to_owned(),
-            ),
-        )?,
+        (_, _, Some((namespace, writing))) => {
+            // Until the Secret is read: a certificate no bundle trusts (not ready).
+            let names: Vec<String> = writing
+                .wanted
+                .dns_names
+                .iter()
+                .cloned()
+                .chain(writing.wanted.ip_addresses.iter().map(|ip| ip.to_string()))
+                .collect();
+            let pki = pki::generate("prodguard temporary CA", &names)
+                .map_err(|e| format!("cannot generate a temporary certificate: {e}"))?;
+            let certified = tls::certified_key(
+                pki.cert_pem.as_bytes(),
+                pki.key_pem.as_bytes(),
+                "generated certificate",
+                "generated key",
+            )
+            .map_err(|e| e.to_string())?;
+            let slot = tls::CertSlot::new(certified);
+            let margin = writing
+                .wanted
+                .renew_before
+                .unwrap_or(writing.wanted.validity / 3);
+            let expiry = Arc::new(
+                server::expiry::ExpiryWatch::new(
+                    metrics.certificate_expiry.clone(),
+                    format!("the Secret {namespace}/{}", writing.secret),
+                )
+                .managed(margin / 2),
+            );
+            let config = tls::server_config(slot.clone(), args.client_ca.as_deref())
+                .map_err(|e| e.to_string())?;
+            (config, Some(slot), Some(expiry))
+        }
+        _ => (
+            self_signed(
+                args.ca_out.clone(),
+                args.client_ca.as_deref(),
+                &server::expiry::ExpiryWatch::new(
+                    metrics.certificate_expiry.clone(),
+                    "the self-signed certificate".to_owned(),
+                ),
+            )?,
+            None,
+            None,
+        ),
     };
     let kube_config = kube::Config::infer()
         .await
@@ -182,10 +244,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             (None, None)
         }
     };
-    let instance = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
+    if writing.is_some() && client.is_none() {
+        return Err(
+            "--manage-certs needs the cluster (an in-cluster config or a kubeconfig): it keeps the certificates in a Secret".into(),
+        );
+    }
     let (pods, reporter): (Arc<dyn ClusterLookup>, Arc<dyn Reporter>) = match &client {
         Some(client) => (
             Arc::new(KubeLookup::new(client.clone())),
@@ -213,6 +276,47 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let state = AppState::with_limits(engine, metrics.clone(), bodies);
+    if let (Some(client), Some(slot)) = (&client, served) {
+        if let Some(expiry) = &managed_expiry {
+            expiry.on_warning(expiry_events(
+                client.clone(),
+                &instance,
+                pod_namespace.as_deref(),
+            ));
+        }
+        let ready = {
+            let state = state.clone();
+            Arc::new(move |ready: bool| {
+                if state.certificate_ready.swap(ready, Ordering::Relaxed) != ready {
+                    if ready {
+                        tracing::info!(
+                            "ready: the certificate served is in the webhooks' CA bundle"
+                        );
+                    } else {
+                        tracing::info!("not ready: the certificate served is not (yet) in the webhooks' CA bundle");
+                    }
+                }
+            }) as Arc<dyn Fn(bool) + Send + Sync>
+        };
+        let (namespace, writing) = match writing {
+            Some((namespace, writing)) => (namespace, Some(writing)),
+            None => (pod_namespace.clone().unwrap_or_default(), None),
+        };
+        server::manager::spawn(
+            client.clone(),
+            server::manager::Settings {
+                namespace,
+                webhooks: args.webhook_configuration.clone(),
+                writing,
+            },
+            server::manager::Shared {
+                slot,
+                ready: managed_expiry.is_some().then_some(ready),
+                expiry: managed_expiry,
+                metrics: metrics.clone(),
+            },
+        );
+    }
     let config_reload_interval =
         parse_interval("--config-reload-interval", &args.config_reload_interval)?;
     if let Some(path) = args.config.clone() {
@@ -248,9 +352,6 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     }
     match (kube_config, audit_interval) {
         (Some(kube_config), Some(interval)) => {
-            let pod_namespace = std::env::var("POD_NAMESPACE")
-                .ok()
-                .filter(|n| !n.is_empty());
             let namespace = args
                 .lease_namespace
                 .clone()
@@ -356,6 +457,127 @@ async fn reload_config(
             }
         }
     }
+}
+
+/// What `--manage-certs` writes: prodguard's namespace and the writer's settings.
+fn writing_settings(
+    args: &ServeArgs,
+    pod_namespace: Option<&str>,
+    instance: &str,
+    lease_duration: Duration,
+) -> Result<(String, server::manager::Writing), String> {
+    let namespace = args
+        .lease_namespace
+        .clone()
+        .or_else(|| pod_namespace.map(str::to_owned))
+        .ok_or(
+            "--manage-certs needs prodguard's namespace, for its Secret and Lease: set POD_NAMESPACE (deploy/ does) or --lease-namespace",
+        )?;
+    let mut dns_names: Vec<String> = args
+        .cert_dns_names
+        .iter()
+        .map(|n| n.trim().to_owned())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if dns_names.is_empty() {
+        dns_names = pki::service_names(&args.cert_service, &namespace);
+    }
+    let ip_addresses = args
+        .cert_ip_addresses
+        .iter()
+        .map(|ip| {
+            ip.trim()
+                .parse()
+                .map_err(|e| format!("--cert-ip-addresses {ip:?} is not an IP address ({e})"))
+        })
+        .collect::<Result<Vec<std::net::IpAddr>, String>>()?;
+    let validity = positive("--cert-validity", &args.cert_validity)?;
+    let ca_validity = match &args.ca_validity {
+        Some(value) => positive("--ca-validity", value)?,
+        None => validity.saturating_mul(3),
+    };
+    if ca_validity < validity {
+        return Err(format!(
+            "--ca-validity ({}) must be at least --cert-validity ({}): a serving certificate cannot outlive its CA",
+            humantime::format_duration(ca_validity),
+            humantime::format_duration(validity)
+        ));
+    }
+    let renew_before = match &args.cert_renew_before {
+        Some(value) => {
+            let margin = positive("--cert-renew-before", value)?;
+            if margin >= validity {
+                return Err(format!(
+                    "--cert-renew-before ({value}) must be shorter than --cert-validity ({}): each new certificate would be renewed at once",
+                    args.cert_validity
+                ));
+            }
+            Some(margin)
+        }
+        None => None,
+    };
+    let overlap = positive("--ca-overlap", &args.ca_overlap)?;
+    Ok((
+        namespace.clone(),
+        server::manager::Writing {
+            secret: args.cert_secret.clone(),
+            lease: LeaseSettings {
+                namespace,
+                name: server::manager::LEASE_NAME.to_owned(),
+                identity: instance.to_owned(),
+                duration: lease_duration,
+            },
+            wanted: server::managed::Wanted {
+                dns_names,
+                ip_addresses,
+                renew_before,
+                validity,
+                ca_validity,
+                overlap,
+            },
+        },
+    ))
+}
+
+/// Sends expiry warnings as Warning Events regarding this pod (when it knows its name and
+/// namespace; the log line is written either way).
+fn expiry_events(
+    client: kube::Client,
+    instance: &str,
+    namespace: Option<&str>,
+) -> server::expiry::WarningHook {
+    let pod = namespace.map(|ns| k8s_openapi::api::core::v1::ObjectReference {
+        api_version: Some("v1".to_owned()),
+        kind: Some("Pod".to_owned()),
+        name: Some(instance.to_owned()),
+        namespace: Some(ns.to_owned()),
+        ..Default::default()
+    });
+    let recorder = kube::runtime::events::Recorder::new(
+        client,
+        kube::runtime::events::Reporter {
+            controller: events::CONTROLLER.to_owned(),
+            instance: Some(instance.to_owned()),
+        },
+    );
+    Box::new(move |message: String| {
+        let Some(pod) = pod.clone() else {
+            return;
+        };
+        let recorder = recorder.clone();
+        tokio::spawn(async move {
+            let event = kube::runtime::events::Event {
+                type_: kube::runtime::events::EventType::Warning,
+                reason: "CertificateExpiresSoon".to_owned(),
+                note: Some(message.chars().take(1000).collect()),
+                action: "ServeCertificate".to_owned(),
+                secondary: None,
+            };
+            if let Err(e) = recorder.publish(&event, &pod).await {
+                tracing::warn!("cannot publish the certificate expiry Event: {e}");
+            }
+        });
+    })
 }
 
 /// A certificate for localhost and 127.0.0.1, with its CA bundle written where it says.

@@ -75,6 +75,9 @@ pub enum Decision {
     DropPreviousCa,
 }
 
+/// A Secret's data, key by key.
+pub type SecretData = BTreeMap<String, Vec<u8>>;
+
 /// A Secret as the writer reads it.
 #[derive(Debug, Clone, Copy)]
 pub struct Found<'a> {
@@ -257,7 +260,7 @@ pub fn apply(
     wanted: &Wanted,
     trusted: Option<&[u8]>,
     now: i64,
-) -> Result<(BTreeMap<String, Vec<u8>>, Option<i64>), String> {
+) -> Result<(SecretData, Option<i64>), String> {
     let names: Vec<String> = wanted
         .dns_names
         .iter()

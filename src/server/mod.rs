@@ -4,6 +4,7 @@
 mod conns;
 pub mod expiry;
 pub mod managed;
+pub mod manager;
 pub mod pki;
 mod timed_io;
 pub mod tls;

@@ -371,6 +371,26 @@ impl TestCluster {
     /// Registers the webhook configurations shipped in deploy/, with the client config swapped
     /// for this machine's URL, then injects the CA bundle with `prodguard certs --inject`.
     pub fn register_webhooks(&self) -> Result<(), String> {
+        self.apply_webhooks()?;
+        self.inject_ca_bundle()
+    }
+
+    /// Deletes the webhook configurations and applies deploy/'s afresh (no CA bundle, the
+    /// validating webhook failing open until prodguard arms it), as `kubectl apply -k` does on
+    /// a new cluster.
+    pub fn reapply_webhooks(&self) -> Result<(), String> {
+        self.kubectl(&[
+            "delete",
+            "mutatingwebhookconfiguration,validatingwebhookconfiguration",
+            "prodguard",
+            "--ignore-not-found",
+        ]);
+        self.apply_webhooks()
+    }
+
+    /// Applies deploy/base's webhook configurations with the client config swapped for this
+    /// machine's URL (never their `service:`, which would make the API server dial a ClusterIP).
+    fn apply_webhooks(&self) -> Result<(), String> {
         let rendered = self.kubectl(&["kustomize", "deploy/base"]);
         if !rendered.status.success() {
             return Err(format!(
@@ -412,6 +432,10 @@ impl TestCluster {
                 String::from_utf8_lossy(&applied.stderr)
             ));
         }
+        Ok(())
+    }
+
+    fn inject_ca_bundle(&self) -> Result<(), String> {
         let certs = self
             .prodguard()
             .args([
@@ -449,7 +473,44 @@ impl TestCluster {
             args,
         )?;
         self.prodguard = Some(child);
+        if !args.contains(&"--manage-certs") {
+            self.wait_armed()?;
+        }
         Ok(())
+    }
+
+    /// The failure policy of each webhook of the validating configuration, in order.
+    pub fn validating_failure_policies(&self) -> Vec<String> {
+        let output = self.kubectl(&[
+            "get",
+            "validatingwebhookconfiguration",
+            "prodguard",
+            "-o",
+            "jsonpath={.webhooks[*].failurePolicy}",
+        ]);
+        String::from_utf8_lossy(&output.stdout)
+            .split_whitespace()
+            .map(str::to_owned)
+            .collect()
+    }
+
+    /// Waits until prodguard has set validate.prodguard.io to fail closed (it does once the
+    /// certificate it serves is in the bundle), as scenarios that stop prodguard rely on it.
+    pub fn wait_armed(&self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let policies = self.validating_failure_policies();
+            if policies.first().map(String::as_str) == Some("Fail") {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "prodguard did not arm validate.prodguard.io within 20 s (failure policies {policies:?}):\n{}",
+                    self.prodguard_log()
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        }
     }
 
     /// Starts a prodguard process `name` (its log is `<name>.log`) and waits until it listens.
@@ -461,6 +522,21 @@ impl TestCluster {
         config: &str,
         args: &[&str],
     ) -> Result<Child, String> {
+        self.start_prodguard_as(name, port, metrics_port, config, args, &self.kubeconfig)
+    }
+
+    /// [`TestCluster::start_prodguard`] with another kubeconfig. With `--manage-certs` in
+    /// `args`, no certificate files are given.
+    pub fn start_prodguard_as(
+        &self,
+        name: &str,
+        port: u16,
+        metrics_port: u16,
+        config: &str,
+        args: &[&str],
+        kubeconfig: &Path,
+    ) -> Result<Child, String> {
+        let files = !args.contains(&"--manage-certs");
         let config_path = self.dir.path().join(format!("{name}-config.yaml"));
         write(&config_path, config)?;
         let log = self.dir.path().join(format!("{name}.log"));
@@ -476,14 +552,18 @@ impl TestCluster {
                 )
                 // The e2e suite restarts prodguard often: no drain delay.
                 .arg("--shutdown-delay=0s")
-                .arg(format!(
-                    "--tls-cert={}",
-                    self.certs_dir.join("tls.crt").display()
-                ))
-                .arg(format!(
-                    "--tls-key={}",
-                    self.certs_dir.join("tls.key").display()
-                ))
+                .args(
+                    files
+                        .then(|| {
+                            [
+                                format!("--tls-cert={}", self.certs_dir.join("tls.crt").display()),
+                                format!("--tls-key={}", self.certs_dir.join("tls.key").display()),
+                            ]
+                        })
+                        .into_iter()
+                        .flatten(),
+                )
+                .env("KUBECONFIG", kubeconfig)
                 .arg(format!("--config={}", config_path.display()))
                 .arg("--log=info")
                 .env("POD_NAME", name)
@@ -529,7 +609,12 @@ impl TestCluster {
     }
 
     pub fn prodguard_log(&self) -> String {
-        tail(&self.dir.path().join("prodguard.log"))
+        self.log_of("prodguard")
+    }
+
+    /// The end of the log of the prodguard process `name`.
+    pub fn log_of(&self, name: &str) -> String {
+        tail(&self.dir.path().join(format!("{name}.log")))
     }
 }
 

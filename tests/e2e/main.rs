@@ -7,6 +7,7 @@
 //! the end whatever happened. Without kube-apiserver or etcd the suite fails; it never skips.
 //! `cargo test --test e2e -- NAME` runs the scenarios whose name contains NAME.
 
+mod certs;
 mod cluster;
 mod workload;
 
@@ -88,6 +89,18 @@ fn main() -> ExitCode {
         (
             "audit_memory_flat_across_scans",
             audit_memory_flat_across_scans,
+        ),
+        (
+            "certificates_managed_install_and_restore",
+            certs::certificates_managed_install_and_restore,
+        ),
+        (
+            "certificates_renewed_and_rotated_under_traffic",
+            certs::certificates_renewed_and_rotated_under_traffic,
+        ),
+        (
+            "certificates_writer_without_permission",
+            certs::certificates_writer_without_permission,
         ),
     ];
     let selected: Vec<_> = scenarios
@@ -349,18 +362,41 @@ fn webhooks_registered_from_deploy(env: &mut Env) {
                 format!("https://127.0.0.1:{}{path}", env.cluster.prodguard_port)
             );
         }
-        // Enforcement fails closed; patching, and RBAC checks (see deploy/), fail open.
+        // Until prodguard answers, everything fails open (the install window).
         let policies: Vec<_> = hooks
             .iter()
             .map(|h| h["failurePolicy"].as_str().unwrap())
             .collect();
         let expected: &[&str] = if webhooks.len() == 2 {
-            &["Fail", "Ignore"]
+            &["Ignore", "Ignore"]
         } else {
             &["Ignore"]
         };
         assert_eq!(policies, expected);
     }
+    // Once prodguard serves a certificate the bundle trusts (here from files), it arms the
+    // enforcing webhook; patching, and RBAC checks (see deploy/), stay failing open.
+    env.cluster.stop_prodguard();
+    env.ok(&[
+        "patch",
+        "validatingwebhookconfiguration",
+        "prodguard",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#,
+    ]);
+    env.serve(DEFAULT_POLICY, &[]);
+    assert_eq!(
+        env.cluster.validating_failure_policies(),
+        ["Fail", "Ignore"]
+    );
+    assert!(
+        env.cluster.prodguard_log().contains(
+            "validate.prodguard.io of validatingwebhookconfigurations/prodguard now fail closed"
+        ),
+        "{}",
+        env.cluster.prodguard_log()
+    );
     // Injecting into configurations that do not exist says what to do.
     let output = env
         .cluster

@@ -1,0 +1,754 @@
+//! `serve --manage-certs` and the webhooks' guard: what each replica does with the Secret that
+//! holds prodguard's certificates and with its two webhook configurations.
+//!
+//! - **Every replica** follows the Secret through a watch (not the mounted file, which the
+//!   kubelet refreshes a minute or more late) and serves its certificate as soon as it is
+//!   valid; a broken one is logged and the certificate in use stays.
+//! - **The writer**, the replica holding the Lease `prodguard-certs`, applies
+//!   [`managed::decide`] to the Secret (issue, renew, rotate the CA, replace what is corrupt
+//!   or foreign) and keeps the CA bundle of every webhook of both configurations equal to
+//!   what the Secret says, restoring it within seconds when something empties or changes it.
+//! - **Readiness**: a replica is ready once the certificate it serves is trusted by the bundle
+//!   of every webhook of both configurations.
+//! - **Arming** (with or without `--manage-certs`): deploy/ ships the webhooks that must fail
+//!   closed as `failurePolicy: Ignore`, named in the annotation [`ARM_ANNOTATION`]; once the
+//!   certificate served is trusted by their bundle, prodguard sets them to `Fail`. So an
+//!   install never blocks the cluster's writes before prodguard can answer them.
+//!
+//! Nothing here ever creates a webhook configuration: deleting deploy/ leaves none behind.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingWebhookConfiguration, ValidatingWebhookConfiguration,
+};
+use k8s_openapi::api::coordination::v1::Lease;
+use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
+use k8s_openapi::ByteString;
+use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::runtime::watcher;
+use kube::runtime::WatchStreamExt;
+use tokio::sync::mpsc;
+
+use super::expiry::ExpiryWatch;
+use super::managed::{self, Decision, Found, Wanted};
+use super::tls::{self, CertSlot};
+use crate::audit::lease::{self, LeaseSettings};
+use crate::report::metrics::{CertificateLabels, Metrics};
+
+/// The annotation of a webhook configuration that lists (comma-separated) the webhooks that
+/// prodguard sets to `failurePolicy: Fail` once it serves a certificate they trust.
+pub const ARM_ANNOTATION: &str = "prodguard.io/fail-closed-when-ready";
+/// The Secret's annotation naming the replica that wrote it last.
+pub const WRITTEN_BY: &str = "prodguard.io/written-by";
+/// The writer's Lease.
+pub const LEASE_NAME: &str = "prodguard-certs";
+
+/// What the certificate writer manages (`--manage-certs`).
+#[derive(Debug, Clone)]
+pub struct Writing {
+    pub secret: String,
+    pub lease: LeaseSettings,
+    pub wanted: Wanted,
+}
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// prodguard's namespace (the Secret's and the Lease's).
+    pub namespace: String,
+    /// The name of both webhook configurations.
+    pub webhooks: String,
+    /// With `--manage-certs`.
+    pub writing: Option<Writing>,
+}
+
+/// What a replica shares with the server.
+pub struct Shared {
+    pub slot: Arc<CertSlot>,
+    /// What is served with `--manage-certs` (with files, `ReloadingCert` keeps its own).
+    pub expiry: Option<Arc<ExpiryWatch>>,
+    /// `AppState::certificate_ready`, when readiness waits for the bundle.
+    pub ready: Option<Arc<dyn Fn(bool) + Send + Sync>>,
+    pub metrics: Arc<Metrics>,
+}
+
+enum Update {
+    Secret(Option<Secret>),
+    Mutating(Option<MutatingWebhookConfiguration>),
+    Validating(Option<ValidatingWebhookConfiguration>),
+}
+
+/// Why a call to the API failed, naming the permission when it was refused.
+/// `resource` is `secrets/NAME` or `leases/NAME`, `place` `in namespace NS` (or empty).
+pub fn explain(e: &kube::Error, verb: &str, resource: &str, place: &str) -> String {
+    let target = if place.is_empty() {
+        resource.to_owned()
+    } else {
+        format!("{resource} {place}")
+    };
+    match e {
+        kube::Error::Api(status) if status.code == 403 => format!(
+            "forbidden: prodguard's service account needs the permission to {verb} {target} \
+             (deploy/base/rbac.yaml grants it): {}",
+            status.message
+        ),
+        e => format!("cannot {verb} {target}: {e}"),
+    }
+}
+
+/// Follows one named object through a watch, sending what it is after each change (`None`
+/// once deleted or while absent). Errors are logged with the permission they lack, at most
+/// once a minute, and the watch retries with backoff.
+fn follow<K>(
+    api: Api<K>,
+    name: String,
+    what: String,
+    tx: mpsc::Sender<Update>,
+    wrap: fn(Option<K>) -> Update,
+) where
+    K: kube::Resource
+        + Clone
+        + serde::de::DeserializeOwned
+        + std::fmt::Debug
+        + Send
+        + Sync
+        + 'static,
+{
+    tokio::spawn(async move {
+        let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
+        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut listed: Option<K> = None;
+        let mut last_error: Option<Instant> = None;
+        while let Some(event) = stream.next().await {
+            let update = match event {
+                Ok(watcher::Event::Init) => {
+                    listed = None;
+                    continue;
+                }
+                Ok(watcher::Event::InitApply(object)) => {
+                    listed = Some(object);
+                    continue;
+                }
+                Ok(watcher::Event::InitDone) => listed.take(),
+                Ok(watcher::Event::Apply(object)) => Some(object),
+                Ok(watcher::Event::Delete(_)) => None,
+                Err(e) => {
+                    if last_error.is_none_or(|at| at.elapsed() >= Duration::from_secs(60)) {
+                        last_error = Some(Instant::now());
+                        let text = match &e {
+                            watcher::Error::InitialListFailed(e)
+                            | watcher::Error::WatchStartFailed(e)
+                            | watcher::Error::WatchFailed(e) => {
+                                explain(e, "list and watch", &what, "")
+                            }
+                            other => format!("cannot watch {what}: {other}"),
+                        };
+                        tracing::warn!("{text}; retrying");
+                    }
+                    continue;
+                }
+            };
+            if tx.send(wrap(update)).await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+/// Every webhook's CA bundle in a configuration, by webhook name.
+fn bundles_of(
+    webhooks: impl Iterator<Item = (String, Option<Vec<u8>>)>,
+) -> BTreeMap<String, Vec<u8>> {
+    webhooks
+        .map(|(name, bundle)| (name, bundle.unwrap_or_default()))
+        .collect()
+}
+
+/// One webhook configuration as the guard sees it.
+#[derive(Debug, Default, Clone)]
+struct Config {
+    exists: bool,
+    bundles: BTreeMap<String, Vec<u8>>,
+    failure_policies: BTreeMap<String, String>,
+    to_arm: Vec<String>,
+}
+
+impl Config {
+    fn of(
+        meta: &ObjectMeta,
+        webhooks: impl Iterator<Item = (String, Option<Vec<u8>>, Option<String>)>,
+    ) -> Config {
+        let mut config = Config {
+            exists: true,
+            ..Config::default()
+        };
+        let mut bundles = Vec::new();
+        for (name, bundle, policy) in webhooks {
+            config
+                .failure_policies
+                .insert(name.clone(), policy.unwrap_or_else(|| "Fail".to_owned()));
+            bundles.push((name, bundle));
+        }
+        config.bundles = bundles_of(bundles.into_iter());
+        config.to_arm = meta
+            .annotations
+            .as_ref()
+            .and_then(|a| a.get(ARM_ANNOTATION))
+            .map(|list| {
+                list.split(',')
+                    .map(str::trim)
+                    .filter(|n| !n.is_empty())
+                    .map(str::to_owned)
+                    .collect()
+            })
+            .unwrap_or_default();
+        config
+    }
+
+    fn mutating(c: &MutatingWebhookConfiguration) -> Config {
+        Config::of(
+            &c.metadata,
+            c.webhooks.iter().flatten().map(|w| {
+                (
+                    w.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                    w.failure_policy.clone(),
+                )
+            }),
+        )
+    }
+
+    fn validating(c: &ValidatingWebhookConfiguration) -> Config {
+        Config::of(
+            &c.metadata,
+            c.webhooks.iter().flatten().map(|w| {
+                (
+                    w.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                    w.failure_policy.clone(),
+                )
+            }),
+        )
+    }
+
+    /// Whether every webhook's bundle trusts `leaf` (DER).
+    fn trusts(&self, leaf: &[u8]) -> bool {
+        self.exists
+            && !self.bundles.is_empty()
+            && self.bundles.values().all(|b| managed::trusted_by(leaf, b))
+    }
+
+    /// The webhooks to arm now: named in the annotation, present, not failing closed yet.
+    fn unarmed(&self) -> Vec<String> {
+        self.to_arm
+            .iter()
+            .filter(|n| self.failure_policies.get(*n).is_some_and(|p| p != "Fail"))
+            .cloned()
+            .collect()
+    }
+}
+
+struct Guard {
+    client: kube::Client,
+    settings: Settings,
+    shared: Shared,
+    secret: Option<Secret>,
+    mutating: Config,
+    validating: Config,
+    /// The Secret bytes last served (tls.crt, tls.key), and the resourceVersion last refused.
+    served: Option<(Vec<u8>, Vec<u8>)>,
+    refused: Option<String>,
+    holder: bool,
+    lease_due: Instant,
+    /// When the writer next has something to do (a renewal, a rotation step).
+    writer_due: Option<Instant>,
+    /// The last failure of each kind, for logging once a minute.
+    failures: BTreeMap<&'static str, (String, Instant)>,
+}
+
+/// Starts the guard (and, with `writing`, the certificate follower and writer). Runs for ever.
+pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
+    let (tx, mut rx) = mpsc::channel(16);
+    follow(
+        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        settings.webhooks.clone(),
+        format!("mutatingwebhookconfigurations/{}", settings.webhooks),
+        tx.clone(),
+        Update::Mutating,
+    );
+    follow(
+        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        settings.webhooks.clone(),
+        format!("validatingwebhookconfigurations/{}", settings.webhooks),
+        tx.clone(),
+        Update::Validating,
+    );
+    if let Some(writing) = &settings.writing {
+        follow(
+            Api::<Secret>::namespaced(client.clone(), &settings.namespace),
+            writing.secret.clone(),
+            format!(
+                "secrets/{} in namespace {}",
+                writing.secret, settings.namespace
+            ),
+            tx.clone(),
+            Update::Secret,
+        );
+    }
+    drop(tx);
+    if let Some(ready) = &shared.ready {
+        ready(false);
+    }
+    let mut guard = Guard {
+        client,
+        settings,
+        shared,
+        secret: None,
+        mutating: Config::default(),
+        validating: Config::default(),
+        served: None,
+        refused: None,
+        holder: false,
+        lease_due: Instant::now(),
+        writer_due: None,
+        failures: BTreeMap::new(),
+    };
+    tokio::spawn(async move {
+        let slot = guard.shared.slot.clone();
+        loop {
+            let wake = guard.next_wake();
+            tokio::select! {
+                update = rx.recv() => match update {
+                    Some(Update::Secret(secret)) => guard.secret = secret,
+                    Some(Update::Mutating(c)) => {
+                        guard.mutating = c.as_ref().map(Config::mutating).unwrap_or_default()
+                    }
+                    Some(Update::Validating(c)) => {
+                        guard.validating = c.as_ref().map(Config::validating).unwrap_or_default()
+                    }
+                    None => return,
+                },
+                _ = slot.changed.notified() => {}
+                _ = tokio::time::sleep_until(wake.into()) => {}
+            }
+            guard.reconcile().await;
+        }
+    });
+}
+
+impl Guard {
+    fn next_wake(&self) -> Instant {
+        // Every 5 s with --manage-certs (expiry warnings are judged then), else every minute.
+        let mut wake = Instant::now() + Duration::from_secs(60);
+        if self.settings.writing.is_some() {
+            wake = Instant::now() + Duration::from_secs(5);
+            wake = wake.min(self.lease_due);
+            if let Some(due) = self.writer_due.filter(|_| self.holder) {
+                wake = wake.min(due);
+            }
+        }
+        wake
+    }
+
+    /// Logs `message` as an error and counts it, at most once a minute for one kind unless it
+    /// changed.
+    fn failed(&mut self, kind: &'static str, message: String) {
+        self.shared.metrics.certificate_failures.inc();
+        let repeat = self
+            .failures
+            .get(kind)
+            .is_some_and(|(last, at)| *last == message && at.elapsed() < Duration::from_secs(60));
+        if !repeat {
+            tracing::error!("{message}");
+            self.failures.insert(kind, (message, Instant::now()));
+        }
+    }
+
+    async fn reconcile(&mut self) {
+        if self.settings.writing.is_some() {
+            self.follow_secret();
+            if Instant::now() >= self.lease_due {
+                self.hold_lease().await;
+            }
+            if self.holder {
+                self.write().await;
+            }
+        }
+        let leaf = self.shared.slot.current().cert.first().map(|c| c.to_vec());
+        let trusted = leaf
+            .as_ref()
+            .is_some_and(|leaf| self.mutating.trusts(leaf) && self.validating.trusts(leaf));
+        if let Some(ready) = &self.shared.ready {
+            ready(trusted);
+        }
+        if trusted {
+            self.arm().await;
+        }
+        if let Some(expiry) = &self.shared.expiry {
+            expiry.check();
+        }
+    }
+
+    /// Serves the Secret's certificate once it is valid and new.
+    fn follow_secret(&mut self) {
+        let Some(secret) = &self.secret else {
+            return;
+        };
+        let data = secret_data(secret);
+        let (Some(cert), Some(key)) = (data.get(managed::TLS_CERT), data.get(managed::TLS_KEY))
+        else {
+            return;
+        };
+        if self
+            .served
+            .as_ref()
+            .is_some_and(|(c, k)| c == cert && k == key)
+        {
+            return;
+        }
+        let version = secret.metadata.resource_version.clone();
+        let name = format!(
+            "the Secret {}/{}",
+            self.settings.namespace,
+            secret.metadata.name.as_deref().unwrap_or_default()
+        );
+        match tls::certified_key(
+            cert,
+            key,
+            &format!("{name} tls.crt"),
+            &format!("{name} tls.key"),
+        ) {
+            Ok(certified) => {
+                let mut chain = certified.cert.clone();
+                if let Some(ca) = data.get(managed::CA_CERT) {
+                    chain.extend(
+                        <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(ca)
+                            .filter_map(Result::ok),
+                    );
+                }
+                if let Some(expiry) = &self.shared.expiry {
+                    expiry.serving(&chain);
+                }
+                self.shared.slot.set(certified);
+                self.served = Some((cert.clone(), key.clone()));
+                tracing::info!(secret = %name, "serving the certificate of {name}");
+            }
+            Err(e) => {
+                if self.refused != version {
+                    self.refused = version;
+                    tracing::error!(
+                        "{name} holds no usable certificate ({e}); the certificate in use stays (the writer replaces it)"
+                    );
+                }
+            }
+        }
+    }
+
+    async fn hold_lease(&mut self) {
+        let Some(writing) = &self.settings.writing else {
+            return;
+        };
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let duration = writing.lease.duration;
+        self.lease_due = Instant::now() + duration / 3;
+        match lease::try_hold(&api, &writing.lease).await {
+            Ok(holder) => {
+                if holder != self.holder {
+                    tracing::info!(
+                        lease = %format!("{}/{}", self.settings.namespace, writing.lease.name),
+                        "{}",
+                        if holder {
+                            "this replica now writes the certificates"
+                        } else {
+                            "another replica writes the certificates"
+                        }
+                    );
+                }
+                self.holder = holder;
+            }
+            Err(e) => {
+                self.holder = false;
+                let place = format!("in namespace {}", self.settings.namespace);
+                let lease = format!("leases/{}", writing.lease.name);
+                let message = explain(&e, "get, create and update", &lease, &place);
+                self.failed("lease", message);
+            }
+        }
+    }
+
+    /// The writer's round: the Secret first, then the bundles.
+    async fn write(&mut self) {
+        let Some(writing) = self.settings.writing.clone() else {
+            return;
+        };
+        let now = now_seconds();
+        let data = self.secret.as_ref().map(secret_data);
+        let step_since = self
+            .secret
+            .as_ref()
+            .and_then(|s| {
+                s.metadata
+                    .annotations
+                    .as_ref()?
+                    .get(managed::STEP_SINCE)
+                    .cloned()
+            })
+            .and_then(|at| at.parse::<k8s_openapi::jiff::Timestamp>().ok())
+            .map(|at| at.as_second());
+        let found = data.as_ref().map(|data| Found { data, step_since });
+        let decision = managed::decide(found, &writing.wanted, now);
+        let place = format!("in namespace {}", self.settings.namespace);
+        if let Decision::Keep { next_at } = decision {
+            self.writer_due = Some(
+                Instant::now()
+                    + Duration::from_secs(u64::try_from(next_at.saturating_sub(now)).unwrap_or(0)),
+            );
+        } else {
+            // Retried in five seconds when anything below fails.
+            self.writer_due = Some(Instant::now() + Duration::from_secs(5));
+            let trusted = self.validating.bundles.values().next().cloned();
+            let (new_data, new_since) =
+                match managed::apply(&decision, found, &writing.wanted, trusted.as_deref(), now) {
+                    Ok(made) => made,
+                    Err(e) => return self.failed("issue", e),
+                };
+            // A serving certificate the API server does not trust yet (a replaced Secret):
+            // its CA goes into the bundles first.
+            let leaf = new_data
+                .get(managed::TLS_CERT)
+                .and_then(|pem| {
+                    <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(pem).ok()
+                })
+                .map(|der| der.to_vec())
+                .unwrap_or_default();
+            if !(self.mutating.trusts(&leaf) && self.validating.trusts(&leaf))
+                && self.set_bundles(&managed::bundle(&new_data)).await
+            {
+                // The API server's informer sees the new bundle within a moment.
+                tokio::time::sleep(Duration::from_secs(2)).await;
+            }
+            match self.store(&writing, new_data, new_since, &place).await {
+                Ok(secret) => {
+                    let labels = |certificate| CertificateLabels { certificate };
+                    let renewals = &self.shared.metrics.certificate_renewals;
+                    match &decision {
+                        Decision::Replace(why)
+                        | Decision::IssueServing(why)
+                        | Decision::AddCa(why) => {
+                            tracing::info!(secret = %place, "{}: {why}", step_name(&decision))
+                        }
+                        other => tracing::info!(secret = %place, "{}", step_name(other)),
+                    }
+                    if matches!(
+                        decision,
+                        Decision::Replace(_) | Decision::IssueServing(_) | Decision::SwitchCa
+                    ) {
+                        renewals.get_or_create(&labels("serving")).inc();
+                    }
+                    if matches!(decision, Decision::Replace(_) | Decision::SwitchCa) {
+                        renewals.get_or_create(&labels("ca")).inc();
+                    }
+                    self.secret = Some(secret);
+                    self.follow_secret();
+                    // The next step (or nothing) is decided on the next round, now.
+                    self.writer_due = Some(Instant::now());
+                }
+                Err(e) => return self.failed("store", e),
+            }
+        }
+        if let Some(data) = self.secret.as_ref().map(secret_data) {
+            if matches!(
+                managed::decide(
+                    Some(Found {
+                        data: &data,
+                        step_since: None
+                    }),
+                    &writing.wanted,
+                    now
+                ),
+                Decision::Replace(_)
+            ) {
+                return;
+            }
+            let wanted = managed::bundle(&data);
+            let same = |c: &Config| c.exists && c.bundles.values().all(|b| *b == wanted);
+            if !same(&self.mutating) || !same(&self.validating) {
+                self.set_bundles(&wanted).await;
+            }
+        }
+    }
+
+    /// Creates or replaces the Secret (a compare-and-swap on the version read).
+    async fn store(
+        &self,
+        writing: &Writing,
+        data: BTreeMap<String, Vec<u8>>,
+        step_since: Option<i64>,
+        place: &str,
+    ) -> Result<Secret, String> {
+        let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        let mut annotations =
+            BTreeMap::from([(WRITTEN_BY.to_owned(), writing.lease.identity.clone())]);
+        if let Some(at) =
+            step_since.and_then(|at| k8s_openapi::jiff::Timestamp::from_second(at).ok())
+        {
+            annotations.insert(managed::STEP_SINCE.to_owned(), at.to_string());
+        }
+        let secret = Secret {
+            metadata: ObjectMeta {
+                name: Some(writing.secret.clone()),
+                namespace: Some(self.settings.namespace.clone()),
+                labels: Some(BTreeMap::from([
+                    ("app.kubernetes.io/name".to_owned(), "prodguard".to_owned()),
+                    (
+                        "app.kubernetes.io/managed-by".to_owned(),
+                        "prodguard".to_owned(),
+                    ),
+                ])),
+                annotations: Some(annotations),
+                resource_version: self
+                    .secret
+                    .as_ref()
+                    .and_then(|s| s.metadata.resource_version.clone()),
+                ..ObjectMeta::default()
+            },
+            type_: Some("kubernetes.io/tls".to_owned()),
+            data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
+            ..Secret::default()
+        };
+        let resource = format!("secrets/{}", writing.secret);
+        let written = if self.secret.is_some() {
+            api.replace(&writing.secret, &PostParams::default(), &secret)
+                .await
+                .map_err(|e| explain(&e, "update", &resource, place))
+        } else {
+            api.create(&PostParams::default(), &secret)
+                .await
+                .map_err(|e| explain(&e, "create", &resource, place))
+        };
+        written.map_err(|e| format!("{e}; the certificate in use stays"))
+    }
+
+    /// Sets every webhook's CA bundle in both configurations; whether any was patched.
+    async fn set_bundles(&mut self, bundle: &[u8]) -> bool {
+        let mut patched = false;
+        let name = self.settings.webhooks.clone();
+        for kind in ["mutating", "validating"] {
+            let config = if kind == "mutating" {
+                &self.mutating
+            } else {
+                &self.validating
+            };
+            if !config.exists {
+                continue;
+            }
+            let stale: Vec<String> = config
+                .bundles
+                .iter()
+                .filter(|(_, b)| b.as_slice() != bundle)
+                .map(|(n, _)| n.clone())
+                .collect();
+            if stale.is_empty() {
+                continue;
+            }
+            let patch = serde_json::json!({"webhooks": stale.iter().map(|w| serde_json::json!({
+                "name": w,
+                "clientConfig": {"caBundle": ByteString(bundle.to_vec())},
+            })).collect::<Vec<_>>()});
+            let resource = format!("{kind}webhookconfigurations/{name}");
+            let result = self.patch_config(kind, &name, patch).await;
+            match result {
+                Ok(()) => {
+                    patched = true;
+                    self.shared.metrics.webhooks_repaired.inc();
+                    tracing::info!(
+                        "set the CA bundle of {resource} ({}) to the Secret's CAs",
+                        stale.join(", ")
+                    );
+                }
+                Err(e) => self.failed("bundle", explain(&e, "patch", &resource, "")),
+            }
+        }
+        patched
+    }
+
+    async fn patch_config(
+        &self,
+        kind: &str,
+        name: &str,
+        patch: serde_json::Value,
+    ) -> Result<(), kube::Error> {
+        let params = PatchParams::default();
+        if kind == "mutating" {
+            Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+                .patch(name, &params, &Patch::Strategic(patch))
+                .await
+                .map(drop)
+        } else {
+            Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+                .patch(name, &params, &Patch::Strategic(patch))
+                .await
+                .map(drop)
+        }
+    }
+
+    /// Sets the webhooks named in [`ARM_ANNOTATION`] to fail closed.
+    async fn arm(&mut self) {
+        let name = self.settings.webhooks.clone();
+        for kind in ["mutating", "validating"] {
+            let config = if kind == "mutating" {
+                &self.mutating
+            } else {
+                &self.validating
+            };
+            let unarmed = config.unarmed();
+            if unarmed.is_empty() {
+                continue;
+            }
+            let patch = serde_json::json!({"webhooks": unarmed.iter().map(|w| serde_json::json!({
+                "name": w, "failurePolicy": "Fail",
+            })).collect::<Vec<_>>()});
+            let resource = format!("{kind}webhookconfigurations/{name}");
+            match self.patch_config(kind, &name, patch).await {
+                Ok(()) => {
+                    self.shared.metrics.webhooks_repaired.inc();
+                    tracing::info!(
+                        "the certificate served is trusted: {} of {resource} now fail closed",
+                        unarmed.join(", ")
+                    );
+                }
+                Err(e) => self.failed("arm", explain(&e, "patch", &resource, "")),
+            }
+        }
+    }
+}
+
+fn step_name(decision: &Decision) -> &'static str {
+    match decision {
+        Decision::Keep { .. } => "kept",
+        Decision::Replace(_) => "issued a new CA and serving certificate",
+        Decision::IssueServing(_) => "issued a new serving certificate",
+        Decision::AddCa(_) => "CA rotation, step 1 of 3: added the next CA to the bundle",
+        Decision::SwitchCa => {
+            "CA rotation, step 2 of 3: the next CA signs the serving certificate; the previous one stays trusted"
+        }
+        Decision::DropPreviousCa => "CA rotation, step 3 of 3: dropped the previous CA",
+    }
+}
+
+fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
+    secret
+        .data
+        .iter()
+        .flatten()
+        .map(|(k, v)| (k.clone(), v.0.clone()))
+        .collect()
+}
+
+fn now_seconds() -> i64 {
+    k8s_openapi::jiff::Timestamp::now().as_second()
+}
