@@ -278,10 +278,11 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let state = AppState::with_limits(engine, metrics.clone(), bodies);
     if let (Some(client), Some(slot)) = (&client, served) {
         if let Some(expiry) = &managed_expiry {
+            // The pod lives in prodguard's namespace (where the Secret is).
             expiry.on_warning(expiry_events(
                 client.clone(),
                 &instance,
-                pod_namespace.as_deref(),
+                writing.as_ref().map(|(namespace, _)| namespace.as_str()),
             ));
         }
         let ready = {

@@ -159,21 +159,20 @@ fn follow<K>(
     });
 }
 
-/// Every webhook's CA bundle in a configuration, by webhook name.
-fn bundles_of(
-    webhooks: impl Iterator<Item = (String, Option<Vec<u8>>)>,
-) -> BTreeMap<String, Vec<u8>> {
-    webhooks
-        .map(|(name, bundle)| (name, bundle.unwrap_or_default()))
-        .collect()
+/// One webhook of a configuration, as the guard sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+struct Webhook {
+    name: String,
+    bundle: Vec<u8>,
+    failure_policy: String,
 }
 
-/// One webhook configuration as the guard sees it.
+/// One webhook configuration as the guard sees it; its webhooks in their order (patches
+/// address them by index, checked by name, so that nothing is reordered).
 #[derive(Debug, Default, Clone)]
 struct Config {
     exists: bool,
-    bundles: BTreeMap<String, Vec<u8>>,
-    failure_policies: BTreeMap<String, String>,
+    webhooks: Vec<Webhook>,
     to_arm: Vec<String>,
 }
 
@@ -182,31 +181,29 @@ impl Config {
         meta: &ObjectMeta,
         webhooks: impl Iterator<Item = (String, Option<Vec<u8>>, Option<String>)>,
     ) -> Config {
-        let mut config = Config {
+        Config {
             exists: true,
-            ..Config::default()
-        };
-        let mut bundles = Vec::new();
-        for (name, bundle, policy) in webhooks {
-            config
-                .failure_policies
-                .insert(name.clone(), policy.unwrap_or_else(|| "Fail".to_owned()));
-            bundles.push((name, bundle));
+            webhooks: webhooks
+                .map(|(name, bundle, policy)| Webhook {
+                    name,
+                    bundle: bundle.unwrap_or_default(),
+                    // The API's default.
+                    failure_policy: policy.unwrap_or_else(|| "Fail".to_owned()),
+                })
+                .collect(),
+            to_arm: meta
+                .annotations
+                .as_ref()
+                .and_then(|a| a.get(ARM_ANNOTATION))
+                .map(|list| {
+                    list.split(',')
+                        .map(str::trim)
+                        .filter(|n| !n.is_empty())
+                        .map(str::to_owned)
+                        .collect()
+                })
+                .unwrap_or_default(),
         }
-        config.bundles = bundles_of(bundles.into_iter());
-        config.to_arm = meta
-            .annotations
-            .as_ref()
-            .and_then(|a| a.get(ARM_ANNOTATION))
-            .map(|list| {
-                list.split(',')
-                    .map(str::trim)
-                    .filter(|n| !n.is_empty())
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default();
-        config
     }
 
     fn mutating(c: &MutatingWebhookConfiguration) -> Config {
@@ -238,17 +235,32 @@ impl Config {
     /// Whether every webhook's bundle trusts `leaf` (DER).
     fn trusts(&self, leaf: &[u8]) -> bool {
         self.exists
-            && !self.bundles.is_empty()
-            && self.bundles.values().all(|b| managed::trusted_by(leaf, b))
+            && !self.webhooks.is_empty()
+            && self
+                .webhooks
+                .iter()
+                .all(|w| managed::trusted_by(leaf, &w.bundle))
     }
 
-    /// The webhooks to arm now: named in the annotation, present, not failing closed yet.
-    fn unarmed(&self) -> Vec<String> {
-        self.to_arm
-            .iter()
-            .filter(|n| self.failure_policies.get(*n).is_some_and(|p| p != "Fail"))
-            .cloned()
-            .collect()
+    /// A JSON patch that sets `field` (`clientConfig/caBundle`, `failurePolicy`) to `value`
+    /// on the webhooks `pick` selects, each guarded by a test of its name; `None` when none
+    /// is selected.
+    fn patch(
+        &self,
+        field: &str,
+        value: &serde_json::Value,
+        pick: impl Fn(&Webhook) -> bool,
+    ) -> Option<(Vec<String>, serde_json::Value)> {
+        let mut names = Vec::new();
+        let mut ops = Vec::new();
+        for (i, webhook) in self.webhooks.iter().enumerate() {
+            if pick(webhook) {
+                names.push(webhook.name.clone());
+                ops.push(serde_json::json!({"op": "test", "path": format!("/webhooks/{i}/name"), "value": webhook.name}));
+                ops.push(serde_json::json!({"op": "add", "path": format!("/webhooks/{i}/{field}"), "value": value}));
+            }
+        }
+        (!names.is_empty()).then_some((names, serde_json::Value::Array(ops)))
     }
 }
 
@@ -263,6 +275,8 @@ struct Guard {
     served: Option<(Vec<u8>, Vec<u8>)>,
     refused: Option<String>,
     holder: bool,
+    /// Whether each watch has listed once (the writer waits for all three).
+    seen: [bool; 3],
     lease_due: Instant,
     /// When the writer next has something to do (a renewal, a rotation step).
     writer_due: Option<Instant>,
@@ -313,6 +327,7 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
         served: None,
         refused: None,
         holder: false,
+        seen: [false; 3],
         lease_due: Instant::now(),
         writer_due: None,
         failures: BTreeMap::new(),
@@ -323,12 +338,17 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
             let wake = guard.next_wake();
             tokio::select! {
                 update = rx.recv() => match update {
-                    Some(Update::Secret(secret)) => guard.secret = secret,
+                    Some(Update::Secret(secret)) => {
+                        guard.secret = secret;
+                        guard.seen[0] = true;
+                    }
                     Some(Update::Mutating(c)) => {
-                        guard.mutating = c.as_ref().map(Config::mutating).unwrap_or_default()
+                        guard.mutating = c.as_ref().map(Config::mutating).unwrap_or_default();
+                        guard.seen[1] = true;
                     }
                     Some(Update::Validating(c)) => {
-                        guard.validating = c.as_ref().map(Config::validating).unwrap_or_default()
+                        guard.validating = c.as_ref().map(Config::validating).unwrap_or_default();
+                        guard.seen[2] = true;
                     }
                     None => return,
                 },
@@ -374,7 +394,8 @@ impl Guard {
             if Instant::now() >= self.lease_due {
                 self.hold_lease().await;
             }
-            if self.holder {
+            // Only on what the cluster holds: never a Secret created over one not yet listed.
+            if self.holder && self.seen.iter().all(|seen| *seen) {
                 self.write().await;
             }
         }
@@ -435,7 +456,7 @@ impl Guard {
                 }
                 self.shared.slot.set(certified);
                 self.served = Some((cert.clone(), key.clone()));
-                tracing::info!(secret = %name, "serving the certificate of {name}");
+                tracing::info!("serving the certificate of {name}");
             }
             Err(e) => {
                 if self.refused != version {
@@ -510,7 +531,7 @@ impl Guard {
         } else {
             // Retried in five seconds when anything below fails.
             self.writer_due = Some(Instant::now() + Duration::from_secs(5));
-            let trusted = self.validating.bundles.values().next().cloned();
+            let trusted = self.validating.webhooks.first().map(|w| w.bundle.clone());
             let (new_data, new_since) =
                 match managed::apply(&decision, found, &writing.wanted, trusted.as_deref(), now) {
                     Ok(made) => made,
@@ -531,7 +552,7 @@ impl Guard {
                 // The API server's informer sees the new bundle within a moment.
                 tokio::time::sleep(Duration::from_secs(2)).await;
             }
-            match self.store(&writing, new_data, new_since, &place).await {
+            match self.store(&writing, new_data, new_since).await {
                 Ok(secret) => {
                     let labels = |certificate| CertificateLabels { certificate };
                     let renewals = &self.shared.metrics.certificate_renewals;
@@ -557,7 +578,23 @@ impl Guard {
                     // The next step (or nothing) is decided on the next round, now.
                     self.writer_due = Some(Instant::now());
                 }
-                Err(e) => return self.failed("store", e),
+                // Someone else wrote first (or our view was behind): the watch brings the
+                // Secret as it is, and the next round decides on it.
+                Err(e) if matches!(&e, kube::Error::Api(status) if status.code == 409) => {
+                    tracing::debug!("the Secret changed while being written: {e}");
+                    return;
+                }
+                Err(e) => {
+                    let resource = format!("secrets/{}", writing.secret);
+                    let verb = if self.secret.is_some() {
+                        "update"
+                    } else {
+                        "create"
+                    };
+                    let message = explain(&e, verb, &resource, &place);
+                    return self
+                        .failed("store", format!("{message}; the certificate in use stays"));
+                }
             }
         }
         if let Some(data) = self.secret.as_ref().map(secret_data) {
@@ -575,7 +612,7 @@ impl Guard {
                 return;
             }
             let wanted = managed::bundle(&data);
-            let same = |c: &Config| c.exists && c.bundles.values().all(|b| *b == wanted);
+            let same = |c: &Config| c.exists && c.webhooks.iter().all(|w| w.bundle == wanted);
             if !same(&self.mutating) || !same(&self.validating) {
                 self.set_bundles(&wanted).await;
             }
@@ -588,8 +625,7 @@ impl Guard {
         writing: &Writing,
         data: BTreeMap<String, Vec<u8>>,
         step_since: Option<i64>,
-        place: &str,
-    ) -> Result<Secret, String> {
+    ) -> Result<Secret, kube::Error> {
         let api: Api<Secret> = Api::namespaced(self.client.clone(), &self.settings.namespace);
         let mut annotations =
             BTreeMap::from([(WRITTEN_BY.to_owned(), writing.lease.identity.clone())]);
@@ -620,111 +656,124 @@ impl Guard {
             data: Some(data.into_iter().map(|(k, v)| (k, ByteString(v))).collect()),
             ..Secret::default()
         };
-        let resource = format!("secrets/{}", writing.secret);
-        let written = if self.secret.is_some() {
+        if self.secret.is_some() {
             api.replace(&writing.secret, &PostParams::default(), &secret)
                 .await
-                .map_err(|e| explain(&e, "update", &resource, place))
         } else {
-            api.create(&PostParams::default(), &secret)
-                .await
-                .map_err(|e| explain(&e, "create", &resource, place))
-        };
-        written.map_err(|e| format!("{e}; the certificate in use stays"))
+            api.create(&PostParams::default(), &secret).await
+        }
     }
 
     /// Sets every webhook's CA bundle in both configurations; whether any was patched.
     async fn set_bundles(&mut self, bundle: &[u8]) -> bool {
         let mut patched = false;
-        let name = self.settings.webhooks.clone();
-        for kind in ["mutating", "validating"] {
-            let config = if kind == "mutating" {
-                &self.mutating
-            } else {
-                &self.validating
+        let value = serde_json::to_value(ByteString(bundle.to_vec())).unwrap_or_default();
+        for kind in [Kind::Mutating, Kind::Validating] {
+            let Some((names, patch)) =
+                self.config(kind)
+                    .patch("clientConfig/caBundle", &value, |w| w.bundle != bundle)
+            else {
+                continue;
             };
-            if !config.exists {
-                continue;
-            }
-            let stale: Vec<String> = config
-                .bundles
-                .iter()
-                .filter(|(_, b)| b.as_slice() != bundle)
-                .map(|(n, _)| n.clone())
-                .collect();
-            if stale.is_empty() {
-                continue;
-            }
-            let patch = serde_json::json!({"webhooks": stale.iter().map(|w| serde_json::json!({
-                "name": w,
-                "clientConfig": {"caBundle": ByteString(bundle.to_vec())},
-            })).collect::<Vec<_>>()});
-            let resource = format!("{kind}webhookconfigurations/{name}");
-            let result = self.patch_config(kind, &name, patch).await;
-            match result {
+            match self.patch_config(kind, patch).await {
                 Ok(()) => {
                     patched = true;
                     self.shared.metrics.webhooks_repaired.inc();
+                    // Until the watch says so: not patched twice.
+                    for webhook in &mut self.config_mut(kind).webhooks {
+                        webhook.bundle = bundle.to_vec();
+                    }
                     tracing::info!(
-                        "set the CA bundle of {resource} ({}) to the Secret's CAs",
-                        stale.join(", ")
+                        "set the CA bundle of {} ({}) to the Secret's CAs",
+                        self.resource(kind),
+                        names.join(", ")
                     );
                 }
-                Err(e) => self.failed("bundle", explain(&e, "patch", &resource, "")),
+                Err(e) => {
+                    let message = explain(&e, "patch", &self.resource(kind), "");
+                    self.failed("bundle", message)
+                }
             }
         }
         patched
     }
 
-    async fn patch_config(
-        &self,
-        kind: &str,
-        name: &str,
-        patch: serde_json::Value,
-    ) -> Result<(), kube::Error> {
-        let params = PatchParams::default();
-        if kind == "mutating" {
-            Api::<MutatingWebhookConfiguration>::all(self.client.clone())
-                .patch(name, &params, &Patch::Strategic(patch))
-                .await
-                .map(drop)
-        } else {
-            Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
-                .patch(name, &params, &Patch::Strategic(patch))
-                .await
-                .map(drop)
+    /// Sets the webhooks named in [`ARM_ANNOTATION`] to fail closed.
+    async fn arm(&mut self) {
+        let value = serde_json::Value::from("Fail");
+        for kind in [Kind::Mutating, Kind::Validating] {
+            let config = self.config(kind);
+            let Some((names, patch)) = config.patch("failurePolicy", &value, |w| {
+                w.failure_policy != "Fail" && config.to_arm.contains(&w.name)
+            }) else {
+                continue;
+            };
+            match self.patch_config(kind, patch).await {
+                Ok(()) => {
+                    self.shared.metrics.webhooks_repaired.inc();
+                    for webhook in &mut self.config_mut(kind).webhooks {
+                        if names.contains(&webhook.name) {
+                            webhook.failure_policy = "Fail".to_owned();
+                        }
+                    }
+                    tracing::info!(
+                        "the certificate served is trusted: {} of {} now fail closed",
+                        names.join(", "),
+                        self.resource(kind)
+                    );
+                }
+                Err(e) => {
+                    let message = explain(&e, "patch", &self.resource(kind), "");
+                    self.failed("arm", message)
+                }
+            }
         }
     }
 
-    /// Sets the webhooks named in [`ARM_ANNOTATION`] to fail closed.
-    async fn arm(&mut self) {
-        let name = self.settings.webhooks.clone();
-        for kind in ["mutating", "validating"] {
-            let config = if kind == "mutating" {
-                &self.mutating
-            } else {
-                &self.validating
-            };
-            let unarmed = config.unarmed();
-            if unarmed.is_empty() {
-                continue;
-            }
-            let patch = serde_json::json!({"webhooks": unarmed.iter().map(|w| serde_json::json!({
-                "name": w, "failurePolicy": "Fail",
-            })).collect::<Vec<_>>()});
-            let resource = format!("{kind}webhookconfigurations/{name}");
-            match self.patch_config(kind, &name, patch).await {
-                Ok(()) => {
-                    self.shared.metrics.webhooks_repaired.inc();
-                    tracing::info!(
-                        "the certificate served is trusted: {} of {resource} now fail closed",
-                        unarmed.join(", ")
-                    );
-                }
-                Err(e) => self.failed("arm", explain(&e, "patch", &resource, "")),
-            }
+    fn config(&self, kind: Kind) -> &Config {
+        match kind {
+            Kind::Mutating => &self.mutating,
+            Kind::Validating => &self.validating,
         }
     }
+
+    fn config_mut(&mut self, kind: Kind) -> &mut Config {
+        match kind {
+            Kind::Mutating => &mut self.mutating,
+            Kind::Validating => &mut self.validating,
+        }
+    }
+
+    fn resource(&self, kind: Kind) -> String {
+        let plural = match kind {
+            Kind::Mutating => "mutatingwebhookconfigurations",
+            Kind::Validating => "validatingwebhookconfigurations",
+        };
+        format!("{plural}/{}", self.settings.webhooks)
+    }
+
+    async fn patch_config(&self, kind: Kind, patch: serde_json::Value) -> Result<(), kube::Error> {
+        let params = PatchParams::default();
+        let name = &self.settings.webhooks;
+        let patch: json_patch::Patch =
+            serde_json::from_value(patch).map_err(kube::Error::SerdeError)?;
+        match kind {
+            Kind::Mutating => Api::<MutatingWebhookConfiguration>::all(self.client.clone())
+                .patch(name, &params, &Patch::<()>::Json(patch))
+                .await
+                .map(drop),
+            Kind::Validating => Api::<ValidatingWebhookConfiguration>::all(self.client.clone())
+                .patch(name, &params, &Patch::<()>::Json(patch))
+                .await
+                .map(drop),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Kind {
+    Mutating,
+    Validating,
 }
 
 fn step_name(decision: &Decision) -> &'static str {
