@@ -774,6 +774,72 @@ fn serve_rejects_bad_operational_flags() {
     }
 }
 
+#[test]
+fn serve_rejects_bad_certificate_management_flags() {
+    let dir = tempfile::tempdir().unwrap();
+    let pki = prodguard::server::pki::generate("cli CA", &["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &pki.cert_pem).unwrap();
+    std::fs::write(&key, &pki.key_pem).unwrap();
+    let (cert, key) = (cert.to_str().unwrap(), key.to_str().unwrap());
+    let managed = ["serve", "--addr", "127.0.0.1:0", "--manage-certs"];
+    let in_ns = [&managed[..], &["--lease-namespace", "prodguard"]].concat();
+    for (args, expected) in [
+        (
+            [&managed[..], &["--tls-cert", cert, "--tls-key", key]].concat(),
+            "--manage-certs and --tls-cert exclude each other",
+        ),
+        (
+            managed.to_vec(),
+            "--manage-certs needs prodguard's namespace, for its Secret and Lease: set POD_NAMESPACE",
+        ),
+        (
+            [&in_ns[..], &["--cert-ip-addresses", "127.0.0.1,localhost"]].concat(),
+            "--cert-ip-addresses \"localhost\" is not an IP address",
+        ),
+        (
+            [&in_ns[..], &["--cert-validity", "90d", "--ca-validity", "30d"]].concat(),
+            "--ca-validity (30d) must be at least --cert-validity (90d)",
+        ),
+        (
+            [&in_ns[..], &["--cert-validity", "1h", "--cert-renew-before", "2h"]].concat(),
+            "--cert-renew-before (2h) must be shorter than --cert-validity (1h)",
+        ),
+        (
+            [&in_ns[..], &["--ca-overlap", "off"]].concat(),
+            "--ca-overlap must be longer than 0",
+        ),
+        (
+            in_ns.clone(),
+            "--manage-certs needs the cluster (an in-cluster config or a kubeconfig)",
+        ),
+    ] {
+        let output = run(&args);
+        assert_eq!(output.status.code(), Some(2), "{args:?}");
+        assert!(
+            stderr(&output).contains(expected),
+            "{args:?}: {}",
+            stderr(&output)
+        );
+    }
+    // Files with --manage-certs=false (the cert-manager overlay) start.
+    let output = run(&[
+        "serve",
+        "--manage-certs=false",
+        "--tls-cert",
+        cert,
+        "--tls-key",
+        key,
+        "--addr",
+        "bad address",
+    ]);
+    assert!(
+        stderr(&output).contains("--addr \"bad address\" is not an address"),
+        "{}",
+        stderr(&output)
+    );
+}
+
 #[tokio::test]
 async fn sigterm_lets_in_flight_reviews_finish_and_refuses_new_connections() {
     // An API server that accepts connections and never answers: the Pod lookup of a CONNECT
@@ -1126,8 +1192,8 @@ async fn the_expiry_of_certificate_files_is_a_metric_and_a_warning() {
     let log = child.log();
     // 20 days from the moment the test made it (19 when a second boundary fell between).
     assert!(
-        log.contains("the served certificate (or its CA) expires in 20 days")
-            || log.contains("the served certificate (or its CA) expires in 19 days"),
+        log.contains("or its CA expires in 20 days;")
+            || log.contains("or its CA expires in 19 days;"),
         "{log}"
     );
     assert!(

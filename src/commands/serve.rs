@@ -500,8 +500,8 @@ fn writing_settings(
     if ca_validity < validity {
         return Err(format!(
             "--ca-validity ({}) must be at least --cert-validity ({}): a serving certificate cannot outlive its CA",
-            humantime::format_duration(ca_validity),
-            humantime::format_duration(validity)
+            args.ca_validity.as_deref().unwrap_or_default(),
+            args.cert_validity
         ));
     }
     let renew_before = match &args.cert_renew_before {

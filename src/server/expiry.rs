@@ -78,6 +78,16 @@ pub fn standing(not_after: i64, now: i64, warn_before: Duration) -> Standing {
     }
 }
 
+/// `seconds` as a warning says it: whole days from a day on, else hours, minutes and seconds.
+fn time_left(seconds: i64) -> String {
+    if seconds >= 86_400 {
+        format!("{} days", seconds / 86_400)
+    } else {
+        humantime::format_duration(Duration::from_secs(u64::try_from(seconds).unwrap_or(0)))
+            .to_string()
+    }
+}
+
 /// Where a warning goes besides the log: a Warning Event (set once a cluster client exists).
 pub type WarningHook = Box<dyn Fn(String) + Send + Sync>;
 
@@ -173,9 +183,7 @@ impl ExpiryWatch {
         let earliest = expiry
             .ca
             .map_or(expiry.serving, |ca| ca.min(expiry.serving));
-        let left = humantime::format_duration(Duration::from_secs(
-            u64::try_from(earliest - now).unwrap_or(0),
-        ));
+        let left = time_left(earliest - now);
         let message = match (standing(earliest, now, self.warn_before), self.managed) {
             (Standing::Fine, _) => return,
             (Standing::ExpiresSoon { .. }, false) => format!(
