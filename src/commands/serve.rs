@@ -159,6 +159,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         None
     };
     // The served certificate, and (with --manage-certs) what watches its expiry.
+    let mut files = None;
     let (tls_config, served, managed_expiry) = match (&args.tls_cert, &args.tls_key, &writing) {
         (Some(cert), Some(key), _) => {
             let reloading = tls::ReloadingCert::load(
@@ -175,6 +176,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
             let config = tls::server_config(reloading.slot.clone(), args.client_ca.as_deref())
                 .map_err(|e| e.to_string())?;
+            files = Some(reloading.clone());
             (config, Some(reloading.slot.clone()), None)
         }
         (_, _, Some((namespace, writing))) => {
@@ -276,6 +278,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let state = AppState::with_limits(engine, metrics.clone(), bodies);
+    if let (Some(client), Some(files)) = (&client, &files) {
+        // The replica's namespace: POD_NAMESPACE (or --lease-namespace).
+        let namespace = args.lease_namespace.as_deref().or(pod_namespace.as_deref());
+        files
+            .expiry
+            .on_warning(expiry_events(client.clone(), &instance, namespace));
+    }
     if let (Some(client), Some(slot)) = (&client, served) {
         if let Some(expiry) = &managed_expiry {
             // The pod lives in prodguard's namespace (where the Secret is).

@@ -103,6 +103,8 @@ pub struct ExpiryWatch {
     /// What is served now, and when it was last warned about.
     state: Mutex<(Option<ChainExpiry>, Option<std::time::Instant>)>,
     hook: std::sync::OnceLock<WarningHook>,
+    /// A warning given before the hook was set (at start, before the cluster client exists).
+    unsent: Mutex<Option<String>>,
 }
 
 impl std::fmt::Debug for ExpiryWatch {
@@ -123,6 +125,7 @@ impl ExpiryWatch {
             managed: false,
             state: Mutex::new((None, None)),
             hook: std::sync::OnceLock::new(),
+            unsent: Mutex::new(None),
         }
     }
 
@@ -134,9 +137,14 @@ impl ExpiryWatch {
         self
     }
 
-    /// Sends each warning to `hook` too (a Warning Event); the first hook set stays.
+    /// Sends each warning to `hook` too (a Warning Event), the last one given before now
+    /// included; the first hook set stays.
     pub fn on_warning(&self, hook: WarningHook) {
         let _ = self.hook.set(hook);
+        let unsent = self.unsent.lock().ok().and_then(|mut unsent| unsent.take());
+        if let (Some(message), Some(hook)) = (unsent, self.hook.get()) {
+            hook(message);
+        }
     }
 
     /// A new chain is served (at start or after a reload).
@@ -205,8 +213,13 @@ impl ExpiryWatch {
             ),
         };
         tracing::warn!("{message}");
-        if let Some(hook) = self.hook.get() {
-            hook(message);
+        match self.hook.get() {
+            Some(hook) => hook(message),
+            None => {
+                if let Ok(mut unsent) = self.unsent.lock() {
+                    *unsent = Some(message);
+                }
+            }
         }
         state.1 = Some(std::time::Instant::now());
     }
@@ -269,6 +282,23 @@ mod tests {
         // Once a day at most.
         watch.check();
         assert_eq!(warnings.lock().unwrap().len(), 1);
+
+        // A warning given before the hook exists (at start) is sent when it is set.
+        let files = ExpiryWatch::new(gauges, "--tls-cert tls.crt".into());
+        files.serving(&[leaf(20 * 86_400)]);
+        let late = Arc::new(Mutex::new(Vec::<String>::new()));
+        let seen = late.clone();
+        files.on_warning(Box::new(move |m| seen.lock().unwrap().push(m)));
+        let got = late.lock().unwrap().clone();
+        assert_eq!(got.len(), 1, "{got:?}");
+        assert!(
+            got[0].contains("expires in 19 days") || got[0].contains("expires in 20 days"),
+            "{got:?}"
+        );
+        assert!(
+            got[0].contains("does not renew certificates given as files"),
+            "{got:?}"
+        );
     }
 
     #[test]

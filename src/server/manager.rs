@@ -444,6 +444,22 @@ impl Guard {
             &format!("{name} tls.key"),
         ) {
             Ok(certified) => {
+                // A certificate the webhooks do not trust yet does not replace one they trust
+                // (the writer sets the bundle first; the watches may arrive in either order).
+                let trusted =
+                    |leaf: &[u8]| self.mutating.trusts(leaf) && self.validating.trusts(leaf);
+                let current = self.shared.slot.current();
+                let new_leaf = certified
+                    .cert
+                    .first()
+                    .map(|c| c.to_vec())
+                    .unwrap_or_default();
+                if current.cert.first().is_some_and(|c| trusted(c)) && !trusted(&new_leaf) {
+                    tracing::debug!(
+                        "{name}: waiting until the webhooks' CA bundle trusts its certificate"
+                    );
+                    return;
+                }
                 let mut chain = certified.cert.clone();
                 if let Some(ca) = data.get(managed::CA_CERT) {
                     chain.extend(

@@ -479,7 +479,9 @@ pub fn certificates_renewed_and_rotated_under_traffic(env: &mut Env) {
     env.reinstalled_with_files();
 }
 
-pub fn certificates_writer_without_permission(env: &mut Env) {
+/// A writer without permission names it and keeps serving; a certificate nobody renews (managed
+/// or from files) becomes a Warning Event.
+pub fn certificates_not_renewed_are_named_and_warned(env: &mut Env) {
     env.uninstalled();
     // A Secret made by a writer that may write it (then stopped).
     env.serve(
@@ -574,6 +576,51 @@ subjects: [{kind: User, name: certs-reader, apiGroup: rbac.authorization.k8s.io}
                     && e.note
                         .as_deref()
                         .is_some_and(|n| n.contains("has not been renewed"))
+            })
+        },
+    );
+    drop(child);
+
+    // Files given by hand are not renewed: the warning is an Event too (issued at start, before
+    // the cluster client existed, and sent once it does).
+    let ca =
+        prodguard::server::pki::issue_ca("files CA", Duration::from_secs(400 * 86_400)).unwrap();
+    let names = ["127.0.0.1".to_owned()];
+    let leaf =
+        prodguard::server::pki::issue_serving(&ca, &names, Duration::from_secs(20 * 86_400), None)
+            .unwrap();
+    let (cert, key) = (
+        env.cluster.dir.path().join("files.crt"),
+        env.cluster.dir.path().join("files.key"),
+    );
+    std::fs::write(&cert, &leaf.cert_pem).unwrap();
+    std::fs::write(&key, &leaf.key_pem).unwrap();
+    let (cert_arg, key_arg) = (
+        format!("--tls-cert={}", cert.display()),
+        format!("--tls-key={}", key.display()),
+    );
+    let child = env
+        .cluster
+        .start_prodguard(
+            "prodguard-files",
+            super::cluster::free("files"),
+            super::cluster::free("files metrics"),
+            DEFAULT_POLICY,
+            &[&cert_arg, &key_arg, "--lease-namespace=prodguard"],
+        )
+        .expect("files process");
+    let child = Killed(Some(child));
+    env.wait_for(
+        Duration::from_secs(20),
+        "a CertificateExpiresSoon Event for files",
+        |env| {
+            env.events("prodguard").iter().any(|e| {
+                e.reason.as_deref() == Some("CertificateExpiresSoon")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
+                        == Some("prodguard-files")
+                    && e.note
+                        .as_deref()
+                        .is_some_and(|n| n.contains("does not renew certificates given as files"))
             })
         },
     );

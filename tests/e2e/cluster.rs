@@ -536,7 +536,9 @@ impl TestCluster {
         args: &[&str],
         kubeconfig: &Path,
     ) -> Result<Child, String> {
-        let files = !args.contains(&"--manage-certs");
+        let files = !args
+            .iter()
+            .any(|a| a.starts_with("--manage-certs") || a.starts_with("--tls-cert"));
         let config_path = self.dir.path().join(format!("{name}-config.yaml"));
         write(&config_path, config)?;
         let log = self.dir.path().join(format!("{name}.log"));

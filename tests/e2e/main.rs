@@ -99,8 +99,8 @@ fn main() -> ExitCode {
             certs::certificates_renewed_and_rotated_under_traffic,
         ),
         (
-            "certificates_writer_without_permission",
-            certs::certificates_writer_without_permission,
+            "certificates_not_renewed_are_named_and_warned",
+            certs::certificates_not_renewed_are_named_and_warned,
         ),
     ];
     let selected: Vec<_> = scenarios
