@@ -190,14 +190,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 .collect();
             let pki = pki::generate("prodguard temporary CA", &names)
                 .map_err(|e| format!("cannot generate a temporary certificate: {e}"))?;
-            let certified = tls::certified_key(
-                pki.cert_pem.as_bytes(),
-                pki.key_pem.as_bytes(),
-                "generated certificate",
-                "generated key",
-            )
-            .map_err(|e| e.to_string())?;
-            let slot = tls::CertSlot::new(certified);
+            let slot = tls::CertSlot::new(generated(&pki)?);
             let margin = writing
                 .wanted
                 .renew_before
@@ -590,6 +583,17 @@ fn expiry_events(
     })
 }
 
+/// The serving certificate and key of a generated PKI, ready to serve.
+fn generated(pki: &pki::Pki) -> Result<rustls::sign::CertifiedKey, String> {
+    tls::certified_key(
+        pki.cert_pem.as_bytes(),
+        pki.key_pem.as_bytes(),
+        "generated certificate",
+        "generated key",
+    )
+    .map_err(|e| e.to_string())
+}
+
 /// A certificate for localhost and 127.0.0.1, with its CA bundle written where it says.
 fn self_signed(
     ca_out: Option<PathBuf>,
@@ -608,13 +612,7 @@ fn self_signed(
         ca_path.display(),
         ca_path.display()
     );
-    let certified = tls::certified_key(
-        pki.cert_pem.as_bytes(),
-        pki.key_pem.as_bytes(),
-        "generated certificate",
-        "generated key",
-    )
-    .map_err(|e| e.to_string())?;
+    let certified = generated(&pki)?;
     let mut chain = certified.cert.clone();
     chain.extend(
         <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(

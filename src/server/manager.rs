@@ -167,6 +167,23 @@ struct Webhook {
     failure_policy: String,
 }
 
+/// A [`Config`] of either kind of webhook configuration (their webhooks are distinct types
+/// with the same fields).
+macro_rules! config_of {
+    ($configuration:expr) => {
+        Config::of(
+            &$configuration.metadata,
+            $configuration.webhooks.iter().flatten().map(|w| {
+                (
+                    w.name.clone(),
+                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
+                    w.failure_policy.clone(),
+                )
+            }),
+        )
+    };
+}
+
 /// One webhook configuration as the guard sees it; its webhooks in their order (patches
 /// address them by index, checked by name, so that nothing is reordered).
 #[derive(Debug, Default, Clone)]
@@ -207,29 +224,11 @@ impl Config {
     }
 
     fn mutating(c: &MutatingWebhookConfiguration) -> Config {
-        Config::of(
-            &c.metadata,
-            c.webhooks.iter().flatten().map(|w| {
-                (
-                    w.name.clone(),
-                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
-                    w.failure_policy.clone(),
-                )
-            }),
-        )
+        config_of!(c)
     }
 
     fn validating(c: &ValidatingWebhookConfiguration) -> Config {
-        Config::of(
-            &c.metadata,
-            c.webhooks.iter().flatten().map(|w| {
-                (
-                    w.name.clone(),
-                    w.client_config.ca_bundle.as_ref().map(|b| b.0.clone()),
-                    w.failure_policy.clone(),
-                )
-            }),
-        )
+        config_of!(c)
     }
 
     /// Whether every webhook's bundle trusts `leaf` (DER).

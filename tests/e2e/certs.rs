@@ -128,6 +128,39 @@ impl Env {
     }
 }
 
+/// A one-replica Deployment is denied by prodguard (not failed by a webhook error).
+fn one_replica_denied(env: &Env, ns: &str, name: &str) {
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        name,
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("[min-replicas] Deployment {ns}/{name} would run 1 replica"),
+    );
+}
+
+/// Waits for the Warning Event that the certificate served by `pod` expires, its note holding
+/// `says`.
+fn expiry_event(env: &Env, pod: &str, says: &str, within: Duration) {
+    env.wait_for(
+        within,
+        &format!("a CertificateExpiresSoon Event for {pod}"),
+        |env| {
+            env.events("prodguard").iter().any(|e| {
+                e.reason.as_deref() == Some("CertificateExpiresSoon")
+                    && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some(pod)
+                    && e.note.as_deref().is_some_and(|n| n.contains(says))
+            })
+        },
+    );
+}
+
 fn pem_certificates(pem: &[u8]) -> Vec<CertificateDer<'static>> {
     CertificateDer::pem_slice_iter(pem)
         .filter_map(Result::ok)
@@ -253,19 +286,7 @@ pub fn certificates_managed_install_and_restore(env: &mut Env) {
     assert_eq!(served, leaf_of(&data));
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
     // Enforced now.
-    let stderr = env.fails(&[
-        "create",
-        "deployment",
-        "late",
-        "--image=nginx",
-        "--replicas=1",
-        "-n",
-        ns,
-    ]);
-    assert_denied(
-        &stderr,
-        &format!("[min-replicas] Deployment {ns}/late would run 1 replica"),
-    );
+    one_replica_denied(env, ns, "late");
 
     // A GitOps tool re-applies deploy/ whole: empty bundles, failing open. Restored.
     let emptied = Instant::now();
@@ -283,19 +304,7 @@ pub fn certificates_managed_install_and_restore(env: &mut Env) {
         "  restore: bundles and arming back {:.1} s after they were emptied",
         emptied.elapsed().as_secs_f64()
     );
-    let stderr = env.fails(&[
-        "create",
-        "deployment",
-        "again",
-        "--image=nginx",
-        "--replicas=1",
-        "-n",
-        ns,
-    ]);
-    assert_denied(
-        &stderr,
-        &format!("[min-replicas] Deployment {ns}/again would run 1 replica"),
-    );
+    one_replica_denied(env, ns, "again");
     // The same Secret throughout: restoring the bundle issued nothing.
     assert_eq!(env.secret_data(), data);
 
@@ -565,19 +574,11 @@ subjects: [{kind: User, name: certs-reader, apiGroup: rbac.authorization.k8s.io}
         ) >= 1.0
     );
     // Its certificate is not renewed: a Warning Event once renewal is overdue.
-    env.wait_for(
+    expiry_event(
+        env,
+        "prodguard-limited",
+        "has not been renewed",
         Duration::from_secs(60),
-        "a CertificateExpiresSoon Event",
-        |env| {
-            env.events("prodguard").iter().any(|e| {
-                e.reason.as_deref() == Some("CertificateExpiresSoon")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                        == Some("prodguard-limited")
-                    && e.note
-                        .as_deref()
-                        .is_some_and(|n| n.contains("has not been renewed"))
-            })
-        },
     );
     drop(child);
 
@@ -610,19 +611,11 @@ subjects: [{kind: User, name: certs-reader, apiGroup: rbac.authorization.k8s.io}
         )
         .expect("files process");
     let child = Killed(Some(child));
-    env.wait_for(
+    expiry_event(
+        env,
+        "prodguard-files",
+        "does not renew certificates given as files",
         Duration::from_secs(20),
-        "a CertificateExpiresSoon Event for files",
-        |env| {
-            env.events("prodguard").iter().any(|e| {
-                e.reason.as_deref() == Some("CertificateExpiresSoon")
-                    && e.regarding.as_ref().and_then(|r| r.name.as_deref())
-                        == Some("prodguard-files")
-                    && e.note
-                        .as_deref()
-                        .is_some_and(|n| n.contains("does not renew certificates given as files"))
-            })
-        },
     );
     drop(child);
     env.reinstalled_with_files();
