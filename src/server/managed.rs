@@ -396,6 +396,19 @@ pub fn trusted_by(leaf: &[u8], bundle: &[u8]) -> bool {
         })
 }
 
+/// The certificates of the PEM `bundle` that signed `leaf` (DER), as PEM: what a replaced
+/// Secret must keep trusted while replicas still serve `leaf`.
+pub fn signers(leaf: &[u8], bundle: &[u8]) -> Vec<u8> {
+    let mut found = Vec::new();
+    for ca in CertificateDer::pem_slice_iter(bundle).filter_map(Result::ok) {
+        let pem = pem_of(&ca);
+        if trusted_by(leaf, pem.as_bytes()) {
+            found.extend_from_slice(pem.as_bytes());
+        }
+    }
+    found
+}
+
 /// Whether the PEM certificate `leaf` was signed by the PEM certificate `ca` (`None` when
 /// either cannot be read).
 pub fn signed_by(leaf: &str, ca: &str) -> Option<bool> {
@@ -545,6 +558,9 @@ mod tests {
             CertificateDer::from_pem_slice(&data[TLS_CERT]).unwrap()
         };
         assert!(trusted_by(&leaf(&data0), &both) && trusted_by(&leaf(&data2), &both));
+        // Of the two, the one that signed each serving certificate.
+        assert_eq!(signers(&leaf(&data0), &both), data0[CA_CERT]);
+        assert_eq!(signers(&leaf(&data2), &both), data2[CA_CERT]);
         // Step three, after the overlap: the previous CA leaves.
         assert!(matches!(
             decide(since(&data2, t0), &want, t0 + hour / 2),

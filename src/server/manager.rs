@@ -546,7 +546,13 @@ impl Guard {
         } else {
             // Retried in five seconds when anything below fails.
             self.writer_due = Some(Instant::now() + Duration::from_secs(5));
-            let trusted = self.validating.webhooks.first().map(|w| w.bundle.clone());
+            // What signed the certificate served now stays trusted through a replacement
+            // (only that: a writer that keeps failing must not grow the bundle).
+            let served = self.shared.slot.current();
+            let trusted = match (served.cert.first(), self.validating.webhooks.first()) {
+                (Some(leaf), Some(webhook)) => Some(managed::signers(leaf, &webhook.bundle)),
+                _ => None,
+            };
             let (new_data, new_since) =
                 match managed::apply(&decision, found, &writing.wanted, trusted.as_deref(), now) {
                     Ok(made) => made,

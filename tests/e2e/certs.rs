@@ -308,6 +308,37 @@ pub fn certificates_managed_install_and_restore(env: &mut Env) {
     // The same Secret throughout: restoring the bundle issued nothing.
     assert_eq!(env.secret_data(), data);
 
+    // A corrupted Secret is replaced (and said so); the CA that signed what is served stays
+    // trusted meanwhile, so admission goes on.
+    env.ok(&[
+        "patch",
+        "secret",
+        SECRET,
+        "-n",
+        "prodguard",
+        "--type=json",
+        "-p",
+        r#"[{"op": "replace", "path": "/data/tls.key", "value": "Z2FyYmFnZQ=="}]"#,
+    ]);
+    let replaced = env.wait_for(Duration::from_secs(15), "a replaced Secret", |env| {
+        let now = env.secret_data();
+        now.get("ca.crt").is_some_and(|ca| *ca != data["ca.crt"])
+            && now.get("ca-previous.crt") == data.get("ca.crt")
+    });
+    println!("  corrupt Secret replaced in {replaced:.1} s");
+    assert!(
+        env.cluster
+            .prodguard_log()
+            .contains("the Secret cannot be used: its tls.key is not a PEM private key"),
+        "{}",
+        env.cluster.prodguard_log()
+    );
+    let fresh = env.secret_data();
+    env.wait_for(Duration::from_secs(10), "both CAs in every bundle", |env| {
+        bundles_match(env, &fresh)
+    });
+    one_replica_denied(env, ns, "after-repair");
+
     // Uninstalling: prodguard never recreates a configuration.
     env.ok(&[
         "delete",
