@@ -669,7 +669,25 @@ fn prodguards_own_manifests_pass_its_policies() {
                 "both webhook configurations get their CA from cert-manager"
             );
             assert!(text.contains("secretName: prodguard-tls"), "{text}");
+            // cert-manager writes the Secret: prodguard serves the mounted files.
+            assert!(text.contains("- --manage-certs=false\n"), "{text}");
+            assert!(!text.contains("- --manage-certs\n"), "{text}");
+            assert!(
+                text.contains("- --tls-cert=/etc/prodguard/tls/tls.crt"),
+                "{text}"
+            );
+        } else {
+            // Everywhere else prodguard manages its certificates: nothing to mount or make.
+            assert!(text.contains("- --manage-certs\n"), "{dir}");
+            assert!(!text.contains("--tls-cert"), "{dir}");
+            assert!(!text.contains("secretName: prodguard-tls"), "{dir}");
         }
+        // The enforcing webhook ships failing open, for prodguard to arm (the install window).
+        assert!(
+            text.contains("prodguard.io/fail-closed-when-ready: validate.prodguard.io"),
+            "{dir}"
+        );
+        assert!(!text.contains("failurePolicy: Fail"), "{dir}");
         if dir.ends_with("audit") {
             assert!(
                 text.contains("PRODGUARD_MODE"),
