@@ -515,6 +515,13 @@ pub fn certificates_renewed_and_rotated_under_traffic(env: &mut Env) {
             },
         );
     }
+    // For BENCHMARKS.md: what the watches and the writer cost (debug build).
+    let rss = |pid: Option<u32>| pid.and_then(|pid| super::workload::status_kib(pid, "VmRSS:"));
+    println!(
+        "  rotation: RSS after it {:?} KiB (registered process), {:?} KiB (second)",
+        rss(env.cluster.prodguard_pid()),
+        rss(second.0.as_ref().map(std::process::Child::id))
+    );
     drop(second);
     env.reinstalled_with_files();
 }
