@@ -72,9 +72,6 @@ fn benches(c: &mut Criterion) {
             panic!("{name}: malformed")
         };
         let mut group = c.benchmark_group(name);
-        group.bench_function("noop-answer", |b| {
-            b.iter(|| admission::noop_answer(black_box(body)).expect("a review"))
-        });
         group.bench_function("decode", |b| b.iter(|| decode(black_box(body))));
         group.bench_function("evaluate-mutate", |b| {
             b.iter(|| engine.evaluate(Webhook::Mutate, black_box(&view), &Context::default()))

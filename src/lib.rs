@@ -7,6 +7,7 @@
 
 pub mod admission;
 pub mod audit;
+pub mod body;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

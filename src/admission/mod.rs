@@ -201,27 +201,6 @@ pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
     }
 }
 
-/// What the load benchmark's no-op server does with a review: read the uid, answer allowed.
-/// The floor prodguard's own work is measured against (`loadbench` serves it, `benches/micro.rs`
-/// times it).
-pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
-    #[derive(Deserialize)]
-    struct Uid {
-        uid: String,
-    }
-    #[derive(Deserialize)]
-    struct UidReview {
-        request: Uid,
-    }
-    let review: UidReview = serde_json::from_slice(body)?;
-    Ok(
-        serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "response": {"uid": review.request.uid, "allowed": true}})
-        .to_string()
-        .into_bytes(),
-    )
-}
-
 /// The response for a decoded request.
 pub fn respond(request: &ReviewRequest<'_>, verdict: &Verdict) -> AdmissionResponse {
     let response = allowed(&request.uid);
@@ -385,14 +364,6 @@ mod tests {
             env_of(escaped.into_bytes()),
             Some(json!([{"name": "discovery.type", "value": "1"}]))
         );
-    }
-
-    #[test]
-    fn the_noop_answer_allows_the_reviews_uid() {
-        let answer: serde_json::Value =
-            serde_json::from_slice(&noop_answer(&review(pod_request())).unwrap()).unwrap();
-        assert_eq!(answer["response"], json!({"uid": "u-1", "allowed": true}));
-        assert!(noop_answer(b"{}").is_err());
     }
 
     fn pod_request() -> serde_json::Value {

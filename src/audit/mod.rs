@@ -16,7 +16,6 @@ pub mod tally;
 
 use std::collections::BTreeMap;
 
-use http_body_util::BodyExt;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ListMeta;
 use kube::api::{Api, ApiResource, ListParams};
 use kube::core::{DynamicObject, GroupVersionKind, Status};
@@ -314,7 +313,7 @@ async fn list_page(
         .map_err(kube::Error::BuildRequest)?;
     let response = client.send(request.map(kube::client::Body::from)).await?;
     let status = response.status();
-    let body = response.into_body().collect().await?.to_bytes();
+    let body = crate::body::collect(response.into_body()).await?;
     if status.is_client_error() || status.is_server_error() {
         let parsed = serde_json::from_slice::<Status>(&body).unwrap_or_else(|_| {
             Status::failure(

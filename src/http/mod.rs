@@ -11,7 +11,6 @@ use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::Router;
-use http_body_util::BodyExt;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
@@ -276,25 +275,26 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
     let mut length = 0usize;
     let mut body = request.into_body();
     loop {
-        let frame = match tokio::time::timeout_at(deadline, body.frame()).await {
-            Err(_) => {
-                return Err(json_error(
-                    StatusCode::REQUEST_TIMEOUT,
-                    &format!(
-                        "the body did not arrive within {:?} (--body-read-timeout)",
-                        limits.read_timeout
-                    ),
-                ))
-            }
-            Ok(None) => break,
-            Ok(Some(Err(e))) => {
-                return Err(json_error(
-                    StatusCode::BAD_REQUEST,
-                    &format!("cannot read the body: {e}"),
-                ))
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
+        let frame =
+            match tokio::time::timeout_at(deadline, crate::body::next_frame(&mut body)).await {
+                Err(_) => {
+                    return Err(json_error(
+                        StatusCode::REQUEST_TIMEOUT,
+                        &format!(
+                            "the body did not arrive within {:?} (--body-read-timeout)",
+                            limits.read_timeout
+                        ),
+                    ))
+                }
+                Ok(None) => break,
+                Ok(Some(Err(e))) => {
+                    return Err(json_error(
+                        StatusCode::BAD_REQUEST,
+                        &format!("cannot read the body: {e}"),
+                    ))
+                }
+                Ok(Some(Ok(frame))) => frame,
+            };
         let Ok(data) = frame.into_data() else {
             continue; // trailers
         };

@@ -2,8 +2,10 @@
 //! from the same stack) and drives it as kube-apiserver does: TLS, HTTP/1.1 keep-alive, up to
 //! 25 connections; also a new TLS connection per request. See BENCHMARKS.md.
 //!
-//!     cargo build --release --bins && target/release/loadbench
+//!     cargo build --release --workspace --bins && target/release/loadbench
 //!     target/debug/loadbench --smoke        (what CI runs: every mode, briefly, checked)
+
+use loadbench::noop;
 
 use std::net::{SocketAddr, TcpListener as StdListener};
 use std::path::{Path, PathBuf};
@@ -115,7 +117,7 @@ fn main() -> ExitCode {
 async fn noop_server(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> ExitCode {
     use axum::routing::post;
     async fn answer(body: Bytes) -> (StatusCode, Vec<u8>) {
-        match prodguard::admission::noop_answer(&body) {
+        match noop::noop_answer(&body) {
             Ok(answer) => (StatusCode::OK, answer),
             Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
         }
