@@ -1,18 +1,18 @@
 //! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
 //! server expects. The request is decoded into [`ReviewRequest`], which keeps only what
 //! policies and answers read, its strings borrowed from the body; the objects in it are
-//! decoded partially (see [`partial`]). The answer is built with kube-rs' `AdmissionResponse`.
+//! decoded partially (see [`partial`]). The answer is written once, straight from the verdict.
 
 pub mod partial;
 
 use base64::Engine as _;
 use std::borrow::Cow;
 
-use kube::core::admission::{AdmissionResponse, Operation, META_API_VERSION_V1, META_KIND};
+use kube::core::admission::{Operation, META_API_VERSION_V1, META_KIND};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
-use crate::engine::{Decision, Verdict};
+use crate::engine::Verdict;
 
 /// A body that cannot be answered with a review: the HTTP layer answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -201,130 +201,136 @@ pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
     }
 }
 
-/// The response for a decoded request.
-pub fn respond(request: &ReviewRequest<'_>, verdict: &Verdict) -> AdmissionResponse {
-    let response = allowed(&request.uid);
-    match verdict {
-        Verdict::Decided(decision) => apply_decision(response, decision),
-        Verdict::Malformed(message) => deny(response, message, 400, "BadRequest"),
-    }
-}
-
-/// An allowed response for `uid`. kube-rs builds one only from its own request type; its
-/// other constructor, `invalid`, gives the v1 type and no patch, and the rest is set here.
-fn allowed(uid: &str) -> AdmissionResponse {
-    let mut response = AdmissionResponse::invalid("");
-    response.uid = uid.to_owned();
-    response.allowed = true;
-    response.result = kube::core::Status::default();
-    response
-}
-
-/// The response for a review whose request did not decode.
-pub fn respond_malformed(uid: &str, message: &str) -> AdmissionResponse {
-    let mut response = AdmissionResponse::invalid(message);
-    response.uid = uid.to_owned();
-    response.result.code = 400;
-    response
-}
-
-fn deny(
-    mut response: AdmissionResponse,
-    message: &str,
-    code: u16,
-    reason: &str,
-) -> AdmissionResponse {
-    response = response.deny(message);
-    response.result.code = code;
-    response.result.reason = reason.to_owned();
-    response
-}
-
-fn apply_decision(mut response: AdmissionResponse, decision: &Decision) -> AdmissionResponse {
-    if !decision.warnings.is_empty() {
-        response.warnings = Some(decision.warnings.clone());
-    }
-    response.audit_annotations = decision
-        .audit_annotations
-        .iter()
-        .map(|(k, v)| (k.clone(), v.clone()))
-        .collect();
-    if !decision.allowed {
-        return deny(response, &decision.deny_message(), 403, "Forbidden");
-    }
-    if decision.patch.is_empty() {
-        return response;
-    }
-    // The patch is written straight from the decision (kube-rs' `with_patch` wants an owned
-    // copy); `encode` writes `patchType` whenever there is a patch.
-    match serde_json::to_vec(&decision.patch) {
-        Ok(patch) => {
-            response.patch = Some(patch);
-            response
-        }
-        // Serialising a patch of JSON values cannot fail; if it ever did, deny rather than
-        // admit an object the policies wanted changed.
-        Err(e) => deny(
-            response,
-            &format!("prodguard could not encode its patch: {e}"),
-            500,
-            "InternalError",
-        ),
-    }
-}
-
-/// The review as the API server reads it. kube-rs serialises `response.patch` (a Go
-/// `[]byte`) as an array of numbers (kube-rs/kube#1781); the API documents it as base64, so
-/// the wire form is written here from kube's response.
+/// The review answer as the API server reads it, written straight from the verdict: one
+/// struct, borrowed from the decision, encoded once. (kube-rs' `AdmissionResponse` would
+/// serialise the patch, a Go `[]byte`, as an array of numbers, kube-rs/kube#1781; the API
+/// documents it as base64.)
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct WireReview<'a> {
+struct Answer<'a> {
     api_version: &'static str,
     kind: &'static str,
-    response: WireResponse<'a>,
+    response: AnswerResponse<'a>,
 }
 
 #[derive(Serialize)]
 #[serde(rename_all = "camelCase")]
-struct WireResponse<'a> {
+struct AnswerResponse<'a> {
     uid: &'a str,
     allowed: bool,
-    status: &'a kube::core::Status,
+    status: AnswerStatus<'a>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     patch_type: Option<&'static str>,
-    #[serde(skip_serializing_if = "std::collections::HashMap::is_empty")]
-    audit_annotations: &'a std::collections::HashMap<String, String>,
     #[serde(skip_serializing_if = "Option::is_none")]
-    warnings: Option<&'a Vec<String>>,
+    audit_annotations: Option<&'a std::collections::BTreeMap<String, String>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    warnings: Option<&'a [String]>,
 }
 
-/// Encodes a response as the review body.
-pub fn encode(response: AdmissionResponse) -> Result<Vec<u8>, serde_json::Error> {
-    let patch = response
-        .patch
-        .as_ref()
-        .map(|p| base64::engine::general_purpose::STANDARD.encode(p));
-    let review = WireReview {
+/// The `metav1.Status` of an answer: empty when allowed.
+#[derive(Serialize, Default)]
+struct AnswerStatus<'a> {
+    #[serde(skip_serializing_if = "Option::is_none")]
+    status: Option<&'static str>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    code: Option<u16>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    message: Option<Cow<'a, str>>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: Option<&'static str>,
+}
+
+impl<'a> AnswerStatus<'a> {
+    fn refused(code: u16, message: Cow<'a, str>, reason: &'static str) -> AnswerStatus<'a> {
+        AnswerStatus {
+            status: None,
+            code: Some(code),
+            message: Some(message),
+            reason: Some(reason),
+        }
+    }
+}
+
+fn write(response: AnswerResponse<'_>) -> Result<Vec<u8>, serde_json::Error> {
+    serde_json::to_vec(&Answer {
         api_version: META_API_VERSION_V1,
         kind: META_KIND,
-        response: WireResponse {
-            uid: &response.uid,
-            allowed: response.allowed,
-            status: &response.result,
-            patch_type: patch.as_ref().map(|_| "JSONPatch"),
-            patch,
-            audit_annotations: &response.audit_annotations,
-            warnings: response.warnings.as_ref(),
-        },
+        response,
+    })
+}
+
+/// The answer to the review `uid` for a verdict: allowed (with the patch, base64, and its
+/// type), or denied with the policies' messages (403) or the object's shape error (400);
+/// warnings and audit annotations either way.
+pub fn encode_verdict(uid: &str, verdict: &Verdict) -> Result<Vec<u8>, serde_json::Error> {
+    let decision = match verdict {
+        Verdict::Decided(decision) => decision,
+        Verdict::Malformed(message) => {
+            return write(AnswerResponse {
+                uid,
+                allowed: false,
+                status: AnswerStatus::refused(400, Cow::Borrowed(message), "BadRequest"),
+                patch: None,
+                patch_type: None,
+                audit_annotations: None,
+                warnings: None,
+            })
+        }
     };
-    serde_json::to_vec(&review)
+    let mut response = AnswerResponse {
+        uid,
+        allowed: decision.allowed,
+        status: AnswerStatus::default(),
+        patch: None,
+        patch_type: None,
+        audit_annotations: Some(&decision.audit_annotations).filter(|a| !a.is_empty()),
+        warnings: Some(decision.warnings.as_slice()).filter(|w| !w.is_empty()),
+    };
+    if !decision.allowed {
+        response.status = AnswerStatus::refused(403, decision.deny_message().into(), "Forbidden");
+    } else if !decision.patch.is_empty() {
+        match serde_json::to_vec(&decision.patch) {
+            Ok(patch) => {
+                response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
+                response.patch_type = Some("JSONPatch");
+            }
+            // Serialising a patch of JSON values cannot fail; if it ever did, deny rather
+            // than admit an object the policies wanted changed.
+            Err(e) => {
+                response.allowed = false;
+                response.status = AnswerStatus::refused(
+                    500,
+                    format!("prodguard could not encode its patch: {e}").into(),
+                    "InternalError",
+                );
+            }
+        }
+    }
+    write(response)
+}
+
+/// The answer to a review whose request did not decode (it has a uid, the rest is unreadable).
+pub fn encode_malformed(uid: &str, message: &str) -> Result<Vec<u8>, serde_json::Error> {
+    write(AnswerResponse {
+        uid,
+        allowed: false,
+        status: AnswerStatus {
+            status: Some("Failure"),
+            ..AnswerStatus::refused(400, Cow::Borrowed(message), "InvalidRequest")
+        },
+        patch: None,
+        patch_type: None,
+        audit_annotations: None,
+        warnings: None,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::Decision;
     use serde_json::json;
 
     fn review(request: serde_json::Value) -> Vec<u8> {
@@ -433,7 +439,7 @@ mod tests {
             })],
             ..Default::default()
         };
-        let answer = encode(respond(&req, &Verdict::Decided(decision))).unwrap();
+        let answer = encode_verdict(&req.uid, &Verdict::Decided(decision)).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&answer).unwrap();
         assert_eq!(v["response"]["patchType"], "JSONPatch");
         let bytes = base64::engine::general_purpose::STANDARD
@@ -454,10 +460,56 @@ mod tests {
             panic!()
         };
         assert_eq!(uid, "u-1");
-        let body = encode(respond_malformed(&uid, &message)).unwrap();
+        let body = encode_malformed(&uid, &message).unwrap();
         let v: serde_json::Value = serde_json::from_slice(&body).unwrap();
         assert_eq!(v["response"]["uid"], "u-1");
         assert_eq!(v["response"]["allowed"], false);
         assert_eq!(v["apiVersion"], "admission.k8s.io/v1");
+    }
+
+    #[test]
+    fn answers_byte_for_byte() {
+        let mut d = Decision {
+            allowed: true,
+            ..Decision::default()
+        };
+        let text = |uid: &str, verdict: &Verdict| {
+            String::from_utf8(encode_verdict(uid, verdict).unwrap()).unwrap()
+        };
+        let head = r#"{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","response":"#;
+        assert_eq!(
+            text("u1", &Verdict::Decided(d.clone())),
+            format!(r#"{head}{{"uid":"u1","allowed":true,"status":{{}}}}}}"#)
+        );
+        d.warnings = vec!["p: w".into()];
+        d.audit_annotations
+            .insert("prodguard.io/p".into(), "w".into());
+        d.patch = serde_json::from_value(json!([{"op": "add", "path": "/a", "value": 1}])).unwrap();
+        assert_eq!(
+            text("u2", &Verdict::Decided(d.clone())),
+            format!(
+                r#"{head}{{"uid":"u2","allowed":true,"status":{{}},"patch":"W3sib3AiOiJhZGQiLCJwYXRoIjoiL2EiLCJ2YWx1ZSI6MX1d","patchType":"JSONPatch","auditAnnotations":{{"prodguard.io/p":"w"}},"warnings":["p: w"]}}}}"#
+            )
+        );
+        d.allowed = false;
+        d.deny_messages = vec!["[p] no".into(), "[q] never".into()];
+        assert_eq!(
+            text("u3", &Verdict::Decided(d)),
+            format!(
+                r#"{head}{{"uid":"u3","allowed":false,"status":{{"code":403,"message":"[p] no; [q] never","reason":"Forbidden"}},"auditAnnotations":{{"prodguard.io/p":"w"}},"warnings":["p: w"]}}}}"#
+            )
+        );
+        assert_eq!(
+            String::from_utf8(encode_malformed("u4", "bad shape").unwrap()).unwrap(),
+            format!(
+                r#"{head}{{"uid":"u4","allowed":false,"status":{{"status":"Failure","code":400,"message":"bad shape","reason":"InvalidRequest"}}}}}}"#
+            )
+        );
+        assert_eq!(
+            text("u5", &Verdict::Malformed("bad object".into())),
+            format!(
+                r#"{head}{{"uid":"u5","allowed":false,"status":{{"code":400,"message":"bad object","reason":"BadRequest"}}}}}}"#
+            )
+        );
     }
 }

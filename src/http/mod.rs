@@ -390,7 +390,7 @@ async fn review(
             return busy;
         }
     };
-    let response = match decoded {
+    let encoded = match decoded {
         Err(e) => {
             tracing::debug!(webhook = webhook.as_str(), "not a review: {e}");
             count("", "", "invalid");
@@ -399,7 +399,7 @@ async fn review(
         Ok(Decoded::Malformed { uid, message }) => {
             tracing::debug!(%uid, webhook = webhook.as_str(), "malformed request: {message}");
             count("", "", "malformed");
-            admission::respond_malformed(&uid, &message)
+            admission::encode_malformed(&uid, &message)
         }
         Ok(Decoded::Request(request)) => {
             let view = Request::from_admission(&request);
@@ -448,13 +448,12 @@ async fn review(
                         count(operation, kind_label(view.kind), "malformed");
                     }
                 }
-                admission::respond(&request, &verdict)
+                admission::encode_verdict(&request.uid, &verdict)
             }
             .instrument(span)
             .await
         }
     };
-    let encoded = admission::encode(response);
     metrics
         .latency
         .get_or_create(&WebhookLabels {
