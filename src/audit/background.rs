@@ -27,11 +27,11 @@ use super::lease::{self, LeaseSettings};
 use super::reports;
 use super::tally::{audit_report, Tally, TallyLimits};
 use super::{scan_into, PageBudget};
-use crate::engine::{Action, Engine};
+use crate::engine::{Action, Engine, Reported};
 use crate::http::AppState;
 use crate::report::events::{to_event, AUDIT_CONTROLLER};
 use crate::report::metrics::AuditFindingLabels;
-use crate::report::{ObjectRef, Report, ReportedFinding};
+use crate::report::{ObjectRef, Report};
 
 /// The pause between two audit Events: at most 20 a second reach the API server.
 pub const EVENT_GAP: Duration = Duration::from_millis(50);
@@ -320,7 +320,10 @@ impl Scanner<'_> {
         for ((policy, action), count) in &tally.by_policy {
             metrics
                 .audit_findings
-                .get_or_create(&AuditFindingLabels { policy, action })
+                .get_or_create(&AuditFindingLabels {
+                    policy,
+                    action: action.verb(),
+                })
                 .set(*count);
         }
         let findings = tally.findings();
@@ -429,20 +432,23 @@ pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<
     let findings = tally
         .new_by_policy
         .iter()
-        .map(|((policy, action), count)| ReportedFinding {
+        .map(|((policy, action), count)| Reported {
             policy,
             action: Action::Audited,
+            violation: *action != Action::Mutated,
             message: format!(
-                "{count} {} would {action} in {where_}",
-                if *count == 1 { "finding" } else { "findings" }
+                "{count} {} would {} in {where_}",
+                if *count == 1 { "finding" } else { "findings" },
+                action.verb()
             ),
+            patch: Vec::new(),
         })
         .collect();
     // A violation when any new finding would be denied or warned about, not only patched.
     let violation = tally
         .new_by_policy
         .keys()
-        .any(|(_, action)| *action != "patch");
+        .any(|(_, action)| *action != Action::Mutated);
     let regarding = ObjectRef {
         api_version: format!("{}/{}", reports::GROUP, reports::VERSION),
         kind: kind.to_owned(),
@@ -468,10 +474,12 @@ mod tests {
             ..NamespaceTally::default()
         };
         assert_eq!(summary("openg2p", &tally), None, "nothing new, no summary");
-        tally.new_by_policy.insert(("min-replicas", "deny"), 3);
         tally
             .new_by_policy
-            .insert(("image-pull-policy", "patch"), 1);
+            .insert(("min-replicas", Action::Denied), 3);
+        tally
+            .new_by_policy
+            .insert(("image-pull-policy", Action::Mutated), 1);
         let report = summary("openg2p", &tally).unwrap();
         assert_eq!(report.regarding.kind, "PolicyReport");
         assert_eq!(report.regarding.name, "prodguard");
@@ -487,7 +495,9 @@ mod tests {
         assert_eq!(cluster.regarding.kind, "ClusterPolicyReport");
         assert!(cluster.note().contains("in cluster-scoped objects"));
         // Only patches: a mutation summary.
-        tally.new_by_policy.remove(&("min-replicas", "deny"));
+        tally
+            .new_by_policy
+            .remove(&("min-replicas", Action::Denied));
         assert_eq!(summary("openg2p", &tally).unwrap().reason, "PolicyMutation");
     }
 }

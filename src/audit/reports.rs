@@ -10,6 +10,7 @@ use kube::core::{DynamicObject, GroupVersionKind};
 use serde_json::{json, Value};
 
 use super::tally::{finding_key, result_of, KeptResult, NamespaceTally};
+use crate::engine::Action;
 
 pub const GROUP: &str = "wgpolicyk8s.io";
 pub const VERSION: &str = "v1alpha2";
@@ -54,7 +55,7 @@ fn result_entry(result: &KeptResult, namespace: &str, now_seconds: i64) -> Value
         "result": result_of(result.action),
         "message": result.message,
         "category": "OpenG2P production deployment guide",
-        "severity": if result.action == "deny" { "high" } else { "medium" },
+        "severity": if result.action == Action::Denied { "high" } else { "medium" },
         "scored": true,
         "resources": [resource],
         "timestamp": {"seconds": now_seconds, "nanos": 0},
@@ -219,16 +220,18 @@ mod tests {
         }
     }
 
-    fn finding(name: &str, policy: &'static str, action: &'static str) -> ObjectFinding {
+    fn finding(name: &str, policy: &'static str, action: Action) -> ObjectFinding {
         ObjectFinding {
             kind: "Deployment".into(),
             namespace: "openg2p".into(),
             name: name.into(),
-            policy,
-            action,
-            message: format!("{policy} on {name}"),
-            patch: None,
-            violation: action == "deny",
+            finding: crate::engine::Reported {
+                policy,
+                action,
+                violation: action == Action::Denied,
+                message: format!("{policy} on {name}"),
+                patch: Vec::new(),
+            },
         }
     }
 
@@ -244,13 +247,13 @@ mod tests {
         tally.object(
             &scanned("openg2p", "a"),
             vec![
-                finding("a", "min-replicas", "deny"),
-                finding("a", "image-pull-policy", "patch"),
+                finding("a", "min-replicas", Action::Denied),
+                finding("a", "image-pull-policy", Action::Mutated),
             ],
         );
         tally.object(
             &scanned("openg2p", "b"),
-            vec![finding("b", "image-pull-policy", "patch")],
+            vec![finding("b", "image-pull-policy", Action::Mutated)],
         );
         tally.object(&scanned("openg2p", "c"), vec![]);
         tally.object(&scanned("openg2p", "d"), vec![]);

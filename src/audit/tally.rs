@@ -9,8 +9,8 @@ use std::hash::{Hash, Hasher};
 
 use super::{ScanSink, Scanned};
 use crate::engine::offline::ObjectFinding;
-use crate::engine::Action;
-use crate::report::{ObjectRef, Report, ReportedFinding};
+use crate::engine::{Action, Reported};
+use crate::report::{ObjectRef, Report};
 
 /// The user audit Events name.
 pub const AUDIT_USER: &str = "prodguard-audit";
@@ -31,10 +31,10 @@ pub fn finding_key(policy: &str, kind: &str, namespace: &str, name: &str, result
 }
 
 /// `fail` for what would be denied, `warn` for what would be patched or is audited.
-pub fn result_of(action: &str) -> &'static str {
+pub fn result_of(action: Action) -> &'static str {
     match action {
-        "deny" => "fail",
-        _ => "warn",
+        Action::Denied => "fail",
+        Action::Audited | Action::Mutated => "warn",
     }
 }
 
@@ -66,8 +66,7 @@ pub struct TallyLimits {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct KeptResult {
     pub policy: &'static str,
-    /// `deny`, `patch` or `warn`.
-    pub action: &'static str,
+    pub action: Action,
     pub api_version: String,
     pub kind: &'static str,
     pub name: String,
@@ -86,7 +85,7 @@ pub struct NamespaceTally {
     /// Results left out of `results` by the caps.
     pub dropped: usize,
     /// Findings not known before this scan, by policy and action (for summary Events).
-    pub new_by_policy: BTreeMap<(&'static str, &'static str), usize>,
+    pub new_by_policy: BTreeMap<(&'static str, Action), usize>,
 }
 
 /// A new finding kept for its Event.
@@ -111,7 +110,7 @@ pub struct Tally {
     /// The first `limits.events` of them, for their Events.
     pub candidates: Vec<Candidate>,
     /// Findings by policy and action, for the metrics.
-    pub by_policy: BTreeMap<(&'static str, &'static str), i64>,
+    pub by_policy: BTreeMap<(&'static str, Action), i64>,
     pub object_errors: Vec<String>,
     /// Object errors beyond the first few, counted.
     pub more_object_errors: usize,
@@ -162,11 +161,7 @@ impl Tally {
 }
 
 /// An audit Event's report: from the audit's user, with the operation `AUDIT`.
-pub fn audit_report(
-    violation: bool,
-    regarding: ObjectRef,
-    findings: Vec<ReportedFinding>,
-) -> Report {
+pub fn audit_report(violation: bool, regarding: ObjectRef, findings: Vec<Reported>) -> Report {
     Report {
         reason: if violation {
             "PolicyViolation"
@@ -182,9 +177,9 @@ pub fn audit_report(
 }
 
 /// The Event of a new finding.
-fn candidate(key: u64, object: &Scanned, finding: &ObjectFinding) -> Candidate {
+fn candidate(key: u64, object: &Scanned, finding: &Reported) -> Candidate {
     let message = bounded(
-        format!("would {}: {}", finding.action, finding.message),
+        format!("would {}: {}", finding.action.verb(), finding.message),
         MESSAGE_MAX_BYTES,
     );
     let regarding = ObjectRef {
@@ -194,10 +189,12 @@ fn candidate(key: u64, object: &Scanned, finding: &ObjectFinding) -> Candidate {
         name: object.name.clone(),
         uid: object.uid.clone(),
     };
-    let reported = ReportedFinding {
+    let reported = Reported {
         policy: finding.policy,
         action: Action::Audited,
+        violation: finding.violation,
         message: message.into(),
+        patch: Vec::new(),
     };
     Candidate {
         key,
@@ -226,7 +223,7 @@ impl ScanSink for Tally {
         if !findings.is_empty() {
             tally.objects_with_findings += 1;
         }
-        for finding in findings {
+        for ObjectFinding { finding, .. } in findings {
             let result = result_of(finding.action);
             if result == "fail" {
                 tally.fail += 1;
@@ -298,11 +295,13 @@ mod tests {
             kind: "Deployment".into(),
             namespace: "ns".into(),
             name: name.into(),
-            policy: "min-replicas",
-            action: "deny",
-            message: format!("{name} would run 1 replica"),
-            patch: Some(vec![]),
-            violation: true,
+            finding: Reported {
+                policy: "min-replicas",
+                action: Action::Denied,
+                violation: true,
+                message: format!("{name} would run 1 replica"),
+                patch: Vec::new(),
+            },
         }
     }
 
@@ -379,7 +378,7 @@ mod tests {
         assert_eq!(tally.new_findings, 3);
         assert_eq!(tally.candidates.len(), 1, "candidates are bounded");
         assert_eq!(
-            tally.namespaces["ns"].new_by_policy[&("min-replicas", "deny")],
+            tally.namespaces["ns"].new_by_policy[&("min-replicas", Action::Denied)],
             3
         );
         let known = tally.all_published();
@@ -416,7 +415,7 @@ mod tests {
     fn a_kept_result_holds_no_patch_and_a_bounded_message() {
         let mut tally = Tally::new(limits(10, 10, 10), HashSet::new());
         let mut long = deny("a");
-        long.message = "é".repeat(3000);
+        long.finding.message = "é".repeat(3000);
         tally.object(&object("ns", "a"), vec![long]);
         let kept = &tally.namespaces["ns"].results[0];
         assert!(kept.message.len() <= MESSAGE_MAX_BYTES);

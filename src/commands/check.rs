@@ -20,7 +20,7 @@ use std::collections::BTreeMap;
 use crate::cluster::{NoLookup, Snapshot};
 use crate::config::Config;
 use crate::engine::offline::{evaluate_object, ObjectFinding};
-use crate::engine::Engine;
+use crate::engine::{Action, Engine};
 use crate::report::NoReporter;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
@@ -62,10 +62,10 @@ impl CheckOutput {
     /// Counts one evaluated object and keeps what was found on it.
     pub fn add(&mut self, file: Option<&str>, findings: Vec<ObjectFinding>) {
         self.summary.resources += 1;
-        let has = |action| findings.iter().any(|f| f.action == action);
-        self.summary.denied += usize::from(has("deny"));
-        self.summary.patched += usize::from(has("patch"));
-        self.summary.warned += usize::from(has("warn"));
+        let has = |action| findings.iter().any(|f| f.finding.action == action);
+        self.summary.denied += usize::from(has(Action::Denied));
+        self.summary.patched += usize::from(has(Action::Mutated));
+        self.summary.warned += usize::from(has(Action::Audited));
         self.results
             .extend(findings.into_iter().map(|finding| CheckResult {
                 file: file.map(str::to_owned),
@@ -325,14 +325,15 @@ pub fn render_text(output: &CheckOutput) -> String {
             text.push_str(&format!("{file}: {} {}/{}\n", r.kind, r.namespace, r.name));
             last_object = Some(object);
         }
+        let f = &r.finding;
         text.push_str(&format!(
             "  {:<5} [{}] {}\n",
-            r.action.to_uppercase(),
-            r.policy,
-            r.message
+            f.action.verb().to_uppercase(),
+            f.policy,
+            f.message
         ));
-        if let Some(patch) = &r.patch {
-            let json = serde_json::to_string(patch).unwrap_or_default();
+        if f.action == Action::Mutated {
+            let json = serde_json::to_string(&f.patch).unwrap_or_default();
             text.push_str(&format!("        patch: {json}\n"));
         }
     }
@@ -405,13 +406,19 @@ spec:
         );
         assert_eq!(output.exit_code(), 1);
         let patch = &output.results[0].finding;
-        assert_eq!((patch.policy, patch.action), ("image-pull-policy", "patch"));
         assert_eq!(
-            serde_json::to_value(&patch.patch).unwrap(),
+            (patch.finding.policy, patch.finding.action.verb()),
+            ("image-pull-policy", "patch")
+        );
+        assert_eq!(
+            serde_json::to_value(&patch.finding.patch).unwrap(),
             serde_json::json!([{"op": "replace", "path": "/spec/template/spec/containers/0/imagePullPolicy", "value": "IfNotPresent"}])
         );
         let deny = &output.results[1].finding;
-        assert_eq!((deny.policy, deny.action), ("min-replicas", "deny"));
+        assert_eq!(
+            (deny.finding.policy, deny.finding.action.verb()),
+            ("min-replicas", "deny")
+        );
         assert_eq!(
             (
                 deny.kind.as_str(),

@@ -13,15 +13,21 @@ pub struct PolicyOutcome {
     pub findings: Vec<Finding>,
 }
 
-/// What prodguard did about a finding.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// What prodguard did about a finding. Serialised (`check`'s JSON, the PolicyReports) as the
+/// verb: `deny`, `warn`, `patch`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, serde::Serialize)]
 pub enum Action {
+    // In the order of the verbs, so that findings sort as they did when they were strings.
+    #[serde(rename = "deny")]
     Denied,
-    Audited,
+    #[serde(rename = "patch")]
     Mutated,
+    #[serde(rename = "warn")]
+    Audited,
 }
 
 impl Action {
+    /// The Event action and the metric label: `Denied`, `Audited`, `Mutated`.
     pub fn as_str(self) -> &'static str {
         match self {
             Action::Denied => "Denied",
@@ -29,9 +35,19 @@ impl Action {
             Action::Mutated => "Mutated",
         }
     }
+
+    /// What `check` and the PolicyReports say: `deny`, `warn`, `patch`.
+    pub fn verb(self) -> &'static str {
+        match self {
+            Action::Denied => "deny",
+            Action::Audited => "warn",
+            Action::Mutated => "patch",
+        }
+    }
 }
 
-/// One thing to report (as an Event) and to show in `check`.
+/// One finding and what was done about it: the one type the response, the Events, the
+/// metrics, `check`'s output and the audit's PolicyReports are made from.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Reported {
     pub policy: &'static str,
@@ -41,6 +57,23 @@ pub struct Reported {
     pub message: String,
     /// The patch of a mutation (applied when Mutated, proposed when Audited).
     pub patch: Vec<json_patch::PatchOperation>,
+}
+
+/// As `check -o json` shows a finding: its policy, action and message, and the patch of an
+/// applied mutation.
+impl serde::Serialize for Reported {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let patched = self.action == Action::Mutated;
+        let mut map = serializer.serialize_map(Some(3 + usize::from(patched)))?;
+        map.serialize_entry("policy", self.policy)?;
+        map.serialize_entry("action", &self.action)?;
+        map.serialize_entry("message", &self.message)?;
+        if patched {
+            map.serialize_entry("patch", &self.patch)?;
+        }
+        map.end()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default)]

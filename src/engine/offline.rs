@@ -8,27 +8,19 @@ use serde_json::Value;
 
 use crate::cluster::Snapshot;
 
-use super::{Action, Context, Engine, Operation, Request, Verdict, Webhook};
+use super::{Context, Engine, Operation, Reported, Request, Verdict, Webhook};
 
 /// The user offline evaluation runs as.
 pub const OFFLINE_USER: &str = "prodguard-check";
 
-/// What one policy would do to one object.
+/// What one policy would do to one object: the object, and the finding.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct ObjectFinding {
     pub kind: String,
     pub namespace: String,
     pub name: String,
-    pub policy: &'static str,
-    /// `deny`, `patch` or `warn`.
-    pub action: &'static str,
-    pub message: String,
-    /// RFC 6902 operations, for action `patch`.
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub patch: Option<Vec<json_patch::PatchOperation>>,
-    /// A violation (else a mutation).
-    #[serde(skip)]
-    pub violation: bool,
+    #[serde(flatten)]
+    pub finding: Reported,
 }
 
 /// Evaluates one object as a CREATE: mutate, apply the patch, validate the result. What the
@@ -120,21 +112,13 @@ fn evaluate(
         Verdict::Decided(decision) => decision,
         Verdict::Malformed(message) => return Err(message),
     };
-    for item in &decision.reports {
-        let action = match item.action {
-            Action::Denied => "deny",
-            Action::Mutated => "patch",
-            Action::Audited => "warn",
-        };
+    let name = request.object_name().to_owned();
+    for item in decision.reports {
         results.push(ObjectFinding {
             kind: types.kind.clone(),
             namespace: namespace.to_owned(),
-            name: request.object_name().to_owned(),
-            policy: item.policy,
-            action,
-            message: item.message.clone(),
-            patch: (item.action == Action::Mutated).then(|| item.patch.clone()),
-            violation: item.violation,
+            name: name.clone(),
+            finding: item,
         });
     }
     Ok(decision.patch)

@@ -130,7 +130,8 @@ async fn publish(recorder: Recorder, mut reports: mpsc::Receiver<Report>, stats:
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::{ObjectRef, ReportedFinding};
+    use crate::engine::Reported;
+    use crate::report::ObjectRef;
 
     #[test]
     fn a_denial_is_a_warning_regarding_the_object() {
@@ -146,10 +147,12 @@ mod tests {
                 name: "db".into(),
                 uid: Some("u".into()),
             },
-            findings: vec![ReportedFinding {
+            findings: vec![Reported {
                 policy: "protect-delete",
                 action: Action::Denied,
+                violation: true,
                 message: "no".into(),
+                patch: Vec::new(),
             }],
         };
         let (event, reference) = to_event(&report);

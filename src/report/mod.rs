@@ -9,14 +9,6 @@ use std::sync::Mutex;
 
 use crate::engine::{Action, Reported, Request};
 
-/// One thing a policy found and what was done about it.
-#[derive(Debug, Clone, PartialEq)]
-pub struct ReportedFinding {
-    pub policy: &'static str,
-    pub action: Action,
-    pub message: String,
-}
-
 /// The object a report is about.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct ObjectRef {
@@ -37,7 +29,7 @@ pub struct Report {
     pub user: String,
     pub operation: String,
     pub regarding: ObjectRef,
-    pub findings: Vec<ReportedFinding>,
+    pub findings: Vec<Reported>,
 }
 
 /// Events carry at most 1 kB of note.
@@ -108,14 +100,7 @@ impl Report {
             user: request.username.to_owned(),
             operation: request.operation_name().to_owned(),
             regarding,
-            findings: items
-                .iter()
-                .map(|i| ReportedFinding {
-                    policy: i.policy,
-                    action: i.action,
-                    message: i.message.clone(),
-                })
-                .collect(),
+            findings: items.to_vec(),
         })
     }
 
