@@ -28,9 +28,9 @@ use super::reports;
 use super::tally::{audit_report, Tally, TallyLimits};
 use super::{scan_into, PageBudget};
 use crate::engine::{Action, Engine, Reported};
-use crate::http::AppState;
 use crate::report::events::{to_event, AUDIT_CONTROLLER};
 use crate::report::metrics::AuditFindingLabels;
+use crate::report::metrics::Metrics;
 use crate::report::{ObjectRef, Report};
 
 /// The pause between two audit Events: at most 20 a second reach the API server.
@@ -56,12 +56,20 @@ pub struct AuditSettings {
     pub admission_memory: u64,
 }
 
+/// What the audit shares with the server: the metrics, and whether the server still runs
+/// (false once it shuts down: the audit then releases its Lease and stops).
+#[derive(Clone)]
+pub struct Shared {
+    pub metrics: Arc<Metrics>,
+    pub running: Arc<AtomicBool>,
+}
+
 /// Starts the audit's thread. `engine` evaluates the objects: built from the configuration
 /// with the global mode at enforce, so that a dry-run rollout's reports show what
 /// enforcement would deny.
 pub fn spawn(
     config: kube::Config,
-    state: Arc<AppState>,
+    shared: Shared,
     engine: Arc<Engine>,
     settings: AuditSettings,
 ) -> Result<(), String> {
@@ -81,7 +89,7 @@ pub fn spawn(
                     return;
                 }
             };
-            runtime.block_on(run(config, state, engine, settings));
+            runtime.block_on(run(config, shared, engine, settings));
         })
         .map(|_| ())
         .map_err(|e| format!("cannot start the audit's thread: {e}"))
@@ -112,12 +120,7 @@ fn lower_priority() {
     }
 }
 
-async fn run(
-    config: kube::Config,
-    state: Arc<AppState>,
-    engine: Arc<Engine>,
-    settings: AuditSettings,
-) {
+async fn run(config: kube::Config, shared: Shared, engine: Arc<Engine>, settings: AuditSettings) {
     let client = match kube::Client::try_from(config) {
         Ok(client) => client,
         Err(e) => {
@@ -164,11 +167,11 @@ async fn run(
     tokio::join!(
         hold_lease(
             client.clone(),
-            state.clone(),
+            shared.clone(),
             settings.lease.clone(),
             leader.clone()
         ),
-        scan_loop(client, recorder, state, engine, settings, budget, leader),
+        scan_loop(client, recorder, shared, engine, settings, budget, leader),
     );
 }
 
@@ -200,7 +203,7 @@ async fn warn_pod(recorder: &Recorder, settings: &AuditSettings, reason: &str, n
 
 async fn hold_lease(
     client: kube::Client,
-    state: Arc<AppState>,
+    shared: Shared,
     settings: LeaseSettings,
     leader: Arc<AtomicBool>,
 ) {
@@ -217,8 +220,8 @@ async fn hold_lease(
         if held != leader.swap(held, Ordering::Relaxed) {
             tracing::info!(identity = %settings.identity, "{} the audit Lease", if held { "holding" } else { "lost" });
         }
-        state.metrics.audit_leader.set(i64::from(held));
-        if !state.ready.load(Ordering::Relaxed) {
+        shared.metrics.audit_leader.set(i64::from(held));
+        if !shared.running.load(Ordering::Relaxed) {
             lease::release(&api, &settings).await;
             return;
         }
@@ -229,7 +232,7 @@ async fn hold_lease(
 async fn scan_loop(
     client: kube::Client,
     recorder: Recorder,
-    state: Arc<AppState>,
+    shared: Shared,
     engine: Arc<Engine>,
     settings: AuditSettings,
     budget: AuditBudget,
@@ -241,7 +244,7 @@ async fn scan_loop(
     let mut next = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if !state.ready.load(Ordering::Relaxed) {
+        if !shared.running.load(Ordering::Relaxed) {
             return;
         }
         if !leader.load(Ordering::Relaxed) {
@@ -266,7 +269,7 @@ async fn scan_loop(
         let scan = Scanner {
             client: &client,
             recorder: &recorder,
-            state: &state,
+            shared: &shared,
             engine: &engine,
             settings: &settings,
         };
@@ -281,7 +284,7 @@ async fn scan_loop(
 struct Scanner<'a> {
     client: &'a kube::Client,
     recorder: &'a Recorder,
-    state: &'a AppState,
+    shared: &'a Shared,
     engine: &'a Engine,
     settings: &'a AuditSettings,
 }
@@ -290,7 +293,7 @@ impl Scanner<'_> {
     /// One scan; returns the keys of the findings whose Events are published, or `None` when
     /// the scan could not finish.
     async fn once(&self, mut tally: Tally, page: PageBudget, first: bool) -> Option<HashSet<u64>> {
-        let metrics = &self.state.metrics;
+        let metrics = &self.shared.metrics;
         let started = Instant::now();
         let stats = scan_into(self.client, self.engine, page, &mut tally).await;
         for error in &tally.object_errors {
@@ -363,7 +366,7 @@ impl Scanner<'_> {
 
     /// One Event per candidate, paced; returns the keys of those the API server accepted.
     async fn publish_findings(&self, tally: &mut Tally) -> Vec<u64> {
-        let metrics = &self.state.metrics;
+        let metrics = &self.shared.metrics;
         let mut published = Vec::new();
         for (i, candidate) in std::mem::take(&mut tally.candidates)
             .into_iter()
@@ -394,9 +397,9 @@ impl Scanner<'_> {
             }
             first = false;
             if self.publish(&report).await {
-                self.state.metrics.audit_summary_events.inc();
+                self.shared.metrics.audit_summary_events.inc();
             } else {
-                self.state.metrics.audit_events_failed.inc();
+                self.shared.metrics.audit_events_failed.inc();
             }
         }
     }

@@ -374,7 +374,10 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             let pod = pod_namespace.zip(std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()));
             background::spawn(
                 kube_config,
-                state.clone(),
+                background::Shared {
+                    metrics: metrics.clone(),
+                    running: state.ready.clone(),
+                },
                 audit_engine,
                 AuditSettings {
                     interval,

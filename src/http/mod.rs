@@ -121,7 +121,7 @@ pub struct AppState {
     /// The policies in force; replaced whole when the configuration is reloaded.
     engine: RwLock<Arc<Engine>>,
     /// False while starting and once shutting down: `/readyz` then fails.
-    pub ready: AtomicBool,
+    pub ready: Arc<AtomicBool>,
     /// With `--manage-certs`: false until the certificate served is one the webhooks' CA
     /// bundle trusts (`/readyz` then fails).
     pub certificate_ready: AtomicBool,
@@ -142,7 +142,7 @@ impl AppState {
     pub fn with_limits(engine: Engine, metrics: Arc<Metrics>, bodies: BodyLimits) -> Arc<AppState> {
         Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
-            ready: AtomicBool::new(true),
+            ready: Arc::new(AtomicBool::new(true)),
             certificate_ready: AtomicBool::new(true),
             metrics,
             bodies: Bodies::new(bodies),
