@@ -1,7 +1,7 @@
 //! The background audit at scale: fills a test kube-apiserver (1.20.2, the e2e suite's) with N
 //! workloads, runs `prodguard serve` with the default policy set and a 1 s audit interval,
 //! and reports the time of each scan, the resident memory after each of 10 scans and at its
-//! peak, and the Events and reports written. See BENCHMARKS.md.
+//! peak, and the Events and reports written. See docs/benchmarks.md.
 //!
 //!     scripts/test-deps.sh && cargo bench --bench audit                 (N = 1,000, 10,000, 30,000)
 //!     cargo bench --bench audit -- --objects 10000 --scans 10 --audit-page-size=100

@@ -1015,7 +1015,7 @@ async fn a_changed_configuration_is_reloaded_and_a_broken_one_refused() {
     assert_eq!(sigterm(&mut child), Some(0));
 }
 
-/// What one huge review may add to the peak RSS (see BENCHMARKS.md's memory per review size).
+/// What one huge review may add to the peak RSS (see docs/benchmarks.md's memory per review size).
 const PEAK_BOUND_KIB: u64 = 24 * 1024;
 /// How far above its baseline RSS may stay once the huge reviews are done: what glibc keeps
 /// of the freed small chunks, up to a decode's worth in each worker thread's arena (seen: 4.8

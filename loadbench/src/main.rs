@@ -1,6 +1,6 @@
 //! The load benchmark: starts `prodguard serve` (and, for comparison, a no-op server built
 //! from the same stack) and drives it as kube-apiserver does: TLS, HTTP/1.1 keep-alive, up to
-//! 25 connections; also a new TLS connection per request. See BENCHMARKS.md.
+//! 25 connections; also a new TLS connection per request. See docs/benchmarks.md.
 //!
 //!     cargo build --release --workspace --bins && target/release/loadbench
 //!     target/debug/loadbench --smoke        (what CI runs: every mode, briefly, checked)

@@ -1,7 +1,7 @@
 //! Partial decoding of the objects in a review: only the fields policies read are built into
 //! the JSON tree; everything else (managedFields, env, probes, volumes, status...) is skipped
 //! by the parser without allocating. A generic tree of an 11 KB Deployment costs about 70 us;
-//! this costs a tenth of that (see BENCHMARKS.md).
+//! this costs a tenth of that (see docs/benchmarks.md).
 //!
 //! A field kept here that has the wrong JSON type is kept whole, so that the policies still
 //! report the shape error with its path.

@@ -97,7 +97,7 @@ pub fn spawn(
 
 /// Puts the calling thread (the audit's) at Linux's SCHED_IDLE: it runs only when no other
 /// thread wants the CPU, so a scan never delays an admission answer. Measured in
-/// BENCHMARKS.md: at the normal priority, a scan of 10,000 workloads took the p99 at
+/// docs/benchmarks.md: at the normal priority, a scan of 10,000 workloads took the p99 at
 /// 1,000 reviews/s from 0.4 ms to 4 ms on two cores.
 fn lower_priority() {
     #[cfg(target_os = "linux")]

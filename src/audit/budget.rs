@@ -6,7 +6,7 @@
 //! and its own resident memory, keeps room for admission, and plans pages and kept results
 //! to fit the rest: as asked when they fit, smaller when they do not (a degraded audit,
 //! said in a Warning Event and the log), and no audit at all when even the smallest plan
-//! does not fit. The figures below come from BENCHMARKS.md's audit benchmark.
+//! does not fit. The figures below come from docs/benchmarks.md's audit benchmark.
 
 use super::PageBudget;
 

@@ -25,7 +25,7 @@ use tokio_rustls::TlsAcceptor;
 use conns::{Admission, Entry, Phase, Table};
 use timed_io::WriteTimeout;
 
-/// Bounds on what a client can hold. README's "Hostile clients" gives each with its default.
+/// Bounds on what a client can hold. docs/operations.md ("Hostile clients") gives each with its default.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
     /// How long a client has to finish its TLS handshake.

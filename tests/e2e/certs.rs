@@ -515,7 +515,7 @@ pub fn certificates_renewed_and_rotated_under_traffic(env: &mut Env) {
             },
         );
     }
-    // For BENCHMARKS.md: what the watches and the writer cost (debug build).
+    // For docs/benchmarks.md: what the watches and the writer cost (debug build).
     let rss = |pid: Option<u32>| pid.and_then(|pid| super::workload::status_kib(pid, "VmRSS:"));
     println!(
         "  rotation: RSS after it {:?} KiB (registered process), {:?} KiB (second)",
