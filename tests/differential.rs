@@ -106,17 +106,6 @@ struct Judgement {
     warned: BTreeSet<String>,
 }
 
-fn plural(kind: &str) -> String {
-    let lower = kind.to_ascii_lowercase();
-    if lower.ends_with('s') {
-        format!("{lower}es")
-    } else if let Some(stem) = lower.strip_suffix('y') {
-        format!("{stem}ies")
-    } else {
-        format!("{lower}s")
-    }
-}
-
 /// The CREATE review the API server would send for `object`, as `check`'s user.
 fn review(uid: usize, object: &Value) -> Value {
     let api_version = object["apiVersion"].as_str().unwrap_or_default();
@@ -130,7 +119,7 @@ fn review(uid: usize, object: &Value) -> Value {
             .unwrap_or("default")
     };
     let gvk = json!({"group": group, "version": version, "kind": kind});
-    let gvr = json!({"group": group, "version": version, "resource": plural(kind)});
+    let gvr = json!({"group": group, "version": version, "resource": prodguard::engine::offline::plural(kind)});
     json!({
         "apiVersion": "admission.k8s.io/v1",
         "kind": "AdmissionReview",

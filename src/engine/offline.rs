@@ -148,7 +148,7 @@ pub fn is_cluster_scoped(kind: &str) -> bool {
 }
 
 /// The resource name of a kind, as the API server derives it (`Ingress` -> `ingresses`).
-fn plural(kind: &str) -> String {
+pub fn plural(kind: &str) -> String {
     let lower = kind.to_ascii_lowercase();
     if lower.ends_with('s') {
         format!("{lower}es")
