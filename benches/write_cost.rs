@@ -216,10 +216,7 @@ fn run() -> Result<(), String> {
     warm?;
     let noop_costs = noop_costs?;
 
-    cluster.serve(
-        include_str!("../policies/openg2p-production.yaml"),
-        &["--log=warn"],
-    )?;
+    cluster.serve(include_str!("../policies/openg2p-production.yaml"), &[])?;
     let ours = measure(
         &runtime,
         &cluster,
@@ -228,13 +225,40 @@ fn run() -> Result<(), String> {
         options.deployments,
     )?;
     cluster.stop_prodguard();
+    // The same without a cluster client: no Events (nor lookups), to see what publishing them
+    // costs the API server's other calls.
+    let created = cluster.kubectl(&["create", "namespace", "bench-offline"]);
+    if !created.status.success() {
+        return Err(String::from_utf8_lossy(&created.stderr).into_owned());
+    }
+    let offline = cluster.start_prodguard_as(
+        "prodguard-offline",
+        port,
+        cluster::free("offline metrics"),
+        include_str!("../policies/openg2p-production.yaml"),
+        &[],
+        std::path::Path::new("/nonexistent/kubeconfig"),
+    )?;
+    let without_events = measure(
+        &runtime,
+        &cluster,
+        &client,
+        "bench-offline",
+        options.deployments,
+    );
+    cluster::stop("prodguard-offline", offline);
+    let without_events = without_events?;
 
     println!(
         "| server | mutate ms per call | validate ms per call | calls | wall s for {} creates |",
         options.deployments
     );
     println!("|---|---|---|---|---|");
-    for (name, c) in [("no-op", &noop_costs), ("prodguard", &ours)] {
+    for (name, c) in [
+        ("no-op", &noop_costs),
+        ("prodguard", &ours),
+        ("prodguard, no cluster client (no Events)", &without_events),
+    ] {
         println!(
             "| {name} | {:.3} | {:.3} | {:.0} | {:.1} |",
             c.mutate_ms, c.validate_ms, c.calls, c.wall_s
