@@ -539,10 +539,11 @@ impl Guard {
         let decision = managed::decide(found, &writing.wanted, now);
         let place = format!("in namespace {}", self.settings.namespace);
         if let Decision::Keep { next_at } = decision {
-            self.writer_due = Some(
-                Instant::now()
-                    + Duration::from_secs(u64::try_from(next_at.saturating_sub(now)).unwrap_or(0)),
-            );
+            // Looked at again at least daily, whatever the certificates say.
+            let wait = u64::try_from(next_at.saturating_sub(now))
+                .unwrap_or(0)
+                .min(86_400);
+            self.writer_due = Some(Instant::now() + Duration::from_secs(wait));
         } else {
             // Retried in five seconds when anything below fails.
             self.writer_due = Some(Instant::now() + Duration::from_secs(5));
@@ -581,9 +582,9 @@ impl Guard {
                         Decision::Replace(why)
                         | Decision::IssueServing(why)
                         | Decision::AddCa(why) => {
-                            tracing::info!(secret = %place, "{}: {why}", step_name(&decision))
+                            tracing::info!(secret = %writing.secret, "{}: {why}", step_name(&decision))
                         }
-                        other => tracing::info!(secret = %place, "{}", step_name(other)),
+                        other => tracing::info!(secret = %writing.secret, "{}", step_name(other)),
                     }
                     if matches!(
                         decision,
