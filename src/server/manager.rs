@@ -29,7 +29,7 @@ use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Secret;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use tokio::sync::mpsc;
@@ -76,10 +76,27 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+/// What a watch saw: the object as it is now (`None`: absent). The watches are of
+/// `DynamicObject`s, so that the watcher is compiled once rather than once per kind.
 enum Update {
-    Secret(Option<Secret>),
-    Mutating(Option<MutatingWebhookConfiguration>),
-    Validating(Option<ValidatingWebhookConfiguration>),
+    Secret(Option<DynamicObject>),
+    Mutating(Option<DynamicObject>),
+    Validating(Option<DynamicObject>),
+}
+
+/// The typed object of a watch's `DynamicObject` (`None` when absent, or, logged, when it does
+/// not read as its kind).
+fn typed<K: kube::Resource + serde::de::DeserializeOwned>(
+    object: Option<DynamicObject>,
+    what: &str,
+) -> Option<K> {
+    match object?.try_parse::<K>() {
+        Ok(object) => Some(object),
+        Err(e) => {
+            tracing::error!("the watched {what} does not read as one: {e}");
+            None
+        }
+    }
 }
 
 /// Why a call to the API failed, naming the permission when it was refused.
@@ -103,25 +120,17 @@ pub fn explain(e: &kube::Error, verb: &str, resource: &str, place: &str) -> Stri
 /// Follows one named object through a watch, sending what it is after each change (`None`
 /// once deleted or while absent). Errors are logged with the permission they lack, at most
 /// once a minute, and the watch retries with backoff.
-fn follow<K>(
-    api: Api<K>,
+fn follow(
+    api: Api<DynamicObject>,
     name: String,
     what: String,
     tx: mpsc::Sender<Update>,
-    wrap: fn(Option<K>) -> Update,
-) where
-    K: kube::Resource
-        + Clone
-        + serde::de::DeserializeOwned
-        + std::fmt::Debug
-        + Send
-        + Sync
-        + 'static,
-{
+    wrap: fn(Option<DynamicObject>) -> Update,
+) {
     tokio::spawn(async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
         let mut stream = watcher(api, config).default_backoff().boxed();
-        let mut listed: Option<K> = None;
+        let mut listed: Option<DynamicObject> = None;
         let mut last_error: Option<Instant> = None;
         while let Some(event) = stream.next().await {
             let update = match event {
@@ -287,14 +296,20 @@ struct Guard {
 pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
     let (tx, mut rx) = mpsc::channel(16);
     follow(
-        Api::<MutatingWebhookConfiguration>::all(client.clone()),
+        Api::all_with(
+            client.clone(),
+            &ApiResource::erase::<MutatingWebhookConfiguration>(&()),
+        ),
         settings.webhooks.clone(),
         format!("mutatingwebhookconfigurations/{}", settings.webhooks),
         tx.clone(),
         Update::Mutating,
     );
     follow(
-        Api::<ValidatingWebhookConfiguration>::all(client.clone()),
+        Api::all_with(
+            client.clone(),
+            &ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
+        ),
         settings.webhooks.clone(),
         format!("validatingwebhookconfigurations/{}", settings.webhooks),
         tx.clone(),
@@ -302,7 +317,11 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
     );
     if let Some(writing) = &settings.writing {
         follow(
-            Api::<Secret>::namespaced(client.clone(), &settings.namespace),
+            Api::namespaced_with(
+                client.clone(),
+                &settings.namespace,
+                &ApiResource::erase::<Secret>(&()),
+            ),
             writing.secret.clone(),
             format!(
                 "secrets/{} in namespace {}",
@@ -338,15 +357,21 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
             tokio::select! {
                 update = rx.recv() => match update {
                     Some(Update::Secret(secret)) => {
-                        guard.secret = secret;
+                        guard.secret = typed(secret, "Secret");
                         guard.seen[0] = true;
                     }
                     Some(Update::Mutating(c)) => {
-                        guard.mutating = c.as_ref().map(Config::mutating).unwrap_or_default();
+                        guard.mutating = typed(c, "MutatingWebhookConfiguration")
+                            .as_ref()
+                            .map(Config::mutating)
+                            .unwrap_or_default();
                         guard.seen[1] = true;
                     }
                     Some(Update::Validating(c)) => {
-                        guard.validating = c.as_ref().map(Config::validating).unwrap_or_default();
+                        guard.validating = typed(c, "ValidatingWebhookConfiguration")
+                            .as_ref()
+                            .map(Config::validating)
+                            .unwrap_or_default();
                         guard.seen[2] = true;
                     }
                     None => return,
