@@ -848,3 +848,132 @@ fn secret_data(secret: &Secret) -> BTreeMap<String, Vec<u8>> {
 fn now_seconds() -> i64 {
     k8s_openapi::jiff::Timestamp::now().as_second()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::server::pki;
+    use serde_json::json;
+
+    fn validating(bundle: &[u8], annotation: Option<&str>) -> ValidatingWebhookConfiguration {
+        let hook = |name: &str, policy: Option<&str>| {
+            json!({
+                "name": name,
+                "admissionReviewVersions": ["v1"],
+                "sideEffects": "None",
+                "failurePolicy": policy,
+                "clientConfig": {"url": "https://127.0.0.1/validate", "caBundle": ByteString(bundle.to_vec())},
+            })
+        };
+        serde_json::from_value(json!({
+            "apiVersion": "admissionregistration.k8s.io/v1",
+            "kind": "ValidatingWebhookConfiguration",
+            "metadata": {
+                "name": "prodguard",
+                "annotations": annotation.map(|a| json!({ARM_ANNOTATION: a})),
+            },
+            "webhooks": [
+                hook("validate.prodguard.io", Some("Ignore")),
+                hook("rbac.validate.prodguard.io", Some("Ignore")),
+                hook("other.example.io", None),
+            ],
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn a_configuration_trusts_a_certificate_when_every_webhook_does() {
+        let names = ["127.0.0.1".to_owned()];
+        let ours = pki::generate("ours", &names).unwrap();
+        let theirs = pki::generate("theirs", &names).unwrap();
+        let leaf = rustls::pki_types::pem::PemObject::from_pem_slice(ours.cert_pem.as_bytes())
+            .map(|c: rustls::pki_types::CertificateDer<'static>| c.to_vec())
+            .unwrap();
+        let config = Config::validating(&validating(ours.ca_cert_pem.as_bytes(), None));
+        assert!(config.trusts(&leaf));
+        assert!(
+            !Config::validating(&validating(theirs.ca_cert_pem.as_bytes(), None)).trusts(&leaf)
+        );
+        // Both CAs in the bundle (a rotation): trusted.
+        let both = format!("{}{}", theirs.ca_cert_pem, ours.ca_cert_pem);
+        assert!(Config::validating(&validating(both.as_bytes(), None)).trusts(&leaf));
+        // One webhook without a bundle is enough to fail; so is a missing configuration.
+        let mut one_empty = Config::validating(&validating(ours.ca_cert_pem.as_bytes(), None));
+        one_empty.webhooks[1].bundle.clear();
+        assert!(!one_empty.trusts(&leaf));
+        assert!(!Config::default().trusts(&leaf));
+    }
+
+    #[test]
+    fn patches_address_webhooks_by_index_behind_a_test_of_their_name() {
+        let config = Config::validating(&validating(
+            b"",
+            Some(" validate.prodguard.io , missing.example.io,"),
+        ));
+        assert_eq!(
+            config.to_arm,
+            ["validate.prodguard.io", "missing.example.io"]
+        );
+        // The API's default failure policy is Fail.
+        assert_eq!(config.webhooks[2].failure_policy, "Fail");
+        let (names, patch) = config
+            .patch("failurePolicy", &json!("Fail"), |w| {
+                w.failure_policy != "Fail" && config.to_arm.contains(&w.name)
+            })
+            .unwrap();
+        assert_eq!(names, ["validate.prodguard.io"]);
+        assert_eq!(
+            patch,
+            json!([
+                {"op": "test", "path": "/webhooks/0/name", "value": "validate.prodguard.io"},
+                {"op": "add", "path": "/webhooks/0/failurePolicy", "value": "Fail"},
+            ])
+        );
+        let (names, patch) = config
+            .patch("clientConfig/caBundle", &json!("Q0E="), |w| {
+                w.bundle.is_empty()
+            })
+            .unwrap();
+        assert_eq!(names.len(), 3);
+        assert_eq!(patch[4]["path"], "/webhooks/2/name");
+        assert_eq!(patch[5]["path"], "/webhooks/2/clientConfig/caBundle");
+        // Nothing to change: no patch.
+        assert!(config
+            .patch("failurePolicy", &json!("Fail"), |_| false)
+            .is_none());
+        // Without the annotation nothing is armed.
+        assert!(Config::validating(&validating(b"", None)).to_arm.is_empty());
+    }
+
+    #[test]
+    fn a_refused_call_names_the_permission() {
+        let forbidden = kube::Error::Api(
+            kube::core::Status::failure("secrets \"prodguard-tls\" is forbidden", "Forbidden")
+                .with_code(403)
+                .boxed(),
+        );
+        assert_eq!(
+            explain(
+                &forbidden,
+                "update",
+                "secrets/prodguard-tls",
+                "in namespace prodguard"
+            ),
+            "forbidden: prodguard's service account needs the permission to update \
+             secrets/prodguard-tls in namespace prodguard (deploy/base/rbac.yaml grants it): \
+             secrets \"prodguard-tls\" is forbidden"
+        );
+        let other = kube::Error::Api(
+            kube::core::Status::failure("etcd is gone", "InternalError")
+                .with_code(500)
+                .boxed(),
+        );
+        assert!(explain(
+            &other,
+            "patch",
+            "validatingwebhookconfigurations/prodguard",
+            ""
+        )
+        .starts_with("cannot patch validatingwebhookconfigurations/prodguard: "));
+    }
+}
