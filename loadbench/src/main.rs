@@ -662,7 +662,7 @@ fn prodguard_binary(args: &Args) -> Result<PathBuf, String> {
         Ok(path)
     } else {
         Err(format!(
-            "no prodguard binary at {} (cargo build --release --bins)",
+            "no prodguard binary at {} (cargo build --release --workspace --bins)",
             path.display()
         ))
     }
