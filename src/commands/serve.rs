@@ -278,7 +278,13 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .expiry
             .on_warning(expiry_events(client.clone(), &instance, namespace));
     }
+    // The certificate guard's shutdown: told when SIGTERM comes, waited for (briefly) before the
+    // listener closes.
+    let guard_shutdown = Arc::new(tokio::sync::Notify::new());
+    let guard_stopped = Arc::new(tokio::sync::Notify::new());
+    let mut guard_running = false;
     if let (Some(client), Some(slot)) = (&client, served) {
+        guard_running = true;
         if let Some(expiry) = &managed_expiry {
             // The pod lives in prodguard's namespace (where the Secret is).
             expiry.on_warning(expiry_events(
@@ -317,6 +323,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 ready: managed_expiry.is_some().then_some(ready),
                 expiry: managed_expiry,
                 metrics: metrics.clone(),
+                shutdown: guard_shutdown.clone(),
+                stopped: guard_stopped.clone(),
             },
         );
     }
@@ -416,7 +424,15 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             delay = %humantime::format_duration(shutdown_delay),
             "shutting down: /readyz fails; still accepting for the delay, then draining"
         );
-        tokio::time::sleep(shutdown_delay).await;
+        // Meanwhile the certificate writer hands its Lease back (at most 2 s are waited for).
+        let handed_back = async {
+            if guard_running {
+                guard_shutdown.notify_one();
+                let _ =
+                    tokio::time::timeout(Duration::from_secs(2), guard_stopped.notified()).await;
+            }
+        };
+        tokio::join!(tokio::time::sleep(shutdown_delay), handed_back);
         let _ = stop.send(true);
         tracing::info!("no new connections; draining the open ones");
     })

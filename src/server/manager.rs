@@ -74,6 +74,10 @@ pub struct Shared {
     /// `AppState::certificate_ready`, when readiness waits for the bundle.
     pub ready: Option<Arc<dyn Fn(bool) + Send + Sync>>,
     pub metrics: Arc<Metrics>,
+    /// Notified when the server shuts down: the writer hands its Lease back (so that another
+    /// replica writes at once rather than after `--lease-duration`), then notifies `stopped`.
+    pub shutdown: Arc<tokio::sync::Notify>,
+    pub stopped: Arc<tokio::sync::Notify>,
 }
 
 /// What a watch saw: the object as it is now (`None`: absent). The watches are of
@@ -378,6 +382,11 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
                 },
                 _ = slot.changed.notified() => {}
                 _ = tokio::time::sleep_until(wake.into()) => {}
+                _ = guard.shared.shutdown.notified() => {
+                    guard.hand_back().await;
+                    guard.shared.stopped.notify_one();
+                    return;
+                }
             }
             guard.reconcile().await;
         }
@@ -507,6 +516,17 @@ impl Guard {
                 }
             }
         }
+    }
+
+    /// Releases the writer's Lease if this replica holds it.
+    async fn hand_back(&mut self) {
+        let Some(writing) = self.settings.writing.as_ref().filter(|_| self.holder) else {
+            return;
+        };
+        self.holder = false;
+        let api: Api<Lease> = Api::namespaced(self.client.clone(), &self.settings.namespace);
+        lease::release(&api, &writing.lease).await;
+        tracing::info!("shutting down: the certificate writer's Lease is handed back");
     }
 
     async fn hold_lease(&mut self) {

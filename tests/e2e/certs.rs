@@ -539,7 +539,28 @@ pub fn certificates_not_renewed_are_named_and_warned(env: &mut Env) {
         env.cluster.validating_failure_policies() == ["Fail", "Ignore"]
     });
     env.cluster.stop_prodguard();
-    env.ok(&["delete", "lease", "prodguard-certs", "-n", "prodguard"]);
+    // A writer that stops hands its Lease back: the next one writes at once, not after
+    // --lease-duration.
+    let holder = env.kubectl(&[
+        "get",
+        "lease",
+        "prodguard-certs",
+        "-n",
+        "prodguard",
+        "-o",
+        "jsonpath={.spec.holderIdentity}",
+    ]);
+    assert!(holder.status.success(), "{}", err(&holder));
+    assert_eq!(
+        String::from_utf8_lossy(&holder.stdout).trim(),
+        "",
+        "the Lease is handed back on SIGTERM\n{}",
+        env.cluster.prodguard_log()
+    );
+    assert!(env
+        .cluster
+        .prodguard_log()
+        .contains("the certificate writer's Lease is handed back"));
     let data = env.secret_data();
 
     // A user that may read the Secret but not update it.
