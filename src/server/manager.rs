@@ -664,20 +664,8 @@ impl Guard {
                 }
             }
         }
+        // Here the Secret is usable: kept as it was, or just written.
         if let Some(data) = self.secret.as_ref().map(secret_data) {
-            if matches!(
-                managed::decide(
-                    Some(Found {
-                        data: &data,
-                        step_since: None
-                    }),
-                    &writing.wanted,
-                    now
-                ),
-                Decision::Replace(_)
-            ) {
-                return;
-            }
             let wanted = managed::bundle(&data);
             let same = |c: &Config| c.exists && c.webhooks.iter().all(|w| w.bundle == wanted);
             if !same(&self.mutating) || !same(&self.validating) {

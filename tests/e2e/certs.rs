@@ -220,17 +220,9 @@ fn leaf_of(data: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
         .unwrap_or_default()
 }
 
-fn bundle_of(data: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
-    ["ca.crt", "ca-next.crt", "ca-previous.crt"]
-        .iter()
-        .filter_map(|k| data.get(*k))
-        .flat_map(|pem| pem.iter().copied().chain(std::iter::once(b'\n')))
-        .collect()
-}
-
 /// Whether every webhook's bundle holds exactly the certificates of the Secret's CAs.
 fn bundles_match(env: &Env, data: &BTreeMap<String, Vec<u8>>) -> bool {
-    let wanted = pem_certificates(&bundle_of(data));
+    let wanted = pem_certificates(&prodguard::server::managed::bundle(data));
     let bundles = env.bundles();
     !wanted.is_empty()
         && bundles.len() == 3
@@ -509,7 +501,13 @@ pub fn certificates_renewed_and_rotated_under_traffic(env: &mut Env) {
             Duration::from_secs(5),
             "serving the Secret's certificate",
             |env| {
-                https_get(env, port, &bundle_of(&data), "/readyz").is_ok_and(|(served, ready)| {
+                https_get(
+                    env,
+                    port,
+                    &prodguard::server::managed::bundle(&data),
+                    "/readyz",
+                )
+                .is_ok_and(|(served, ready)| {
                     served == leaf_of(&data) && ready.starts_with("HTTP/1.1 200")
                 })
             },
