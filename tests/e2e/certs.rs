@@ -277,6 +277,38 @@ pub fn certificates_managed_install_and_restore(env: &mut Env) {
         https_get(env, env.cluster.prodguard_port, &data["ca.crt"], "/readyz").unwrap();
     assert_eq!(served, leaf_of(&data));
     assert!(readyz.starts_with("HTTP/1.1 200"), "{readyz}");
+    // A replica whose certificate no webhook's bundle trusts (here: it looks for configurations
+    // that do not exist) serves the Secret's certificate but is not ready.
+    let (port, metrics) = (
+        super::cluster::free("unready"),
+        super::cluster::free("unready metrics"),
+    );
+    let unready = env
+        .cluster
+        .start_prodguard(
+            "prodguard-unready",
+            port,
+            metrics,
+            DEFAULT_POLICY,
+            &[&MANAGED[..], &["--webhook-configuration=absent"]].concat(),
+        )
+        .expect("a second replica");
+    let unready = Killed(Some(unready));
+    env.wait_for(
+        Duration::from_secs(10),
+        "the Secret's certificate served",
+        |env| {
+            https_get(env, port, &data["ca.crt"], "/healthz")
+                .is_ok_and(|(s, _)| s == leaf_of(&data))
+        },
+    );
+    let (_, readyz) = https_get(env, port, &data["ca.crt"], "/readyz").unwrap();
+    assert!(readyz.starts_with("HTTP/1.1 503"), "{readyz}");
+    assert!(
+        readyz.contains("the certificate served is not yet in the webhooks' CA bundle"),
+        "{readyz}"
+    );
+    drop(unready);
     // Enforced now.
     one_replica_denied(env, ns, "late");
 
