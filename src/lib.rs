@@ -17,3 +17,4 @@ pub mod http;
 pub mod policies;
 pub mod report;
 pub mod server;
+pub mod view;

@@ -1,18 +1,20 @@
 //! Decodes an AdmissionReview into a request, and encodes a verdict as the review the API
 //! server expects. The request is decoded into [`ReviewRequest`], which keeps only what
 //! policies and answers read, its strings borrowed from the body; the objects in it are
-//! decoded partially (see [`partial`]). The answer is written once, straight from the verdict.
-
-pub mod partial;
+//! decoded into the typed view ([`crate::view`]) in the same pass, by the request's kind. The
+//! answer is written once, straight from the verdict.
 
 use base64::Engine as _;
 use std::borrow::Cow;
+use std::fmt;
 
 use kube::core::admission::{Operation, META_API_VERSION_V1, META_KIND};
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, Visitor};
 use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Verdict;
+use crate::view::{Object, ObjectSeed, ShapeError};
 
 /// A body that cannot be answered with a review: the HTTP layer answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -31,32 +33,23 @@ pub enum NotAReview {
 /// from the body. The fields kube-rs' `AdmissionRequest` requires are required here too;
 /// `requestKind`, `requestResource`, `options` and the user's `uid` and `extra` are skipped,
 /// since no policy reads them.
-#[derive(Debug, Deserialize)]
-#[serde(rename_all = "camelCase")]
-pub struct RequestOf<'a, O> {
-    #[serde(borrow)]
+#[derive(Debug)]
+pub struct ReviewRequest<'a> {
     pub uid: Cow<'a, str>,
-    #[serde(borrow)]
     pub kind: Kind<'a>,
-    #[serde(borrow)]
     pub resource: ResourceName<'a>,
-    #[serde(borrow, default)]
     pub sub_resource: Option<Cow<'a, str>>,
-    #[serde(borrow, default)]
     pub name: Cow<'a, str>,
-    #[serde(borrow, default)]
     pub namespace: Option<Cow<'a, str>>,
     pub operation: Operation,
-    #[serde(borrow)]
     pub user_info: UserInfo<'a>,
-    pub object: Option<O>,
-    pub old_object: Option<O>,
-    #[serde(default)]
+    pub object: Option<Object<'a>>,
+    pub old_object: Option<Object<'a>>,
     pub dry_run: bool,
+    /// Why an object does not have its kind's shape: the request is answered, denied, with
+    /// this (unless prodguard stays out of its namespace).
+    pub shape_error: Option<ShapeError>,
 }
-
-/// A decoded request, its objects decoded partially.
-pub type ReviewRequest<'a> = RequestOf<'a, partial::ReviewObject>;
 
 /// The kind of the object: `{group, version, kind}`.
 #[derive(Debug, Deserialize)]
@@ -100,6 +93,198 @@ pub enum Decoded<'a> {
     },
 }
 
+/// How the request's objects are decoded: into the view in the same pass (`Typed`), or kept
+/// as JSON text to be explained (`Raw`, the slow path of a request that did not decode).
+trait Objects<'de>: Sized {
+    type Object;
+    fn decode<A: MapAccess<'de>>(
+        map: &mut A,
+        kind: Option<&Kind<'de>>,
+    ) -> Result<Pending<'de, Self::Object>, A::Error>;
+}
+
+/// An object field: decoded, or (before the request's kind was seen) kept as text.
+enum Pending<'de, O> {
+    Absent,
+    Done(Option<O>),
+    Later(Option<&'de RawValue>),
+}
+
+struct Typed;
+struct Raw;
+
+impl<'de> Objects<'de> for Typed {
+    type Object = Object<'de>;
+    fn decode<A: MapAccess<'de>>(
+        map: &mut A,
+        kind: Option<&Kind<'de>>,
+    ) -> Result<Pending<'de, Object<'de>>, A::Error> {
+        Ok(match kind {
+            Some(kind) => Pending::Done(map.next_value_seed(ObjectSeed { kind: &kind.kind })?),
+            None => Pending::Later(map.next_value()?),
+        })
+    }
+}
+
+impl<'de> Objects<'de> for Raw {
+    type Object = &'de RawValue;
+    fn decode<A: MapAccess<'de>>(
+        map: &mut A,
+        _: Option<&Kind<'de>>,
+    ) -> Result<Pending<'de, &'de RawValue>, A::Error> {
+        Ok(Pending::Later(map.next_value()?))
+    }
+}
+
+/// A request with its objects as `O`.
+struct RequestOf<'a, O> {
+    uid: Cow<'a, str>,
+    kind: Kind<'a>,
+    resource: ResourceName<'a>,
+    sub_resource: Option<Cow<'a, str>>,
+    name: Cow<'a, str>,
+    namespace: Option<Cow<'a, str>>,
+    operation: Operation,
+    user_info: UserInfo<'a>,
+    object: Pending<'a, O>,
+    old_object: Pending<'a, O>,
+    dry_run: bool,
+}
+
+struct RequestVisitor<M>(std::marker::PhantomData<M>);
+
+impl<'de, M: Objects<'de>> Visitor<'de> for RequestVisitor<M> {
+    type Value = RequestOf<'de, M::Object>;
+
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an admission request")
+    }
+
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        use serde::de::Error;
+        let (mut uid, mut kind, mut resource, mut operation, mut user_info) =
+            (None, None, None, None, None);
+        let (mut sub_resource, mut name, mut namespace, mut dry_run) = (None, None, None, None);
+        let (mut object, mut old_object) = (Pending::Absent, Pending::Absent);
+        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+            match key.as_ref() {
+                "uid" => uid = Some(map.next_value::<Borrowed>()?.0),
+                "kind" => kind = Some(map.next_value::<Kind>()?),
+                "resource" => resource = Some(map.next_value()?),
+                "subResource" => sub_resource = map.next_value::<Option<Borrowed>>()?,
+                "name" => name = map.next_value::<Option<Borrowed>>()?,
+                "namespace" => namespace = map.next_value::<Option<Borrowed>>()?,
+                "operation" => operation = Some(map.next_value()?),
+                "userInfo" => user_info = Some(map.next_value()?),
+                "object" => object = M::decode(&mut map, kind.as_ref())?,
+                "oldObject" => old_object = M::decode(&mut map, kind.as_ref())?,
+                "dryRun" => dry_run = map.next_value()?,
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        Ok(RequestOf {
+            uid: uid.ok_or_else(|| A::Error::missing_field("uid"))?,
+            kind: kind.ok_or_else(|| A::Error::missing_field("kind"))?,
+            resource: resource.ok_or_else(|| A::Error::missing_field("resource"))?,
+            sub_resource: sub_resource.map(|s| s.0),
+            name: name.map(|n| n.0).unwrap_or_default(),
+            namespace: namespace.map(|n| n.0),
+            operation: operation.ok_or_else(|| A::Error::missing_field("operation"))?,
+            user_info: user_info.ok_or_else(|| A::Error::missing_field("userInfo"))?,
+            object,
+            old_object,
+            dry_run: dry_run.unwrap_or(false),
+        })
+    }
+}
+
+/// A string borrowed from the body when it needs no unescaping.
+struct Borrowed<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Borrowed<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Wrap<'a>(#[serde(borrow)] Cow<'a, str>);
+        Wrap::deserialize(deserializer).map(|w| Borrowed(w.0))
+    }
+}
+
+struct RequestSeed<M>(std::marker::PhantomData<M>);
+
+impl<'de, M: Objects<'de>> DeserializeSeed<'de> for RequestSeed<M> {
+    type Value = RequestOf<'de, M::Object>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_map(RequestVisitor::<M>(std::marker::PhantomData))
+    }
+}
+
+impl<'de> RequestOf<'de, Object<'de>> {
+    /// The request, its objects decoded (those that came before its kind now).
+    fn finish(self) -> Result<ReviewRequest<'de>, ShapeError> {
+        let kind = self.kind.kind.clone();
+        let finish = |pending: Pending<'de, Object<'de>>| match pending {
+            Pending::Absent => Ok(None),
+            Pending::Done(object) => Ok(object),
+            Pending::Later(None) => Ok(None),
+            Pending::Later(Some(raw)) => Object::decode(&kind, raw.get()),
+        };
+        Ok(ReviewRequest {
+            object: finish(self.object)?,
+            old_object: finish(self.old_object)?,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            dry_run: self.dry_run,
+            shape_error: None,
+        })
+    }
+}
+
+impl<'de> RequestOf<'de, &'de RawValue> {
+    /// The request of the slow path: each object decoded on its own, a shape error kept
+    /// as the request's (the first, the object's before the old object's).
+    fn explained(self) -> ReviewRequest<'de> {
+        let mut shape_error = None;
+        let kind = self.kind.kind.clone();
+        let mut decode = |pending: Pending<'de, &'de RawValue>| {
+            let raw = match pending {
+                Pending::Later(Some(raw)) | Pending::Done(Some(raw)) => raw,
+                _ => return None,
+            };
+            match Object::decode(&kind, raw.get()) {
+                Ok(object) => object,
+                Err(e) => {
+                    shape_error.get_or_insert(e);
+                    None
+                }
+            }
+        };
+        let object = decode(self.object);
+        let old_object = decode(self.old_object);
+        ReviewRequest {
+            object,
+            old_object,
+            uid: self.uid,
+            kind: self.kind,
+            resource: self.resource,
+            sub_resource: self.sub_resource,
+            name: self.name,
+            namespace: self.namespace,
+            operation: self.operation,
+            user_info: self.user_info,
+            dry_run: self.dry_run,
+            shape_error,
+        }
+    }
+}
+
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
 struct Envelope<'a> {
@@ -116,54 +301,84 @@ struct UidOnly {
     uid: String,
 }
 
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
+/// The review, its request decoded by `M`.
 struct Review<'a, O> {
-    #[serde(borrow)]
     api_version: Cow<'a, str>,
-    #[serde(borrow)]
     kind: Cow<'a, str>,
-    #[serde(borrow)]
     request: Option<RequestOf<'a, O>>,
 }
 
-impl<'a> RequestOf<'a, partial::LeanReviewObject> {
-    /// The request of a body decoded with `Named` lists skipped, as a [`ReviewRequest`].
-    fn into_full(self) -> ReviewRequest<'a> {
-        RequestOf {
-            uid: self.uid,
-            kind: self.kind,
-            resource: self.resource,
-            sub_resource: self.sub_resource,
-            name: self.name,
-            namespace: self.namespace,
-            operation: self.operation,
-            user_info: self.user_info,
-            object: self.object.map(|o| o.0),
-            old_object: self.old_object.map(|o| o.0),
-            dry_run: self.dry_run,
+impl<'de> Deserialize<'de> for Review<'de, Object<'de>> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct ReviewVisitor;
+        impl<'de> Visitor<'de> for ReviewVisitor {
+            type Value = Review<'de, Object<'de>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an AdmissionReview")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut review = Review {
+                    api_version: Cow::Borrowed(""),
+                    kind: Cow::Borrowed(""),
+                    request: None,
+                };
+                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
+                    match key.as_ref() {
+                        "apiVersion" => review.api_version = map.next_value::<Borrowed>()?.0,
+                        "kind" => review.kind = map.next_value::<Borrowed>()?.0,
+                        "request" => {
+                            review.request = map.next_value_seed(OptionalRequest)?;
+                        }
+                        _ => {
+                            map.next_value::<IgnoredAny>()?;
+                        }
+                    }
+                }
+                Ok(review)
+            }
         }
+        deserializer.deserialize_map(ReviewVisitor)
+    }
+}
+
+struct OptionalRequest;
+
+impl<'de> DeserializeSeed<'de> for OptionalRequest {
+    type Value = Option<RequestOf<'de, Object<'de>>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = Option<RequestOf<'de, Object<'de>>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an admission request")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                RequestSeed::<Typed>(std::marker::PhantomData)
+                    .deserialize(d)
+                    .map(Some)
+            }
+        }
+        deserializer.deserialize_option(V)
     }
 }
 
 /// A well-formed v1 review with a uid, in one pass; `None` for anything else.
 fn decode_fast(body: &[u8]) -> Option<ReviewRequest<'_>> {
-    let (api_version, kind, request) = if partial::may_name_entries(body) {
-        let review = serde_json::from_slice::<Review<partial::ReviewObject>>(body).ok()?;
-        (review.api_version, review.kind, review.request)
-    } else {
-        let lean = serde_json::from_slice::<Review<partial::LeanReviewObject>>(body).ok()?;
-        (
-            lean.api_version,
-            lean.kind,
-            lean.request.map(RequestOf::into_full),
-        )
-    };
-    let request = request?;
-    if api_version != META_API_VERSION_V1 || kind != META_KIND || request.uid.is_empty() {
+    let review = serde_json::from_slice::<Review<Object>>(body).ok()?;
+    let request = review.request?;
+    if review.api_version != META_API_VERSION_V1
+        || review.kind != META_KIND
+        || request.uid.is_empty()
+    {
         return None;
     }
-    Some(request)
+    request.finish().ok()
 }
 
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
@@ -184,10 +399,18 @@ pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
     if raw.get() == "null" {
         return Err(NotAReview::NoRequest);
     }
-    match serde_json::from_str::<ReviewRequest>(raw.get()) {
+    let mut de = serde_json::Deserializer::from_str(raw.get());
+    match RequestSeed::<Raw>(std::marker::PhantomData).deserialize(&mut de) {
         Ok(request) => {
             if request.uid.is_empty() {
                 return Err(NotAReview::NoUid("request.uid is empty".into()));
+            }
+            let request = request.explained();
+            if let Some(e) = request.shape_error.as_ref().filter(|e| e.is_metadata()) {
+                return Ok(Decoded::Malformed {
+                    uid: request.uid.into_owned(),
+                    message: format!("prodguard cannot read this admission request: {e}"),
+                });
             }
             Ok(Decoded::Request(Box::new(request)))
         }
@@ -349,9 +572,22 @@ mod tests {
             let Ok(Decoded::Request(request)) = decode(&body) else {
                 panic!("decodes")
             };
-            request.object.unwrap().0.data["spec"]["containers"][0]
-                .get("env")
-                .cloned()
+            let object = request.object.expect("an object");
+            let containers = crate::policies::pod_spec::containers(
+                &object,
+                &[crate::policies::pod_spec::ContainerList::Containers],
+            );
+            containers[0]
+                .env
+                .filter(|env| !env.0.is_empty())
+                .map(|env| {
+                    let vars: Vec<_> = env
+                        .0
+                        .iter()
+                        .map(|v| json!({"name": v.name, "value": v.value}))
+                        .collect();
+                    json!(vars)
+                })
         };
         let single = json!([{"name": "A", "value": "1"}, {"name": "discovery.type", "value": "single-node"}]);
         assert_eq!(
@@ -450,6 +686,34 @@ mod tests {
             json!([{"op": "add", "path": "/metadata/labels", "value": {}}])
         );
         assert!(v["response"].get("warnings").is_none());
+    }
+
+    #[test]
+    fn objects_are_read_by_the_requests_kind_wherever_it_comes() {
+        // The API server writes the kind first; another client may not.
+        let body = br#"{"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview", "request": {
+            "uid": "u-2", "object": {"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": 1}},
+            "oldObject": null, "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "operation": "CREATE", "userInfo": {"username": "alice"}}}"#;
+        let Decoded::Request(req) = decode(body).unwrap() else {
+            panic!()
+        };
+        let object = req.object.as_ref().expect("an object");
+        assert_eq!(object.replicas(), Some(1));
+        assert_eq!(object.name(), Some("web"));
+        assert!(req.old_object.is_none() && req.shape_error.is_none());
+        // A shape error in the object is kept for the engine, with the request.
+        let mut bad = pod_request();
+        bad["object"]["spec"]["containers"] = json!({});
+        let body = review(bad);
+        let Decoded::Request(req) = decode(&body).unwrap() else {
+            panic!()
+        };
+        assert_eq!(
+            req.shape_error.unwrap().to_string(),
+            "Pod field spec.containers must be a list"
+        );
     }
 
     #[test]

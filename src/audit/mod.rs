@@ -21,11 +21,12 @@ use kube::api::{Api, ApiResource, ListParams};
 use kube::core::{DynamicObject, GroupVersionKind, Status};
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::Value;
+use std::borrow::Cow;
 
 use crate::cluster::Snapshot;
-use crate::engine::offline::{evaluate_object, ObjectFinding};
+use crate::engine::offline::{evaluate_listed, viewed, ObjectFinding};
 use crate::engine::Engine;
+use crate::view::Object;
 
 /// A kind the policies cover, and the versions to list it by, newest first.
 #[derive(Debug, Clone, Copy)]
@@ -221,15 +222,6 @@ pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
     scan
 }
 
-/// Whether the listed object is run by a controller that is audited itself (a ReplicaSet's
-/// Pods, a Deployment's ReplicaSets, a CronJob's Jobs): its findings would repeat the
-/// controller's.
-fn has_controller(object: &Value) -> bool {
-    object["metadata"]["ownerReferences"]
-        .as_array()
-        .is_some_and(|refs| refs.iter().any(|r| r["controller"] == Value::Bool(true)))
-}
-
 /// Lists every covered kind cluster-wide, page by page, and hands each object's findings to
 /// `sink`. Objects in excluded namespaces and objects run by a controller are skipped.
 pub async fn scan_into(
@@ -365,7 +357,9 @@ async fn scan_kind(
     }
 }
 
-/// Decodes and evaluates one listed object, and hands its findings to the sink.
+/// Decodes and evaluates one listed object, and hands its findings to the sink. The item is
+/// decoded straight into the view (by its list's kind); its text is parsed whole only when a
+/// mutating policy patches it.
 fn scan_object(
     engine: &Engine,
     snapshot: &Snapshot,
@@ -373,37 +367,34 @@ fn scan_object(
     item: &RawValue,
     sink: &mut dyn ScanSink,
 ) {
-    let mut value: Value = match serde_json::from_str(item.get()) {
-        Ok(value) => value,
+    let text = item.get();
+    let decoded = Object::decode(kind.kind, text).map(Option::unwrap_or_default);
+    let viewed = match viewed(decoded, || {
+        Object::decode("", text).map(Option::unwrap_or_default)
+    }) {
+        Ok(viewed) => viewed,
         Err(e) => {
-            sink.object_error(format!("a {} in a list is not JSON: {e}", kind.kind));
+            sink.object_error(format!("a {} in a list {e}", kind.kind));
             return;
         }
     };
-    let metadata = &value["metadata"];
-    let namespace = metadata["namespace"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned();
-    if engine.is_excluded(&namespace) || has_controller(&value) {
+    let mut viewed = viewed;
+    let object = &mut viewed.object;
+    // List items carry no apiVersion and kind.
+    object.api_version = Cow::Borrowed(kind.api_version);
+    object.kind = Cow::Borrowed(kind.kind);
+    let namespace = object.namespace().unwrap_or_default().to_owned();
+    if engine.is_excluded(&namespace) || object.has_controller() {
         return;
     }
     let scanned = Scanned {
         api_version: kind.api_version.to_owned(),
         kind: kind.kind,
-        name: metadata["name"].as_str().unwrap_or_default().to_owned(),
-        uid: metadata["uid"].as_str().map(str::to_owned),
+        name: object.name().unwrap_or_default().to_owned(),
+        uid: object.metadata.uid.as_deref().map(str::to_owned),
         namespace,
     };
-    // List items carry no apiVersion and kind.
-    if let Some(fields) = value.as_object_mut() {
-        fields.insert(
-            "apiVersion".into(),
-            Value::String(scanned.api_version.clone()),
-        );
-        fields.insert("kind".into(), Value::String(kind.kind.to_owned()));
-    }
-    match evaluate_object(engine, snapshot, value, &scanned.namespace) {
+    match evaluate_listed(engine, snapshot, viewed, text, &scanned.namespace) {
         Ok(findings) => sink.object(&scanned, findings),
         Err(e) => sink.object_error(format!(
             "{} {}/{}: {e}",
@@ -436,14 +427,19 @@ mod tests {
         );
     }
 
+    /// Whether the listed object is run by a controller that is audited itself (a
+    /// ReplicaSet's Pods, a Deployment's ReplicaSets, a CronJob's Jobs): its findings would
+    /// repeat the controller's.
     #[test]
     fn a_controller_owned_object_is_left_to_its_controller() {
+        let has_controller =
+            |value: serde_json::Value| crate::view::owned(value).unwrap().has_controller();
         let owned = serde_json::json!({"metadata": {"ownerReferences": [
             {"kind": "ReplicaSet", "name": "web-1", "controller": true}]}});
         let referenced = serde_json::json!({"metadata": {"ownerReferences": [
             {"kind": "ConfigMap", "name": "x"}]}});
-        assert!(has_controller(&owned));
-        assert!(!has_controller(&referenced));
-        assert!(!has_controller(&serde_json::json!({"metadata": {}})));
+        assert!(has_controller(owned));
+        assert!(!has_controller(referenced));
+        assert!(!has_controller(serde_json::json!({"metadata": {}})));
     }
 }

@@ -12,6 +12,8 @@ use k8s_openapi::api::rbac::v1::{
 };
 use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
+
+use crate::view::{self, Object};
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -138,7 +140,7 @@ pub fn role_key(role_ref: &RoleRef, namespace: &str) -> RoleKey {
 /// role (`rbac-hygiene`).
 #[async_trait]
 pub trait ClusterLookup: Send + Sync {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError>;
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError>;
     async fn namespace_labels(
         &self,
         namespace: &str,
@@ -190,14 +192,25 @@ where
 
 #[async_trait]
 impl ClusterLookup for KubeLookup {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
         let resource = ApiResource::erase::<Pod>(&());
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &resource);
         let what = format!("pod {namespace}/{name}");
-        match api.get_opt(name).await {
-            Ok(Some(pod)) => Ok(pod),
-            Ok(None) => Err(LookupError::NotFound { what }),
+        // The Pod's JSON straight into the view, no generic tree in between.
+        let request = kube::core::Request::new(api.resource_url())
+            .get(name, &Default::default())
+            .map_err(|e| read_failed(what.clone())(kube::Error::BuildRequest(e)))?;
+        match self.client.request_text(request).await {
+            Ok(text) => {
+                view::decode_owned("Pod", text.as_bytes()).map_err(|e| LookupError::Failed {
+                    what,
+                    message: e.to_string(),
+                })
+            }
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(LookupError::NotFound { what })
+            }
             Err(e) => Err(read_failed(what)(e)),
         }
     }
@@ -261,7 +274,7 @@ pub struct NoLookup {
 
 #[async_trait]
 impl ClusterLookup for NoLookup {
-    async fn get_pod(&self, _: &str, _: &str) -> Result<DynamicObject, LookupError> {
+    async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
     async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
@@ -279,7 +292,7 @@ impl ClusterLookup for NoLookup {
 /// test sets up. Answers lookups synchronously.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub pods: Vec<DynamicObject>,
+    pub pods: Vec<Object<'static>>,
     /// Namespace name -> labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Labels assumed for a namespace not in `namespaces`; `None`: such a namespace is not found.
@@ -292,13 +305,10 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
         self.pods
             .iter()
-            .find(|p| {
-                p.metadata.namespace.as_deref() == Some(namespace)
-                    && p.metadata.name.as_deref() == Some(name)
-            })
+            .find(|p| p.namespace() == Some(namespace) && p.name() == Some(name))
             .cloned()
             .ok_or_else(|| LookupError::NotFound {
                 what: format!("pod {namespace}/{name}"),
@@ -494,7 +504,7 @@ impl Snapshot {
 
 #[async_trait]
 impl ClusterLookup for Snapshot {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<DynamicObject, LookupError> {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
         self.pod(namespace, name)
     }
     async fn namespace_labels(

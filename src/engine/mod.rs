@@ -9,7 +9,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use kube::core::DynamicObject;
+use crate::view::Object;
 
 pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
 pub use request::{Operation, Request};
@@ -18,8 +18,9 @@ use k8s_openapi::api::rbac::v1::PolicyRule;
 
 use crate::cluster::{Binding, ClusterLookup, RoleKey, Snapshot};
 use crate::config::{Config, GlobalMode, PolicyMode};
-use crate::policies::{self, pod_spec::ShapeError};
+use crate::policies;
 use crate::report::{Report, Reporter};
+use crate::view::ShapeError;
 
 /// How long the cluster lookups of one request may take together: well under the webhooks' 5 s
 /// timeout, so a slow API server gets the policy's own verdict rather than the webhook's
@@ -59,7 +60,7 @@ pub enum Finding {
 #[derive(Debug, Default)]
 pub struct Context {
     /// The Pod a CONNECT request targets.
-    pub pod: Option<Result<DynamicObject, String>>,
+    pub pod: Option<Result<Object<'static>, String>>,
     /// The labels of the request's namespace.
     pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
     /// The rules of the role a binding grants; `Ok(None)` when the role does not exist.
@@ -327,6 +328,12 @@ impl Engine {
         if self.is_excluded(request.namespace) {
             return Verdict::Decided(decide(&[]));
         }
+        if let Some(e) = request.shape_error {
+            return Verdict::Malformed(format!(
+                "prodguard cannot check {}: {e}",
+                request.describe()
+            ));
+        }
         let mut outcomes = Vec::new();
         for configured in self
             .policies
@@ -369,7 +376,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ClusterLookup for HangingLookup {
-        async fn get_pod(&self, _: &str, _: &str) -> Result<DynamicObject, LookupError> {
+        async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
             std::future::pending().await
         }
         async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
@@ -409,6 +416,7 @@ mod tests {
             object: None,
             old_object: None,
             dry_run: false,
+            shape_error: None,
         };
         let Verdict::Decided(decision) = engine.review(Webhook::Validate, &request).await else {
             panic!("decided")
@@ -434,7 +442,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_failed_lookup_is_the_policys_violation_in_its_mode() {
-        let binding: DynamicObject = serde_json::from_value(serde_json::json!({
+        let binding = crate::view::owned(serde_json::json!({
             "apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding",
             "metadata": {"name": "b", "namespace": "openg2p"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "r"},
@@ -458,6 +466,7 @@ mod tests {
             object: Some(&binding),
             old_object: None,
             dry_run: false,
+            shape_error: None,
         };
         let lookup = || {
             Arc::new(crate::cluster::NoLookup {

@@ -2,11 +2,11 @@
 //! its CREATE: the mutating policies patch it, then the validating policies judge the patched
 //! object. Used by `check` (files) and by the audit (what a cluster holds).
 
-use kube::core::DynamicObject;
 use serde::Serialize;
 use serde_json::Value;
 
 use crate::cluster::Snapshot;
+use crate::view::{Object, ShapeError};
 
 use super::{Context, Engine, Operation, Reported, Request, Verdict, Webhook};
 
@@ -23,8 +23,8 @@ pub struct ObjectFinding {
     pub finding: Reported,
 }
 
-/// Evaluates one object as a CREATE: mutate, apply the patch, validate the result. What the
-/// policies would read from the cluster comes from `cluster`.
+/// Evaluates one object (a manifest) as a CREATE: mutate, apply the patch, validate the
+/// result. What the policies would read from the cluster comes from `cluster`.
 pub fn evaluate_object(
     engine: &Engine,
     cluster: &Snapshot,
@@ -39,8 +39,41 @@ pub fn evaluate_object(
             return Err(format!("has no {field}, so it is not a Kubernetes object"));
         }
     }
-    let object: DynamicObject =
-        serde_json::from_value(value).map_err(|e| format!("is not a valid object: {e}"))?;
+    let mut results = Vec::new();
+    let patch = {
+        let object = viewed(Object::from_value(&value), || {
+            Object::metadata_from_value(&value)
+        })?;
+        evaluate(
+            engine,
+            cluster,
+            Webhook::Mutate,
+            &object,
+            default_namespace,
+            &mut results,
+        )?
+    };
+    validate_patched(
+        engine,
+        cluster,
+        value,
+        patch,
+        default_namespace,
+        &mut results,
+    )?;
+    Ok(results)
+}
+
+/// Evaluates one listed object, the JSON text of an object of kind `kind` (list items carry
+/// no kind), like [`evaluate_object`]. `object` is its view, decoded by the caller; the text
+/// is parsed whole only when a mutating policy patches it.
+pub fn evaluate_listed(
+    engine: &Engine,
+    cluster: &Snapshot,
+    object: Viewed<'_>,
+    text: &str,
+    default_namespace: &str,
+) -> Result<Vec<ObjectFinding>, String> {
     let mut results = Vec::new();
     let patch = evaluate(
         engine,
@@ -50,23 +83,95 @@ pub fn evaluate_object(
         default_namespace,
         &mut results,
     )?;
-    let object = if patch.is_empty() {
-        object
-    } else {
-        let mut patched = serde_json::to_value(&object).map_err(|e| e.to_string())?;
-        json_patch::patch(&mut patched, &patch)
+    if patch.is_empty() {
+        evaluate(
+            engine,
+            cluster,
+            Webhook::Validate,
+            &object,
+            default_namespace,
+            &mut results,
+        )?;
+        return Ok(results);
+    }
+    let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
+    if let Some(fields) = value.as_object_mut() {
+        fields.insert(
+            "apiVersion".into(),
+            Value::String(object.object.api_version.to_string()),
+        );
+        fields.insert("kind".into(), Value::String(object.object.kind.to_string()));
+    }
+    drop(object);
+    validate_patched(
+        engine,
+        cluster,
+        value,
+        patch,
+        default_namespace,
+        &mut results,
+    )?;
+    Ok(results)
+}
+
+/// An object's view, and why it does not have its kind's shape (its view then holds its
+/// metadata only, to name it).
+pub struct Viewed<'a> {
+    pub object: Object<'a>,
+    pub shape_error: Option<ShapeError>,
+}
+
+/// The view of a decoded object: a shape error outside the metadata is kept, to be reported
+/// as the engine reports it (`metadata` decodes the object's metadata alone, to name it).
+pub fn viewed<'a>(
+    decoded: Result<Object<'a>, ShapeError>,
+    metadata: impl FnOnce() -> Result<Object<'a>, ShapeError>,
+) -> Result<Viewed<'a>, String> {
+    match decoded {
+        Ok(object) => Ok(Viewed {
+            object,
+            shape_error: None,
+        }),
+        Err(e) if e.is_metadata() => Err(format!("is not a valid object: {e}")),
+        Err(e) => {
+            let object = metadata().map_err(|m| format!("is not a valid object: {m}"))?;
+            Ok(Viewed {
+                object: Object {
+                    spec: Default::default(),
+                    ..object
+                },
+                shape_error: Some(e),
+            })
+        }
+    }
+}
+
+/// Applies the mutating policies' patch to `value` and runs the validating policies on the
+/// result.
+fn validate_patched(
+    engine: &Engine,
+    cluster: &Snapshot,
+    mut value: Value,
+    patch: Vec<json_patch::PatchOperation>,
+    default_namespace: &str,
+    results: &mut Vec<ObjectFinding>,
+) -> Result<(), String> {
+    if !patch.is_empty() {
+        json_patch::patch(&mut value, &patch)
             .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
-        serde_json::from_value(patched).map_err(|e| e.to_string())?
-    };
+    }
+    let object = viewed(Object::from_value(&value), || {
+        Object::metadata_from_value(&value)
+    })?;
     evaluate(
         engine,
         cluster,
         Webhook::Validate,
         &object,
         default_namespace,
-        &mut results,
+        results,
     )?;
-    Ok(results)
+    Ok(())
 }
 
 /// Runs one webhook's policies on `object`; returns the enforced patch.
@@ -74,18 +179,19 @@ fn evaluate(
     engine: &Engine,
     cluster: &Snapshot,
     webhook: Webhook,
-    object: &DynamicObject,
+    viewed: &Viewed<'_>,
     default_namespace: &str,
     results: &mut Vec<ObjectFinding>,
 ) -> Result<Vec<json_patch::PatchOperation>, String> {
-    let types = object.types.clone().unwrap_or_default();
-    let (group, version) = match types.api_version.split_once('/') {
+    let object = &viewed.object;
+    let (group, version) = match object.api_version.split_once('/') {
         Some((group, version)) => (group, version),
-        None => ("", types.api_version.as_str()),
+        None => ("", object.api_version.as_ref()),
     };
-    let resource = plural(&types.kind);
-    let namespace = match object.metadata.namespace.as_deref() {
-        _ if is_cluster_scoped(&types.kind) => "",
+    let kind = object.kind.as_ref();
+    let resource = plural(kind);
+    let namespace = match object.namespace() {
+        _ if is_cluster_scoped(kind) => "",
         Some(namespace) => namespace,
         None => default_namespace,
     };
@@ -94,18 +200,19 @@ fn evaluate(
         operation: Operation::Create,
         group,
         version,
-        kind: &types.kind,
+        kind,
         resource: &resource,
         resource_group: group,
         resource_version: version,
         sub_resource: None,
         namespace,
-        name: object.metadata.name.as_deref().unwrap_or(""),
+        name: object.name().unwrap_or(""),
         username: OFFLINE_USER,
         groups: &[],
         object: Some(object),
         old_object: None,
         dry_run: true,
+        shape_error: viewed.shape_error.as_ref(),
     };
     let context = Context::from_snapshot(cluster, &engine.needs(webhook, &request), &request);
     let decision = match engine.evaluate(webhook, &request, &context) {
@@ -115,7 +222,7 @@ fn evaluate(
     let name = request.object_name().to_owned();
     for item in decision.reports {
         results.push(ObjectFinding {
-            kind: types.kind.clone(),
+            kind: kind.to_owned(),
             namespace: namespace.to_owned(),
             name: name.clone(),
             finding: item,

@@ -1,8 +1,7 @@
 //! The view of an admission request that policies read.
 
-use kube::core::DynamicObject;
-
 use crate::admission::ReviewRequest;
+use crate::view::{Object, ShapeError};
 
 pub use kube::core::admission::Operation;
 
@@ -25,9 +24,12 @@ pub struct Request<'a> {
     pub name: &'a str,
     pub username: &'a str,
     pub groups: &'a [String],
-    pub object: Option<&'a DynamicObject>,
-    pub old_object: Option<&'a DynamicObject>,
+    pub object: Option<&'a Object<'a>>,
+    pub old_object: Option<&'a Object<'a>>,
     pub dry_run: bool,
+    /// Why an object of the request does not have its kind's shape: the request is denied
+    /// with it, unless prodguard stays out of its namespace.
+    pub shape_error: Option<&'a ShapeError>,
 }
 
 const NO_GROUPS: &[String] = &[];
@@ -48,9 +50,10 @@ impl<'a> Request<'a> {
             name: &request.name,
             username: request.user_info.username.as_deref().unwrap_or(""),
             groups: request.user_info.groups.as_deref().unwrap_or(NO_GROUPS),
-            object: request.object.as_ref().map(|o| &o.0),
-            old_object: request.old_object.as_ref().map(|o| &o.0),
+            object: request.object.as_ref(),
+            old_object: request.old_object.as_ref(),
             dry_run: request.dry_run,
+            shape_error: request.shape_error.as_ref(),
         }
     }
 

@@ -32,17 +32,17 @@ pub const MAX_ESCAPE: usize = 6;
 /// The default of [`BodyLimits::in_flight_bytes`].
 pub const DEFAULT_BYTES_IN_FLIGHT: usize = 40 * 1024 * 1024;
 /// Reviews decoded at once: what decoding builds is held against the in-flight budget only
-/// once it is done, so at most this many times [`admission::partial::MAX_KEPT_BYTES`] (for
+/// once it is done, so at most this many times [`crate::view::MAX_KEPT_BYTES`] (for
 /// each of the object, its old version and a retry that explains an error) is ever built
 /// beyond the budget, whatever the number of cores.
 pub const DECODE_SLOTS: usize = 2;
 /// The least in-flight budget: the largest body and twice what its objects may build.
-pub const MIN_BYTES_IN_FLIGHT: usize = MAX_BODY_BYTES + 4 * admission::partial::MAX_KEPT_BYTES;
+pub const MIN_BYTES_IN_FLIGHT: usize = MAX_BODY_BYTES + 4 * crate::view::MAX_KEPT_BYTES;
 
 /// Memory that admission may hold with a budget of `in_flight` bytes: the budget, and what
 /// decodes in progress build beyond it. The background audit plans around it.
 pub fn admission_memory(in_flight: usize) -> u64 {
-    (in_flight + DECODE_SLOTS * 3 * admission::partial::MAX_KEPT_BYTES) as u64
+    (in_flight + DECODE_SLOTS * 3 * crate::view::MAX_KEPT_BYTES) as u64
 }
 
 /// Bounds on the review bodies being read and evaluated.
@@ -376,12 +376,12 @@ async fn review(
     let decoded = {
         // The semaphore is never closed.
         let _slot = state.bodies.decoding.acquire().await;
-        let _ = admission::partial::take_kept();
+        let _ = crate::view::take_kept();
         admission::decode(&body.bytes)
     };
     // What decoding built is held until the answer is sent: its share of the budget, twice its
     // estimate (the objects, and the findings and patches made from them).
-    let built = admission::partial::take_kept();
+    let built = crate::view::take_kept();
     let deadline = tokio::time::Instant::now() + state.bodies.limits.read_timeout;
     let _built_share = match state.bodies.reserve(2 * built, deadline).await {
         Ok(share) => share,

@@ -59,7 +59,7 @@ impl Policy for AirgapRegistry {
         };
         let object = request.object.ok_or(EvalError::MissingObject)?;
         let mut problems = Vec::new();
-        for container in pod_spec::containers(request.kind, &object.data, lists)? {
+        for container in pod_spec::containers(object, lists) {
             let Some(image) = container.image else {
                 continue;
             };
@@ -103,16 +103,16 @@ mod tests {
         })
     }
 
-    fn pod(images: &[&str]) -> kube::core::DynamicObject {
+    fn pod(images: &[&str]) -> crate::view::Object<'static> {
         let containers: Vec<_> = images
             .iter()
             .enumerate()
             .map(|(i, image)| json!({"name": format!("c{i}"), "image": image}))
             .collect();
-        object(json!({"spec": {"containers": containers}}))
+        object(json!({"kind": "Pod", "spec": {"containers": containers}}))
     }
 
-    fn message(p: &AirgapRegistry, obj: &kube::core::DynamicObject) -> Option<String> {
+    fn message(p: &AirgapRegistry, obj: &crate::view::Object<'static>) -> Option<String> {
         let req = request(Operation::Create, "Pod", "pods", Some(obj));
         p.evaluate(&req, &Context::default())
             .unwrap()

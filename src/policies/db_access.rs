@@ -8,12 +8,11 @@
 //! (`containers`, not init or ephemeral ones, which are often database clients) runs a
 //! configured database image, or when it is annotated `prodguard.io/database: "true"`.
 
-use kube::core::DynamicObject;
-
 use super::image_ref::{ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
 use crate::config::{Admins, DbAccessConfig};
 use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+use crate::view::Object;
 
 pub const ID: &str = "db-access";
 pub const DATABASE_ANNOTATION: &str = "prodguard.io/database";
@@ -57,7 +56,7 @@ impl DbAccess {
     }
 
     /// Why `pod` is a database pod, or `None`.
-    pub fn database_reason(&self, pod: &DynamicObject) -> Option<String> {
+    pub fn database_reason(&self, pod: &Object<'_>) -> Option<String> {
         let meta = &pod.metadata;
         if meta
             .annotations
@@ -76,9 +75,7 @@ impl DbAccess {
                 }
             }
         }
-        let containers =
-            pod_spec::containers("Pod", &pod.data, &[ContainerList::Containers]).ok()?;
-        for container in containers {
+        for container in pod_spec::containers(pod, &[ContainerList::Containers]) {
             let Some(image) = container.image else {
                 continue;
             };
@@ -164,9 +161,15 @@ mod tests {
         req
     }
 
+    /// `value` as a Pod.
+    fn pod_object(mut value: serde_json::Value) -> crate::view::Object<'static> {
+        value["kind"] = json!("Pod");
+        object(value)
+    }
+
     fn pod(value: serde_json::Value) -> Context {
         Context {
-            pod: Some(Ok(object(value))),
+            pod: Some(Ok(pod_object(value))),
             ..Context::default()
         }
     }
@@ -227,7 +230,7 @@ mod tests {
         ];
         for (value, is_db) in cases {
             assert_eq!(
-                p.database_reason(&object(value.clone())).is_some(),
+                p.database_reason(&pod_object(value.clone())).is_some(),
                 is_db,
                 "{value}"
             );

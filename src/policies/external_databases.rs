@@ -6,12 +6,10 @@
 //! scaled to 0 is not reported. On UPDATE only a workload that did not already run the store
 //! is reported: the background audit reports what runs.
 
-use serde_json::Value;
-
 use super::image_ref::ImagePattern;
-use super::pod_spec::ShapeError;
 use super::production::{running_container, InProduction, WorkloadCheck};
 use crate::config::{ExternalDatabasesConfig, LabelSelector};
+use crate::view::Object;
 
 pub const ID: &str = "external-databases";
 
@@ -51,16 +49,14 @@ impl WorkloadCheck for ExternalDatabases {
     }
 
     /// Which store the workload runs in the cluster, or `None`.
-    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
-        let Some((container, _)) = running_container(kind, object, &self.images)? else {
-            return Ok(None);
-        };
+    fn shortfall(&self, object: &Object<'_>) -> Option<String> {
+        let (container, _) = running_container(object, &self.images)?;
         let image = container.image.unwrap_or_default();
-        Ok(Some(format!(
+        Some(format!(
             "{} ({}, image {image})",
             store_name(image),
             container.describe()
-        )))
+        ))
     }
 
     fn message(&self, what: &str, store: &str, namespace: &str) -> String {
@@ -100,7 +96,7 @@ mod tests {
         }
     }
 
-    fn workload(kind: &str, replicas: i64, image: &str) -> kube::core::DynamicObject {
+    fn workload(kind: &str, replicas: i64, image: &str) -> crate::view::Object<'static> {
         object(
             json!({"kind": kind, "metadata": {"name": "store"}, "spec": {
             "replicas": replicas,
@@ -110,7 +106,7 @@ mod tests {
         )
     }
 
-    fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
+    fn verdict(kind: &str, obj: &crate::view::Object<'static>, ctx: &Context) -> Option<String> {
         let req = request(Operation::Create, kind, "x", Some(obj));
         violations(&policy(), &req, ctx).into_iter().next()
     }

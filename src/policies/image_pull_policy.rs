@@ -50,31 +50,20 @@ impl Policy for ImagePullPolicy {
 mod tests {
     use super::*;
     use crate::engine::Operation;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, patched, request};
     use serde_json::json;
-
-    fn apply(obj: &kube::core::DynamicObject, findings: &[Finding]) -> Value {
-        let mut doc = serde_json::to_value(obj).unwrap();
-        for f in findings {
-            if let Finding::Mutation { patch, .. } = f {
-                json_patch::patch(&mut doc, patch).unwrap();
-            }
-        }
-        doc
-    }
 
     #[test]
     fn replaces_defaulted_values_and_adds_missing_ones() {
-        let pod = object(
-            json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
-                "initContainers": [{"name": "init", "image": "busybox"}],
-                "containers": [
-                    {"name": "a/b~c", "image": "nginx", "imagePullPolicy": "Always"},
-                    {"name": "ok", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}
-                ],
-                "ephemeralContainers": [{"name": "dbg", "image": "busybox", "imagePullPolicy": "Never"}]
-            }}),
-        );
+        let doc = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {
+            "initContainers": [{"name": "init", "image": "busybox"}],
+            "containers": [
+                {"name": "a/b~c", "image": "nginx", "imagePullPolicy": "Always"},
+                {"name": "ok", "image": "nginx:1", "imagePullPolicy": "IfNotPresent"}
+            ],
+            "ephemeralContainers": [{"name": "dbg", "image": "busybox", "imagePullPolicy": "Never"}]
+        }});
+        let pod = object(doc.clone());
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
         let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
         assert_eq!(findings.len(), 1);
@@ -88,7 +77,7 @@ mod tests {
             message.contains("containers[0] \"a/b~c\" (was Always)"),
             "{message}"
         );
-        let doc = apply(&pod, &findings);
+        let doc = patched(&doc, &findings);
         for pointer in [
             "/spec/initContainers/0/imagePullPolicy",
             "/spec/containers/0/imagePullPolicy",
@@ -110,7 +99,7 @@ mod tests {
     #[test]
     fn nothing_to_change_gives_no_patch() {
         let pod = object(
-            json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}),
+            json!({"kind": "Pod", "spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "IfNotPresent"}]}}),
         );
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
         assert!(ImagePullPolicy
@@ -122,7 +111,7 @@ mod tests {
     #[test]
     fn pod_update_is_never_patched_but_workload_update_is() {
         let pod = object(
-            json!({"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}),
+            json!({"kind": "Pod", "spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}),
         );
         let req = request(Operation::Update, "Pod", "pods", Some(&pod));
         assert!(ImagePullPolicy
@@ -131,7 +120,7 @@ mod tests {
             .is_empty());
 
         let deploy = object(
-            json!({"spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}}}),
+            json!({"kind": "Deployment", "spec": {"template": {"spec": {"containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}]}}}}),
         );
         let req = request(
             Operation::Update,
@@ -162,10 +151,11 @@ mod tests {
 
     #[test]
     fn ephemeral_subresource_patches_only_ephemeral_containers() {
-        let pod = object(json!({"spec": {
+        let doc = json!({"kind": "Pod", "spec": {
             "containers": [{"name": "a", "image": "x", "imagePullPolicy": "Always"}],
             "ephemeralContainers": [{"name": "d", "image": "busybox", "imagePullPolicy": "Always"}]
-        }}));
+        }});
+        let pod = object(doc.clone());
         let mut req = request(Operation::Update, "Pod", "pods", Some(&pod));
         req.sub_resource = Some("ephemeralcontainers");
         let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
@@ -173,7 +163,7 @@ mod tests {
             panic!()
         };
         assert_eq!(patch.len(), 1);
-        let doc = apply(&pod, &findings);
+        let doc = patched(&doc, &findings);
         assert_eq!(
             doc.pointer("/spec/containers/0/imagePullPolicy"),
             Some(&json!("Always"))

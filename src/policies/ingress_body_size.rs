@@ -12,6 +12,7 @@ use serde_json::{json, Value};
 
 use crate::config::{parse_nginx_size, IngressBodySizeConfig};
 use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::view::Object;
 
 pub const ID: &str = "ingress-body-size";
 pub const ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
@@ -23,13 +24,12 @@ fn applies(request: &Request<'_>) -> bool {
         && request.sub_resource.is_none()
 }
 
-fn annotation(object: &kube::core::DynamicObject) -> Option<&str> {
+fn annotation<'a>(object: &'a Object<'a>) -> Option<&'a str> {
     object
         .metadata
         .annotations
         .as_ref()
         .and_then(|a| a.get(ANNOTATION))
-        .map(String::as_str)
 }
 
 /// The mutating half: sets the default on an Ingress that names no body size.
@@ -155,7 +155,7 @@ impl Policy for IngressBodySizeLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, patched, request};
 
     fn config() -> IngressBodySizeConfig {
         IngressBodySizeConfig {
@@ -164,45 +164,46 @@ mod tests {
         }
     }
 
-    fn ingress(annotations: Option<Value>) -> kube::core::DynamicObject {
+    fn ingress_doc(annotations: Option<Value>) -> Value {
         let mut meta = json!({"name": "portal", "namespace": "openg2p"});
         if let Some(a) = annotations {
             meta["annotations"] = a;
         }
-        object(
-            json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": {}}),
-        )
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": meta, "spec": {}})
     }
 
-    fn ingress_request<'a>(op: Operation, obj: &'a kube::core::DynamicObject) -> Request<'a> {
+    fn ingress(annotations: Option<Value>) -> Object<'static> {
+        object(ingress_doc(annotations))
+    }
+
+    fn ingress_request<'a>(op: Operation, obj: &'a Object<'static>) -> Request<'a> {
         let mut req = request(op, "Ingress", "ingresses", Some(obj));
         req.group = "networking.k8s.io";
         req
     }
 
-    fn mutated(obj: &kube::core::DynamicObject) -> Option<Value> {
-        let req = ingress_request(Operation::Create, obj);
+    fn mutated(doc: Value) -> Option<Value> {
+        let obj = object(doc.clone());
+        let req = ingress_request(Operation::Create, &obj);
         let findings = IngressBodySizeDefault::new(&config())
             .evaluate(&req, &Context::default())
             .unwrap();
-        let Some(Finding::Mutation { patch, .. }) = findings.into_iter().next() else {
+        if findings.is_empty() {
             return None;
-        };
-        let mut doc = serde_json::to_value(obj).unwrap();
-        json_patch::patch(&mut doc, &patch).unwrap();
-        Some(doc)
+        }
+        Some(patched(&doc, &findings))
     }
 
     #[test]
     fn the_default_is_added_with_or_without_annotations() {
-        let doc = mutated(&ingress(None)).expect("patched");
+        let doc = mutated(ingress_doc(None)).expect("patched");
         assert_eq!(doc["metadata"]["annotations"], json!({ANNOTATION: "50m"}));
-        let doc = mutated(&ingress(Some(json!({"team": "a"})))).expect("patched");
+        let doc = mutated(ingress_doc(Some(json!({"team": "a"})))).expect("patched");
         assert_eq!(
             doc["metadata"]["annotations"],
             json!({"team": "a", ANNOTATION: "50m"})
         );
-        assert_eq!(mutated(&ingress(Some(json!({ANNOTATION: "8m"})))), None);
+        assert_eq!(mutated(ingress_doc(Some(json!({ANNOTATION: "8m"})))), None);
     }
 
     #[test]

@@ -9,11 +9,9 @@
 
 use std::collections::BTreeMap;
 
-use serde_json::Value;
-
-use super::{controlled_by, int_field};
 use crate::config::{Exemption, MinReplicasConfig};
 use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::view::Spec;
 
 pub const ID: &str = "min-replicas";
 
@@ -82,7 +80,7 @@ impl Policy for MinReplicas {
         let Some(object) = request.object else {
             return Err(EvalError::MissingObject);
         };
-        let old = request.old_object.map(|o| &o.data);
+        let old = request.old_object;
         let name = request.object_name();
         let sized = match (request.kind, is_scale) {
             ("Scale", true) => {
@@ -90,51 +88,49 @@ impl Policy for MinReplicas {
                     return Ok(Vec::new());
                 };
                 // Scale's spec.replicas is omitted when 0.
-                let path = ["spec", "replicas"];
                 Sized {
                     kind,
                     name,
                     labels: None,
                     target: None,
                     field: "spec.replicas",
-                    value: int_field("Scale", &object.data, &path, 0)?,
-                    old_value: old.map(|o| int_field("Scale", o, &path, 0)).transpose()?,
+                    value: object.replicas().unwrap_or(0),
+                    old_value: old.map(|o| o.replicas().unwrap_or(0)),
                 }
             }
             (kind @ ("Deployment" | "StatefulSet" | "ReplicaSet"), false) => {
-                if kind == "ReplicaSet" && controlled_by(object, "Deployment") {
+                if kind == "ReplicaSet" && object.controlled_by("Deployment") {
                     return Ok(Vec::new());
                 }
-                let path = ["spec", "replicas"];
                 Sized {
                     kind,
                     name,
                     labels: object.metadata.labels.as_ref(),
                     target: None,
                     field: "spec.replicas",
-                    value: int_field(kind, &object.data, &path, 1)?,
-                    old_value: old.map(|o| int_field(kind, o, &path, 1)).transpose()?,
+                    value: object.replicas().unwrap_or(1),
+                    old_value: old.map(|o| o.replicas().unwrap_or(1)),
                 }
             }
             ("HorizontalPodAutoscaler", false) => {
-                let path = ["spec", "minReplicas"];
-                let target_field = |field| {
-                    object
-                        .data
-                        .pointer(&format!("/spec/scaleTargetRef/{field}"))
-                        .and_then(Value::as_str)
-                        .map(str::to_owned)
+                let spec = |o: &crate::view::Object<'_>| match &o.spec {
+                    Spec::HorizontalPodAutoscaler(spec) => (
+                        spec.min_replicas.unwrap_or(1),
+                        spec.scale_target_ref.as_ref().and_then(|t| {
+                            Some((t.kind.as_deref()?.to_owned(), t.name.as_deref()?.to_owned()))
+                        }),
+                    ),
+                    _ => (1, None),
                 };
+                let (value, target) = spec(object);
                 Sized {
                     kind: "HorizontalPodAutoscaler",
                     name,
                     labels: object.metadata.labels.as_ref(),
-                    target: target_field("kind").zip(target_field("name")),
+                    target,
                     field: "spec.minReplicas",
-                    value: int_field(request.kind, &object.data, &path, 1)?,
-                    old_value: old
-                        .map(|o| int_field(request.kind, o, &path, 1))
-                        .transpose()?,
+                    value,
+                    old_value: old.map(|o| spec(o).0),
                 }
             }
             _ => return Ok(Vec::new()),
@@ -194,7 +190,7 @@ mod tests {
             .next()
     }
 
-    fn workload(kind: &str, name: &str, replicas: Option<i64>) -> kube::core::DynamicObject {
+    fn workload(kind: &str, name: &str, replicas: Option<i64>) -> crate::view::Object<'static> {
         let mut spec = json!({});
         if let Some(r) = replicas {
             spec["replicas"] = json!(r);
@@ -247,9 +243,11 @@ mod tests {
         other_ns.namespace = "default";
         assert!(verdict(&other_ns).is_some());
 
-        let rs = object(json!({"metadata": {"name": "web-abc", "ownerReferences": [
+        let rs = object(
+            json!({"kind": "ReplicaSet", "metadata": {"name": "web-abc", "ownerReferences": [
             {"apiVersion": "apps/v1", "kind": "Deployment", "name": "web", "uid": "u", "controller": true}
-        ]}, "spec": {"replicas": 1}}));
+        ]}, "spec": {"replicas": 1}}),
+        );
         let req = request(Operation::Create, "ReplicaSet", "replicasets", Some(&rs));
         assert_eq!(verdict(&req), None);
     }
@@ -257,7 +255,7 @@ mod tests {
     #[test]
     fn an_annotation_cannot_exempt() {
         let obj = object(
-            json!({"metadata": {"name": "web", "annotations": {"prodguard.io/exempt": "true"}}, "spec": {"replicas": 1}}),
+            json!({"kind": "Deployment", "metadata": {"name": "web", "annotations": {"prodguard.io/exempt": "true"}}, "spec": {"replicas": 1}}),
         );
         let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
         assert!(verdict(&req).is_some());
@@ -299,7 +297,9 @@ mod tests {
             if let Some(m) = min {
                 spec["minReplicas"] = json!(m);
             }
-            object(json!({"metadata": {"name": "h"}, "spec": spec}))
+            object(
+                json!({"kind": "HorizontalPodAutoscaler", "metadata": {"name": "h"}, "spec": spec}),
+            )
         };
         for (min, denied) in [
             (Some(1), true),
@@ -342,9 +342,10 @@ mod tests {
 
     #[test]
     fn a_non_integer_is_a_shape_error() {
-        let obj = object(json!({"metadata": {"name": "web"}, "spec": {"replicas": "two"}}));
-        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
-        let err = policy().evaluate(&req, &Context::default()).unwrap_err();
+        let err = crate::view::owned(
+            json!({"kind": "Deployment", "metadata": {"name": "web"}, "spec": {"replicas": "two"}}),
+        )
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Deployment field spec.replicas must be an integer"

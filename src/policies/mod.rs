@@ -17,13 +17,12 @@ pub mod rbac_hygiene;
 pub mod registry_mirror;
 
 use json_patch::PatchOperation;
-use kube::core::DynamicObject;
-use serde_json::Value;
 
 use crate::config::{Config, LabelSelector, PolicyMode};
 use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request};
+use crate::view::Object;
 use image_ref::ImagePattern;
-use pod_spec::{ContainerList, ContainerRef, ShapeError};
+use pod_spec::{ContainerList, ContainerRef};
 
 /// Every built-in policy with its configured mode, mutating ones first, in the order they run.
 pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
@@ -128,7 +127,7 @@ pub fn mutate_containers(
     let object = request.object.ok_or(EvalError::MissingObject)?;
     let mut patch = Vec::new();
     let mut changed = Vec::new();
-    for container in pod_spec::containers(request.kind, &object.data, lists)? {
+    for container in pod_spec::containers(object, lists) {
         if let Some((operation, change)) = patch_container(&container) {
             patch.push(operation);
             changed.push(change);
@@ -165,63 +164,23 @@ pub fn image_unchanged(request: &Request<'_>, container: &ContainerRef<'_>) -> b
     let (Operation::Update, Some(old)) = (&request.operation, request.old_object) else {
         return false;
     };
-    let old_kind = old
-        .types
-        .as_ref()
-        .map(|t| t.kind.as_str())
-        .unwrap_or(request.kind);
-    let Ok(old_containers) = pod_spec::containers(old_kind, &old.data, &[container.list]) else {
-        return false;
-    };
-    old_containers
+    pod_spec::containers(old, &[container.list])
         .iter()
         .any(|o| o.name == container.name && o.image == container.image)
-}
-
-/// An integer field at `path` under `root`, `default` when absent.
-pub fn int_field(kind: &str, root: &Value, path: &[&str], default: i64) -> Result<i64, ShapeError> {
-    let mut value = root;
-    for token in path {
-        match value.get(token) {
-            None | Some(Value::Null) => return Ok(default),
-            Some(v) => value = v,
-        }
-    }
-    value.as_i64().ok_or_else(|| ShapeError {
-        kind: kind.to_owned(),
-        path: path.join("."),
-        expected: "an integer",
-    })
-}
-
-/// Whether a controller of kind `kind` owns the object (a Deployment's ReplicaSet): the
-/// controller is checked instead.
-pub fn controlled_by(object: &DynamicObject, kind: &str) -> bool {
-    object
-        .metadata
-        .owner_references
-        .as_ref()
-        .is_some_and(|refs| {
-            refs.iter()
-                .any(|r| r.kind == kind && r.controller == Some(true))
-        })
 }
 
 /// The first container (of `containers`, not init or ephemeral ones, which are often
 /// clients) whose image one of `patterns` matches.
 pub fn container_running<'a>(
-    kind: &str,
-    object: &'a Value,
+    object: &'a Object<'a>,
     patterns: &[ImagePattern],
-) -> Result<Option<ContainerRef<'a>>, ShapeError> {
-    Ok(
-        pod_spec::containers(kind, object, &[ContainerList::Containers])?
-            .into_iter()
-            .find(|c| {
-                c.image
-                    .is_some_and(|image| ImagePattern::any_matches(patterns, image))
-            }),
-    )
+) -> Option<ContainerRef<'a>> {
+    pod_spec::containers(object, &[ContainerList::Containers])
+        .into_iter()
+        .find(|c| {
+            c.image
+                .is_some_and(|image| ImagePattern::any_matches(patterns, image))
+        })
 }
 
 /// Whether the request's namespace is a production one, from the namespace labels the engine
@@ -263,10 +222,10 @@ pub fn join_descriptions(items: &[String]) -> String {
 #[cfg(test)]
 pub(crate) mod test_support {
     //! Builds requests for policy unit tests.
-    use kube::core::DynamicObject;
     use serde_json::Value;
 
     use crate::engine::{Context, Finding, Operation, Policy, Request};
+    use crate::view::{self, Object};
 
     /// The messages of the violations `policy` finds; panics on an error or a mutation.
     pub fn violations(
@@ -285,15 +244,31 @@ pub(crate) mod test_support {
             .collect()
     }
 
-    pub fn object(value: Value) -> DynamicObject {
-        serde_json::from_value(value).expect("test object")
+    /// The view of a test object (its `kind` decides what is read).
+    pub fn object(value: Value) -> Object<'static> {
+        assert!(
+            value.get("kind").is_some(),
+            "a test object needs a kind: {value}"
+        );
+        view::owned(value).expect("test object")
+    }
+
+    /// `doc` with the patches of `findings` applied.
+    pub fn patched(doc: &Value, findings: &[Finding]) -> Value {
+        let mut doc = doc.clone();
+        for f in findings {
+            if let Finding::Mutation { patch, .. } = f {
+                json_patch::patch(&mut doc, patch).expect("the patch applies");
+            }
+        }
+        doc
     }
 
     pub fn request<'a>(
         operation: Operation,
         kind: &'a str,
         resource: &'a str,
-        object: Option<&'a DynamicObject>,
+        object: Option<&'a Object<'a>>,
     ) -> Request<'a> {
         Request {
             uid: "uid-1",
@@ -312,6 +287,7 @@ pub(crate) mod test_support {
             object,
             old_object: None,
             dry_run: false,
+            shape_error: None,
         }
     }
 }

@@ -13,9 +13,8 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value};
 
-use super::pod_spec::ShapeError;
-use super::{controlled_by, int_field};
 use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::view::{Object, PodSpec, Spec, Topology};
 
 pub const ID: &str = "node-spread";
 pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
@@ -24,38 +23,47 @@ pub const MIN_REPLICAS: i64 = 2;
 
 pub struct NodeSpread;
 
-/// The elements of a list field (none when absent or not a list).
-fn items(value: Option<&Value>) -> impl Iterator<Item = &Value> {
-    value.and_then(Value::as_array).into_iter().flatten()
-}
-
 /// Whether the pod spec already spreads or separates its pods by node.
-fn spreads_by_node(pod_spec: &Value) -> bool {
-    let by_hostname =
-        |term: &Value| term.get("topologyKey").and_then(Value::as_str) == Some(HOSTNAME_KEY);
-    let anti = pod_spec.pointer("/affinity/podAntiAffinity");
-    items(pod_spec.get("topologySpreadConstraints")).any(by_hostname)
-        || items(anti.and_then(|a| a.get("requiredDuringSchedulingIgnoredDuringExecution")))
+fn spreads_by_node(pod_spec: &PodSpec<'_>) -> bool {
+    let by_hostname = |term: &Topology<'_>| term.topology_key.as_deref() == Some(HOSTNAME_KEY);
+    let anti = pod_spec
+        .affinity
+        .as_ref()
+        .and_then(|a| a.pod_anti_affinity.as_ref());
+    pod_spec
+        .topology_spread_constraints
+        .iter()
+        .flatten()
+        .any(by_hostname)
+        || anti
+            .and_then(|a| a.required.as_ref())
+            .into_iter()
+            .flatten()
             .any(by_hostname)
-        || items(anti.and_then(|a| a.get("preferredDuringSchedulingIgnoredDuringExecution")))
-            .any(|weighted| weighted.get("podAffinityTerm").is_some_and(by_hostname))
+        || anti
+            .and_then(|a| a.preferred.as_ref())
+            .into_iter()
+            .flatten()
+            .any(|weighted| weighted.pod_affinity_term.as_ref().is_some_and(by_hostname))
 }
 
 /// The label selector of the workload's pods, as a spread constraint takes it.
-fn pod_selector(kind: &str, object: &Value) -> Option<Value> {
-    let selector = object.pointer("/spec/selector")?;
-    if kind == "ReplicationController" {
+fn pod_selector(object: &Object<'_>) -> Option<Value> {
+    match &object.spec {
         // A plain label map.
-        let labels = selector.as_object().filter(|m| !m.is_empty())?;
-        return Some(json!({ "matchLabels": labels }));
-    }
-    let mut out = serde_json::Map::new();
-    for key in ["matchLabels", "matchExpressions"] {
-        if let Some(value) = selector.get(key).filter(|v| !v.is_null()) {
-            out.insert(key.to_owned(), value.clone());
+        Spec::ReplicationController(spec) => {
+            let labels = spec.selector.as_ref().filter(|m| !m.is_empty())?;
+            Some(json!({ "matchLabels": labels }))
         }
+        Spec::Workload(spec) => {
+            let selector = spec.selector.as_ref()?;
+            if selector.match_labels.is_none() && selector.match_expressions.is_none() {
+                return None;
+            }
+            serde_json::to_value(selector).ok()
+        }
+        _ => None,
     }
-    (!out.is_empty()).then_some(Value::Object(out))
 }
 
 impl Policy for NodeSpread {
@@ -79,28 +87,20 @@ impl Policy for NodeSpread {
             return Ok(Vec::new());
         }
         let object = request.object.ok_or(EvalError::MissingObject)?;
-        if kind == "ReplicaSet" && controlled_by(object, "Deployment") {
+        if kind == "ReplicaSet" && object.controlled_by("Deployment") {
             return Ok(Vec::new());
         }
-        let replicas = int_field(kind, &object.data, &["spec", "replicas"], 1)?;
+        let replicas = object.replicas().unwrap_or(1);
         if replicas < MIN_REPLICAS {
             return Ok(Vec::new());
         }
-        let Some(pod_spec) = object.data.pointer("/spec/template/spec") else {
+        let Some(pod_spec) = object.pod_spec() else {
             return Ok(Vec::new());
         };
-        if !pod_spec.is_object() {
-            return Err(ShapeError {
-                kind: kind.to_owned(),
-                path: "spec.template.spec".into(),
-                expected: "an object",
-            }
-            .into());
-        }
         if spreads_by_node(pod_spec) {
             return Ok(Vec::new());
         }
-        let Some(selector) = pod_selector(kind, &object.data) else {
+        let Some(selector) = pod_selector(object) else {
             // Without a selector there is nothing to spread by (the API server rejects such
             // a workload anyway).
             return Ok(Vec::new());
@@ -113,19 +113,11 @@ impl Policy for NodeSpread {
         });
         let mut path =
             PointerBuf::from_tokens(["spec", "template", "spec", "topologySpreadConstraints"]);
-        let value = match pod_spec.get("topologySpreadConstraints") {
-            None | Some(Value::Null) => Value::Array(vec![constraint]),
-            Some(Value::Array(_)) => {
+        let value = match pod_spec.topology_spread_constraints {
+            None => Value::Array(vec![constraint]),
+            Some(_) => {
                 path.push_back("-");
                 constraint
-            }
-            Some(_) => {
-                return Err(ShapeError {
-                    kind: kind.to_owned(),
-                    path: "spec.template.spec.topologySpreadConstraints".into(),
-                    expected: "a list",
-                }
-                .into())
             }
         };
         Ok(vec![Finding::Mutation {
@@ -144,14 +136,14 @@ mod tests {
     use super::*;
     use crate::policies::test_support::{object, request};
 
-    fn patched(kind: &str, obj: Value, op: Operation) -> Option<Value> {
-        let obj = object(obj);
+    fn patched(kind: &str, mut doc: Value, op: Operation) -> Option<Value> {
+        doc["kind"] = json!(kind);
+        let obj = object(doc.clone());
         let req = request(op, kind, "x", Some(&obj));
         let findings = NodeSpread.evaluate(&req, &Context::default()).unwrap();
         let Some(Finding::Mutation { patch, .. }) = findings.into_iter().next() else {
             return None;
         };
-        let mut doc = serde_json::to_value(&obj).unwrap();
         json_patch::patch(&mut doc, &patch).unwrap();
         Some(doc)
     }
@@ -276,12 +268,11 @@ mod tests {
 
     #[test]
     fn a_malformed_list_is_a_shape_error() {
-        let obj = object(deployment(
+        let err = crate::view::owned(deployment(
             Some(2),
             json!({"topologySpreadConstraints": "x"}),
-        ));
-        let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
-        let err = NodeSpread.evaluate(&req, &Context::default()).unwrap_err();
+        ))
+        .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Deployment field spec.template.spec.topologySpreadConstraints must be a list"

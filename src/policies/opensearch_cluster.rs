@@ -9,12 +9,10 @@
 //! (0 replicas is a deliberate scale-down and is not reported). On UPDATE only a workload
 //! that did not already break the policy is reported: the background audit reports what runs.
 
-use serde_json::Value;
-
 use super::image_ref::ImagePattern;
-use super::pod_spec::ShapeError;
 use super::production::{running_container, InProduction, WorkloadCheck};
 use crate::config::{LabelSelector, OpensearchClusterConfig};
+use crate::view::Object;
 
 pub const ID: &str = "opensearch-cluster";
 
@@ -44,34 +42,27 @@ impl WorkloadCheck for OpensearchCluster {
     }
 
     /// How the workload falls short of a cluster, or `None`.
-    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError> {
-        let Some((container, replicas)) = running_container(kind, object, &self.images)? else {
-            return Ok(None);
-        };
-        let single = object
-            .pointer(container.field_pointer("env").as_str())
-            .and_then(Value::as_array)
-            .is_some_and(|env| {
-                env.iter().any(|var| {
-                    var.get("name").and_then(Value::as_str) == Some("discovery.type")
-                        && var.get("value").and_then(Value::as_str) == Some("single-node")
-                })
-            });
+    fn shortfall(&self, object: &Object<'_>) -> Option<String> {
+        let (container, replicas) = running_container(object, &self.images)?;
+        let single = container
+            .env
+            .and_then(|env| env.get("discovery.type"))
+            .is_some_and(|v| v == "single-node");
         let image = container.image.unwrap_or_default();
         if single {
-            return Ok(Some(format!(
+            return Some(format!(
                 "{} runs {image} with discovery.type=single-node",
                 container.describe()
-            )));
+            ));
         }
         if replicas < self.min_nodes {
             let noun = if replicas == 1 { "replica" } else { "replicas" };
-            return Ok(Some(format!(
+            return Some(format!(
                 "it runs {replicas} {noun} of {image}, fewer than the {} nodes of a cluster",
                 self.min_nodes
-            )));
+            ));
         }
-        Ok(None)
+        None
     }
 
     fn message(&self, what: &str, shortfall: &str, namespace: &str) -> String {
@@ -91,7 +82,7 @@ mod tests {
     use crate::config::Config;
     use crate::engine::{Context, EvalError, Operation, Policy};
     use crate::policies::test_support::{object, request, violations};
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     fn policy() -> InProduction<OpensearchCluster> {
         let config = Config::default();
@@ -116,7 +107,12 @@ mod tests {
         }
     }
 
-    fn workload(kind: &str, replicas: i64, image: &str, env: Value) -> kube::core::DynamicObject {
+    fn workload(
+        kind: &str,
+        replicas: i64,
+        image: &str,
+        env: Value,
+    ) -> crate::view::Object<'static> {
         object(
             json!({"kind": kind, "metadata": {"name": "opensearch"}, "spec": {
             "replicas": replicas,
@@ -124,7 +120,7 @@ mod tests {
         )
     }
 
-    fn verdict(kind: &str, obj: &kube::core::DynamicObject, ctx: &Context) -> Option<String> {
+    fn verdict(kind: &str, obj: &crate::view::Object<'static>, ctx: &Context) -> Option<String> {
         let req = request(Operation::Create, kind, "x", Some(obj));
         violations(&policy(), &req, ctx).into_iter().next()
     }

@@ -1,29 +1,12 @@
-//! The one walker over every container list of every pod-bearing kind.
+//! The one walker over every container list of every pod-bearing kind, on the typed view.
 
 use json_patch::jsonptr::PointerBuf;
-use serde_json::Value;
 
-/// Where a kind keeps its pod spec, from the object root.
-pub fn pod_spec_path(kind: &str) -> Option<&'static [&'static str]> {
-    Some(match kind {
-        "Pod" => &["spec"],
-        "Deployment"
-        | "StatefulSet"
-        | "DaemonSet"
-        | "ReplicaSet"
-        | "ReplicationController"
-        | "Job" => &["spec", "template", "spec"],
-        "CronJob" => &["spec", "jobTemplate", "spec", "template", "spec"],
-        "PodTemplate" => &["template", "spec"],
-        // What Kubernetes 1.20-1.22 sends on the pods/ephemeralcontainers subresource.
-        "EphemeralContainers" => &[],
-        _ => return None,
-    })
-}
+use crate::view::{Container, Env, Object, Shape};
 
 /// Whether `kind` carries containers.
 pub fn is_pod_bearing(kind: &str) -> bool {
-    pod_spec_path(kind).is_some()
+    Shape::of(kind).pod_spec_path().is_some()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -57,7 +40,8 @@ pub struct ContainerRef<'a> {
     pub name: &'a str,
     pub image: Option<&'a str>,
     pub pull_policy: Option<&'a str>,
-    /// Where the kind keeps its pod spec ([`pod_spec_path`]).
+    pub env: Option<&'a Env<'a>>,
+    /// Where the kind keeps its pod spec ([`Shape::pod_spec_path`]).
     pub spec_path: &'static [&'static str],
 }
 
@@ -87,97 +71,63 @@ impl ContainerRef<'_> {
     }
 }
 
-/// An object that does not have the shape its kind requires.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{kind} field {path} must be {expected}")]
-pub struct ShapeError {
-    pub kind: String,
-    pub path: String,
-    pub expected: &'static str,
-}
-
 /// Every container of the object, in the lists `lists`. An object whose kind is not
-/// pod-bearing has none; a missing spec or list has none; a list or field of the wrong type
-/// is a [`ShapeError`].
-pub fn containers<'a>(
-    kind: &str,
-    object: &'a Value,
-    lists: &[ContainerList],
-) -> Result<Vec<ContainerRef<'a>>, ShapeError> {
-    let Some(spec_path) = pod_spec_path(kind) else {
-        return Ok(Vec::new());
+/// pod-bearing has none; a missing spec or list has none.
+pub fn containers<'a>(object: &'a Object<'a>, lists: &[ContainerList]) -> Vec<ContainerRef<'a>> {
+    let Some(spec_path) = object.shape.pod_spec_path() else {
+        return Vec::new();
     };
-    let shape_error = |path: &[&str], expected| ShapeError {
-        kind: kind.to_owned(),
-        path: path.join("."),
-        expected,
-    };
-    let mut spec = object;
-    for (depth, token) in spec_path.iter().enumerate() {
-        if !spec.is_object() {
-            return Err(shape_error(&spec_path[..depth], "an object"));
-        }
-        match spec.get(token) {
-            Some(Value::Null) | None => return Ok(Vec::new()),
-            Some(next) => spec = next,
-        }
-    }
-    if !spec.is_object() {
-        return Err(shape_error(spec_path, "an object"));
-    }
     let mut found = Vec::new();
     for &list in lists {
-        let items = match spec.get(list.field()) {
-            None | Some(Value::Null) => continue,
-            Some(Value::Array(items)) => items,
-            Some(_) => {
-                let mut path = spec_path.to_vec();
-                path.push(list.field());
-                return Err(shape_error(&path, "a list"));
+        let items = match (object.shape, object.pod_spec()) {
+            (Shape::EphemeralContainers, _) if list == ContainerList::EphemeralContainers => {
+                object.ephemeral_containers.as_ref()
             }
+            (Shape::EphemeralContainers, _) | (_, None) => None,
+            (_, Some(spec)) => match list {
+                ContainerList::Containers => spec.containers.as_ref(),
+                ContainerList::InitContainers => spec.init_containers.as_ref(),
+                ContainerList::EphemeralContainers => spec.ephemeral_containers.as_ref(),
+            },
         };
-        for (index, item) in items.iter().enumerate() {
-            let describe = |field: &str| {
-                let prefix = spec_path.join(".");
-                let sep = if prefix.is_empty() { "" } else { "." };
-                format!("{prefix}{sep}{}[{index}]{field}", list.field())
-            };
-            let container_error = |field: &str, expected| ShapeError {
-                kind: kind.to_owned(),
-                path: describe(field),
-                expected,
-            };
-            let Some(fields) = item.as_object() else {
-                return Err(container_error("", "an object"));
-            };
-            let string_field = |field: &str| match fields.get(field) {
-                None | Some(Value::Null) => Ok(None),
-                Some(Value::String(s)) => Ok(Some(s.as_str())),
-                Some(_) => Err(container_error(&format!(".{field}"), "a string")),
-            };
-            let name = string_field("name")?.unwrap_or("");
-            let image = string_field("image")?;
-            let pull_policy = string_field("imagePullPolicy")?;
-            found.push(ContainerRef {
-                list,
-                index,
-                name,
-                image,
-                pull_policy,
-                spec_path,
-            });
+        for (index, container) in items.iter().flat_map(|c| c.0.iter()).enumerate() {
+            found.push(reference(list, index, container, spec_path));
         }
     }
-    Ok(found)
+    found
+}
+
+fn reference<'a>(
+    list: ContainerList,
+    index: usize,
+    container: &'a Container<'a>,
+    spec_path: &'static [&'static str],
+) -> ContainerRef<'a> {
+    ContainerRef {
+        list,
+        index,
+        name: container.name.as_deref().unwrap_or(""),
+        image: container.image.as_deref(),
+        pull_policy: container.image_pull_policy.as_deref(),
+        env: container.env.as_ref(),
+        spec_path,
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use crate::view;
+    use serde_json::{json, Value};
 
     fn template(spec: Value) -> Value {
         json!({"spec": {"template": {"spec": spec}}})
+    }
+
+    /// `value` as an object of kind `kind`.
+    fn of(kind: &str, mut value: Value) -> Result<Object<'static>, view::ShapeError> {
+        value["kind"] = json!(kind);
+        view::owned(value)
     }
 
     #[test]
@@ -211,7 +161,8 @@ mod tests {
             ),
         ];
         for (kind, object, prefix) in objects {
-            let found = containers(kind, &object, &ContainerList::ALL).unwrap();
+            let object = of(kind, object).unwrap();
+            let found = containers(&object, &ContainerList::ALL);
             let got: Vec<_> = found
                 .iter()
                 .map(|c| (c.name, c.image, c.pull_policy, c.pointer().to_string()))
@@ -245,64 +196,54 @@ mod tests {
 
     #[test]
     fn ephemeral_containers_kind_of_old_clusters() {
-        let object = json!({"ephemeralContainers": [{"name": "debug", "image": "busybox"}]});
-        let found = containers("EphemeralContainers", &object, &ContainerList::ALL).unwrap();
+        let object = of(
+            "EphemeralContainers",
+            json!({"ephemeralContainers": [{"name": "debug", "image": "busybox"}]}),
+        )
+        .unwrap();
+        let found = containers(&object, &ContainerList::ALL);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].pointer().to_string(), "/ephemeralContainers/0");
     }
 
     #[test]
     fn other_kinds_and_missing_specs_have_no_containers() {
-        assert!(
-            containers("Service", &json!({"spec": {}}), &ContainerList::ALL)
-                .unwrap()
-                .is_empty()
-        );
-        assert!(containers("Deployment", &json!({}), &ContainerList::ALL)
-            .unwrap()
-            .is_empty());
-        assert!(
-            containers("Deployment", &json!({"spec": {}}), &ContainerList::ALL)
-                .unwrap()
-                .is_empty()
-        );
+        let service = of("Service", json!({"spec": {"containers": [{"name": "x"}]}})).unwrap();
+        assert!(containers(&service, &ContainerList::ALL).is_empty());
+        let bare = of("Deployment", json!({})).unwrap();
+        assert!(containers(&bare, &ContainerList::ALL).is_empty());
+        let empty = of("Deployment", json!({"spec": {}})).unwrap();
+        assert!(containers(&empty, &ContainerList::ALL).is_empty());
     }
 
     #[test]
     fn only_the_lists_asked_for() {
-        let object = json!({"spec": {"containers": [{"name": "a"}], "ephemeralContainers": [{"name": "b"}]}});
-        let found = containers("Pod", &object, &[ContainerList::EphemeralContainers]).unwrap();
+        let object = of(
+            "Pod",
+            json!({"spec": {"containers": [{"name": "a"}], "ephemeralContainers": [{"name": "b"}]}}),
+        )
+        .unwrap();
+        let found = containers(&object, &[ContainerList::EphemeralContainers]);
         assert_eq!(found.len(), 1);
         assert_eq!(found[0].name, "b");
     }
 
     #[test]
     fn wrong_shapes_are_errors_that_name_the_field() {
-        let err = containers(
-            "Pod",
-            &json!({"spec": {"containers": {}}}),
-            &ContainerList::ALL,
-        )
-        .unwrap_err();
+        let err = of("Pod", json!({"spec": {"containers": {}}})).unwrap_err();
         assert_eq!(err.to_string(), "Pod field spec.containers must be a list");
-        let err = containers(
+        let err = of(
             "Deployment",
-            &template(json!({"containers": [{"name": "a", "image": 5}]})),
-            &ContainerList::ALL,
+            template(json!({"containers": [{"name": "a", "image": 5}]})),
         )
         .unwrap_err();
         assert_eq!(
             err.to_string(),
             "Deployment field spec.template.spec.containers[0].image must be a string"
         );
-        let err = containers("Deployment", &json!({"spec": "x"}), &ContainerList::ALL).unwrap_err();
+        let err = of("Deployment", json!({"spec": "x"})).unwrap_err();
         assert_eq!(err.to_string(), "Deployment field spec must be an object");
-        let err = containers(
-            "Pod",
-            &json!({"spec": {"initContainers": ["x"]}}),
-            &ContainerList::ALL,
-        )
-        .unwrap_err();
+        let err = of("Pod", json!({"spec": {"initContainers": ["x"]}})).unwrap_err();
         assert_eq!(
             err.to_string(),
             "Pod field spec.initContainers[0] must be an object"
@@ -311,8 +252,12 @@ mod tests {
 
     #[test]
     fn names_with_slashes_and_tildes_do_not_break_pointers() {
-        let object = json!({"spec": {"containers": [{"name": "a/b~c", "image": "x"}]}});
-        let found = containers("Pod", &object, &ContainerList::ALL).unwrap();
+        let object = of(
+            "Pod",
+            json!({"spec": {"containers": [{"name": "a/b~c", "image": "x"}]}}),
+        )
+        .unwrap();
+        let found = containers(&object, &ContainerList::ALL);
         assert_eq!(
             found[0].field_pointer("image").to_string(),
             "/spec/containers/0/image"

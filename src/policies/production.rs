@@ -2,36 +2,32 @@
 //! production namespaces (`productionNamespaces`), and on UPDATE only what the request
 //! introduces. Each supplies the check; [`InProduction`] makes it a policy.
 
-use serde_json::Value;
-
 use super::image_ref::ImagePattern;
-use super::pod_spec::{ContainerRef, ShapeError};
-use super::{container_running, describe_selector, int_field, is_production};
+use super::pod_spec::ContainerRef;
+use super::{container_running, describe_selector, is_production};
 use crate::config::LabelSelector;
 use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+use crate::view::Object;
 
 /// The first container of a running Deployment or StatefulSet that runs one of `images`, with
 /// the workload's replicas; `None` for other kinds, other images and workloads scaled to 0.
 pub fn running_container<'a>(
-    kind: &str,
-    object: &'a Value,
+    object: &'a Object<'a>,
     images: &[ImagePattern],
-) -> Result<Option<(ContainerRef<'a>, i64)>, ShapeError> {
-    if !matches!(kind, "Deployment" | "StatefulSet") {
-        return Ok(None);
+) -> Option<(ContainerRef<'a>, i64)> {
+    if !matches!(object.kind.as_ref(), "Deployment" | "StatefulSet") {
+        return None;
     }
-    let Some(container) = container_running(kind, object, images)? else {
-        return Ok(None);
-    };
-    let replicas = int_field(kind, object, &["spec", "replicas"], 1)?;
-    Ok((replicas != 0).then_some((container, replicas)))
+    let container = container_running(object, images)?;
+    let replicas = object.replicas().unwrap_or(1);
+    (replicas != 0).then_some((container, replicas))
 }
 
 /// A check of one workload object.
 pub trait WorkloadCheck: Send + Sync {
     fn id(&self) -> &'static str;
-    /// What is wrong with the object of kind `kind`, or `None`.
-    fn shortfall(&self, kind: &str, object: &Value) -> Result<Option<String>, ShapeError>;
+    /// What is wrong with the object, or `None`.
+    fn shortfall(&self, object: &Object<'_>) -> Option<String>;
     /// The finding, for `what` (`StatefulSet ns/name`), the shortfall and where it is.
     fn message(&self, what: &str, shortfall: &str, namespace: &str) -> String;
 }
@@ -52,11 +48,11 @@ impl<C: WorkloadCheck> InProduction<C> {
             return Ok(None);
         }
         let object = request.object.ok_or(EvalError::MissingObject)?;
-        let Some(shortfall) = self.check.shortfall(request.kind, &object.data)? else {
+        let Some(shortfall) = self.check.shortfall(object) else {
             return Ok(None);
         };
         if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
-            if matches!(self.check.shortfall(request.kind, &old.data), Ok(Some(_))) {
+            if self.check.shortfall(old).is_some() {
                 return Ok(None);
             }
         }

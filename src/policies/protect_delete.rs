@@ -70,7 +70,7 @@ mod tests {
     #[test]
     fn who_may_delete_what() {
         let p = ProtectDelete::new(&ProtectDeleteConfig::default(), &Admins::default());
-        let old = object(json!({"metadata": {"name": "db-creds"}}));
+        let old = object(json!({"kind": "Secret", "metadata": {"name": "db-creds"}}));
         let masters = vec!["system:masters".to_string()];
         let none: Vec<String> = vec![];
         let cases = [

@@ -15,11 +15,9 @@
 //! (fail closed). On UPDATE only what the request adds is judged: new subjects of a binding,
 //! new grants of a role.
 
-use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
-use serde_json::Value;
+use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 use wildmatch::WildMatch;
 
-use super::pod_spec::ShapeError;
 use crate::cluster::{role_key, Binding, RoleKey};
 use crate::config::{Admins, RbacHygieneConfig};
 use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
@@ -228,24 +226,6 @@ impl RbacHygiene {
             .collect()
     }
 
-    fn parse<T: serde::de::DeserializeOwned>(
-        kind: &str,
-        data: &Value,
-        field: &str,
-        expected: &'static str,
-    ) -> Result<Option<T>, ShapeError> {
-        match data.get(field) {
-            None | Some(Value::Null) => Ok(None),
-            Some(value) => serde_json::from_value(value.clone())
-                .map(Some)
-                .map_err(|_| ShapeError {
-                    kind: kind.to_owned(),
-                    path: field.to_owned(),
-                    expected,
-                }),
-        }
-    }
-
     /// For a binding write: the role it grants and its untrusted subjects (on UPDATE only those
     /// the request adds). `None` when there is nothing to check.
     fn binding_write(
@@ -253,31 +233,23 @@ impl RbacHygiene {
         request: &Request<'_>,
     ) -> Result<Option<(RoleKey, Vec<Subject>)>, EvalError> {
         let object = request.object.ok_or(EvalError::MissingObject)?;
-        let Some(role_ref) =
-            Self::parse::<RoleRef>(request.kind, &object.data, "roleRef", "a role reference")?
-        else {
+        let Some(role_ref) = &object.role_ref else {
             return Ok(None);
         };
-        let subjects: Vec<Subject> =
-            Self::parse(request.kind, &object.data, "subjects", "a list of subjects")?
-                .unwrap_or_default();
+        let subjects = object.subjects.as_deref().unwrap_or_default();
         let mut added: Vec<Subject> = self
-            .untrusted(&subjects, request.namespace)
+            .untrusted(subjects, request.namespace)
             .into_iter()
             .cloned()
             .collect();
         if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
-            let old_subjects: Vec<Subject> =
-                Self::parse(request.kind, &old.data, "subjects", "a list of subjects")
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
+            let old_subjects = old.subjects.as_deref().unwrap_or_default();
             added.retain(|s| !old_subjects.contains(s));
         }
         if added.is_empty() {
             return Ok(None);
         }
-        Ok(Some((role_key(&role_ref, request.namespace), added)))
+        Ok(Some((role_key(role_ref, request.namespace), added)))
     }
 
     /// For a role write: the role and what its rules grant (on UPDATE only the new grants).
@@ -286,17 +258,11 @@ impl RbacHygiene {
         request: &Request<'_>,
     ) -> Result<Option<(RoleKey, Vec<String>)>, EvalError> {
         let object = request.object.ok_or(EvalError::MissingObject)?;
-        let rules: Vec<PolicyRule> =
-            Self::parse(request.kind, &object.data, "rules", "a list of rules")?
-                .unwrap_or_default();
-        let mut granted = grants(&rules, &self.guarded);
+        let rules = object.rules.as_deref().unwrap_or_default();
+        let mut granted = grants(rules, &self.guarded);
         if let (Operation::Update, Some(old)) = (&request.operation, request.old_object) {
-            let old_rules: Vec<PolicyRule> =
-                Self::parse(request.kind, &old.data, "rules", "a list of rules")
-                    .ok()
-                    .flatten()
-                    .unwrap_or_default();
-            let before = grants(&old_rules, &self.guarded);
+            let old_rules = old.rules.as_deref().unwrap_or_default();
+            let before = grants(old_rules, &self.guarded);
             granted.retain(|g| !before.contains(g));
         }
         if granted.is_empty() {
@@ -449,6 +415,7 @@ mod tests {
     use crate::config::Config;
     use crate::policies::test_support::{object, request, violations};
     use serde_json::json;
+    use serde_json::Value;
 
     fn policy() -> RbacHygiene {
         let config = Config::default();
@@ -533,7 +500,7 @@ mod tests {
         role_kind: &str,
         role: &str,
         subjects: Value,
-    ) -> kube::core::DynamicObject {
+    ) -> crate::view::Object<'static> {
         object(
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": kind, "metadata": {"name": "b"},
             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": role_kind, "name": role},
@@ -544,7 +511,7 @@ mod tests {
     fn rbac_request<'a>(
         op: Operation,
         kind: &'a str,
-        obj: &'a kube::core::DynamicObject,
+        obj: &'a crate::view::Object<'static>,
     ) -> Request<'a> {
         let mut req = request(op, kind, "x", Some(obj));
         req.group = RBAC_GROUP;
@@ -727,14 +694,12 @@ mod tests {
 
     #[test]
     fn malformed_rbac_objects_are_shape_errors() {
-        let obj =
-            object(json!({"kind": "RoleBinding", "metadata": {"name": "b"}, "roleRef": "admin"}));
-        let req = rbac_request(Operation::Create, "RoleBinding", &obj);
+        let err = crate::view::owned(
+            json!({"kind": "RoleBinding", "metadata": {"name": "b"}, "roleRef": "admin"}),
+        )
+        .unwrap_err();
         assert_eq!(
-            policy()
-                .evaluate(&req, &Context::default())
-                .unwrap_err()
-                .to_string(),
+            err.to_string(),
             "RoleBinding field roleRef must be a role reference"
         );
     }

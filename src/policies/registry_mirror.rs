@@ -75,7 +75,7 @@ impl Policy for RegistryMirror {
 mod tests {
     use super::*;
     use crate::engine::Operation;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, patched, request};
     use serde_json::json;
 
     fn policy() -> RegistryMirror {
@@ -133,10 +133,11 @@ mod tests {
 
     #[test]
     fn the_patch_applies_to_the_deployment() {
-        let deploy = object(json!({"spec": {"template": {"spec": {
+        let doc = json!({"kind": "Deployment", "spec": {"template": {"spec": {
             "initContainers": [{"name": "i", "image": "busybox:1.36"}],
             "containers": [{"name": "a", "image": "ghcr.io/openg2p/app:1"}, {"name": "b", "image": "redis:7.2"}]
-        }}}}));
+        }}}});
+        let deploy = object(doc.clone());
         let req = request(
             Operation::Create,
             "Deployment",
@@ -144,11 +145,8 @@ mod tests {
             Some(&deploy),
         );
         let findings = policy().evaluate(&req, &Context::default()).unwrap();
-        let Finding::Mutation { patch, .. } = &findings[0] else {
-            panic!()
-        };
-        let mut doc = serde_json::to_value(&deploy).unwrap();
-        json_patch::patch(&mut doc, patch).unwrap();
+        assert!(matches!(&findings[0], Finding::Mutation { .. }));
+        let doc = patched(&doc, &findings);
         assert_eq!(
             doc.pointer("/spec/template/spec/initContainers/0/image"),
             Some(&json!("registry.local:5000/dockerhub/library/busybox:1.36"))

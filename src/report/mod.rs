@@ -87,7 +87,9 @@ impl Report {
                 // Only an object that exists already has a uid worth naming: the API server
                 // gives a new object a uid before admission, also when it is then denied, and
                 // repeats of a denied CREATE must fold into one event series.
-                uid: request.old_object.and_then(|o| o.metadata.uid.clone()),
+                uid: request
+                    .old_object
+                    .and_then(|o| o.metadata.uid.as_deref().map(str::to_owned)),
             },
         };
         Some(Report {
@@ -219,7 +221,7 @@ mod tests {
 
     #[test]
     fn one_report_per_request_with_the_strongest_action() {
-        let obj = object(json!({"metadata": {"name": "web", "uid": "u-1"}}));
+        let obj = object(json!({"kind": "Deployment", "metadata": {"name": "web", "uid": "u-1"}}));
         let mut req = request(Operation::Update, "Deployment", "deployments", Some(&obj));
         req.old_object = Some(&obj);
         req.group = "apps";
@@ -260,7 +262,9 @@ mod tests {
 
     #[test]
     fn a_new_object_is_named_without_its_uid() {
-        let obj = object(json!({"metadata": {"name": "web", "uid": "assigned-before-admission"}}));
+        let obj = object(
+            json!({"kind": "Deployment", "metadata": {"name": "web", "uid": "assigned-before-admission"}}),
+        );
         let req = request(Operation::Create, "Deployment", "deployments", Some(&obj));
         let report = Report::new(&req, &[item("min-replicas", Action::Denied, true)]).unwrap();
         assert_eq!(report.regarding.uid, None);

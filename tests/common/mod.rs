@@ -10,13 +10,13 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper::{Method, Request, StatusCode};
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use kube::core::DynamicObject;
 use prodguard::cluster::Snapshot;
 use prodguard::config::Config;
 use prodguard::engine::Engine;
 use prodguard::http::{app, AppState};
 use prodguard::report::{MemoryReporter, Report};
 use prodguard::server::{self, pki, tls};
+use prodguard::view::{self, Object};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -41,7 +41,7 @@ impl Drop for TestServer {
 }
 
 /// Starts prodguard with `config` and a Pod lookup that knows `pods`.
-pub async fn start(config: Config, pods: Vec<DynamicObject>) -> TestServer {
+pub async fn start(config: Config, pods: Vec<Object<'static>>) -> TestServer {
     start_with(
         config,
         Snapshot {
@@ -431,8 +431,8 @@ pub fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test config").expect("test config")
 }
 
-pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> DynamicObject {
-    serde_json::from_value(json!({
+pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> Object<'static> {
+    view::owned(json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"containers": [{"name": "main", "image": image}]}

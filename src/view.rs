@@ -1,0 +1,1085 @@
+//! The one typed view of an object that every policy reads: serde-derived structs holding
+//! exactly the fields policies read, their strings borrowed from the input where it needs no
+//! unescaping (`Cow`), everything else skipped by the parser without being built.
+//!
+//! The webhook decodes a review's objects into it straight from the body, `check` decodes
+//! manifests into it and the background audit decodes listed objects into it, all through
+//! [`ObjectSeed`]: so the three cannot read an object differently. Which fields are read
+//! depends on the kind ([`Shape`]): a Deployment's `spec` is a workload spec, a Service's is
+//! not read at all. A field that a policy needs and the view lacks does not compile.
+//!
+//! A field read here with the wrong JSON type is a [`ShapeError`] naming its path
+//! (`Deployment field spec.template.spec.containers must be a list`). What one object builds
+//! is counted against [`MAX_KEPT_BYTES`], so that a hostile object (100,000 containers)
+//! costs a bounded multiple of nothing rather than of its size.
+
+use std::borrow::Cow;
+use std::cell::Cell;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::marker::PhantomData;
+
+use k8s_openapi::api::rbac::v1::{PolicyRule, RoleRef, Subject};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
+use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
+use serde::Deserialize;
+
+/// The most memory that decoding one object may build, by the estimate of [`keep`]. A real
+/// object builds a few kilobytes (a ClusterRole of 300 rules, about 300 KiB); the bound keeps a
+/// hostile one (100,000 containers, millions of labels) from costing many times its JSON.
+pub const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;
+
+thread_local! {
+    /// Bytes kept so far of the object being decoded (decoding is synchronous, so one object's
+    /// count never mixes with another's on the same thread).
+    static KEPT: Cell<usize> = const { Cell::new(0) };
+    /// Bytes kept since [`take_kept`] was last called, all objects together.
+    static KEPT_TOTAL: Cell<usize> = const { Cell::new(0) };
+}
+
+/// Counts `bytes` more of the object being decoded, or fails once it exceeds
+/// [`MAX_KEPT_BYTES`].
+fn keep<E: serde::de::Error>(bytes: usize) -> Result<(), E> {
+    KEPT_TOTAL.with(|total| total.set(total.get().saturating_add(bytes)));
+    KEPT.with(|kept| {
+        let n = kept.get().saturating_add(bytes);
+        kept.set(n);
+        if n > MAX_KEPT_BYTES {
+            Err(E::custom(format_args!(
+                "{TOO_LARGE} {} MiB in the fields prodguard reads (containers, rules, labels...); prodguard judges no object that large",
+                MAX_KEPT_BYTES >> 20
+            )))
+        } else {
+            Ok(())
+        }
+    })
+}
+
+const TOO_LARGE: &str = "the object builds more than";
+
+/// The estimated bytes decoding has built on this thread since the last call (both objects of
+/// a review, and any attempt that failed), and starts counting again.
+pub fn take_kept() -> usize {
+    KEPT_TOTAL.with(|total| total.replace(0))
+}
+
+/// Which fields of an object of a kind policies read.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Shape {
+    /// `spec` is a pod spec.
+    Pod,
+    /// `spec.replicas`, `spec.selector` and `spec.template` (Deployment, StatefulSet,
+    /// DaemonSet, ReplicaSet, Job).
+    Workload,
+    /// The same with a plain label map as selector.
+    ReplicationController,
+    /// `spec.jobTemplate.spec.template`.
+    CronJob,
+    /// `template`.
+    PodTemplate,
+    /// `ephemeralContainers` (what Kubernetes 1.20-1.22 send on pods/ephemeralcontainers).
+    EphemeralContainers,
+    /// `spec.minReplicas` and `spec.scaleTargetRef`.
+    HorizontalPodAutoscaler,
+    /// `spec.replicas`.
+    Scale,
+    /// `rules`.
+    Role,
+    /// `roleRef` and `subjects`.
+    Binding,
+    /// Metadata only.
+    #[default]
+    Other,
+}
+
+impl Shape {
+    pub fn of(kind: &str) -> Shape {
+        match kind {
+            "Pod" => Shape::Pod,
+            "Deployment" | "StatefulSet" | "DaemonSet" | "ReplicaSet" | "Job" => Shape::Workload,
+            "ReplicationController" => Shape::ReplicationController,
+            "CronJob" => Shape::CronJob,
+            "PodTemplate" => Shape::PodTemplate,
+            "EphemeralContainers" => Shape::EphemeralContainers,
+            "HorizontalPodAutoscaler" => Shape::HorizontalPodAutoscaler,
+            "Scale" => Shape::Scale,
+            "Role" | "ClusterRole" => Shape::Role,
+            "RoleBinding" | "ClusterRoleBinding" => Shape::Binding,
+            _ => Shape::Other,
+        }
+    }
+
+    /// Where the kind keeps its pod spec, from the object root; `None` for kinds without one.
+    pub fn pod_spec_path(self) -> Option<&'static [&'static str]> {
+        Some(match self {
+            Shape::Pod => &["spec"],
+            Shape::Workload | Shape::ReplicationController => &["spec", "template", "spec"],
+            Shape::CronJob => &["spec", "jobTemplate", "spec", "template", "spec"],
+            Shape::PodTemplate => &["template", "spec"],
+            Shape::EphemeralContainers => &[],
+            _ => return None,
+        })
+    }
+}
+
+/// One object, as policies read it.
+#[derive(Debug, Clone, Default)]
+pub struct Object<'a> {
+    /// Which fields were read: by the kind the object was decoded as.
+    pub shape: Shape,
+    pub api_version: Cow<'a, str>,
+    pub kind: Cow<'a, str>,
+    pub metadata: Meta<'a>,
+    pub spec: Spec<'a>,
+    /// A PodTemplate's template.
+    pub template: Option<Template<'a>>,
+    /// The containers of an `EphemeralContainers` object (Kubernetes 1.20-1.22).
+    pub ephemeral_containers: Option<Containers<'a>>,
+    pub rules: Option<Vec<PolicyRule>>,
+    pub role_ref: Option<RoleRef>,
+    pub subjects: Option<Vec<Subject>>,
+}
+
+/// The spec, by the kind's [`Shape`].
+#[derive(Debug, Clone, Default)]
+pub enum Spec<'a> {
+    #[default]
+    None,
+    Pod(PodSpec<'a>),
+    Workload(WorkloadSpec<'a>),
+    ReplicationController(ControllerSpec<'a>),
+    CronJob(CronJobSpec<'a>),
+    HorizontalPodAutoscaler(AutoscalerSpec<'a>),
+    Scale(ScaleSpec),
+}
+
+/// The metadata policies read. `managedFields` is skipped unparsed.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Meta<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub generate_name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub uid: Option<Cow<'a, str>>,
+    #[serde(default, deserialize_with = "counted_map")]
+    pub labels: Option<BTreeMap<String, String>>,
+    /// Present when the object has annotations; holds those policies read.
+    #[serde(borrow, default)]
+    pub annotations: Option<Annotations<'a>>,
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub owner_references: Option<Vec<OwnerRef<'a>>>,
+}
+
+/// The annotations policies read.
+pub const READ_ANNOTATIONS: &[&str] = &[
+    "nginx.ingress.kubernetes.io/proxy-body-size",
+    "prodguard.io/database",
+];
+
+/// The annotations of an object that policies read ([`READ_ANNOTATIONS`]); the others
+/// (`kubectl.kubernetes.io/last-applied-configuration`, a copy of the whole object) are
+/// skipped without being kept.
+#[derive(Debug, Clone, Default)]
+pub struct Annotations<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl Annotations<'_> {
+    /// The value of annotation `key` (one of [`READ_ANNOTATIONS`]).
+    pub fn get(&self, key: &str) -> Option<&str> {
+        debug_assert!(READ_ANNOTATIONS.contains(&key), "{key} is not read");
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct AnnotationsVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for AnnotationsVisitor<'a> {
+            type Value = Annotations<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut kept = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    if READ_ANNOTATIONS.contains(&key.as_ref()) {
+                        let Key(value) = map.next_value()?;
+                        keep(std::mem::size_of::<(Cow<str>, Cow<str>)>())?;
+                        kept.push((key, value));
+                    } else {
+                        map.next_value::<IgnoredAny>()?;
+                    }
+                }
+                Ok(Annotations(kept))
+            }
+        }
+        deserializer.deserialize_map(AnnotationsVisitor(PhantomData))
+    }
+}
+
+/// An owner reference: who owns the object, and whether it is its controller.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct OwnerRef<'a> {
+    #[serde(borrow, default)]
+    pub kind: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(default)]
+    pub controller: Option<bool>,
+}
+
+/// A pod spec: its containers, and how its pods are spread.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PodSpec<'a> {
+    #[serde(borrow, default)]
+    pub containers: Option<Containers<'a>>,
+    #[serde(borrow, default)]
+    pub init_containers: Option<Containers<'a>>,
+    #[serde(borrow, default)]
+    pub ephemeral_containers: Option<Containers<'a>>,
+    #[serde(borrow, default)]
+    pub affinity: Option<Affinity<'a>>,
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub topology_spread_constraints: Option<Vec<Topology<'a>>>,
+}
+
+/// A list of containers, each counted against [`MAX_KEPT_BYTES`].
+#[derive(Debug, Clone, Default)]
+pub struct Containers<'a>(pub Vec<Container<'a>>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for Containers<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_seq(CountedSeq(PhantomData))
+            .map(Containers)
+    }
+}
+
+/// One container: what policies read of it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Container<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub name: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub image: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub image_pull_policy: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub env: Option<Env<'a>>,
+}
+
+/// The environment variables policies read.
+pub const READ_VARIABLES: &[&str] = &["discovery.type"];
+
+/// The entries of a container's `env` that policies read ([`READ_VARIABLES`]); the others,
+/// often dozens, are skipped without being kept.
+#[derive(Debug, Clone, Default)]
+pub struct Env<'a>(pub Vec<EnvVar<'a>>);
+
+/// A `{name, value}` entry of `env`.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct EnvVar<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub value: Option<Cow<'a, str>>,
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Env<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct EnvVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for EnvVisitor<'a> {
+            type Value = Env<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Env<'a>, A::Error> {
+                let mut kept = Vec::new();
+                while let Some(var) = seq.next_element::<EnvVar<'a>>()? {
+                    if READ_VARIABLES.contains(&var.name.as_ref()) {
+                        keep(std::mem::size_of::<EnvVar>())?;
+                        kept.push(var);
+                    }
+                }
+                Ok(Env(kept))
+            }
+        }
+        deserializer.deserialize_seq(EnvVisitor(PhantomData))
+    }
+}
+
+impl Env<'_> {
+    /// The value of variable `name` (one of [`READ_VARIABLES`]).
+    pub fn get(&self, name: &str) -> Option<&str> {
+        debug_assert!(READ_VARIABLES.contains(&name), "{name} is not read");
+        self.0
+            .iter()
+            .find(|v| v.name == name)
+            .and_then(|v| v.value.as_deref())
+    }
+}
+
+/// The part of `affinity` that separates pods.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Affinity<'a> {
+    #[serde(borrow, default)]
+    pub pod_anti_affinity: Option<AntiAffinity<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct AntiAffinity<'a> {
+    #[serde(
+        borrow,
+        default,
+        rename = "requiredDuringSchedulingIgnoredDuringExecution",
+        deserialize_with = "counted_list"
+    )]
+    pub required: Option<Vec<Topology<'a>>>,
+    #[serde(
+        borrow,
+        default,
+        rename = "preferredDuringSchedulingIgnoredDuringExecution",
+        deserialize_with = "counted_list"
+    )]
+    pub preferred: Option<Vec<WeightedTerm<'a>>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct WeightedTerm<'a> {
+    #[serde(borrow, default)]
+    pub pod_affinity_term: Option<Topology<'a>>,
+}
+
+/// An affinity term or a spread constraint: the topology it is over.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Topology<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub topology_key: Option<Cow<'a, str>>,
+}
+
+/// A pod template: its pod spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Template<'a> {
+    #[serde(borrow, default)]
+    pub spec: Option<PodSpec<'a>>,
+}
+
+/// What policies read of a Deployment's, StatefulSet's, DaemonSet's, ReplicaSet's or Job's
+/// spec.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct WorkloadSpec<'a> {
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+    #[serde(borrow, default)]
+    pub template: Option<Template<'a>>,
+}
+
+/// A ReplicationController's spec: its selector is a plain label map.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ControllerSpec<'a> {
+    #[serde(default)]
+    pub replicas: Option<i64>,
+    #[serde(default, deserialize_with = "counted_map")]
+    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(borrow, default)]
+    pub template: Option<Template<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct CronJobSpec<'a> {
+    #[serde(borrow, default)]
+    pub job_template: Option<JobTemplate<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobTemplate<'a> {
+    #[serde(borrow, default)]
+    pub spec: Option<JobSpec<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct JobSpec<'a> {
+    #[serde(borrow, default)]
+    pub template: Option<Template<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AutoscalerSpec<'a> {
+    #[serde(default)]
+    pub min_replicas: Option<i64>,
+    #[serde(borrow, default)]
+    pub scale_target_ref: Option<TargetRef<'a>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct TargetRef<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub kind: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub name: Option<Cow<'a, str>>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ScaleSpec {
+    #[serde(default)]
+    pub replicas: Option<i64>,
+}
+
+/// An optional string, borrowed from the input when it needs no unescaping (serde borrows a
+/// bare `Cow<str>` field, not one inside an `Option`).
+fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Cow<'a, str>>, D::Error> {
+    Option::<Key<'de>>::deserialize(deserializer).map(|o| o.map(|k| k.0))
+}
+
+/// A sequence, each element counted against [`MAX_KEPT_BYTES`] by its size.
+struct CountedSeq<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de>> Visitor<'de> for CountedSeq<T> {
+    type Value = Vec<T>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a sequence")
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
+        let mut items = Vec::new();
+        while let Some(item) = seq.next_element::<T>()? {
+            keep(std::mem::size_of::<T>())?;
+            items.push(item);
+        }
+        Ok(items)
+    }
+}
+
+fn counted_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<T>>, D::Error> {
+    Option::<CountedList<T>>::deserialize(deserializer).map(|o| o.map(|l| l.0))
+}
+
+struct CountedList<T>(Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for CountedList<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_seq(CountedSeq(PhantomData))
+            .map(CountedList)
+    }
+}
+
+/// A map of strings (labels, annotations, a selector), each entry counted.
+fn counted_map<'de, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<BTreeMap<String, String>>, D::Error> {
+    struct CountedMap(BTreeMap<String, String>);
+    impl<'de> Deserialize<'de> for CountedMap {
+        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+            struct MapVisitor;
+            impl<'de> Visitor<'de> for MapVisitor {
+                type Value = CountedMap;
+                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                    f.write_str("a map")
+                }
+                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CountedMap, A::Error> {
+                    let mut out = BTreeMap::new();
+                    while let Some((key, value)) = map.next_entry::<String, String>()? {
+                        // Two strings in a B-tree leaf, and their text.
+                        keep(96 + key.len() + value.len())?;
+                        out.insert(key, value);
+                    }
+                    Ok(CountedMap(out))
+                }
+            }
+            deserializer.deserialize_map(MapVisitor)
+        }
+    }
+    Option::<CountedMap>::deserialize(deserializer).map(|o| o.map(|m| m.0))
+}
+
+/// The text an RBAC element (a rule, a subject) holds, beyond its own size.
+pub trait Weight {
+    fn weight(&self) -> usize;
+}
+
+fn strings_weight(items: &[String]) -> usize {
+    items.iter().map(|s| 24 + s.len()).sum()
+}
+
+impl Weight for PolicyRule {
+    fn weight(&self) -> usize {
+        [
+            &self.api_groups,
+            &self.resources,
+            &self.resource_names,
+            &self.non_resource_urls,
+        ]
+        .into_iter()
+        .flatten()
+        .map(|v| strings_weight(v))
+        .sum::<usize>()
+            + strings_weight(&self.verbs)
+    }
+}
+
+impl Weight for Subject {
+    fn weight(&self) -> usize {
+        self.name.len() + self.kind.len() + self.namespace.as_ref().map_or(0, String::len)
+    }
+}
+
+/// A string, borrowed from the input when it needs no unescaping.
+#[derive(Default)]
+struct Key<'de>(Cow<'de, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a string")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
+                Ok(Key(Cow::Owned(v)))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+/// Decodes an object of kind `kind` (`null` is `None`): the kind decides which fields are
+/// read. The object's own `kind` field, when present, is kept as it is.
+#[derive(Debug, Clone, Copy)]
+pub struct ObjectSeed<'k> {
+    pub kind: &'k str,
+}
+
+impl<'de, 'k> DeserializeSeed<'de> for ObjectSeed<'k> {
+    type Value = Option<Object<'de>>;
+
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        deserializer.deserialize_option(OptionalObject(self.kind))
+    }
+}
+
+struct OptionalObject<'k>(&'k str);
+
+impl<'de> Visitor<'de> for OptionalObject<'_> {
+    type Value = Option<Object<'de>>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_none<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_unit<E>(self) -> Result<Self::Value, E> {
+        Ok(None)
+    }
+    fn visit_some<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        KEPT.with(|kept| kept.set(0));
+        deserializer
+            .deserialize_map(ObjectVisitor(self.0))
+            .map(Some)
+    }
+}
+
+struct ObjectVisitor<'k>(&'k str);
+
+impl<'de> Visitor<'de> for ObjectVisitor<'_> {
+    type Value = Object<'de>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("an object")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Object<'de>, A::Error> {
+        let shape = Shape::of(self.0);
+        let mut object = Object {
+            shape,
+            ..Object::default()
+        };
+        while let Some(Key(key)) = map.next_key()? {
+            match (key.as_ref(), shape) {
+                ("apiVersion", _) => {
+                    object.api_version = map.next_value::<Option<Key>>()?.unwrap_or_default().0
+                }
+                ("kind", _) => object.kind = map.next_value::<Option<Key>>()?.unwrap_or_default().0,
+                ("metadata", _) => {
+                    object.metadata = map.next_value::<Option<_>>()?.unwrap_or_default()
+                }
+                ("spec", Shape::Pod) => object.spec = spec(&mut map, Spec::Pod)?,
+                ("spec", Shape::Workload) => object.spec = spec(&mut map, Spec::Workload)?,
+                ("spec", Shape::ReplicationController) => {
+                    object.spec = spec(&mut map, Spec::ReplicationController)?
+                }
+                ("spec", Shape::CronJob) => object.spec = spec(&mut map, Spec::CronJob)?,
+                ("spec", Shape::HorizontalPodAutoscaler) => {
+                    object.spec = spec(&mut map, Spec::HorizontalPodAutoscaler)?
+                }
+                ("spec", Shape::Scale) => object.spec = spec(&mut map, Spec::Scale)?,
+                ("template", Shape::PodTemplate) => object.template = map.next_value()?,
+                ("ephemeralContainers", Shape::EphemeralContainers) => {
+                    object.ephemeral_containers = map.next_value()?
+                }
+                ("rules", Shape::Role) => {
+                    object.rules = map.next_value_seed(Rbac::<PolicyRule>(PhantomData))?
+                }
+                ("roleRef", Shape::Binding) => object.role_ref = map.next_value()?,
+                ("subjects", Shape::Binding) => {
+                    object.subjects = map.next_value_seed(Rbac::<Subject>(PhantomData))?
+                }
+                _ => {
+                    map.next_value::<IgnoredAny>()?;
+                }
+            }
+        }
+        if object.kind.is_empty() {
+            // List items carry no kind.
+            object.kind = Cow::Owned(self.0.to_owned());
+        }
+        Ok(object)
+    }
+}
+
+/// The spec of a shape: `null` is none.
+fn spec<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
+    map: &mut A,
+    wrap: fn(T) -> Spec<'de>,
+) -> Result<Spec<'de>, A::Error> {
+    Ok(map
+        .next_value::<Option<T>>()?
+        .map(wrap)
+        .unwrap_or(Spec::None))
+}
+
+/// An RBAC list, each element counted with the text it holds.
+struct Rbac<T>(PhantomData<T>);
+
+impl<'de, T: Deserialize<'de> + Weight> DeserializeSeed<'de> for Rbac<T> {
+    type Value = Option<Vec<T>>;
+    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
+        struct RbacVisitor<T>(PhantomData<T>);
+        impl<'de, T: Deserialize<'de> + Weight> Visitor<'de> for RbacVisitor<T> {
+            type Value = Option<Vec<T>>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a sequence")
+            }
+            fn visit_unit<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_none<E>(self) -> Result<Self::Value, E> {
+                Ok(None)
+            }
+            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+                d.deserialize_seq(self)
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element::<T>()? {
+                    keep(std::mem::size_of::<T>() + item.weight())?;
+                    items.push(item);
+                }
+                Ok(Some(items))
+            }
+        }
+        deserializer.deserialize_option(RbacVisitor(PhantomData))
+    }
+}
+
+/// An object that does not have the shape its kind requires, or that is too large to judge.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{message}")]
+pub struct ShapeError {
+    message: String,
+    in_metadata: bool,
+}
+
+impl ShapeError {
+    pub fn field(kind: &str, path: &str, expected: &str) -> ShapeError {
+        ShapeError::new(format!("{kind} field {path} must be {expected}"))
+    }
+
+    fn new(message: String) -> ShapeError {
+        ShapeError {
+            message,
+            in_metadata: false,
+        }
+    }
+
+    /// Whether the error is in the object's metadata, which makes a review's whole request
+    /// unreadable rather than one object unjudgeable.
+    pub fn is_metadata(&self) -> bool {
+        self.in_metadata
+    }
+
+    fn from_path(kind: &str, error: serde_path_to_error::Error<serde_json::Error>) -> ShapeError {
+        let path = error.path().to_string();
+        let inner = error.into_inner();
+        let text = inner.to_string();
+        if path == "metadata" || path.starts_with("metadata.") {
+            return ShapeError {
+                message: format!("{path}: {text}"),
+                in_metadata: true,
+            };
+        }
+        // serde_json appends the position, which means nothing to the reader of an object.
+        let text = match text.rfind(" at line ") {
+            Some(at) => &text[..at],
+            None => text.as_str(),
+        };
+        if text.starts_with(TOO_LARGE) || inner.is_syntax() || inner.is_eof() {
+            return ShapeError::new(text.to_owned());
+        }
+        let Some((_, expected)) = text.rsplit_once(", expected ") else {
+            return ShapeError::new(format!("{kind} field {path}: {text}"));
+        };
+        let expected = match (path.as_str(), expected) {
+            ("roleRef", _) => "a role reference",
+            ("subjects", _) => "a list of subjects",
+            ("rules", _) => "a list of rules",
+            (_, "a sequence") => "a list",
+            (_, "a string" | "a borrowed string") => "a string",
+            (_, "i64" | "i32" | "u64" | "u32" | "an integer") => "an integer",
+            (_, "a boolean") => "a boolean",
+            (_, e) if e.starts_with("struct ") || e == "a map" || e == "an object" => "an object",
+            (_, e) => e,
+        };
+        ShapeError::field(kind, &path, expected)
+    }
+}
+
+impl<'a> Object<'a> {
+    /// Decodes an object of kind `kind` from JSON text, its strings borrowed from `text`.
+    pub fn decode(kind: &str, text: &'a str) -> Result<Option<Object<'a>>, ShapeError> {
+        let mut de = serde_json::Deserializer::from_str(text);
+        match (ObjectSeed { kind }).deserialize(&mut de) {
+            Ok(object) => Ok(object),
+            Err(_) => Err(Self::explain(kind, || {
+                serde_json::Deserializer::from_str(text)
+            })),
+        }
+    }
+
+    /// Decodes an object from a JSON value, borrowing its strings.
+    pub fn from_value(value: &'a serde_json::Value) -> Result<Object<'a>, ShapeError> {
+        let kind = value
+            .get("kind")
+            .and_then(serde_json::Value::as_str)
+            .unwrap_or_default();
+        match (ObjectSeed { kind }).deserialize(value) {
+            Ok(object) => Ok(object.unwrap_or_default()),
+            Err(_) => {
+                let mut track = serde_path_to_error::Track::new();
+                let de = serde_path_to_error::Deserializer::new(value, &mut track);
+                match (ObjectSeed { kind }).deserialize(de) {
+                    Ok(object) => Ok(object.unwrap_or_default()),
+                    Err(e) => Err(ShapeError::from_path(
+                        kind,
+                        serde_path_to_error::Error::new(track.path(), e),
+                    )),
+                }
+            }
+        }
+    }
+
+    /// Only the metadata (and type) of an object given as a JSON value: how an object that
+    /// does not have its kind's shape is still named.
+    pub fn metadata_from_value(value: &'a serde_json::Value) -> Result<Object<'a>, ShapeError> {
+        match (ObjectSeed { kind: "" }).deserialize(value) {
+            Ok(object) => Ok(object.unwrap_or_default()),
+            Err(e) => Err(ShapeError {
+                message: e.to_string(),
+                in_metadata: true,
+            }),
+        }
+    }
+
+    /// Why `text` does not decode: decoded again, this time tracking the path.
+    fn explain<'de, R: serde_json::de::Read<'de>>(
+        kind: &str,
+        deserializer: impl FnOnce() -> serde_json::Deserializer<R>,
+    ) -> ShapeError {
+        let mut de = deserializer();
+        let mut track = serde_path_to_error::Track::new();
+        let tracked = serde_path_to_error::Deserializer::new(&mut de, &mut track);
+        match (ObjectSeed { kind }).deserialize(tracked) {
+            Ok(_) => ShapeError::new(format!(
+                "{kind}: the object does not decode the same way twice"
+            )),
+            Err(e) => ShapeError::from_path(kind, serde_path_to_error::Error::new(track.path(), e)),
+        }
+    }
+
+    /// The pod spec of a pod-bearing object, with where it is from the root.
+    pub fn pod_spec(&self) -> Option<&PodSpec<'a>> {
+        fn template<'s, 'a>(t: &'s Option<Template<'a>>) -> Option<&'s PodSpec<'a>> {
+            t.as_ref().and_then(|t| t.spec.as_ref())
+        }
+        match &self.spec {
+            Spec::Pod(spec) => Some(spec),
+            Spec::Workload(w) => template(&w.template),
+            Spec::ReplicationController(c) => template(&c.template),
+            Spec::CronJob(c) => c
+                .job_template
+                .as_ref()
+                .and_then(|j| j.spec.as_ref())
+                .and_then(|j| template(&j.template)),
+            _ => self.template.as_ref().and_then(|t| t.spec.as_ref()),
+        }
+    }
+
+    /// `spec.replicas` of a workload or a Scale, if set.
+    pub fn replicas(&self) -> Option<i64> {
+        match &self.spec {
+            Spec::Workload(w) => w.replicas,
+            Spec::ReplicationController(c) => c.replicas,
+            Spec::Scale(s) => s.replicas,
+            _ => None,
+        }
+    }
+
+    /// Whether a controller of kind `kind` owns the object (a Deployment's ReplicaSet).
+    pub fn controlled_by(&self, kind: &str) -> bool {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.kind == kind && r.controller == Some(true))
+    }
+
+    /// Whether any controller owns the object.
+    pub fn has_controller(&self) -> bool {
+        self.metadata
+            .owner_references
+            .iter()
+            .flatten()
+            .any(|r| r.controller == Some(true))
+    }
+
+    pub fn name(&self) -> Option<&str> {
+        self.metadata.name.as_deref()
+    }
+
+    pub fn namespace(&self) -> Option<&str> {
+        self.metadata.namespace.as_deref()
+    }
+}
+
+/// An owned object of kind `kind`, decoded from JSON text (a lookup's answer).
+pub fn decode_owned(kind: &str, text: &[u8]) -> Result<Object<'static>, ShapeError> {
+    let mut de = serde_json::Deserializer::from_reader(text);
+    match (ObjectSeed { kind }).deserialize(&mut de) {
+        Ok(object) => Ok(object.unwrap_or_default()),
+        Err(_) => Err(Object::explain(kind, || {
+            serde_json::Deserializer::from_reader(text)
+        })),
+    }
+}
+
+/// An owned object, decoded from a JSON value (a snapshot's pod, a test's object).
+pub fn owned(value: serde_json::Value) -> Result<Object<'static>, ShapeError> {
+    let kind = value
+        .get("kind")
+        .and_then(serde_json::Value::as_str)
+        .unwrap_or_default()
+        .to_owned();
+    let mut track = serde_path_to_error::Track::new();
+    let tracked = serde_path_to_error::Deserializer::new(value, &mut track);
+    match (ObjectSeed { kind: &kind }).deserialize(tracked) {
+        Ok(object) => Ok(object.unwrap_or_default()),
+        Err(e) => Err(ShapeError::from_path(
+            &kind,
+            serde_path_to_error::Error::new(track.path(), e),
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::{json, Value};
+
+    /// Decodes `value` as a review's object is decoded (from text, by its kind): the error,
+    /// and the bytes kept.
+    fn kept_of(value: &Value) -> (Option<String>, usize) {
+        let text = serde_json::to_string(value).unwrap();
+        let kind = value["kind"].as_str().unwrap_or_default();
+        take_kept();
+        let result = Object::decode(kind, &text);
+        (result.err().map(|e| e.to_string()), take_kept())
+    }
+
+    #[test]
+    fn what_an_object_builds_is_bounded_whatever_its_shape() {
+        let refused = "the object builds more than 4 MiB in the fields prodguard reads";
+        // 100,000 containers (2.6 MB of JSON).
+        let containers = vec![json!({"name": "c", "image": "a"}); 100_000];
+        let (error, kept) = kept_of(&json!({"kind": "Pod", "spec": {"containers": containers}}));
+        assert!(error.unwrap().contains(refused));
+        // Built twice: the decode, and the one that explains its error (each freed).
+        assert!(kept <= 2 * (MAX_KEPT_BYTES + 1024), "{kept}");
+        // A million near-empty rules, and a million labels.
+        let rules = vec![json!({"verbs": []}); 1_000_000];
+        let (error, _) = kept_of(&json!({"kind": "ClusterRole", "rules": rules}));
+        assert!(error.unwrap().contains(refused));
+        let labels: serde_json::Map<String, Value> =
+            (0..1_000_000).map(|i| (i.to_string(), json!(""))).collect();
+        let (error, _) = kept_of(&json!({"kind": "Pod", "metadata": {"labels": labels}}));
+        assert!(error.unwrap().contains(refused));
+        // A real object is far below: a Deployment of 50 containers, a ClusterRole of 300 rules.
+        let containers = vec![
+            json!({"name": "app", "image": "registry.local/app:1.2.3", "imagePullPolicy": "IfNotPresent"});
+            50
+        ];
+        let (error, kept) = kept_of(
+            &json!({"kind": "Deployment", "metadata": {"name": "web", "labels": {"app": "web"}},
+            "spec": {"replicas": 2, "template": {"spec": {"containers": containers}}}}),
+        );
+        assert_eq!(error, None);
+        assert!(kept < 128 * 1024, "{kept}");
+        let rules = vec![
+            json!({"apiGroups": [""], "resources": ["pods", "pods/log"], "verbs": ["get", "list", "watch"]});
+            300
+        ];
+        let (error, kept) = kept_of(&json!({"kind": "ClusterRole", "rules": rules}));
+        assert_eq!(error, None);
+        assert!(kept < 1024 * 1024, "{kept}");
+    }
+
+    #[test]
+    fn reads_what_policies_read_by_kind_and_borrows_its_strings() {
+        let text = json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "web", "namespace": "openg2p", "labels": {"app": "web"},
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"},
+                         "managedFields": [{"manager": "helm"}],
+                         "ownerReferences": [{"kind": "X", "name": "x", "controller": true}]},
+            "spec": {"replicas": 3, "selector": {"matchLabels": {"app": "web"}},
+                     "strategy": {"type": "RollingUpdate"},
+                     "template": {"metadata": {"labels": {"app": "web"}}, "spec": {
+                         "containers": [{"name": "app", "image": "nginx:1", "imagePullPolicy": "Always",
+                                         "env": [{"name": "A", "value": "1"}], "ports": [{"containerPort": 80}]}],
+                         "affinity": {"podAntiAffinity": {"requiredDuringSchedulingIgnoredDuringExecution": [
+                             {"topologyKey": "kubernetes.io/hostname"}]}},
+                         "volumes": [{"name": "v", "emptyDir": {}}]}}},
+            "status": {"replicas": 3}
+        })
+        .to_string();
+        let object = Object::decode("Deployment", &text).unwrap().unwrap();
+        assert_eq!(object.shape, Shape::Workload);
+        assert_eq!(object.replicas(), Some(3));
+        assert!(object.has_controller() && object.controlled_by("X"));
+        // Annotations that no policy reads are not kept, but their presence is.
+        assert!(object.metadata.annotations.as_ref().unwrap().0.is_empty());
+        let spec = object.pod_spec().unwrap();
+        let container = &spec.containers.as_ref().unwrap().0[0];
+        assert!(matches!(container.image, Some(Cow::Borrowed("nginx:1"))));
+        assert!(
+            container.env.as_ref().unwrap().0.is_empty(),
+            "A is not read"
+        );
+        let anti = spec.affinity.as_ref().unwrap().pod_anti_affinity.as_ref();
+        assert_eq!(
+            anti.unwrap().required.as_ref().unwrap()[0]
+                .topology_key
+                .as_deref(),
+            Some("kubernetes.io/hostname")
+        );
+    }
+
+    #[test]
+    fn kinds_no_policy_reads_are_metadata_only_whatever_their_spec() {
+        // A custom resource whose spec has fields named like a workload's, of other types.
+        let text = json!({"apiVersion": "example.com/v1", "kind": "Widget",
+                          "metadata": {"name": "w"},
+                          "spec": {"replicas": "many", "template": "x", "containers": 5}})
+        .to_string();
+        let object = Object::decode("Widget", &text).unwrap().unwrap();
+        assert_eq!(object.shape, Shape::Other);
+        assert!(matches!(object.spec, Spec::None));
+        assert_eq!(object.name(), Some("w"));
+        // A list item without kind takes the kind it was decoded as.
+        let item = Object::decode("ConfigMap", r#"{"metadata": {"name": "c"}}"#)
+            .unwrap()
+            .unwrap();
+        assert_eq!(item.kind, "ConfigMap");
+        assert!(Object::decode("Pod", "null").unwrap().is_none());
+    }
+
+    #[test]
+    fn only_listed_variables_and_annotations_are_kept_even_escaped() {
+        let text = r#"{"kind": "Pod", "metadata": {"annotations": {"prodguard.io/data\u0062ase": "true", "other": "x"}},
+            "spec": {"containers": [{"name": "c", "env": [{"name": "A", "value": "1"},
+            {"name": "discovery\u002etype", "value": "single-node"}, {"name": "B", "valueFrom": {"x": {}}}]}]}}"#;
+        let object = Object::decode("Pod", text).unwrap().unwrap();
+        let annotations = object.metadata.annotations.as_ref().unwrap();
+        assert_eq!(annotations.0.len(), 1);
+        assert_eq!(annotations.get("prodguard.io/database"), Some("true"));
+        let env = object.pod_spec().unwrap().containers.as_ref().unwrap().0[0]
+            .env
+            .as_ref()
+            .unwrap();
+        assert_eq!(env.0.len(), 1);
+        assert_eq!(env.get("discovery.type"), Some("single-node"));
+    }
+
+    #[test]
+    fn shape_errors_name_the_field_and_metadata_errors_say_so() {
+        let error =
+            |kind: &str, value: Value| Object::decode(kind, &value.to_string()).unwrap_err();
+        let e = error(
+            "HorizontalPodAutoscaler",
+            json!({"spec": {"minReplicas": true}}),
+        );
+        assert_eq!(
+            e.to_string(),
+            "HorizontalPodAutoscaler field spec.minReplicas must be an integer"
+        );
+        assert!(!e.is_metadata());
+        let e = error(
+            "CronJob",
+            json!({"spec": {"jobTemplate": {"spec": {"template": {"spec": {"containers": [{"imagePullPolicy": []}]}}}}}}),
+        );
+        assert_eq!(
+            e.to_string(),
+            "CronJob field spec.jobTemplate.spec.template.spec.containers[0].imagePullPolicy must be a string"
+        );
+        let e = error("Pod", json!({"metadata": {"labels": {"a": 1}}}));
+        assert!(e.is_metadata(), "{e}");
+        assert!(e.to_string().starts_with("metadata.labels"), "{e}");
+        let e = error("ClusterRole", json!({"rules": {}}));
+        assert_eq!(
+            e.to_string(),
+            "ClusterRole field rules must be a list of rules"
+        );
+        // The same through a JSON value (check) and owned (lookups).
+        let value = json!({"kind": "Scale", "spec": {"replicas": "1"}});
+        assert_eq!(
+            Object::from_value(&value).unwrap_err().to_string(),
+            "Scale field spec.replicas must be an integer"
+        );
+        assert_eq!(
+            owned(value).unwrap_err().to_string(),
+            "Scale field spec.replicas must be an integer"
+        );
+    }
+}
