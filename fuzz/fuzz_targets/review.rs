@@ -3,13 +3,14 @@
 //! metrics exposition then holds no line but prodguard's own.
 #![no_main]
 
+use std::future::Future;
 use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use prodguard::admission::{self, Decoded};
 use prodguard::cluster::NoLookup;
 use prodguard::config::Config;
-use prodguard::engine::{Context, Engine, Request, Webhook};
+use prodguard::engine::{Engine, Lookups, Request, Webhook};
 use prodguard::report::metrics::{kind_label, Metrics, RequestLabels};
 use prodguard::report::NoReporter;
 
@@ -44,8 +45,15 @@ fuzz_target!(|data: &[u8]| {
                     "a foreign line in the exposition: {line:?}"
                 );
             }
+            let nothing = NoLookup { reason: "fuzzing".into() };
+            let lookups = Lookups::immediate(&nothing);
             for webhook in [Webhook::Mutate, Webhook::Validate] {
-                let verdict = engine().evaluate(webhook, &view, &Context::default());
+                // Without a cluster every lookup fails at once: the evaluation never waits.
+                let mut evaluation = std::pin::pin!(engine().evaluate(webhook, &view, &lookups));
+                let mut cx = std::task::Context::from_waker(std::task::Waker::noop());
+                let std::task::Poll::Ready(verdict) = evaluation.as_mut().poll(&mut cx) else {
+                    panic!("the evaluation waited without a cluster");
+                };
                 admission::encode_verdict(&request.uid, &verdict).expect("encodes");
             }
         }

@@ -26,6 +26,10 @@ pub enum LookupError {
     NoClient(String),
     #[error("{what} is not among the checked objects; add it to the input")]
     NotGiven { what: String },
+    /// A test's answer, as the test words it.
+    #[cfg(test)]
+    #[error("{0}")]
+    Test(String),
 }
 
 /// A Role (namespaced) or ClusterRole, as a binding's `roleRef` names it.

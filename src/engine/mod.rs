@@ -2,21 +2,18 @@
 //! verdict according to each policy's mode (a pure step, see [`decide`]).
 
 mod decide;
+mod lookups;
 pub mod offline;
 mod request;
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use crate::view::Object;
-
 pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
+pub use lookups::Lookups;
 pub use request::{Operation, Request};
 
-use k8s_openapi::api::rbac::v1::PolicyRule;
-
-use crate::cluster::{Binding, ClusterLookup, RoleKey, Snapshot};
+use crate::cluster::ClusterLookup;
 use crate::config::{Config, GlobalMode, PolicyMode};
 use crate::policies;
 use crate::report::{Report, Reporter};
@@ -55,128 +52,6 @@ pub enum Finding {
     },
 }
 
-/// Facts a policy needs from outside the request, fetched before policies run. Each is
-/// `None` when no policy asked for it, or the answer, or why it could not be read.
-#[derive(Debug, Default)]
-pub struct Context {
-    /// The Pod a CONNECT request targets.
-    pub pod: Option<Result<Object<'static>, String>>,
-    /// The labels of the request's namespace.
-    pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
-    /// The rules of the role a binding grants; `Ok(None)` when the role does not exist.
-    pub role_rules: Option<Result<Option<Vec<PolicyRule>>, String>>,
-    /// The bindings that grant the role being written.
-    pub bindings: Option<Result<Vec<Binding>, String>>,
-}
-
-/// What a policy asks to be read from the cluster for one request.
-#[derive(Debug, Default, Clone, PartialEq)]
-pub struct Needs {
-    pub pod: bool,
-    pub namespace_labels: bool,
-    pub role_rules: Option<RoleKey>,
-    pub bindings: Option<RoleKey>,
-}
-
-impl Needs {
-    pub fn any(&self) -> bool {
-        self.pod || self.namespace_labels || self.role_rules.is_some() || self.bindings.is_some()
-    }
-
-    fn merge(&mut self, other: Needs) {
-        self.pod |= other.pod;
-        self.namespace_labels |= other.namespace_labels;
-        if self.role_rules.is_none() {
-            self.role_rules = other.role_rules;
-        }
-        if self.bindings.is_none() {
-            self.bindings = other.bindings;
-        }
-    }
-}
-
-impl Context {
-    /// Reads what `needs` asks for through `lookup`.
-    pub async fn fetch(
-        lookup: &dyn ClusterLookup,
-        needs: &Needs,
-        request: &Request<'_>,
-    ) -> Context {
-        let text = |e: crate::cluster::LookupError| e.to_string();
-        let mut context = Context::default();
-        if needs.pod {
-            context.pod = Some(
-                lookup
-                    .get_pod(request.namespace, request.name)
-                    .await
-                    .map_err(text),
-            );
-        }
-        if needs.namespace_labels {
-            context.namespace_labels = Some(
-                lookup
-                    .namespace_labels(request.namespace)
-                    .await
-                    .map_err(text),
-            );
-        }
-        if let Some(role) = &needs.role_rules {
-            context.role_rules = Some(lookup.role_rules(role).await.map_err(text));
-        }
-        if let Some(role) = &needs.bindings {
-            context.bindings = Some(lookup.bindings_to(role).await.map_err(text));
-        }
-        context
-    }
-
-    /// Every lookup `needs` asks for failed by taking longer than `timeout`.
-    fn timed_out(needs: &Needs, request: &Request<'_>, timeout: Duration) -> Context {
-        fn late<T>(what: String, timeout: Duration) -> Result<T, String> {
-            Err(format!("reading {what} took longer than {timeout:?}"))
-        }
-        Context {
-            pod: needs.pod.then(|| {
-                late(
-                    format!("pod {}/{}", request.namespace, request.name),
-                    timeout,
-                )
-            }),
-            namespace_labels: needs
-                .namespace_labels
-                .then(|| late(format!("namespace {}", request.namespace), timeout)),
-            role_rules: needs
-                .role_rules
-                .as_ref()
-                .map(|r| late(r.to_string(), timeout)),
-            bindings: needs
-                .bindings
-                .as_ref()
-                .map(|r| late(format!("the bindings of {r}"), timeout)),
-        }
-    }
-
-    /// The same, answered from a snapshot (no waiting).
-    pub fn from_snapshot(snapshot: &Snapshot, needs: &Needs, request: &Request<'_>) -> Context {
-        let text = |e: crate::cluster::LookupError| e.to_string();
-        Context {
-            pod: needs
-                .pod
-                .then(|| snapshot.pod(request.namespace, request.name).map_err(text)),
-            namespace_labels: needs
-                .namespace_labels
-                .then(|| snapshot.labels_of(request.namespace).map_err(text)),
-            role_rules: needs
-                .role_rules
-                .as_ref()
-                .map(|role| snapshot.rules_of(role).map_err(text)),
-            bindings: needs
-                .bindings
-                .as_ref()
-                .map(|role| Ok(snapshot.bindings_of(role))),
-        }
-    }
-}
-
 /// A request a policy cannot evaluate because its object is malformed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum EvalError {
@@ -191,16 +66,17 @@ pub enum EvalError {
     Lookup(String),
 }
 
-/// One built-in policy. Policies are pure: what they need from the cluster comes in [`Context`].
+/// One built-in policy. What it needs from the cluster it reads through [`Lookups`], when it
+/// needs it.
+#[async_trait::async_trait]
 pub trait Policy: Send + Sync {
     fn id(&self) -> &'static str;
     fn webhook(&self) -> Webhook;
-    /// What this request needs read from the API server before `evaluate`.
-    fn needs(&self, _request: &Request<'_>) -> Needs {
-        Needs::default()
-    }
-    fn evaluate(&self, request: &Request<'_>, context: &Context)
-        -> Result<Vec<Finding>, EvalError>;
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        lookups: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError>;
 }
 
 struct Configured {
@@ -280,23 +156,12 @@ impl Engine {
             .collect()
     }
 
-    /// Evaluates a request for one webhook, reads what the policies need from the cluster,
-    /// and reports violations and mutations unless the request is a dry run.
+    /// Evaluates a request for one webhook, the policies reading what they need from the
+    /// cluster within the lookup timeout, and reports violations and mutations unless the
+    /// request is a dry run.
     pub async fn review(&self, webhook: Webhook, request: &Request<'_>) -> Verdict {
-        if self.is_excluded(request.namespace) {
-            return Verdict::Decided(decide(&[]));
-        }
-        let needs = self.needs(webhook, request);
-        let context = if needs.any() {
-            let fetch = Context::fetch(self.cluster.as_ref(), &needs, request);
-            match tokio::time::timeout(self.lookup_timeout, fetch).await {
-                Ok(context) => context,
-                Err(_) => Context::timed_out(&needs, request, self.lookup_timeout),
-            }
-        } else {
-            Context::default()
-        };
-        let verdict = self.evaluate(webhook, request, &context);
+        let lookups = Lookups::within(self.cluster.as_ref(), self.lookup_timeout);
+        let verdict = self.evaluate(webhook, request, &lookups).await;
         if let Verdict::Decided(decision) = &verdict {
             if !request.dry_run && self.reporter.wants_reports() {
                 if let Some(report) = Report::new(request, &decision.reports) {
@@ -307,24 +172,14 @@ impl Engine {
         verdict
     }
 
-    /// What the active policies of `webhook` need read from the cluster for `request`.
-    pub fn needs(&self, webhook: Webhook, request: &Request<'_>) -> Needs {
-        let mut needs = Needs::default();
-        if self.is_excluded(request.namespace) {
-            return needs;
-        }
-        for c in self
-            .policies
-            .iter()
-            .filter(|c| c.policy.webhook() == webhook)
-        {
-            needs.merge(c.policy.needs(request));
-        }
-        needs
-    }
-
-    /// Evaluates without reading the cluster or reporting (used by `check` and by `review`).
-    pub fn evaluate(&self, webhook: Webhook, request: &Request<'_>, context: &Context) -> Verdict {
+    /// Evaluates without reporting, reading the cluster through `lookups` (used by `review`,
+    /// and by `check` and the audit with a snapshot).
+    pub async fn evaluate(
+        &self,
+        webhook: Webhook,
+        request: &Request<'_>,
+        lookups: &Lookups<'_>,
+    ) -> Verdict {
         if self.is_excluded(request.namespace) {
             return Verdict::Decided(decide(&[]));
         }
@@ -340,7 +195,7 @@ impl Engine {
             .iter()
             .filter(|c| c.policy.webhook() == webhook)
         {
-            match configured.policy.evaluate(request, context) {
+            match configured.policy.evaluate(request, lookups).await {
                 Ok(findings) if findings.is_empty() => {}
                 Ok(findings) => outcomes.push(PolicyOutcome {
                     policy: configured.policy.id(),
@@ -368,9 +223,14 @@ impl Engine {
 
 #[cfg(test)]
 mod tests {
+    use std::collections::BTreeMap;
+
+    use k8s_openapi::api::rbac::v1::PolicyRule;
+
     use super::*;
-    use crate::cluster::LookupError;
+    use crate::cluster::{Binding, LookupError, RoleKey, Snapshot};
     use crate::report::MemoryReporter;
+    use crate::view::Object;
 
     struct HangingLookup;
 
@@ -502,12 +362,10 @@ mod tests {
             Arc::new(MemoryReporter::default()),
         )
         .with_lookup_failures_as_errors();
+        let input = Snapshot::default();
         assert_eq!(
-            strict.evaluate(Webhook::Validate, &request, &Context {
-                role_rules: Some(Err("Role openg2p/r is not among the checked objects".into())),
-                ..Context::default()
-            }),
-            Verdict::Malformed("RoleBinding openg2p/b cannot be checked: Role openg2p/r is not among the checked objects".into())
+            strict.evaluate(Webhook::Validate, &request, &Lookups::immediate(&input)).await,
+            Verdict::Malformed("RoleBinding openg2p/b cannot be checked: Role openg2p/r is not among the checked objects; add it to the input".into())
         );
     }
 }

@@ -8,7 +8,9 @@ use serde_json::Value;
 use crate::cluster::Snapshot;
 use crate::view::{Object, ShapeError};
 
-use super::{Context, Engine, Operation, Reported, Request, Verdict, Webhook};
+use futures_util::FutureExt;
+
+use super::{Engine, Lookups, Operation, Reported, Request, Verdict, Webhook};
 
 /// The user offline evaluation runs as.
 pub const OFFLINE_USER: &str = "prodguard-check";
@@ -214,10 +216,12 @@ fn evaluate(
         dry_run: true,
         shape_error: viewed.shape_error.as_ref(),
     };
-    let context = Context::from_snapshot(cluster, &engine.needs(webhook, &request), &request);
-    let decision = match engine.evaluate(webhook, &request, &context) {
-        Verdict::Decided(decision) => decision,
-        Verdict::Malformed(message) => return Err(message),
+    // A snapshot answers at once, so the evaluation never waits.
+    let lookups = Lookups::immediate(cluster);
+    let decision = match engine.evaluate(webhook, &request, &lookups).now_or_never() {
+        Some(Verdict::Decided(decision)) => decision,
+        Some(Verdict::Malformed(message)) => return Err(message),
+        None => return Err("a lookup of the checked objects did not answer at once".into()),
     };
     let name = request.object_name().to_owned();
     for item in decision.reports {

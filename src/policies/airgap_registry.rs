@@ -6,7 +6,7 @@
 use super::image_ref::ImageRef;
 use super::{checked_container_lists, image_unchanged, pod_spec};
 use crate::config::{parse_registry_pattern, AirgapRegistryConfig, RegistryPattern};
-use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "airgap-registry";
 
@@ -41,6 +41,7 @@ impl AirgapRegistry {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for AirgapRegistry {
     fn id(&self) -> &'static str {
         ID
@@ -50,7 +51,11 @@ impl Policy for AirgapRegistry {
         Webhook::Validate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         if !self.airgapped {
             return Ok(Vec::new());
         }
@@ -89,7 +94,7 @@ mod tests {
     use super::*;
     use crate::config::PolicyMode;
     use crate::engine::Operation;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, request, Context, Eval};
     use serde_json::json;
 
     fn policy(airgapped: bool) -> AirgapRegistry {
@@ -114,7 +119,7 @@ mod tests {
 
     fn message(p: &AirgapRegistry, obj: &crate::view::Object<'static>) -> Option<String> {
         let req = request(Operation::Create, "Pod", "pods", Some(obj));
-        p.evaluate(&req, &Context::default())
+        p.eval(&req, &Context::default())
             .unwrap()
             .into_iter()
             .map(|f| match f {
@@ -189,10 +194,10 @@ mod tests {
         let same = pod(&["nginx"]);
         let mut req = request(Operation::Update, "Pod", "pods", Some(&same));
         req.old_object = Some(&old);
-        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
         let changed = pod(&["nginx:2"]);
         let mut req = request(Operation::Update, "Pod", "pods", Some(&changed));
         req.old_object = Some(&old);
-        assert_eq!(p.evaluate(&req, &Context::default()).unwrap().len(), 1);
+        assert_eq!(p.eval(&req, &Context::default()).unwrap().len(), 1);
     }
 }

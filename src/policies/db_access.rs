@@ -11,7 +11,7 @@
 use super::image_ref::{ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
 use crate::config::{Admins, DbAccessConfig};
-use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 pub const ID: &str = "db-access";
@@ -91,6 +91,7 @@ impl DbAccess {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for DbAccess {
     fn id(&self) -> &'static str {
         ID
@@ -100,19 +101,12 @@ impl Policy for DbAccess {
         Webhook::Validate
     }
 
-    fn needs(&self, request: &Request<'_>) -> Needs {
-        Needs {
-            pod: Self::applies(request) && !self.is_admin(request),
-            ..Needs::default()
-        }
-    }
-
-    fn evaluate(
+    async fn evaluate(
         &self,
         request: &Request<'_>,
-        context: &Context,
+        lookups: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
-        if !self.needs(request).pod {
+        if !Self::applies(request) || self.is_admin(request) {
             return Ok(Vec::new());
         }
         let verb = match request.sub_resource {
@@ -121,16 +115,12 @@ impl Policy for DbAccess {
             _ => "port-forward to",
         };
         let target = format!("{}/{}", request.namespace, request.name);
-        let message = match &context.pod {
-            None => format!(
-                "cannot tell whether pod {target} is a database pod: it was not read; denied \
-                 because db-access fails closed"
-            ),
-            Some(Err(e)) => format!(
+        let message = match lookups.pod(request.namespace, request.name).await {
+            Err(e) => format!(
                 "cannot tell whether pod {target} is a database pod because the pod lookup \
                  failed ({e}); denied because db-access fails closed"
             ),
-            Some(Ok(pod)) => match self.database_reason(pod) {
+            Ok(pod) => match self.database_reason(&pod) {
                 None => return Ok(Vec::new()),
                 Some(reason) => format!(
                     "user {:?} may not {verb} database pod {target} ({reason}): only admins may \
@@ -146,7 +136,7 @@ impl Policy for DbAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{asked, object, request, Context, Eval};
     use serde_json::json;
 
     fn policy() -> DbAccess {
@@ -247,8 +237,8 @@ mod tests {
             ("portforward", "port-forward to"),
         ] {
             let req = exec_request(sub, &[]);
-            assert!(p.needs(&req).pod);
-            let findings = p.evaluate(&req, &ctx).unwrap();
+            assert_eq!(asked(&p, &req).len(), 1);
+            let findings = p.eval(&req, &ctx).unwrap();
             let Finding::Violation { message } = &findings[0] else {
                 panic!()
             };
@@ -270,14 +260,14 @@ mod tests {
         let p = policy();
         let masters = ["system:masters".to_string()];
         let req = exec_request("exec", &masters);
-        assert!(!p.needs(&req).pod);
-        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(asked(&p, &req).is_empty());
+        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
         let req = exec_request("exec", &[]);
         let web = pod(json!({"spec": {"containers": [{"name": "web", "image": "nginx"}]}}));
-        assert!(p.evaluate(&req, &web).unwrap().is_empty());
+        assert!(p.eval(&req, &web).unwrap().is_empty());
         let mut logs = exec_request("log", &[]);
         logs.operation = Operation::Connect;
-        assert!(!p.needs(&logs).pod);
+        assert!(asked(&p, &logs).is_empty());
     }
 
     #[test]
@@ -288,7 +278,7 @@ mod tests {
             pod: Some(Err("pod openg2p/db-0 was not found".into())),
             ..Context::default()
         };
-        let findings = p.evaluate(&req, &ctx).unwrap();
+        let findings = p.eval(&req, &ctx).unwrap();
         let Finding::Violation { message } = &findings[0] else {
             panic!()
         };

@@ -74,8 +74,8 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::engine::{Context, Operation, Policy};
-    use crate::policies::test_support::{object, request, violations};
+    use crate::engine::Operation;
+    use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
     use serde_json::json;
 
     fn policy() -> InProduction<ExternalDatabases> {
@@ -162,11 +162,11 @@ mod tests {
         let new = workload("StatefulSet", 1, "postgres:16");
         let mut req = request(Operation::Update, "StatefulSet", "statefulsets", Some(&new));
         req.old_object = Some(&old);
-        assert!(policy().evaluate(&req, &production()).unwrap().is_empty());
-        assert!(!policy().needs(&req).namespace_labels);
+        assert!(policy().eval(&req, &production()).unwrap().is_empty());
+        assert!(asked(&policy(), &req).is_empty());
         let before = workload("StatefulSet", 1, "busybox");
         req.old_object = Some(&before);
-        assert_eq!(policy().evaluate(&req, &production()).unwrap().len(), 1);
-        assert!(policy().needs(&req).namespace_labels);
+        assert_eq!(policy().eval(&req, &production()).unwrap().len(), 1);
+        assert_eq!(asked(&policy(), &req), ["namespace openg2p"]);
     }
 }

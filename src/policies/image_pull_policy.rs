@@ -8,13 +8,14 @@ use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
 use super::mutate_containers;
-use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "image-pull-policy";
 const WANTED: &str = "IfNotPresent";
 
 pub struct ImagePullPolicy;
 
+#[async_trait::async_trait]
 impl Policy for ImagePullPolicy {
     fn id(&self) -> &'static str {
         ID
@@ -24,7 +25,11 @@ impl Policy for ImagePullPolicy {
         Webhook::Mutate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         let summary = format!("set imagePullPolicy: {WANTED} on ");
         mutate_containers(request, &summary, |container| {
             if container.pull_policy == Some(WANTED) {
@@ -50,7 +55,7 @@ impl Policy for ImagePullPolicy {
 mod tests {
     use super::*;
     use crate::engine::Operation;
-    use crate::policies::test_support::{object, patched, request};
+    use crate::policies::test_support::{object, patched, request, Context, Eval};
     use serde_json::json;
 
     #[test]
@@ -65,7 +70,7 @@ mod tests {
         }});
         let pod = object(doc.clone());
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
-        let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
+        let findings = ImagePullPolicy.eval(&req, &Context::default()).unwrap();
         assert_eq!(findings.len(), 1);
         let Finding::Mutation { patch, message } = &findings[0] else {
             panic!()
@@ -103,7 +108,7 @@ mod tests {
         );
         let req = request(Operation::Create, "Pod", "pods", Some(&pod));
         assert!(ImagePullPolicy
-            .evaluate(&req, &Context::default())
+            .eval(&req, &Context::default())
             .unwrap()
             .is_empty());
     }
@@ -115,7 +120,7 @@ mod tests {
         );
         let req = request(Operation::Update, "Pod", "pods", Some(&pod));
         assert!(ImagePullPolicy
-            .evaluate(&req, &Context::default())
+            .eval(&req, &Context::default())
             .unwrap()
             .is_empty());
 
@@ -130,7 +135,7 @@ mod tests {
         );
         assert_eq!(
             ImagePullPolicy
-                .evaluate(&req, &Context::default())
+                .eval(&req, &Context::default())
                 .unwrap()
                 .len(),
             1
@@ -144,7 +149,7 @@ mod tests {
         );
         status.sub_resource = Some("status");
         assert!(ImagePullPolicy
-            .evaluate(&status, &Context::default())
+            .eval(&status, &Context::default())
             .unwrap()
             .is_empty());
     }
@@ -158,7 +163,7 @@ mod tests {
         let pod = object(doc.clone());
         let mut req = request(Operation::Update, "Pod", "pods", Some(&pod));
         req.sub_resource = Some("ephemeralcontainers");
-        let findings = ImagePullPolicy.evaluate(&req, &Context::default()).unwrap();
+        let findings = ImagePullPolicy.eval(&req, &Context::default()).unwrap();
         let Finding::Mutation { patch, .. } = &findings[0] else {
             panic!()
         };

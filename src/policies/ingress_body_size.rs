@@ -11,7 +11,7 @@ use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value};
 
 use crate::config::{parse_nginx_size, IngressBodySizeConfig};
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 pub const ID: &str = "ingress-body-size";
@@ -45,6 +45,7 @@ impl IngressBodySizeDefault {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for IngressBodySizeDefault {
     fn id(&self) -> &'static str {
         ID
@@ -54,7 +55,11 @@ impl Policy for IngressBodySizeDefault {
         Webhook::Mutate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         if !applies(request) {
             return Ok(Vec::new());
         }
@@ -115,6 +120,7 @@ impl IngressBodySizeLimit {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for IngressBodySizeLimit {
     fn id(&self) -> &'static str {
         ID
@@ -124,7 +130,11 @@ impl Policy for IngressBodySizeLimit {
         Webhook::Validate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         if !applies(request) {
             return Ok(Vec::new());
         }
@@ -155,7 +165,7 @@ impl Policy for IngressBodySizeLimit {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, patched, request};
+    use crate::policies::test_support::{object, patched, request, Context, Eval};
 
     fn config() -> IngressBodySizeConfig {
         IngressBodySizeConfig {
@@ -186,7 +196,7 @@ mod tests {
         let obj = object(doc.clone());
         let req = ingress_request(Operation::Create, &obj);
         let findings = IngressBodySizeDefault::new(&config())
-            .evaluate(&req, &Context::default())
+            .eval(&req, &Context::default())
             .unwrap();
         if findings.is_empty() {
             return None;
@@ -226,7 +236,7 @@ mod tests {
         for (value, expected) in cases {
             let obj = ingress(Some(json!({ANNOTATION: value})));
             let req = ingress_request(Operation::Create, &obj);
-            let findings = policy.evaluate(&req, &Context::default()).unwrap();
+            let findings = policy.eval(&req, &Context::default()).unwrap();
             match (expected, findings.first()) {
                 (None, None) => {}
                 (Some(text), Some(Finding::Violation { message })) => {
@@ -248,13 +258,10 @@ mod tests {
         let new = ingress(Some(json!({ANNOTATION: "0"})));
         let mut req = ingress_request(Operation::Update, &new);
         req.old_object = Some(&old);
-        assert!(policy
-            .evaluate(&req, &Context::default())
-            .unwrap()
-            .is_empty());
+        assert!(policy.eval(&req, &Context::default()).unwrap().is_empty());
         let older = ingress(Some(json!({ANNOTATION: "10m"})));
         req.old_object = Some(&older);
-        assert_eq!(policy.evaluate(&req, &Context::default()).unwrap().len(), 1);
+        assert_eq!(policy.eval(&req, &Context::default()).unwrap().len(), 1);
     }
 
     #[test]
@@ -263,12 +270,9 @@ mod tests {
         let mut req = ingress_request(Operation::Create, &obj);
         req.group = "example.com";
         let policy = IngressBodySizeLimit::new(&config());
-        assert!(policy
-            .evaluate(&req, &Context::default())
-            .unwrap()
-            .is_empty());
+        assert!(policy.eval(&req, &Context::default()).unwrap().is_empty());
         assert!(IngressBodySizeDefault::new(&config())
-            .evaluate(&req, &Context::default())
+            .eval(&req, &Context::default())
             .unwrap()
             .is_empty());
     }

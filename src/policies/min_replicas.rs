@@ -10,7 +10,7 @@
 use std::collections::BTreeMap;
 
 use crate::config::{Exemption, MinReplicasConfig};
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Spec;
 
 pub const ID: &str = "min-replicas";
@@ -60,6 +60,7 @@ fn scaled_kind(resource: &str) -> Option<&'static str> {
     })
 }
 
+#[async_trait::async_trait]
 impl Policy for MinReplicas {
     fn id(&self) -> &'static str {
         ID
@@ -69,7 +70,11 @@ impl Policy for MinReplicas {
         Webhook::Validate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         if !matches!(request.operation, Operation::Create | Operation::Update) {
             return Ok(Vec::new());
         }
@@ -168,7 +173,7 @@ impl Policy for MinReplicas {
 mod tests {
     use super::*;
     use crate::config::PolicyMode;
-    use crate::policies::test_support::{object, request, violations};
+    use crate::policies::test_support::{object, request, violations, Context};
     use serde_json::json;
 
     fn policy() -> MinReplicas {

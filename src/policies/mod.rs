@@ -19,7 +19,7 @@ pub mod registry_mirror;
 use json_patch::PatchOperation;
 
 use crate::config::{Config, LabelSelector, PolicyMode};
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request};
 use crate::view::Object;
 use image_ref::ImagePattern;
 use pod_spec::{ContainerList, ContainerRef};
@@ -183,18 +183,16 @@ pub fn container_running<'a>(
         })
 }
 
-/// Whether the request's namespace is a production one, from the namespace labels the engine
-/// read: `Ok(None)` when they were not read (offline callers without namespaces), `Err` with
-/// the reason when reading failed.
-pub fn is_production(
-    context: &Context,
+/// Whether the request's namespace is a production one, from its labels; `Err` with the
+/// reason when they cannot be read.
+pub async fn is_production(
+    lookups: &Lookups<'_>,
     request: &Request<'_>,
     selector: &LabelSelector,
-) -> Result<Option<bool>, String> {
-    match &context.namespace_labels {
-        None => Ok(None),
-        Some(Ok(labels)) => Ok(Some(selector.matches(labels))),
-        Some(Err(e)) => Err(format!(
+) -> Result<bool, String> {
+    match lookups.namespace_labels(request.namespace).await {
+        Ok(labels) => Ok(selector.matches(&labels)),
+        Err(e) => Err(format!(
             "cannot tell whether namespace {} is a production namespace: {e}",
             request.namespace
         )),
@@ -221,11 +219,78 @@ pub fn join_descriptions(items: &[String]) -> String {
 
 #[cfg(test)]
 pub(crate) mod test_support {
-    //! Builds requests for policy unit tests.
+    //! Builds requests and cluster answers for policy unit tests.
+    use std::collections::BTreeMap;
+
+    use futures_util::FutureExt;
+    use k8s_openapi::api::rbac::v1::PolicyRule;
     use serde_json::Value;
 
-    use crate::engine::{Context, Finding, Operation, Policy, Request};
+    use crate::cluster::{Binding, ClusterLookup, LookupError, RoleKey};
+    use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request};
     use crate::view::{self, Object};
+
+    /// What the cluster answers a test's policy: each lookup's answer, or (`None`) that it
+    /// was not expected.
+    #[derive(Default)]
+    pub struct Context {
+        pub pod: Option<Result<Object<'static>, String>>,
+        pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
+        pub role_rules: Option<Result<Option<Vec<PolicyRule>>, String>>,
+        pub bindings: Option<Result<Vec<Binding>, String>>,
+    }
+
+    fn answer<T: Clone>(given: &Option<Result<T, String>>, what: &str) -> Result<T, LookupError> {
+        match given {
+            Some(answer) => answer.clone().map_err(LookupError::Test),
+            None => Err(LookupError::Test(format!(
+                "the test did not expect {what} to be read"
+            ))),
+        }
+    }
+
+    #[async_trait::async_trait]
+    impl ClusterLookup for Context {
+        async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
+            answer(&self.pod, "a pod")
+        }
+        async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
+            answer(&self.namespace_labels, "namespace labels")
+        }
+        async fn role_rules(&self, _: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError> {
+            answer(&self.role_rules, "a role")
+        }
+        async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
+            answer(&self.bindings, "bindings")
+        }
+    }
+
+    /// Evaluates a policy against a test's cluster (which answers at once).
+    pub trait Eval {
+        fn eval(&self, request: &Request<'_>, context: &Context)
+            -> Result<Vec<Finding>, EvalError>;
+    }
+
+    impl<P: Policy + ?Sized> Eval for P {
+        fn eval(
+            &self,
+            request: &Request<'_>,
+            context: &Context,
+        ) -> Result<Vec<Finding>, EvalError> {
+            self.evaluate(request, &Lookups::immediate(context))
+                .now_or_never()
+                .expect("a test's cluster answers at once")
+        }
+    }
+
+    /// What `policy` reads from the cluster on `request` (`pod openg2p/db-0`), whatever the
+    /// answers.
+    pub fn asked(policy: &dyn Policy, request: &Request<'_>) -> Vec<String> {
+        let context = Context::default();
+        let lookups = Lookups::immediate(&context);
+        let _ = policy.evaluate(request, &lookups).now_or_never();
+        lookups.asked()
+    }
 
     /// The messages of the violations `policy` finds; panics on an error or a mutation.
     pub fn violations(
@@ -234,7 +299,7 @@ pub(crate) mod test_support {
         context: &Context,
     ) -> Vec<String> {
         policy
-            .evaluate(request, context)
+            .eval(request, context)
             .expect("evaluates")
             .into_iter()
             .map(|f| match f {

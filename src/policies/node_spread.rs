@@ -13,7 +13,7 @@ use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value};
 
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::{Object, PodSpec, Spec, Topology};
 
 pub const ID: &str = "node-spread";
@@ -66,6 +66,7 @@ fn pod_selector(object: &Object<'_>) -> Option<Value> {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for NodeSpread {
     fn id(&self) -> &'static str {
         ID
@@ -75,7 +76,11 @@ impl Policy for NodeSpread {
         Webhook::Mutate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         let kind = request.kind;
         if !matches!(request.operation, Operation::Create | Operation::Update)
             || request.sub_resource.is_some()
@@ -134,13 +139,13 @@ impl Policy for NodeSpread {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, request, Context, Eval};
 
     fn patched(kind: &str, mut doc: Value, op: Operation) -> Option<Value> {
         doc["kind"] = json!(kind);
         let obj = object(doc.clone());
         let req = request(op, kind, "x", Some(&obj));
-        let findings = NodeSpread.evaluate(&req, &Context::default()).unwrap();
+        let findings = NodeSpread.eval(&req, &Context::default()).unwrap();
         let Some(Finding::Mutation { patch, .. }) = findings.into_iter().next() else {
             return None;
         };

@@ -80,8 +80,8 @@ mod tests {
 
     use super::*;
     use crate::config::Config;
-    use crate::engine::{Context, EvalError, Operation, Policy};
-    use crate::policies::test_support::{object, request, violations};
+    use crate::engine::{EvalError, Operation};
+    use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
     use serde_json::{json, Value};
 
     fn policy() -> InProduction<OpensearchCluster> {
@@ -218,17 +218,17 @@ mod tests {
         };
         let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
         assert_eq!(
-            policy().evaluate(&req, &failed),
+            policy().eval(&req, &failed),
             Err(EvalError::Lookup(
                 "cannot tell whether namespace openg2p is a production namespace: namespace openg2p was not found".into()
             ))
         );
         let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&obj));
-        assert!(policy().needs(&req).namespace_labels);
+        assert_eq!(asked(&policy(), &req), ["namespace openg2p"]);
         let web = workload("StatefulSet", 1, "nginx", json!([]));
         let req = request(Operation::Create, "StatefulSet", "statefulsets", Some(&web));
         assert!(
-            !policy().needs(&req).namespace_labels,
+            asked(&policy(), &req).is_empty(),
             "no lookup for other images"
         );
     }
@@ -239,12 +239,9 @@ mod tests {
         let new = workload("StatefulSet", 1, "opensearchproject/opensearch", json!([]));
         let mut req = request(Operation::Update, "StatefulSet", "statefulsets", Some(&new));
         req.old_object = Some(&old);
-        assert!(policy()
-            .evaluate(&req, &production(true))
-            .unwrap()
-            .is_empty());
+        assert!(policy().eval(&req, &production(true)).unwrap().is_empty());
         let old3 = workload("StatefulSet", 3, "opensearchproject/opensearch", json!([]));
         req.old_object = Some(&old3);
-        assert_eq!(policy().evaluate(&req, &production(true)).unwrap().len(), 1);
+        assert_eq!(policy().eval(&req, &production(true)).unwrap().len(), 1);
     }
 }

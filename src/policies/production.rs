@@ -6,7 +6,7 @@ use super::image_ref::ImagePattern;
 use super::pod_spec::ContainerRef;
 use super::{container_running, describe_selector, is_production};
 use crate::config::LabelSelector;
-use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 /// The first container of a running Deployment or StatefulSet that runs one of `images`, with
@@ -60,6 +60,7 @@ impl<C: WorkloadCheck> InProduction<C> {
     }
 }
 
+#[async_trait::async_trait]
 impl<C: WorkloadCheck> Policy for InProduction<C> {
     fn id(&self) -> &'static str {
         self.check.id()
@@ -69,25 +70,18 @@ impl<C: WorkloadCheck> Policy for InProduction<C> {
         Webhook::Validate
     }
 
-    /// The namespace's labels, only for a workload the check finds fault with.
-    fn needs(&self, request: &Request<'_>) -> Needs {
-        Needs {
-            namespace_labels: matches!(self.introduced(request), Ok(Some(_))),
-            ..Needs::default()
-        }
-    }
-
-    fn evaluate(
+    async fn evaluate(
         &self,
         request: &Request<'_>,
-        context: &Context,
+        lookups: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
         let Some(shortfall) = self.introduced(request)? else {
             return Ok(Vec::new());
         };
-        match is_production(context, request, &self.production) {
+        // The namespace's labels are read only for a workload the check finds fault with.
+        match is_production(lookups, request, &self.production).await {
             Err(problem) => Err(EvalError::Lookup(problem)),
-            Ok(Some(true)) => Ok(vec![Finding::Violation {
+            Ok(true) => Ok(vec![Finding::Violation {
                 message: self.check.message(
                     &request.describe(),
                     &shortfall,
@@ -98,7 +92,7 @@ impl<C: WorkloadCheck> Policy for InProduction<C> {
                     ),
                 ),
             }]),
-            Ok(_) => Ok(Vec::new()),
+            Ok(false) => Ok(Vec::new()),
         }
     }
 }

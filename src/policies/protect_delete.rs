@@ -5,7 +5,7 @@
 use wildmatch::WildMatch;
 
 use crate::config::{Admins, ProtectDeleteConfig};
-use crate::engine::{Context, EvalError, Finding, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "protect-delete";
 
@@ -29,6 +29,7 @@ impl ProtectDelete {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for ProtectDelete {
     fn id(&self) -> &'static str {
         ID
@@ -38,7 +39,11 @@ impl Policy for ProtectDelete {
         Webhook::Validate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         if request.operation != Operation::Delete
             || request.sub_resource.is_some()
             || !self.kinds.iter().any(|k| k == request.kind)
@@ -64,7 +69,7 @@ impl Policy for ProtectDelete {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, request};
+    use crate::policies::test_support::{object, request, Context, Eval};
     use serde_json::json;
 
     #[test]
@@ -111,7 +116,7 @@ mod tests {
             req.name = "db-creds";
             req.username = user;
             req.groups = groups;
-            let findings = p.evaluate(&req, &Context::default()).unwrap();
+            let findings = p.eval(&req, &Context::default()).unwrap();
             assert_eq!(!findings.is_empty(), denied, "{kind} by {user}");
             if let Some(Finding::Violation { message }) = findings.first() {
                 assert!(
@@ -134,11 +139,11 @@ mod tests {
         let p = ProtectDelete::new(&config, &Admins::default());
         let mut req = request(Operation::Delete, "Service", "services", None);
         req.username = "bob";
-        assert_eq!(p.evaluate(&req, &Context::default()).unwrap().len(), 1);
+        assert_eq!(p.eval(&req, &Context::default()).unwrap().len(), 1);
         req.username = "system:serviceaccount:ci:helm";
-        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
         req.kind = "Secret";
         req.username = "bob";
-        assert!(p.evaluate(&req, &Context::default()).unwrap().is_empty());
+        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
     }
 }

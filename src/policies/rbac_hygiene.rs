@@ -18,9 +18,9 @@
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 use wildmatch::WildMatch;
 
-use crate::cluster::{role_key, Binding, RoleKey};
+use crate::cluster::{role_key, RoleKey};
 use crate::config::{Admins, RbacHygieneConfig};
-use crate::engine::{Context, EvalError, Finding, Needs, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "rbac-hygiene";
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
@@ -291,6 +291,7 @@ impl RbacHygiene {
                                exemptUsers or exemptGroups, which an admin does";
 }
 
+#[async_trait::async_trait]
 impl Policy for RbacHygiene {
     fn id(&self) -> &'static str {
         ID
@@ -300,35 +301,10 @@ impl Policy for RbacHygiene {
         Webhook::Validate
     }
 
-    fn needs(&self, request: &Request<'_>) -> Needs {
-        if !Self::applies(request) {
-            return Needs::default();
-        }
-        match request.kind {
-            "RoleBinding" | "ClusterRoleBinding" => Needs {
-                role_rules: self
-                    .binding_write(request)
-                    .ok()
-                    .flatten()
-                    .map(|(role, _)| role),
-                ..Needs::default()
-            },
-            "Role" | "ClusterRole" => Needs {
-                bindings: self
-                    .role_write(request)
-                    .ok()
-                    .flatten()
-                    .map(|(role, _)| role),
-                ..Needs::default()
-            },
-            _ => Needs::default(),
-        }
-    }
-
-    fn evaluate(
+    async fn evaluate(
         &self,
         request: &Request<'_>,
-        context: &Context,
+        lookups: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
         if !Self::applies(request) {
             return Ok(Vec::new());
@@ -338,17 +314,17 @@ impl Policy for RbacHygiene {
                 let Some((role, subjects)) = self.binding_write(request)? else {
                     return Ok(Vec::new());
                 };
-                let rules = match &context.role_rules {
-                    None | Some(Ok(None)) => return Ok(Vec::new()),
-                    Some(Err(e)) => {
+                let rules = match lookups.role_rules(&role).await {
+                    Ok(None) => return Ok(Vec::new()),
+                    Err(e) => {
                         return Err(EvalError::Lookup(format!(
                             "{} cannot be checked: {e}",
                             request.describe()
                         )))
                     }
-                    Some(Ok(Some(rules))) => rules,
+                    Ok(Some(rules)) => rules,
                 };
-                let granted = grants(rules, &self.guarded);
+                let granted = grants(&rules, &self.guarded);
                 if granted.is_empty() {
                     return Ok(Vec::new());
                 }
@@ -373,18 +349,17 @@ impl Policy for RbacHygiene {
                 let Some((role, granted)) = self.role_write(request)? else {
                     return Ok(Vec::new());
                 };
-                let bindings: &[Binding] = match &context.bindings {
-                    None => return Ok(Vec::new()),
-                    Some(Err(e)) => {
+                let bindings = match lookups.bindings_to(&role).await {
+                    Err(e) => {
                         return Err(EvalError::Lookup(format!(
                             "{} cannot be checked: {e}",
                             request.describe()
                         )))
                     }
-                    Some(Ok(bindings)) => bindings,
+                    Ok(bindings) => bindings,
                 };
                 let mut who = Vec::new();
-                for binding in bindings {
+                for binding in &bindings {
                     for subject in self.untrusted(&binding.subjects, &binding.namespace) {
                         who.push(format!(
                             "{} (through {})",
@@ -412,8 +387,9 @@ impl Policy for RbacHygiene {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cluster::Binding;
     use crate::config::Config;
-    use crate::policies::test_support::{object, request, violations};
+    use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
     use serde_json::json;
     use serde_json::Value;
 
@@ -545,14 +521,7 @@ mod tests {
             ]),
         );
         let req = rbac_request(Operation::Create, "RoleBinding", &obj);
-        assert_eq!(
-            policy().needs(&req).role_rules,
-            Some(RoleKey {
-                cluster: true,
-                namespace: String::new(),
-                name: "secret-reader".into()
-            })
-        );
+        assert_eq!(asked(&policy(), &req), ["ClusterRole secret-reader"]);
         let ctx = with_rules(
             json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "watch"]}]),
         );
@@ -583,7 +552,7 @@ mod tests {
             ]),
         );
         let req = rbac_request(Operation::Create, "ClusterRoleBinding", &admins_only);
-        assert_eq!(policy().needs(&req), Needs::default(), "no lookup needed");
+        assert!(asked(&policy(), &req).is_empty(), "no lookup needed");
         assert!(messages(
             &req,
             &with_rules(json!([{"apiGroups": ["*"], "resources": ["*"], "verbs": ["*"]}]))
@@ -612,7 +581,7 @@ mod tests {
             ..Context::default()
         };
         assert_eq!(
-            policy().evaluate(&req, &failed),
+            policy().eval(&req, &failed),
             Err(EvalError::Lookup(
                 "ClusterRoleBinding b cannot be checked: reading ClusterRole ops failed: timeout"
                     .to_owned()
@@ -660,7 +629,7 @@ mod tests {
             namespace: "openg2p".into(),
             name: "app".into(),
         };
-        assert_eq!(policy().needs(&req).bindings, Some(key.clone()));
+        assert_eq!(asked(&policy(), &req), [format!("the bindings of {key}")]);
         let bound = |subjects: Vec<Subject>| Context {
             bindings: Some(Ok(vec![Binding {
                 kind: "RoleBinding",
@@ -688,7 +657,7 @@ mod tests {
         let mut update = req.clone();
         update.operation = Operation::Update;
         update.old_object = Some(&role);
-        assert_eq!(policy().needs(&update), Needs::default());
+        assert!(asked(&policy(), &update).is_empty());
         assert!(messages(&update, &bound(vec![subject("User", "bob")])).is_empty());
     }
 

@@ -11,7 +11,7 @@ use serde_json::Value;
 use super::image_ref::{normalize_registry, ImageRef};
 use super::mutate_containers;
 use crate::config::RegistryMirrorConfig;
-use crate::engine::{Context, EvalError, Finding, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "registry-mirror";
 
@@ -48,6 +48,7 @@ impl RegistryMirror {
     }
 }
 
+#[async_trait::async_trait]
 impl Policy for RegistryMirror {
     fn id(&self) -> &'static str {
         ID
@@ -57,7 +58,11 @@ impl Policy for RegistryMirror {
         Webhook::Mutate
     }
 
-    fn evaluate(&self, request: &Request<'_>, _: &Context) -> Result<Vec<Finding>, EvalError> {
+    async fn evaluate(
+        &self,
+        request: &Request<'_>,
+        _: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
         mutate_containers(request, "mirror images: ", |container| {
             let image = container.image?;
             let mirrored = self.mirrored(image)?;
@@ -75,7 +80,7 @@ impl Policy for RegistryMirror {
 mod tests {
     use super::*;
     use crate::engine::Operation;
-    use crate::policies::test_support::{object, patched, request};
+    use crate::policies::test_support::{object, patched, request, Context, Eval};
     use serde_json::json;
 
     fn policy() -> RegistryMirror {
@@ -144,7 +149,7 @@ mod tests {
             "deployments",
             Some(&deploy),
         );
-        let findings = policy().evaluate(&req, &Context::default()).unwrap();
+        let findings = policy().eval(&req, &Context::default()).unwrap();
         assert!(matches!(&findings[0], Finding::Mutation { .. }));
         let doc = patched(&doc, &findings);
         assert_eq!(
