@@ -28,98 +28,6 @@ use crate::engine::offline::{evaluate_listed, viewed, ObjectFinding};
 use crate::engine::Engine;
 use crate::view::Object;
 
-/// A kind the policies cover, and the versions to list it by, newest first.
-#[derive(Debug, Clone, Copy)]
-pub struct Target {
-    pub group: &'static str,
-    pub versions: &'static [&'static str],
-    pub kind: &'static str,
-    pub plural: &'static str,
-}
-
-/// Every kind a policy looks at when it is created. CronJob is `batch/v1` on current clusters
-/// and `batch/v1beta1` before 1.21.
-pub const TARGETS: &[Target] = &[
-    Target {
-        group: "",
-        versions: &["v1"],
-        kind: "Pod",
-        plural: "pods",
-    },
-    Target {
-        group: "",
-        versions: &["v1"],
-        kind: "PodTemplate",
-        plural: "podtemplates",
-    },
-    Target {
-        group: "",
-        versions: &["v1"],
-        kind: "ReplicationController",
-        plural: "replicationcontrollers",
-    },
-    Target {
-        group: "apps",
-        versions: &["v1"],
-        kind: "Deployment",
-        plural: "deployments",
-    },
-    Target {
-        group: "apps",
-        versions: &["v1"],
-        kind: "StatefulSet",
-        plural: "statefulsets",
-    },
-    Target {
-        group: "apps",
-        versions: &["v1"],
-        kind: "DaemonSet",
-        plural: "daemonsets",
-    },
-    Target {
-        group: "apps",
-        versions: &["v1"],
-        kind: "ReplicaSet",
-        plural: "replicasets",
-    },
-    Target {
-        group: "batch",
-        versions: &["v1"],
-        kind: "Job",
-        plural: "jobs",
-    },
-    Target {
-        group: "batch",
-        versions: &["v1", "v1beta1"],
-        kind: "CronJob",
-        plural: "cronjobs",
-    },
-    Target {
-        group: "autoscaling",
-        versions: &["v1"],
-        kind: "HorizontalPodAutoscaler",
-        plural: "horizontalpodautoscalers",
-    },
-    Target {
-        group: "networking.k8s.io",
-        versions: &["v1"],
-        kind: "Ingress",
-        plural: "ingresses",
-    },
-    Target {
-        group: "rbac.authorization.k8s.io",
-        versions: &["v1"],
-        kind: "RoleBinding",
-        plural: "rolebindings",
-    },
-    Target {
-        group: "rbac.authorization.k8s.io",
-        versions: &["v1"],
-        kind: "ClusterRoleBinding",
-        plural: "clusterrolebindings",
-    },
-];
-
 /// How large a page may be: at most `objects` objects, and fewer when the objects listed so
 /// far say that `objects` of them would come to more than `bytes` of JSON.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -239,15 +147,17 @@ pub async fn scan_into(
             Snapshot::default()
         }
     };
-    for target in TARGETS {
+    // Every kind a policy judges when it is created, each by the versions it may be served
+    // at, newest first (CronJob is `batch/v1beta1` before 1.21).
+    for target in engine.audited_resources() {
         let mut listed = false;
         let mut last_error = None;
         for version in target.versions {
-            let gvk = GroupVersionKind::gvk(target.group, version, target.kind);
+            let gvk = GroupVersionKind::gvk(target.group, version, target.kind());
             let resource = ApiResource::from_gvk_with_plural(&gvk, target.plural);
             let kind = Kind {
                 api_version: &resource.api_version,
-                kind: target.kind,
+                kind: target.kind(),
             };
             match scan_kind(
                 client, engine, &snapshot, &resource, kind, budget, sink, &mut stats,

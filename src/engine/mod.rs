@@ -15,7 +15,7 @@ pub use request::{Operation, Request};
 
 use crate::cluster::ClusterLookup;
 use crate::config::{Config, GlobalMode, PolicyMode};
-use crate::policies;
+use crate::policies::{self, resources::Resource};
 use crate::report::{Report, Reporter};
 use crate::view::ShapeError;
 
@@ -95,6 +95,8 @@ pub enum Verdict {
 /// The configured policies, the cluster lookups and the reporter.
 pub struct Engine {
     policies: Vec<Configured>,
+    /// The stored kinds the policies judge when created or updated (the audit lists them).
+    audited: Vec<Resource>,
     excluded_namespaces: Vec<String>,
     cluster: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
@@ -122,6 +124,7 @@ impl Engine {
             .collect();
         Engine {
             policies,
+            audited: policies::audited_resources(&config.policies),
             excluded_namespaces: config.excluded_namespaces.clone(),
             cluster,
             reporter,
@@ -146,6 +149,12 @@ impl Engine {
     /// Whether prodguard stays out of `namespace`.
     pub fn is_excluded(&self, namespace: &str) -> bool {
         !namespace.is_empty() && self.excluded_namespaces.iter().any(|n| n == namespace)
+    }
+
+    /// The stored kinds the policies judge when they are created or updated: what the
+    /// background audit lists.
+    pub fn audited_resources(&self) -> &[Resource] {
+        &self.audited
     }
 
     /// The ids and effective modes of the policies that run.

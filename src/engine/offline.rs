@@ -258,8 +258,12 @@ pub fn is_cluster_scoped(kind: &str) -> bool {
     )
 }
 
-/// The resource name of a kind, as the API server derives it (`Ingress` -> `ingresses`).
+/// The resource name of a kind: the one policies act on, else as the API server derives it
+/// (`Ingress` -> `ingresses`).
 pub fn plural(kind: &str) -> String {
+    if let Some(resource) = crate::policies::resources::of_kind(kind) {
+        return resource.plural.to_owned();
+    }
     let lower = kind.to_ascii_lowercase();
     if lower.ends_with('s') {
         format!("{lower}es")

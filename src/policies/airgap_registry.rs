@@ -3,12 +3,78 @@
 //! unparsable reference is a violation. The message names every offending container and the
 //! registry its image resolved to.
 
+use crate::config::{Config, PolicyMode};
+use super::{container_matches, PolicyModule};
+use super::resources::Match;
+use serde::Deserialize;
 use super::image_ref::ImageRef;
 use super::{checked_container_lists, image_unchanged, pod_spec};
-use crate::config::{parse_registry_pattern, AirgapRegistryConfig, RegistryPattern};
+use crate::config::{parse_registry_pattern, RegistryPattern};
 use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "airgap-registry";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    /// The policy acts only when true.
+    #[serde(default)]
+    pub airgapped: bool,
+    /// `host[:port]`, optionally with a path prefix (`harbor.example.org/openg2p/`).
+    #[serde(default)]
+    pub allowed_registries: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            airgapped: false,
+            allowed_registries: Vec::new(),
+        }
+    }
+}
+
+/// `airgap-registry`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        for (i, entry) in settings.allowed_registries.iter().enumerate() {
+            parse_registry_pattern(entry)
+                .map_err(|problem| (format!("allowedRegistries[{i}]"), problem))?;
+        }
+        if settings.airgapped
+            && settings.mode != PolicyMode::Off
+            && settings.allowed_registries.is_empty()
+        {
+            return Err((
+                "allowedRegistries".into(),
+                "airgapped is true but no registry is allowed, so every image would be denied; \
+                 list your private registry (for example `registry.local:5000`)"
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        container_matches(Webhook::Validate)
+    }
+
+    fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(AirgapRegistry::new(settings))]
+    }
+}
 
 pub struct AirgapRegistry {
     airgapped: bool,
@@ -16,7 +82,7 @@ pub struct AirgapRegistry {
 }
 
 impl AirgapRegistry {
-    pub fn new(config: &AirgapRegistryConfig) -> AirgapRegistry {
+    pub fn new(config: &Settings) -> AirgapRegistry {
         AirgapRegistry {
             airgapped: config.airgapped,
             // Validated at load: an entry that still fails allows nothing (fail closed).
@@ -98,7 +164,7 @@ mod tests {
     use serde_json::json;
 
     fn policy(airgapped: bool) -> AirgapRegistry {
-        AirgapRegistry::new(&AirgapRegistryConfig {
+        AirgapRegistry::new(&Settings {
             mode: PolicyMode::Enforce,
             airgapped,
             allowed_registries: vec![

@@ -8,13 +8,116 @@
 //! (`containers`, not init or ephemeral ones, which are often database clients) runs a
 //! configured database image, or when it is annotated `prodguard.io/database: "true"`.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
 use super::image_ref::{ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
-use crate::config::{Admins, DbAccessConfig};
+use crate::config::Admins;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 pub const ID: &str = "db-access";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    /// Label values that name a database.
+    #[serde(default = "default_databases")]
+    pub databases: Vec<String>,
+    /// Image repositories that are databases.
+    #[serde(default = "default_db_images")]
+    pub images: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            databases: default_databases(),
+            images: default_db_images(),
+        }
+    }
+}
+
+fn default_databases() -> Vec<String> {
+    [
+        "postgresql",
+        "postgres",
+        "mysql",
+        "mariadb",
+        "mongodb",
+        "redis",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_db_images() -> Vec<String> {
+    [
+        "postgres",
+        "bitnami/postgresql",
+        "mysql",
+        "mariadb",
+        "mongo",
+        "bitnami/mongodb",
+        "redis",
+        "bitnami/redis",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `db-access`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        for (i, image) in settings.images.iter().enumerate() {
+            ImageRef::parse(image).map_err(|e| {
+                (
+                    format!("images[{i}]"),
+                    format!("{e}; give a repository such as `postgres` or `bitnami/postgresql`"),
+                )
+            })?;
+        }
+        for (i, db) in settings.databases.iter().enumerate() {
+            if db.trim().is_empty() {
+                return Err((
+                    format!("databases[{i}]"),
+                    "is empty; give a label value such as `postgresql`".into(),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        vec![Match::new(
+            Webhook::Validate,
+            &["CONNECT"],
+            &[
+                resources::PODS_EXEC,
+                resources::PODS_ATTACH,
+                resources::PODS_PORTFORWARD,
+            ],
+        )]
+    }
+
+    fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(DbAccess::new(settings, &config.admins))]
+    }
+}
 pub const DATABASE_ANNOTATION: &str = "prodguard.io/database";
 const LABELS: [&str; 3] = [
     "app.kubernetes.io/name",
@@ -29,7 +132,7 @@ pub struct DbAccess {
 }
 
 impl DbAccess {
-    pub fn new(config: &DbAccessConfig, admins: &Admins) -> DbAccess {
+    pub fn new(config: &Settings, admins: &Admins) -> DbAccess {
         let images = ImagePattern::parse_all(&config.images);
         DbAccess {
             databases: config
@@ -140,7 +243,7 @@ mod tests {
     use serde_json::json;
 
     fn policy() -> DbAccess {
-        DbAccess::new(&DbAccessConfig::default(), &Admins::default())
+        DbAccess::new(&Settings::default(), &Admins::default())
     }
 
     fn exec_request<'a>(sub: &'a str, groups: &'a [String]) -> Request<'a> {

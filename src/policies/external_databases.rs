@@ -6,12 +6,75 @@
 //! scaled to 0 is not reported. On UPDATE only a workload that did not already run the store
 //! is reported: the background audit reports what runs.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::production::{validate_images, workload_matches};
+use super::resources::Match;
+use serde::Deserialize;
+use crate::engine::Policy;
 use super::image_ref::ImagePattern;
 use super::production::{running_container, InProduction, WorkloadCheck};
-use crate::config::{ExternalDatabasesConfig, LabelSelector};
+use crate::config::LabelSelector;
 use crate::view::Object;
 
 pub const ID: &str = "external-databases";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::audit")]
+    pub mode: PolicyMode,
+    /// Image repositories of the stores the guide runs outside the cluster.
+    #[serde(default = "default_external_images")]
+    pub images: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::audit(),
+            images: default_external_images(),
+        }
+    }
+}
+
+fn default_external_images() -> Vec<String> {
+    [
+        "postgres",
+        "bitnami/postgresql",
+        "minio/minio",
+        "bitnami/minio",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+/// `external-databases`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        validate_images(&settings.images)
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        workload_matches()
+    }
+
+    fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(ExternalDatabases::policy(
+            settings,
+            &config.production_namespaces,
+        ))]
+    }
+}
 
 pub struct ExternalDatabases {
     images: Vec<ImagePattern>,
@@ -31,7 +94,7 @@ fn store_name(image: &str) -> &'static str {
 
 impl ExternalDatabases {
     pub fn policy(
-        config: &ExternalDatabasesConfig,
+        config: &Settings,
         production: &LabelSelector,
     ) -> InProduction<ExternalDatabases> {
         InProduction {

@@ -4,6 +4,10 @@
 //! images) before any webhook runs, so the patch replaces an existing value and adds a
 //! missing one. No patch when nothing changes.
 
+use crate::config::{Config, PolicyMode};
+use super::{container_matches, PolicyModule};
+use super::resources::Match;
+use serde::Deserialize;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
@@ -11,6 +15,39 @@ use super::mutate_containers;
 use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "image-pull-policy";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { mode: crate::config::enforce() }
+    }
+}
+
+/// `image-pull-policy`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        container_matches(Webhook::Mutate)
+    }
+
+    fn build(_: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(ImagePullPolicy)]
+    }
+}
 const WANTED: &str = "IfNotPresent";
 
 pub struct ImagePullPolicy;

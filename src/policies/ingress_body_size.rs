@@ -6,15 +6,97 @@
 //! Both halves share the policy id and mode. On UPDATE the validating half judges only a
 //! changed value.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value};
 
-use crate::config::{parse_nginx_size, IngressBodySizeConfig};
+use crate::config::parse_nginx_size;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 pub const ID: &str = "ingress-body-size";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    /// Set on an Ingress that names no `proxy-body-size` (an nginx size: `50m`).
+    #[serde(default = "default_body_size")]
+    pub default: String,
+    /// The largest `proxy-body-size` allowed.
+    #[serde(default = "default_body_size")]
+    pub maximum: String,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            default: default_body_size(),
+            maximum: default_body_size(),
+        }
+    }
+}
+
+fn default_body_size() -> String {
+    "50m".to_owned()
+}
+
+/// `ingress-body-size`: its settings, what it matches, its two policies (the default set on
+/// mutate, the maximum checked on validate).
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        for (key, value) in [
+            ("default", &settings.default),
+            ("maximum", &settings.maximum),
+        ] {
+            let size = parse_nginx_size(value).map_err(|problem| (key.to_owned(), problem))?;
+            if size == 0 {
+                return Err((
+                    key.to_owned(),
+                    "0 turns nginx's limit off; give a size such as `50m`".into(),
+                ));
+            }
+        }
+        if parse_nginx_size(&settings.default) > parse_nginx_size(&settings.maximum) {
+            return Err((
+                "default".into(),
+                format!(
+                    "{} is above the maximum {}, so every Ingress given the default would be denied",
+                    settings.default, settings.maximum
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        [Webhook::Mutate, Webhook::Validate]
+            .map(|webhook| Match::new(webhook, &["CREATE", "UPDATE"], &[resources::INGRESSES]))
+            .to_vec()
+    }
+
+    fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![
+            Box::new(IngressBodySizeDefault::new(settings)),
+            Box::new(IngressBodySizeLimit::new(settings)),
+        ]
+    }
+}
 pub const ANNOTATION: &str = "nginx.ingress.kubernetes.io/proxy-body-size";
 
 fn applies(request: &Request<'_>) -> bool {
@@ -38,7 +120,7 @@ pub struct IngressBodySizeDefault {
 }
 
 impl IngressBodySizeDefault {
-    pub fn new(config: &IngressBodySizeConfig) -> IngressBodySizeDefault {
+    pub fn new(config: &Settings) -> IngressBodySizeDefault {
         IngressBodySizeDefault {
             default: config.default.clone(),
         }
@@ -95,7 +177,7 @@ pub struct IngressBodySizeLimit {
 }
 
 impl IngressBodySizeLimit {
-    pub fn new(config: &IngressBodySizeConfig) -> IngressBodySizeLimit {
+    pub fn new(config: &Settings) -> IngressBodySizeLimit {
         IngressBodySizeLimit {
             maximum: config.maximum.clone(),
             // Validated at load; an unusable maximum allows nothing but explicit sizes of 0.
@@ -167,10 +249,10 @@ mod tests {
     use super::*;
     use crate::policies::test_support::{object, patched, request, Context, Eval};
 
-    fn config() -> IngressBodySizeConfig {
-        IngressBodySizeConfig {
+    fn config() -> Settings {
+        Settings {
             maximum: "100m".into(),
-            ..IngressBodySizeConfig::default()
+            ..Settings::default()
         }
     }
 

@@ -7,13 +7,158 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
+use crate::config::{Config, LabelSelector, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
+use wildmatch::WildMatch;
 use std::collections::BTreeMap;
 
-use crate::config::{Exemption, MinReplicasConfig};
+
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Spec;
 
 pub const ID: &str = "min-replicas";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    #[serde(default = "default_min_replicas")]
+    pub min_replicas: i64,
+    #[serde(default)]
+    pub exemptions: Vec<Exemption>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            min_replicas: default_min_replicas(),
+            exemptions: Vec::new(),
+        }
+    }
+}
+
+fn default_min_replicas() -> i64 {
+    2
+}
+
+/// A workload that may run below `minReplicas`. Every field given must match; `namespace`
+/// and `name` take `*` and `?` wildcards.
+#[derive(Debug, Clone, PartialEq, Deserialize, Default)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Exemption {
+    pub namespace: Option<String>,
+    pub kind: Option<String>,
+    pub name: Option<String>,
+    pub selector: Option<LabelSelector>,
+}
+
+impl Exemption {
+    /// Whether this exemption covers the workload. `labels` is `None` when the request does
+    /// not carry the workload's labels (a Scale request): a selector then does not match.
+    pub fn matches(
+        &self,
+        namespace: &str,
+        kind: &str,
+        name: &str,
+        labels: Option<&BTreeMap<String, String>>,
+    ) -> bool {
+        let glob = |pattern: &Option<String>, value: &str| {
+            pattern
+                .as_ref()
+                .is_none_or(|p| WildMatch::new(p).matches(value))
+        };
+        glob(&self.namespace, namespace)
+            && self.kind.as_ref().is_none_or(|k| k == kind)
+            && glob(&self.name, name)
+            && self
+                .selector
+                .as_ref()
+                .is_none_or(|s| labels.is_some_and(|labels| s.matches(labels)))
+    }
+}
+
+/// `min-replicas`: its settings, what it matches, its policy.
+pub struct Definition;
+
+/// The kinds min-replicas sizes, which an exemption may name.
+const KINDS: [&str; 4] = [
+    "Deployment",
+    "StatefulSet",
+    "ReplicaSet",
+    "HorizontalPodAutoscaler",
+];
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        if settings.min_replicas < 1 {
+            return Err((
+                "minReplicas".into(),
+                format!(
+                    "is {}; it must be at least 1 (2 for high availability)",
+                    settings.min_replicas
+                ),
+            ));
+        }
+        for (i, ex) in settings.exemptions.iter().enumerate() {
+            let key = format!("exemptions[{i}]");
+            if ex.namespace.is_none()
+                && ex.kind.is_none()
+                && ex.name.is_none()
+                && ex.selector.is_none()
+            {
+                return Err((
+                    key,
+                    "has no namespace, kind, name or selector, so it would exempt every workload; \
+                     narrow it down"
+                        .into(),
+                ));
+            }
+            if let Some(kind) = &ex.kind {
+                if !KINDS.contains(&kind.as_str()) {
+                    return Err((
+                        format!("{key}.kind"),
+                        format!(
+                            "{kind:?} is not a kind min-replicas checks; use one of {}",
+                            KINDS.join(", ")
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        vec![Match::new(
+            Webhook::Validate,
+            &["CREATE", "UPDATE"],
+            &[
+                resources::DEPLOYMENTS,
+                resources::STATEFUL_SETS,
+                resources::REPLICA_SETS,
+                resources::DEPLOYMENTS_SCALE,
+                resources::STATEFUL_SETS_SCALE,
+                resources::REPLICA_SETS_SCALE,
+                resources::HORIZONTAL_POD_AUTOSCALERS,
+            ],
+        )]
+    }
+
+    fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(MinReplicas::new(settings))]
+    }
+}
 
 pub struct MinReplicas {
     min: i64,
@@ -33,7 +178,7 @@ struct Sized<'a> {
 }
 
 impl MinReplicas {
-    pub fn new(config: &MinReplicasConfig) -> MinReplicas {
+    pub fn new(config: &Settings) -> MinReplicas {
         MinReplicas {
             min: config.min_replicas,
             exemptions: config.exemptions.clone(),
@@ -177,7 +322,7 @@ mod tests {
     use serde_json::json;
 
     fn policy() -> MinReplicas {
-        MinReplicas::new(&MinReplicasConfig {
+        MinReplicas::new(&Settings {
             mode: PolicyMode::Enforce,
             min_replicas: 2,
             exemptions: vec![Exemption {
@@ -201,6 +346,31 @@ mod tests {
             spec["replicas"] = json!(r);
         }
         object(json!({"kind": kind, "metadata": {"name": name}, "spec": spec}))
+    }
+
+    #[test]
+    fn exemptions_match_every_given_field() {
+        let ex = Exemption {
+            namespace: Some("openg2p".into()),
+            kind: Some("StatefulSet".into()),
+            name: Some("*-postgresql".into()),
+            selector: None,
+        };
+        assert!(ex.matches("openg2p", "StatefulSet", "social-registry-postgresql", None));
+        assert!(!ex.matches("other", "StatefulSet", "x-postgresql", None));
+        assert!(!ex.matches("openg2p", "Deployment", "x-postgresql", None));
+        assert!(!ex.matches("openg2p", "StatefulSet", "postgresql-x", None));
+        let by_label = Exemption {
+            selector: Some(LabelSelector {
+                match_labels: [("prodguard.io/singleton".to_string(), "true".to_string())].into(),
+            }),
+            ..Default::default()
+        };
+        let labels: BTreeMap<String, String> =
+            [("prodguard.io/singleton".to_string(), "true".to_string())].into();
+        assert!(by_label.matches("a", "Deployment", "b", Some(&labels)));
+        assert!(!by_label.matches("a", "Deployment", "b", Some(&BTreeMap::new())));
+        assert!(!by_label.matches("a", "Deployment", "b", None));
     }
 
     #[test]

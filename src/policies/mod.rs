@@ -1,95 +1,224 @@
-//! The built-in policies, one file each, named after the policy id, and the helpers they
-//! share: the pod-spec walker and the image-reference parser.
+//! The built-in policies, one module each, named after the policy id, listed once in the
+//! registry below; and the helpers they share: the pod-spec walker, the image-reference
+//! parser, the resources policies match.
+//!
+//! A policy module declares a [`PolicyModule`]: its id, its settings (a struct, its defaults
+//! and its validation), what it matches, and the policies it runs. Configuration parsing, the
+//! engine, the webhook rules (`prodguard manifests rules`, checked against `deploy/` by a
+//! test), the audit's kinds and the metric labels all come from the registry. Adding a policy
+//! is its module, its line in [`registry!`], and its page under `docs/policies/`.
 
-pub mod airgap_registry;
-pub mod db_access;
-pub mod external_databases;
-pub mod image_pull_policy;
 pub mod image_ref;
-pub mod ingress_body_size;
-pub mod min_replicas;
-pub mod node_spread;
-pub mod opensearch_cluster;
 pub mod pod_spec;
 pub mod production;
-pub mod protect_delete;
-pub mod rbac_hygiene;
-pub mod registry_mirror;
+pub mod resources;
+
+use std::fmt;
 
 use json_patch::PatchOperation;
+use serde::de::{Deserialize, DeserializeOwned, Deserializer, Error as _, MapAccess, Visitor};
 
 use crate::config::{Config, LabelSelector, PolicyMode};
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request};
+use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 use image_ref::ImagePattern;
 use pod_spec::{ContainerList, ContainerRef};
+use resources::{Match, Resource};
 
-/// Every built-in policy with its configured mode, mutating ones first, in the order they run.
-pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
-    let p = &config.policies;
+/// What a policy module declares. Each module has one, `Definition`, and one line in the
+/// registry.
+pub trait PolicyModule {
+    /// The policy id: its key under `policies:`, and how findings name it.
+    const ID: &'static str;
+    /// Its settings under `policies.<id>`, with their defaults (serde's, and `Default`).
+    type Settings: DeserializeOwned + Default + Clone + PartialEq + fmt::Debug + Send + Sync;
+    /// The mode its settings give it.
+    fn mode(settings: &Self::Settings) -> PolicyMode;
+    /// What serde cannot check; `Err((key under policies.<id>, problem))`, the problem saying
+    /// how to fix it.
+    fn validate(_settings: &Self::Settings) -> Result<(), (String, String)> {
+        Ok(())
+    }
+    /// The requests it acts on: the webhook rules and the audit's kinds.
+    fn matches(settings: &Self::Settings) -> Vec<Match>;
+    /// Its policies (one per webhook it runs in), built from its settings and the rest of the
+    /// configuration (admins, production namespaces).
+    fn build(settings: &Self::Settings, config: &Config) -> Vec<Box<dyn Policy>>;
+}
+
+/// Lists the policy modules, in the order they run within each webhook (so the mutating ones
+/// patch in this order), and derives from them the `policies:` settings, the policies and
+/// what they match.
+macro_rules! registry {
+    ($($module:ident,)*) => {
+        $(pub mod $module;)*
+
+        /// Every policy's settings (`policies:` in the configuration), one field per module.
+        #[derive(Debug, Clone, PartialEq, Default)]
+        pub struct Policies {
+            $(pub $module: <$module::Definition as PolicyModule>::Settings,)*
+        }
+
+        /// The policy ids, in registry order.
+        pub const IDS: &[&str] = &[$(<$module::Definition as PolicyModule>::ID,)*];
+
+        impl<'de> Deserialize<'de> for Policies {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                struct PoliciesVisitor;
+                impl<'de> Visitor<'de> for PoliciesVisitor {
+                    type Value = Policies;
+                    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                        f.write_str("a map of policy ids to their settings")
+                    }
+                    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Policies, A::Error> {
+                        let mut policies = Policies::default();
+                        while let Some(key) = map.next_key::<String>()? {
+                            $(
+                                if key == <$module::Definition as PolicyModule>::ID {
+                                    policies.$module = map.next_value()?;
+                                    continue;
+                                }
+                            )*
+                            return Err(A::Error::unknown_field(&key, IDS));
+                        }
+                        Ok(policies)
+                    }
+                }
+                deserializer.deserialize_map(PoliciesVisitor)
+            }
+        }
+
+        impl Policies {
+            /// Checks each policy's settings; the key of a problem is the full dotted path.
+            pub fn validate(&self) -> Result<(), (String, String)> {
+                $(
+                    <$module::Definition as PolicyModule>::validate(&self.$module).map_err(
+                        |(key, problem)| {
+                            let id = <$module::Definition as PolicyModule>::ID;
+                            (settings_key(id, &key), problem)
+                        },
+                    )?;
+                )*
+                Ok(())
+            }
+
+            /// What each policy acts on, with its id, whatever its mode (the webhook rules
+            /// cover every policy, so that turning one on needs no new rule).
+            pub fn matches(&self) -> Vec<(&'static str, Match)> {
+                let mut all = Vec::new();
+                $(
+                    for m in <$module::Definition as PolicyModule>::matches(&self.$module) {
+                        all.push((<$module::Definition as PolicyModule>::ID, m));
+                    }
+                )*
+                all
+            }
+
+            /// Each policy's id and mode, from its settings.
+            pub fn modes(&self) -> Vec<(&'static str, PolicyMode)> {
+                vec![$((
+                    <$module::Definition as PolicyModule>::ID,
+                    <$module::Definition as PolicyModule>::mode(&self.$module),
+                ),)*]
+            }
+        }
+
+        /// Every built-in policy with its configured mode, in registry order.
+        pub fn build(config: &Config) -> Vec<(Box<dyn Policy>, PolicyMode)> {
+            let mut all = Vec::new();
+            $(
+                let settings = &config.policies.$module;
+                let mode = <$module::Definition as PolicyModule>::mode(settings);
+                for policy in <$module::Definition as PolicyModule>::build(settings, config) {
+                    all.push((policy, mode));
+                }
+            )*
+            all
+        }
+    };
+}
+
+registry! {
+    registry_mirror,
+    image_pull_policy,
+    node_spread,
+    ingress_body_size,
+    airgap_registry,
+    db_access,
+    min_replicas,
+    protect_delete,
+    rbac_hygiene,
+    opensearch_cluster,
+    external_databases,
+}
+
+/// `policies.<id>.<key>` (`policies.<id>` when the key is empty).
+fn settings_key(id: &str, key: &str) -> String {
+    if key.is_empty() {
+        format!("policies.{id}")
+    } else {
+        format!("policies.{id}.{key}")
+    }
+}
+
+/// The resources the webhook rules must name, per webhook: every policy's matches, merged
+/// into one list of (operation, resource) per webhook, in first-seen order.
+pub fn webhook_rules(policies: &Policies) -> Vec<(Webhook, &'static str, Resource)> {
+    let mut rules: Vec<(Webhook, &'static str, Resource)> = Vec::new();
+    for (_, m) in policies.matches() {
+        for operation in m.operations {
+            for resource in &m.resources {
+                let rule = (m.webhook, *operation, *resource);
+                if !rules.contains(&rule) {
+                    rules.push(rule);
+                }
+            }
+        }
+    }
+    rules
+}
+
+/// The stored kinds a policy judges when they are created or updated: what the background
+/// audit lists, in first-seen order.
+pub fn audited_resources(policies: &Policies) -> Vec<Resource> {
+    let mut kinds: Vec<Resource> = Vec::new();
+    for (_, m) in policies.matches() {
+        if !m.audited
+            || !m
+                .operations
+                .iter()
+                .any(|o| matches!(*o, "CREATE" | "UPDATE"))
+        {
+            continue;
+        }
+        for resource in m.resources {
+            if !resource.is_subresource() && !kinds.contains(&resource) {
+                kinds.push(resource);
+            }
+        }
+    }
+    kinds
+}
+
+/// The operations a container policy acts on: pods when created (and their ephemeral
+/// containers when added), workloads when created or updated.
+pub fn container_matches(webhook: Webhook) -> Vec<Match> {
+    let pod_operations: &'static [&'static str] = match webhook {
+        Webhook::Mutate => &["CREATE"],
+        Webhook::Validate => &["CREATE", "UPDATE"],
+    };
+    let ephemeral_operations: &'static [&'static str] = match webhook {
+        Webhook::Mutate => &["UPDATE"],
+        Webhook::Validate => &["CREATE", "UPDATE"],
+    };
     vec![
-        (
-            Box::new(registry_mirror::RegistryMirror::new(&p.registry_mirror)) as Box<dyn Policy>,
-            p.registry_mirror.mode,
+        Match::new(webhook, pod_operations, &[resources::PODS]),
+        Match::new(
+            webhook,
+            ephemeral_operations,
+            &[resources::EPHEMERAL_CONTAINERS],
         ),
-        (
-            Box::new(image_pull_policy::ImagePullPolicy),
-            p.image_pull_policy.mode,
-        ),
-        (Box::new(node_spread::NodeSpread), p.node_spread.mode),
-        (
-            Box::new(ingress_body_size::IngressBodySizeDefault::new(
-                &p.ingress_body_size,
-            )),
-            p.ingress_body_size.mode,
-        ),
-        (
-            Box::new(airgap_registry::AirgapRegistry::new(&p.airgap_registry)),
-            p.airgap_registry.mode,
-        ),
-        (
-            Box::new(db_access::DbAccess::new(&p.db_access, &config.admins)),
-            p.db_access.mode,
-        ),
-        (
-            Box::new(min_replicas::MinReplicas::new(&p.min_replicas)),
-            p.min_replicas.mode,
-        ),
-        (
-            Box::new(protect_delete::ProtectDelete::new(
-                &p.protect_delete,
-                &config.admins,
-            )),
-            p.protect_delete.mode,
-        ),
-        (
-            Box::new(rbac_hygiene::RbacHygiene::new(
-                &p.rbac_hygiene,
-                &config.admins,
-                &p.protect_delete.kinds,
-            )),
-            p.rbac_hygiene.mode,
-        ),
-        (
-            Box::new(ingress_body_size::IngressBodySizeLimit::new(
-                &p.ingress_body_size,
-            )),
-            p.ingress_body_size.mode,
-        ),
-        (
-            Box::new(opensearch_cluster::OpensearchCluster::policy(
-                &p.opensearch_cluster,
-                &config.production_namespaces,
-            )),
-            p.opensearch_cluster.mode,
-        ),
-        (
-            Box::new(external_databases::ExternalDatabases::policy(
-                &p.external_databases,
-                &config.production_namespaces,
-            )),
-            p.external_databases.mode,
-        ),
+        Match::new(webhook, &["CREATE", "UPDATE"], resources::WORKLOADS),
     ]
 }
 
@@ -215,6 +344,59 @@ pub fn describe_selector(selector: &LabelSelector) -> String {
 /// `containers[0] "app"` joined for messages.
 pub fn join_descriptions(items: &[String]) -> String {
     items.join("; ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_registry_lists_every_policy_once_mutating_first() {
+        let policies = Policies::default();
+        assert_eq!(IDS.len(), 11);
+        let modes = policies.modes();
+        assert_eq!(modes.iter().map(|(id, _)| *id).collect::<Vec<_>>(), IDS);
+        let built = build(&Config::default());
+        let webhooks: Vec<_> = built.iter().map(|(p, _)| (p.id(), p.webhook())).collect();
+        // ingress-body-size runs in both webhooks.
+        assert_eq!(webhooks.len(), 12);
+        assert_eq!(webhooks[3], ("ingress-body-size", Webhook::Mutate));
+        assert_eq!(webhooks[4], ("ingress-body-size", Webhook::Validate));
+        for id in IDS {
+            assert!(
+                webhooks.iter().any(|(i, _)| i == id),
+                "{id} builds a policy"
+            );
+        }
+    }
+
+    #[test]
+    fn the_audit_lists_what_policies_judge_when_created() {
+        let kinds: Vec<_> = audited_resources(&Policies::default())
+            .iter()
+            .map(|r| r.kind())
+            .collect();
+        let mut sorted = kinds.clone();
+        sorted.sort_unstable();
+        assert_eq!(
+            sorted,
+            [
+                "ClusterRoleBinding",
+                "CronJob",
+                "DaemonSet",
+                "Deployment",
+                "HorizontalPodAutoscaler",
+                "Ingress",
+                "Job",
+                "Pod",
+                "PodTemplate",
+                "ReplicaSet",
+                "ReplicationController",
+                "RoleBinding",
+                "StatefulSet",
+            ]
+        );
+    }
 }
 
 #[cfg(test)]

@@ -9,6 +9,10 @@
 //! alone; other constraints are kept and the new one is appended. The constraint selects the
 //! workload's pods with the workload's own selector.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde_json::{json, Value};
@@ -17,6 +21,48 @@ use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Web
 use crate::view::{Object, PodSpec, Spec, Topology};
 
 pub const ID: &str = "node-spread";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings { mode: crate::config::enforce() }
+    }
+}
+
+/// `node-spread`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        vec![Match::new(
+            Webhook::Mutate,
+            &["CREATE", "UPDATE"],
+            &[
+                resources::DEPLOYMENTS,
+                resources::STATEFUL_SETS,
+                resources::REPLICA_SETS,
+                resources::REPLICATION_CONTROLLERS,
+            ],
+        )]
+    }
+
+    fn build(_: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(NodeSpread)]
+    }
+}
 pub const HOSTNAME_KEY: &str = "kubernetes.io/hostname";
 /// Fewer replicas than this are not spread.
 pub const MIN_REPLICAS: i64 = 2;

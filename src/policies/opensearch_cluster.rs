@@ -9,12 +9,89 @@
 //! (0 replicas is a deliberate scale-down and is not reported). On UPDATE only a workload
 //! that did not already break the policy is reported: the background audit reports what runs.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::production::{validate_images, workload_matches};
+use super::resources::Match;
+use serde::Deserialize;
+use crate::engine::Policy;
 use super::image_ref::ImagePattern;
 use super::production::{running_container, InProduction, WorkloadCheck};
-use crate::config::{LabelSelector, OpensearchClusterConfig};
+use crate::config::LabelSelector;
 use crate::view::Object;
 
 pub const ID: &str = "opensearch-cluster";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::audit")]
+    pub mode: PolicyMode,
+    /// Image repositories that are OpenSearch nodes.
+    #[serde(default = "default_opensearch_images")]
+    pub images: Vec<String>,
+    /// The fewest replicas an OpenSearch workload of a production namespace should run.
+    #[serde(default = "default_min_nodes")]
+    pub min_nodes: i64,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::audit(),
+            images: default_opensearch_images(),
+            min_nodes: default_min_nodes(),
+        }
+    }
+}
+
+fn default_opensearch_images() -> Vec<String> {
+    vec![
+        "opensearchproject/opensearch".to_owned(),
+        "bitnami/opensearch".to_owned(),
+    ]
+}
+
+fn default_min_nodes() -> i64 {
+    3
+}
+
+/// `opensearch-cluster`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        validate_images(&settings.images)?;
+        if settings.min_nodes < 1 {
+            return Err((
+                "minNodes".into(),
+                format!(
+                    "is {}; it must be at least 1 (3 for a cluster)",
+                    settings.min_nodes
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        workload_matches()
+    }
+
+    fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(OpensearchCluster::policy(
+            settings,
+            &config.production_namespaces,
+        ))]
+    }
+}
 
 pub struct OpensearchCluster {
     images: Vec<ImagePattern>,
@@ -23,7 +100,7 @@ pub struct OpensearchCluster {
 
 impl OpensearchCluster {
     pub fn policy(
-        config: &OpensearchClusterConfig,
+        config: &Settings,
         production: &LabelSelector,
     ) -> InProduction<OpensearchCluster> {
         InProduction {

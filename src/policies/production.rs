@@ -2,8 +2,9 @@
 //! production namespaces (`productionNamespaces`), and on UPDATE only what the request
 //! introduces. Each supplies the check; [`InProduction`] makes it a policy.
 
-use super::image_ref::ImagePattern;
+use super::image_ref::{ImagePattern, ImageRef};
 use super::pod_spec::ContainerRef;
+use super::resources::{self, Match};
 use super::{container_running, describe_selector, is_production};
 use crate::config::LabelSelector;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
@@ -21,6 +22,28 @@ pub fn running_container<'a>(
     let container = container_running(object, images)?;
     let replicas = object.replicas().unwrap_or(1);
     (replicas != 0).then_some((container, replicas))
+}
+
+/// What both production checks match: Deployments and StatefulSets when created or updated.
+pub fn workload_matches() -> Vec<Match> {
+    vec![Match::new(
+        Webhook::Validate,
+        &["CREATE", "UPDATE"],
+        &[resources::DEPLOYMENTS, resources::STATEFUL_SETS],
+    )]
+}
+
+/// Checks a list of image repositories (`images[i]`).
+pub fn validate_images(images: &[String]) -> Result<(), (String, String)> {
+    for (i, image) in images.iter().enumerate() {
+        ImageRef::parse(image).map_err(|e| {
+            (
+                format!("images[{i}]"),
+                format!("{e}; give a repository such as `bitnami/postgresql`"),
+            )
+        })?;
+    }
+    Ok(())
 }
 
 /// A check of one workload object.

@@ -2,12 +2,87 @@
 //! ConfigMaps and Secrets (the kinds are configurable). Kubernetes' own controllers
 //! (`system:serviceaccount:kube-system:*`) and configured service accounts are exempt.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use crate::config::{Admins, ProtectDeleteConfig};
+use crate::config::Admins;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "protect-delete";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    #[serde(default = "default_protected_kinds")]
+    pub kinds: Vec<String>,
+    /// Usernames (with `*` wildcards) that may delete: controllers, CI deployers, Helm.
+    #[serde(default = "default_exempt_users")]
+    pub exempt_users: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            kinds: default_protected_kinds(),
+            exempt_users: default_exempt_users(),
+        }
+    }
+}
+
+fn default_protected_kinds() -> Vec<String> {
+    ["Deployment", "StatefulSet", "ConfigMap", "Secret"]
+        .map(String::from)
+        .to_vec()
+}
+
+fn default_exempt_users() -> Vec<String> {
+    vec!["system:serviceaccount:kube-system:*".to_owned()]
+}
+
+/// `protect-delete`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        for (i, kind) in settings.kinds.iter().enumerate() {
+            if kind.is_empty() || !kind.starts_with(|c: char| c.is_ascii_uppercase()) {
+                return Err((
+                    format!("kinds[{i}]"),
+                    format!("{kind:?} is not a kind; kinds are written as in manifests, such as `Secret`"),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// DELETE of the protected kinds prodguard knows the resource of; a kind of another API
+    /// (a custom resource) needs its own rule in the webhook configuration.
+    fn matches(settings: &Settings) -> Vec<Match> {
+        let known: Vec<_> = settings
+            .kinds
+            .iter()
+            .filter_map(|kind| resources::of_kind(kind))
+            .collect();
+        vec![Match::new(Webhook::Validate, &["DELETE"], &known)]
+    }
+
+    fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(ProtectDelete::new(settings, &config.admins))]
+    }
+}
 
 pub struct ProtectDelete {
     kinds: Vec<String>,
@@ -16,7 +91,7 @@ pub struct ProtectDelete {
 }
 
 impl ProtectDelete {
-    pub fn new(config: &ProtectDeleteConfig, admins: &Admins) -> ProtectDelete {
+    pub fn new(config: &Settings, admins: &Admins) -> ProtectDelete {
         ProtectDelete {
             kinds: config.kinds.clone(),
             exempt_users: config
@@ -74,7 +149,7 @@ mod tests {
 
     #[test]
     fn who_may_delete_what() {
-        let p = ProtectDelete::new(&ProtectDeleteConfig::default(), &Admins::default());
+        let p = ProtectDelete::new(&Settings::default(), &Admins::default());
         let old = object(json!({"kind": "Secret", "metadata": {"name": "db-creds"}}));
         let masters = vec!["system:masters".to_string()];
         let none: Vec<String> = vec![];
@@ -131,7 +206,7 @@ mod tests {
 
     #[test]
     fn configured_kinds_and_exempt_users() {
-        let config = ProtectDeleteConfig {
+        let config = Settings {
             kinds: vec!["Service".into()],
             exempt_users: vec!["system:serviceaccount:ci:helm".into()],
             ..Default::default()

@@ -15,14 +15,96 @@
 //! (fail closed). On UPDATE only what the request adds is judged: new subjects of a binding,
 //! new grants of a role.
 
+use crate::config::{Config, PolicyMode};
+use super::PolicyModule;
+use super::resources::{self, Match};
+use serde::Deserialize;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 use wildmatch::WildMatch;
 
 use crate::cluster::{role_key, RoleKey};
-use crate::config::{Admins, RbacHygieneConfig};
+use crate::config::Admins;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "rbac-hygiene";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::enforce")]
+    pub mode: PolicyMode,
+    /// Users and service accounts (`system:serviceaccount:<namespace>:<name>`), with `*`
+    /// wildcards, that may be granted the guarded permissions besides the admins.
+    #[serde(default = "default_rbac_exempt_users")]
+    pub exempt_users: Vec<String>,
+    /// Groups, with `*` wildcards, that may be granted them.
+    #[serde(default = "default_rbac_exempt_groups")]
+    pub exempt_groups: Vec<String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::enforce(),
+            exempt_users: default_rbac_exempt_users(),
+            exempt_groups: default_rbac_exempt_groups(),
+        }
+    }
+}
+
+fn default_rbac_exempt_users() -> Vec<String> {
+    [
+        "system:serviceaccount:kube-system:*",
+        "system:kube-controller-manager",
+        "system:kube-scheduler",
+    ]
+    .map(String::from)
+    .to_vec()
+}
+
+fn default_rbac_exempt_groups() -> Vec<String> {
+    vec!["system:nodes".to_owned()]
+}
+
+/// `rbac-hygiene`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    /// The audit lists the bindings: what a stored role grants is reported at the bindings
+    /// that grant it, once.
+    fn matches(_: &Settings) -> Vec<Match> {
+        let writes: &[&str] = &["CREATE", "UPDATE"];
+        vec![
+            Match::new(
+                Webhook::Validate,
+                writes,
+                &[resources::ROLE_BINDINGS, resources::CLUSTER_ROLE_BINDINGS],
+            ),
+            Match::new(
+                Webhook::Validate,
+                writes,
+                &[resources::ROLES, resources::CLUSTER_ROLES],
+            )
+            .not_audited(),
+        ]
+    }
+
+    /// The kinds `protect-delete` protects are guarded here too: who may delete them.
+    fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(RbacHygiene::new(
+            settings,
+            &config.admins,
+            &config.policies.protect_delete.kinds,
+        ))]
+    }
+}
 const RBAC_GROUP: &str = "rbac.authorization.k8s.io";
 
 /// A permission the guide reserves for admins.
@@ -168,7 +250,7 @@ pub struct RbacHygiene {
 
 impl RbacHygiene {
     pub fn new(
-        config: &RbacHygieneConfig,
+        config: &Settings,
         admins: &Admins,
         protected_kinds: &[String],
     ) -> RbacHygiene {

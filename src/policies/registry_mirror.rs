@@ -5,15 +5,80 @@
 //! Scope as `image-pull-policy`: Pods on CREATE and their ephemeral containers, workloads on
 //! CREATE and UPDATE. An image that does not parse is left alone (`airgap-registry` reports it).
 
+use crate::config::{parse_registry_pattern, Config, PolicyMode};
+use super::{container_matches, PolicyModule};
+use super::resources::Match;
+use std::collections::BTreeMap;
+use serde::Deserialize;
 use json_patch::{PatchOperation, ReplaceOperation};
 use serde_json::Value;
 
 use super::image_ref::{normalize_registry, ImageRef};
 use super::mutate_containers;
-use crate::config::RegistryMirrorConfig;
 use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "registry-mirror";
+
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "camelCase")]
+pub struct Settings {
+    #[serde(default = "crate::config::off")]
+    pub mode: PolicyMode,
+    /// Public registry (`docker.io`) -> mirror prefix (`registry.local:5000/dockerhub`).
+    #[serde(default)]
+    pub mirrors: BTreeMap<String, String>,
+}
+
+impl Default for Settings {
+    fn default() -> Self {
+        Settings {
+            mode: crate::config::off(),
+            mirrors: BTreeMap::new(),
+        }
+    }
+}
+
+/// `registry-mirror`: its settings, what it matches, its policy.
+pub struct Definition;
+
+impl PolicyModule for Definition {
+    const ID: &'static str = ID;
+    type Settings = Settings;
+
+    fn mode(settings: &Settings) -> PolicyMode {
+        settings.mode
+    }
+
+    fn validate(settings: &Settings) -> Result<(), (String, String)> {
+        for (from, to) in &settings.mirrors {
+            let key = format!("mirrors.{from}");
+            normalize_registry(from).map_err(|e| {
+                (
+                    key.clone(),
+                    format!("{e}; a mirror key is a public registry such as `docker.io`"),
+                )
+            })?;
+            parse_registry_pattern(to).map_err(|problem| (key.clone(), problem))?;
+        }
+        if settings.mode != PolicyMode::Off && settings.mirrors.is_empty() {
+            return Err((
+                "mirrors".into(),
+                "the policy is on but maps no registry; add for example \
+                 `docker.io: registry.local:5000/dockerhub` or set mode: \"off\""
+                    .into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn matches(_: &Settings) -> Vec<Match> {
+        container_matches(Webhook::Mutate)
+    }
+
+    fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
+        vec![Box::new(RegistryMirror::new(settings))]
+    }
+}
 
 pub struct RegistryMirror {
     /// (normalised public registry, mirror prefix)
@@ -21,7 +86,7 @@ pub struct RegistryMirror {
 }
 
 impl RegistryMirror {
-    pub fn new(config: &RegistryMirrorConfig) -> RegistryMirror {
+    pub fn new(config: &Settings) -> RegistryMirror {
         RegistryMirror {
             mirrors: config
                 .mirrors
@@ -84,7 +149,7 @@ mod tests {
     use serde_json::json;
 
     fn policy() -> RegistryMirror {
-        RegistryMirror::new(&RegistryMirrorConfig {
+        RegistryMirror::new(&Settings {
             mode: crate::config::PolicyMode::Enforce,
             mirrors: [
                 (

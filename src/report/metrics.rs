@@ -23,38 +23,14 @@ pub struct RequestLabels {
     pub verdict: &'static str,
 }
 
-/// The kinds the webhook configurations send, so that counting a request allocates nothing.
-const KINDS: &[&str] = &[
-    "Pod",
-    "EphemeralContainers",
-    "PodTemplate",
-    "ReplicationController",
-    "Deployment",
-    "StatefulSet",
-    "DaemonSet",
-    "ReplicaSet",
-    "Job",
-    "CronJob",
-    "Scale",
-    "HorizontalPodAutoscaler",
-    "PodExecOptions",
-    "PodAttachOptions",
-    "PodPortForwardOptions",
-    "ConfigMap",
-    "Secret",
-    "Ingress",
-    "Role",
-    "ClusterRole",
-    "RoleBinding",
-    "ClusterRoleBinding",
-];
-
 /// The `kind` label of a request: the kind when prodguard is registered for it, else `other`.
 /// A label value never comes from the request, so a request can neither add a series (the
 /// number of series is bounded by construction) nor forge a line of the exposition.
 pub fn kind_label(kind: &str) -> &'static str {
-    KINDS
+    // The kinds of the resources policies act on (so counting a request allocates nothing).
+    crate::policies::resources::ALL
         .iter()
+        .flat_map(|r| r.kinds)
         .find(|k| **k == kind)
         .copied()
         .unwrap_or("other")
