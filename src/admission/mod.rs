@@ -220,57 +220,23 @@ impl<'de, M: Objects<'de>> DeserializeSeed<'de> for RequestSeed<M> {
     }
 }
 
-impl<'de> RequestOf<'de, Object<'de>> {
-    /// The request, its objects decoded (those that came before its kind now).
-    fn finish(self) -> Result<ReviewRequest<'de>, ShapeError> {
-        let kind = self.kind.kind.clone();
-        let finish = |pending: Pending<'de, Object<'de>>| match pending {
-            Pending::Absent => Ok(None),
-            Pending::Done(object) => Ok(object),
-            Pending::Later(None) => Ok(None),
-            Pending::Later(Some(raw)) => Object::decode(&kind, raw.get()),
-        };
-        Ok(ReviewRequest {
-            object: finish(self.object)?,
-            old_object: finish(self.old_object)?,
-            uid: self.uid,
-            kind: self.kind,
-            resource: self.resource,
-            sub_resource: self.sub_resource,
-            name: self.name,
-            namespace: self.namespace,
-            operation: self.operation,
-            user_info: self.user_info,
-            dry_run: self.dry_run,
-            shape_error: None,
-        })
-    }
-}
-
-impl<'de> RequestOf<'de, &'de RawValue> {
-    /// The request of the slow path: each object decoded on its own, a shape error kept
-    /// as the request's (the first, the object's before the old object's).
-    fn explained(self) -> ReviewRequest<'de> {
+impl<'de, O> RequestOf<'de, O> {
+    /// The request, each of its objects decoded by `decode` (given the request's kind); the
+    /// first shape error, the object's before the old object's, is kept as the request's.
+    fn into_request(
+        self,
+        mut decode: impl FnMut(&str, Pending<'de, O>) -> Result<Option<Object<'de>>, ShapeError>,
+    ) -> ReviewRequest<'de> {
         let mut shape_error = None;
-        let kind = self.kind.kind.clone();
-        let mut decode = |pending: Pending<'de, &'de RawValue>| {
-            let raw = match pending {
-                Pending::Later(Some(raw)) | Pending::Done(Some(raw)) => raw,
-                _ => return None,
-            };
-            match Object::decode(&kind, raw.get()) {
-                Ok(object) => object,
-                Err(e) => {
-                    shape_error.get_or_insert(e);
-                    None
-                }
-            }
-        };
-        let object = decode(self.object);
-        let old_object = decode(self.old_object);
+        let mut objects = [self.object, self.old_object].map(|pending| {
+            decode(&self.kind.kind, pending).unwrap_or_else(|e| {
+                shape_error.get_or_insert(e);
+                None
+            })
+        });
         ReviewRequest {
-            object,
-            old_object,
+            object: objects[0].take(),
+            old_object: objects[1].take(),
             uid: self.uid,
             kind: self.kind,
             resource: self.resource,
@@ -282,6 +248,29 @@ impl<'de> RequestOf<'de, &'de RawValue> {
             dry_run: self.dry_run,
             shape_error,
         }
+    }
+}
+
+/// An object of the fast path: decoded in the pass, or (before the kind) decoded now.
+fn decode_typed<'de>(
+    kind: &str,
+    pending: Pending<'de, Object<'de>>,
+) -> Result<Option<Object<'de>>, ShapeError> {
+    match pending {
+        Pending::Absent | Pending::Later(None) => Ok(None),
+        Pending::Done(object) => Ok(object),
+        Pending::Later(Some(raw)) => Object::decode(kind, raw.get()),
+    }
+}
+
+/// An object of the slow path, kept as text: decoded on its own.
+fn decode_raw<'de>(
+    kind: &str,
+    pending: Pending<'de, &'de RawValue>,
+) -> Result<Option<Object<'de>>, ShapeError> {
+    match pending {
+        Pending::Later(Some(raw)) | Pending::Done(Some(raw)) => Object::decode(kind, raw.get()),
+        _ => Ok(None),
     }
 }
 
@@ -378,7 +367,9 @@ fn decode_fast(body: &[u8]) -> Option<ReviewRequest<'_>> {
     {
         return None;
     }
-    request.finish().ok()
+    let request = request.into_request(decode_typed);
+    // A shape error is explained by the slow path.
+    request.shape_error.is_none().then_some(request)
 }
 
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
@@ -405,7 +396,7 @@ pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
             if request.uid.is_empty() {
                 return Err(NotAReview::NoUid("request.uid is empty".into()));
             }
-            let request = request.explained();
+            let request = request.into_request(decode_raw);
             if let Some(e) = request.shape_error.as_ref().filter(|e| e.is_metadata()) {
                 return Ok(Decoded::Malformed {
                     uid: request.uid.into_owned(),

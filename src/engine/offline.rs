@@ -41,29 +41,15 @@ pub fn evaluate_object(
             return Err(format!("has no {field}, so it is not a Kubernetes object"));
         }
     }
-    let mut results = Vec::new();
+    let mut run = Run::new(engine, cluster, default_namespace);
     let patch = {
         let object = viewed(Object::from_value(&value), || {
             Object::metadata_from_value(&value)
         })?;
-        evaluate(
-            engine,
-            cluster,
-            Webhook::Mutate,
-            &object,
-            default_namespace,
-            &mut results,
-        )?
+        run.webhook(Webhook::Mutate, &object)?
     };
-    validate_patched(
-        engine,
-        cluster,
-        value,
-        patch,
-        default_namespace,
-        &mut results,
-    )?;
-    Ok(results)
+    run.validate_patched(value, patch)?;
+    Ok(run.results)
 }
 
 /// Evaluates one listed object, the JSON text of an object of kind `kind` (list items carry
@@ -76,25 +62,11 @@ pub fn evaluate_listed(
     text: &str,
     default_namespace: &str,
 ) -> Result<Vec<ObjectFinding>, String> {
-    let mut results = Vec::new();
-    let patch = evaluate(
-        engine,
-        cluster,
-        Webhook::Mutate,
-        &object,
-        default_namespace,
-        &mut results,
-    )?;
+    let mut run = Run::new(engine, cluster, default_namespace);
+    let patch = run.webhook(Webhook::Mutate, &object)?;
     if patch.is_empty() {
-        evaluate(
-            engine,
-            cluster,
-            Webhook::Validate,
-            &object,
-            default_namespace,
-            &mut results,
-        )?;
-        return Ok(results);
+        run.webhook(Webhook::Validate, &object)?;
+        return Ok(run.results);
     }
     let mut value: Value = serde_json::from_str(text).map_err(|e| e.to_string())?;
     if let Some(fields) = value.as_object_mut() {
@@ -105,15 +77,62 @@ pub fn evaluate_listed(
         fields.insert("kind".into(), Value::String(object.object.kind.to_string()));
     }
     drop(object);
-    validate_patched(
-        engine,
-        cluster,
-        value,
-        patch,
-        default_namespace,
-        &mut results,
-    )?;
-    Ok(results)
+    run.validate_patched(value, patch)?;
+    Ok(run.results)
+}
+
+/// One object's offline evaluation: where lookups are answered, the namespace of an object
+/// that names none, and the findings so far.
+struct Run<'e> {
+    engine: &'e Engine,
+    cluster: &'e Snapshot,
+    default_namespace: &'e str,
+    results: Vec<ObjectFinding>,
+}
+
+impl<'e> Run<'e> {
+    fn new(engine: &'e Engine, cluster: &'e Snapshot, default_namespace: &'e str) -> Run<'e> {
+        Run {
+            engine,
+            cluster,
+            default_namespace,
+            results: Vec::new(),
+        }
+    }
+
+    /// Runs one webhook's policies; returns the enforced patch.
+    fn webhook(
+        &mut self,
+        webhook: Webhook,
+        object: &Viewed<'_>,
+    ) -> Result<Vec<json_patch::PatchOperation>, String> {
+        evaluate(
+            self.engine,
+            self.cluster,
+            webhook,
+            object,
+            self.default_namespace,
+            &mut self.results,
+        )
+    }
+
+    /// Applies the mutating policies' patch to `value` and runs the validating policies on
+    /// the result.
+    fn validate_patched(
+        &mut self,
+        mut value: Value,
+        patch: Vec<json_patch::PatchOperation>,
+    ) -> Result<(), String> {
+        if !patch.is_empty() {
+            json_patch::patch(&mut value, &patch)
+                .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
+        }
+        let object = viewed(Object::from_value(&value), || {
+            Object::metadata_from_value(&value)
+        })?;
+        self.webhook(Webhook::Validate, &object)?;
+        Ok(())
+    }
 }
 
 /// An object's view, and why it does not have its kind's shape (its view then holds its
@@ -146,34 +165,6 @@ pub fn viewed<'a>(
             })
         }
     }
-}
-
-/// Applies the mutating policies' patch to `value` and runs the validating policies on the
-/// result.
-fn validate_patched(
-    engine: &Engine,
-    cluster: &Snapshot,
-    mut value: Value,
-    patch: Vec<json_patch::PatchOperation>,
-    default_namespace: &str,
-    results: &mut Vec<ObjectFinding>,
-) -> Result<(), String> {
-    if !patch.is_empty() {
-        json_patch::patch(&mut value, &patch)
-            .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
-    }
-    let object = viewed(Object::from_value(&value), || {
-        Object::metadata_from_value(&value)
-    })?;
-    evaluate(
-        engine,
-        cluster,
-        Webhook::Validate,
-        &object,
-        default_namespace,
-        results,
-    )?;
-    Ok(())
 }
 
 /// Runs one webhook's policies on `object`; returns the enforced patch.
