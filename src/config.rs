@@ -2,6 +2,7 @@
 //! `policies/*.yaml`. Every key is checked at load time: an unknown key or a bad value stops
 //! startup with a message that names the file, the key and the fix.
 
+use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
@@ -144,7 +145,7 @@ impl Default for Admins {
 }
 
 impl Admins {
-    pub fn is_admin(&self, username: &str, groups: &[String]) -> bool {
+    pub fn is_admin(&self, username: &str, groups: &[Cow<str>]) -> bool {
         self.users.iter().any(|u| u == username)
             || groups.iter().any(|g| self.groups.iter().any(|a| a == g))
     }
@@ -159,10 +160,22 @@ pub struct LabelSelector {
 
 impl LabelSelector {
     /// Whether the labels hold every pair (an empty selector matches everything).
-    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+    pub fn matches<L: Labels + ?Sized>(&self, labels: &L) -> bool {
         self.match_labels
             .iter()
-            .all(|(k, v)| labels.get(k).is_some_and(|l| l == v))
+            .all(|(k, v)| labels.label(k).is_some_and(|l| l == v))
+    }
+}
+
+/// Labels a selector can be matched against: an object's (borrowed, in the view) or a
+/// namespace's (read from the cluster).
+pub trait Labels {
+    fn label(&self, key: &str) -> Option<&str>;
+}
+
+impl Labels for BTreeMap<String, String> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.get(key).map(String::as_str)
     }
 }
 

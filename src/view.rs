@@ -165,13 +165,49 @@ pub struct Meta<'a> {
     pub namespace: Option<Cow<'a, str>>,
     #[serde(borrow, default, deserialize_with = "opt_str")]
     pub uid: Option<Cow<'a, str>>,
-    #[serde(default, deserialize_with = "counted_map")]
-    pub labels: Option<BTreeMap<String, String>>,
+    #[serde(borrow, default)]
+    pub labels: Option<ObjectLabels<'a>>,
     /// Present when the object has annotations; holds those policies read.
     #[serde(borrow, default)]
     pub annotations: Option<Annotations<'a>>,
     #[serde(borrow, default, deserialize_with = "counted_list")]
     pub owner_references: Option<Vec<OwnerRef<'a>>>,
+}
+
+/// An object's labels, borrowed from the input, each counted against [`MAX_KEPT_BYTES`].
+#[derive(Debug, Clone, Default)]
+pub struct ObjectLabels<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
+
+impl crate::config::Labels for ObjectLabels<'_> {
+    fn label(&self, key: &str) -> Option<&str> {
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_ref())
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for ObjectLabels<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct LabelsVisitor<'a>(PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for LabelsVisitor<'a> {
+            type Value = ObjectLabels<'a>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a map")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut labels = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    let Key(value) = map.next_value()?;
+                    // Two strings, and their text when unescaped.
+                    keep(std::mem::size_of::<(Cow<str>, Cow<str>)>() + key.len() + value.len())?;
+                    labels.push((key, value));
+                }
+                Ok(ObjectLabels(labels))
+            }
+        }
+        deserializer.deserialize_map(LabelsVisitor(PhantomData))
+    }
 }
 
 /// The annotations policies read.
@@ -298,8 +334,40 @@ pub struct EnvVar<'a> {
     pub value: Option<Cow<'a, str>>,
 }
 
+thread_local! {
+    /// Whether `env` lists are read on this thread (see [`skipping_env_unless_named`]).
+    static ENV_READ: Cell<bool> = const { Cell::new(true) };
+}
+
+/// Runs `decode` with every container's `env` skipped whole, unparsed, when `text` cannot name
+/// a variable policies read: it holds none of [`READ_VARIABLES`] verbatim and no `\u` escape
+/// that could spell one (the API server writes names verbatim). A review of 58 variables
+/// decodes 4 us faster; the scan costs well under one.
+pub fn skipping_env_unless_named<T>(text: &[u8], decode: impl FnOnce() -> T) -> T {
+    let may_name = memchr::memmem::find(text, b"\\u").is_some()
+        || READ_VARIABLES
+            .iter()
+            .any(|name| memchr::memmem::find(text, name.as_bytes()).is_some());
+    if may_name {
+        return decode();
+    }
+    struct Restore;
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            ENV_READ.with(|read| read.set(true));
+        }
+    }
+    ENV_READ.with(|read| read.set(false));
+    let _restore = Restore;
+    decode()
+}
+
 impl<'de: 'a, 'a> Deserialize<'de> for Env<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        if !ENV_READ.with(Cell::get) {
+            deserializer.deserialize_ignored_any(IgnoredAny)?;
+            return Ok(Env(Vec::new()));
+        }
         struct EnvVisitor<'a>(PhantomData<&'a ()>);
         impl<'de: 'a, 'a> Visitor<'de> for EnvVisitor<'a> {
             type Value = Env<'a>;

@@ -78,8 +78,16 @@ pub struct ResourceName<'a> {
 pub struct UserInfo<'a> {
     #[serde(borrow, default)]
     pub username: Option<Cow<'a, str>>,
-    #[serde(default)]
-    pub groups: Option<Vec<String>>,
+    #[serde(borrow, default, deserialize_with = "borrowed_strings")]
+    pub groups: Option<Vec<Cow<'a, str>>>,
+}
+
+/// A list of strings, each borrowed from the body when it needs no unescaping.
+fn borrowed_strings<'de: 'a, 'a, D: Deserializer<'de>>(
+    deserializer: D,
+) -> Result<Option<Vec<Cow<'a, str>>>, D::Error> {
+    let strings = Option::<Vec<Borrowed<'de>>>::deserialize(deserializer)?;
+    Ok(strings.map(|s| s.into_iter().map(|b| b.0).collect()))
 }
 
 /// What a body decodes into.
@@ -166,8 +174,8 @@ impl<'de, M: Objects<'de>> Visitor<'de> for RequestVisitor<M> {
             (None, None, None, None, None);
         let (mut sub_resource, mut name, mut namespace, mut dry_run) = (None, None, None, None);
         let (mut object, mut old_object) = (Pending::Absent, Pending::Absent);
-        while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-            match key.as_ref() {
+        while let Some(key) = map.next_key::<Borrowed>()? {
+            match key.0.as_ref() {
                 "uid" => uid = Some(map.next_value::<Borrowed>()?.0),
                 "kind" => kind = Some(map.next_value::<Kind>()?),
                 "resource" => resource = Some(map.next_value()?),
@@ -311,8 +319,8 @@ impl<'de> Deserialize<'de> for Review<'de, Object<'de>> {
                     kind: Cow::Borrowed(""),
                     request: None,
                 };
-                while let Some(key) = map.next_key::<Cow<'de, str>>()? {
-                    match key.as_ref() {
+                while let Some(key) = map.next_key::<Borrowed>()? {
+                    match key.0.as_ref() {
                         "apiVersion" => review.api_version = map.next_value::<Borrowed>()?.0,
                         "kind" => review.kind = map.next_value::<Borrowed>()?.0,
                         "request" => {
@@ -374,6 +382,10 @@ fn decode_fast(body: &[u8]) -> Option<ReviewRequest<'_>> {
 
 /// Decodes a body. A review whose request does not decode is still answered, with its uid.
 pub fn decode(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
+    crate::view::skipping_env_unless_named(body, || decode_review(body))
+}
+
+fn decode_review(body: &[u8]) -> Result<Decoded<'_>, NotAReview> {
     // One pass for a well-formed review; the slower path below explains what is wrong.
     if let Some(request) = decode_fast(body) {
         return Ok(Decoded::Request(Box::new(request)));
@@ -468,11 +480,27 @@ impl<'a> AnswerStatus<'a> {
 }
 
 fn write(response: AnswerResponse<'_>) -> Result<Vec<u8>, serde_json::Error> {
-    serde_json::to_vec(&Answer {
-        api_version: META_API_VERSION_V1,
-        kind: META_KIND,
-        response,
-    })
+    // Sized once from what the answer holds (its JSON escapes may still grow it), rather than
+    // grown from 128 bytes by doubling and copying.
+    let texts = |items: Option<&[String]>| items.map_or(0, |i| i.iter().map(|t| t.len() + 8).sum());
+    let capacity = 256
+        + response.uid.len()
+        + response.patch.as_ref().map_or(0, String::len)
+        + response.status.message.as_ref().map_or(0, |m| m.len())
+        + texts(response.warnings)
+        + response
+            .audit_annotations
+            .map_or(0, |a| a.iter().map(|(k, v)| k.len() + v.len() + 8).sum());
+    let mut out = Vec::with_capacity(capacity);
+    serde_json::to_writer(
+        &mut out,
+        &Answer {
+            api_version: META_API_VERSION_V1,
+            kind: META_KIND,
+            response,
+        },
+    )?;
+    Ok(out)
 }
 
 /// The answer to the review `uid` for a verdict: allowed (with the patch, base64, and its
@@ -505,8 +533,9 @@ pub fn encode_verdict(uid: &str, verdict: &Verdict) -> Result<Vec<u8>, serde_jso
     if !decision.allowed {
         response.status = AnswerStatus::refused(403, decision.deny_message().into(), "Forbidden");
     } else if !decision.patch.is_empty() {
-        match serde_json::to_vec(&decision.patch) {
-            Ok(patch) => {
+        let mut patch = Vec::with_capacity(128 * decision.patch.len());
+        match serde_json::to_writer(&mut patch, &decision.patch) {
+            Ok(()) => {
                 response.patch = Some(base64::engine::general_purpose::STANDARD.encode(patch));
                 response.patch_type = Some("JSONPatch");
             }

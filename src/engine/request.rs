@@ -1,5 +1,7 @@
 //! The view of an admission request that policies read.
 
+use std::borrow::Cow;
+
 use crate::admission::ReviewRequest;
 use crate::view::{Object, ShapeError};
 
@@ -23,7 +25,7 @@ pub struct Request<'a> {
     pub namespace: &'a str,
     pub name: &'a str,
     pub username: &'a str,
-    pub groups: &'a [String],
+    pub groups: &'a [Cow<'a, str>],
     pub object: Option<&'a Object<'a>>,
     pub old_object: Option<&'a Object<'a>>,
     pub dry_run: bool,
@@ -32,7 +34,7 @@ pub struct Request<'a> {
     pub shape_error: Option<&'a ShapeError>,
 }
 
-const NO_GROUPS: &[String] = &[];
+const NO_GROUPS: &[Cow<str>] = &[];
 
 impl<'a> Request<'a> {
     pub fn from_admission(request: &'a ReviewRequest<'_>) -> Request<'a> {

@@ -8,7 +8,7 @@
 //! (`containers`, not init or ephemeral ones, which are often database clients) runs a
 //! configured database image, or when it is annotated `prodguard.io/database: "true"`.
 
-use crate::config::{Config, PolicyMode};
+use crate::config::{Config, Labels, PolicyMode};
 use super::PolicyModule;
 use super::resources::{self, Match};
 use serde::Deserialize;
@@ -171,7 +171,7 @@ impl DbAccess {
         }
         if let Some(labels) = &meta.labels {
             for key in LABELS {
-                if let Some(value) = labels.get(key) {
+                if let Some(value) = labels.label(key) {
                     if self.databases.contains(&value.to_ascii_lowercase()) {
                         return Some(format!("label {key}={value}"));
                     }
@@ -239,6 +239,7 @@ impl Policy for DbAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::borrow::Cow;
     use crate::policies::test_support::{asked, object, request, Context, Eval};
     use serde_json::json;
 
@@ -246,7 +247,7 @@ mod tests {
         DbAccess::new(&Settings::default(), &Admins::default())
     }
 
-    fn exec_request<'a>(sub: &'a str, groups: &'a [String]) -> Request<'a> {
+    fn exec_request<'a>(sub: &'a str, groups: &'a [Cow<'a, str>]) -> Request<'a> {
         let mut req = request(Operation::Connect, "PodExecOptions", "pods", None);
         req.sub_resource = Some(sub);
         req.name = "db-0";
@@ -361,7 +362,7 @@ mod tests {
     #[test]
     fn admins_pass_without_a_lookup_and_other_pods_pass() {
         let p = policy();
-        let masters = ["system:masters".to_string()];
+        let masters = [Cow::from("system:masters")];
         let req = exec_request("exec", &masters);
         assert!(asked(&p, &req).is_empty());
         assert!(p.eval(&req, &Context::default()).unwrap().is_empty());

@@ -7,12 +7,12 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
-use crate::config::{Config, LabelSelector, PolicyMode};
+use crate::config::{Config, LabelSelector, Labels, PolicyMode};
+use crate::view::ObjectLabels;
 use super::PolicyModule;
 use super::resources::{self, Match};
 use serde::Deserialize;
 use wildmatch::WildMatch;
-use std::collections::BTreeMap;
 
 
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
@@ -64,7 +64,7 @@ impl Exemption {
         namespace: &str,
         kind: &str,
         name: &str,
-        labels: Option<&BTreeMap<String, String>>,
+        labels: Option<&dyn Labels>,
     ) -> bool {
         let glob = |pattern: &Option<String>, value: &str| {
             pattern
@@ -169,7 +169,7 @@ pub struct MinReplicas {
 struct Sized<'a> {
     kind: &'a str,
     name: &'a str,
-    labels: Option<&'a BTreeMap<String, String>>,
+    labels: Option<&'a ObjectLabels<'a>>,
     /// The workload an HPA scales, checked against exemptions too.
     target: Option<(String, String)>,
     field: &'static str,
@@ -187,7 +187,12 @@ impl MinReplicas {
 
     fn exempt(&self, namespace: &str, sized: &Sized<'_>) -> bool {
         self.exemptions.iter().any(|e| {
-            e.matches(namespace, sized.kind, sized.name, sized.labels)
+            e.matches(
+                namespace,
+                sized.kind,
+                sized.name,
+                sized.labels.map(|l| l as &dyn Labels),
+            )
                 || sized
                     .target
                     .as_ref()
@@ -317,6 +322,7 @@ impl Policy for MinReplicas {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::collections::BTreeMap;
     use crate::config::PolicyMode;
     use crate::policies::test_support::{object, request, violations, Context};
     use serde_json::json;
@@ -368,8 +374,8 @@ mod tests {
         };
         let labels: BTreeMap<String, String> =
             [("prodguard.io/singleton".to_string(), "true".to_string())].into();
-        assert!(by_label.matches("a", "Deployment", "b", Some(&labels)));
-        assert!(!by_label.matches("a", "Deployment", "b", Some(&BTreeMap::new())));
+        assert!(by_label.matches("a", "Deployment", "b", Some(&labels as &dyn Labels)));
+        assert!(!by_label.matches("a", "Deployment", "b", Some(&BTreeMap::new() as &dyn Labels)));
         assert!(!by_label.matches("a", "Deployment", "b", None));
     }
 

@@ -151,8 +151,8 @@ mod tests {
     fn who_may_delete_what() {
         let p = ProtectDelete::new(&Settings::default(), &Admins::default());
         let old = object(json!({"kind": "Secret", "metadata": {"name": "db-creds"}}));
-        let masters = vec!["system:masters".to_string()];
-        let none: Vec<String> = vec![];
+        let masters = vec![std::borrow::Cow::from("system:masters")];
+        let none: Vec<std::borrow::Cow<str>> = vec![];
         let cases = [
             ("Secret", "bob", &none, true),
             ("ConfigMap", "bob", &none, true),
