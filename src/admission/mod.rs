@@ -367,7 +367,11 @@ impl<'de> DeserializeSeed<'de> for OptionalRequest {
 
 /// A well-formed v1 review with a uid, in one pass; `None` for anything else.
 fn decode_fast(body: &[u8]) -> Option<ReviewRequest<'_>> {
-    let review = serde_json::from_slice::<Review<Object>>(body).ok()?;
+    // As text: the view is decoded from text everywhere (here, `check`, the audit), so its
+    // decoding code is in the binary once for text rather than again for bytes; and a string
+    // of text needs no UTF-8 check of its own.
+    let text = std::str::from_utf8(body).ok()?;
+    let review = serde_json::from_str::<Review<Object>>(text).ok()?;
     let request = review.request?;
     if review.api_version != META_API_VERSION_V1
         || review.kind != META_KIND

@@ -13,7 +13,7 @@ use k8s_openapi::api::rbac::v1::{
 use kube::api::{Api, ApiResource, ListParams, Patch, PatchParams};
 use kube::core::DynamicObject;
 
-use crate::view::{self, Object};
+use crate::view::Object;
 use serde_json::json;
 
 #[derive(Debug, thiserror::Error)]
@@ -144,7 +144,8 @@ pub fn role_key(role_ref: &RoleRef, namespace: &str) -> RoleKey {
 /// role (`rbac-hygiene`).
 #[async_trait]
 pub trait ClusterLookup: Send + Sync {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError>;
+    /// The Pod's JSON, decoded where it is read (into the typed view).
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<String, LookupError>;
     async fn namespace_labels(
         &self,
         namespace: &str,
@@ -196,22 +197,17 @@ where
 
 #[async_trait]
 impl ClusterLookup for KubeLookup {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
         let resource = ApiResource::erase::<Pod>(&());
         let api: Api<DynamicObject> =
             Api::namespaced_with(self.client.clone(), namespace, &resource);
         let what = format!("pod {namespace}/{name}");
-        // The Pod's JSON straight into the view, no generic tree in between.
+        // The Pod's JSON as it comes, for the view: no generic tree in between.
         let request = kube::core::Request::new(api.resource_url())
             .get(name, &Default::default())
             .map_err(|e| read_failed(what.clone())(kube::Error::BuildRequest(e)))?;
         match self.client.request_text(request).await {
-            Ok(text) => {
-                view::decode_owned("Pod", text.as_bytes()).map_err(|e| LookupError::Failed {
-                    what,
-                    message: e.to_string(),
-                })
-            }
+            Ok(text) => Ok(text),
             Err(kube::Error::Api(status)) if status.code == 404 => {
                 Err(LookupError::NotFound { what })
             }
@@ -278,7 +274,7 @@ pub struct NoLookup {
 
 #[async_trait]
 impl ClusterLookup for NoLookup {
-    async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
+    async fn get_pod(&self, _: &str, _: &str) -> Result<String, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
     async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {
@@ -296,7 +292,8 @@ impl ClusterLookup for NoLookup {
 /// test sets up. Answers lookups synchronously.
 #[derive(Debug, Default, Clone)]
 pub struct Snapshot {
-    pub pods: Vec<Object<'static>>,
+    /// Pods, as JSON.
+    pub pods: Vec<String>,
     /// Namespace name -> labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Labels assumed for a namespace not in `namespaces`; `None`: such a namespace is not found.
@@ -309,10 +306,14 @@ pub struct Snapshot {
 }
 
 impl Snapshot {
-    pub fn pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
+    pub fn pod(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
         self.pods
             .iter()
-            .find(|p| p.namespace() == Some(namespace) && p.name() == Some(name))
+            .find(|text| {
+                Object::decode("", text).is_ok_and(|pod| {
+                    pod.is_some_and(|p| p.namespace() == Some(namespace) && p.name() == Some(name))
+                })
+            })
             .cloned()
             .ok_or_else(|| LookupError::NotFound {
                 what: format!("pod {namespace}/{name}"),
@@ -508,7 +509,7 @@ impl Snapshot {
 
 #[async_trait]
 impl ClusterLookup for Snapshot {
-    async fn get_pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, LookupError> {
+    async fn get_pod(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
         self.pod(namespace, name)
     }
     async fn namespace_labels(

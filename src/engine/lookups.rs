@@ -20,7 +20,6 @@ use std::time::Duration;
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
 use crate::cluster::{Binding, ClusterLookup, LookupError, NoLookup, RoleKey};
-use crate::view::Object;
 
 /// The cluster as one request's evaluation sees it.
 pub struct Lookups<'s> {
@@ -59,8 +58,9 @@ impl<'s> Lookups<'s> {
         Lookups::immediate(&NOTHING)
     }
 
-    /// The Pod `namespace/name`.
-    pub async fn pod(&self, namespace: &str, name: &str) -> Result<Object<'static>, String> {
+    /// The Pod `namespace/name`, as JSON (decode it into the view with
+    /// [`Object::decode`](crate::view::Object::decode)).
+    pub async fn pod(&self, namespace: &str, name: &str) -> Result<String, String> {
         self.memo(
             format!("pod {namespace}/{name}"),
             self.source.get_pod(namespace, name),
@@ -148,11 +148,7 @@ mod tests {
 
     #[async_trait::async_trait]
     impl ClusterLookup for Counting {
-        async fn get_pod(
-            &self,
-            namespace: &str,
-            name: &str,
-        ) -> Result<Object<'static>, LookupError> {
+        async fn get_pod(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Err(LookupError::NotFound {
                 what: format!("pod {namespace}/{name}"),

@@ -239,13 +239,12 @@ mod tests {
     use super::*;
     use crate::cluster::{Binding, LookupError, RoleKey, Snapshot};
     use crate::report::MemoryReporter;
-    use crate::view::Object;
 
     struct HangingLookup;
 
     #[async_trait::async_trait]
     impl ClusterLookup for HangingLookup {
-        async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
+        async fn get_pod(&self, _: &str, _: &str) -> Result<String, LookupError> {
             std::future::pending().await
         }
         async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {

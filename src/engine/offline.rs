@@ -43,10 +43,8 @@ pub fn evaluate_object(
     }
     let mut run = Run::new(engine, cluster, default_namespace);
     let patch = {
-        let object = viewed(Object::from_value(&value), || {
-            Object::metadata_from_value(&value)
-        })?;
-        run.webhook(Webhook::Mutate, &object)?
+        let text = value.to_string();
+        run.webhook(Webhook::Mutate, &view_of(&value, &text)?)?
     };
     run.validate_patched(value, patch)?;
     Ok(run.results)
@@ -127,12 +125,23 @@ impl<'e> Run<'e> {
             json_patch::patch(&mut value, &patch)
                 .map_err(|e| format!("prodguard's own patch does not apply: {e}"))?;
         }
-        let object = viewed(Object::from_value(&value), || {
-            Object::metadata_from_value(&value)
-        })?;
-        self.webhook(Webhook::Validate, &object)?;
+        let text = value.to_string();
+        self.webhook(Webhook::Validate, &view_of(&value, &text)?)?;
         Ok(())
     }
+}
+
+/// The view of a manifest: `text` is `value` written out (the view is decoded from text, as a
+/// listed object's is, so that one decoder serves both).
+fn view_of<'t>(value: &Value, text: &'t str) -> Result<Viewed<'t>, String> {
+    let kind = value
+        .get("kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    viewed(
+        Object::decode(kind, text).map(Option::unwrap_or_default),
+        || Object::decode("", text).map(Option::unwrap_or_default),
+    )
 }
 
 /// An object's view, and why it does not have its kind's shape (its view then holds its

@@ -223,13 +223,24 @@ impl Policy for DbAccess {
                 "cannot tell whether pod {target} is a database pod because the pod lookup \
                  failed ({e}); denied because db-access fails closed"
             ),
-            Ok(pod) => match self.database_reason(&pod) {
-                None => return Ok(Vec::new()),
-                Some(reason) => format!(
-                    "user {:?} may not {verb} database pod {target} ({reason}): only admins may \
-                     log into or port-forward to database pods; ask a cluster admin for access",
-                    request.username
+            Ok(text) => match Object::decode("Pod", &text) {
+                Err(e) => format!(
+                    "cannot tell whether pod {target} is a database pod: {e}; denied because \
+                     db-access fails closed"
                 ),
+                Ok(None) => format!(
+                    "cannot tell whether pod {target} is a database pod: the API server answered \
+                     null; denied because db-access fails closed"
+                ),
+                Ok(Some(pod)) => match self.database_reason(&pod) {
+                    None => return Ok(Vec::new()),
+                    Some(reason) => format!(
+                        "user {:?} may not {verb} database pod {target} ({reason}): only admins \
+                         may log into or port-forward to database pods; ask a cluster admin for \
+                         access",
+                        request.username
+                    ),
+                },
             },
         };
         Ok(vec![Finding::Violation { message }])
@@ -261,9 +272,10 @@ mod tests {
         object(value)
     }
 
-    fn pod(value: serde_json::Value) -> Context {
+    fn pod(mut value: serde_json::Value) -> Context {
+        value["kind"] = json!("Pod");
         Context {
-            pod: Some(Ok(pod_object(value))),
+            pod: Some(Ok(value.to_string())),
             ..Context::default()
         }
     }

@@ -416,7 +416,8 @@ pub(crate) mod test_support {
     /// was not expected.
     #[derive(Default)]
     pub struct Context {
-        pub pod: Option<Result<Object<'static>, String>>,
+        /// The Pod, as JSON.
+        pub pod: Option<Result<String, String>>,
         pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
         pub role_rules: Option<Result<Option<Vec<PolicyRule>>, String>>,
         pub bindings: Option<Result<Vec<Binding>, String>>,
@@ -433,7 +434,7 @@ pub(crate) mod test_support {
 
     #[async_trait::async_trait]
     impl ClusterLookup for Context {
-        async fn get_pod(&self, _: &str, _: &str) -> Result<Object<'static>, LookupError> {
+        async fn get_pod(&self, _: &str, _: &str) -> Result<String, LookupError> {
             answer(&self.pod, "a pod")
         }
         async fn namespace_labels(&self, _: &str) -> Result<BTreeMap<String, String>, LookupError> {

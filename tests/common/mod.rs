@@ -16,7 +16,6 @@ use prodguard::engine::Engine;
 use prodguard::http::{app, AppState};
 use prodguard::report::{MemoryReporter, Report};
 use prodguard::server::{self, pki, tls};
-use prodguard::view::{self, Object};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use serde_json::{json, Value};
@@ -41,7 +40,7 @@ impl Drop for TestServer {
 }
 
 /// Starts prodguard with `config` and a Pod lookup that knows `pods`.
-pub async fn start(config: Config, pods: Vec<Object<'static>>) -> TestServer {
+pub async fn start(config: Config, pods: Vec<String>) -> TestServer {
     start_with(
         config,
         Snapshot {
@@ -431,11 +430,12 @@ pub fn config(yaml: &str) -> Config {
     Config::from_yaml(yaml, "test config").expect("test config")
 }
 
-pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> Object<'static> {
-    view::owned(json!({
+/// A Pod, as JSON (the cluster lookups answer pods as the API server sends them).
+pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> String {
+    json!({
         "apiVersion": "v1", "kind": "Pod",
         "metadata": {"name": name, "namespace": namespace, "labels": labels},
         "spec": {"containers": [{"name": "main", "image": image}]}
-    }))
-    .expect("pod")
+    })
+    .to_string()
 }
