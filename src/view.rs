@@ -24,7 +24,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use serde::de::{DeserializeSeed, Deserializer, IgnoredAny, MapAccess, SeqAccess, Visitor};
 use serde::Deserialize;
 
-/// The most memory that decoding one object may build, by the estimate of [`keep`]. A real
+/// The most memory that decoding one object may build, by the estimate of `keep`. A real
 /// object builds a few kilobytes (a ClusterRole of 300 rules, about 300 KiB); the bound keeps a
 /// hostile one (100,000 containers, millions of labels) from costing many times its JSON.
 pub const MAX_KEPT_BYTES: usize = 4 * 1024 * 1024;

@@ -4,9 +4,9 @@
 //!
 //! A policy module declares a [`PolicyModule`]: its id, its settings (a struct, its defaults
 //! and its validation), what it matches, and the policies it runs. Configuration parsing, the
-//! engine, the webhook rules (`prodguard manifests rules`, checked against `deploy/` by a
-//! test), the audit's kinds and the metric labels all come from the registry. Adding a policy
-//! is its module, its line in [`registry!`], and its page under `docs/policies/`.
+//! engine, the webhook rules ([`webhook_rules`]; `tests/registry.rs` checks `deploy/` against
+//! them), the audit's kinds and the metric labels all come from the registry. Adding a policy
+//! is its module, its line in `registry!`, and its page under `docs/policies/`.
 
 pub mod image_ref;
 pub mod pod_spec;
