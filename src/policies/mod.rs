@@ -371,6 +371,23 @@ mod tests {
     }
 
     #[test]
+    fn every_kind_a_policy_matches_has_its_own_metric_label() {
+        for (id, m) in Policies::default().matches() {
+            for resource in &m.resources {
+                for kind in resource.kinds {
+                    assert_eq!(
+                        crate::report::metrics::kind_label(kind),
+                        *kind,
+                        "{id}: {}",
+                        resource.plural
+                    );
+                }
+            }
+        }
+        assert_eq!(crate::report::metrics::kind_label("Service"), "other");
+    }
+
+    #[test]
     fn the_audit_lists_what_policies_judge_when_created() {
         let kinds: Vec<_> = audited_resources(&Policies::default())
             .iter()
