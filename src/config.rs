@@ -77,16 +77,6 @@ impl PolicyMode {
     }
 }
 
-pub(crate) fn enforce() -> PolicyMode {
-    PolicyMode::Enforce
-}
-pub(crate) fn audit() -> PolicyMode {
-    PolicyMode::Audit
-}
-pub(crate) fn off() -> PolicyMode {
-    PolicyMode::Off
-}
-
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
 pub struct Config {

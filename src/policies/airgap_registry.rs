@@ -15,22 +15,20 @@ use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 pub const ID: &str = "airgap-registry";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
     /// The policy acts only when true.
-    #[serde(default)]
     pub airgapped: bool,
     /// `host[:port]`, optionally with a path prefix (`harbor.example.org/openg2p/`).
-    #[serde(default)]
     pub allowed_registries: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             airgapped: false,
             allowed_registries: Vec::new(),
         }
@@ -44,9 +42,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (i, entry) in settings.allowed_registries.iter().enumerate() {

@@ -21,22 +21,20 @@ use crate::view::Object;
 pub const ID: &str = "db-access";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
     /// Label values that name a database.
-    #[serde(default = "default_databases")]
     pub databases: Vec<String>,
     /// Image repositories that are databases.
-    #[serde(default = "default_db_images")]
     pub images: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             databases: default_databases(),
             images: default_db_images(),
         }
@@ -78,9 +76,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (i, image) in settings.images.iter().enumerate() {

@@ -20,19 +20,18 @@ use crate::view::Object;
 pub const ID: &str = "external-databases";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::audit")]
     pub mode: PolicyMode,
     /// Image repositories of the stores the guide runs outside the cluster.
-    #[serde(default = "default_external_images")]
     pub images: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::audit(),
+            mode: PolicyMode::Audit,
             images: default_external_images(),
         }
     }
@@ -56,9 +55,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         validate_images(&settings.images)

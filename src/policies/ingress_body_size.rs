@@ -21,22 +21,20 @@ use crate::view::Object;
 pub const ID: &str = "ingress-body-size";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
     /// Set on an Ingress that names no `proxy-body-size` (an nginx size: `50m`).
-    #[serde(default = "default_body_size")]
     pub default: String,
     /// The largest `proxy-body-size` allowed.
-    #[serde(default = "default_body_size")]
     pub maximum: String,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             default: default_body_size(),
             maximum: default_body_size(),
         }
@@ -55,9 +53,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (key, value) in [

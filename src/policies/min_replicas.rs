@@ -21,20 +21,18 @@ use crate::view::Spec;
 pub const ID: &str = "min-replicas";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
-    #[serde(default = "default_min_replicas")]
     pub min_replicas: i64,
-    #[serde(default)]
     pub exemptions: Vec<Exemption>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             min_replicas: default_min_replicas(),
             exemptions: Vec::new(),
         }
@@ -96,9 +94,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         if settings.min_replicas < 1 {

@@ -30,10 +30,10 @@ use resources::{Match, Resource};
 pub trait PolicyModule {
     /// The policy id: its key under `policies:`, and how findings name it.
     const ID: &'static str;
-    /// Its settings under `policies.<id>`, with their defaults (serde's, and `Default`).
+    /// Its settings under `policies.<id>`, with their defaults (`Default`, which serde reads
+    /// for a key left out). Every policy's settings have a `mode: PolicyMode` field, which the
+    /// registry reads.
     type Settings: DeserializeOwned + Default + Clone + PartialEq + fmt::Debug + Send + Sync;
-    /// The mode its settings give it.
-    fn mode(settings: &Self::Settings) -> PolicyMode;
     /// What serde cannot check; `Err((key under policies.<id>, problem))`, the problem saying
     /// how to fix it.
     fn validate(_settings: &Self::Settings) -> Result<(), (String, String)> {
@@ -116,10 +116,7 @@ macro_rules! registry {
 
             /// Each policy's id and mode, from its settings.
             pub fn modes(&self) -> Vec<(&'static str, PolicyMode)> {
-                vec![$((
-                    <$module::Definition as PolicyModule>::ID,
-                    <$module::Definition as PolicyModule>::mode(&self.$module),
-                ),)*]
+                vec![$((<$module::Definition as PolicyModule>::ID, self.$module.mode),)*]
             }
         }
 
@@ -128,7 +125,7 @@ macro_rules! registry {
             let mut all = Vec::new();
             $(
                 let settings = &config.policies.$module;
-                let mode = <$module::Definition as PolicyModule>::mode(settings);
+                let mode = settings.mode;
                 for policy in <$module::Definition as PolicyModule>::build(settings, config) {
                     all.push((policy, mode));
                 }

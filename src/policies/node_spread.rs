@@ -23,15 +23,15 @@ use crate::view::{Object, PodSpec, Spec, Topology};
 pub const ID: &str = "node-spread";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
 }
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { mode: crate::config::enforce() }
+        Settings { mode: PolicyMode::Enforce }
     }
 }
 
@@ -42,9 +42,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn matches(_: &Settings) -> Vec<Match> {
         vec![Match::new(

@@ -23,22 +23,20 @@ use crate::view::Object;
 pub const ID: &str = "opensearch-cluster";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::audit")]
     pub mode: PolicyMode,
     /// Image repositories that are OpenSearch nodes.
-    #[serde(default = "default_opensearch_images")]
     pub images: Vec<String>,
     /// The fewest replicas an OpenSearch workload of a production namespace should run.
-    #[serde(default = "default_min_nodes")]
     pub min_nodes: i64,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::audit(),
+            mode: PolicyMode::Audit,
             images: default_opensearch_images(),
             min_nodes: default_min_nodes(),
         }
@@ -63,9 +61,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         validate_images(&settings.images)?;

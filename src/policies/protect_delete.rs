@@ -14,21 +14,19 @@ use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Web
 pub const ID: &str = "protect-delete";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
-    #[serde(default = "default_protected_kinds")]
     pub kinds: Vec<String>,
     /// Usernames (with `*` wildcards) that may delete: controllers, CI deployers, Helm.
-    #[serde(default = "default_exempt_users")]
     pub exempt_users: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             kinds: default_protected_kinds(),
             exempt_users: default_exempt_users(),
         }
@@ -52,9 +50,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (i, kind) in settings.kinds.iter().enumerate() {

@@ -29,23 +29,21 @@ use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Web
 pub const ID: &str = "rbac-hygiene";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::enforce")]
     pub mode: PolicyMode,
     /// Users and service accounts (`system:serviceaccount:<namespace>:<name>`), with `*`
     /// wildcards, that may be granted the guarded permissions besides the admins.
-    #[serde(default = "default_rbac_exempt_users")]
     pub exempt_users: Vec<String>,
     /// Groups, with `*` wildcards, that may be granted them.
-    #[serde(default = "default_rbac_exempt_groups")]
     pub exempt_groups: Vec<String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::enforce(),
+            mode: PolicyMode::Enforce,
             exempt_users: default_rbac_exempt_users(),
             exempt_groups: default_rbac_exempt_groups(),
         }
@@ -73,9 +71,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     /// The audit lists the bindings: what a stored role grants is reported at the bindings
     /// that grant it, once.

@@ -20,19 +20,18 @@ use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 pub const ID: &str = "registry-mirror";
 
 #[derive(Debug, Clone, PartialEq, Deserialize)]
-#[serde(deny_unknown_fields, rename_all = "camelCase")]
+/// Every key may be left out: `Default` gives it (serde reads the defaults from there).
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
 pub struct Settings {
-    #[serde(default = "crate::config::off")]
     pub mode: PolicyMode,
     /// Public registry (`docker.io`) -> mirror prefix (`registry.local:5000/dockerhub`).
-    #[serde(default)]
     pub mirrors: BTreeMap<String, String>,
 }
 
 impl Default for Settings {
     fn default() -> Self {
         Settings {
-            mode: crate::config::off(),
+            mode: PolicyMode::Off,
             mirrors: BTreeMap::new(),
         }
     }
@@ -45,9 +44,6 @@ impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
 
-    fn mode(settings: &Settings) -> PolicyMode {
-        settings.mode
-    }
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (from, to) in &settings.mirrors {
