@@ -15,7 +15,6 @@
 
 use std::borrow::Cow;
 use std::cell::Cell;
-use std::collections::BTreeMap;
 use std::fmt;
 use std::marker::PhantomData;
 
@@ -180,33 +179,49 @@ pub struct ObjectLabels<'a>(pub Vec<(Cow<'a, str>, Cow<'a, str>)>);
 
 impl crate::config::Labels for ObjectLabels<'_> {
     fn label(&self, key: &str) -> Option<&str> {
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+        value_of(&self.0, key)
     }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for ObjectLabels<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct LabelsVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for LabelsVisitor<'a> {
-            type Value = ObjectLabels<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map")
+        let every = |_: &str| true;
+        deserializer
+            .deserialize_map(PairsVisitor(every, PhantomData))
+            .map(ObjectLabels)
+    }
+}
+
+/// The value of `key` in a list of pairs.
+fn value_of<'s>(pairs: &'s [(Cow<'_, str>, Cow<'_, str>)], key: &str) -> Option<&'s str> {
+    pairs
+        .iter()
+        .find(|(k, _)| k == key)
+        .map(|(_, v)| v.as_ref())
+}
+
+/// A map of strings read into pairs borrowed from the input: the entries whose key `wanted`
+/// accepts, each counted against [`MAX_KEPT_BYTES`]; the others skipped unparsed.
+struct PairsVisitor<'a>(fn(&str) -> bool, PhantomData<&'a ()>);
+
+impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
+    type Value = Vec<(Cow<'a, str>, Cow<'a, str>)>;
+    fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+        f.write_str("a map")
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+        let mut pairs = Vec::new();
+        while let Some(Text(key)) = map.next_key()? {
+            if !(self.0)(&key) {
+                map.next_value::<IgnoredAny>()?;
+                continue;
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut labels = Vec::new();
-                while let Some(Key(key)) = map.next_key()? {
-                    let Key(value) = map.next_value()?;
-                    // Two strings, and their text when unescaped.
-                    keep(std::mem::size_of::<(Cow<str>, Cow<str>)>() + key.len() + value.len())?;
-                    labels.push((key, value));
-                }
-                Ok(ObjectLabels(labels))
-            }
+            let Text(value) = map.next_value()?;
+            // Two strings, and their text when unescaped.
+            keep(std::mem::size_of::<(Cow<str>, Cow<str>)>() + key.len() + value.len())?;
+            pairs.push((key, value));
         }
-        deserializer.deserialize_map(LabelsVisitor(PhantomData))
+        Ok(pairs)
     }
 }
 
@@ -226,36 +241,16 @@ impl Annotations<'_> {
     /// The value of annotation `key` (one of [`READ_ANNOTATIONS`]).
     pub fn get(&self, key: &str) -> Option<&str> {
         debug_assert!(READ_ANNOTATIONS.contains(&key), "{key} is not read");
-        self.0
-            .iter()
-            .find(|(k, _)| k == key)
-            .map(|(_, v)| v.as_ref())
+        value_of(&self.0, key)
     }
 }
 
 impl<'de: 'a, 'a> Deserialize<'de> for Annotations<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct AnnotationsVisitor<'a>(PhantomData<&'a ()>);
-        impl<'de: 'a, 'a> Visitor<'de> for AnnotationsVisitor<'a> {
-            type Value = Annotations<'a>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a map")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut kept = Vec::new();
-                while let Some(Key(key)) = map.next_key()? {
-                    if READ_ANNOTATIONS.contains(&key.as_ref()) {
-                        let Key(value) = map.next_value()?;
-                        keep(std::mem::size_of::<(Cow<str>, Cow<str>)>())?;
-                        kept.push((key, value));
-                    } else {
-                        map.next_value::<IgnoredAny>()?;
-                    }
-                }
-                Ok(Annotations(kept))
-            }
-        }
-        deserializer.deserialize_map(AnnotationsVisitor(PhantomData))
+        let read = |key: &str| READ_ANNOTATIONS.contains(&key);
+        deserializer
+            .deserialize_map(PairsVisitor(read, PhantomData))
+            .map(Annotations)
     }
 }
 
@@ -298,8 +293,14 @@ const BUILT_PER_CONTAINER: usize = 640;
 impl<'de: 'a, 'a> Deserialize<'de> for Containers<'a> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_seq(CountedSeq(PhantomData, BUILT_PER_CONTAINER))
+            .deserialize_seq(CountedSeq(PhantomData))
             .map(Containers)
+    }
+}
+
+impl Weight for Container<'_> {
+    fn weight(&self) -> usize {
+        BUILT_PER_CONTAINER
     }
 }
 
@@ -465,8 +466,8 @@ pub struct WorkloadSpec<'a> {
 pub struct ControllerSpec<'a> {
     #[serde(default)]
     pub replicas: Option<i64>,
-    #[serde(default, deserialize_with = "counted_map")]
-    pub selector: Option<BTreeMap<String, String>>,
+    #[serde(borrow, default)]
+    pub selector: Option<ObjectLabels<'a>>,
     #[serde(borrow, default)]
     pub template: Option<Template<'a>>,
 }
@@ -518,14 +519,14 @@ pub struct ScaleSpec {
 fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Cow<'a, str>>, D::Error> {
-    Option::<Key<'de>>::deserialize(deserializer).map(|o| o.map(|k| k.0))
+    Option::<Text<'de>>::deserialize(deserializer).map(|o| o.map(|k| k.0))
 }
 
-/// A sequence, each element counted against [`MAX_KEPT_BYTES`] by its size and an allowance
-/// for what is built from it.
-struct CountedSeq<T>(PhantomData<T>, usize);
+/// A sequence, each element counted against [`MAX_KEPT_BYTES`] by its size and its
+/// [`Weight`].
+struct CountedSeq<T>(PhantomData<T>);
 
-impl<'de, T: Deserialize<'de>> Visitor<'de> for CountedSeq<T> {
+impl<'de, T: Deserialize<'de> + Weight> Visitor<'de> for CountedSeq<T> {
     type Value = Vec<T>;
     fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
         f.write_str("a sequence")
@@ -533,14 +534,14 @@ impl<'de, T: Deserialize<'de>> Visitor<'de> for CountedSeq<T> {
     fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Vec<T>, A::Error> {
         let mut items = Vec::new();
         while let Some(item) = seq.next_element::<T>()? {
-            keep(std::mem::size_of::<T>() + self.1)?;
+            keep(std::mem::size_of::<T>() + item.weight())?;
             items.push(item);
         }
         Ok(items)
     }
 }
 
-fn counted_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
+fn counted_list<'de, D: Deserializer<'de>, T: Deserialize<'de> + Weight>(
     deserializer: D,
 ) -> Result<Option<Vec<T>>, D::Error> {
     Option::<CountedList<T>>::deserialize(deserializer).map(|o| o.map(|l| l.0))
@@ -548,46 +549,24 @@ fn counted_list<'de, D: Deserializer<'de>, T: Deserialize<'de>>(
 
 struct CountedList<T>(Vec<T>);
 
-impl<'de, T: Deserialize<'de>> Deserialize<'de> for CountedList<T> {
+impl<'de, T: Deserialize<'de> + Weight> Deserialize<'de> for CountedList<T> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         deserializer
-            .deserialize_seq(CountedSeq(PhantomData, 0))
+            .deserialize_seq(CountedSeq(PhantomData))
             .map(CountedList)
     }
 }
 
-/// A map of strings (labels, annotations, a selector), each entry counted.
-fn counted_map<'de, D: Deserializer<'de>>(
-    deserializer: D,
-) -> Result<Option<BTreeMap<String, String>>, D::Error> {
-    struct CountedMap(BTreeMap<String, String>);
-    impl<'de> Deserialize<'de> for CountedMap {
-        fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-            struct MapVisitor;
-            impl<'de> Visitor<'de> for MapVisitor {
-                type Value = CountedMap;
-                fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                    f.write_str("a map")
-                }
-                fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<CountedMap, A::Error> {
-                    let mut out = BTreeMap::new();
-                    while let Some((key, value)) = map.next_entry::<String, String>()? {
-                        // Two strings in a B-tree leaf, and their text.
-                        keep(96 + key.len() + value.len())?;
-                        out.insert(key, value);
-                    }
-                    Ok(CountedMap(out))
-                }
-            }
-            deserializer.deserialize_map(MapVisitor)
-        }
-    }
-    Option::<CountedMap>::deserialize(deserializer).map(|o| o.map(|m| m.0))
-}
+impl Weight for OwnerRef<'_> {}
+impl Weight for Topology<'_> {}
+impl Weight for WeightedTerm<'_> {}
 
-/// The text an RBAC element (a rule, a subject) holds, beyond its own size.
+/// What an element of a counted list costs beyond its own size: the text an RBAC rule or
+/// subject holds, what policies build from a container; nothing for the others.
 pub trait Weight {
-    fn weight(&self) -> usize;
+    fn weight(&self) -> usize {
+        0
+    }
 }
 
 fn strings_weight(items: &[String]) -> usize {
@@ -616,26 +595,27 @@ impl Weight for Subject {
     }
 }
 
-/// A string, borrowed from the input when it needs no unescaping.
+/// A string, borrowed from the input when it needs no unescaping (serde borrows a bare
+/// `Cow<str>` field of a derived struct, but not a map key, a list item or an `Option`'s).
 #[derive(Default)]
-struct Key<'de>(Cow<'de, str>);
+pub struct Text<'de>(pub Cow<'de, str>);
 
-impl<'de> Deserialize<'de> for Key<'de> {
+impl<'de> Deserialize<'de> for Text<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         struct KeyVisitor;
         impl<'de> Visitor<'de> for KeyVisitor {
-            type Value = Key<'de>;
+            type Value = Text<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a string")
             }
-            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Borrowed(v)))
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Borrowed(v)))
             }
-            fn visit_str<E>(self, v: &str) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v.to_owned())))
+            fn visit_str<E>(self, v: &str) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v.to_owned())))
             }
-            fn visit_string<E>(self, v: String) -> Result<Key<'de>, E> {
-                Ok(Key(Cow::Owned(v)))
+            fn visit_string<E>(self, v: String) -> Result<Text<'de>, E> {
+                Ok(Text(Cow::Owned(v)))
             }
         }
         deserializer.deserialize_str(KeyVisitor)
@@ -691,12 +671,14 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
             shape,
             ..Object::default()
         };
-        while let Some(Key(key)) = map.next_key()? {
+        while let Some(Text(key)) = map.next_key()? {
             match (key.as_ref(), shape) {
                 ("apiVersion", _) => {
-                    object.api_version = map.next_value::<Option<Key>>()?.unwrap_or_default().0
+                    object.api_version = map.next_value::<Option<Text>>()?.unwrap_or_default().0
                 }
-                ("kind", _) => object.kind = map.next_value::<Option<Key>>()?.unwrap_or_default().0,
+                ("kind", _) => {
+                    object.kind = map.next_value::<Option<Text>>()?.unwrap_or_default().0
+                }
                 ("metadata", _) => {
                     object.metadata = map.next_value::<Option<_>>()?.unwrap_or_default()
                 }
@@ -715,11 +697,11 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                     object.ephemeral_containers = map.next_value()?
                 }
                 ("rules", Shape::Role) => {
-                    object.rules = map.next_value_seed(Rbac::<PolicyRule>(PhantomData))?
+                    object.rules = map.next_value::<Option<CountedList<_>>>()?.map(|l| l.0)
                 }
                 ("roleRef", Shape::Binding) => object.role_ref = map.next_value()?,
                 ("subjects", Shape::Binding) => {
-                    object.subjects = map.next_value_seed(Rbac::<Subject>(PhantomData))?
+                    object.subjects = map.next_value::<Option<CountedList<_>>>()?.map(|l| l.0)
                 }
                 _ => {
                     map.next_value::<IgnoredAny>()?;
@@ -743,40 +725,6 @@ fn spec<'de, A: MapAccess<'de>, T: Deserialize<'de>>(
         .next_value::<Option<T>>()?
         .map(wrap)
         .unwrap_or(Spec::None))
-}
-
-/// An RBAC list, each element counted with the text it holds.
-struct Rbac<T>(PhantomData<T>);
-
-impl<'de, T: Deserialize<'de> + Weight> DeserializeSeed<'de> for Rbac<T> {
-    type Value = Option<Vec<T>>;
-    fn deserialize<D: Deserializer<'de>>(self, deserializer: D) -> Result<Self::Value, D::Error> {
-        struct RbacVisitor<T>(PhantomData<T>);
-        impl<'de, T: Deserialize<'de> + Weight> Visitor<'de> for RbacVisitor<T> {
-            type Value = Option<Vec<T>>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a sequence")
-            }
-            fn visit_unit<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_none<E>(self) -> Result<Self::Value, E> {
-                Ok(None)
-            }
-            fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
-                d.deserialize_seq(self)
-            }
-            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
-                let mut items = Vec::new();
-                while let Some(item) = seq.next_element::<T>()? {
-                    keep(std::mem::size_of::<T>() + item.weight())?;
-                    items.push(item);
-                }
-                Ok(Some(items))
-            }
-        }
-        deserializer.deserialize_option(RbacVisitor(PhantomData))
-    }
 }
 
 /// An object that does not have the shape its kind requires, or that is too large to judge.

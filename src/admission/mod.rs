@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Verdict;
-use crate::view::{Object, ObjectSeed, ShapeError};
+use crate::view::{Object, ObjectSeed, ShapeError, Text};
 
 /// A body that cannot be answered with a review: the HTTP layer answers 400.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -86,7 +86,7 @@ pub struct UserInfo<'a> {
 fn borrowed_strings<'de: 'a, 'a, D: Deserializer<'de>>(
     deserializer: D,
 ) -> Result<Option<Vec<Cow<'a, str>>>, D::Error> {
-    let strings = Option::<Vec<Borrowed<'de>>>::deserialize(deserializer)?;
+    let strings = Option::<Vec<Text<'de>>>::deserialize(deserializer)?;
     Ok(strings.map(|s| s.into_iter().map(|b| b.0).collect()))
 }
 
@@ -174,14 +174,14 @@ impl<'de, M: Objects<'de>> Visitor<'de> for RequestVisitor<M> {
             (None, None, None, None, None);
         let (mut sub_resource, mut name, mut namespace, mut dry_run) = (None, None, None, None);
         let (mut object, mut old_object) = (Pending::Absent, Pending::Absent);
-        while let Some(key) = map.next_key::<Borrowed>()? {
+        while let Some(key) = map.next_key::<Text>()? {
             match key.0.as_ref() {
-                "uid" => uid = Some(map.next_value::<Borrowed>()?.0),
+                "uid" => uid = Some(map.next_value::<Text>()?.0),
                 "kind" => kind = Some(map.next_value::<Kind>()?),
                 "resource" => resource = Some(map.next_value()?),
-                "subResource" => sub_resource = map.next_value::<Option<Borrowed>>()?,
-                "name" => name = map.next_value::<Option<Borrowed>>()?,
-                "namespace" => namespace = map.next_value::<Option<Borrowed>>()?,
+                "subResource" => sub_resource = map.next_value::<Option<Text>>()?,
+                "name" => name = map.next_value::<Option<Text>>()?,
+                "namespace" => namespace = map.next_value::<Option<Text>>()?,
                 "operation" => operation = Some(map.next_value()?),
                 "userInfo" => user_info = Some(map.next_value()?),
                 "object" => object = M::decode(&mut map, kind.as_ref())?,
@@ -205,17 +205,6 @@ impl<'de, M: Objects<'de>> Visitor<'de> for RequestVisitor<M> {
             old_object,
             dry_run: dry_run.unwrap_or(false),
         })
-    }
-}
-
-/// A string borrowed from the body when it needs no unescaping.
-struct Borrowed<'a>(Cow<'a, str>);
-
-impl<'de> Deserialize<'de> for Borrowed<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        struct Wrap<'a>(#[serde(borrow)] Cow<'a, str>);
-        Wrap::deserialize(deserializer).map(|w| Borrowed(w.0))
     }
 }
 
@@ -319,10 +308,10 @@ impl<'de> Deserialize<'de> for Review<'de, Object<'de>> {
                     kind: Cow::Borrowed(""),
                     request: None,
                 };
-                while let Some(key) = map.next_key::<Borrowed>()? {
+                while let Some(key) = map.next_key::<Text>()? {
                     match key.0.as_ref() {
-                        "apiVersion" => review.api_version = map.next_value::<Borrowed>()?.0,
-                        "kind" => review.kind = map.next_value::<Borrowed>()?.0,
+                        "apiVersion" => review.api_version = map.next_value::<Text>()?.0,
+                        "kind" => review.kind = map.next_value::<Text>()?.0,
                         "request" => {
                             review.request = map.next_value_seed(OptionalRequest)?;
                         }

@@ -95,7 +95,12 @@ fn pod_selector(object: &Object<'_>) -> Option<Value> {
     match &object.spec {
         // A plain label map.
         Spec::ReplicationController(spec) => {
-            let labels = spec.selector.as_ref().filter(|m| !m.is_empty())?;
+            let labels = spec.selector.as_ref().filter(|l| !l.0.is_empty())?;
+            let labels: serde_json::Map<String, Value> = labels
+                .0
+                .iter()
+                .map(|(k, v)| (k.to_string(), Value::String(v.to_string())))
+                .collect();
             Some(json!({ "matchLabels": labels }))
         }
         Spec::Workload(spec) => {
