@@ -24,9 +24,8 @@ use serde_json::value::RawValue;
 use std::borrow::Cow;
 
 use crate::cluster::Snapshot;
-use crate::engine::offline::{evaluate_listed, viewed, ObjectFinding};
+use crate::engine::offline::{evaluate_listed, view_text, ObjectFinding};
 use crate::engine::Engine;
-use crate::view::Object;
 
 /// How large a page may be: at most `objects` objects, and fewer when the objects listed so
 /// far say that `objects` of them would come to more than `bytes` of JSON.
@@ -278,10 +277,7 @@ fn scan_object(
     sink: &mut dyn ScanSink,
 ) {
     let text = item.get();
-    let decoded = Object::decode(kind.kind, text).map(Option::unwrap_or_default);
-    let viewed = match viewed(decoded, || {
-        Object::decode("", text).map(Option::unwrap_or_default)
-    }) {
+    let viewed = match view_text(kind.kind, text) {
         Ok(viewed) => viewed,
         Err(e) => {
             sink.object_error(format!("a {} in a list {e}", kind.kind));

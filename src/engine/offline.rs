@@ -138,10 +138,7 @@ fn view_of<'t>(value: &Value, text: &'t str) -> Result<Viewed<'t>, String> {
         .get("kind")
         .and_then(Value::as_str)
         .unwrap_or_default();
-    viewed(
-        Object::decode(kind, text).map(Option::unwrap_or_default),
-        || Object::decode("", text).map(Option::unwrap_or_default),
-    )
+    view_text(kind, text)
 }
 
 /// An object's view, and why it does not have its kind's shape (its view then holds its
@@ -151,28 +148,23 @@ pub struct Viewed<'a> {
     pub shape_error: Option<ShapeError>,
 }
 
-/// The view of a decoded object: a shape error outside the metadata is kept, to be reported
-/// as the engine reports it (`metadata` decodes the object's metadata alone, to name it).
-pub fn viewed<'a>(
-    decoded: Result<Object<'a>, ShapeError>,
-    metadata: impl FnOnce() -> Result<Object<'a>, ShapeError>,
-) -> Result<Viewed<'a>, String> {
-    match decoded {
+/// The view of an object of kind `kind` given as JSON text. A shape error outside the
+/// metadata is kept, to be reported as the engine reports it, and the object is then named by
+/// its metadata alone; one in the metadata makes it no object at all.
+pub fn view_text<'a>(kind: &str, text: &'a str) -> Result<Viewed<'a>, String> {
+    let invalid = |e: ShapeError| format!("is not a valid object: {e}");
+    match Object::decode(kind, text) {
         Ok(object) => Ok(Viewed {
-            object,
+            object: object.unwrap_or_default(),
             shape_error: None,
         }),
-        Err(e) if e.is_metadata() => Err(format!("is not a valid object: {e}")),
-        Err(e) => {
-            let object = metadata().map_err(|m| format!("is not a valid object: {m}"))?;
-            Ok(Viewed {
-                object: Object {
-                    spec: Default::default(),
-                    ..object
-                },
-                shape_error: Some(e),
-            })
-        }
+        Err(e) if e.is_metadata() => Err(invalid(e)),
+        Err(e) => Ok(Viewed {
+            object: Object::decode("", text)
+                .map_err(invalid)?
+                .unwrap_or_default(),
+            shape_error: Some(e),
+        }),
     }
 }
 

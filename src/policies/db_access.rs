@@ -12,7 +12,7 @@ use crate::config::{Config, Labels, PolicyMode};
 use super::PolicyModule;
 use super::resources::{self, Match};
 use serde::Deserialize;
-use super::image_ref::{ImagePattern, ImageRef};
+use super::image_ref::{validate_images, ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
 use crate::config::Admins;
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
@@ -78,14 +78,7 @@ impl PolicyModule for Definition {
 
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
-        for (i, image) in settings.images.iter().enumerate() {
-            ImageRef::parse(image).map_err(|e| {
-                (
-                    format!("images[{i}]"),
-                    format!("{e}; give a repository such as `postgres` or `bitnami/postgresql`"),
-                )
-            })?;
-        }
+        validate_images(&settings.images, "`postgres` or `bitnami/postgresql`")?;
         for (i, db) in settings.databases.iter().enumerate() {
             if db.trim().is_empty() {
                 return Err((

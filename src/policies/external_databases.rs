@@ -8,7 +8,8 @@
 
 use crate::config::{Config, PolicyMode};
 use super::PolicyModule;
-use super::production::{validate_images, workload_matches};
+use super::image_ref::validate_images;
+use super::production::workload_matches;
 use super::resources::Match;
 use serde::Deserialize;
 use crate::engine::Policy;
@@ -57,7 +58,7 @@ impl PolicyModule for Definition {
 
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
-        validate_images(&settings.images)
+        validate_images(&settings.images, "`bitnami/postgresql`")
     }
 
     fn matches(_: &Settings) -> Vec<Match> {

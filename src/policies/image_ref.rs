@@ -351,6 +351,20 @@ fn is_hex64(s: &str) -> bool {
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
+/// Checks a policy's list of image repositories (`images[i]`), the problem naming an example
+/// of what to give.
+pub fn validate_images(images: &[String], example: &str) -> Result<(), (String, String)> {
+    for (i, image) in images.iter().enumerate() {
+        ImageRef::parse(image).map_err(|e| {
+            (
+                format!("images[{i}]"),
+                format!("{e}; give a repository such as {example}"),
+            )
+        })?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

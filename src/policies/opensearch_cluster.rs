@@ -11,7 +11,8 @@
 
 use crate::config::{Config, PolicyMode};
 use super::PolicyModule;
-use super::production::{validate_images, workload_matches};
+use super::image_ref::validate_images;
+use super::production::workload_matches;
 use super::resources::Match;
 use serde::Deserialize;
 use crate::engine::Policy;
@@ -63,7 +64,7 @@ impl PolicyModule for Definition {
 
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
-        validate_images(&settings.images)?;
+        validate_images(&settings.images, "`bitnami/postgresql`")?;
         if settings.min_nodes < 1 {
             return Err((
                 "minNodes".into(),

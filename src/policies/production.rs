@@ -2,7 +2,7 @@
 //! production namespaces (`productionNamespaces`), and on UPDATE only what the request
 //! introduces. Each supplies the check; [`InProduction`] makes it a policy.
 
-use super::image_ref::{ImagePattern, ImageRef};
+use super::image_ref::ImagePattern;
 use super::pod_spec::ContainerRef;
 use super::resources::{self, Match};
 use super::{container_running, describe_selector, is_production};
@@ -31,19 +31,6 @@ pub fn workload_matches() -> Vec<Match> {
         &["CREATE", "UPDATE"],
         &[resources::DEPLOYMENTS, resources::STATEFUL_SETS],
     )]
-}
-
-/// Checks a list of image repositories (`images[i]`).
-pub fn validate_images(images: &[String]) -> Result<(), (String, String)> {
-    for (i, image) in images.iter().enumerate() {
-        ImageRef::parse(image).map_err(|e| {
-            (
-                format!("images[{i}]"),
-                format!("{e}; give a repository such as `bitnami/postgresql`"),
-            )
-        })?;
-    }
-    Ok(())
 }
 
 /// A check of one workload object.
