@@ -6,6 +6,7 @@ use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
 use std::path::Path;
+use std::time::Duration;
 
 use serde::Deserialize;
 
@@ -92,8 +93,32 @@ pub struct Config {
     /// those whose labels match (`{}` matches every namespace).
     #[serde(default = "default_production_namespaces")]
     pub production_namespaces: LabelSelector,
+    /// How far ahead a PolicyException may end (30 days by default).
+    #[serde(
+        default = "default_max_exception_duration",
+        deserialize_with = "duration"
+    )]
+    pub max_exception_duration: Duration,
     #[serde(default)]
     pub policies: Policies,
+}
+
+fn default_max_exception_duration() -> Duration {
+    crate::exceptions::DEFAULT_MAX_DURATION
+}
+
+/// A duration as humantime writes it: `30d`, `12h`, `1h 30m`.
+fn duration<'de, D: serde::Deserializer<'de>>(deserializer: D) -> Result<Duration, D::Error> {
+    let text = String::deserialize(deserializer)?;
+    match humantime::parse_duration(&text) {
+        Ok(d) if d.is_zero() => Err(serde::de::Error::custom(
+            "a zero duration allows no exception at all; give a duration such as `30d` or `12h`",
+        )),
+        Ok(d) => Ok(d),
+        Err(e) => Err(serde::de::Error::custom(format_args!(
+            "{text:?} is not a duration ({e}); write one such as `30d`, `12h` or `1h 30m`"
+        ))),
+    }
 }
 
 /// The label a production namespace carries by default.
@@ -176,6 +201,7 @@ impl Default for Config {
             admins: Admins::default(),
             excluded_namespaces: default_excluded_namespaces(),
             production_namespaces: default_production_namespaces(),
+            max_exception_duration: default_max_exception_duration(),
             policies: Policies::default(),
         }
     }
@@ -342,17 +368,22 @@ fn unknown_key(message: &str) -> Option<String> {
         .map(|(key, _)| key.to_owned())
 }
 
+/// The word of `valid` closest to `unknown` (Jaro-Winkler), for "did you mean" hints.
+pub fn closest<'v>(unknown: &str, valid: &[&'v str]) -> Option<&'v str> {
+    valid
+        .iter()
+        .map(|v| (strsim::jaro_winkler(unknown, v), *v))
+        .max_by(|a, b| a.0.total_cmp(&b.0))
+        .map(|(_, best)| best)
+}
+
 /// Rewrites serde's messages into ones that say what to do.
 fn explain_serde_error(message: &str) -> String {
     let backticked: Vec<&str> = message.split('`').skip(1).step_by(2).collect();
     if let Some(unknown) = unknown_key(message) {
         let valid = &backticked[1.min(backticked.len())..];
-        let closest = valid
-            .iter()
-            .map(|v| (strsim::jaro_winkler(&unknown, v), *v))
-            .max_by(|a, b| a.0.total_cmp(&b.0));
-        return match closest {
-            Some((_, best)) => format!(
+        return match closest(&unknown, valid) {
+            Some(best) => format!(
                 "unknown key; did you mean `{best}`? (valid keys here: {})",
                 valid.join(", ")
             ),

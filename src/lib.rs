@@ -13,6 +13,7 @@ pub mod cluster;
 pub mod commands;
 pub mod config;
 pub mod engine;
+pub mod exceptions;
 pub mod http;
 pub mod policies;
 pub mod report;

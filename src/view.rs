@@ -86,6 +86,9 @@ pub enum Shape {
     Role,
     /// `roleRef` and `subjects`.
     Binding,
+    /// A prodguard `PolicyException`'s `spec` (a kind of the same name in another group is
+    /// read the same way; whoever acts on it checks the group).
+    PolicyException,
     /// Metadata only.
     #[default]
     Other,
@@ -104,6 +107,7 @@ impl Shape {
             "Scale" => Shape::Scale,
             "Role" | "ClusterRole" => Shape::Role,
             "RoleBinding" | "ClusterRoleBinding" => Shape::Binding,
+            "PolicyException" => Shape::PolicyException,
             _ => Shape::Other,
         }
     }
@@ -150,6 +154,7 @@ pub enum Spec<'a> {
     CronJob(CronJobSpec<'a>),
     HorizontalPodAutoscaler(AutoscalerSpec<'a>),
     Scale(ScaleSpec),
+    PolicyException(ExceptionSpec<'a>),
 }
 
 /// The metadata policies read. `managedFields` is skipped unparsed.
@@ -514,6 +519,79 @@ pub struct ScaleSpec {
     pub replicas: Option<i64>,
 }
 
+/// A `PolicyException`'s spec: which policies it lifts, on what, for whom, why and until when.
+/// Read as written; `exceptions::Exception::from_view` judges it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExceptionSpec<'a> {
+    #[serde(borrow, default)]
+    pub policies: Option<Strings<'a>>,
+    #[serde(borrow, default, rename = "match")]
+    pub match_: Option<ExceptionMatch<'a>>,
+    #[serde(borrow, default)]
+    pub subjects: Option<ExceptionSubjects<'a>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub reason: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub expires: Option<Cow<'a, str>>,
+}
+
+/// What a `PolicyException` holds for, in its own namespace.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ExceptionMatch<'a> {
+    #[serde(borrow, default)]
+    pub kinds: Option<Strings<'a>>,
+    #[serde(borrow, default)]
+    pub names: Option<Strings<'a>>,
+    #[serde(default)]
+    pub selector: Option<LabelSelector>,
+}
+
+/// Whose requests a `PolicyException` holds for.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ExceptionSubjects<'a> {
+    #[serde(borrow, default)]
+    pub users: Option<Strings<'a>>,
+    #[serde(borrow, default)]
+    pub groups: Option<Strings<'a>>,
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub service_accounts: Option<Vec<ServiceAccountRef<'a>>>,
+}
+
+/// A service account, by namespace (that of the exception when left out) and name.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceAccountRef<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub namespace: Option<Cow<'a, str>>,
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+}
+
+impl Weight for ServiceAccountRef<'_> {
+    fn weight(&self) -> usize {
+        self.name.len() + self.namespace.as_ref().map_or(0, |n| n.len())
+    }
+}
+
+/// A list of strings, each counted against [`MAX_KEPT_BYTES`].
+#[derive(Debug, Clone, Default)]
+pub struct Strings<'a>(pub Vec<Cow<'a, str>>);
+
+impl Weight for Text<'_> {
+    fn weight(&self) -> usize {
+        self.0.len()
+    }
+}
+
+impl<'de: 'a, 'a> Deserialize<'de> for Strings<'a> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        deserializer
+            .deserialize_seq(CountedSeq::<Text<'de>>(PhantomData))
+            .map(|items| Strings(items.into_iter().map(|t| t.0).collect()))
+    }
+}
+
 /// An optional string, borrowed from the input when it needs no unescaping (serde borrows a
 /// bare `Cow<str>` field, not one inside an `Option`).
 fn opt_str<'de: 'a, 'a, D: Deserializer<'de>>(
@@ -692,6 +770,9 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                     object.spec = spec(&mut map, Spec::HorizontalPodAutoscaler)?
                 }
                 ("spec", Shape::Scale) => object.spec = spec(&mut map, Spec::Scale)?,
+                ("spec", Shape::PolicyException) => {
+                    object.spec = spec(&mut map, Spec::PolicyException)?
+                }
                 ("template", Shape::PodTemplate) => object.template = map.next_value()?,
                 ("ephemeralContainers", Shape::EphemeralContainers) => {
                     object.ephemeral_containers = map.next_value()?

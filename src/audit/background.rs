@@ -310,6 +310,15 @@ impl Scanner<'_> {
             tracing::warn!(errors = ?stats.errors, "the audit could not list everything; the reports are kept as they were");
             return None;
         }
+        // Exceptions that ended in the last day, where prodguard acts.
+        if let Some(set) = self.engine.exceptions().0.current() {
+            let expired: Vec<_> = set
+                .recently_expired(SystemTime::now())
+                .into_iter()
+                .filter(|e| !self.engine.is_excluded(&e.namespace))
+                .collect();
+            tally.expired_exceptions(&expired);
+        }
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
@@ -445,6 +454,7 @@ pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<
                 action.verb()
             ),
             patch: Vec::new(),
+            exception: None,
         })
         .collect();
     // A violation when any new finding would be denied or warned about, not only patched.

@@ -90,7 +90,7 @@ pub fn build(namespace: &str, tally: &NamespaceTally, now_seconds: i64) -> Value
             "fail": tally.fail,
             "warn": tally.warn,
             "error": 0,
-            "skip": 0,
+            "skip": tally.skip,
         },
         "results": results,
     })
@@ -231,6 +231,7 @@ mod tests {
                 violation: action == Action::Denied,
                 message: format!("{policy} on {name}"),
                 patch: Vec::new(),
+                exception: None,
             },
         }
     }

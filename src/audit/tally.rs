@@ -30,11 +30,13 @@ pub fn finding_key(policy: &str, kind: &str, namespace: &str, name: &str, result
     hasher.finish()
 }
 
-/// `fail` for what would be denied, `warn` for what would be patched or is audited.
+/// `fail` for what would be denied, `warn` for what would be patched or is audited, `skip`
+/// for what a PolicyException lifts.
 pub fn result_of(action: Action) -> &'static str {
     match action {
         Action::Denied => "fail",
         Action::Audited | Action::Mutated => "warn",
+        Action::Excepted => "skip",
     }
 }
 
@@ -81,6 +83,8 @@ pub struct NamespaceTally {
     pub objects_with_findings: usize,
     pub fail: usize,
     pub warn: usize,
+    /// Findings lifted by a PolicyException.
+    pub skip: usize,
     pub results: Vec<KeptResult>,
     /// Results left out of `results` by the caps.
     pub dropped: usize,
@@ -195,10 +199,75 @@ fn candidate(key: u64, object: &Scanned, finding: &Reported) -> Candidate {
         violation: finding.violation,
         message: message.into(),
         patch: Vec::new(),
+        exception: None,
     };
     Candidate {
         key,
         report: audit_report(finding.violation, regarding, vec![reported]),
+    }
+}
+
+/// Keeps a result for the report when the caps allow, else counts it as dropped.
+fn keep_result(
+    tally: &mut NamespaceTally,
+    kept: &mut usize,
+    limits: &TallyLimits,
+    object: &Scanned,
+    policy: &'static str,
+    action: Action,
+    message: String,
+) {
+    if tally.results.len() < limits.max_results && *kept < limits.max_results_total {
+        *kept += 1;
+        tally.results.push(KeptResult {
+            policy,
+            action,
+            api_version: object.api_version.clone(),
+            kind: object.kind,
+            name: object.name.clone(),
+            uid: object.uid.clone(),
+            message: bounded(message, MESSAGE_MAX_BYTES),
+        });
+    } else {
+        tally.dropped += 1;
+    }
+}
+
+impl Tally {
+    /// Reports the PolicyExceptions that ended within the last day in their namespaces'
+    /// reports: what they lifted is judged again.
+    pub fn expired_exceptions(&mut self, expired: &[std::sync::Arc<crate::exceptions::Exception>]) {
+        for e in expired {
+            let object = Scanned {
+                api_version: format!(
+                    "{}/{}",
+                    crate::exceptions::GROUP,
+                    crate::exceptions::VERSION
+                ),
+                kind: crate::exceptions::KIND,
+                namespace: e.namespace.clone(),
+                name: e.name.clone(),
+                uid: None,
+            };
+            let tally = self.namespaces.entry(e.namespace.clone()).or_default();
+            tally.warn += 1;
+            let message = format!(
+                "{} expired at {} ({}); {} applies again",
+                e.describe(),
+                e.expires_text,
+                e.reason,
+                e.policies.join(", ")
+            );
+            keep_result(
+                tally,
+                &mut self.kept,
+                &self.limits,
+                &object,
+                crate::exceptions::POLICY_ID,
+                Action::Audited,
+                message,
+            );
+        }
     }
 }
 
@@ -225,14 +294,31 @@ impl ScanSink for Tally {
         }
         for ObjectFinding { finding, .. } in findings {
             let result = result_of(finding.action);
-            if result == "fail" {
-                tally.fail += 1;
-            } else {
-                tally.warn += 1;
-            }
             *by_policy
                 .entry((finding.policy, finding.action))
                 .or_default() += 1;
+            match result {
+                "fail" => tally.fail += 1,
+                "skip" => {
+                    // Reported as skipped, never as a new finding to publish.
+                    tally.skip += 1;
+                    let message = match &finding.exception {
+                        Some(by) => format!("excepted by {}: {}", by.describe(), finding.message),
+                        None => finding.message,
+                    };
+                    keep_result(
+                        tally,
+                        kept,
+                        limits,
+                        object,
+                        finding.policy,
+                        finding.action,
+                        message,
+                    );
+                    continue;
+                }
+                _ => tally.warn += 1,
+            }
             let key = finding_key(
                 finding.policy,
                 object.kind,
@@ -250,20 +336,15 @@ impl ScanSink for Tally {
                     candidates.push(candidate(key, object, &finding));
                 }
             }
-            if tally.results.len() < limits.max_results && *kept < limits.max_results_total {
-                *kept += 1;
-                tally.results.push(KeptResult {
-                    policy: finding.policy,
-                    action: finding.action,
-                    api_version: object.api_version.clone(),
-                    kind: object.kind,
-                    name: object.name.clone(),
-                    uid: object.uid.clone(),
-                    message: bounded(finding.message, MESSAGE_MAX_BYTES),
-                });
-            } else {
-                tally.dropped += 1;
-            }
+            keep_result(
+                tally,
+                kept,
+                limits,
+                object,
+                finding.policy,
+                finding.action,
+                finding.message,
+            );
         }
     }
 
@@ -301,6 +382,7 @@ mod tests {
                 violation: true,
                 message: format!("{name} would run 1 replica"),
                 patch: Vec::new(),
+                exception: None,
             },
         }
     }

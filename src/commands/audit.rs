@@ -32,6 +32,14 @@ pub fn run(args: AuditArgs) -> ExitCode {
         let client = kube::Client::try_default()
             .await
             .map_err(|e| format!("no in-cluster config or kubeconfig to audit: {e}"))?;
+        // The cluster's PolicyExceptions apply as they do at admission.
+        let (exceptions, ignored) = crate::exceptions::watch::list(&client).await?;
+        if ignored > 0 {
+            eprintln!(
+                "warning: {ignored} PolicyExceptions are not honoured (invalid, or beyond the cap)"
+            );
+        }
+        engine.exceptions().0.replace(exceptions);
         Ok::<_, String>(scan(&client, &engine).await)
     });
     let scan = match scanned {

@@ -46,6 +46,8 @@ pub struct Summary {
     pub denied: usize,
     pub patched: usize,
     pub warned: usize,
+    /// Resources with a finding lifted by a PolicyException.
+    pub excepted: usize,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -66,6 +68,7 @@ impl CheckOutput {
         self.summary.denied += usize::from(has(Action::Denied));
         self.summary.patched += usize::from(has(Action::Mutated));
         self.summary.warned += usize::from(has(Action::Audited));
+        self.summary.excepted += usize::from(has(Action::Excepted));
         self.results
             .extend(findings.into_iter().map(|finding| CheckResult {
                 file: file.map(str::to_owned),
@@ -127,6 +130,7 @@ pub fn offline_engine(config: &Config) -> Engine {
         Arc::new(NoReporter),
     )
     .with_lookup_failures_as_errors()
+    .without_authors()
 }
 
 /// What `check` assumes about the cluster before reading its input: the well-known
@@ -280,6 +284,7 @@ fn check_sources(
     output: &mut CheckOutput,
 ) {
     let mut inputs = Vec::new();
+    let mut exceptions = Vec::new();
     for source in sources {
         let documents = match parse_documents(source) {
             Ok(documents) => documents,
@@ -297,9 +302,18 @@ fn check_sources(
         }
         for object in &objects {
             snapshot.learn(object, default_namespace);
+            if let Some(exception) = input_exception(object, default_namespace) {
+                exceptions.push(exception);
+            }
         }
         inputs.push((source, objects));
     }
+    // The input's PolicyExceptions apply as they would in the cluster (an invalid one is
+    // refused below, as the webhook would refuse it).
+    engine
+        .exceptions()
+        .0
+        .replace(crate::exceptions::ExceptionSet::new(exceptions));
     for (source, objects) in inputs {
         for (index, object) in objects.into_iter().enumerate() {
             match evaluate_object(engine, &snapshot, object, default_namespace) {
@@ -311,6 +325,23 @@ fn check_sources(
             }
         }
     }
+}
+
+/// A prodguard PolicyException of the input, when it is one and valid.
+fn input_exception(
+    object: &Value,
+    default_namespace: &str,
+) -> Option<crate::exceptions::Exception> {
+    use crate::exceptions::{GROUP, KIND};
+    let api_version = object.get("apiVersion").and_then(Value::as_str)?;
+    if object.get("kind").and_then(Value::as_str) != Some(KIND)
+        || api_version.split_once('/').map(|(group, _)| group) != Some(GROUP)
+    {
+        return None;
+    }
+    let text = object.to_string();
+    let view = crate::view::Object::decode(KIND, &text).ok()??;
+    crate::exceptions::Exception::from_view(&view, default_namespace).ok()
 }
 
 /// The human-readable report.
@@ -332,6 +363,9 @@ pub fn render_text(output: &CheckOutput) -> String {
             f.policy,
             f.message
         ));
+        if let Some(by) = &f.exception {
+            text.push_str(&format!("        by {}\n", by.describe()));
+        }
         if f.action == Action::Mutated {
             let json = serde_json::to_string(&f.patch).unwrap_or_default();
             text.push_str(&format!("        patch: {json}\n"));
@@ -345,6 +379,9 @@ pub fn render_text(output: &CheckOutput) -> String {
         "{} resources: {} denied, {} patched, {} warned",
         s.resources, s.denied, s.patched, s.warned
     ));
+    if s.excepted > 0 {
+        text.push_str(&format!(", {} excepted", s.excepted));
+    }
     if !output.errors.is_empty() {
         text.push_str(&format!("; {} input errors", output.errors.len()));
     }
@@ -401,7 +438,8 @@ spec:
                 resources: 1,
                 denied: 1,
                 patched: 1,
-                warned: 0
+                warned: 0,
+                excepted: 0,
             }
         );
         assert_eq!(output.exit_code(), 1);

@@ -261,7 +261,18 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             Arc::new(LogReporter),
         ),
     };
-    let engine = Engine::new(&config, pods.clone(), reporter.clone());
+    // PolicyExceptions, kept from a watch: none apply until its first list is complete.
+    let exceptions = crate::exceptions::Exceptions::unsynced();
+    if let Some(client) = &client {
+        crate::exceptions::watch::spawn(
+            client.clone(),
+            exceptions.clone(),
+            config.max_exception_duration,
+            metrics.exceptions.clone(),
+        );
+    }
+    let engine =
+        Engine::new(&config, pods.clone(), reporter.clone()).with_exceptions(exceptions.clone());
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -369,16 +380,19 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 .or_else(|| pod_namespace.clone())
                 .unwrap_or_else(|| "default".to_owned());
             tracing::info!(every = %humantime::format_duration(interval), lease = %format!("{namespace}/{LEASE_NAME}"), "background audit on");
-            let audit_engine = Arc::new(Engine::new(
-                &Config {
-                    mode: GlobalMode::Enforce,
-                    ..config.clone()
-                },
-                Arc::new(NoLookup {
-                    reason: "the audit evaluates stored objects".into(),
-                }),
-                Arc::new(NoReporter),
-            ));
+            let audit_engine = Arc::new(
+                Engine::new(
+                    &Config {
+                        mode: GlobalMode::Enforce,
+                        ..config.clone()
+                    },
+                    Arc::new(NoLookup {
+                        reason: "the audit evaluates stored objects".into(),
+                    }),
+                    Arc::new(NoReporter),
+                )
+                .with_exceptions(exceptions.clone()),
+            );
             let pod = pod_namespace.zip(std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()));
             background::spawn(
                 kube_config,
@@ -469,7 +483,11 @@ async fn reload_config(
         seen = Some(bytes);
         match load_config(Some(&path), mode) {
             Ok(config) => {
-                state.replace_engine(Engine::new(&config, pods.clone(), reporter.clone()));
+                let exceptions = state.engine().exceptions().0.clone();
+                state.replace_engine(
+                    Engine::new(&config, pods.clone(), reporter.clone())
+                        .with_exceptions(exceptions),
+                );
                 state.metrics.config_reloads.inc();
                 tracing::info!(config = %path.display(), "policy configuration reloaded");
             }

@@ -11,6 +11,28 @@ pub struct PolicyOutcome {
     pub policy: &'static str,
     pub mode: PolicyMode,
     pub findings: Vec<Finding>,
+    /// The PolicyException that lifts the policy for this request: its findings neither deny
+    /// nor patch nor warn, and are reported as excepted.
+    pub exception: Option<ExceptedBy>,
+}
+
+/// The PolicyException a finding was lifted by, as reports name it.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct ExceptedBy {
+    pub namespace: String,
+    pub name: String,
+    pub reason: String,
+    pub expires: String,
+}
+
+impl ExceptedBy {
+    /// `PolicyException openg2p/dba-break-glass (until 2026-12-01T18:00:00Z: incident 42)`.
+    pub fn describe(&self) -> String {
+        format!(
+            "PolicyException {}/{} (until {}: {})",
+            self.namespace, self.name, self.expires, self.reason
+        )
+    }
 }
 
 /// What prodguard did about a finding. Serialised (`check`'s JSON, the PolicyReports) as the
@@ -24,6 +46,9 @@ pub enum Action {
     Mutated,
     #[serde(rename = "warn")]
     Audited,
+    /// Lifted by a PolicyException.
+    #[serde(rename = "excepted")]
+    Excepted,
 }
 
 impl Action {
@@ -33,15 +58,17 @@ impl Action {
             Action::Denied => "Denied",
             Action::Audited => "Audited",
             Action::Mutated => "Mutated",
+            Action::Excepted => "Excepted",
         }
     }
 
-    /// What `check` and the PolicyReports say: `deny`, `warn`, `patch`.
+    /// What `check` and the PolicyReports say: `deny`, `warn`, `patch`, `excepted`.
     pub fn verb(self) -> &'static str {
         match self {
             Action::Denied => "deny",
             Action::Audited => "warn",
             Action::Mutated => "patch",
+            Action::Excepted => "excepted",
         }
     }
 }
@@ -57,20 +84,26 @@ pub struct Reported {
     pub message: String,
     /// The patch of a mutation (applied when Mutated, proposed when Audited).
     pub patch: Vec<json_patch::PatchOperation>,
+    /// The exception that lifted it (when Excepted).
+    pub exception: Option<ExceptedBy>,
 }
 
-/// As `check -o json` shows a finding: its policy, action and message, and the patch of an
-/// applied mutation.
+/// As `check -o json` shows a finding: its policy, action and message, the patch of an
+/// applied mutation, and the exception that lifted an excepted one.
 impl serde::Serialize for Reported {
     fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         use serde::ser::SerializeMap;
         let patched = self.action == Action::Mutated;
-        let mut map = serializer.serialize_map(Some(3 + usize::from(patched)))?;
+        let entries = 3 + usize::from(patched) + usize::from(self.exception.is_some());
+        let mut map = serializer.serialize_map(Some(entries))?;
         map.serialize_entry("policy", self.policy)?;
         map.serialize_entry("action", &self.action)?;
         map.serialize_entry("message", &self.message)?;
         if patched {
             map.serialize_entry("patch", &self.patch)?;
+        }
+        if let Some(exception) = &self.exception {
+            map.serialize_entry("exception", exception)?;
         }
         map.end()
     }
@@ -112,6 +145,7 @@ pub fn decide(outcomes: &[PolicyOutcome]) -> Decision {
             };
             let action = match (outcome.mode, violation) {
                 (PolicyMode::Off, _) => continue,
+                _ if outcome.exception.is_some() => Action::Excepted,
                 (PolicyMode::Enforce, true) => {
                     decision.allowed = false;
                     decision
@@ -149,6 +183,7 @@ pub fn decide(outcomes: &[PolicyOutcome]) -> Decision {
                 violation,
                 message: message.clone(),
                 patch: patch.to_vec(),
+                exception: outcome.exception.clone(),
             });
         }
     }
@@ -191,6 +226,7 @@ mod tests {
             policy: "p",
             mode,
             findings: vec![finding],
+            exception: None,
         }
     }
 
@@ -293,6 +329,7 @@ mod tests {
                 policy: "q",
                 mode: PolicyMode::Enforce,
                 findings: vec![violation(), violation()],
+                exception: None,
             },
             outcome(PolicyMode::Audit, violation()),
         ]);
@@ -304,11 +341,57 @@ mod tests {
     }
 
     #[test]
+    fn an_excepted_policy_neither_denies_nor_patches_nor_warns() {
+        let by = ExceptedBy {
+            namespace: "ns".into(),
+            name: "x".into(),
+            reason: "incident".into(),
+            expires: "2026-12-01T18:00:00Z".into(),
+        };
+        for mode in [PolicyMode::Enforce, PolicyMode::Audit] {
+            let d = decide(&[
+                PolicyOutcome {
+                    exception: Some(by.clone()),
+                    ..outcome(mode, violation())
+                },
+                PolicyOutcome {
+                    exception: Some(by.clone()),
+                    ..outcome(mode, mutation())
+                },
+            ]);
+            assert!(d.allowed, "{mode:?}");
+            assert!(d.patch.is_empty() && d.warnings.is_empty() && d.audit_annotations.is_empty());
+            assert_eq!(d.reports.len(), 2);
+            assert!(d
+                .reports
+                .iter()
+                .all(|r| r.action == Action::Excepted && r.exception.as_ref() == Some(&by)));
+        }
+        // An exception of one policy leaves the others as they are.
+        let d = decide(&[
+            PolicyOutcome {
+                exception: Some(by.clone()),
+                ..outcome(PolicyMode::Enforce, violation())
+            },
+            PolicyOutcome {
+                policy: "q",
+                ..outcome(PolicyMode::Enforce, violation())
+            },
+        ]);
+        assert!(!d.allowed);
+        assert_eq!(d.deny_message(), "[q] bad");
+        let json = serde_json::to_value(&d.reports[0]).unwrap();
+        assert_eq!(json["action"], "excepted");
+        assert_eq!(json["exception"]["name"], "x");
+    }
+
+    #[test]
     fn audit_annotations_join_messages_of_one_policy() {
         let d = decide(&[PolicyOutcome {
             policy: "p",
             mode: PolicyMode::Audit,
             findings: vec![violation(), mutation()],
+            exception: None,
         }]);
         assert_eq!(
             d.audit_annotations

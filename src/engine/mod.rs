@@ -9,12 +9,13 @@ mod request;
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
+pub use decide::{decide, Action, Decision, ExceptedBy, PolicyOutcome, Reported};
 pub use lookups::Lookups;
-pub use request::{Operation, Request};
+pub use request::{parent_kind, Operation, Request};
 
 use crate::cluster::ClusterLookup;
-use crate::config::{Config, GlobalMode, PolicyMode};
+use crate::config::{Admins, Config, GlobalMode, PolicyMode};
+use crate::exceptions::{self, ExceptionSet, Exceptions, Target};
 use crate::policies::{self, resources::Resource};
 use crate::report::{Report, Reporter};
 use crate::view::ShapeError;
@@ -102,6 +103,11 @@ pub struct Engine {
     reporter: Arc<dyn Reporter>,
     lookup_timeout: Duration,
     lookup_failures_are_errors: bool,
+    admins: Admins,
+    exceptions: Arc<Exceptions>,
+    max_exception_duration: Duration,
+    /// Whether a PolicyException's author must be an admin (offline evaluation has none).
+    judges_authors: bool,
 }
 
 impl Engine {
@@ -130,7 +136,22 @@ impl Engine {
             reporter,
             lookup_timeout: LOOKUP_TIMEOUT,
             lookup_failures_are_errors: false,
+            admins: config.admins.clone(),
+            exceptions: Exceptions::fixed(ExceptionSet::default()),
+            max_exception_duration: config.max_exception_duration,
+            judges_authors: true,
         }
+    }
+
+    /// Where the engine finds PolicyExceptions (by default none).
+    pub fn with_exceptions(mut self, exceptions: Arc<Exceptions>) -> Engine {
+        self.exceptions = exceptions;
+        self
+    }
+
+    /// The exceptions the engine applies, and how far ahead one may end.
+    pub fn exceptions(&self) -> (&Arc<Exceptions>, Duration) {
+        (&self.exceptions, self.max_exception_duration)
     }
 
     /// Changes how long the cluster lookups of a request may take (default [`LOOKUP_TIMEOUT`]).
@@ -143,6 +164,13 @@ impl Engine {
     /// (for offline evaluation, where the input may just lack what the policy reads).
     pub fn with_lookup_failures_as_errors(mut self) -> Engine {
         self.lookup_failures_are_errors = true;
+        self
+    }
+
+    /// Judges PolicyExceptions without asking who writes them (offline evaluation, where the
+    /// author is unknown).
+    pub fn without_authors(mut self) -> Engine {
+        self.judges_authors = false;
         self
     }
 
@@ -173,7 +201,7 @@ impl Engine {
         let verdict = self.evaluate(webhook, request, &lookups).await;
         if let Verdict::Decided(decision) = &verdict {
             if !request.dry_run && self.reporter.wants_reports() {
-                if let Some(report) = Report::new(request, &decision.reports) {
+                for report in Report::all(request, &decision.reports) {
                     self.reporter.report(report);
                 }
             }
@@ -199,6 +227,27 @@ impl Engine {
             ));
         }
         let mut outcomes = Vec::new();
+        if webhook == Webhook::Validate && exceptions::is_exception_write(request) {
+            let findings: Vec<Finding> = exceptions::judge_write(
+                request,
+                &self.admins,
+                self.max_exception_duration,
+                std::time::SystemTime::now(),
+                self.judges_authors,
+            )
+            .into_iter()
+            .map(|message| Finding::Violation { message })
+            .collect();
+            if !findings.is_empty() {
+                // prodguard's own resource: refused in every mode.
+                outcomes.push(PolicyOutcome {
+                    policy: exceptions::POLICY_ID,
+                    mode: PolicyMode::Enforce,
+                    findings,
+                    exception: None,
+                });
+            }
+        }
         for configured in self
             .policies
             .iter()
@@ -210,12 +259,14 @@ impl Engine {
                     policy: configured.policy.id(),
                     mode: configured.mode,
                     findings,
+                    exception: None,
                 }),
                 Err(EvalError::Lookup(message)) if !self.lookup_failures_are_errors => outcomes
                     .push(PolicyOutcome {
                         policy: configured.policy.id(),
                         mode: configured.mode,
                         findings: vec![Finding::Violation { message }],
+                        exception: None,
                     }),
                 Err(EvalError::Lookup(message)) => return Verdict::Malformed(message),
                 Err(e) => {
@@ -226,8 +277,89 @@ impl Engine {
                 }
             }
         }
+        if !outcomes.is_empty() {
+            self.apply_exceptions(request, lookups, &mut outcomes).await;
+        }
         Verdict::Decided(decide(&outcomes))
     }
+
+    /// Marks each outcome that a PolicyException in force lifts for this request. Only the
+    /// store's current set is read (never the API); an unsynced store lifts nothing.
+    async fn apply_exceptions(
+        &self,
+        request: &Request<'_>,
+        lookups: &Lookups<'_>,
+        outcomes: &mut [PolicyOutcome],
+    ) {
+        let Some(set) = self.exceptions.current() else {
+            return;
+        };
+        if set.is_empty() {
+            return;
+        }
+        let now = std::time::SystemTime::now();
+        let max = self.max_exception_duration;
+        let target = Target {
+            namespace: request.namespace,
+            kind: request.target_kind(),
+            name: request.object_name(),
+            username: request.username,
+            groups: request.groups,
+        };
+        // The object's labels, read once, and only when an exception selects by them.
+        let mut labels: Option<Option<std::collections::BTreeMap<String, String>>> = None;
+        for outcome in outcomes.iter_mut() {
+            if outcome.policy == exceptions::POLICY_ID {
+                continue;
+            }
+            let mut candidates = set
+                .candidates(request.namespace, outcome.policy, now, max)
+                .peekable();
+            if candidates.peek().is_none() {
+                continue;
+            }
+            if labels.is_none() && candidates.any(|e| e.selects_by_labels()) {
+                labels = Some(target_labels(request, lookups).await);
+            }
+            let known = labels.clone().flatten();
+            let read = || known.clone();
+            if let Some(e) = set.covering(outcome.policy, &target, &read, now, max) {
+                outcome.exception = Some(ExceptedBy {
+                    namespace: e.namespace.clone(),
+                    name: e.name.clone(),
+                    reason: e.reason.clone(),
+                    expires: e.expires_text.clone(),
+                });
+            }
+        }
+    }
+}
+
+/// The labels of the object a request is about: the written object's, the deleted one's, or
+/// (for a pod's subresource) the pod's, read through the request's lookups.
+async fn target_labels(
+    request: &Request<'_>,
+    lookups: &Lookups<'_>,
+) -> Option<std::collections::BTreeMap<String, String>> {
+    let of = |object: &crate::view::Object<'_>| {
+        object.metadata.labels.as_ref().map(|l| {
+            l.0.iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect()
+        })
+    };
+    if request.sub_resource.is_none() {
+        return request
+            .object
+            .or(request.old_object)
+            .map(|o| of(o).unwrap_or_default());
+    }
+    if request.resource != "pods" || !request.resource_group.is_empty() {
+        return None;
+    }
+    let text = lookups.pod(request.namespace, request.name).await.ok()?;
+    let pod = crate::view::Object::decode("Pod", &text).ok()??;
+    Some(of(&pod).unwrap_or_default())
 }
 
 #[cfg(test)]

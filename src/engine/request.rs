@@ -94,9 +94,33 @@ impl<'a> Request<'a> {
         }
     }
 
+    /// The kind of the object the request is about: the parent's for a subresource of a
+    /// known kind (`pods/exec` is about a Pod, `deployments/scale` about a Deployment).
+    pub fn target_kind(&self) -> &'a str {
+        match self.sub_resource.and(parent_kind(self.resource)) {
+            Some(kind) => kind,
+            None => self.kind,
+        }
+    }
+
     /// Whether this is a CREATE or UPDATE of the object itself (no subresource).
     pub fn is_write(&self) -> bool {
         matches!(self.operation, Operation::Create | Operation::Update)
             && self.sub_resource.is_none()
     }
+}
+
+/// The kind a subresource's parent resource holds (`deployments/scale` is about a Deployment).
+pub fn parent_kind(resource: &str) -> Option<&'static str> {
+    Some(match resource {
+        "pods" => "Pod",
+        "deployments" => "Deployment",
+        "statefulsets" => "StatefulSet",
+        "replicasets" => "ReplicaSet",
+        "replicationcontrollers" => "ReplicationController",
+        "daemonsets" => "DaemonSet",
+        "jobs" => "Job",
+        "cronjobs" => "CronJob",
+        _ => return None,
+    })
 }

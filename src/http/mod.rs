@@ -16,7 +16,9 @@ use tracing::Instrument;
 
 use crate::admission::{self, Decoded};
 use crate::engine::{Engine, Request, Verdict, Webhook};
-use crate::report::metrics::{kind_label, FindingLabels, Metrics, RequestLabels, WebhookLabels};
+use crate::report::metrics::{
+    kind_label, FindingLabels, Metrics, PolicyLabels, RequestLabels, WebhookLabels,
+};
 
 /// The largest review body accepted; larger ones get 413. It fits the largest legitimate
 /// review: an UPDATE carries the object and its old version, each at most etcd's request
@@ -441,6 +443,14 @@ async fn review(
                                     source: "admission",
                                 })
                                 .inc();
+                            if item.action == crate::engine::Action::Excepted {
+                                metrics
+                                    .exceptions_applied
+                                    .get_or_create(&PolicyLabels {
+                                        policy: item.policy,
+                                    })
+                                    .inc();
+                            }
                         }
                     }
                     Verdict::Malformed(m) => {

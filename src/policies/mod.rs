@@ -172,6 +172,10 @@ pub fn webhook_rules(policies: &Policies) -> Vec<(Webhook, &'static str, Resourc
             }
         }
     }
+    // Writes of PolicyExceptions, which the engine judges whatever the policies.
+    for operation in ["CREATE", "UPDATE"] {
+        rules.push((Webhook::Validate, operation, resources::POLICY_EXCEPTIONS));
+    }
     rules
 }
 

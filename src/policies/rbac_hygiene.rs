@@ -6,6 +6,7 @@
 //! - `get`, `list` or `watch` on `secrets`;
 //! - `create` or `get` on `pods/exec`, `pods/attach` or `pods/portforward`;
 //! - `delete` or `deletecollection` on the kinds `protect-delete` protects;
+//! - `create`, `update` or `patch` on `policyexceptions.prodguard.io` (an exception lifts policies);
 //!
 //! directly or through `*` (verbs, resources, API groups, `pods/*`, `*/exec`), whatever
 //! `resourceNames` narrows it to. It checks CREATE and UPDATE of RoleBindings and
@@ -132,6 +133,8 @@ impl Guarded {
 const READ: &[&str] = &["get", "list", "watch"];
 const CONNECT: &[&str] = &["create", "get"];
 const DELETE: &[&str] = &["delete", "deletecollection"];
+/// Writing a PolicyException lifts policies: only admins may.
+const WRITE: &[&str] = &["create", "update", "patch"];
 
 /// The API group and resource of a kind `protect-delete` names; an unknown kind is matched by
 /// its lower-case plural in any group.
@@ -254,6 +257,7 @@ impl RbacHygiene {
             Guarded::new("", "pods/exec", CONNECT),
             Guarded::new("", "pods/attach", CONNECT),
             Guarded::new("", "pods/portforward", CONNECT),
+            Guarded::new(crate::exceptions::GROUP, crate::exceptions::PLURAL, WRITE),
         ];
         for kind in protected_kinds {
             let (group, resource) = resource_of(kind);
@@ -498,11 +502,20 @@ mod tests {
                     "create, get on pods/exec",
                     "create, get on pods/attach",
                     "create, get on pods/portforward",
+                    "create, update, patch on policyexceptions.prodguard.io",
                     "delete, deletecollection on deployments.apps",
                     "delete, deletecollection on statefulsets.apps",
                     "delete, deletecollection on configmaps",
                     "delete, deletecollection on secrets",
                 ],
+            ),
+            (
+                json!([{"apiGroups": ["prodguard.io"], "resources": ["policyexceptions"], "verbs": ["get", "list", "watch", "create"]}]),
+                vec!["create on policyexceptions.prodguard.io"],
+            ),
+            (
+                json!([{"apiGroups": ["prodguard.io"], "resources": ["policyexceptions"], "verbs": ["get", "list", "watch"]}]),
+                vec![],
             ),
             (
                 json!([{"apiGroups": [""], "resources": ["pods/*"], "verbs": ["create"]}]),

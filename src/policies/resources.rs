@@ -138,6 +138,14 @@ pub const ROLES: Resource = rbac("roles", &["Role"]);
 pub const CLUSTER_ROLES: Resource = rbac("clusterroles", &["ClusterRole"]);
 pub const ROLE_BINDINGS: Resource = rbac("rolebindings", &["RoleBinding"]);
 pub const CLUSTER_ROLE_BINDINGS: Resource = rbac("clusterrolebindings", &["ClusterRoleBinding"]);
+/// prodguard's own PolicyExceptions, whose writes the engine judges itself (no policy of the
+/// registry: it cannot be turned off).
+pub const POLICY_EXCEPTIONS: Resource = Resource {
+    group: crate::exceptions::GROUP,
+    versions: &[crate::exceptions::VERSION],
+    plural: crate::exceptions::PLURAL,
+    kinds: &[crate::exceptions::KIND],
+};
 
 /// Every resource above.
 pub const ALL: &[Resource] = &[
@@ -165,6 +173,7 @@ pub const ALL: &[Resource] = &[
     CLUSTER_ROLES,
     ROLE_BINDINGS,
     CLUSTER_ROLE_BINDINGS,
+    POLICY_EXCEPTIONS,
 ];
 
 /// The stored resource of kind `kind`, if it is one above.

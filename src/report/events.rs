@@ -87,7 +87,7 @@ pub fn to_event(report: &Report) -> (Event, ObjectReference) {
     let event = Event {
         type_: match report.action {
             Action::Mutated => EventType::Normal,
-            Action::Denied | Action::Audited => EventType::Warning,
+            Action::Denied | Action::Audited | Action::Excepted => EventType::Warning,
         },
         reason: report.reason.to_owned(),
         note: Some(report.note()),
@@ -153,6 +153,7 @@ mod tests {
                 violation: true,
                 message: "no".into(),
                 patch: Vec::new(),
+                exception: None,
             }],
         };
         let (event, reference) = to_event(&report);

@@ -57,6 +57,11 @@ pub struct FindingLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct PolicyLabels {
+    pub policy: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditFindingLabels {
     pub policy: &'static str,
     /// `deny`, `patch` or `warn`.
@@ -93,6 +98,8 @@ pub struct Metrics {
     pub webhooks_repaired: Counter,
     pub config_reloads: Counter,
     pub config_reload_failures: Counter,
+    pub exceptions_applied: Family<PolicyLabels, Counter>,
+    pub exceptions: crate::exceptions::watch::ExceptionGauges,
 }
 
 /// 50 us to 1 s.
@@ -274,7 +281,26 @@ impl Metrics {
             "Changed policy configurations refused (the previous one stayed in force)",
             config_reload_failures.clone(),
         );
+        let exceptions_applied = Family::<PolicyLabels, Counter>::default();
+        registry.register(
+            "exceptions_applied",
+            "Admission findings lifted by a PolicyException, by policy",
+            exceptions_applied.clone(),
+        );
+        let exceptions = crate::exceptions::watch::ExceptionGauges::default();
+        registry.register(
+            "exceptions_in_force",
+            "PolicyExceptions in force now (valid, not expired)",
+            exceptions.in_force.clone(),
+        );
+        registry.register(
+            "exceptions_ignored",
+            "PolicyExceptions in the cluster that are not honoured: invalid, or beyond the cap",
+            exceptions.ignored.clone(),
+        );
         Metrics {
+            exceptions_applied,
+            exceptions,
             config_reloads,
             config_reload_failures,
             tls_reloads,

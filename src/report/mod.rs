@@ -35,21 +35,6 @@ pub struct Report {
 /// Events carry at most 1 kB of note.
 pub const NOTE_MAX_BYTES: usize = 1024;
 
-/// The kind a subresource's parent resource holds (`deployments/scale` is about a Deployment).
-fn parent_kind(resource: &str) -> Option<&'static str> {
-    Some(match resource {
-        "pods" => "Pod",
-        "deployments" => "Deployment",
-        "statefulsets" => "StatefulSet",
-        "replicasets" => "ReplicaSet",
-        "replicationcontrollers" => "ReplicationController",
-        "daemonsets" => "DaemonSet",
-        "jobs" => "Job",
-        "cronjobs" => "CronJob",
-        _ => return None,
-    })
-}
-
 fn api_version(group: &str, version: &str) -> String {
     if group.is_empty() {
         version.to_owned()
@@ -59,7 +44,24 @@ fn api_version(group: &str, version: &str) -> String {
 }
 
 impl Report {
-    /// The report of a request, or `None` when nothing is to be reported.
+    /// The reports of a request: one of what was denied, patched or warned about
+    /// (`PolicyViolation` or `PolicyMutation`), and one of what PolicyExceptions lifted
+    /// (`PolicyException`); none when nothing is to be reported.
+    pub fn all(request: &Request<'_>, items: &[Reported]) -> Vec<Report> {
+        let (excepted, judged): (Vec<Reported>, Vec<Reported>) = items
+            .iter()
+            .cloned()
+            .partition(|i| i.action == Action::Excepted);
+        let mut reports: Vec<Report> = Report::new(request, &judged).into_iter().collect();
+        if let Some(mut report) = Report::new(request, &excepted) {
+            report.reason = "PolicyException";
+            report.action = Action::Excepted;
+            reports.push(report);
+        }
+        reports
+    }
+
+    /// The report of a request's findings, or `None` when nothing is to be reported.
     pub fn new(request: &Request<'_>, items: &[Reported]) -> Option<Report> {
         let first = items.first()?;
         let has = |action| items.iter().any(|i| i.action == action);
@@ -71,7 +73,10 @@ impl Report {
             Action::Audited
         };
         // A subresource request (pods/exec, deployments/scale) is about the parent object.
-        let regarding = match (request.sub_resource, parent_kind(request.resource)) {
+        let regarding = match (
+            request.sub_resource,
+            crate::engine::parent_kind(request.resource),
+        ) {
             (Some(_), Some(kind)) => ObjectRef {
                 api_version: api_version(request.resource_group, request.resource_version),
                 kind: kind.to_owned(),
@@ -112,7 +117,16 @@ impl Report {
         let findings: Vec<String> = self
             .findings
             .iter()
-            .map(|f| format!("[{}] {}: {}", f.policy, f.action.as_str(), f.message))
+            .map(|f| match &f.exception {
+                Some(by) => format!(
+                    "[{}] {} by {}: {}",
+                    f.policy,
+                    f.action.as_str(),
+                    by.describe(),
+                    f.message
+                ),
+                None => format!("[{}] {}: {}", f.policy, f.action.as_str(), f.message),
+            })
             .collect();
         let mut note = format!(
             "{} by {:?}: {}",
@@ -216,6 +230,7 @@ mod tests {
             violation,
             message: format!("{policy} message"),
             patch: vec![],
+            exception: None,
         }
     }
 
