@@ -339,9 +339,7 @@ fn input_exception(
     {
         return None;
     }
-    let text = object.to_string();
-    let view = crate::view::Object::decode(KIND, &text).ok()??;
-    crate::exceptions::Exception::from_view(&view, default_namespace).ok()
+    crate::exceptions::Exception::from_text(&object.to_string(), default_namespace).ok()
 }
 
 /// The human-readable report.
@@ -464,6 +462,69 @@ spec:
                 deny.name.as_str()
             ),
             ("Deployment", "openg2p", "web")
+        );
+    }
+
+    fn exception_yaml(name: &str, expires: &str) -> String {
+        format!(
+            "---\napiVersion: prodguard.io/v1alpha1\nkind: PolicyException\nmetadata: {{name: {name}, namespace: openg2p}}\nspec:\n  policies: [min-replicas]\n  match: {{kinds: [Deployment], names: [web]}}\n  reason: single replica until the licence allows two\n  expires: \"{expires}\"\n"
+        )
+    }
+
+    fn in_an_hour() -> String {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_secs() as i64;
+        k8s_openapi::jiff::Timestamp::from_second(now + 3600)
+            .unwrap()
+            .to_string()
+    }
+
+    #[test]
+    fn an_exception_in_the_input_applies_as_in_the_cluster() {
+        let output = run_text(&format!(
+            "{DEPLOYMENT}{}",
+            exception_yaml("web-single", &in_an_hour())
+        ));
+        assert_eq!(output.summary.denied, 0, "{:?}", output.results);
+        assert_eq!((output.summary.excepted, output.summary.resources), (1, 2));
+        assert_eq!(output.exit_code(), 0);
+        let excepted = &output.results[1].finding;
+        assert_eq!(
+            (excepted.finding.policy, excepted.finding.action),
+            ("min-replicas", Action::Excepted)
+        );
+        let json = serde_json::to_value(&output.results[1]).unwrap();
+        assert_eq!(json["action"], "excepted");
+        assert_eq!(json["exception"]["name"], "web-single");
+        assert_eq!(
+            json["exception"]["reason"],
+            "single replica until the licence allows two"
+        );
+        let text = render_text(&output);
+        assert!(
+            text.contains("  EXCEPTED [min-replicas] Deployment openg2p/web would run 1 replica"),
+            "{text}"
+        );
+        assert!(
+            text.contains("        by PolicyException openg2p/web-single (until "),
+            "{text}"
+        );
+        assert!(text.ends_with(", 1 excepted\n"), "{text}");
+
+        // An expired one applies no more, and is refused as the webhook would refuse it.
+        let output = run_text(&format!(
+            "{DEPLOYMENT}{}",
+            exception_yaml("old", "2020-01-01T00:00:00Z")
+        ));
+        assert_eq!((output.summary.denied, output.summary.excepted), (2, 0));
+        let refusal = &output.results[2].finding.finding;
+        assert_eq!(refusal.policy, "policy-exception");
+        assert!(
+            refusal.message.contains("is already past"),
+            "{}",
+            refusal.message
         );
     }
 

@@ -126,6 +126,14 @@ impl Exception {
         })
     }
 
+    /// Reads an exception from a PolicyException's JSON text, through the same view.
+    pub fn from_text(text: &str, namespace: &str) -> Result<Exception, Vec<String>> {
+        let view = Object::decode(KIND, text)
+            .map_err(|e| vec![e.to_string()])?
+            .unwrap_or_default();
+        Exception::from_view(&view, namespace)
+    }
+
     /// `PolicyException openg2p/dba-break-glass`.
     pub fn describe(&self) -> String {
         format!("{KIND} {}/{}", self.namespace, self.name)

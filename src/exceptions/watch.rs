@@ -15,7 +15,6 @@ use kube::runtime::watcher;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{Exception, ExceptionSet, Exceptions, GROUP, KIND, MAX_EXCEPTIONS, PLURAL, VERSION};
-use crate::view::Object;
 
 /// How often the count of exceptions in force is refreshed besides on every change.
 const GAUGE_REFRESH: Duration = Duration::from_secs(5);
@@ -129,10 +128,7 @@ fn read(object: &DynamicObject) -> ((String, String), Held) {
 /// An object of the watch as an exception, through the view every path reads.
 fn parse(object: &DynamicObject) -> Result<Exception, Vec<String>> {
     let text = serde_json::to_string(object).map_err(|e| vec![e.to_string()])?;
-    let view = Object::decode(KIND, &text)
-        .map_err(|e| vec![e.to_string()])?
-        .unwrap_or_default();
-    Exception::from_view(&view, "")
+    Exception::from_text(&text, "")
 }
 
 /// The cluster's PolicyExceptions, listed once (`prodguard audit`): the valid ones, and how

@@ -53,6 +53,20 @@ pub async fn start(config: Config, pods: Vec<String>) -> TestServer {
 
 /// Starts prodguard with `config`, answering cluster lookups from `cluster`.
 pub async fn start_with(config: Config, cluster: Snapshot) -> TestServer {
+    start_with_exceptions(
+        config,
+        cluster,
+        prodguard::exceptions::Exceptions::fixed(Default::default()),
+    )
+    .await
+}
+
+/// Starts prodguard with `config`, lookups answered from `cluster`, and `exceptions`.
+pub async fn start_with_exceptions(
+    config: Config,
+    cluster: Snapshot,
+    exceptions: Arc<prodguard::exceptions::Exceptions>,
+) -> TestServer {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let pki = pki::generate("test CA", &names).expect("certificates");
     let tls = tls::from_pem(
@@ -63,7 +77,8 @@ pub async fn start_with(config: Config, cluster: Snapshot) -> TestServer {
     )
     .expect("tls config");
     let reporter = Arc::new(MemoryReporter::default());
-    let engine = Engine::new(&config, Arc::new(cluster), reporter.clone());
+    let engine =
+        Engine::new(&config, Arc::new(cluster), reporter.clone()).with_exceptions(exceptions);
     let state = AppState::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await
