@@ -85,6 +85,10 @@ fn main() -> ExitCode {
             production_namespaces_opensearch_and_databases,
         ),
         ("rbac_hygiene", rbac_hygiene),
+        (
+            "exceptions_break_glass_and_audit",
+            exceptions_break_glass_and_audit,
+        ),
         ("audit_events_late_not_lost", audit_events_late_not_lost),
         (
             "audit_memory_flat_across_scans",
@@ -761,6 +765,280 @@ fn db_access(env: &mut Env) {
         "--as=dev",
     ]);
     assert_denied(&stderr, &format!("cannot tell whether pod {ns}/ghost is a database pod because the pod lookup failed (pod {ns}/ghost was not found)"));
+}
+
+/// An RFC 3339 time `seconds` from now.
+fn rfc3339_from_now(seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(now + seconds)
+        .unwrap()
+        .to_string()
+}
+
+/// kubectl until `done` holds for its output (stdout and stderr), within `seconds`.
+fn wait_kubectl(
+    env: &Env,
+    args: &[&str],
+    seconds: u64,
+    what: &str,
+    done: impl Fn(&Output) -> bool,
+) {
+    let deadline = Instant::now() + Duration::from_secs(seconds);
+    loop {
+        let output = env.kubectl(args);
+        if done(&output) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{what}: kubectl {args:?}: {}{}",
+            out(&output),
+            err(&output)
+        );
+        std::thread::sleep(Duration::from_millis(250));
+    }
+}
+
+/// The break-glass of the issue, end to end: an admin lets dba1 into one database pod for a
+/// short while; dba1 gets in (and the pod gets an Event), nobody else and no other pod does,
+/// and after the end dba1 is refused again. A migration's single-replica Deployment is
+/// excepted the same way; the background audit shows it as `skip`, then as `fail` with the
+/// expired exception reported. A non-admin whom RBAC lets write exceptions is refused.
+fn exceptions_break_glass_and_audit(env: &mut Env) {
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/policyexceptions.prodguard.io",
+        "crd/policyreports.wgpolicyk8s.io",
+    ]);
+    // rbac-hygiene would refuse the grants below (exec; writing exceptions); the admin exempts
+    // the users.
+    serve_auditing(env, &default_exempting("dba1\", \"dev\", \"bob"), &[]);
+    let ns = "e2e-exceptions";
+    env.namespace(ns);
+    for pod in ["social-registry-postgresql-0", "registry-postgresql-0"] {
+        running_pod(
+            env,
+            ns,
+            pod,
+            json!({"app.kubernetes.io/name": "postgresql"}),
+            "bitnami/postgresql:16",
+        );
+    }
+    let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "debugger"},
+         "rules": [
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
+            {"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["get", "create"]}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "debuggers"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dba1"},
+                      {"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]},
+        {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "bob-writes-exceptions"},
+         "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prodguard-exception-writer"},
+         "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]}
+    ]});
+    let writer = env.cluster.kubectl_stdin(
+        &["apply", "-f", "-"],
+        &std::fs::read_to_string("deploy/base/rbac.yaml")
+            .unwrap()
+            .split("---")
+            .find(|d| d.contains("name: prodguard-exception-writer"))
+            .unwrap()
+            .to_owned(),
+    );
+    assert!(writer.status.success(), "{}", err(&writer));
+    let output = env.apply(ns, &rbac);
+    assert!(output.status.success(), "{}", err(&output));
+    let exec = |user: &str, pod: &str| {
+        env.kubectl(&[
+            "exec",
+            pod,
+            "-n",
+            ns,
+            &format!("--as={user}"),
+            "--request-timeout=10s",
+            "--",
+            "true",
+        ])
+    };
+    let stderr = err(&exec("dba1", "social-registry-postgresql-0"));
+    assert_denied(
+        &stderr,
+        "[db-access] user \"dba1\" may not exec into database pod",
+    );
+
+    let seconds = 25;
+    let expires = rfc3339_from_now(seconds);
+    let started = Instant::now();
+    let exception = |name: &str, spec: Value| {
+        json!({"apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
+               "metadata": {"name": name}, "spec": spec})
+    };
+    let break_glass = exception(
+        "dba-break-glass",
+        json!({
+        "policies": ["db-access"],
+        "match": {"kinds": ["Pod"], "names": ["social-registry-postgresql-0"]},
+        "subjects": {"users": ["dba1"]},
+        "reason": "incident 42: vacuum the registry database",
+        "expires": expires}),
+    );
+    let migration = exception(
+        "migration",
+        json!({
+        "policies": ["min-replicas"],
+        "match": {"kinds": ["Deployment"], "names": ["migrate-*"]},
+        "reason": "one-off data migration",
+        "expires": expires}),
+    );
+
+    // A non-admin whom RBAC lets write exceptions is refused by prodguard.
+    let stderr = err(&env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "--as=bob", "-f", "-"],
+        &break_glass.to_string(),
+    ));
+    assert_denied(&stderr, &format!("[policy-exception] PolicyException {ns}/dba-break-glass: user \"bob\" may not create PolicyExceptions"));
+    // An unbounded one never reaches prodguard: the CRD's schema requires an end (prodguard's
+    // own refusal of it is tested over TLS, in tests/exceptions.rs).
+    let mut unbounded = migration.clone();
+    unbounded["spec"].as_object_mut().unwrap().remove("expires");
+    let output = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "--validate=false", "-f", "-"],
+        &unbounded.to_string(),
+    );
+    assert!(!output.status.success());
+    assert!(
+        err(&output).contains("spec.expires: Required value"),
+        "{}",
+        err(&output)
+    );
+
+    for e in [&break_glass, &migration] {
+        let output = env.apply(ns, e);
+        assert!(output.status.success(), "{}", err(&output));
+    }
+    let listed = env.ok(&["get", "policyexceptions", "-n", ns]);
+    assert!(
+        listed.contains("POLICIES") && listed.contains("incident 42"),
+        "{listed}"
+    );
+
+    // prodguard sees the exception within moments (a watch, not a lookup per request).
+    wait_kubectl(
+        env,
+        &[
+            "exec",
+            "social-registry-postgresql-0",
+            "-n",
+            ns,
+            "--as=dba1",
+            "--request-timeout=10s",
+            "--",
+            "true",
+        ],
+        15,
+        "dba1's exec should pass prodguard",
+        |o| !err(o).contains("prodguard"),
+    );
+    let stderr = err(&exec("dev", "social-registry-postgresql-0"));
+    assert_denied(
+        &stderr,
+        "[db-access] user \"dev\" may not exec into database pod",
+    );
+    let stderr = err(&exec("dba1", "registry-postgresql-0"));
+    assert_denied(
+        &stderr,
+        "[db-access] user \"dba1\" may not exec into database pod",
+    );
+    let event = env
+        .wait_events(ns, 1)
+        .into_iter()
+        .find(|e| e.reason.as_deref() == Some("PolicyException"))
+        .expect("a PolicyException Event");
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.name.as_deref()),
+        Some("social-registry-postgresql-0")
+    );
+    assert_eq!(
+        event.regarding.as_ref().and_then(|r| r.kind.as_deref()),
+        Some("Pod")
+    );
+    let note = event.note.clone().unwrap_or_default();
+    assert!(note.starts_with("CONNECT by \"dba1\": [db-access] Excepted by PolicyException e2e-exceptions/dba-break-glass (until "), "{note}");
+
+    // The migration runs one replica while excepted; the audit shows it skipped.
+    let output = env.apply(ns, &deployment("migrate-users", 1, "nginx:1.25"));
+    assert!(output.status.success(), "{}", err(&output));
+    let output = env.apply(ns, &deployment("web", 1, "nginx:1.25"));
+    assert_denied(
+        &err(&output),
+        "[min-replicas] Deployment e2e-exceptions/web would run 1 replica",
+    );
+    let report = wait_report(env, ns, "the migration skipped", |r| {
+        results_for(r, "migrate-users")
+            .iter()
+            .any(|x| x["result"] == "skip")
+    });
+    let skip = results_for(&report, "migrate-users")
+        .into_iter()
+        .find(|x| x["result"] == "skip")
+        .unwrap()
+        .clone();
+    assert_eq!(skip["policy"], "min-replicas");
+    assert!(
+        skip["message"]
+            .as_str()
+            .unwrap()
+            .contains("excepted by PolicyException e2e-exceptions/migration"),
+        "{skip}"
+    );
+    assert_eq!(report["summary"]["skip"], 1, "{report}");
+    let metrics = scrape(env.cluster.metrics_port);
+    assert_eq!(
+        metric(&metrics, "prodguard_exceptions_in_force"),
+        2.0,
+        "{metrics}"
+    );
+    assert!(
+        metric(
+            &metrics,
+            "prodguard_exceptions_applied_total{policy=\"db-access\"}"
+        ) >= 1.0,
+        "{metrics}"
+    );
+
+    // After the end: dba1 is refused again, the migration is reported as failing, and the
+    // expired exception is reported.
+    let left = Duration::from_secs(seconds as u64).saturating_sub(started.elapsed());
+    std::thread::sleep(left);
+    let stderr = err(&exec("dba1", "social-registry-postgresql-0"));
+    assert_denied(
+        &stderr,
+        "[db-access] user \"dba1\" may not exec into database pod",
+    );
+    let report = wait_report(env, ns, "the migration failing after the end", |r| {
+        results_for(r, "migrate-users")
+            .iter()
+            .any(|x| x["result"] == "fail")
+    });
+    assert_eq!(report["summary"]["skip"], 0, "{report}");
+    let expired = results_for(&report, "migration");
+    assert_eq!(expired.len(), 1, "{report}");
+    assert_eq!(expired[0]["policy"], "policy-exception");
+    assert_eq!(expired[0]["resources"][0]["kind"], "PolicyException");
+    assert!(
+        expired[0]["message"]
+            .as_str()
+            .unwrap()
+            .contains("expired at"),
+        "{report}"
+    );
 }
 
 fn protect_delete(env: &mut Env) {
