@@ -1220,3 +1220,58 @@ async fn the_expiry_of_certificate_files_is_a_metric_and_a_warning() {
     );
     assert_eq!(sigterm(&mut child), Some(0));
 }
+
+#[test]
+fn check_applies_the_policy_exceptions_of_its_input() {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    let in_an_hour = k8s_openapi::jiff::Timestamp::from_second(now + 3600).unwrap();
+    let manifests = format!(
+        r#"
+apiVersion: apps/v1
+kind: Deployment
+metadata: {{name: migrate-users, namespace: openg2p}}
+spec:
+  replicas: 1
+  selector: {{matchLabels: {{app: migrate}}}}
+  template:
+    metadata: {{labels: {{app: migrate}}}}
+    spec:
+      containers: [{{name: m, image: openg2p/migrate:1, imagePullPolicy: IfNotPresent}}]
+---
+apiVersion: prodguard.io/v1alpha1
+kind: PolicyException
+metadata: {{name: migration}}
+spec:
+  policies: [min-replicas]
+  match: {{names: ["migrate-*"]}}
+  reason: one-off data migration
+  expires: "{in_an_hour}"
+"#
+    );
+    let output = run_with_stdin(
+        &["check", "-f", "-", "-n", "openg2p", "-o", "json"],
+        manifests.as_bytes(),
+    );
+    let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(output.status.code(), Some(0), "{doc}");
+    assert_eq!(doc["summary"]["excepted"], 1, "{doc}");
+    let excepted = doc["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["action"] == "excepted")
+        .unwrap_or_else(|| panic!("an excepted entry in {doc}"));
+    assert_eq!(excepted["policy"], "min-replicas");
+    assert_eq!(
+        excepted["exception"],
+        json!({"namespace": "openg2p", "name": "migration", "reason": "one-off data migration",
+               "expires": in_an_hour.to_string()})
+    );
+    // Without the exception the same Deployment is denied.
+    let alone = manifests.split("---").next().unwrap();
+    let output = run_with_stdin(&["check", "-f", "-", "-o", "json"], alone.as_bytes());
+    assert_eq!(output.status.code(), Some(1));
+}

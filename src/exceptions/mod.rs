@@ -384,10 +384,8 @@ pub fn judge_write(
         Ok(exception) => problems.extend(exception.window_problem(now, max)),
         Err(found) => problems.extend(found),
     }
-    let what = format!(
-        "{KIND} {}",
-        request.describe().trim_start_matches("PolicyException ")
-    );
+    // `PolicyException openg2p/dba-break-glass: ...`
+    let what = request.describe();
     problems
         .into_iter()
         .map(|p| format!("{what}: {p}"))

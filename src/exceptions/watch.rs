@@ -151,6 +151,7 @@ pub async fn list(client: &kube::Client) -> Result<(ExceptionSet, usize), String
     Ok((ExceptionSet::new(valid), ignored))
 }
 
+/// Publishes what the watch holds as the store's set: the valid ones up to the cap.
 fn publish(
     store: &Exceptions,
     held: &BTreeMap<(String, String), Held>,
@@ -178,4 +179,60 @@ fn publish(
     gauges.ignored.set(ignored as i64);
     tracing::debug!(exceptions = set.len(), ignored, "PolicyExceptions updated");
     store.replace(set);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn object(name: &str, policies: serde_json::Value) -> DynamicObject {
+        serde_json::from_value(serde_json::json!({
+            "apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
+            "metadata": {"name": name, "namespace": "openg2p"},
+            "spec": {"policies": policies, "match": {"names": ["db-0"]}, "reason": "incident",
+                     "expires": "2999-01-01T00:00:00Z"}
+        }))
+        .unwrap()
+    }
+
+    #[test]
+    fn the_watch_keeps_valid_exceptions_up_to_the_cap_and_counts_the_rest() {
+        let store = Exceptions::unsynced();
+        let gauges = ExceptionGauges::default();
+        let mut held = BTreeMap::new();
+        for (name, policies) in [
+            ("good", serde_json::json!(["db-access"])),
+            ("typo", serde_json::json!(["db-acess"])),
+        ] {
+            let (key, entry) = read(&object(name, policies));
+            held.insert(key, entry);
+        }
+        assert!(store.current().is_none(), "nothing before the first list");
+        // Ending centuries ahead, the valid one is not in force under a 1 h maximum.
+        publish(&store, &held, &gauges, Duration::from_secs(3600));
+        let set = store.current().expect("synced");
+        assert_eq!(set.len(), 1);
+        assert_eq!(set.iter().next().map(|e| e.name.as_str()), Some("good"));
+        assert_eq!((gauges.in_force.get(), gauges.ignored.get()), (0, 1));
+        // Under a maximum that reaches its end, it is.
+        publish(
+            &store,
+            &held,
+            &gauges,
+            Duration::from_secs(1000 * 365 * 86400),
+        );
+        assert_eq!(gauges.in_force.get(), 1);
+
+        let mut many = BTreeMap::new();
+        for i in 0..MAX_EXCEPTIONS + 5 {
+            let (key, entry) = read(&object(
+                &format!("e{i:05}"),
+                serde_json::json!(["db-access"]),
+            ));
+            many.insert(key, entry);
+        }
+        publish(&store, &many, &gauges, Duration::from_secs(3600));
+        assert_eq!(store.current().map(|s| s.len()), Some(MAX_EXCEPTIONS));
+        assert_eq!(gauges.ignored.get(), 5);
+    }
 }
