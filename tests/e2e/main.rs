@@ -843,15 +843,15 @@ fn exceptions_break_glass_and_audit(env: &mut Env) {
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "prodguard-exception-writer"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "bob"}]}
     ]});
-    let writer = env.cluster.kubectl_stdin(
-        &["apply", "-f", "-"],
-        &std::fs::read_to_string("deploy/base/rbac.yaml")
-            .unwrap()
-            .split("---")
-            .find(|d| d.contains("name: prodguard-exception-writer"))
-            .unwrap()
-            .to_owned(),
-    );
+    // deploy/'s role for writing exceptions, as shipped.
+    let rbac_yaml = std::fs::read_to_string("deploy/base/rbac.yaml").unwrap();
+    let writer_role = rbac_yaml
+        .split("---")
+        .find(|d| d.contains("name: prodguard-exception-writer"))
+        .unwrap();
+    let writer = env
+        .cluster
+        .kubectl_stdin(&["apply", "-f", "-"], writer_role);
     assert!(writer.status.success(), "{}", err(&writer));
     let output = env.apply(ns, &rbac);
     assert!(output.status.success(), "{}", err(&output));
