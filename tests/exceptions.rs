@@ -135,6 +135,13 @@ fn exceptions_in_force() -> Vec<Value> {
                    "reason": "incident 42: vacuum the registry", "expires": until}),
         ),
         policy_exception(
+            "dba2-all-postgres",
+            json!({"policies": ["db-access"],
+                   "match": {"selector": {"matchExpressions": [{"key": "app.kubernetes.io/name", "operator": "In", "values": ["postgresql"]}]}},
+                   "subjects": {"users": ["dba2"]},
+                   "reason": "on call this week", "expires": until}),
+        ),
+        policy_exception(
             "config-cleanup",
             json!({"policies": ["protect-delete"], "match": {"selector": {"matchLabels": {"tier": "config"}}, "names": ["old-*"]},
                    "reason": "retiring the v1 settings", "expires": until}),
@@ -218,6 +225,19 @@ async fn excepted_requests_pass_and_the_others_are_still_refused() {
         .review("validate", &connect("registry-postgresql-0", "dba1"))
         .await;
     assert_eq!(response["allowed"], false, "another database pod");
+    // A selector matches a pod's labels, read for the CONNECT.
+    let response = client
+        .review("validate", &connect("registry-postgresql-0", "dba2"))
+        .await;
+    assert_eq!(
+        response["allowed"], true,
+        "selected by the pod's labels: {response}"
+    );
+    let response = client
+        .review("validate", &connect("registry-postgresql-0", "dba3"))
+        .await;
+    assert_eq!(response["allowed"], false, "{response}");
+    reports(&server);
     // A CONNECT's Event is about the pod.
     client
         .review("validate", &connect("social-registry-postgresql-0", "dba1"))
@@ -233,7 +253,7 @@ async fn excepted_requests_pass_and_the_others_are_still_refused() {
     let metrics = server.state.metrics.encode();
     for (policy, count) in [
         ("min-replicas", 1),
-        ("db-access", 2),
+        ("db-access", 3),
         ("protect-delete", 1),
         ("rbac-hygiene", 1),
     ] {

@@ -312,18 +312,11 @@ impl Engine {
             if outcome.policy == exceptions::POLICY_ID {
                 continue;
             }
-            let mut candidates = set
-                .candidates(request.namespace, outcome.policy, now, max)
-                .peekable();
-            if candidates.peek().is_none() {
-                continue;
-            }
-            if labels.is_none() && candidates.any(|e| e.selects_by_labels()) {
+            if labels.is_none() && set.needs_labels(request.namespace, outcome.policy, now, max) {
                 labels = Some(target_labels(request, lookups).await);
             }
-            let known = labels.clone().flatten();
-            let read = || known.clone();
-            if let Some(e) = set.covering(outcome.policy, &target, &read, now, max) {
+            let known = labels.as_ref().and_then(Option::as_ref);
+            if let Some(e) = set.covering(outcome.policy, &target, known, now, max) {
                 outcome.exception = Some(ExceptedBy {
                     namespace: e.namespace.clone(),
                     name: e.name.clone(),

@@ -165,13 +165,9 @@ impl Exception {
         }
     }
 
-    /// Whether the exception names what the request is about (its labels are asked for only
-    /// when the exception has a selector), and the request comes from one of its subjects.
-    fn holds_for(
-        &self,
-        target: &Target<'_>,
-        labels: &dyn Fn() -> Option<BTreeMap<String, String>>,
-    ) -> bool {
+    /// Whether the exception names what the request is about (`labels`: the object's, when
+    /// they could be read), and the request comes from one of its subjects.
+    fn holds_for(&self, target: &Target<'_>, labels: Option<&BTreeMap<String, String>>) -> bool {
         if target.namespace != self.namespace {
             return false;
         }
@@ -187,7 +183,7 @@ impl Exception {
         match &self.selector {
             None => true,
             // Labels that cannot be read select nothing.
-            Some(selector) => labels().is_some_and(|labels| selector.matches(&labels)),
+            Some(selector) => labels.is_some_and(|labels| selector.matches(labels)),
         }
     }
 
@@ -201,11 +197,6 @@ impl Exception {
             || self.users.iter().any(|u| u == username)
             || self.service_accounts.iter().any(|s| s == username)
             || groups.iter().any(|g| self.groups.iter().any(|x| x == g))
-    }
-
-    /// Whether the exception has a label selector (so matching may need the object's labels).
-    pub fn selects_by_labels(&self) -> bool {
-        self.selector.is_some()
     }
 }
 
@@ -428,8 +419,21 @@ impl ExceptionSet {
         self.iter().filter(|e| e.in_force(now, max)).count()
     }
 
+    /// Whether an exception that could lift `policy` in `namespace` at `now` selects by labels
+    /// (so that matching needs the object's labels): none, for most requests.
+    pub fn needs_labels(
+        &self,
+        namespace: &str,
+        policy: &str,
+        now: SystemTime,
+        max: Duration,
+    ) -> bool {
+        self.candidates(namespace, policy, now, max)
+            .any(|e| e.selector.is_some())
+    }
+
     /// Those in the target's namespace that lift `policy` and are in force at `now`.
-    pub fn candidates<'s>(
+    fn candidates<'s>(
         &'s self,
         namespace: &str,
         policy: &str,
@@ -445,12 +449,12 @@ impl ExceptionSet {
     }
 
     /// The first exception (by name) in force at `now` that lifts `policy` for `target`.
-    /// `labels` gives the object's labels, asked only when an exception selects by labels.
+    /// `labels` are the object's, when read (see [`ExceptionSet::needs_labels`]).
     pub fn covering(
         &self,
         policy: &str,
         target: &Target<'_>,
-        labels: &dyn Fn() -> Option<BTreeMap<String, String>>,
+        labels: Option<&BTreeMap<String, String>>,
         now: SystemTime,
         max: Duration,
     ) -> Option<Arc<Exception>> {
@@ -562,18 +566,11 @@ mod tests {
         }
     }
 
-    fn no_labels() -> Option<BTreeMap<String, String>> {
-        None
-    }
-
     #[test]
     fn matching_by_namespace_kind_name_and_subject() {
         let set = ExceptionSet::new([break_glass()]);
         let max = DEFAULT_MAX_DURATION;
-        let covers = |t: &Target<'_>| {
-            set.covering("db-access", t, &no_labels, at(NOW), max)
-                .is_some()
-        };
+        let covers = |t: &Target<'_>| set.covering("db-access", t, None, at(NOW), max).is_some();
         assert!(covers(&target("social-registry-postgresql-0", "dba1", &[])));
         assert!(covers(&target(
             "social-registry-postgresql-0",
@@ -610,7 +607,7 @@ mod tests {
             .covering(
                 "min-replicas",
                 &target("social-registry-postgresql-0", "dba1", &[]),
-                &no_labels,
+                None,
                 at(NOW),
                 max
             )
@@ -653,16 +650,18 @@ mod tests {
             kind: "Job",
             ..target("migrate-1", "anyone", &[])
         };
-        let labelled = || Some(BTreeMap::from([("app".to_owned(), "migrate".to_owned())]));
-        let other = || Some(BTreeMap::from([("app".to_owned(), "web".to_owned())]));
+        let labelled = BTreeMap::from([("app".to_owned(), "migrate".to_owned())]);
+        let other = BTreeMap::from([("app".to_owned(), "web".to_owned())]);
+        assert!(set.needs_labels("openg2p", "min-replicas", at(NOW), max));
+        assert!(!set.needs_labels("openg2p", "db-access", at(NOW), max));
         assert!(set
-            .covering("min-replicas", &t, &labelled, at(NOW), max)
+            .covering("min-replicas", &t, Some(&labelled), at(NOW), max)
             .is_some());
         assert!(set
-            .covering("min-replicas", &t, &other, at(NOW), max)
+            .covering("min-replicas", &t, Some(&other), at(NOW), max)
             .is_none());
         assert!(set
-            .covering("min-replicas", &t, &no_labels, at(NOW), max)
+            .covering("min-replicas", &t, None, at(NOW), max)
             .is_none());
     }
 
