@@ -297,9 +297,9 @@ impl ScanSink for Tally {
             *by_policy
                 .entry((finding.policy, finding.action))
                 .or_default() += 1;
-            match result {
-                "fail" => tally.fail += 1,
-                "skip" => {
+            match finding.action {
+                Action::Denied => tally.fail += 1,
+                Action::Excepted => {
                     // Reported as skipped, never as a new finding to publish.
                     tally.skip += 1;
                     let message = match &finding.exception {
@@ -530,6 +530,54 @@ mod tests {
         assert_ne!(
             a,
             finding_key("min-replicas", "Deployment", "nsa", "", "fail")
+        );
+    }
+
+    #[test]
+    fn excepted_findings_are_skipped_and_expired_exceptions_reported() {
+        let mut tally = Tally::new(limits(100, 1000, 10), HashSet::new());
+        let mut excepted = deny("migrate");
+        excepted.finding.action = Action::Excepted;
+        excepted.finding.exception = Some(crate::engine::ExceptedBy {
+            namespace: "ns".into(),
+            name: "migration".into(),
+            reason: "one-off".into(),
+            expires: "2026-12-01T00:00:00Z".into(),
+        });
+        tally.object(&object("ns", "migrate"), vec![excepted]);
+        let ns = &tally.namespaces["ns"];
+        assert_eq!((ns.fail, ns.warn, ns.skip), (0, 0, 1));
+        assert!(
+            tally.candidates.is_empty(),
+            "a lifted finding gets no Event"
+        );
+        assert_eq!(tally.new_findings, 0);
+        assert_eq!(ns.results[0].action, Action::Excepted);
+        assert_eq!(
+            &*ns.results[0].message,
+            "excepted by PolicyException ns/migration (until 2026-12-01T00:00:00Z: one-off): migrate would run 1 replica"
+        );
+
+        let exception = crate::exceptions::Exception::from_text(
+            &serde_json::json!({"apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
+                "metadata": {"name": "migration", "namespace": "ns"},
+                "spec": {"policies": ["min-replicas"], "match": {"names": ["migrate"]},
+                         "reason": "one-off", "expires": "2026-12-01T00:00:00Z"}})
+            .to_string(),
+            "",
+        )
+        .unwrap();
+        tally.expired_exceptions(&[std::sync::Arc::new(exception)]);
+        let ns = &tally.namespaces["ns"];
+        assert_eq!(ns.warn, 1);
+        let note = &ns.results[1];
+        assert_eq!(
+            (note.policy, note.kind, note.name.as_str()),
+            ("policy-exception", "PolicyException", "migration")
+        );
+        assert_eq!(
+            &*note.message,
+            "PolicyException ns/migration expired at 2026-12-01T00:00:00Z (one-off); min-replicas applies again"
         );
     }
 }
