@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource};
 use kube::core::{DynamicObject, GroupVersionKind};
-use kube::runtime::watcher;
+use kube::runtime::{watcher, WatchStreamExt};
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{Exception, ExceptionSet, Exceptions, GROUP, KIND, MAX_EXCEPTIONS, PLURAL, VERSION};
@@ -39,7 +39,10 @@ pub fn spawn(client: kube::Client, store: Arc<Exceptions>, max: Duration, gauges
 
 async fn run(client: kube::Client, store: Arc<Exceptions>, max: Duration, gauges: ExceptionGauges) {
     let api: Api<DynamicObject> = Api::all_with(client, &resource());
-    let mut events = watcher(api, watcher::Config::default()).boxed();
+    // Errors (no CRD yet, no permission) are retried with backoff, never in a tight loop.
+    let mut events = watcher(api, watcher::Config::default())
+        .default_backoff()
+        .boxed();
     // What the cluster holds, by namespace and name: the valid ones and why the others are not.
     let mut held: BTreeMap<(String, String), Held> = BTreeMap::new();
     let mut listing: Option<BTreeMap<(String, String), Held>> = None;
