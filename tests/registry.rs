@@ -88,3 +88,28 @@ fn deploy_rules_are_exactly_what_the_registry_matches() {
     }
     assert!(registry.iter().any(|r| r.0 == "/mutate"));
 }
+
+/// The validating webhook skips Pod updates that change no image (its `matchConditions`):
+/// right only while the policies that read Pod updates read nothing but their images. A policy
+/// that starts reading them must revisit that condition in deploy/base/webhooks.yaml.
+#[test]
+fn only_image_policies_read_pod_updates() {
+    let config = Config::embedded_default().unwrap();
+    let mut readers: Vec<&str> = config
+        .policies
+        .matches()
+        .into_iter()
+        .filter(|(_, m)| {
+            m.webhook == Webhook::Validate
+                && m.operations.contains(&"UPDATE")
+                && m.resources.iter().any(|r| r.plural == "pods")
+        })
+        .map(|(id, _)| id)
+        .collect();
+    readers.dedup();
+    assert_eq!(
+        readers,
+        ["airgap-registry"],
+        "a policy reads Pod updates: revisit the pod-update-changes-an-image condition"
+    );
+}
