@@ -212,6 +212,10 @@ pub struct ServeArgs {
     /// How often the certificate files are re-read for a rotated certificate.
     #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
     pub tls_reload_interval: String,
+    /// The API the background audit writes its reports in: wg-policy's PolicyReports
+    /// (`wgpolicyk8s`), OpenReports' Reports (`openreports`) or both.
+    #[arg(long, env = "PRODGUARD_REPORT_API", value_enum, default_value_t = crate::audit::reports::ReportApi::Wgpolicyk8s)]
+    pub report_api: crate::audit::reports::ReportApi,
     /// The most results a PolicyReport holds; the rest are counted in an annotation.
     #[arg(long, env = "PRODGUARD_REPORT_MAX_RESULTS", default_value_t = 1000)]
     pub report_max_results: usize,

@@ -54,6 +54,8 @@ pub struct AuditSettings {
     pub pod: Option<(String, String)>,
     /// Memory kept for admission (see `http::admission_memory`).
     pub admission_memory: u64,
+    /// The API(s) the reports are written in.
+    pub report_api: reports::ReportApi,
 }
 
 /// What the audit shares with the server: the metrics, and whether the server still runs
@@ -259,7 +261,7 @@ async fn scan_loop(
         let first = known.is_none();
         let before = match known.take() {
             Some(known) => known,
-            None => reports::previous_findings(&client).await,
+            None => reports::previous_findings(&client, settings.report_api).await,
         };
         let limits = TallyLimits {
             max_results: settings.max_results,
@@ -322,7 +324,13 @@ impl Scanner<'_> {
         let now = SystemTime::now()
             .duration_since(UNIX_EPOCH)
             .unwrap_or_default();
-        if let Err(e) = reports::publish(self.client, &tally.namespaces, now.as_secs() as i64).await
+        if let Err(e) = reports::publish(
+            self.client,
+            self.settings.report_api,
+            &tally.namespaces,
+            now.as_secs() as i64,
+        )
+        .await
         {
             metrics.audit_failures.inc();
             tracing::warn!("audit: {e}");
@@ -398,7 +406,9 @@ impl Scanner<'_> {
     async fn publish_summaries(&self, namespaces: &BTreeMap<String, super::tally::NamespaceTally>) {
         let mut first = true;
         for (namespace, tally) in namespaces {
-            let Some(report) = summary(namespace, tally) else {
+            // Regarding the report in the first API written.
+            let kinds = &self.settings.report_api.kinds()[0];
+            let Some(report) = summary(kinds, namespace, tally) else {
                 continue;
             };
             if !first {
@@ -430,16 +440,20 @@ impl Scanner<'_> {
     }
 }
 
-/// The summary Event of a namespace's new findings, regarding its report; `None` when it
-/// has none.
-pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<Report> {
+/// The summary Event of a namespace's new findings, regarding its report (in the API
+/// `kinds`); `None` when it has none.
+pub fn summary(
+    kinds: &reports::ReportKinds,
+    namespace: &str,
+    tally: &super::tally::NamespaceTally,
+) -> Option<Report> {
     if tally.new_by_policy.is_empty() {
         return None;
     }
     let (kind, where_) = if namespace.is_empty() {
-        ("ClusterPolicyReport", "cluster-scoped objects".to_owned())
+        (kinds.cluster.0, "cluster-scoped objects".to_owned())
     } else {
-        ("PolicyReport", format!("namespace {namespace}"))
+        (kinds.namespaced.0, format!("namespace {namespace}"))
     };
     let findings = tally
         .new_by_policy
@@ -463,7 +477,7 @@ pub fn summary(namespace: &str, tally: &super::tally::NamespaceTally) -> Option<
         .keys()
         .any(|(_, action)| *action != Action::Mutated);
     let regarding = ObjectRef {
-        api_version: format!("{}/{}", reports::GROUP, reports::VERSION),
+        api_version: kinds.api_version(),
         kind: kind.to_owned(),
         namespace: namespace.to_owned(),
         name: reports::REPORT_NAME.to_owned(),
@@ -486,14 +500,18 @@ mod tests {
             warn: 2,
             ..NamespaceTally::default()
         };
-        assert_eq!(summary("openg2p", &tally), None, "nothing new, no summary");
+        assert_eq!(
+            summary(&reports::WGPOLICY, "openg2p", &tally),
+            None,
+            "nothing new, no summary"
+        );
         tally
             .new_by_policy
             .insert(("min-replicas", Action::Denied), 3);
         tally
             .new_by_policy
             .insert(("image-pull-policy", Action::Mutated), 1);
-        let report = summary("openg2p", &tally).unwrap();
+        let report = summary(&reports::WGPOLICY, "openg2p", &tally).unwrap();
         assert_eq!(report.regarding.kind, "PolicyReport");
         assert_eq!(report.regarding.name, "prodguard");
         assert_eq!(report.regarding.namespace, "openg2p");
@@ -504,13 +522,18 @@ mod tests {
              [min-replicas] Audited: 3 findings would deny in namespace openg2p"
         );
         assert_eq!(report.reason, "PolicyViolation");
-        let cluster = summary("", &tally).unwrap();
+        let cluster = summary(&reports::WGPOLICY, "", &tally).unwrap();
         assert_eq!(cluster.regarding.kind, "ClusterPolicyReport");
         assert!(cluster.note().contains("in cluster-scoped objects"));
         // Only patches: a mutation summary.
         tally
             .new_by_policy
             .remove(&("min-replicas", Action::Denied));
-        assert_eq!(summary("openg2p", &tally).unwrap().reason, "PolicyMutation");
+        assert_eq!(
+            summary(&reports::WGPOLICY, "openg2p", &tally)
+                .unwrap()
+                .reason,
+            "PolicyMutation"
+        );
     }
 }

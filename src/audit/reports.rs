@@ -1,7 +1,10 @@
-//! wg-policy `wgpolicyk8s.io/v1alpha2` reports: one `PolicyReport` per namespace and one
-//! `ClusterPolicyReport` for cluster-scoped objects, rewritten whole at each scan (so the
-//! results of fixed objects disappear), with a cap on results whose overflow is counted.
-//! Each report is built from its namespace's tally and written before the next is built.
+//! The background audit's reports, in the wg-policy API (`wgpolicyk8s.io/v1alpha2`
+//! `PolicyReport` and `ClusterPolicyReport`), in OpenReports' (`openreports.io/v1alpha1`
+//! `Report` and `ClusterReport`, the same schema under a new group), or both
+//! (`--report-api`): one report per namespace and one for cluster-scoped objects, rewritten
+//! whole at each scan (so the results of fixed objects disappear), with a cap on results whose
+//! overflow is counted. Each report is built from its namespace's tally and written before the
+//! next is built; in both APIs, from the same tally.
 
 use std::collections::{BTreeMap, HashSet};
 
@@ -12,8 +15,6 @@ use serde_json::{json, Value};
 use super::tally::{finding_key, result_of, KeptResult, NamespaceTally};
 use crate::engine::Action;
 
-pub const GROUP: &str = "wgpolicyk8s.io";
-pub const VERSION: &str = "v1alpha2";
 /// Every report prodguard writes has this name.
 pub const REPORT_NAME: &str = "prodguard";
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
@@ -23,18 +24,74 @@ pub const DROPPED_ANNOTATION: &str = "prodguard.io/results-dropped";
 /// The default cap on results per report.
 pub const DEFAULT_MAX_RESULTS: usize = 1000;
 
-pub fn policy_report_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(GROUP, VERSION, "PolicyReport"),
-        "policyreports",
-    )
+/// One reports API: its group and version, and its namespaced and cluster-scoped kinds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ReportKinds {
+    pub group: &'static str,
+    pub version: &'static str,
+    /// Kind and plural of a namespace's report.
+    pub namespaced: (&'static str, &'static str),
+    /// Kind and plural of the cluster-scoped report.
+    pub cluster: (&'static str, &'static str),
+    /// The name of the CRDs in messages.
+    pub crds: &'static str,
 }
 
-pub fn cluster_policy_report_resource() -> ApiResource {
-    ApiResource::from_gvk_with_plural(
-        &GroupVersionKind::gvk(GROUP, VERSION, "ClusterPolicyReport"),
-        "clusterpolicyreports",
-    )
+pub const WGPOLICY: ReportKinds = ReportKinds {
+    group: "wgpolicyk8s.io",
+    version: "v1alpha2",
+    namespaced: ("PolicyReport", "policyreports"),
+    cluster: ("ClusterPolicyReport", "clusterpolicyreports"),
+    crds: "the wg-policy CRDs",
+};
+
+pub const OPENREPORTS: ReportKinds = ReportKinds {
+    group: "openreports.io",
+    version: "v1alpha1",
+    namespaced: ("Report", "reports"),
+    cluster: ("ClusterReport", "clusterreports"),
+    crds: "the OpenReports CRDs",
+};
+
+/// Which API the audit writes its reports in (`--report-api`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum)]
+pub enum ReportApi {
+    /// `wgpolicyk8s.io/v1alpha2` PolicyReport and ClusterPolicyReport.
+    #[default]
+    Wgpolicyk8s,
+    /// `openreports.io/v1alpha1` Report and ClusterReport.
+    Openreports,
+    /// Both, from the same scan.
+    Both,
+}
+
+impl ReportApi {
+    pub fn kinds(self) -> &'static [ReportKinds] {
+        match self {
+            ReportApi::Wgpolicyk8s => &[WGPOLICY],
+            ReportApi::Openreports => &[OPENREPORTS],
+            ReportApi::Both => &[WGPOLICY, OPENREPORTS],
+        }
+    }
+}
+
+impl ReportKinds {
+    pub fn api_version(&self) -> String {
+        format!("{}/{}", self.group, self.version)
+    }
+
+    /// The resource of the report of `namespace` ("" for the cluster-scoped one).
+    pub fn resource(&self, namespace: &str) -> ApiResource {
+        let (kind, plural) = if namespace.is_empty() {
+            self.cluster
+        } else {
+            self.namespaced
+        };
+        ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk(self.group, self.version, kind),
+            plural,
+        )
+    }
 }
 
 fn result_entry(result: &KeptResult, namespace: &str, now_seconds: i64) -> Value {
@@ -63,8 +120,13 @@ fn result_entry(result: &KeptResult, namespace: &str, now_seconds: i64) -> Value
     })
 }
 
-/// The report of one namespace ("" for the ClusterPolicyReport).
-pub fn build(namespace: &str, tally: &NamespaceTally, now_seconds: i64) -> Value {
+/// The report of one namespace ("" for the cluster-scoped one) in the API `kinds`.
+pub fn build(
+    kinds: &ReportKinds,
+    namespace: &str,
+    tally: &NamespaceTally,
+    now_seconds: i64,
+) -> Value {
     let results: Vec<Value> = tally
         .results
         .iter()
@@ -76,13 +138,13 @@ pub fn build(namespace: &str, tally: &NamespaceTally, now_seconds: i64) -> Value
         "annotations": {DROPPED_ANNOTATION: tally.dropped.to_string()},
     });
     let kind = if namespace.is_empty() {
-        "ClusterPolicyReport"
+        kinds.cluster.0
     } else {
         metadata["namespace"] = json!(namespace);
-        "PolicyReport"
+        kinds.namespaced.0
     };
     json!({
-        "apiVersion": format!("{GROUP}/{VERSION}"),
+        "apiVersion": kinds.api_version(),
         "kind": kind,
         "metadata": metadata,
         "summary": {
@@ -97,18 +159,29 @@ pub fn build(namespace: &str, tally: &NamespaceTally, now_seconds: i64) -> Value
 }
 
 /// Writes the reports of a scan one at a time (server-side apply, field manager
-/// `prodguard`): a PolicyReport for every namespace with a scanned object, and the
-/// ClusterPolicyReport (always, with its summary, even when nothing cluster-scoped is
-/// covered). Then deletes prodguard's PolicyReports in namespaces that no longer hold a
-/// scanned object.
+/// `prodguard`), in each API of `api`: a report for every namespace with a scanned object, and
+/// the cluster-scoped one (always, with its summary, even when nothing cluster-scoped is
+/// covered). Then deletes prodguard's reports in namespaces that no longer hold a scanned
+/// object.
 pub async fn publish(
     client: &kube::Client,
+    api: ReportApi,
+    namespaces: &BTreeMap<String, NamespaceTally>,
+    now_seconds: i64,
+) -> Result<(), String> {
+    for kinds in api.kinds() {
+        publish_in(client, kinds, namespaces, now_seconds).await?;
+    }
+    Ok(())
+}
+
+async fn publish_in(
+    client: &kube::Client,
+    kinds: &ReportKinds,
     namespaces: &BTreeMap<String, NamespaceTally>,
     now_seconds: i64,
 ) -> Result<(), String> {
     let params = PatchParams::apply(MANAGER).force();
-    let namespaced = policy_report_resource();
-    let cluster = cluster_policy_report_resource();
     let empty = NamespaceTally::default();
     let cluster_scoped = std::iter::once(("", namespaces.get("").unwrap_or(&empty)));
     let named = namespaces
@@ -116,29 +189,37 @@ pub async fn publish(
         .filter(|(ns, _)| !ns.is_empty())
         .map(|(ns, tally)| (ns.as_str(), tally));
     for (namespace, tally) in cluster_scoped.chain(named) {
-        let report = build(namespace, tally, now_seconds);
+        let report = build(kinds, namespace, tally, now_seconds);
+        let resource = kinds.resource(namespace);
         let api: Api<DynamicObject> = if namespace.is_empty() {
-            Api::all_with(client.clone(), &cluster)
+            Api::all_with(client.clone(), &resource)
         } else {
-            Api::namespaced_with(client.clone(), namespace, &namespaced)
+            Api::namespaced_with(client.clone(), namespace, &resource)
         };
         api.patch(REPORT_NAME, &params, &Patch::Apply(&report))
             .await
             .map_err(|e| {
                 format!(
-                    "writing the {} of {} failed: {e} (are the wg-policy CRDs of deploy/ installed?)",
+                    "writing the {} of {} failed: {e} (are {} of deploy/ installed?)",
                     report["kind"].as_str().unwrap_or("report"),
-                    if namespace.is_empty() { "the cluster" } else { namespace }
+                    if namespace.is_empty() {
+                        "the cluster"
+                    } else {
+                        namespace
+                    },
+                    kinds.crds
                 )
             })?;
     }
     // Only the names: the reports themselves can be large.
+    let namespaced = kinds.resource("namespaced");
+    let kind = kinds.namespaced.0;
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &namespaced);
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let existing = all
         .list_metadata(&managed)
         .await
-        .map_err(|e| format!("listing PolicyReports failed: {e}"))?;
+        .map_err(|e| format!("listing {kind}s failed: {e}"))?;
     for stale in existing.items {
         let Some(ns) = stale.metadata.namespace.as_deref() else {
             continue;
@@ -149,7 +230,7 @@ pub async fn publish(
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), ns, &namespaced);
         let name = stale.metadata.name.clone().unwrap_or_default();
         if let Err(e) = api.delete(&name, &DeleteParams::default()).await {
-            tracing::warn!("cannot delete the stale PolicyReport {ns}/{name}: {e}");
+            tracing::warn!("cannot delete the stale {kind} {ns}/{name}: {e}");
         }
     }
     Ok(())
@@ -158,14 +239,16 @@ pub async fn publish(
 /// Reports read per list call when reading the previous findings.
 const PREVIOUS_PAGE: u32 = 20;
 
-/// The findings recorded in the reports prodguard wrote before (to tell new findings from
-/// old ones after a restart or a change of audit leader), read a few reports at a time.
-pub async fn previous_findings(client: &kube::Client) -> HashSet<u64> {
+/// The findings recorded in the reports prodguard wrote before in the API `api` writes first
+/// (to tell new findings from old ones after a restart or a change of audit leader), read a
+/// few reports at a time.
+pub async fn previous_findings(client: &kube::Client, api: ReportApi) -> HashSet<u64> {
     let mut previous = HashSet::new();
     let managed = ListParams::default()
         .labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
         .limit(PREVIOUS_PAGE);
-    for resource in [policy_report_resource(), cluster_policy_report_resource()] {
+    let kinds = api.kinds()[0];
+    for resource in [kinds.resource("namespaced"), kinds.resource("")] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut params = managed.clone();
         loop {
@@ -266,7 +349,12 @@ mod tests {
     #[test]
     fn a_report_per_namespace_from_its_tally() {
         let tally = tally(100);
-        let openg2p = build("openg2p", &tally.namespaces["openg2p"], 1_700_000_000);
+        let openg2p = build(
+            &WGPOLICY,
+            "openg2p",
+            &tally.namespaces["openg2p"],
+            1_700_000_000,
+        );
         assert_eq!(openg2p["kind"], "PolicyReport");
         assert_eq!(openg2p["metadata"]["namespace"], "openg2p");
         assert_eq!(
@@ -288,10 +376,10 @@ mod tests {
         );
         assert_eq!(openg2p["metadata"]["labels"][MANAGED_BY_LABEL], "prodguard");
         assert_eq!(openg2p["metadata"]["annotations"][DROPPED_ANNOTATION], "0");
-        let quiet = build("quiet", &tally.namespaces["quiet"], 0);
+        let quiet = build(&WGPOLICY, "quiet", &tally.namespaces["quiet"], 0);
         assert_eq!(quiet["summary"]["pass"], 2);
         assert_eq!(quiet["results"], json!([]));
-        let cluster = build("", &NamespaceTally::default(), 0);
+        let cluster = build(&WGPOLICY, "", &NamespaceTally::default(), 0);
         assert_eq!(cluster["kind"], "ClusterPolicyReport");
         assert_eq!(cluster["metadata"].get("namespace"), None);
         assert_eq!(
@@ -301,9 +389,35 @@ mod tests {
     }
 
     #[test]
+    fn openreports_holds_the_same_report_under_its_own_kinds() {
+        let tally = tally(100);
+        for namespace in ["openg2p", ""] {
+            let counts = tally.namespaces.get(namespace).cloned().unwrap_or_default();
+            let wg = build(&WGPOLICY, namespace, &counts, 7);
+            let open = build(&OPENREPORTS, namespace, &counts, 7);
+            assert_eq!(open["apiVersion"], "openreports.io/v1alpha1");
+            assert_eq!(
+                open["kind"],
+                if namespace.is_empty() {
+                    "ClusterReport"
+                } else {
+                    "Report"
+                }
+            );
+            for field in ["metadata", "summary", "results"] {
+                assert_eq!(open[field], wg[field], "{field}");
+            }
+        }
+        assert_eq!(ReportApi::Both.kinds(), &[WGPOLICY, OPENREPORTS]);
+        assert_eq!(ReportApi::default(), ReportApi::Wgpolicyk8s);
+        assert_eq!(OPENREPORTS.resource("").plural, "clusterreports");
+        assert_eq!(OPENREPORTS.resource("ns").plural, "reports");
+    }
+
+    #[test]
     fn results_are_capped_and_the_overflow_counted() {
         let tally = tally(1);
-        let openg2p = build("openg2p", &tally.namespaces["openg2p"], 0);
+        let openg2p = build(&WGPOLICY, "openg2p", &tally.namespaces["openg2p"], 0);
         assert_eq!(openg2p["results"].as_array().unwrap().len(), 1);
         assert_eq!(openg2p["metadata"]["annotations"][DROPPED_ANNOTATION], "2");
         assert_eq!(
@@ -315,7 +429,7 @@ mod tests {
     #[test]
     fn keys_read_back_from_a_report() {
         let tally = tally(100);
-        let report = build("openg2p", &tally.namespaces["openg2p"], 0);
+        let report = build(&WGPOLICY, "openg2p", &tally.namespaces["openg2p"], 0);
         let keys = keys_of(&report);
         assert_eq!(keys.len(), 3);
         assert!(keys.contains(&finding_key(

@@ -419,6 +419,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                     event_gap: background::EVENT_GAP,
                     pod,
                     admission_memory: crate::http::admission_memory(bodies.in_flight_bytes),
+                    report_api: args.report_api,
                 },
             )?;
         }

@@ -89,6 +89,7 @@ fn main() -> ExitCode {
             "exceptions_break_glass_and_audit",
             exceptions_break_glass_and_audit,
         ),
+        ("openreports_in_both_modes", openreports_in_both_modes),
         ("audit_events_late_not_lost", audit_events_late_not_lost),
         (
             "audit_memory_flat_across_scans",
@@ -1041,6 +1042,79 @@ fn exceptions_break_glass_and_audit(env: &mut Env) {
     );
 }
 
+/// `--report-api openreports` writes OpenReports' Report (and ClusterReport) instead of the
+/// wg-policy PolicyReport; `both` writes both, with the same results.
+fn openreports_in_both_modes(env: &mut Env) {
+    env.ok(&[
+        "apply",
+        "-f",
+        "deploy/base/crds.yaml",
+        "-f",
+        "deploy/base/openreports-crds.yaml",
+    ]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/reports.openreports.io",
+        "crd/clusterreports.openreports.io",
+        "crd/policyreports.wgpolicyk8s.io",
+    ]);
+    let ns = "e2e-openreports";
+    env.namespace(ns);
+    // The dry-run rollout lets the single replica in; the reports say what enforcement would do.
+    serve_auditing(
+        env,
+        DEFAULT_POLICY,
+        &["--mode", "audit", "--report-api", "openreports"],
+    );
+    let output = env.apply(ns, &deployment("web", 1, "nginx:1.25"));
+    assert!(output.status.success(), "{}", err(&output));
+    let min_replicas_fails = |r: &Value| {
+        results_for(r, "web")
+            .iter()
+            .any(|x| x["policy"] == "min-replicas" && x["result"] == "fail")
+    };
+    let report = wait_report_of(
+        env,
+        "reports.openreports.io",
+        ns,
+        "web failing",
+        min_replicas_fails,
+    );
+    assert_eq!(report["apiVersion"], "openreports.io/v1alpha1");
+    assert_eq!(report["kind"], "Report");
+    assert_eq!(report["summary"]["fail"], 1, "{report}");
+    let cluster = env.get_json(&["clusterreports.openreports.io", "prodguard"]);
+    assert_eq!(cluster["kind"], "ClusterReport");
+    let wg = env.kubectl(&["get", "policyreport", "prodguard", "-n", ns]);
+    assert!(
+        !wg.status.success(),
+        "openreports only: no PolicyReport: {}",
+        out(&wg)
+    );
+
+    serve_auditing(
+        env,
+        DEFAULT_POLICY,
+        &["--mode", "audit", "--report-api", "both"],
+    );
+    let wg = wait_report(env, ns, "web failing", min_replicas_fails);
+    let open = wait_report_of(
+        env,
+        "reports.openreports.io",
+        ns,
+        "web failing",
+        min_replicas_fails,
+    );
+    assert_eq!(
+        wg["results"],
+        open["results"].clone(),
+        "the same results in both APIs"
+    );
+    assert_eq!(wg["summary"], open["summary"]);
+}
+
 fn protect_delete(env: &mut Env) {
     // rbac-hygiene would refuse the grants below; the admin exempts dev.
     env.serve(&default_exempting("dev"), &[]);
@@ -1279,17 +1353,20 @@ fn serve_auditing(env: &mut Env, policies: &str, extra: &[&str]) {
 }
 
 fn wait_report(env: &Env, namespace: &str, what: &str, check: impl Fn(&Value) -> bool) -> Value {
+    wait_report_of(env, "policyreport", namespace, what, check)
+}
+
+/// Waits until `check` holds for prodguard's report of resource `resource` in `namespace`.
+fn wait_report_of(
+    env: &Env,
+    resource: &str,
+    namespace: &str,
+    what: &str,
+    check: impl Fn(&Value) -> bool,
+) -> Value {
     let deadline = Instant::now() + Duration::from_secs(40);
     loop {
-        let output = env.kubectl(&[
-            "get",
-            "policyreport",
-            "prodguard",
-            "-n",
-            namespace,
-            "-o",
-            "json",
-        ]);
+        let output = env.kubectl(&["get", resource, "prodguard", "-n", namespace, "-o", "json"]);
         let report: Value = serde_json::from_slice(&output.stdout).unwrap_or(Value::Null);
         if output.status.success() && check(&report) {
             return report;
