@@ -89,6 +89,12 @@ pub enum Shape {
     /// A prodguard `PolicyException`'s `spec` (a kind of the same name in another group is
     /// read the same way; whoever acts on it checks the group).
     PolicyException,
+    /// `spec.ingressClassName`.
+    Ingress,
+    /// A Traefik `IngressRoute`'s entry points and each route's middlewares.
+    IngressRoute,
+    /// A Traefik `Middleware`'s `spec.buffering`.
+    Middleware,
     /// Metadata only.
     #[default]
     Other,
@@ -108,6 +114,9 @@ impl Shape {
             "Role" | "ClusterRole" => Shape::Role,
             "RoleBinding" | "ClusterRoleBinding" => Shape::Binding,
             "PolicyException" => Shape::PolicyException,
+            "Ingress" => Shape::Ingress,
+            "IngressRoute" => Shape::IngressRoute,
+            "Middleware" => Shape::Middleware,
             _ => Shape::Other,
         }
     }
@@ -155,6 +164,9 @@ pub enum Spec<'a> {
     HorizontalPodAutoscaler(AutoscalerSpec<'a>),
     Scale(ScaleSpec),
     PolicyException(ExceptionSpec<'a>),
+    Ingress(IngressSpec<'a>),
+    IngressRoute(IngressRouteSpec<'a>),
+    Middleware(MiddlewareSpec),
 }
 
 /// The metadata policies read. `managedFields` is skipped unparsed.
@@ -234,6 +246,9 @@ impl<'de: 'a, 'a> Visitor<'de> for PairsVisitor<'a> {
 pub const READ_ANNOTATIONS: &[&str] = &[
     "nginx.ingress.kubernetes.io/proxy-body-size",
     "prodguard.io/database",
+    "kubernetes.io/ingress.class",
+    "traefik.ingress.kubernetes.io/router.middlewares",
+    "traefik.ingress.kubernetes.io/router.entrypoints",
 ];
 
 /// The annotations of an object that policies read ([`READ_ANNOTATIONS`]); the others
@@ -519,6 +534,64 @@ pub struct ScaleSpec {
     pub replicas: Option<i64>,
 }
 
+/// What `ingress-body-size` reads of an Ingress's spec: which controller serves it.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressSpec<'a> {
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub ingress_class_name: Option<Cow<'a, str>>,
+}
+
+/// A Traefik `IngressRoute`'s entry points and routes.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct IngressRouteSpec<'a> {
+    #[serde(borrow, default)]
+    pub entry_points: Option<Strings<'a>>,
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub routes: Option<Vec<Route<'a>>>,
+}
+
+/// One route of an `IngressRoute`: its rule, and the middlewares it names.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct Route<'a> {
+    #[serde(borrow, default, rename = "match", deserialize_with = "opt_str")]
+    pub match_: Option<Cow<'a, str>>,
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub middlewares: Option<Vec<MiddlewareRef<'a>>>,
+}
+
+/// A middleware named by a route: its name, and its namespace (the route's when left out).
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MiddlewareRef<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default, deserialize_with = "opt_str")]
+    pub namespace: Option<Cow<'a, str>>,
+}
+
+impl Weight for Route<'_> {}
+impl Weight for MiddlewareRef<'_> {
+    fn weight(&self) -> usize {
+        self.name.len() + self.namespace.as_ref().map_or(0, |n| n.len())
+    }
+}
+
+/// What `ingress-body-size` reads of a Traefik `Middleware`: its buffering, if any.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct MiddlewareSpec {
+    #[serde(default)]
+    pub buffering: Option<Buffering>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Buffering {
+    /// The largest request body accepted, in bytes; 0 or unset: no limit.
+    #[serde(default)]
+    pub max_request_body_bytes: Option<i64>,
+}
+
 /// A `PolicyException`'s spec: which policies it lifts, on what, for whom, why and until when.
 /// Read as written; `exceptions::Exception::from_view` judges it.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -773,6 +846,9 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 ("spec", Shape::PolicyException) => {
                     object.spec = spec(&mut map, Spec::PolicyException)?
                 }
+                ("spec", Shape::Ingress) => object.spec = spec(&mut map, Spec::Ingress)?,
+                ("spec", Shape::IngressRoute) => object.spec = spec(&mut map, Spec::IngressRoute)?,
+                ("spec", Shape::Middleware) => object.spec = spec(&mut map, Spec::Middleware)?,
                 ("template", Shape::PodTemplate) => object.template = map.next_value()?,
                 ("ephemeralContainers", Shape::EphemeralContainers) => {
                     object.ephemeral_containers = map.next_value()?

@@ -151,6 +151,7 @@ pub async fn scan_into(
     for target in engine.audited_resources() {
         let mut listed = false;
         let mut last_error = None;
+        let mut served = false;
         for version in target.versions {
             let gvk = GroupVersionKind::gvk(target.group, version, target.kind());
             let resource = ApiResource::from_gvk_with_plural(&gvk, target.plural);
@@ -168,16 +169,19 @@ pub async fn scan_into(
                     break;
                 }
                 // The version is not served here (batch/v1 CronJob before 1.21): try the next.
-                Err(kube::Error::Api(status)) if status.is_not_found() => {
+                Err(kube::Error::Api(status)) if status.is_not_found() || status.code == 404 => {
                     last_error = Some(format!("{}/{version} is not served", target.plural));
                 }
                 Err(e) => {
+                    served = true;
                     last_error = Some(format!("listing {} failed: {e}", target.plural));
                     break;
                 }
             }
         }
-        if !listed {
+        // A custom resource whose CRD is not installed: none exist.
+        let not_installed = !served && crate::policies::resources::OPTIONAL.contains(target);
+        if !listed && !not_installed {
             stats.errors.push(
                 last_error.unwrap_or_else(|| format!("{} could not be listed", target.plural)),
             );

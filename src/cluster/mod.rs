@@ -154,7 +154,20 @@ pub trait ClusterLookup: Send + Sync {
     async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, LookupError>;
     /// The bindings that grant `role`.
     async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError>;
+    /// A Traefik `Middleware`'s JSON (`traefik.io/v1alpha1`), decoded where it is read.
+    async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError>;
 }
+
+/// Traefik's Middleware resource.
+pub fn middleware_resource() -> ApiResource {
+    ApiResource::from_gvk_with_plural(
+        &kube::core::GroupVersionKind::gvk(TRAEFIK_GROUP, "v1alpha1", "Middleware"),
+        "middlewares",
+    )
+}
+
+/// Traefik's API group.
+pub const TRAEFIK_GROUP: &str = "traefik.io";
 
 /// Reads through the kube client (RBAC: get pods and namespaces; get roles and clusterroles;
 /// list rolebindings and clusterrolebindings).
@@ -165,6 +178,29 @@ pub struct KubeLookup {
 impl KubeLookup {
     pub fn new(client: kube::Client) -> KubeLookup {
         KubeLookup { client }
+    }
+
+    /// An object's JSON as it comes, for the view: no generic tree in between. A missing
+    /// object (or a missing CRD) is `NotFound`.
+    async fn get_text(
+        &self,
+        resource: &ApiResource,
+        namespace: &str,
+        name: &str,
+        what: String,
+    ) -> Result<String, LookupError> {
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(self.client.clone(), namespace, resource);
+        let request = kube::core::Request::new(api.resource_url())
+            .get(name, &Default::default())
+            .map_err(|e| read_failed(what.clone())(kube::Error::BuildRequest(e)))?;
+        match self.client.request_text(request).await {
+            Ok(text) => Ok(text),
+            Err(kube::Error::Api(status)) if status.code == 404 => {
+                Err(LookupError::NotFound { what })
+            }
+            Err(e) => Err(read_failed(what)(e)),
+        }
     }
 }
 
@@ -183,10 +219,13 @@ where
     let mut params = ListParams::default().limit(500);
     let mut items = Vec::new();
     loop {
-        let page = api
-            .list(&params)
-            .await
-            .map_err(read_failed(what.to_owned()))?;
+        let page = api.list(&params).await.map_err(|e| match e {
+            // The resource is not served (a CRD not installed).
+            kube::Error::Api(status) if status.code == 404 => LookupError::NotFound {
+                what: what.to_owned(),
+            },
+            e => read_failed(what.to_owned())(e),
+        })?;
         items.extend(page.items);
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => params = params.continue_token(&token),
@@ -199,20 +238,19 @@ where
 impl ClusterLookup for KubeLookup {
     async fn get_pod(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
         let resource = ApiResource::erase::<Pod>(&());
-        let api: Api<DynamicObject> =
-            Api::namespaced_with(self.client.clone(), namespace, &resource);
-        let what = format!("pod {namespace}/{name}");
-        // The Pod's JSON as it comes, for the view: no generic tree in between.
-        let request = kube::core::Request::new(api.resource_url())
-            .get(name, &Default::default())
-            .map_err(|e| read_failed(what.clone())(kube::Error::BuildRequest(e)))?;
-        match self.client.request_text(request).await {
-            Ok(text) => Ok(text),
-            Err(kube::Error::Api(status)) if status.code == 404 => {
-                Err(LookupError::NotFound { what })
-            }
-            Err(e) => Err(read_failed(what)(e)),
-        }
+        self.get_text(
+            &resource,
+            namespace,
+            name,
+            format!("pod {namespace}/{name}"),
+        )
+        .await
+    }
+
+    async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+        let what = format!("Middleware {namespace}/{name}");
+        self.get_text(&middleware_resource(), namespace, name, what)
+            .await
     }
 
     async fn namespace_labels(
@@ -286,6 +324,9 @@ impl ClusterLookup for NoLookup {
     async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
+    async fn get_middleware(&self, _: &str, _: &str) -> Result<String, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
 }
 
 /// A fixed picture of a cluster: what the audit listed, what `check` was given, or what a
@@ -294,6 +335,8 @@ impl ClusterLookup for NoLookup {
 pub struct Snapshot {
     /// Pods, as JSON.
     pub pods: Vec<String>,
+    /// Traefik Middlewares, as JSON.
+    pub middlewares: Vec<String>,
     /// Namespace name -> labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Labels assumed for a namespace not in `namespaces`; `None`: such a namespace is not found.
@@ -337,6 +380,22 @@ impl Snapshot {
             None => Err(LookupError::NotGiven {
                 what: role.to_string(),
             }),
+        }
+    }
+
+    /// A Middleware's JSON: not found when the picture is complete (the audit listed them all),
+    /// else not given (`check`'s input must hold it).
+    pub fn middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+        let found = self.middlewares.iter().find(|text| {
+            Object::decode("", text).is_ok_and(|m| {
+                m.is_some_and(|m| m.namespace() == Some(namespace) && m.name() == Some(name))
+            })
+        });
+        let what = format!("Middleware {namespace}/{name}");
+        match found {
+            Some(text) => Ok(text.clone()),
+            None if self.complete => Err(LookupError::NotFound { what }),
+            None => Err(LookupError::NotGiven { what }),
         }
     }
 
@@ -390,6 +449,23 @@ impl Snapshot {
                 if let Some(b) = typed::<ClusterRoleBinding>(manifest, default_namespace, false) {
                     self.bindings.push(Binding::from_cluster_role_binding(&b));
                 }
+            }
+            Some("Middleware")
+                if manifest
+                    .get("apiVersion")
+                    .and_then(serde_json::Value::as_str)
+                    .is_some_and(|v| v.starts_with("traefik.io/")) =>
+            {
+                let mut middleware = manifest.clone();
+                if middleware.pointer("/metadata/namespace").is_none() {
+                    if let Some(meta) = middleware
+                        .get_mut("metadata")
+                        .and_then(serde_json::Value::as_object_mut)
+                    {
+                        meta.insert("namespace".into(), default_namespace.into());
+                    }
+                }
+                self.middlewares.push(middleware.to_string());
             }
             _ => {}
         }
@@ -503,6 +579,19 @@ impl Snapshot {
                 .into_iter()
                 .map(cluster_role_entry),
         );
+        // Traefik's Middlewares, which Ingresses and IngressRoutes name (none without the CRD).
+        let middlewares: Api<DynamicObject> = Api::all_with(client.clone(), &middleware_resource());
+        match list_all(&middlewares, "middlewares").await {
+            Ok(items) => {
+                for item in items {
+                    snapshot
+                        .middlewares
+                        .extend(serde_json::to_string(&item).ok());
+                }
+            }
+            Err(LookupError::NotFound { .. }) => {}
+            Err(e) => return Err(e),
+        }
         Ok(snapshot)
     }
 }
@@ -523,6 +612,9 @@ impl ClusterLookup for Snapshot {
     }
     async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError> {
         Ok(self.bindings_of(role))
+    }
+    async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+        self.middleware(namespace, name)
     }
 }
 

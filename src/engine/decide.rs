@@ -140,10 +140,18 @@ pub fn decide(outcomes: &[PolicyOutcome]) -> Decision {
     for outcome in outcomes {
         for finding in &outcome.findings {
             let (violation, message, patch) = match finding {
-                Finding::Violation { message } => (true, message, &[][..]),
+                Finding::Violation { message } | Finding::Advisory { message } => {
+                    (true, message, &[][..])
+                }
                 Finding::Mutation { message, patch } => (false, message, &patch[..]),
             };
-            let action = match (outcome.mode, violation) {
+            let mode = match finding {
+                Finding::Advisory { .. } if outcome.mode == PolicyMode::Enforce => {
+                    PolicyMode::Audit
+                }
+                _ => outcome.mode,
+            };
+            let action = match (mode, violation) {
                 (PolicyMode::Off, _) => continue,
                 _ if outcome.exception.is_some() => Action::Excepted,
                 (PolicyMode::Enforce, true) => {
@@ -313,6 +321,22 @@ mod tests {
                 assert_eq!(d.deny_message(), "[p] bad");
             }
         }
+    }
+
+    #[test]
+    fn an_advisory_warns_in_every_mode_but_off() {
+        let advisory = || Finding::Advisory {
+            message: "unknown".into(),
+        };
+        for mode in [PolicyMode::Enforce, PolicyMode::Audit] {
+            let d = decide(&[outcome(mode, advisory())]);
+            assert!(d.allowed, "{mode:?}");
+            assert_eq!(d.warnings, vec!["p: unknown".to_string()]);
+            assert_eq!(d.reports[0].action, Action::Audited);
+        }
+        assert!(decide(&[outcome(PolicyMode::Off, advisory())])
+            .reports
+            .is_empty());
     }
 
     #[test]

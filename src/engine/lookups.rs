@@ -68,6 +68,19 @@ impl<'s> Lookups<'s> {
         .await
     }
 
+    /// The Traefik Middleware `namespace/name`, as JSON; `None` when it does not exist.
+    pub async fn middleware(&self, namespace: &str, name: &str) -> Result<Option<String>, String> {
+        let read = async {
+            match self.source.get_middleware(namespace, name).await {
+                Ok(text) => Ok(Some(text)),
+                Err(LookupError::NotFound { .. }) => Ok(None),
+                Err(e) => Err(e),
+            }
+        };
+        self.memo(format!("middleware {namespace}/{name}"), read)
+            .await
+    }
+
     /// The labels of namespace `namespace`.
     pub async fn namespace_labels(
         &self,
@@ -164,6 +177,12 @@ mod tests {
         }
         async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
             Ok(Vec::new())
+        }
+        async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Err(LookupError::NotFound {
+                what: format!("Middleware {namespace}/{name}"),
+            })
         }
     }
 

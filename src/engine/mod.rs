@@ -46,6 +46,9 @@ impl Webhook {
 pub enum Finding {
     /// The request breaks the policy.
     Violation { message: String },
+    /// Something a policy cannot judge and will not let pass unseen: reported as audited
+    /// (a warning) whatever the policy's mode, never denied.
+    Advisory { message: String },
     /// The request should be patched.
     Mutation {
         message: String,
@@ -379,6 +382,9 @@ mod tests {
             std::future::pending().await
         }
         async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
+            std::future::pending().await
+        }
+        async fn get_middleware(&self, _: &str, _: &str) -> Result<String, LookupError> {
             std::future::pending().await
         }
     }

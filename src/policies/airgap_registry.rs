@@ -186,6 +186,7 @@ mod tests {
             .map(|f| match f {
                 Finding::Violation { message } => message,
                 Finding::Mutation { .. } => panic!("validating policy patched"),
+                Finding::Advisory { .. } => panic!("airgap-registry gave an advisory"),
             })
             .next()
     }

@@ -405,7 +405,9 @@ mod tests {
                 "Deployment",
                 "HorizontalPodAutoscaler",
                 "Ingress",
+                "IngressRoute",
                 "Job",
+                "Middleware",
                 "Pod",
                 "PodTemplate",
                 "ReplicaSet",
@@ -439,6 +441,8 @@ pub(crate) mod test_support {
         pub namespace_labels: Option<Result<BTreeMap<String, String>, String>>,
         pub role_rules: Option<Result<Option<Vec<PolicyRule>>, String>>,
         pub bindings: Option<Result<Vec<Binding>, String>>,
+        /// Traefik Middlewares, as JSON: the cluster holds these and no others.
+        pub middlewares: Vec<String>,
     }
 
     fn answer<T: Clone>(given: &Option<Result<T, String>>, what: &str) -> Result<T, LookupError> {
@@ -463,6 +467,14 @@ pub(crate) mod test_support {
         }
         async fn bindings_to(&self, _: &RoleKey) -> Result<Vec<Binding>, LookupError> {
             answer(&self.bindings, "bindings")
+        }
+        async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+            crate::cluster::Snapshot {
+                middlewares: self.middlewares.clone(),
+                complete: true,
+                ..Default::default()
+            }
+            .middleware(namespace, name)
         }
     }
 
@@ -506,6 +518,7 @@ pub(crate) mod test_support {
             .map(|f| match f {
                 Finding::Violation { message } => message,
                 Finding::Mutation { .. } => panic!("a validating policy patched"),
+                Finding::Advisory { message } => format!("advisory: {message}"),
             })
             .collect()
     }

@@ -125,6 +125,24 @@ pub const INGRESSES: Resource = Resource {
     kinds: &["Ingress"],
 };
 
+/// Traefik's routes and middlewares (`traefik.io/v1alpha1`, Traefik v3).
+pub const INGRESS_ROUTES: Resource = Resource {
+    group: "traefik.io",
+    versions: &["v1alpha1"],
+    plural: "ingressroutes",
+    kinds: &["IngressRoute"],
+};
+pub const MIDDLEWARES: Resource = Resource {
+    group: "traefik.io",
+    versions: &["v1alpha1"],
+    plural: "middlewares",
+    kinds: &["Middleware"],
+};
+
+/// Custom resources: a cluster without their CRDs has none of them (the audit lists them when
+/// they are served, and is not failed when they are not).
+pub const OPTIONAL: &[Resource] = &[INGRESS_ROUTES, MIDDLEWARES];
+
 const fn rbac(plural: &'static str, kinds: &'static [&'static str]) -> Resource {
     Resource {
         group: "rbac.authorization.k8s.io",
@@ -169,6 +187,8 @@ pub const ALL: &[Resource] = &[
     CRON_JOBS,
     HORIZONTAL_POD_AUTOSCALERS,
     INGRESSES,
+    INGRESS_ROUTES,
+    MIDDLEWARES,
     ROLES,
     CLUSTER_ROLES,
     ROLE_BINDINGS,

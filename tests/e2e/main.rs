@@ -79,6 +79,7 @@ fn main() -> ExitCode {
             no_lockout_while_prodguard_is_down,
         ),
         ("ingress_body_size", ingress_body_size),
+        ("ingress_body_size_on_traefik", ingress_body_size_on_traefik),
         ("node_spread", node_spread),
         (
             "production_namespaces_opensearch_and_databases",
@@ -1727,6 +1728,78 @@ fn ingress(name: &str, annotations: Value) -> Value {
             "path": "/", "pathType": "Prefix",
             "backend": {"service": {"name": name, "port": {"number": 80}}}}]}}]}
     })
+}
+
+/// The body limit where Traefik serves the route: its CRDs registered from a fixture (no
+/// Traefik runs), the Middlewares judged, and Ingresses of a Traefik class and IngressRoutes
+/// made to name one within the maximum.
+fn ingress_body_size_on_traefik(env: &mut Env) {
+    env.ok(&["apply", "-f", "tests/fixtures/traefik/crds.yaml"]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/ingressroutes.traefik.io",
+        "crd/middlewares.traefik.io",
+    ]);
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-traefik";
+    env.namespace(ns);
+    let middleware = |name: &str, bytes: i64| {
+        json!({"apiVersion": "traefik.io/v1alpha1", "kind": "Middleware", "metadata": {"name": name},
+               "spec": {"buffering": {"maxRequestBodyBytes": bytes}}})
+    };
+    let output = env.apply(ns, &middleware("no-limit", 0));
+    assert_denied(&err(&output), &format!("[ingress-body-size] Middleware {ns}/no-limit: buffering.maxRequestBodyBytes is 0, which means no limit"));
+    let output = env.apply(ns, &middleware("huge", 1 << 30));
+    assert_denied(
+        &err(&output),
+        "buffering.maxRequestBodyBytes is 1073741824, above the most allowed, 52428800 bytes (50m)",
+    );
+    let output = env.apply(ns, &middleware("body-limit", 50 << 20));
+    assert!(output.status.success(), "{}", err(&output));
+
+    let traefik = |name: &str, annotations: Value| {
+        let mut ingress = ingress(name, annotations);
+        ingress["spec"]["ingressClassName"] = json!("traefik");
+        ingress
+    };
+    let output = env.apply(ns, &traefik("portal", json!({BODY_SIZE: "10m"})));
+    assert_denied(&err(&output), &format!("[ingress-body-size] Ingress {ns}/portal (IngressClass \"traefik\") is served by Traefik, which reads no nginx annotation: it names none; name a Middleware whose buffering.maxRequestBodyBytes is above 0 and at most 52428800 (50m) in traefik.ingress.kubernetes.io/router.middlewares as <namespace>-<name>@kubernetescrd"));
+    let output = env.apply(ns, &traefik("portal", json!({"traefik.ingress.kubernetes.io/router.middlewares": format!("{ns}-gone@kubernetescrd")})));
+    assert_denied(
+        &err(&output),
+        &format!("Middleware {ns}/gone was not found"),
+    );
+    let output = env.apply(ns, &traefik("portal", json!({"traefik.ingress.kubernetes.io/router.middlewares": format!("{ns}-body-limit@kubernetescrd")})));
+    assert!(output.status.success(), "{}", err(&output));
+    let stored = env.get_json(&["ingress", "portal", "-n", ns]);
+    assert!(
+        stored["metadata"]["annotations"].get(BODY_SIZE).is_none(),
+        "no nginx annotation is added to a Traefik Ingress: {stored}"
+    );
+
+    let route = |name: &str, middlewares: Value| {
+        json!({"apiVersion": "traefik.io/v1alpha1", "kind": "IngressRoute", "metadata": {"name": name},
+               "spec": {"entryPoints": ["websecure"], "routes": [{"match": "Host(`registry.example.org`)",
+                        "kind": "Rule", "middlewares": middlewares,
+                        "services": [{"name": "registry", "port": 80}]}]}})
+    };
+    let output = env.apply(ns, &route("registry", json!([])));
+    assert_denied(&err(&output), &format!("IngressRoute {ns}/registry has routes without a request-body limit (Traefik's default is none): routes[0] (Host(`registry.example.org`)) names no middleware"));
+    let output = env.apply(ns, &route("registry", json!([{"name": "body-limit"}])));
+    assert!(output.status.success(), "{}", err(&output));
+
+    // A class prodguard does not know is let through with a warning, never silently.
+    let mut other = ingress("legacy", json!({}));
+    other["spec"]["ingressClassName"] = json!("haproxy");
+    let output = env.apply(ns, &other);
+    assert!(output.status.success(), "{}", err(&output));
+    assert!(
+        err(&output).contains(&format!("Warning: ingress-body-size: Ingress {ns}/legacy has IngressClass \"haproxy\", which prodguard does not know")),
+        "{}",
+        err(&output)
+    );
 }
 
 fn ingress_body_size(env: &mut Env) {
