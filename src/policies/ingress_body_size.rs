@@ -791,7 +791,7 @@ mod tests {
 
     fn traefik_cluster() -> Context {
         Context {
-            middlewares: vec![
+            middlewares: [
                 middleware_doc("openg2p", "body-limit", Some(10 << 20)),
                 middleware_doc("openg2p", "no-limit", Some(0)),
                 middleware_doc("openg2p", "huge", Some(1 << 30)),
