@@ -529,6 +529,59 @@ spec:
     }
 
     #[test]
+    fn traefik_routes_and_middlewares_in_the_input_are_judged_together() {
+        let text = r#"
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: body-limit, namespace: openg2p}
+spec: {buffering: {maxRequestBodyBytes: 52428800}}
+---
+apiVersion: traefik.io/v1alpha1
+kind: Middleware
+metadata: {name: open, namespace: openg2p}
+spec: {buffering: {maxRequestBodyBytes: 0}}
+---
+apiVersion: networking.k8s.io/v1
+kind: Ingress
+metadata:
+  name: portal
+  namespace: openg2p
+  annotations: {traefik.ingress.kubernetes.io/router.middlewares: openg2p-body-limit@kubernetescrd}
+spec: {ingressClassName: traefik}
+---
+apiVersion: traefik.io/v1alpha1
+kind: IngressRoute
+metadata: {name: registry, namespace: openg2p}
+spec:
+  routes:
+    - {match: "Host(`a`)", middlewares: [{name: body-limit}]}
+    - {match: "Host(`b`)", middlewares: [{name: open}]}
+"#;
+        let output = run_text(text);
+        assert!(output.errors.is_empty(), "{:?}", output.errors);
+        let denied: Vec<(&str, &str)> = output
+            .results
+            .iter()
+            .filter(|r| r.finding.finding.action == Action::Denied)
+            .map(|r| (r.finding.kind.as_str(), r.finding.name.as_str()))
+            .collect();
+        assert_eq!(
+            denied,
+            [("Middleware", "open"), ("IngressRoute", "registry")]
+        );
+        // A Middleware the input does not hold is an input error, never a pass.
+        let output = run_text(
+            "apiVersion: networking.k8s.io/v1\nkind: Ingress\nmetadata:\n  name: p\n  namespace: openg2p\n  annotations: {traefik.ingress.kubernetes.io/router.middlewares: openg2p-elsewhere@kubernetescrd}\nspec: {ingressClassName: traefik}\n",
+        );
+        assert_eq!(output.errors.len(), 1, "{:?}", output.results);
+        assert!(
+            output.errors[0].message.contains("Middleware openg2p/elsewhere is not among the checked objects; add it to the input"),
+            "{}",
+            output.errors[0].message
+        );
+    }
+
+    #[test]
     fn multi_documents_lists_and_empty_documents() {
         let text = format!(
             "---\n# only a comment\n---\n{DEPLOYMENT}\n---\napiVersion: v1\nkind: List\nitems:\n  - apiVersion: v1\n    kind: ConfigMap\n    metadata: {{name: c}}\n  - apiVersion: v1\n    kind: Service\n    metadata: {{name: s}}\n"
