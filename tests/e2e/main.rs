@@ -1800,6 +1800,23 @@ fn ingress_body_size_on_traefik(env: &mut Env) {
         "{}",
         err(&output)
     );
+
+    // The background audit lists the Traefik kinds and reads the Middlewares: during a dry-run
+    // rollout a Middleware without a limit and a route naming it are let in, and reported.
+    serve_auditing(env, DEFAULT_POLICY, &["--mode", "audit"]);
+    let output = env.apply(ns, &middleware("no-limit", 0));
+    assert!(output.status.success(), "{}", err(&output));
+    let output = env.apply(ns, &route("open", json!([{"name": "no-limit"}])));
+    assert!(output.status.success(), "{}", err(&output));
+    let report = wait_report(env, ns, "the Traefik kinds judged", |r| {
+        let result = |name: &str| results_for(r, name).first().map(|x| x["result"].clone());
+        result("no-limit") == Some(json!("fail"))
+            && result("open") == Some(json!("fail"))
+            && result("legacy") == Some(json!("warn"))
+    });
+    for name in ["body-limit", "registry", "portal"] {
+        assert!(results_for(&report, name).is_empty(), "{name}: {report}");
+    }
 }
 
 fn ingress_body_size(env: &mut Env) {
