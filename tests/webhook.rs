@@ -724,3 +724,97 @@ async fn a_client_that_does_not_trust_the_ca_is_refused() {
         .await
         .is_err());
 }
+
+/// The body limit on Traefik, over TLS: the Middleware a route names is read from the cluster.
+#[tokio::test]
+async fn traefik_routes_must_name_a_body_limit_and_middlewares_must_hold_one() {
+    let middleware = |name: &str, bytes: i64| {
+        json!({"apiVersion": "traefik.io/v1alpha1", "kind": "Middleware",
+               "metadata": {"name": name, "namespace": "openg2p"},
+               "spec": {"buffering": {"maxRequestBodyBytes": bytes}}})
+    };
+    let cluster = prodguard::cluster::Snapshot {
+        middlewares: vec![middleware("body-limit", 10 << 20).to_string()],
+        complete: true,
+        ..Default::default()
+    };
+    let server = start_with(
+        prodguard::config::Config::embedded_default().unwrap(),
+        cluster,
+    )
+    .await;
+    let mut client = Client::connect(&server).await;
+    let review = |object: Value| {
+        let mut review = Review::create(object.clone());
+        let (group, version) = object["apiVersion"]
+            .as_str()
+            .unwrap()
+            .split_once('/')
+            .unwrap();
+        let kind = object["kind"].as_str().unwrap();
+        let plural = match kind {
+            "Ingress" => "ingresses",
+            "IngressRoute" => "ingressroutes",
+            _ => "middlewares",
+        };
+        for key in ["kind", "requestKind"] {
+            review.request[key] = json!({"group": group, "version": version, "kind": kind});
+        }
+        for key in ["resource", "requestResource"] {
+            review.request[key] = json!({"group": group, "version": version, "resource": plural});
+        }
+        review.json()
+    };
+    let ingress = |annotations: Value| {
+        json!({"apiVersion": "networking.k8s.io/v1", "kind": "Ingress",
+               "metadata": {"name": "portal", "namespace": "openg2p", "annotations": annotations},
+               "spec": {"ingressClassName": "traefik"}})
+    };
+    let named = json!({"traefik.ingress.kubernetes.io/router.middlewares": "openg2p-body-limit@kubernetescrd"});
+    let response = client.review("validate", &review(ingress(named))).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let response = client.review("mutate", &review(ingress(json!({})))).await;
+    assert_eq!(
+        response.get("patch"),
+        None,
+        "no nginx annotation on a Traefik Ingress: {response}"
+    );
+    let response = client.review("validate", &review(ingress(json!({})))).await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        message(&response).starts_with("[ingress-body-size] Ingress openg2p/portal (IngressClass \"traefik\") is served by Traefik, which reads no nginx annotation: it names none; name a Middleware"),
+        "{response}"
+    );
+
+    let route = |middlewares: Value| {
+        json!({"apiVersion": "traefik.io/v1alpha1", "kind": "IngressRoute",
+               "metadata": {"name": "registry", "namespace": "openg2p"},
+               "spec": {"routes": [{"match": "Host(`r`)", "middlewares": middlewares}]}})
+    };
+    let response = client
+        .review("validate", &review(route(json!([{"name": "body-limit"}]))))
+        .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let response = client
+        .review("validate", &review(route(json!([{"name": "missing"}]))))
+        .await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        message(&response)
+            .contains("routes[0] (Host(`r`)): Middleware openg2p/missing was not found"),
+        "{response}"
+    );
+
+    let response = client
+        .review("validate", &review(middleware("open", 0)))
+        .await;
+    assert_eq!(response["allowed"], false);
+    assert!(
+        message(&response).starts_with("[ingress-body-size] Middleware openg2p/open: buffering.maxRequestBodyBytes is 0, which means no limit"),
+        "{response}"
+    );
+    let response = client
+        .review("validate", &review(middleware("ok", 50 << 20)))
+        .await;
+    assert_eq!(response["allowed"], true, "{response}");
+}
