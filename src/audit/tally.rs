@@ -297,45 +297,37 @@ impl ScanSink for Tally {
             *by_policy
                 .entry((finding.policy, finding.action))
                 .or_default() += 1;
-            match finding.action {
-                Action::Denied => tally.fail += 1,
-                Action::Excepted => {
-                    // Reported as skipped, never as a new finding to publish.
-                    tally.skip += 1;
-                    let message = match &finding.exception {
-                        Some(by) => format!("excepted by {}: {}", by.describe(), finding.message),
-                        None => finding.message,
-                    };
-                    keep_result(
-                        tally,
-                        kept,
-                        limits,
-                        object,
-                        finding.policy,
-                        finding.action,
-                        message,
-                    );
-                    continue;
+            if finding.action == Action::Excepted {
+                // Reported as skipped, never as a new finding to publish.
+                tally.skip += 1;
+            } else {
+                if finding.action == Action::Denied {
+                    tally.fail += 1;
+                } else {
+                    tally.warn += 1;
                 }
-                _ => tally.warn += 1,
-            }
-            let key = finding_key(
-                finding.policy,
-                object.kind,
-                &object.namespace,
-                &object.name,
-                result,
-            );
-            if current.insert(key) && !known.contains(&key) {
-                *new_findings += 1;
-                *tally
-                    .new_by_policy
-                    .entry((finding.policy, finding.action))
-                    .or_default() += 1;
-                if candidates.len() < limits.events {
-                    candidates.push(candidate(key, object, &finding));
+                let key = finding_key(
+                    finding.policy,
+                    object.kind,
+                    &object.namespace,
+                    &object.name,
+                    result,
+                );
+                if current.insert(key) && !known.contains(&key) {
+                    *new_findings += 1;
+                    *tally
+                        .new_by_policy
+                        .entry((finding.policy, finding.action))
+                        .or_default() += 1;
+                    if candidates.len() < limits.events {
+                        candidates.push(candidate(key, object, &finding));
+                    }
                 }
             }
+            let message = match &finding.exception {
+                Some(by) => format!("excepted by {}: {}", by.describe(), finding.message),
+                None => finding.message,
+            };
             keep_result(
                 tally,
                 kept,
@@ -343,7 +335,7 @@ impl ScanSink for Tally {
                 object,
                 finding.policy,
                 finding.action,
-                finding.message,
+                message,
             );
         }
     }
