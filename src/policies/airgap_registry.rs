@@ -3,14 +3,14 @@
 //! unparsable reference is a violation. The message names every offending container and the
 //! registry its image resolved to.
 
-use crate::config::{Config, PolicyMode};
-use super::{container_matches, PolicyModule};
-use super::resources::Match;
-use serde::Deserialize;
 use super::image_ref::ImageRef;
+use super::resources::Match;
 use super::{checked_container_lists, image_unchanged, pod_spec};
+use super::{container_matches, PolicyModule};
 use crate::config::{parse_registry_pattern, RegistryPattern};
+use crate::config::{Config, PolicyMode};
 use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
+use serde::Deserialize;
 
 pub const ID: &str = "airgap-registry";
 
@@ -41,7 +41,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (i, entry) in settings.allowed_registries.iter().enumerate() {

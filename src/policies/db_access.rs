@@ -8,15 +8,15 @@
 //! (`containers`, not init or ephemeral ones, which are often database clients) runs a
 //! configured database image, or when it is annotated `prodguard.io/database: "true"`.
 
-use crate::config::{Config, Labels, PolicyMode};
-use super::PolicyModule;
-use super::resources::{self, Match};
-use serde::Deserialize;
 use super::image_ref::{validate_images, ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
+use super::resources::{self, Match};
+use super::PolicyModule;
 use crate::config::Admins;
+use crate::config::{Config, Labels, PolicyMode};
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
+use serde::Deserialize;
 
 pub const ID: &str = "db-access";
 
@@ -75,7 +75,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         validate_images(&settings.images, "`postgres` or `bitnami/postgresql`")?;
@@ -238,9 +237,9 @@ impl Policy for DbAccess {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::borrow::Cow;
     use crate::policies::test_support::{asked, object, request, Context, Eval};
     use serde_json::json;
+    use std::borrow::Cow;
 
     fn policy() -> DbAccess {
         DbAccess::new(&Settings::default(), &Admins::default())

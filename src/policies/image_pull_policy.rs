@@ -4,11 +4,11 @@
 //! images) before any webhook runs, so the patch replaces an existing value and adds a
 //! missing one. No patch when nothing changes.
 
-use crate::config::{Config, PolicyMode};
-use super::{container_matches, PolicyModule};
 use super::resources::Match;
-use serde::Deserialize;
+use super::{container_matches, PolicyModule};
+use crate::config::{Config, PolicyMode};
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
+use serde::Deserialize;
 use serde_json::Value;
 
 use super::mutate_containers;
@@ -25,7 +25,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { mode: PolicyMode::Enforce }
+        Settings {
+            mode: PolicyMode::Enforce,
+        }
     }
 }
 
@@ -35,7 +37,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn matches(_: &Settings) -> Vec<Match> {
         container_matches(Webhook::Mutate)

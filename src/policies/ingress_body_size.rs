@@ -23,12 +23,12 @@
 //! changed nginx value or Middleware limit; a Traefik route is judged on every write, since what
 //! it names may have changed.
 
-use crate::config::{Config, PolicyMode};
-use super::PolicyModule;
 use super::resources::{self, Match};
-use serde::Deserialize;
+use super::PolicyModule;
+use crate::config::{Config, PolicyMode};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::parse_nginx_size;
@@ -108,7 +108,10 @@ impl PolicyModule for Definition {
         for (key, list) in [
             ("nginxClasses", &settings.nginx_classes),
             ("traefikClasses", &settings.traefik_classes),
-            ("traefikLimitedEntryPoints", &settings.traefik_limited_entry_points),
+            (
+                "traefikLimitedEntryPoints",
+                &settings.traefik_limited_entry_points,
+            ),
         ] {
             if list.iter().any(|c| c.trim().is_empty()) {
                 return Err((key.to_owned(), "an entry is empty".into()));
@@ -129,7 +132,11 @@ impl PolicyModule for Definition {
 
     fn matches(_: &Settings) -> Vec<Match> {
         vec![
-            Match::new(Webhook::Mutate, &["CREATE", "UPDATE"], &[resources::INGRESSES]),
+            Match::new(
+                Webhook::Mutate,
+                &["CREATE", "UPDATE"],
+                &[resources::INGRESSES],
+            ),
             Match::new(
                 Webhook::Validate,
                 &["CREATE", "UPDATE"],
@@ -379,7 +386,10 @@ impl IngressBodySizeLimit {
     }
 
     /// Whether routes on these entry points (`None`: every entry point) are limited there.
-    fn entry_points_limited<'e>(&self, entry_points: Option<impl Iterator<Item = &'e str>>) -> bool {
+    fn entry_points_limited<'e>(
+        &self,
+        entry_points: Option<impl Iterator<Item = &'e str>>,
+    ) -> bool {
         if self.limited_entry_points.iter().any(|e| e == "*") {
             return true;
         }
@@ -595,7 +605,9 @@ impl IngressBodySizeLimit {
         let Some(bytes) = limit(object) else {
             return Vec::new();
         };
-        if request.operation == Operation::Update && request.old_object.map(limit) == Some(Some(bytes)) {
+        if request.operation == Operation::Update
+            && request.old_object.map(limit) == Some(Some(bytes))
+        {
             return Vec::new();
         }
         self.bytes_problem(bytes)
@@ -817,7 +829,9 @@ mod tests {
             Some("Middleware") => "Middleware",
             _ => "Ingress",
         };
-        IngressBodySizeLimit::new(settings).eval(&req, context).unwrap()
+        IngressBodySizeLimit::new(settings)
+            .eval(&req, context)
+            .unwrap()
     }
 
     fn message(findings: &[Finding]) -> String {
@@ -893,17 +907,21 @@ mod tests {
             ..Settings::default()
         };
         let doc = ingress_doc(Some(json!({ANNOTATION: "10m"})));
-        assert!(message(&validate(&traefik_default, doc.clone(), &cluster)).contains("served by Traefik"));
+        assert!(message(&validate(&traefik_default, doc.clone(), &cluster))
+            .contains("served by Traefik"));
         assert!(validate(&settings, doc, &cluster).is_empty());
         // Only nginx Ingresses are given the annotation.
         for class in ["traefik", "haproxy"] {
             let doc = traefik_ingress_doc(class, json!({}));
             let obj = object(doc);
             let req = ingress_request(Operation::Create, &obj);
-            assert!(IngressBodySizeDefault::new(&settings)
-                .eval(&req, &cluster)
-                .unwrap()
-                .is_empty(), "{class}");
+            assert!(
+                IngressBodySizeDefault::new(&settings)
+                    .eval(&req, &cluster)
+                    .unwrap()
+                    .is_empty(),
+                "{class}"
+            );
         }
         let doc = traefik_ingress_doc("nginx", json!({}));
         assert!(mutated(doc).is_some());
@@ -924,8 +942,20 @@ mod tests {
             traefik_ingress_doc("traefik", annotations)
         };
         assert!(validate(&limited(&["websecure"]), doc(Some("websecure")), &cluster).is_empty());
-        assert_eq!(validate(&limited(&["websecure"]), doc(Some("web,websecure")), &cluster).len(), 1);
-        assert_eq!(validate(&limited(&["websecure"]), doc(None), &cluster).len(), 1, "every entry point");
+        assert_eq!(
+            validate(
+                &limited(&["websecure"]),
+                doc(Some("web,websecure")),
+                &cluster
+            )
+            .len(),
+            1
+        );
+        assert_eq!(
+            validate(&limited(&["websecure"]), doc(None), &cluster).len(),
+            1,
+            "every entry point"
+        );
         assert!(validate(&limited(&["*"]), doc(None), &cluster).is_empty());
     }
 
@@ -943,7 +973,11 @@ mod tests {
         assert!(validate(&settings, route(json!([good, shared])), &cluster).is_empty());
         let bare = json!({"match": "Host(`c`)", "services": [{"name": "c", "port": 80}]});
         let open = json!({"match": "Host(`d`)", "middlewares": [{"name": "no-limit"}]});
-        let text = message(&validate(&settings, route(json!([good, bare, open])), &cluster));
+        let text = message(&validate(
+            &settings,
+            route(json!([good, bare, open])),
+            &cluster,
+        ));
         assert_eq!(
             text,
             "IngressRoute openg2p/portal has routes without a request-body limit (Traefik's default is none): \
@@ -966,9 +1000,18 @@ mod tests {
         for (bytes, expected) in [
             (Some(50 << 20), None),
             (Some(1), None),
-            (Some(0), Some("buffering.maxRequestBodyBytes is 0, which means no limit")),
-            (Some(-1), Some("buffering.maxRequestBodyBytes is -1, which means no limit")),
-            (Some((50 << 20) + 1), Some("above the most allowed, 52428800 bytes (50m)")),
+            (
+                Some(0),
+                Some("buffering.maxRequestBodyBytes is 0, which means no limit"),
+            ),
+            (
+                Some(-1),
+                Some("buffering.maxRequestBodyBytes is -1, which means no limit"),
+            ),
+            (
+                Some((50 << 20) + 1),
+                Some("above the most allowed, 52428800 bytes (50m)"),
+            ),
         ] {
             let findings = validate(&settings, middleware_doc("openg2p", "m", bytes), &cluster);
             match expected {
@@ -985,7 +1028,9 @@ mod tests {
         // Buffering without a limit.
         let unset = json!({"apiVersion": "traefik.io/v1alpha1", "kind": "Middleware",
             "metadata": {"name": "m", "namespace": "openg2p"}, "spec": {"buffering": {"retryExpression": "IsNetworkError()"}}});
-        assert!(message(&validate(&settings, unset, &cluster)).contains("is 0, which means no limit"));
+        assert!(
+            message(&validate(&settings, unset, &cluster)).contains("is 0, which means no limit")
+        );
     }
 
     #[test]
@@ -1016,7 +1061,10 @@ mod tests {
         };
         assert_eq!(
             Definition::validate(&both),
-            Err(("traefikClasses".into(), "\"nginx\" is in nginxClasses too; one controller serves a class".into()))
+            Err((
+                "traefikClasses".into(),
+                "\"nginx\" is in nginxClasses too; one controller serves a class".into()
+            ))
         );
         let empty = Settings {
             traefik_limited_entry_points: vec![" ".into()],

@@ -7,13 +7,12 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
+use super::resources::{self, Match};
+use super::PolicyModule;
 use crate::config::{Config, LabelSelector, Labels, PolicyMode};
 use crate::view::ObjectLabels;
-use super::PolicyModule;
-use super::resources::{self, Match};
 use serde::Deserialize;
 use wildmatch::WildMatch;
-
 
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Spec;
@@ -93,7 +92,6 @@ const KINDS: [&str; 4] = [
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         if settings.min_replicas < 1 {
@@ -187,11 +185,10 @@ impl MinReplicas {
                 sized.kind,
                 sized.name,
                 sized.labels.map(|l| l as &dyn Labels),
-            )
-                || sized
-                    .target
-                    .as_ref()
-                    .is_some_and(|(kind, name)| e.matches(namespace, kind, name, None))
+            ) || sized
+                .target
+                .as_ref()
+                .is_some_and(|(kind, name)| e.matches(namespace, kind, name, None))
         })
     }
 }
@@ -317,10 +314,10 @@ impl Policy for MinReplicas {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::collections::BTreeMap;
     use crate::config::PolicyMode;
     use crate::policies::test_support::{object, request, violations, Context};
     use serde_json::json;
+    use std::collections::BTreeMap;
 
     fn policy() -> MinReplicas {
         MinReplicas::new(&Settings {
@@ -370,7 +367,12 @@ mod tests {
         let labels: BTreeMap<String, String> =
             [("prodguard.io/singleton".to_string(), "true".to_string())].into();
         assert!(by_label.matches("a", "Deployment", "b", Some(&labels as &dyn Labels)));
-        assert!(!by_label.matches("a", "Deployment", "b", Some(&BTreeMap::new() as &dyn Labels)));
+        assert!(!by_label.matches(
+            "a",
+            "Deployment",
+            "b",
+            Some(&BTreeMap::new() as &dyn Labels)
+        ));
         assert!(!by_label.matches("a", "Deployment", "b", None));
     }
 

@@ -13,6 +13,20 @@ pub mod pod_spec;
 pub mod production;
 pub mod resources;
 
+// One module per policy, listed again in `registry!` below (which runs them in its order).
+// Declared here, not by the macro, so that rustfmt and other tools see the files.
+pub mod airgap_registry;
+pub mod db_access;
+pub mod external_databases;
+pub mod image_pull_policy;
+pub mod ingress_body_size;
+pub mod min_replicas;
+pub mod node_spread;
+pub mod opensearch_cluster;
+pub mod protect_delete;
+pub mod rbac_hygiene;
+pub mod registry_mirror;
+
 use std::fmt;
 
 use json_patch::PatchOperation;
@@ -51,8 +65,6 @@ pub trait PolicyModule {
 /// what they match.
 macro_rules! registry {
     ($($module:ident,)*) => {
-        $(pub mod $module;)*
-
         /// Every policy's settings (`policies:` in the configuration), one field per module.
         #[derive(Debug, Clone, PartialEq, Default)]
         pub struct Policies {

@@ -9,12 +9,12 @@
 //! alone; other constraints are kept and the new one is appended. The constraint selects the
 //! workload's pods with the workload's own selector.
 
-use crate::config::{Config, PolicyMode};
-use super::PolicyModule;
 use super::resources::{self, Match};
-use serde::Deserialize;
+use super::PolicyModule;
+use crate::config::{Config, PolicyMode};
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
+use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
@@ -31,7 +31,9 @@ pub struct Settings {
 
 impl Default for Settings {
     fn default() -> Self {
-        Settings { mode: PolicyMode::Enforce }
+        Settings {
+            mode: PolicyMode::Enforce,
+        }
     }
 }
 
@@ -41,7 +43,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn matches(_: &Settings) -> Vec<Match> {
         vec![Match::new(

@@ -9,17 +9,17 @@
 //! (0 replicas is a deliberate scale-down and is not reported). On UPDATE only a workload
 //! that did not already break the policy is reported: the background audit reports what runs.
 
-use crate::config::{Config, PolicyMode};
-use super::PolicyModule;
 use super::image_ref::validate_images;
-use super::production::workload_matches;
-use super::resources::Match;
-use serde::Deserialize;
-use crate::engine::Policy;
 use super::image_ref::ImagePattern;
+use super::production::workload_matches;
 use super::production::{running_container, InProduction, WorkloadCheck};
+use super::resources::Match;
+use super::PolicyModule;
 use crate::config::LabelSelector;
+use crate::config::{Config, PolicyMode};
+use crate::engine::Policy;
 use crate::view::Object;
+use serde::Deserialize;
 
 pub const ID: &str = "opensearch-cluster";
 
@@ -61,7 +61,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         validate_images(&settings.images, "`bitnami/postgresql`")?;

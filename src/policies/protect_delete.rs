@@ -2,9 +2,9 @@
 //! ConfigMaps and Secrets (the kinds are configurable). Kubernetes' own controllers
 //! (`system:serviceaccount:kube-system:*`) and configured service accounts are exempt.
 
-use crate::config::{Config, PolicyMode};
-use super::PolicyModule;
 use super::resources::{self, Match};
+use super::PolicyModule;
+use crate::config::{Config, PolicyMode};
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
@@ -49,7 +49,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (i, kind) in settings.kinds.iter().enumerate() {

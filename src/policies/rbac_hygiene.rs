@@ -16,11 +16,11 @@
 //! (fail closed). On UPDATE only what the request adds is judged: new subjects of a binding,
 //! new grants of a role.
 
-use crate::config::{Config, PolicyMode};
-use super::PolicyModule;
 use super::resources::{self, Match};
-use serde::Deserialize;
+use super::PolicyModule;
+use crate::config::{Config, PolicyMode};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
+use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::cluster::{role_key, RoleKey};
@@ -71,7 +71,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     /// The audit lists the bindings: what a stored role grants is reported at the bindings
     /// that grant it, once.
@@ -247,11 +246,7 @@ pub struct RbacHygiene {
 }
 
 impl RbacHygiene {
-    pub fn new(
-        config: &Settings,
-        admins: &Admins,
-        protected_kinds: &[String],
-    ) -> RbacHygiene {
+    pub fn new(config: &Settings, admins: &Admins, protected_kinds: &[String]) -> RbacHygiene {
         let mut guarded = vec![
             Guarded::new("", "secrets", READ),
             Guarded::new("", "pods/exec", CONNECT),

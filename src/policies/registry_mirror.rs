@@ -5,13 +5,13 @@
 //! Scope as `image-pull-policy`: Pods on CREATE and their ephemeral containers, workloads on
 //! CREATE and UPDATE. An image that does not parse is left alone (`airgap-registry` reports it).
 
-use crate::config::{parse_registry_pattern, Config, PolicyMode};
-use super::{container_matches, PolicyModule};
 use super::resources::Match;
-use std::collections::BTreeMap;
-use serde::Deserialize;
+use super::{container_matches, PolicyModule};
+use crate::config::{parse_registry_pattern, Config, PolicyMode};
 use json_patch::{PatchOperation, ReplaceOperation};
+use serde::Deserialize;
 use serde_json::Value;
+use std::collections::BTreeMap;
 
 use super::image_ref::{normalize_registry, ImageRef};
 use super::mutate_containers;
@@ -43,7 +43,6 @@ pub struct Definition;
 impl PolicyModule for Definition {
     const ID: &'static str = ID;
     type Settings = Settings;
-
 
     fn validate(settings: &Settings) -> Result<(), (String, String)> {
         for (from, to) in &settings.mirrors {
