@@ -733,11 +733,11 @@ async fn traefik_routes_must_name_a_body_limit_and_middlewares_must_hold_one() {
                "metadata": {"name": name, "namespace": "openg2p"},
                "spec": {"buffering": {"maxRequestBodyBytes": bytes}}})
     };
-    let cluster = prodguard::cluster::Snapshot {
-        middlewares: vec![middleware("body-limit", 10 << 20).to_string()],
+    let mut cluster = prodguard::cluster::Snapshot {
         complete: true,
         ..Default::default()
     };
+    cluster.add_middleware(middleware("body-limit", 10 << 20).to_string());
     let server = start_with(
         prodguard::config::Config::embedded_default().unwrap(),
         cluster,

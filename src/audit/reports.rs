@@ -82,11 +82,22 @@ impl ReportKinds {
 
     /// The resource of the report of `namespace` ("" for the cluster-scoped one).
     pub fn resource(&self, namespace: &str) -> ApiResource {
-        let (kind, plural) = if namespace.is_empty() {
-            self.cluster
+        if namespace.is_empty() {
+            self.cluster_resource()
         } else {
-            self.namespaced
-        };
+            self.namespaced_resource()
+        }
+    }
+
+    pub fn namespaced_resource(&self) -> ApiResource {
+        self.api_resource(self.namespaced)
+    }
+
+    pub fn cluster_resource(&self) -> ApiResource {
+        self.api_resource(self.cluster)
+    }
+
+    fn api_resource(&self, (kind, plural): (&str, &str)) -> ApiResource {
         ApiResource::from_gvk_with_plural(
             &GroupVersionKind::gvk(self.group, self.version, kind),
             plural,
@@ -212,7 +223,7 @@ async fn publish_in(
             })?;
     }
     // Only the names: the reports themselves can be large.
-    let namespaced = kinds.resource("namespaced");
+    let namespaced = kinds.namespaced_resource();
     let kind = kinds.namespaced.0;
     let all: Api<DynamicObject> = Api::all_with(client.clone(), &namespaced);
     let managed = ListParams::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
@@ -248,7 +259,7 @@ pub async fn previous_findings(client: &kube::Client, api: ReportApi) -> HashSet
         .labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"))
         .limit(PREVIOUS_PAGE);
     let kinds = api.kinds()[0];
-    for resource in [kinds.resource("namespaced"), kinds.resource("")] {
+    for resource in [kinds.namespaced_resource(), kinds.cluster_resource()] {
         let api: Api<DynamicObject> = Api::all_with(client.clone(), &resource);
         let mut params = managed.clone();
         loop {
@@ -410,8 +421,8 @@ mod tests {
         }
         assert_eq!(ReportApi::Both.kinds(), &[WGPOLICY, OPENREPORTS]);
         assert_eq!(ReportApi::default(), ReportApi::Wgpolicyk8s);
-        assert_eq!(OPENREPORTS.resource("").plural, "clusterreports");
-        assert_eq!(OPENREPORTS.resource("ns").plural, "reports");
+        assert_eq!(OPENREPORTS.cluster_resource().plural, "clusterreports");
+        assert_eq!(OPENREPORTS.namespaced_resource().plural, "reports");
     }
 
     #[test]

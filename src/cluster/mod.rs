@@ -335,8 +335,8 @@ impl ClusterLookup for NoLookup {
 pub struct Snapshot {
     /// Pods, as JSON.
     pub pods: Vec<String>,
-    /// Traefik Middlewares, as JSON.
-    pub middlewares: Vec<String>,
+    /// Traefik Middlewares, as JSON, by namespace and name (see [`Snapshot::add_middleware`]).
+    pub middlewares: BTreeMap<(String, String), String>,
     /// Namespace name -> labels.
     pub namespaces: BTreeMap<String, BTreeMap<String, String>>,
     /// Labels assumed for a namespace not in `namespaces`; `None`: such a namespace is not found.
@@ -386,16 +386,28 @@ impl Snapshot {
     /// A Middleware's JSON: not found when the picture is complete (the audit listed them all),
     /// else not given (`check`'s input must hold it).
     pub fn middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
-        let found = self.middlewares.iter().find(|text| {
-            Object::decode("", text).is_ok_and(|m| {
-                m.is_some_and(|m| m.namespace() == Some(namespace) && m.name() == Some(name))
-            })
-        });
+        let found = self
+            .middlewares
+            .get(&(namespace.to_owned(), name.to_owned()));
         let what = format!("Middleware {namespace}/{name}");
         match found {
             Some(text) => Ok(text.clone()),
             None if self.complete => Err(LookupError::NotFound { what }),
             None => Err(LookupError::NotGiven { what }),
+        }
+    }
+
+    /// Keeps a Middleware's JSON under its namespace and name (read once, here); one without
+    /// a name is not kept.
+    pub fn add_middleware(&mut self, text: String) {
+        let key = match Object::decode("", &text) {
+            Ok(Some(m)) => m
+                .name()
+                .map(|name| (m.namespace().unwrap_or("").to_owned(), name.to_owned())),
+            _ => None,
+        };
+        if let Some(key) = key {
+            self.middlewares.insert(key, text);
         }
     }
 
@@ -465,7 +477,7 @@ impl Snapshot {
                         meta.insert("namespace".into(), default_namespace.into());
                     }
                 }
-                self.middlewares.push(middleware.to_string());
+                self.add_middleware(middleware.to_string());
             }
             _ => {}
         }
@@ -584,9 +596,9 @@ impl Snapshot {
         match list_all(&middlewares, "middlewares").await {
             Ok(items) => {
                 for item in items {
-                    snapshot
-                        .middlewares
-                        .extend(serde_json::to_string(&item).ok());
+                    if let Ok(text) = serde_json::to_string(&item) {
+                        snapshot.add_middleware(text);
+                    }
                 }
             }
             Err(LookupError::NotFound { .. }) => {}

@@ -436,16 +436,15 @@ impl ExceptionSet {
     fn candidates<'s>(
         &'s self,
         namespace: &str,
-        policy: &str,
+        policy: &'s str,
         now: SystemTime,
         max: Duration,
     ) -> impl Iterator<Item = &'s Arc<Exception>> + 's {
-        let policy = policy.to_owned();
         self.by_namespace
             .get(namespace)
             .into_iter()
             .flatten()
-            .filter(move |e| e.in_force(now, max) && e.policies.iter().any(|p| *p == policy))
+            .filter(move |e| e.in_force(now, max) && e.policies.contains(&policy))
     }
 
     /// The first exception (by name) in force at `now` that lifts `policy` for `target`.

@@ -481,12 +481,14 @@ pub(crate) mod test_support {
             answer(&self.bindings, "bindings")
         }
         async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
-            crate::cluster::Snapshot {
-                middlewares: self.middlewares.clone(),
+            let mut cluster = crate::cluster::Snapshot {
                 complete: true,
                 ..Default::default()
+            };
+            for text in &self.middlewares {
+                cluster.add_middleware(text.clone());
             }
-            .middleware(namespace, name)
+            cluster.middleware(namespace, name)
         }
     }
 

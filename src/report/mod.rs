@@ -48,6 +48,9 @@ impl Report {
     /// (`PolicyViolation` or `PolicyMutation`), and one of what PolicyExceptions lifted
     /// (`PolicyException`); none when nothing is to be reported.
     pub fn all(request: &Request<'_>, items: &[Reported]) -> Vec<Report> {
+        if items.iter().all(|i| i.action != Action::Excepted) {
+            return Report::new(request, items).into_iter().collect();
+        }
         let (excepted, judged): (Vec<Reported>, Vec<Reported>) = items
             .iter()
             .cloned()
