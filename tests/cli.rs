@@ -1223,11 +1223,7 @@ async fn the_expiry_of_certificate_files_is_a_metric_and_a_warning() {
 
 #[test]
 fn check_applies_the_policy_exceptions_of_its_input() {
-    let now = std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    let in_an_hour = k8s_openapi::jiff::Timestamp::from_second(now + 3600).unwrap();
+    let in_an_hour = common::rfc3339_from_now(3600);
     let manifests = format!(
         r#"
 apiVersion: apps/v1
@@ -1268,7 +1264,7 @@ spec:
     assert_eq!(
         excepted["exception"],
         json!({"namespace": "openg2p", "name": "migration", "reason": "one-off data migration",
-               "expires": in_an_hour.to_string()})
+               "expires": in_an_hour})
     );
     // Without the exception the same Deployment is denied.
     let alone = manifests.split("---").next().unwrap();

@@ -5,7 +5,7 @@
 mod common;
 
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::rbac::v1::PolicyRule;
@@ -14,17 +14,6 @@ use prodguard::config::Config;
 use prodguard::engine::Action;
 use prodguard::exceptions::{Exception, ExceptionSet, Exceptions};
 use serde_json::{json, Value};
-
-/// An RFC 3339 time `offset` seconds from now (negative: past).
-fn from_now(offset: i64) -> String {
-    let now = SystemTime::now()
-        .duration_since(SystemTime::UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64;
-    k8s_openapi::jiff::Timestamp::from_second(now + offset)
-        .unwrap()
-        .to_string()
-}
 
 fn policy_exception(name: &str, spec: Value) -> Value {
     json!({"apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
@@ -120,7 +109,7 @@ fn cluster() -> Snapshot {
 }
 
 fn exceptions_in_force() -> Vec<Value> {
-    let until = from_now(3600);
+    let until = rfc3339_from_now(3600);
     vec![
         policy_exception(
             "migration",
@@ -272,7 +261,7 @@ fn reports_of(server: &TestServer, reason: &str) -> Vec<prodguard::report::Repor
 #[tokio::test]
 async fn an_exception_ends_the_second_it_expires_and_none_apply_before_the_store_is_synced() {
     let mut expiring = exceptions_in_force();
-    expiring[1]["spec"]["expires"] = json!(from_now(2));
+    expiring[1]["spec"]["expires"] = json!(rfc3339_from_now(2));
     let server = server_with(store(&expiring)).await;
     let mut client = Client::connect(&server).await;
     let review = connect("social-registry-postgresql-0", "dba1");
@@ -315,7 +304,7 @@ fn exception_write(operation: &str, user: &str, groups: &[&str], spec: Value) ->
 #[tokio::test]
 async fn only_admins_write_exceptions_and_only_bounded_ones() {
     let valid = json!({"policies": ["db-access"], "match": {"names": ["social-registry-postgresql-0"]},
-                       "subjects": {"users": ["dba1"]}, "reason": "incident 42", "expires": from_now(3600)});
+                       "subjects": {"users": ["dba1"]}, "reason": "incident 42", "expires": rfc3339_from_now(3600)});
     let admin = ("kubernetes-admin", &["system:masters"][..]);
     let cases = [
         (admin, valid.clone(), None),
@@ -326,7 +315,7 @@ async fn only_admins_write_exceptions_and_only_bounded_ones() {
         ),
         (
             admin,
-            json!({"policies": ["db-acess"], "match": {"names": ["x"]}, "reason": "r", "expires": from_now(60)}),
+            json!({"policies": ["db-acess"], "match": {"names": ["x"]}, "reason": "r", "expires": rfc3339_from_now(60)}),
             Some(
                 "spec.policies names \"db-acess\", which is no policy; did you mean \"db-access\"?",
             ),
@@ -338,12 +327,12 @@ async fn only_admins_write_exceptions_and_only_bounded_ones() {
         ),
         (
             admin,
-            json!({"policies": ["db-access"], "match": {"names": ["x"]}, "reason": "r", "expires": from_now(-1)}),
+            json!({"policies": ["db-access"], "match": {"names": ["x"]}, "reason": "r", "expires": rfc3339_from_now(-1)}),
             Some("is already past: the exception would be expired on arrival"),
         ),
         (
             admin,
-            json!({"policies": ["db-access"], "match": {"names": ["x"]}, "reason": "r", "expires": from_now(31 * 86400)}),
+            json!({"policies": ["db-access"], "match": {"names": ["x"]}, "reason": "r", "expires": rfc3339_from_now(31 * 86400)}),
             Some("is more than 30days ahead (maxExceptionDuration)"),
         ),
     ];

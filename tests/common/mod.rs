@@ -454,3 +454,14 @@ pub fn pod(namespace: &str, name: &str, labels: Value, image: &str) -> String {
     })
     .to_string()
 }
+
+/// An RFC 3339 time `seconds` from now (negative: past), as a PolicyException's `expires`.
+pub fn rfc3339_from_now(seconds: i64) -> String {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .expect("after 1970")
+        .as_secs() as i64;
+    k8s_openapi::jiff::Timestamp::from_second(now + seconds)
+        .expect("a representable time")
+        .to_string()
+}
