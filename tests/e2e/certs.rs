@@ -78,7 +78,7 @@ impl Env {
     }
 
     /// A fresh start: no Secret, no Lease, deploy/'s webhook configurations as shipped.
-    fn uninstalled(&mut self) {
+    pub(super) fn uninstalled(&mut self) {
         self.cluster.stop_prodguard();
         if !self
             .kubectl(&["get", "namespace", "prodguard"])

@@ -8,6 +8,7 @@
 //! `cargo test --test e2e -- NAME` runs the scenarios whose name contains NAME.
 
 mod certs;
+mod chart;
 mod cluster;
 mod workload;
 
@@ -95,6 +96,10 @@ fn main() -> ExitCode {
         (
             "audit_memory_flat_across_scans",
             audit_memory_flat_across_scans,
+        ),
+        (
+            "helm_chart_render_admitted_and_serves",
+            chart::helm_chart_render_admitted_and_serves,
         ),
         (
             "certificates_managed_install_and_restore",

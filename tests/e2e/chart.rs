@@ -1,0 +1,236 @@
+//! The Helm chart on the API server: one render (with Helm's own code, tests/deploy/chart.py)
+//! is applied whole and prodguard runs as its Deployment says, with its policy file, as its
+//! service account. What the test server (1.20) cannot hold is changed, and only that: the
+//! PodDisruptionBudget (`policy/v1` is 1.21's), the webhooks' `matchConditions` (1.27's) and
+//! their client config (a `url:` on 127.0.0.1, never the Service's ClusterIP). No kubelet runs,
+//! so the Deployment's own pods never start: prodguard is started here with the pod's arguments.
+
+use std::process::Command;
+use std::time::Duration;
+
+use serde_json::{json, Value};
+
+use super::{assert_denied, assert_rbac_denied, err, Env};
+
+/// The values of the render: the admins reach prodguard's policy file, the image its registry.
+fn values() -> Value {
+    json!({
+        "image": {"registry": "harbor.example.org/openg2p"},
+        "admins": {"users": [], "groups": ["system:masters", "e2e-chart-admins"]},
+    })
+}
+
+/// The chart rendered with `values`, as objects.
+fn render(values: &Value) -> Vec<Value> {
+    let root = env!("CARGO_MANIFEST_DIR");
+    let python = Command::new(format!("{root}/scripts/python-env.sh"))
+        .output()
+        .expect("run scripts/python-env.sh");
+    assert!(
+        python.status.success(),
+        "scripts/python-env.sh: {}",
+        err(&python)
+    );
+    let python = String::from_utf8_lossy(&python.stdout).trim().to_string();
+    let rendered = Command::new(&python)
+        .arg(format!("{root}/tests/deploy/chart.py"))
+        .arg("--values")
+        .arg(values.to_string())
+        .output()
+        .expect("run tests/deploy/chart.py");
+    assert!(
+        rendered.status.success(),
+        "rendering the chart: {}",
+        err(&rendered)
+    );
+    serde_saphyr::from_multiple::<Value>(&String::from_utf8_lossy(&rendered.stdout))
+        .expect("the render is YAML")
+        .into_iter()
+        .filter(|doc| !doc.is_null())
+        .collect()
+}
+
+/// The render as the test server can hold it (see the module's comment).
+fn for_the_test_server(docs: Vec<Value>, port: u16) -> Vec<Value> {
+    let mut kept = Vec::new();
+    for mut doc in docs {
+        let kind = doc["kind"].as_str().unwrap_or_default().to_string();
+        if kind == "PodDisruptionBudget" {
+            assert_eq!(doc["apiVersion"], "policy/v1");
+            continue;
+        }
+        if kind.ends_with("WebhookConfiguration") {
+            for webhook in doc["webhooks"].as_array_mut().into_iter().flatten() {
+                let path = webhook["clientConfig"]["service"]["path"]
+                    .as_str()
+                    .unwrap_or_default()
+                    .to_string();
+                webhook["clientConfig"] = json!({"url": format!("https://127.0.0.1:{port}{path}")});
+                if let Some(fields) = webhook.as_object_mut() {
+                    fields.remove("matchConditions");
+                }
+            }
+        }
+        kept.push(doc);
+    }
+    kept
+}
+
+pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
+    env.uninstalled();
+    let docs = render(&values());
+    let deployment = docs
+        .iter()
+        .find(|d| d["kind"] == "Deployment")
+        .expect("a Deployment")
+        .clone();
+    let container = &deployment["spec"]["template"]["spec"]["containers"][0];
+    assert_eq!(
+        container["image"], "harbor.example.org/openg2p/prodguard:0.1.0",
+        "the registry value names the image"
+    );
+    let config = docs
+        .iter()
+        .find(|d| d["kind"] == "ConfigMap")
+        .and_then(|d| d["data"]["policies.yaml"].as_str())
+        .expect("the policy file")
+        .to_string();
+
+    // Admitted: every object of the render is accepted by the API server.
+    let port = env.cluster.prodguard_port;
+    let list =
+        json!({"apiVersion": "v1", "kind": "List", "items": for_the_test_server(docs, port)});
+    let applied = env
+        .cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &list.to_string());
+    assert!(
+        applied.status.success(),
+        "applying the render: {}",
+        err(&applied)
+    );
+
+    // prodguard as the pod runs it: the container's arguments (the listeners and the policy
+    // file's path are this machine's), the namespace the pod would learn from its fieldRef, the
+    // certificate's address the webhooks call, and the render's service account.
+    let mut args: Vec<String> = container["args"]
+        .as_array()
+        .expect("args")
+        .iter()
+        .filter_map(Value::as_str)
+        .skip(1) // serve
+        .filter(|a| {
+            ![
+                "--addr=",
+                "--metrics-addr=",
+                "--config=",
+                "--shutdown-delay=",
+            ]
+            .iter()
+            .any(|p| a.starts_with(p))
+        })
+        .map(str::to_string)
+        .collect();
+    assert!(args.contains(&"--manage-certs".to_string()), "{args:?}");
+    args.push("--lease-namespace=prodguard".into());
+    args.push("--cert-ip-addresses=127.0.0.1".into());
+    let kubeconfig = std::fs::read_to_string(&env.cluster.kubeconfig).expect("kubeconfig");
+    let as_service_account = env.cluster.dir.path().join("kubeconfig-chart");
+    std::fs::write(
+        &as_service_account,
+        kubeconfig.replace(
+            "  user:\n",
+            "  user:\n    as: system:serviceaccount:prodguard:prodguard\n",
+        ),
+    )
+    .expect("write kubeconfig");
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let child = env
+        .cluster
+        .start_prodguard_as(
+            "prodguard-chart",
+            port,
+            env.cluster.metrics_port,
+            &config,
+            &args,
+            &as_service_account,
+        )
+        .expect("prodguard with the render's arguments");
+    let child = Stopped(Some(child));
+
+    // It issues its certificates with the render's RBAC, injects the bundle and arms the
+    // validating webhook.
+    let deadline = std::time::Instant::now() + Duration::from_secs(30);
+    while env.cluster.validating_failure_policies() != ["Fail", "Ignore"] {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "not armed within 30 s:\n{}",
+            env.cluster.log_of("prodguard-chart")
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+
+    // It serves: a one-replica Deployment is denied; the chart's admins are prodguard's.
+    let ns = "e2e-chart";
+    env.namespace(ns);
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        "single",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        ns,
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("[min-replicas] Deployment {ns}/single would run 1 replica"),
+    );
+    // (No controller-manager aggregates the built-in roles here: a Role of its own.)
+    env.ok(&[
+        "create",
+        "role",
+        "secret-reader",
+        "--verb=get,list",
+        "--resource=secrets",
+        "-n",
+        ns,
+    ]);
+    env.ok(&[
+        "create",
+        "rolebinding",
+        "chart-admins-secrets",
+        "--role=secret-reader",
+        "--group=e2e-chart-admins",
+        "-n",
+        ns,
+    ]);
+    let stderr = env.fails(&[
+        "create",
+        "rolebinding",
+        "developers-secrets",
+        "--role=secret-reader",
+        "--group=developers",
+        "-n",
+        ns,
+    ]);
+    assert_rbac_denied(&stderr, "[rbac-hygiene]");
+    assert!(
+        !env.cluster.log_of("prodguard-chart").contains("forbidden"),
+        "the render's RBAC lacks a permission:\n{}",
+        env.cluster.log_of("prodguard-chart")
+    );
+    drop(child);
+    // The suite's own setup again: deploy/base's webhooks, certificates from files.
+    env.cluster.register_webhooks().expect("webhooks");
+}
+
+/// Stops the chart's prodguard however the scenario ends.
+struct Stopped(Option<std::process::Child>);
+
+impl Drop for Stopped {
+    fn drop(&mut self) {
+        if let Some(child) = self.0.take() {
+            super::cluster::stop("prodguard (chart)", child);
+        }
+    }
+}
