@@ -335,3 +335,23 @@ def test_rancher_finds_the_app_and_its_questions():
     asked = {q["variable"] for q in questions}
     for needed in ("image.registry", "image.tag", "image.digest", "mode", "certificates.mode", "policySettings"):
         assert needed in asked or any(a.startswith(needed) for a in asked), needed
+
+
+@pytest.mark.parametrize("name", sorted(VALUE_SETS))
+def test_an_upgrade_keeps_the_certificates_and_the_exceptions(name):
+    """What an upgrade (or an uninstall) must not take: the Secret prodguard writes its
+    certificates into is in no render, so Helm never owns it; the PolicyException CRD, whose
+    deletion would delete every exception, is kept by Helm's resource policy; the report CRDs are
+    in crds/, which Helm never changes or deletes."""
+    docs = chart.render(VALUE_SETS[name])
+    assert not [d for d in docs if d["kind"] == "Secret"]
+    crds = {d["metadata"]["name"]: d for d in docs if d["kind"] == "CustomResourceDefinition"}
+    keep = crds["policyexceptions.prodguard.io"]["metadata"]["annotations"]["helm.sh/resource-policy"]
+    assert keep == "keep"
+    loaded = chart.load()
+    try:
+        in_crds_dir = sorted(c["name"] for c in loaded.crds)
+    finally:
+        loaded.close()
+    assert in_crds_dir == ["crds/openreports.yaml", "crds/wgpolicyk8s-reports.yaml"]
+    assert "policyexceptions" not in "".join(in_crds_dir)
