@@ -1271,3 +1271,105 @@ spec:
     let output = run_with_stdin(&["check", "-f", "-", "-o", "json"], alone.as_bytes());
     assert_eq!(output.status.code(), Some(1));
 }
+
+/// rbac-hygiene's escalation classes in `check` (the webhook's own path), each in a plain and a
+/// wildcard form: (class, rule, a part of its risk).
+#[test]
+fn check_refuses_every_escalation_class_plain_and_wildcard() {
+    let classes = [
+        (
+            "impersonate",
+            r#"{apiGroups: [""], resources: [users, groups, serviceaccounts], verbs: [impersonate]}"#,
+            r#"{apiGroups: ["*"], resources: [users], verbs: ["*"]}"#,
+            "act as any user",
+        ),
+        (
+            "escalate",
+            r#"{apiGroups: [rbac.authorization.k8s.io], resources: [roles], verbs: [escalate]}"#,
+            r#"{apiGroups: [rbac.authorization.k8s.io], resources: ["*"], verbs: ["*"]}"#,
+            "permissions they do not hold",
+        ),
+        (
+            "bind",
+            r#"{apiGroups: [rbac.authorization.k8s.io], resources: [clusterroles], verbs: [bind]}"#,
+            r#"{apiGroups: ["*"], resources: ["*"], verbs: [bind]}"#,
+            "cluster-admin included",
+        ),
+        (
+            "delete-namespaces",
+            r#"{apiGroups: [""], resources: [namespaces], verbs: [delete]}"#,
+            r#"{apiGroups: [""], resources: ["*"], verbs: [delete]}"#,
+            "protect-delete exempts",
+        ),
+        (
+            "webhooks",
+            r#"{apiGroups: [admissionregistration.k8s.io], resources: [mutatingwebhookconfigurations], verbs: [delete]}"#,
+            r#"{apiGroups: ["*"], resources: ["*"], verbs: [patch]}"#,
+            "switch off or replace prodguard's webhooks",
+        ),
+        (
+            "node-proxy",
+            r#"{apiGroups: [""], resources: [nodes/proxy], verbs: [create]}"#,
+            r#"{apiGroups: [""], resources: ["*/proxy"], verbs: [get]}"#,
+            "through the kubelet",
+        ),
+        (
+            "approve",
+            r#"{apiGroups: [certificates.k8s.io], resources: [signers], verbs: [approve]}"#,
+            r#"{apiGroups: [certificates.k8s.io], resources: ["*"], verbs: ["*"]}"#,
+            "mint a client certificate",
+        ),
+        (
+            "ephemeral",
+            r#"{apiGroups: [""], resources: [pods/ephemeralcontainers], verbs: [patch]}"#,
+            r#"{apiGroups: [""], resources: ["pods/*"], verbs: ["*"]}"#,
+            "inside any pod",
+        ),
+        (
+            "tokens",
+            r#"{apiGroups: [""], resources: [serviceaccounts/token], verbs: [create]}"#,
+            r#"{apiGroups: [""], resources: ["*/token"], verbs: [create]}"#,
+            "of the service accounts",
+        ),
+        (
+            "volumes",
+            r#"{apiGroups: [""], resources: [persistentvolumes], verbs: [create]}"#,
+            r#"{apiGroups: ["*"], resources: ["*"], verbs: [create]}"#,
+            "hostPath",
+        ),
+    ];
+    let dir = tempfile::tempdir().unwrap();
+    let mut input = String::new();
+    for (name, plain, wildcard, _) in &classes {
+        for (form, rule) in [("plain", plain), ("wildcard", wildcard)] {
+            input.push_str(&format!(
+                "---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRole\nmetadata: {{name: {name}-{form}}}\nrules: [{rule}]\n\
+                 ---\napiVersion: rbac.authorization.k8s.io/v1\nkind: ClusterRoleBinding\nmetadata: {{name: alice-{name}-{form}}}\n\
+                 roleRef: {{apiGroup: rbac.authorization.k8s.io, kind: ClusterRole, name: {name}-{form}}}\nsubjects: [{{kind: User, name: alice}}]\n"
+            ));
+        }
+    }
+    let path = dir.path().join("escalations.yaml");
+    std::fs::write(&path, &input).unwrap();
+    let output = run(&["check", "-f", path.to_str().unwrap()]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}{}", stderr(&output));
+    for (name, _, _, risk) in &classes {
+        for form in ["plain", "wildcard"] {
+            let line = text
+                .lines()
+                .find(|l| {
+                    l.contains(&format!(
+                        "DENY  [rbac-hygiene] ClusterRoleBinding alice-{name}-{form} grants"
+                    ))
+                })
+                .unwrap_or_else(|| panic!("{name} {form} not denied:\n{text}"));
+            assert!(
+                line.contains("lets User alice") && line.contains(risk),
+                "{name} {form}: {line}"
+            );
+        }
+    }
+    // Each binding, and each bound role it names (in the input, so judged as bound).
+    assert!(text.contains("40 resources: 40 denied"), "{text}");
+}

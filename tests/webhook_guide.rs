@@ -289,3 +289,155 @@ async fn grants_of_secrets_exec_and_deletion_are_for_admins() {
     let response = client.review("validate", &review.json()).await;
     assert_eq!(response["allowed"], true, "{response}");
 }
+
+/// Each escalation class of rbac-hygiene, in a plain and a wildcard form: (its key, the rule,
+/// a part of the risk the message names).
+const ESCALATIONS: &[(&str, &str, &str, &str, &str)] = &[
+    // key, group, resource, verb, risk
+    (
+        "impersonate",
+        "",
+        "users",
+        "impersonate",
+        "act as any user, group or service account, admins included",
+    ),
+    (
+        "escalate",
+        "rbac.authorization.k8s.io",
+        "clusterroles",
+        "escalate",
+        "permissions they do not hold",
+    ),
+    (
+        "bind",
+        "rbac.authorization.k8s.io",
+        "roles",
+        "bind",
+        "bind any role, cluster-admin included",
+    ),
+    (
+        "deleteNamespaces",
+        "",
+        "namespaces",
+        "delete",
+        "the namespace controller that protect-delete exempts",
+    ),
+    (
+        "webhookConfigurations",
+        "admissionregistration.k8s.io",
+        "validatingwebhookconfigurations",
+        "patch",
+        "switch off or replace prodguard's webhooks",
+    ),
+    (
+        "nodeProxy",
+        "",
+        "nodes/proxy",
+        "get",
+        "through the kubelet, which no admission webhook sees",
+    ),
+    (
+        "approveCertificates",
+        "certificates.k8s.io",
+        "signers",
+        "approve",
+        "mint a client certificate for any user or group",
+    ),
+    (
+        "ephemeralContainers",
+        "",
+        "pods/ephemeralcontainers",
+        "update",
+        "run code of their choosing inside any pod",
+    ),
+    (
+        "serviceAccountTokens",
+        "",
+        "serviceaccounts/token",
+        "create",
+        "every right, of the service accounts",
+    ),
+    (
+        "createPersistentVolumes",
+        "",
+        "persistentvolumes",
+        "create",
+        "hostPath",
+    ),
+];
+
+fn escalation_cluster(group: &str, resource: &str, verb: &str) -> Snapshot {
+    let key = |name: &str| RoleKey {
+        cluster: true,
+        namespace: String::new(),
+        name: name.into(),
+    };
+    let role = |groups: &str, resources: &str, verbs: &str| PolicyRule {
+        api_groups: Some(vec![groups.to_string()]),
+        resources: Some(vec![resources.to_string()]),
+        verbs: vec![verbs.to_string()],
+        ..PolicyRule::default()
+    };
+    Snapshot {
+        roles: vec![
+            (key("plain"), vec![role(group, resource, verb)]),
+            // The wildcard form: every verb of the group's resource (`nodes/*` for a subresource).
+            (
+                key("wildcard"),
+                vec![role(
+                    "*",
+                    &resource
+                        .split_once('/')
+                        .map_or(resource.to_string(), |(main, _)| format!("{main}/*")),
+                    "*",
+                )],
+            ),
+        ],
+        complete: true,
+        ..Snapshot::default()
+    }
+}
+
+fn escalation_binding(role: &str) -> Value {
+    json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+        "metadata": {"name": format!("alice-{role}")},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": role},
+        "subjects": [{"kind": "User", "name": "alice", "apiGroup": "rbac.authorization.k8s.io"}]})
+}
+
+#[tokio::test]
+async fn every_escalation_class_is_refused_at_the_binding_unless_turned_off() {
+    let default_set = include_str!("../policies/openg2p-production.yaml");
+    for (key, group, resource, verb, risk) in ESCALATIONS {
+        let cluster = escalation_cluster(group, resource, verb);
+        let server = start_with(Config::embedded_default().unwrap(), cluster.clone()).await;
+        let mut client = Client::connect(&server).await;
+        for role in ["plain", "wildcard"] {
+            let review = rbac_review("CREATE", escalation_binding(role));
+            let response = client.review("validate", &review.json()).await;
+            assert_eq!(response["allowed"], false, "{key} {role}: {response}");
+            let text = message(&response);
+            assert!(
+                text.starts_with(&format!("[rbac-hygiene] ClusterRoleBinding alice-{role} grants ClusterRole {role} to User alice, which allows ")),
+                "{key} {role}: {text}"
+            );
+            assert!(
+                text.contains("lets User alice ") && text.contains(risk),
+                "{key} {role}: {text}"
+            );
+        }
+        // Delegated on purpose: `escalations: {<key>: false}` in the policy file.
+        let needle = format!("      {key}: true\n");
+        assert!(
+            default_set.contains(&needle),
+            "{key} is not in the default set"
+        );
+        let off = default_set.replace(&needle, &format!("      {key}: false\n"));
+        let config = Config::from_yaml(&off, "off.yaml").unwrap();
+        let server = start_with(config, cluster).await;
+        let mut client = Client::connect(&server).await;
+        let review = rbac_review("CREATE", escalation_binding("plain"));
+        let response = client.review("validate", &review.json()).await;
+        assert_eq!(response["allowed"], true, "{key} off: {response}");
+    }
+}

@@ -7,6 +7,11 @@
 //! - `create` or `get` on `pods/exec`, `pods/attach` or `pods/portforward`;
 //! - `delete` or `deletecollection` on the kinds `protect-delete` protects;
 //! - `create`, `update` or `patch` on `policyexceptions.prodguard.io` (an exception lifts policies);
+//! - the escalation classes, each a setting (`escalations`, all on by default): grants that let
+//!   a subject become someone who holds the above, or walk around prodguard (impersonation,
+//!   `escalate` and `bind` on roles, deleting namespaces, writing webhook configurations,
+//!   `nodes/proxy`, approving certificate requests, ephemeral containers, service account tokens,
+//!   creating PersistentVolumes);
 //!
 //! directly or through `*` (verbs, resources, API groups, `pods/*`, `*/exec`), whatever
 //! `resourceNames` narrows it to. It checks CREATE and UPDATE of RoleBindings and
@@ -39,6 +44,8 @@ pub struct Settings {
     pub exempt_users: Vec<String>,
     /// Groups, with `*` wildcards, that may be granted them.
     pub exempt_groups: Vec<String>,
+    /// The escalation classes guarded besides Secrets, exec and deletion.
+    pub escalations: Escalations,
 }
 
 impl Default for Settings {
@@ -47,13 +54,151 @@ impl Default for Settings {
             mode: PolicyMode::Enforce,
             exempt_users: default_rbac_exempt_users(),
             exempt_groups: default_rbac_exempt_groups(),
+            escalations: Escalations::default(),
         }
     }
 }
 
+/// Grants that walk around every other guard, each guarded unless set to `false` (a cluster
+/// that delegates one on purpose says so in its policy file). Kubernetes' "Role Based Access
+/// Control Good Practices" lists them as privilege-escalation risks; the CIS Benchmark (5.1.8)
+/// asks to limit bind, impersonate and escalate.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+#[serde(default, deny_unknown_fields, rename_all = "camelCase")]
+pub struct Escalations {
+    /// `impersonate` on users, groups or service accounts.
+    pub impersonate: bool,
+    /// `escalate` on roles and cluster roles.
+    pub escalate: bool,
+    /// `bind` on roles and cluster roles.
+    pub bind: bool,
+    /// `delete`, `deletecollection` on namespaces.
+    pub delete_namespaces: bool,
+    /// Writing validating or mutating webhook configurations.
+    pub webhook_configurations: bool,
+    /// Any verb on `nodes/proxy` (the kubelet's API).
+    pub node_proxy: bool,
+    /// `approve` on `signers` (certificates.k8s.io).
+    pub approve_certificates: bool,
+    /// `update`, `patch` on `pods/ephemeralcontainers`.
+    pub ephemeral_containers: bool,
+    /// `create` on `serviceaccounts/token`.
+    pub service_account_tokens: bool,
+    /// `create` on `persistentvolumes`.
+    pub create_persistent_volumes: bool,
+}
+
+impl Default for Escalations {
+    fn default() -> Self {
+        Escalations {
+            impersonate: true,
+            escalate: true,
+            bind: true,
+            delete_namespaces: true,
+            webhook_configurations: true,
+            node_proxy: true,
+            approve_certificates: true,
+            ephemeral_containers: true,
+            service_account_tokens: true,
+            create_persistent_volumes: true,
+        }
+    }
+}
+
+/// An escalation class: its setting, the grants it guards and the risk a message names.
+struct Class {
+    enabled: fn(&Escalations) -> bool,
+    /// (API group, resource, verbs).
+    grants: &'static [(&'static str, &'static str, &'static [&'static str])],
+    /// What the grant lets its holder do: "{who} {risk}".
+    risk: &'static str,
+}
+
+const CLASSES: &[Class] = &[
+    Class {
+        enabled: |e| e.impersonate,
+        grants: &[
+            ("", "users", &["impersonate"]),
+            ("", "groups", &["impersonate"]),
+            ("", "serviceaccounts", &["impersonate"]),
+        ],
+        risk: "act as any user, group or service account, admins included",
+    },
+    Class {
+        enabled: |e| e.escalate,
+        grants: &[
+            (RBAC_GROUP, "roles", &["escalate"]),
+            (RBAC_GROUP, "clusterroles", &["escalate"]),
+        ],
+        risk: "write into a role permissions they do not hold, and so give themselves any",
+    },
+    Class {
+        enabled: |e| e.bind,
+        grants: &[
+            (RBAC_GROUP, "roles", &["bind"]),
+            (RBAC_GROUP, "clusterroles", &["bind"]),
+        ],
+        risk: "bind any role, cluster-admin included, to anyone, themselves included",
+    },
+    Class {
+        enabled: |e| e.delete_namespaces,
+        grants: &[("", "namespaces", DELETE)],
+        risk: "delete a namespace and with it every Deployment, ConfigMap and Secret in it, \
+               through the namespace controller that protect-delete exempts",
+    },
+    Class {
+        enabled: |e| e.webhook_configurations,
+        grants: &[
+            (
+                "admissionregistration.k8s.io",
+                "validatingwebhookconfigurations",
+                WEBHOOK_WRITE,
+            ),
+            (
+                "admissionregistration.k8s.io",
+                "mutatingwebhookconfigurations",
+                WEBHOOK_WRITE,
+            ),
+        ],
+        risk: "switch off or replace prodguard's webhooks, and every other admission webhook",
+    },
+    Class {
+        enabled: |e| e.node_proxy,
+        grants: &[(
+            "",
+            "nodes/proxy",
+            &["get", "create", "update", "patch", "delete"],
+        )],
+        risk:
+            "run commands in any pod of a node through the kubelet, which no admission webhook sees",
+    },
+    Class {
+        enabled: |e| e.approve_certificates,
+        grants: &[("certificates.k8s.io", "signers", &["approve"])],
+        risk: "approve a certificate request and so mint a client certificate for any user or \
+               group, system:masters included",
+    },
+    Class {
+        enabled: |e| e.ephemeral_containers,
+        grants: &[("", "pods/ephemeralcontainers", &["update", "patch"])],
+        risk: "run code of their choosing inside any pod, database pods included",
+    },
+    Class {
+        enabled: |e| e.service_account_tokens,
+        grants: &[("", "serviceaccounts/token", &["create"])],
+        risk: "take the identity, and every right, of the service accounts they can name",
+    },
+    Class {
+        enabled: |e| e.create_persistent_volumes,
+        grants: &[("", "persistentvolumes", &["create"])],
+        risk: "mount any path of a node (hostPath) into a pod",
+    },
+];
+
 fn default_rbac_exempt_users() -> Vec<String> {
     [
         "system:serviceaccount:kube-system:*",
+        "system:serviceaccount:prodguard:prodguard",
         "system:kube-controller-manager",
         "system:kube-scheduler",
     ]
@@ -108,6 +253,8 @@ struct Guarded {
     group: String,
     resource: String,
     verbs: &'static [&'static str],
+    /// For an escalation class: what the grant lets its holder do.
+    risk: Option<&'static str>,
 }
 
 impl Guarded {
@@ -116,6 +263,7 @@ impl Guarded {
             group: group.to_owned(),
             resource: resource.to_owned(),
             verbs,
+            risk: None,
         }
     }
 
@@ -134,6 +282,7 @@ const CONNECT: &[&str] = &["create", "get"];
 const DELETE: &[&str] = &["delete", "deletecollection"];
 /// Writing a PolicyException lifts policies: only admins may.
 const WRITE: &[&str] = &["create", "update", "patch"];
+const WEBHOOK_WRITE: &[&str] = &["create", "update", "patch", "delete", "deletecollection"];
 
 /// The API group and resource of a kind `protect-delete` names; an unknown kind is matched by
 /// its lower-case plural in any group.
@@ -174,8 +323,42 @@ fn covers_resource(entry: &str, resource: &str) -> bool {
     }
 }
 
-/// What `rules` grant of `guarded`, as `get, list, watch on secrets`.
-fn grants(rules: &[PolicyRule], guarded: &[Guarded]) -> Vec<String> {
+/// One guarded permission that rules grant: `get, list, watch on secrets`, and for an escalation
+/// class its risk.
+#[derive(Debug, Clone, PartialEq)]
+struct Grant {
+    text: String,
+    risk: Option<&'static str>,
+}
+
+/// The grants as one list (`get on secrets; create on pods/exec`).
+fn texts(grants: &[Grant]) -> String {
+    grants
+        .iter()
+        .map(|g| g.text.as_str())
+        .collect::<Vec<_>>()
+        .join("; ")
+}
+
+/// What the escalation grants let `who` do, one clause per class (`impersonate on users,
+/// impersonate on groups lets User alice act as ...; `), or nothing.
+fn risks(grants: &[Grant], who: &str) -> String {
+    let mut classes: Vec<(&str, Vec<&str>)> = Vec::new();
+    for grant in grants {
+        let Some(risk) = grant.risk else { continue };
+        match classes.iter_mut().find(|(r, _)| *r == risk) {
+            Some((_, texts)) => texts.push(&grant.text),
+            None => classes.push((risk, vec![&grant.text])),
+        }
+    }
+    classes
+        .iter()
+        .map(|(risk, texts)| format!("{} lets {who} {risk}; ", texts.join(", ")))
+        .collect()
+}
+
+/// What `rules` grant of `guarded`.
+fn grants(rules: &[PolicyRule], guarded: &[Guarded]) -> Vec<Grant> {
     let mut found = Vec::new();
     for g in guarded {
         let mut verbs: Vec<&str> = Vec::new();
@@ -218,11 +401,10 @@ fn grants(rules: &[PolicyRule], guarded: &[Guarded]) -> Vec<String> {
             names.dedup();
             format!(" (named {})", names.join(", "))
         };
-        found.push(format!(
-            "{} on {}{scope}",
-            verbs.join(", "),
-            g.describe_resource()
-        ));
+        found.push(Grant {
+            text: format!("{} on {}{scope}", verbs.join(", "), g.describe_resource()),
+            risk: g.risk,
+        });
     }
     found
 }
@@ -257,6 +439,14 @@ impl RbacHygiene {
         for kind in protected_kinds {
             let (group, resource) = resource_of(kind);
             guarded.push(Guarded::new(group, &resource, DELETE));
+        }
+        for class in CLASSES.iter().filter(|c| (c.enabled)(&config.escalations)) {
+            for (group, resource, verbs) in class.grants {
+                guarded.push(Guarded {
+                    risk: Some(class.risk),
+                    ..Guarded::new(group, resource, verbs)
+                });
+            }
         }
         RbacHygiene {
             admins: admins.clone(),
@@ -332,7 +522,7 @@ impl RbacHygiene {
     fn role_write(
         &self,
         request: &Request<'_>,
-    ) -> Result<Option<(RoleKey, Vec<String>)>, EvalError> {
+    ) -> Result<Option<(RoleKey, Vec<Grant>)>, EvalError> {
         let object = request.object.ok_or(EvalError::MissingObject)?;
         let rules = object.rules.as_deref().unwrap_or_default();
         let mut granted = grants(rules, &self.guarded);
@@ -413,11 +603,12 @@ impl Policy for RbacHygiene {
                 } else {
                     format!("in namespace {}", request.namespace)
                 };
+                let who = who.join(", ");
                 format!(
-                    "{} grants {role} to {}, which allows {} {scope}; {}",
+                    "{} grants {role} to {who}, which allows {} {scope}; {}{}",
                     request.describe(),
-                    who.join(", "),
-                    granted.join("; "),
+                    texts(&granted),
+                    risks(&granted, &who),
                     Self::FIX
                 )
             }
@@ -435,8 +626,10 @@ impl Policy for RbacHygiene {
                     Ok(bindings) => bindings,
                 };
                 let mut who = Vec::new();
+                let mut subjects = Vec::new();
                 for binding in &bindings {
                     for subject in self.untrusted(&binding.subjects, &binding.namespace) {
+                        subjects.push(describe_subject(subject, &binding.namespace));
                         who.push(format!(
                             "{} (through {})",
                             describe_subject(subject, &binding.namespace),
@@ -448,9 +641,10 @@ impl Policy for RbacHygiene {
                     return Ok(Vec::new());
                 }
                 format!(
-                    "{role} would allow {} to {}; {}",
-                    granted.join("; "),
+                    "{role} would allow {} to {}; {}{}",
+                    texts(&granted),
                     who.join(", "),
+                    risks(&granted, &subjects.join(", ")),
                     Self::FIX
                 )
             }
@@ -502,6 +696,21 @@ mod tests {
                     "delete, deletecollection on statefulsets.apps",
                     "delete, deletecollection on configmaps",
                     "delete, deletecollection on secrets",
+                    "impersonate on users",
+                    "impersonate on groups",
+                    "impersonate on serviceaccounts",
+                    "escalate on roles.rbac.authorization.k8s.io",
+                    "escalate on clusterroles.rbac.authorization.k8s.io",
+                    "bind on roles.rbac.authorization.k8s.io",
+                    "bind on clusterroles.rbac.authorization.k8s.io",
+                    "delete, deletecollection on namespaces",
+                    "create, update, patch, delete, deletecollection on validatingwebhookconfigurations.admissionregistration.k8s.io",
+                    "create, update, patch, delete, deletecollection on mutatingwebhookconfigurations.admissionregistration.k8s.io",
+                    "get, create, update, patch, delete on nodes/proxy",
+                    "approve on signers.certificates.k8s.io",
+                    "update, patch on pods/ephemeralcontainers",
+                    "create on serviceaccounts/token",
+                    "create on persistentvolumes",
                 ],
             ),
             (
@@ -552,7 +761,11 @@ mod tests {
             (json!([{"nonResourceURLs": ["*"], "verbs": ["*"]}]), vec![]),
         ];
         for (value, expected) in cases {
-            assert_eq!(grants(&rules(value.clone()), &g), expected, "{value}");
+            let found: Vec<String> = grants(&rules(value.clone()), &g)
+                .into_iter()
+                .map(|g| g.text)
+                .collect();
+            assert_eq!(found, expected, "{value}");
         }
     }
 
@@ -744,6 +957,162 @@ mod tests {
         update.old_object = Some(&role);
         assert!(asked(&policy(), &update).is_empty());
         assert!(messages(&update, &bound(vec![subject("User", "bob")])).is_empty());
+    }
+
+    /// Each escalation class, in a plain and a wildcard form: (setting, rule, a plain form's
+    /// grant, a wildcard form, the risk the message names).
+    fn escalation_table() -> Vec<(&'static str, Value, &'static str, Value, &'static str)> {
+        vec![
+            ("impersonate",
+             json!({"apiGroups": [""], "resources": ["users"], "verbs": ["impersonate"]}),
+             "impersonate on users",
+             json!({"apiGroups": ["*"], "resources": ["serviceaccounts"], "verbs": ["*"]}),
+             "act as any user, group or service account, admins included"),
+            ("escalate",
+             json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["clusterroles"], "verbs": ["escalate"]}),
+             "escalate on clusterroles.rbac.authorization.k8s.io",
+             json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["*"], "verbs": ["escalate"]}),
+             "write into a role permissions they do not hold"),
+            ("bind",
+             json!({"apiGroups": ["rbac.authorization.k8s.io"], "resources": ["roles"], "verbs": ["bind"]}),
+             "bind on roles.rbac.authorization.k8s.io",
+             json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["bind"]}),
+             "bind any role, cluster-admin included"),
+            ("deleteNamespaces",
+             json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["delete"]}),
+             "delete on namespaces",
+             json!({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["*"]}),
+             "through the namespace controller that protect-delete exempts"),
+            ("webhookConfigurations",
+             json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["validatingwebhookconfigurations"], "verbs": ["patch"]}),
+             "patch on validatingwebhookconfigurations.admissionregistration.k8s.io",
+             json!({"apiGroups": ["admissionregistration.k8s.io"], "resources": ["*"], "verbs": ["*"]}),
+             "switch off or replace prodguard's webhooks"),
+            ("nodeProxy",
+             json!({"apiGroups": [""], "resources": ["nodes/proxy"], "verbs": ["get"]}),
+             "get on nodes/proxy",
+             json!({"apiGroups": [""], "resources": ["nodes/*"], "verbs": ["*"]}),
+             "through the kubelet, which no admission webhook sees"),
+            ("approveCertificates",
+             json!({"apiGroups": ["certificates.k8s.io"], "resources": ["signers"], "verbs": ["approve"], "resourceNames": ["kubernetes.io/kube-apiserver-client"]}),
+             "approve on signers.certificates.k8s.io (named kubernetes.io/kube-apiserver-client)",
+             json!({"apiGroups": ["certificates.k8s.io"], "resources": ["*"], "verbs": ["*"]}),
+             "mint a client certificate for any user or group"),
+            ("ephemeralContainers",
+             json!({"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["patch"]}),
+             "patch on pods/ephemeralcontainers",
+             json!({"apiGroups": [""], "resources": ["pods/*"], "verbs": ["update"]}),
+             "run code of their choosing inside any pod"),
+            ("serviceAccountTokens",
+             json!({"apiGroups": [""], "resources": ["serviceaccounts/token"], "verbs": ["create"]}),
+             "create on serviceaccounts/token",
+             json!({"apiGroups": [""], "resources": ["*/token"], "verbs": ["*"]}),
+             "take the identity, and every right, of the service accounts"),
+            ("createPersistentVolumes",
+             json!({"apiGroups": [""], "resources": ["persistentvolumes"], "verbs": ["create"]}),
+             "create on persistentvolumes",
+             json!({"apiGroups": ["*"], "resources": ["*"], "verbs": ["create"]}),
+             "mount any path of a node (hostPath) into a pod"),
+        ]
+    }
+
+    fn policy_with(settings: Value) -> RbacHygiene {
+        let config = Config::default();
+        let settings: Settings = serde_json::from_value(settings).unwrap();
+        RbacHygiene::new(
+            &settings,
+            &config.admins,
+            &config.policies.protect_delete.kinds,
+        )
+    }
+
+    #[test]
+    fn every_escalation_class_is_refused_by_default_named_with_its_risk_and_can_be_turned_off() {
+        let obj = binding(
+            "ClusterRoleBinding",
+            "ClusterRole",
+            "delegated",
+            json!([{"kind": "User", "name": "alice"}]),
+        );
+        let req = rbac_request(Operation::Create, "ClusterRoleBinding", &obj);
+        for (key, plain, grant, wildcard, risk) in escalation_table() {
+            let msgs = messages(&req, &with_rules(json!([plain])));
+            assert_eq!(msgs.len(), 1, "{key}: {msgs:?}");
+            assert!(
+                msgs[0].starts_with(&format!(
+                    "ClusterRoleBinding b grants ClusterRole delegated to User alice, which allows {grant} cluster-wide; {grant} lets User alice "
+                )),
+                "{key}: {}",
+                msgs[0]
+            );
+            assert!(msgs[0].contains(risk), "{key}: {}", msgs[0]);
+            let wild = messages(&req, &with_rules(json!([wildcard.clone()])));
+            assert!(
+                wild.len() == 1 && wild[0].contains(risk),
+                "{key} in its wildcard form {wildcard}: {wild:?}"
+            );
+            // Turned off, this class alone no longer counts.
+            let off = policy_with(json!({"escalations": {key: false}}));
+            assert!(
+                violations(&off, &req, &with_rules(json!([plain]))).is_empty(),
+                "{key} off"
+            );
+            // Another class turned off leaves this one guarded.
+            let other = if key == "bind" { "escalate" } else { "bind" };
+            let still = policy_with(json!({"escalations": {other: false}}));
+            assert_eq!(
+                violations(&still, &req, &with_rules(json!([plain]))).len(),
+                1,
+                "{key} with {other} off"
+            );
+        }
+    }
+
+    #[test]
+    fn a_bound_role_gaining_an_escalation_names_its_subjects_and_risk() {
+        let role = object(
+            json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "ops"},
+            "rules": [{"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]}),
+        );
+        let req = rbac_request(Operation::Update, "ClusterRole", &role);
+        let key = RoleKey {
+            cluster: true,
+            namespace: String::new(),
+            name: "ops".into(),
+        };
+        let ctx = Context {
+            bindings: Some(Ok(vec![Binding {
+                kind: "ClusterRoleBinding",
+                namespace: String::new(),
+                name: "ops".into(),
+                role: key,
+                subjects: vec![Subject {
+                    kind: "User".into(),
+                    name: "alice".into(),
+                    ..Subject::default()
+                }],
+            }])),
+            ..Context::default()
+        };
+        let msgs = messages(&req, &ctx);
+        assert_eq!(msgs, vec![
+            "ClusterRole ops would allow impersonate on users; impersonate on groups to User alice (through \
+             ClusterRoleBinding ops); impersonate on users, impersonate on groups lets User alice act as any \
+             user, group or service account, admins included; the production guide reserves these for admins; \
+             a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
+             exemptGroups, which an admin does".to_owned()
+        ]);
+    }
+
+    #[test]
+    fn an_unknown_escalation_class_is_a_configuration_error() {
+        let err =
+            serde_json::from_value::<Settings>(json!({"escalations": {"impersonation": false}}))
+                .unwrap_err();
+        assert!(
+            err.to_string().contains("unknown field `impersonation`"),
+            "{err}"
+        );
     }
 
     #[test]

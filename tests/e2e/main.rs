@@ -2124,6 +2124,32 @@ fn rbac_hygiene(env: &mut Env) {
         "--group=ops",
     ]);
     assert_rbac_denied(&stderr, "[rbac-hygiene] ClusterRoleBinding e2e-ops-delete grants ClusterRole e2e-deleter to Group ops, which allows delete, deletecollection on deployments.apps; delete, deletecollection on statefulsets.apps cluster-wide");
+    // Impersonation walks around every guard: refused at the binding, and once refused, alice
+    // cannot act as an admin (kubectl --as through her own credentials is what she would do).
+    env.ok(&[
+        "create",
+        "clusterrole",
+        "e2e-impersonator",
+        "--verb=impersonate",
+        "--resource=users,groups",
+    ]);
+    let stderr = env.fails(&[
+        "create",
+        "clusterrolebinding",
+        "e2e-alice-impersonates",
+        "--clusterrole=e2e-impersonator",
+        "--user=alice",
+    ]);
+    assert_rbac_denied(&stderr, "[rbac-hygiene] ClusterRoleBinding e2e-alice-impersonates grants ClusterRole e2e-impersonator to User alice, which allows impersonate on users; impersonate on groups cluster-wide; impersonate on users, impersonate on groups lets User alice act as any user, group or service account, admins included;");
+    let stored = env.kubectl(&["get", "clusterrolebinding", "e2e-alice-impersonates"]);
+    assert!(!stored.status.success(), "the binding was stored");
+    let denied = env.kubectl(&["auth", "can-i", "impersonate", "users", "--as=alice"]);
+    assert_eq!(
+        out(&denied).trim(),
+        "no",
+        "alice may impersonate: {}",
+        err(&denied)
+    );
 
     // With prodguard down the RBAC webhook fails open (a lockout guard); the background audit
     // then reports the grant.
@@ -2134,6 +2160,13 @@ fn rbac_hygiene(env: &mut Env) {
         "e2e-ops-delete",
         "--clusterrole=e2e-deleter",
         "--group=ops",
+    ]);
+    env.ok(&[
+        "create",
+        "clusterrolebinding",
+        "e2e-alice-impersonates",
+        "--clusterrole=e2e-impersonator",
+        "--user=alice",
     ]);
     env.ok(&[
         "create",
@@ -2164,9 +2197,17 @@ fn rbac_hygiene(env: &mut Env) {
         if !found.is_empty() {
             assert_eq!(found[0]["policy"], "rbac-hygiene", "{cluster_report}");
             assert_eq!(found[0]["resources"][0]["kind"], "ClusterRoleBinding");
+            let impersonation = results_for(&cluster_report, "e2e-alice-impersonates");
+            assert_eq!(impersonation[0]["result"], "fail", "{cluster_report}");
+            assert!(
+                impersonation[0]["message"]
+                    .as_str()
+                    .is_some_and(|m| m.contains("lets User alice act as any user")),
+                "{cluster_report}"
+            );
             // Kubernetes' own bootstrap bindings (system:masters, kube-system service accounts,
-            // control-plane users) pass.
-            assert_eq!(cluster_report["summary"]["fail"], 1, "{cluster_report}");
+            // control-plane users) pass, the escalation classes included.
+            assert_eq!(cluster_report["summary"]["fail"], 2, "{cluster_report}");
             break;
         }
         assert!(
@@ -2176,6 +2217,7 @@ fn rbac_hygiene(env: &mut Env) {
         std::thread::sleep(Duration::from_millis(250));
     }
     env.ok(&["delete", "clusterrolebinding", "e2e-ops-delete"]);
+    env.ok(&["delete", "clusterrolebinding", "e2e-alice-impersonates"]);
 }
 
 /// The background audit's Events in `namespace`.

@@ -39,6 +39,7 @@ helm.sh/chart: {{ printf "%s-%s" .Chart.Name .Chart.Version | replace "+" "_" | 
 {{- end -}}
 {{- .Values.policySettings -}}
 {{- else -}}
-{{- .Files.Get "files/policies.yaml" -}}
+{{- /* prodguard's own service account is exempt from rbac-hygiene: the one of this release. */ -}}
+{{- .Files.Get "files/policies.yaml" | replace "system:serviceaccount:prodguard:prodguard" (printf "system:serviceaccount:%s:prodguard" .Release.Namespace) -}}
 {{- end -}}
 {{- end -}}
