@@ -299,6 +299,27 @@ pub struct PodSpec<'a> {
     pub affinity: Option<Affinity<'a>>,
     #[serde(borrow, default, deserialize_with = "counted_list")]
     pub topology_spread_constraints: Option<Vec<Topology<'a>>>,
+    /// Only what a volume claims (db-access: a pod beside a database's storage).
+    #[serde(borrow, default, deserialize_with = "counted_list")]
+    pub volumes: Option<Vec<Volume<'a>>>,
+}
+
+/// A pod's volume: its name, and the PersistentVolumeClaim it mounts, if it does.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct Volume<'a> {
+    #[serde(borrow, default)]
+    pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub persistent_volume_claim: Option<ClaimSource<'a>>,
+}
+
+/// `persistentVolumeClaim` of a volume.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClaimSource<'a> {
+    #[serde(borrow, default)]
+    pub claim_name: Cow<'a, str>,
 }
 
 /// A list of containers, each counted against [`MAX_KEPT_BYTES`].
@@ -709,6 +730,7 @@ impl<'de, T: Deserialize<'de> + Weight> Deserialize<'de> for CountedList<T> {
 }
 
 impl Weight for OwnerRef<'_> {}
+impl Weight for Volume<'_> {}
 impl Weight for Topology<'_> {}
 impl Weight for WeightedTerm<'_> {}
 

@@ -394,3 +394,123 @@ async fn only_admins_write_exceptions_and_only_bounded_ones() {
         assert_eq!(client.review("validate", &delete).await["allowed"], true);
     }
 }
+
+/// `kubectl debug` into a pod: an UPDATE of `pods/ephemeralcontainers`, the object the Pod
+/// (Kubernetes 1.23 and later) with one ephemeral container more than before.
+fn debug(pod_name: &str, username: &str) -> Value {
+    let pod = |ephemeral: Value| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": pod_name, "namespace": "openg2p", "labels": {"app.kubernetes.io/name": "postgresql"}},
+            "spec": {"containers": [{"name": "postgresql", "image": "bitnami/postgresql:16"}],
+                     "ephemeralContainers": ephemeral}})
+    };
+    Review::new("UPDATE", "v1", "Pod", "pods")
+        .set("subResource", json!("ephemeralcontainers"))
+        .set("name", json!(pod_name))
+        .set("oldObject", pod(json!([])))
+        .set(
+            "object",
+            pod(json!([{"name": "debugger-x7", "image": "busybox", "command": ["sh"]}])),
+        )
+        .user(username, &["system:authenticated"])
+        .json()
+}
+
+#[tokio::test]
+async fn ephemeral_containers_and_the_proxy_into_a_database_pod_are_doors_break_glass_opens() {
+    let server = server_with(store(&exceptions_in_force())).await;
+    let mut client = Client::connect(&server).await;
+    // A non-admin: refused, the pod and the way in named.
+    let response = client
+        .review("validate", &debug("social-registry-postgresql-0", "dev"))
+        .await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).starts_with(
+        "[db-access] user \"dev\" may not add ephemeral containers to database pod openg2p/social-registry-postgresql-0 (ephemeral container \"debugger-x7\") (label app.kubernetes.io/name=postgresql)"
+    ), "{response}");
+    assert!(
+        message(&response).contains("PolicyException (break-glass)"),
+        "{response}"
+    );
+    // The break-glass user on that pod: let in, and the use reported (the Event).
+    let response = client
+        .review("validate", &debug("social-registry-postgresql-0", "dba1"))
+        .await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let reported = reports(&server);
+    let last = reported.last().expect("a report of the excepted request");
+    assert_eq!(last.action, Action::Excepted, "{last:?}");
+    // On another pod the exception does not reach.
+    let response = client
+        .review("validate", &debug("registry-postgresql-0", "dba1"))
+        .await;
+    assert_eq!(response["allowed"], false, "{response}");
+
+    // The API server's proxy to a database pod, read through the lookups as exec is.
+    let proxy = |username: &str| {
+        Review::new("CONNECT", "v1", "PodProxyOptions", "pods")
+            .set("subResource", json!("proxy"))
+            .set("name", json!("social-registry-postgresql-0"))
+            .set(
+                "object",
+                json!({"apiVersion": "v1", "kind": "PodProxyOptions", "path": "/"}),
+            )
+            .user(username, &["system:authenticated"])
+            .json()
+    };
+    let response = client.review("validate", &proxy("dev")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).starts_with(
+        "[db-access] user \"dev\" may not proxy through the API server to database pod openg2p/social-registry-postgresql-0 (label app.kubernetes.io/name=postgresql)"
+    ), "{response}");
+    let response = client.review("validate", &proxy("dba1")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+}
+
+#[tokio::test]
+async fn a_pod_mounting_a_database_s_claim_is_refused_and_break_glass_opens_it() {
+    let mut cluster = cluster();
+    let with_claim = |name: &str, labels: Value, image: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "namespace": "openg2p", "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": image}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-social-registry-postgresql-0"}}]}})
+    };
+    cluster.pods.push(
+        with_claim(
+            "social-registry-postgresql-0",
+            json!({"app.kubernetes.io/name": "postgresql"}),
+            "bitnami/postgresql:16",
+        )
+        .to_string(),
+    );
+    let until = rfc3339_from_now(3600);
+    let exception = policy_exception(
+        "restore-drill",
+        json!({"policies": ["db-access"], "match": {"kinds": ["Pod"], "names": ["restore"]},
+               "subjects": {"users": ["dba1"]}, "reason": "restore drill", "expires": until}),
+    );
+    let server = start_with_exceptions(
+        Config::embedded_default().unwrap(),
+        cluster,
+        store(&[exception]),
+    )
+    .await;
+    let mut client = Client::connect(&server).await;
+    let create = |name: &str, user: &str| {
+        Review::create(with_claim(name, json!({"run": name}), "busybox:1.36"))
+            .set("namespace", json!("openg2p"))
+            .set("name", json!(name))
+            .user(user, &["system:authenticated"])
+            .json()
+    };
+    let response = client.review("validate", &create("restore", "dev")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).starts_with(
+        "[db-access] user \"dev\" may not create pod openg2p/restore mounting PersistentVolumeClaim data-social-registry-postgresql-0 of database pod openg2p/social-registry-postgresql-0 (label app.kubernetes.io/name=postgresql)"
+    ), "{response}");
+    let response = client.review("validate", &create("restore", "dba1")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+    let response = client.review("validate", &create("other", "dba1")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+}

@@ -156,6 +156,8 @@ pub trait ClusterLookup: Send + Sync {
     async fn bindings_to(&self, role: &RoleKey) -> Result<Vec<Binding>, LookupError>;
     /// A Traefik `Middleware`'s JSON (`traefik.io/v1alpha1`), decoded where it is read.
     async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError>;
+    /// The JSON of every Pod of `namespace` (db-access: which pods mount a claim).
+    async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError>;
 }
 
 /// Traefik's Middleware resource.
@@ -253,6 +255,21 @@ impl ClusterLookup for KubeLookup {
             .await
     }
 
+    async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
+        let what = format!("the pods of namespace {namespace}");
+        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        list_all(&api, &what)
+            .await?
+            .iter()
+            .map(|pod| {
+                serde_json::to_string(pod).map_err(|e| LookupError::Failed {
+                    what: what.clone(),
+                    message: e.to_string(),
+                })
+            })
+            .collect()
+    }
+
     async fn namespace_labels(
         &self,
         namespace: &str,
@@ -304,6 +321,41 @@ impl ClusterLookup for KubeLookup {
     }
 }
 
+/// A pod that mounts a PersistentVolumeClaim, as JSON holding only its name, namespace,
+/// labels, annotations, containers' names and images, and its claim volumes; `None` for a pod
+/// that mounts no claim.
+fn claim_holder(pod: Pod) -> Option<String> {
+    let spec = pod.spec?;
+    let volumes: Vec<serde_json::Value> = spec
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .filter_map(|v| {
+            v.persistent_volume_claim.map(|c| {
+                serde_json::json!({"name": v.name, "persistentVolumeClaim": {"claimName": c.claim_name}})
+            })
+        })
+        .collect();
+    if volumes.is_empty() {
+        return None;
+    }
+    let containers: Vec<serde_json::Value> = spec
+        .containers
+        .into_iter()
+        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
+        .collect();
+    let meta = pod.metadata;
+    Some(
+        serde_json::json!({
+            "apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": meta.name, "namespace": meta.namespace,
+                         "labels": meta.labels, "annotations": meta.annotations},
+            "spec": {"containers": containers, "volumes": volumes},
+        })
+        .to_string(),
+    )
+}
+
 /// Used when no client could be built: every lookup fails, so the policies that need the
 /// cluster fail closed.
 pub struct NoLookup {
@@ -325,6 +377,9 @@ impl ClusterLookup for NoLookup {
         Err(LookupError::NoClient(self.reason.clone()))
     }
     async fn get_middleware(&self, _: &str, _: &str) -> Result<String, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
+    async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
 }
@@ -591,6 +646,25 @@ impl Snapshot {
                 .into_iter()
                 .map(cluster_role_entry),
         );
+        // The pods that mount a PersistentVolumeClaim, reduced to what db-access reads of them
+        // (which pod mounts which claim, and whether it is a database pod): a person's pod
+        // beside a database's storage is reported at its pod.
+        // Page by page, so that at most one page of whole pods is held.
+        let pods: Api<Pod> = Api::all(client.clone());
+        let mut params = ListParams::default().limit(500);
+        loop {
+            let page = pods
+                .list(&params)
+                .await
+                .map_err(read_failed("pods".to_owned()))?;
+            snapshot
+                .pods
+                .extend(page.items.into_iter().filter_map(claim_holder));
+            match page.metadata.continue_ {
+                Some(token) if !token.is_empty() => params = params.continue_token(&token),
+                _ => break,
+            }
+        }
         // Traefik's Middlewares, which Ingresses and IngressRoutes name (none without the CRD).
         let middlewares: Api<DynamicObject> = Api::all_with(client.clone(), &middleware_resource());
         match list_all(&middlewares, "middlewares").await {
@@ -627,6 +701,17 @@ impl ClusterLookup for Snapshot {
     }
     async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
         self.middleware(namespace, name)
+    }
+    async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
+        Ok(self
+            .pods
+            .iter()
+            .filter(|text| {
+                Object::decode("", text)
+                    .is_ok_and(|pod| pod.is_some_and(|p| p.namespace() == Some(namespace)))
+            })
+            .cloned()
+            .collect())
     }
 }
 
@@ -730,4 +815,37 @@ where
         .map_err(|e| failed(kind, name, e))?;
     patched.push(format!("{kind} {name} ({})", webhooks.join(", ")));
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_audit_keeps_of_a_pod_only_what_db_access_reads_and_only_when_it_mounts_a_claim() {
+        let pod: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "pg-0", "namespace": "openg2p", "labels": {"app": "postgresql"},
+                         "annotations": {"prodguard.io/database": "true"}, "uid": "u-1"},
+            "spec": {"containers": [{"name": "pg", "image": "postgres:16", "env": [{"name": "PASSWORD", "value": "x"}]}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-pg-0"}},
+                                 {"name": "tmp", "emptyDir": {}}]}
+        }))
+        .unwrap();
+        let kept: serde_json::Value =
+            serde_json::from_str(&claim_holder(pod).expect("a claim holder")).unwrap();
+        assert_eq!(
+            kept,
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "pg-0", "namespace": "openg2p", "labels": {"app": "postgresql"},
+                             "annotations": {"prodguard.io/database": "true"}},
+                "spec": {"containers": [{"name": "pg", "image": "postgres:16"}],
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-pg-0"}}]}})
+        );
+        let web: Pod = serde_json::from_value(json!({
+            "metadata": {"name": "web"},
+            "spec": {"containers": [{"name": "web", "image": "nginx"}], "volumes": [{"name": "tmp", "emptyDir": {}}]}
+        }))
+        .unwrap();
+        assert!(claim_holder(web).is_none());
+    }
 }

@@ -93,6 +93,15 @@ impl<'s> Lookups<'s> {
         .await
     }
 
+    /// The JSON of every Pod of `namespace`.
+    pub async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, String> {
+        self.memo(
+            format!("the pods of namespace {namespace}"),
+            self.source.pods_in(namespace),
+        )
+        .await
+    }
+
     /// The rules of `role`; `None` when it does not exist.
     pub async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, String> {
         self.memo(role.to_string(), self.source.role_rules(role))
@@ -183,6 +192,10 @@ mod tests {
             Err(LookupError::NotFound {
                 what: format!("Middleware {namespace}/{name}"),
             })
+        }
+        async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
         }
     }
 

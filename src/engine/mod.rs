@@ -387,6 +387,9 @@ mod tests {
         async fn get_middleware(&self, _: &str, _: &str) -> Result<String, LookupError> {
             std::future::pending().await
         }
+        async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            std::future::pending().await
+        }
     }
 
     #[tokio::test]

@@ -455,6 +455,8 @@ pub(crate) mod test_support {
         pub bindings: Option<Result<Vec<Binding>, String>>,
         /// Traefik Middlewares, as JSON: the cluster holds these and no others.
         pub middlewares: Vec<String>,
+        /// The pods of the request's namespace, as JSON.
+        pub pods: Option<Result<Vec<String>, String>>,
     }
 
     fn answer<T: Clone>(given: &Option<Result<T, String>>, what: &str) -> Result<T, LookupError> {
@@ -489,6 +491,9 @@ pub(crate) mod test_support {
                 cluster.add_middleware(text.clone());
             }
             cluster.middleware(namespace, name)
+        }
+        async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            answer(&self.pods, "the pods of a namespace")
         }
     }
 

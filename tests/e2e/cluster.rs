@@ -261,6 +261,9 @@ impl TestCluster {
                 ))
                 .arg("--service-cluster-ip-range=10.96.0.0/24")
                 .arg("--authorization-mode=RBAC")
+                // Ephemeral containers are alpha in 1.20 (db-access refuses them into database
+                // pods); on by default from 1.23.
+                .arg("--feature-gates=EphemeralContainers=true")
                 // No controller-manager runs to create service account tokens.
                 .arg("--disable-admission-plugins=ServiceAccount")
                 .arg("--endpoint-reconciler-type=none")

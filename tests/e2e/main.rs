@@ -695,8 +695,9 @@ fn db_access(env: &mut Env) {
     let rbac = json!({"apiVersion": "v1", "kind": "List", "items": [
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "Role", "metadata": {"name": "debugger"},
          "rules": [
-            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list"]},
-            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward"], "verbs": ["get", "create"]}]},
+            {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create"]},
+            {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward", "pods/proxy"], "verbs": ["get", "create"]},
+            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["update", "patch"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dev-debugger"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
@@ -772,6 +773,90 @@ fn db_access(env: &mut Env) {
         "--as=dev",
     ]);
     assert_denied(&stderr, &format!("cannot tell whether pod {ns}/ghost is a database pod because the pod lookup failed (pod {ns}/ghost was not found)"));
+
+    // The side doors. The API server's proxy to the pod:
+    let stderr = env.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/pods/postgres-0/proxy/"),
+        "--as=dev",
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("[db-access] user \"dev\" may not proxy through the API server to database pod {ns}/postgres-0"),
+    );
+    // An ephemeral container (kubectl debug): Kubernetes 1.20 takes an `EphemeralContainers`
+    // object (the suite's API server turns its alpha feature gate on); later versions a Pod.
+    let ephemeral = |name: &str| {
+        json!({"apiVersion": "v1", "kind": "EphemeralContainers",
+            "metadata": {"name": "postgres-0", "namespace": ns},
+            "ephemeralContainers": [{"name": name, "image": "busybox:1.36", "command": ["sh"],
+                "imagePullPolicy": "IfNotPresent", "terminationMessagePolicy": "File"}]})
+        .to_string()
+    };
+    let path = format!("/api/v1/namespaces/{ns}/pods/postgres-0/ephemeralcontainers");
+    let denied = env.cluster.kubectl_stdin(
+        &["replace", "--raw", &path, "-f", "-", "--as=dev"],
+        &ephemeral("debugger"),
+    );
+    assert!(!denied.status.success(), "dev added an ephemeral container");
+    assert_denied(
+        &err(&denied),
+        &format!("[db-access] user \"dev\" may not add ephemeral containers to database pod {ns}/postgres-0 (ephemeral container \"debugger\") (label app.kubernetes.io/name=postgresql)"),
+    );
+    let pod = env.get_json(&["pod", "postgres-0", "-n", ns]);
+    assert!(
+        pod["spec"]["ephemeralContainers"].is_null(),
+        "stored: {pod}"
+    );
+    // A pod of dev's beside the database's storage (what `kubectl debug --copy-to` makes, here
+    // with another image): refused; one mounting another claim, and the admin's, are not.
+    let with_claim = |name: &str, labels: Value, image: &str, claim: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name, "labels": labels},
+            "spec": {"containers": [{"name": "main", "image": image}],
+                     "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": claim}}]}})
+    };
+    let output = env.apply(
+        ns,
+        &with_claim(
+            "pg-0",
+            json!({"app": "postgresql"}),
+            "postgres:16",
+            "data-pg-0",
+        ),
+    );
+    assert!(output.status.success(), "{}", err(&output));
+    let copy = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "-f", "-", "--as=dev"],
+        &with_claim("pg-0-copy", json!({}), "busybox:1.36", "data-pg-0").to_string(),
+    );
+    assert!(!copy.status.success(), "dev's copy was created");
+    assert_denied(
+        &err(&copy),
+        &format!("[db-access] user \"dev\" may not create pod {ns}/pg-0-copy mounting PersistentVolumeClaim data-pg-0 of database pod {ns}/pg-0 (label app=postgresql)"),
+    );
+    let scratch = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "-f", "-", "--as=dev"],
+        &with_claim("scratch", json!({}), "busybox:1.36", "scratch").to_string(),
+    );
+    assert!(scratch.status.success(), "{}", err(&scratch));
+    let admin_copy = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "-f", "-"],
+        &with_claim("pg-0-restore", json!({}), "busybox:1.36", "data-pg-0").to_string(),
+    );
+    assert!(admin_copy.status.success(), "{}", err(&admin_copy));
+
+    // An admin may (and the container is stored).
+    let added = env.cluster.kubectl_stdin(
+        &["replace", "--raw", &path, "-f", "-"],
+        &ephemeral("admin-debugger"),
+    );
+    assert!(added.status.success(), "{}", err(&added));
+    let pod = env.get_json(&["pod", "postgres-0", "-n", ns]);
+    assert_eq!(
+        pod["spec"]["ephemeralContainers"][0]["name"], "admin-debugger",
+        "{pod}"
+    );
 }
 
 /// An RFC 3339 time `seconds` from now.
