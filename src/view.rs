@@ -95,6 +95,8 @@ pub enum Shape {
     IngressRoute,
     /// A Traefik `Middleware`'s `spec.buffering`.
     Middleware,
+    /// A Service's `spec.selector`.
+    Service,
     /// Metadata only.
     #[default]
     Other,
@@ -117,6 +119,7 @@ impl Shape {
             "Ingress" => Shape::Ingress,
             "IngressRoute" => Shape::IngressRoute,
             "Middleware" => Shape::Middleware,
+            "Service" => Shape::Service,
             _ => Shape::Other,
         }
     }
@@ -167,6 +170,7 @@ pub enum Spec<'a> {
     Ingress(IngressSpec<'a>),
     IngressRoute(IngressRouteSpec<'a>),
     Middleware(MiddlewareSpec),
+    Service(ServiceSpec<'a>),
 }
 
 /// The metadata policies read. `managedFields` is skipped unparsed.
@@ -486,6 +490,9 @@ pub struct Topology<'a> {
 /// A pod template: its pod spec.
 #[derive(Debug, Clone, Default, Deserialize)]
 pub struct Template<'a> {
+    /// The pods' labels and annotations (db-access: a StatefulSet of database pods).
+    #[serde(borrow, default)]
+    pub metadata: Option<Meta<'a>>,
     #[serde(borrow, default)]
     pub spec: Option<PodSpec<'a>>,
 }
@@ -500,6 +507,22 @@ pub struct WorkloadSpec<'a> {
     pub selector: Option<LabelSelector>,
     #[serde(borrow, default)]
     pub template: Option<Template<'a>>,
+    /// A StatefulSet's claim templates (db-access: the claims of its pods are
+    /// `<template>-<statefulset>-<ordinal>`).
+    #[serde(
+        borrow,
+        default,
+        rename = "volumeClaimTemplates",
+        deserialize_with = "counted_list"
+    )]
+    pub volume_claim_templates: Option<Vec<ClaimTemplate<'a>>>,
+}
+
+/// A StatefulSet's claim template: only its name.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ClaimTemplate<'a> {
+    #[serde(borrow, default)]
+    pub metadata: Meta<'a>,
 }
 
 /// A ReplicationController's spec: its selector is a plain label map.
@@ -596,6 +619,13 @@ impl Weight for MiddlewareRef<'_> {
     fn weight(&self) -> usize {
         self.name.len() + self.namespace.as_ref().map_or(0, |n| n.len())
     }
+}
+
+/// What `db-access` reads of a Service: the labels its selector picks pods by.
+#[derive(Debug, Clone, Default, Deserialize)]
+pub struct ServiceSpec<'a> {
+    #[serde(borrow, default)]
+    pub selector: Option<ObjectLabels<'a>>,
 }
 
 /// What `ingress-body-size` reads of a Traefik `Middleware`: its buffering, if any.
@@ -731,6 +761,7 @@ impl<'de, T: Deserialize<'de> + Weight> Deserialize<'de> for CountedList<T> {
 
 impl Weight for OwnerRef<'_> {}
 impl Weight for Volume<'_> {}
+impl Weight for ClaimTemplate<'_> {}
 impl Weight for Topology<'_> {}
 impl Weight for WeightedTerm<'_> {}
 
@@ -871,6 +902,7 @@ impl<'de> Visitor<'de> for ObjectVisitor<'_> {
                 ("spec", Shape::Ingress) => object.spec = spec(&mut map, Spec::Ingress)?,
                 ("spec", Shape::IngressRoute) => object.spec = spec(&mut map, Spec::IngressRoute)?,
                 ("spec", Shape::Middleware) => object.spec = spec(&mut map, Spec::Middleware)?,
+                ("spec", Shape::Service) => object.spec = spec(&mut map, Spec::Service)?,
                 ("template", Shape::PodTemplate) => object.template = map.next_value()?,
                 ("ephemeralContainers", Shape::EphemeralContainers) => {
                     object.ephemeral_containers = map.next_value()?

@@ -1373,3 +1373,17 @@ fn check_refuses_every_escalation_class_plain_and_wildcard() {
     // Each binding, and each bound role it names (in the input, so judged as bound).
     assert!(text.contains("40 resources: 40 denied"), "{text}");
 }
+
+/// db-access in `check`: the pods of its input that mount the claim of a database pod or
+/// StatefulSet of its input are denied (the differential test holds the webhook to the same).
+#[test]
+fn check_denies_pods_beside_a_database_s_storage() {
+    let file = "tests/fixtures/differential/prodguard/db-access-claims.yaml";
+    let output = run(&["check", "-f", file]);
+    let text = stdout(&output);
+    assert_eq!(output.status.code(), Some(1), "{text}{}", stderr(&output));
+    let denials: Vec<&str> = text.lines().filter(|l| l.contains("DENY")).collect();
+    assert_eq!(denials.len(), 2, "{text}");
+    assert!(denials[0].contains("may not create pod openg2p/ledger-copy mounting PersistentVolumeClaim data-ledger-postgresql-0 of database StatefulSet openg2p/ledger-postgresql (label app.kubernetes.io/name=postgresql)"), "{text}");
+    assert!(denials[1].contains("may not create pod openg2p/cache-copy mounting PersistentVolumeClaim cache-data of database pod openg2p/cache-redis (label app=redis)"), "{text}");
+}

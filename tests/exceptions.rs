@@ -514,3 +514,65 @@ async fn a_pod_mounting_a_database_s_claim_is_refused_and_break_glass_opens_it()
     let response = client.review("validate", &create("other", "dba1")).await;
     assert_eq!(response["allowed"], false, "{response}");
 }
+
+#[tokio::test]
+async fn a_database_service_s_proxy_and_a_stateful_set_s_claim_are_doors_too() {
+    let mut cluster = cluster();
+    cluster.services.push(
+        json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "registry-db", "namespace": "openg2p"},
+               "spec": {"selector": {"app.kubernetes.io/name": "postgresql"}}})
+        .to_string(),
+    );
+    cluster.statefulsets.push(
+        json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "archive-postgresql", "namespace": "openg2p"},
+               "spec": {"replicas": 0, "template": {"metadata": {"labels": {"app.kubernetes.io/name": "postgresql"}},
+                        "spec": {"containers": [{"name": "postgresql", "image": "bitnami/postgresql:16"}]}},
+                        "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+        .to_string(),
+    );
+    let until = rfc3339_from_now(3600);
+    let exception = policy_exception(
+        "proxy-drill",
+        json!({"policies": ["db-access"], "match": {"kinds": ["Service"], "names": ["registry-db"]},
+               "subjects": {"users": ["dba1"]}, "reason": "metrics drill", "expires": until}),
+    );
+    let server = start_with_exceptions(
+        Config::embedded_default().unwrap(),
+        cluster,
+        store(&[exception]),
+    )
+    .await;
+    let mut client = Client::connect(&server).await;
+    let proxy = |user: &str| {
+        Review::new("CONNECT", "v1", "ServiceProxyOptions", "services")
+            .set("subResource", json!("proxy"))
+            .set("name", json!("registry-db:5432"))
+            .set(
+                "object",
+                json!({"apiVersion": "v1", "kind": "ServiceProxyOptions", "path": "/"}),
+            )
+            .user(user, &["system:authenticated"])
+            .json()
+    };
+    let response = client.review("validate", &proxy("dev")).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).starts_with(
+        "[db-access] user \"dev\" may not proxy through the API server to Service openg2p/registry-db (its selector's label app.kubernetes.io/name=postgresql)"
+    ), "{response}");
+    let response = client.review("validate", &proxy("dba1")).await;
+    assert_eq!(response["allowed"], true, "{response}");
+
+    let peek = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "peek", "namespace": "openg2p"},
+        "spec": {"containers": [{"name": "main", "image": "busybox:1.36"}],
+                 "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": "data-archive-postgresql-0"}}]}});
+    let review = Review::create(peek)
+        .set("namespace", json!("openg2p"))
+        .set("name", json!("peek"))
+        .user("dev", &["system:authenticated"])
+        .json();
+    let response = client.review("validate", &review).await;
+    assert_eq!(response["allowed"], false, "{response}");
+    assert!(message(&response).starts_with(
+        "[db-access] user \"dev\" may not create pod openg2p/peek mounting PersistentVolumeClaim data-archive-postgresql-0 of database StatefulSet openg2p/archive-postgresql (label app.kubernetes.io/name=postgresql)"
+    ), "{response}");
+}

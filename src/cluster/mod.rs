@@ -6,7 +6,8 @@ use k8s_openapi::api::admissionregistration::v1::{
 };
 use std::collections::BTreeMap;
 
-use k8s_openapi::api::core::v1::{Namespace, Pod};
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{Namespace, Pod, Service};
 use k8s_openapi::api::rbac::v1::{
     ClusterRole, ClusterRoleBinding, PolicyRule, Role, RoleBinding, RoleRef, Subject,
 };
@@ -158,6 +159,10 @@ pub trait ClusterLookup: Send + Sync {
     async fn get_middleware(&self, namespace: &str, name: &str) -> Result<String, LookupError>;
     /// The JSON of every Pod of `namespace` (db-access: which pods mount a claim).
     async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError>;
+    /// The JSON of every StatefulSet of `namespace` (db-access: whose claims a claim is).
+    async fn statefulsets_in(&self, namespace: &str) -> Result<Vec<String>, LookupError>;
+    /// A Service's JSON (db-access: which pods its proxy reaches).
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<String, LookupError>;
 }
 
 /// Traefik's Middleware resource.
@@ -258,16 +263,19 @@ impl ClusterLookup for KubeLookup {
     async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
         let what = format!("the pods of namespace {namespace}");
         let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
-        list_all(&api, &what)
-            .await?
-            .iter()
-            .map(|pod| {
-                serde_json::to_string(pod).map_err(|e| LookupError::Failed {
-                    what: what.clone(),
-                    message: e.to_string(),
-                })
-            })
-            .collect()
+        as_json(list_all(&api, &what).await?, &what)
+    }
+
+    async fn statefulsets_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
+        let what = format!("the StatefulSets of namespace {namespace}");
+        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        as_json(list_all(&api, &what).await?, &what)
+    }
+
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+        let resource = ApiResource::erase::<Service>(&());
+        let what = format!("Service {namespace}/{name}");
+        self.get_text(&resource, namespace, name, what).await
     }
 
     async fn namespace_labels(
@@ -321,6 +329,19 @@ impl ClusterLookup for KubeLookup {
     }
 }
 
+/// Listed objects as JSON, for the view.
+fn as_json<K: serde::Serialize>(items: Vec<K>, what: &str) -> Result<Vec<String>, LookupError> {
+    items
+        .iter()
+        .map(|item| {
+            serde_json::to_string(item).map_err(|e| LookupError::Failed {
+                what: what.to_owned(),
+                message: e.to_string(),
+            })
+        })
+        .collect()
+}
+
 /// A pod that mounts a PersistentVolumeClaim, as JSON holding only its name, namespace,
 /// labels, annotations, containers' names and images, and its claim volumes; `None` for a pod
 /// that mounts no claim.
@@ -356,6 +377,43 @@ fn claim_holder(pod: Pod) -> Option<String> {
     )
 }
 
+/// A StatefulSet with claim templates, as JSON holding only its name, namespace, labels,
+/// annotations, its template's labels, annotations and containers, and its claim templates'
+/// names; `None` for one without claim templates.
+fn claim_templates_holder(set: StatefulSet) -> Option<String> {
+    let spec = set.spec;
+    let templates: Vec<serde_json::Value> = spec
+        .volume_claim_templates
+        .unwrap_or_default()
+        .into_iter()
+        .map(|t| serde_json::json!({"metadata": {"name": t.metadata.name}}))
+        .collect();
+    if templates.is_empty() {
+        return None;
+    }
+    let pod = spec.template;
+    let containers: Vec<serde_json::Value> = pod
+        .spec
+        .map(|s| s.containers)
+        .unwrap_or_default()
+        .into_iter()
+        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
+        .collect();
+    let pod_meta = pod.metadata.unwrap_or_default();
+    let meta = set.metadata;
+    Some(
+        serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "StatefulSet",
+            "metadata": {"name": meta.name, "namespace": meta.namespace,
+                         "labels": meta.labels, "annotations": meta.annotations},
+            "spec": {"template": {"metadata": {"labels": pod_meta.labels, "annotations": pod_meta.annotations},
+                                  "spec": {"containers": containers}},
+                     "volumeClaimTemplates": templates},
+        })
+        .to_string(),
+    )
+}
+
 /// Used when no client could be built: every lookup fails, so the policies that need the
 /// cluster fail closed.
 pub struct NoLookup {
@@ -382,6 +440,12 @@ impl ClusterLookup for NoLookup {
     async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
         Err(LookupError::NoClient(self.reason.clone()))
     }
+    async fn statefulsets_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
+    async fn get_service(&self, _: &str, _: &str) -> Result<String, LookupError> {
+        Err(LookupError::NoClient(self.reason.clone()))
+    }
 }
 
 /// A fixed picture of a cluster: what the audit listed, what `check` was given, or what a
@@ -390,6 +454,10 @@ impl ClusterLookup for NoLookup {
 pub struct Snapshot {
     /// Pods, as JSON.
     pub pods: Vec<String>,
+    /// StatefulSets, as JSON (the audit keeps those with claim templates, reduced).
+    pub statefulsets: Vec<String>,
+    /// Services, as JSON.
+    pub services: Vec<String>,
     /// Traefik Middlewares, as JSON, by namespace and name (see [`Snapshot::add_middleware`]).
     pub middlewares: BTreeMap<(String, String), String>,
     /// Namespace name -> labels.
@@ -515,6 +583,34 @@ impl Snapshot {
             Some("ClusterRoleBinding") => {
                 if let Some(b) = typed::<ClusterRoleBinding>(manifest, default_namespace, false) {
                     self.bindings.push(Binding::from_cluster_role_binding(&b));
+                }
+            }
+            // What db-access reads of the input: which pods and StatefulSets hold claims, and
+            // which pods Services select (a database outside the input is not seen).
+            Some(kind @ ("Pod" | "StatefulSet" | "Service"))
+                if manifest
+                    .get("apiVersion")
+                    .and_then(serde_json::Value::as_str)
+                    == Some(if kind == "StatefulSet" {
+                        "apps/v1"
+                    } else {
+                        "v1"
+                    }) =>
+            {
+                let mut object = manifest.clone();
+                if object.pointer("/metadata/namespace").is_none() {
+                    if let Some(meta) = object
+                        .get_mut("metadata")
+                        .and_then(serde_json::Value::as_object_mut)
+                    {
+                        meta.insert("namespace".into(), default_namespace.into());
+                    }
+                }
+                let text = object.to_string();
+                match kind {
+                    "Pod" => self.pods.push(text),
+                    "StatefulSet" => self.statefulsets.push(text),
+                    _ => self.services.push(text),
                 }
             }
             Some("Middleware")
@@ -665,6 +761,15 @@ impl Snapshot {
                 _ => break,
             }
         }
+        // The StatefulSets with claim templates, reduced likewise: a claim of a database's
+        // StatefulSet is its claim even while the StatefulSet runs no pod.
+        let statefulsets: Api<StatefulSet> = Api::all(client.clone());
+        snapshot.statefulsets.extend(
+            list_all(&statefulsets, "statefulsets")
+                .await?
+                .into_iter()
+                .filter_map(claim_templates_holder),
+        );
         // Traefik's Middlewares, which Ingresses and IngressRoutes name (none without the CRD).
         let middlewares: Api<DynamicObject> = Api::all_with(client.clone(), &middleware_resource());
         match list_all(&middlewares, "middlewares").await {
@@ -703,16 +808,41 @@ impl ClusterLookup for Snapshot {
         self.middleware(namespace, name)
     }
     async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
-        Ok(self
-            .pods
+        Ok(in_namespace(&self.pods, namespace))
+    }
+    async fn statefulsets_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
+        Ok(in_namespace(&self.statefulsets, namespace))
+    }
+    async fn get_service(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+        self.services
             .iter()
-            .filter(|text| {
-                Object::decode("", text)
-                    .is_ok_and(|pod| pod.is_some_and(|p| p.namespace() == Some(namespace)))
+            .find(|text| {
+                Object::decode("", text).is_ok_and(|s| {
+                    s.is_some_and(|s| s.namespace() == Some(namespace) && s.name() == Some(name))
+                })
             })
             .cloned()
-            .collect())
+            .ok_or_else(|| {
+                let what = format!("Service {namespace}/{name}");
+                if self.complete {
+                    LookupError::NotFound { what }
+                } else {
+                    LookupError::NotGiven { what }
+                }
+            })
     }
+}
+
+/// The objects of `texts` in `namespace`.
+fn in_namespace(texts: &[String], namespace: &str) -> Vec<String> {
+    texts
+        .iter()
+        .filter(|text| {
+            Object::decode("", text)
+                .is_ok_and(|o| o.is_some_and(|o| o.namespace() == Some(namespace)))
+        })
+        .cloned()
+        .collect()
 }
 
 #[derive(Debug, thiserror::Error)]

@@ -102,6 +102,24 @@ impl<'s> Lookups<'s> {
         .await
     }
 
+    /// The JSON of every StatefulSet of `namespace`.
+    pub async fn statefulsets_in(&self, namespace: &str) -> Result<Vec<String>, String> {
+        self.memo(
+            format!("the StatefulSets of namespace {namespace}"),
+            self.source.statefulsets_in(namespace),
+        )
+        .await
+    }
+
+    /// The Service `namespace/name`, as JSON.
+    pub async fn service(&self, namespace: &str, name: &str) -> Result<String, String> {
+        self.memo(
+            format!("Service {namespace}/{name}"),
+            self.source.get_service(namespace, name),
+        )
+        .await
+    }
+
     /// The rules of `role`; `None` when it does not exist.
     pub async fn role_rules(&self, role: &RoleKey) -> Result<Option<Vec<PolicyRule>>, String> {
         self.memo(role.to_string(), self.source.role_rules(role))
@@ -196,6 +214,16 @@ mod tests {
         async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
             self.reads.fetch_add(1, Ordering::SeqCst);
             Ok(Vec::new())
+        }
+        async fn statefulsets_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Ok(Vec::new())
+        }
+        async fn get_service(&self, namespace: &str, name: &str) -> Result<String, LookupError> {
+            self.reads.fetch_add(1, Ordering::SeqCst);
+            Err(LookupError::NotFound {
+                what: format!("Service {namespace}/{name}"),
+            })
         }
     }
 

@@ -390,6 +390,12 @@ mod tests {
         async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
             std::future::pending().await
         }
+        async fn statefulsets_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            std::future::pending().await
+        }
+        async fn get_service(&self, _: &str, _: &str) -> Result<String, LookupError> {
+            std::future::pending().await
+        }
     }
 
     #[tokio::test]

@@ -71,6 +71,9 @@ impl<'a> Request<'a> {
 
     /// The object's name: the request's, else the object's, else its generateName prefix.
     pub fn object_name(&self) -> &'a str {
+        if self.resource == "services" && self.sub_resource == Some("proxy") {
+            return proxied_service(self.name);
+        }
         if !self.name.is_empty() {
             return self.name;
         }
@@ -110,10 +113,20 @@ impl<'a> Request<'a> {
     }
 }
 
+/// The Service a `services/proxy` request names: its path says `[https:|http:]name[:port]`.
+pub fn proxied_service(name: &str) -> &str {
+    let name = name
+        .strip_prefix("https:")
+        .or_else(|| name.strip_prefix("http:"))
+        .unwrap_or(name);
+    name.split(':').next().unwrap_or(name)
+}
+
 /// The kind a subresource's parent resource holds (`deployments/scale` is about a Deployment).
 pub fn parent_kind(resource: &str) -> Option<&'static str> {
     Some(match resource {
         "pods" => "Pod",
+        "services" => "Service",
         "deployments" => "Deployment",
         "statefulsets" => "StatefulSet",
         "replicasets" => "ReplicaSet",
@@ -123,4 +136,17 @@ pub fn parent_kind(resource: &str) -> Option<&'static str> {
         "cronjobs" => "CronJob",
         _ => return None,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::proxied_service;
+
+    #[test]
+    fn a_proxied_service_is_named_without_scheme_or_port() {
+        assert_eq!(proxied_service("db"), "db");
+        assert_eq!(proxied_service("db:5432"), "db");
+        assert_eq!(proxied_service("https:db:metrics"), "db");
+        assert_eq!(proxied_service("http:db"), "db");
+    }
 }

@@ -114,6 +114,7 @@ impl PolicyModule for Definition {
                     resources::PODS_ATTACH,
                     resources::PODS_PORTFORWARD,
                     resources::PODS_PROXY,
+                    resources::SERVICES_PROXY,
                 ],
             ),
             Match::new(
@@ -166,7 +167,15 @@ impl DbAccess {
 
     /// What the request would do to the pod, as a message says it (`exec into`), or `None`.
     fn door(request: &Request<'_>) -> Option<&'static str> {
-        if request.resource != "pods" || !request.resource_group.is_empty() {
+        if !request.resource_group.is_empty() {
+            return None;
+        }
+        if request.resource == "services" {
+            return (request.operation == Operation::Connect
+                && request.sub_resource == Some("proxy"))
+            .then_some("proxy through the API server to");
+        }
+        if request.resource != "pods" {
             return None;
         }
         match (&request.operation, request.sub_resource) {
@@ -261,6 +270,57 @@ impl DbAccess {
                 ),
             }]);
         }
+        // A claim of a database StatefulSet's template, even while it runs no pod.
+        let sets = match lookups.statefulsets_in(request.namespace).await {
+            Ok(sets) => sets,
+            Err(e) => {
+                return Ok(vec![Finding::Violation {
+                    message: format!(
+                        "cannot tell whether pod {target} mounts a database's \
+                         PersistentVolumeClaim ({}) because reading the StatefulSets of \
+                         namespace {} failed ({e}); denied because db-access fails closed",
+                        claims.join(", "),
+                        request.namespace
+                    ),
+                }])
+            }
+        };
+        for text in &sets {
+            let Ok(Some(set)) = Object::decode("StatefulSet", text) else {
+                continue;
+            };
+            let set_name = set.name().unwrap_or_default();
+            let templates: Vec<&str> = match &set.spec {
+                crate::view::Spec::Workload(w) => w
+                    .volume_claim_templates
+                    .iter()
+                    .flatten()
+                    .filter_map(|t| t.metadata.name.as_deref())
+                    .collect(),
+                _ => Vec::new(),
+            };
+            let Some(claim) = claims.iter().find(|claim| {
+                templates
+                    .iter()
+                    .any(|t| claim_of_template(claim, t, set_name))
+            }) else {
+                continue;
+            };
+            let Some(reason) = self.statefulset_reason(&set) else {
+                continue;
+            };
+            return Ok(vec![Finding::Violation {
+                message: format!(
+                    "user {:?} may not create pod {target} mounting PersistentVolumeClaim {claim} \
+                     of database StatefulSet {}/{set_name} ({reason}): a pod beside a database's \
+                     storage reads and writes its data whatever the database allows; database \
+                     pods come from their controller, which policies.db-access.controllers lists; \
+                     ask a cluster admin, who can lift db-access for you and this pod for a \
+                     bounded time with a PolicyException (break-glass)",
+                    request.username, request.namespace
+                ),
+            }]);
+        }
         Ok(Vec::new())
     }
 
@@ -293,7 +353,23 @@ impl DbAccess {
 
     /// Why `pod` is a database pod, or `None`.
     pub fn database_reason(&self, pod: &Object<'_>) -> Option<String> {
-        let meta = &pod.metadata;
+        self.meta_reason(&pod.metadata)
+            .or_else(|| self.image_reason(pod))
+    }
+
+    /// Why a StatefulSet runs database pods (its own labels or its pods'), or `None`.
+    fn statefulset_reason(&self, set: &Object<'_>) -> Option<String> {
+        let template_meta = match &set.spec {
+            crate::view::Spec::Workload(w) => w.template.as_ref().and_then(|t| t.metadata.as_ref()),
+            _ => None,
+        };
+        self.meta_reason(&set.metadata)
+            .or_else(|| template_meta.and_then(|m| self.meta_reason(m)))
+            .or_else(|| self.image_reason(set))
+    }
+
+    /// The database annotation or a label naming a database.
+    fn meta_reason(&self, meta: &crate::view::Meta<'_>) -> Option<String> {
         if meta
             .annotations
             .as_ref()
@@ -302,29 +378,116 @@ impl DbAccess {
         {
             return Some(format!("annotation {DATABASE_ANNOTATION}=true"));
         }
-        if let Some(labels) = &meta.labels {
-            for key in LABELS {
-                if let Some(value) = labels.label(key) {
-                    if self.databases.contains(&value.to_ascii_lowercase()) {
-                        return Some(format!("label {key}={value}"));
-                    }
+        self.labels_reason(meta.labels.as_ref()?)
+    }
+
+    /// A label (of [`LABELS`]) that names a database.
+    fn labels_reason(&self, labels: &crate::view::ObjectLabels<'_>) -> Option<String> {
+        for key in LABELS {
+            if let Some(value) = labels.label(key) {
+                if self.databases.contains(&value.to_ascii_lowercase()) {
+                    return Some(format!("label {key}={value}"));
                 }
             }
         }
-        for container in pod_spec::containers(pod, &[ContainerList::Containers]) {
+        None
+    }
+
+    /// A container (of `containers`) running a database image.
+    fn image_reason(&self, object: &Object<'_>) -> Option<String> {
+        for container in pod_spec::containers(object, &[ContainerList::Containers]) {
             let Some(image) = container.image else {
                 continue;
             };
             let Ok(parsed) = ImageRef::parse(image) else {
                 continue;
             };
-            let is_db = self.images.iter().any(|db| db.matches(&parsed));
-            if is_db {
+            if self.images.iter().any(|db| db.matches(&parsed)) {
                 return Some(format!("{} runs image {image}", container.describe()));
             }
         }
         None
     }
+
+    /// CONNECT `services/proxy`: refused when the Service selects database pods (its selector
+    /// names a database, or a database pod of the namespace carries every label it selects).
+    async fn service_proxy(
+        &self,
+        request: &Request<'_>,
+        lookups: &Lookups<'_>,
+    ) -> Result<Vec<Finding>, EvalError> {
+        let name = request.object_name();
+        let target = format!("Service {}/{name}", request.namespace);
+        let fail = |e: String| {
+            Ok(vec![Finding::Violation {
+                message: format!(
+                    "cannot tell whether {target} leads to database pods because {e}; denied \
+                     because db-access fails closed"
+                ),
+            }])
+        };
+        let text = match lookups.service(request.namespace, name).await {
+            Ok(text) => text,
+            Err(e) => return fail(format!("the Service lookup failed ({e})")),
+        };
+        let service = match Object::decode("Service", &text) {
+            Ok(Some(service)) => service,
+            Ok(None) => return fail("the API server answered null".into()),
+            Err(e) => return fail(e.to_string()),
+        };
+        let Some(selector) = (match &service.spec {
+            crate::view::Spec::Service(spec) => spec.selector.as_ref(),
+            _ => None,
+        })
+        .filter(|s| !s.0.is_empty()) else {
+            // No selector: its endpoints are set by hand, and name no pod prodguard can judge.
+            return Ok(Vec::new());
+        };
+        let reason = match self.labels_reason(selector) {
+            Some(reason) => format!("its selector's {reason}"),
+            None => {
+                let texts = match lookups.pods_in(request.namespace).await {
+                    Ok(texts) => texts,
+                    Err(e) => return fail(format!("reading the namespace's pods failed ({e})")),
+                };
+                let found = texts.iter().find_map(|text| {
+                    let pod = Object::decode("Pod", text).ok()??;
+                    let labels = pod.metadata.labels.as_ref()?;
+                    let selected = selector.0.iter().all(|(k, v)| labels.label(k) == Some(v));
+                    let why = selected.then(|| self.database_reason(&pod)).flatten()?;
+                    Some(format!(
+                        "it selects database pod {}/{} ({why})",
+                        request.namespace,
+                        pod.name().unwrap_or_default()
+                    ))
+                });
+                match found {
+                    Some(reason) => reason,
+                    None => return Ok(Vec::new()),
+                }
+            }
+        };
+        Ok(vec![Finding::Violation {
+            message: format!(
+                "user {:?} may not proxy through the API server to {target} ({reason}): only \
+                 admins may log into, port-forward or proxy to database pods; ask a cluster \
+                 admin, who can lift db-access for you and this Service for a bounded time with a \
+                 PolicyException (break-glass)",
+                request.username
+            ),
+        }])
+    }
+}
+
+/// Whether `claim` is one of the claims StatefulSet `set`'s template `template` gives its pods:
+/// `<template>-<set>-<ordinal>`.
+fn claim_of_template(claim: &str, template: &str, set: &str) -> bool {
+    claim
+        .strip_prefix(template)
+        .and_then(|rest| rest.strip_prefix('-'))
+        .and_then(|rest| rest.strip_prefix(set))
+        .and_then(|rest| rest.strip_prefix('-'))
+        .is_some_and(|ordinal| !ordinal.is_empty() && ordinal.bytes().all(|b| b.is_ascii_digit()))
 }
 
 #[async_trait::async_trait]
@@ -350,6 +513,9 @@ impl Policy for DbAccess {
         }
         if request.operation == Operation::Create {
             return self.pod_beside_a_database(request, lookups).await;
+        }
+        if request.resource == "services" {
+            return self.service_proxy(request, lookups).await;
         }
         let target = format!("{}/{}", request.namespace, request.name);
         let mut what = String::new();
@@ -675,6 +841,14 @@ mod tests {
                 ),
                 with_claim("uploads", json!({"app": "web"}), "nginx", "uploads"),
             ])),
+            statefulsets: Some(Ok(vec![
+                json!({"apiVersion": "apps/v1", "kind": "StatefulSet",
+                "metadata": {"name": "cache", "namespace": "openg2p"},
+                "spec": {"replicas": 0, "template": {"metadata": {"labels": {"app": "redis"}},
+                         "spec": {"containers": [{"name": "redis", "image": "redis:7"}]}},
+                         "volumeClaimTemplates": [{"metadata": {"name": "data"}}]}})
+                .to_string(),
+            ])),
             ..Context::default()
         };
         // kubectl debug --copy-to, with its image replaced: no database image, the same claim.
@@ -689,6 +863,23 @@ mod tests {
         );
         let req = request(Operation::Create, "Pod", "pods", Some(&copy));
         assert_eq!(asked(&p, &req), ["the pods of namespace openg2p"]);
+        let scaled_down: crate::view::Object<'static> = object(
+            serde_json::from_str::<serde_json::Value>(&with_claim(
+                "peek",
+                json!({}),
+                "busybox",
+                "data-cache-0",
+            ))
+            .unwrap(),
+        );
+        let peek = request(Operation::Create, "Pod", "pods", Some(&scaled_down));
+        // The claim of a database StatefulSet that runs no pod (scaled to zero).
+        let findings = p.eval(&peek, &cluster).unwrap();
+        assert!(
+            matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
+                "user \"alice\" may not create pod openg2p/peek mounting PersistentVolumeClaim data-cache-0 of database StatefulSet openg2p/cache (label app=redis)")),
+            "{findings:?}"
+        );
         let findings = p.eval(&req, &cluster).unwrap();
         let [Finding::Violation { message }] = &findings[..] else {
             panic!("{findings:?}")
@@ -740,6 +931,79 @@ mod tests {
         let findings = p.eval(&req, &failed).unwrap();
         assert!(
             matches!(&findings[..], [Finding::Violation { message }] if message.contains("denied because db-access fails closed")),
+            "{findings:?}"
+        );
+    }
+
+    #[test]
+    fn claims_of_a_statefulset_s_template_are_told_by_name() {
+        assert!(claim_of_template("data-pg-0", "data", "pg"));
+        assert!(claim_of_template("data-pg-12", "data", "pg"));
+        assert!(!claim_of_template("data-pg-", "data", "pg"));
+        assert!(!claim_of_template("data-pg-0x", "data", "pg"));
+        assert!(!claim_of_template("data-pgx-0", "data", "pg"));
+        assert!(!claim_of_template("logs-pg-0", "data", "pg"));
+    }
+
+    fn service_proxy(name: &'static str) -> Request<'static> {
+        let mut req = request(Operation::Connect, "ServiceProxyOptions", "services", None);
+        req.sub_resource = Some("proxy");
+        req.name = name;
+        req
+    }
+
+    fn service(selector: serde_json::Value) -> Option<Result<String, String>> {
+        Some(Ok(json!({"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": "db", "namespace": "openg2p"}, "spec": {"selector": selector}})
+        .to_string()))
+    }
+
+    #[test]
+    fn the_api_server_s_proxy_to_a_database_service_is_refused() {
+        let p = policy();
+        // The selector names a database: no pod needs reading.
+        let by_selector = Context {
+            service: service(json!({"app.kubernetes.io/name": "postgresql"})),
+            ..Context::default()
+        };
+        let findings = p
+            .eval(&service_proxy("https:db:5432"), &by_selector)
+            .unwrap();
+        assert!(
+            matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
+                "user \"alice\" may not proxy through the API server to Service openg2p/db (its selector's label app.kubernetes.io/name=postgresql)")),
+            "{findings:?}"
+        );
+        // Otherwise the pods it selects are judged.
+        let by_pods = Context {
+            service: service(json!({"release": "registry"})),
+            pods: Some(Ok(vec![
+                json!({"kind": "Pod", "metadata": {"name": "web-1", "namespace": "openg2p", "labels": {"release": "web"}},
+                    "spec": {"containers": [{"name": "pg", "image": "postgres:16"}]}}).to_string(),
+                json!({"kind": "Pod", "metadata": {"name": "db-0", "namespace": "openg2p", "labels": {"release": "registry"}},
+                    "spec": {"containers": [{"name": "pg", "image": "postgres:16"}]}}).to_string(),
+            ])),
+            ..Context::default()
+        };
+        let findings = p.eval(&service_proxy("db"), &by_pods).unwrap();
+        assert!(
+            matches!(&findings[..], [Finding::Violation { message }] if message.contains(
+                "(it selects database pod openg2p/db-0 (containers[0] \"pg\" runs image postgres:16))")),
+            "{findings:?}"
+        );
+        let web = Context {
+            service: service(json!({"release": "web2"})),
+            pods: Some(Ok(vec![])),
+            ..Context::default()
+        };
+        assert!(p.eval(&service_proxy("db"), &web).unwrap().is_empty());
+        let failed = Context {
+            service: Some(Err("timeout".into())),
+            ..Context::default()
+        };
+        let findings = p.eval(&service_proxy("db"), &failed).unwrap();
+        assert!(
+            matches!(&findings[..], [Finding::Violation { message }] if message.contains("fails closed")),
             "{findings:?}"
         );
     }

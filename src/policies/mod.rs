@@ -457,6 +457,10 @@ pub(crate) mod test_support {
         pub middlewares: Vec<String>,
         /// The pods of the request's namespace, as JSON.
         pub pods: Option<Result<Vec<String>, String>>,
+        /// The StatefulSets of the request's namespace, as JSON.
+        pub statefulsets: Option<Result<Vec<String>, String>>,
+        /// The Service, as JSON.
+        pub service: Option<Result<String, String>>,
     }
 
     fn answer<T: Clone>(given: &Option<Result<T, String>>, what: &str) -> Result<T, LookupError> {
@@ -494,6 +498,12 @@ pub(crate) mod test_support {
         }
         async fn pods_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
             answer(&self.pods, "the pods of a namespace")
+        }
+        async fn statefulsets_in(&self, _: &str) -> Result<Vec<String>, LookupError> {
+            answer(&self.statefulsets, "the StatefulSets of a namespace")
+        }
+        async fn get_service(&self, _: &str, _: &str) -> Result<String, LookupError> {
+            answer(&self.service, "a Service")
         }
     }
 

@@ -86,6 +86,7 @@ pub const PODS_EXEC: Resource = core("pods/exec", &["PodExecOptions"]);
 pub const PODS_ATTACH: Resource = core("pods/attach", &["PodAttachOptions"]);
 pub const PODS_PORTFORWARD: Resource = core("pods/portforward", &["PodPortForwardOptions"]);
 pub const PODS_PROXY: Resource = core("pods/proxy", &["PodProxyOptions"]);
+pub const SERVICES_PROXY: Resource = core("services/proxy", &["ServiceProxyOptions"]);
 pub const POD_TEMPLATES: Resource = core("podtemplates", &["PodTemplate"]);
 pub const REPLICATION_CONTROLLERS: Resource =
     core("replicationcontrollers", &["ReplicationController"]);
@@ -174,6 +175,7 @@ pub const ALL: &[Resource] = &[
     PODS_ATTACH,
     PODS_PORTFORWARD,
     PODS_PROXY,
+    SERVICES_PROXY,
     POD_TEMPLATES,
     REPLICATION_CONTROLLERS,
     CONFIG_MAPS,

@@ -697,7 +697,8 @@ fn db_access(env: &mut Env) {
          "rules": [
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create"]},
             {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward", "pods/proxy"], "verbs": ["get", "create"]},
-            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["update", "patch"]}]},
+            {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["update", "patch"]},
+            {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dev-debugger"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
@@ -840,11 +841,71 @@ fn db_access(env: &mut Env) {
         &with_claim("scratch", json!({}), "busybox:1.36", "scratch").to_string(),
     );
     assert!(scratch.status.success(), "{}", err(&scratch));
+    // A claim of a database StatefulSet that runs no pod (no controller runs here anyway).
+    let archive = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "archive"},
+        "spec": {"replicas": 0, "serviceName": "archive", "selector": {"matchLabels": {"app": "archive"}},
+                 "template": {"metadata": {"labels": {"app": "archive"}},
+                              "spec": {"containers": [{"name": "pg", "image": "postgres:16", "imagePullPolicy": "IfNotPresent"}]}},
+                 "volumeClaimTemplates": [{"metadata": {"name": "data"},
+                     "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": "1Gi"}}}}]}});
+    // (min-replicas asks for 2 or 0: 0 it is.)
+    let output = env.apply(ns, &archive);
+    assert!(output.status.success(), "{}", err(&output));
+    let peek = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "-f", "-", "--as=dev"],
+        &with_claim("peek", json!({}), "busybox:1.36", "data-archive-0").to_string(),
+    );
+    assert!(
+        !peek.status.success(),
+        "dev's pod on the archive's claim was created"
+    );
+    assert_denied(
+        &err(&peek),
+        &format!("[db-access] user \"dev\" may not create pod {ns}/peek mounting PersistentVolumeClaim data-archive-0 of database StatefulSet {ns}/archive (containers[0] \"pg\" runs image postgres:16)"),
+    );
+    // The API server's proxy to a Service of the database.
+    let service = json!({"apiVersion": "v1", "kind": "Service", "metadata": {"name": "pg"},
+        "spec": {"selector": {"app": "postgresql"}, "ports": [{"port": 5432}]}});
+    let output = env.apply(ns, &service);
+    assert!(output.status.success(), "{}", err(&output));
+    let stderr = env.fails(&[
+        "get",
+        "--raw",
+        &format!("/api/v1/namespaces/{ns}/services/pg:5432/proxy/"),
+        "--as=dev",
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("[db-access] user \"dev\" may not proxy through the API server to Service {ns}/pg (its selector's label app=postgresql)"),
+    );
     let admin_copy = env.cluster.kubectl_stdin(
         &["create", "-n", ns, "-f", "-"],
         &with_claim("pg-0-restore", json!({}), "busybox:1.36", "data-pg-0").to_string(),
     );
     assert!(admin_copy.status.success(), "{}", err(&admin_copy));
+
+    // The audit reports the running pods beside a database's storage (the admin's too: it is
+    // there), and not the one on another claim.
+    serve_auditing(env, &default_exempting("dev"), &[]);
+    let report = wait_report(env, ns, "pg-0-restore reported", |r| {
+        !results_for(r, "pg-0-restore").is_empty()
+    });
+    let found = results_for(&report, "pg-0-restore");
+    assert_eq!(found[0]["policy"], "db-access", "{report}");
+    assert_eq!(found[0]["result"], "fail", "{report}");
+    assert!(
+        found[0]["message"]
+            .as_str()
+            .is_some_and(|m| m.contains("mounting PersistentVolumeClaim data-pg-0 of database pod")),
+        "{report}"
+    );
+    assert!(
+        results_for(&report, "scratch")
+            .iter()
+            .all(|r| r["policy"] != "db-access"),
+        "{report}"
+    );
+    env.serve(&default_exempting("dev"), &[]);
 
     // An admin may (and the container is stored).
     let added = env.cluster.kubectl_stdin(
