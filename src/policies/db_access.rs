@@ -5,7 +5,13 @@
 //!   the admin check; when it cannot be read, the request is denied (fail closed);
 //! - ephemeral containers added to a database pod (UPDATE of `pods/ephemeralcontainers`, what
 //!   `kubectl debug` does): the request holds the Pod on Kubernetes 1.23 and later, and only the
-//!   ephemeral containers before, when the Pod is read through the lookups as for CONNECT.
+//!   ephemeral containers before, when the Pod is read through the lookups as for CONNECT;
+//! - the API server's `services/proxy` to a Service that selects database pods (the Service is
+//!   read through the lookups);
+//! - a Pod, or a workload whose pods, mount a database's PersistentVolumeClaim (one a database
+//!   pod of the namespace mounts, or one of a database StatefulSet's claim templates), written
+//!   by someone other than a controller (the namespace's pods and StatefulSets are read through
+//!   the lookups).
 //!
 //! docs/policies/db-access.md lists every other door to a database's data and what closes it.
 //!
@@ -167,6 +173,12 @@ impl DbAccess {
 
     /// What the request would do to the pod, as a message says it (`exec into`), or `None`.
     fn door(request: &Request<'_>) -> Option<&'static str> {
+        if request.sub_resource.is_none()
+            && matches!(request.operation, Operation::Create | Operation::Update)
+            && WORKLOAD_KINDS.contains(&request.kind)
+        {
+            return Some("write a workload beside");
+        }
         if !request.resource_group.is_empty() {
             return None;
         }
@@ -184,7 +196,6 @@ impl DbAccess {
             (Operation::Connect, Some("portforward")) => Some("port-forward to"),
             (Operation::Connect, Some("proxy")) => Some("proxy through the API server to"),
             (Operation::Update, Some("ephemeralcontainers")) => Some("add ephemeral containers to"),
-            (Operation::Create, None) => Some("create a pod beside"),
             _ => None,
         }
     }
@@ -212,41 +223,81 @@ impl DbAccess {
         self.admins.is_admin(request.username, request.groups)
     }
 
-    /// A Pod CREATE by someone other than a controller that mounts a claim a database pod of
-    /// the namespace mounts: refused, naming the claim and the database pod. The namespace's
-    /// pods are read through the lookups; when they cannot be, the request is refused.
-    async fn pod_beside_a_database(
+    /// A Pod, or a workload whose pods, mount a database's claim, written by someone other than a
+    /// controller: refused, naming the claim and the database. A database's claim is one a
+    /// database pod of the namespace mounts (not a pod of the written workload's own), or one of
+    /// a database StatefulSet's claim templates. On UPDATE only claims the request adds count.
+    /// The namespace's pods, then its StatefulSets, are read through the lookups; when they
+    /// cannot be, the request is refused.
+    async fn beside_a_database(
         &self,
         request: &Request<'_>,
         lookups: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
-        let Some(pod) = request.object else {
+        let Some(object) = request.object else {
             return Err(EvalError::MissingObject);
         };
-        let claims: Vec<&str> = claims_of(pod);
+        let before = request.old_object.map(claims_of).unwrap_or_default();
+        let claims: Vec<&str> = claims_of(object)
+            .into_iter()
+            .filter(|c| !before.contains(c))
+            .collect();
         if claims.is_empty() || self.controllers.iter().any(|c| c.matches(request.username)) {
             return Ok(Vec::new());
         }
-        let target = format!("{}/{}", request.namespace, request.object_name());
-        let texts = match lookups.pods_in(request.namespace).await {
-            Ok(texts) => texts,
-            Err(e) => {
-                return Ok(vec![Finding::Violation {
-                    message: format!(
-                        "cannot tell whether pod {target} mounts a database's \
-                         PersistentVolumeClaim ({}) because reading the pods of namespace {} \
-                         failed ({e}); denied because db-access fails closed",
-                        claims.join(", "),
-                        request.namespace
-                    ),
-                }])
-            }
+        let name = request.object_name();
+        let target = if request.kind == "Pod" {
+            format!("create pod {}/{name} mounting", request.namespace)
+        } else {
+            format!(
+                "write {} {}/{name} whose pods mount",
+                request.kind, request.namespace
+            )
         };
-        for text in &texts {
+        let refused = |claim: &str, of: String, reason: String| {
+            Ok(vec![Finding::Violation {
+                message: format!(
+                    "user {:?} may not {target} PersistentVolumeClaim {claim} of {of} \
+                     ({reason}): a pod beside a database's storage reads and writes its data \
+                     whatever the database allows (kubectl debug --copy-to makes one); database \
+                     pods come from their own workload's controller, which \
+                     policies.db-access.controllers lists; ask a cluster admin, who can lift \
+                     db-access for you and this {} for a bounded time with a PolicyException \
+                     (break-glass)",
+                    request.username,
+                    if request.kind == "Pod" {
+                        "pod"
+                    } else {
+                        "workload"
+                    }
+                ),
+            }])
+        };
+        let unreadable = |what: &str, e: String| {
+            Ok(vec![Finding::Violation {
+                message: format!(
+                    "cannot tell whether {} {}/{name} mounts a database's PersistentVolumeClaim \
+                     ({}) because reading the {what} of namespace {} failed ({e}); denied \
+                     because db-access fails closed",
+                    request.kind,
+                    request.namespace,
+                    claims.join(", "),
+                    request.namespace
+                ),
+            }])
+        };
+        let pods = match lookups.pods_in(request.namespace).await {
+            Ok(texts) => texts,
+            Err(e) => return unreadable("pods", e),
+        };
+        for text in &pods {
             let Ok(Some(other)) = Object::decode("Pod", text) else {
                 continue;
             };
-            if other.name() == Some(request.object_name()) {
+            // The pod itself (stored already when the audit or an UPDATE judges it), and the
+            // written workload's own pods.
+            let itself = request.kind == "Pod" && other.name() == Some(name);
+            if itself || owned_by(&other, request.kind, name) {
                 continue;
             }
             let Some(claim) = claims_of(&other).into_iter().find(|c| claims.contains(c)) else {
@@ -255,41 +306,26 @@ impl DbAccess {
             let Some(reason) = self.database_reason(&other) else {
                 continue;
             };
-            return Ok(vec![Finding::Violation {
-                message: format!(
-                    "user {:?} may not create pod {target} mounting PersistentVolumeClaim {claim} \
-                     of database pod {}/{} ({reason}): a pod beside a database's storage reads \
-                     and writes its data whatever the database allows (kubectl debug --copy-to \
-                     makes one); database pods come from their controller, which \
-                     policies.db-access.controllers lists; ask a cluster admin, who can lift \
-                     db-access for you and this pod for a bounded time with a PolicyException \
-                     (break-glass)",
-                    request.username,
-                    request.namespace,
-                    other.name().unwrap_or_default()
-                ),
-            }]);
+            let of = format!(
+                "database pod {}/{}",
+                request.namespace,
+                other.name().unwrap_or_default()
+            );
+            return refused(claim, of, reason);
         }
         // A claim of a database StatefulSet's template, even while it runs no pod.
         let sets = match lookups.statefulsets_in(request.namespace).await {
             Ok(sets) => sets,
-            Err(e) => {
-                return Ok(vec![Finding::Violation {
-                    message: format!(
-                        "cannot tell whether pod {target} mounts a database's \
-                         PersistentVolumeClaim ({}) because reading the StatefulSets of \
-                         namespace {} failed ({e}); denied because db-access fails closed",
-                        claims.join(", "),
-                        request.namespace
-                    ),
-                }])
-            }
+            Err(e) => return unreadable("StatefulSets", e),
         };
         for text in &sets {
             let Ok(Some(set)) = Object::decode("StatefulSet", text) else {
                 continue;
             };
             let set_name = set.name().unwrap_or_default();
+            if request.kind == "StatefulSet" && set_name == name {
+                continue;
+            }
             let templates: Vec<&str> = match &set.spec {
                 crate::view::Spec::Workload(w) => w
                     .volume_claim_templates
@@ -309,17 +345,8 @@ impl DbAccess {
             let Some(reason) = self.statefulset_reason(&set) else {
                 continue;
             };
-            return Ok(vec![Finding::Violation {
-                message: format!(
-                    "user {:?} may not create pod {target} mounting PersistentVolumeClaim {claim} \
-                     of database StatefulSet {}/{set_name} ({reason}): a pod beside a database's \
-                     storage reads and writes its data whatever the database allows; database \
-                     pods come from their controller, which policies.db-access.controllers lists; \
-                     ask a cluster admin, who can lift db-access for you and this pod for a \
-                     bounded time with a PolicyException (break-glass)",
-                    request.username, request.namespace
-                ),
-            }]);
+            let of = format!("database StatefulSet {}/{set_name}", request.namespace);
+            return refused(claim, of, reason);
         }
         Ok(Vec::new())
     }
@@ -479,6 +506,48 @@ impl DbAccess {
     }
 }
 
+/// The kinds whose objects make pods (and Pod itself): db-access judges the claims they mount.
+const WORKLOAD_KINDS: &[&str] = &[
+    "Pod",
+    "Deployment",
+    "StatefulSet",
+    "DaemonSet",
+    "ReplicaSet",
+    "Job",
+    "CronJob",
+    "ReplicationController",
+    "PodTemplate",
+];
+
+/// Whether `pod` is one of the pods the workload `kind`/`name` makes: its controller is the
+/// workload, or (a Deployment's, a CronJob's) the ReplicaSet `<name>-<hash>` or the Job
+/// `<name>-<n>` the workload makes. A Pod is never its own owner.
+fn owned_by(pod: &Object<'_>, kind: &str, name: &str) -> bool {
+    let Some(owner) = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .find(|o| o.controller == Some(true))
+    else {
+        return false;
+    };
+    let made_by = |owner_kind: &str| {
+        owner.kind == owner_kind
+            && owner
+                .name
+                .strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('-'))
+                .is_some_and(|suffix| !suffix.is_empty() && !suffix.contains('-'))
+    };
+    match kind {
+        "Pod" => false,
+        "Deployment" => made_by("ReplicaSet"),
+        "CronJob" => made_by("Job"),
+        _ => owner.kind == kind && owner.name == name,
+    }
+}
+
 /// Whether `claim` is one of the claims StatefulSet `set`'s template `template` gives its pods:
 /// `<template>-<set>-<ordinal>`.
 fn claim_of_template(claim: &str, template: &str, set: &str) -> bool {
@@ -511,8 +580,8 @@ impl Policy for DbAccess {
         if self.is_admin(request) {
             return Ok(Vec::new());
         }
-        if request.operation == Operation::Create {
-            return self.pod_beside_a_database(request, lookups).await;
+        if request.sub_resource.is_none() {
+            return self.beside_a_database(request, lookups).await;
         }
         if request.resource == "services" {
             return self.service_proxy(request, lookups).await;
@@ -873,6 +942,19 @@ mod tests {
             .unwrap(),
         );
         let peek = request(Operation::Create, "Pod", "pods", Some(&scaled_down));
+        // The database pod itself (as the audit judges it, stored) is not beside itself.
+        let itself: crate::view::Object<'static> = object(
+            serde_json::from_str::<serde_json::Value>(&with_claim(
+                "registry-postgresql-0",
+                json!({"app.kubernetes.io/name": "postgresql"}),
+                "bitnami/postgresql:16",
+                "data-registry-postgresql-0",
+            ))
+            .unwrap(),
+        );
+        let mut stored = request(Operation::Create, "Pod", "pods", Some(&itself));
+        stored.name = "registry-postgresql-0";
+        assert!(p.eval(&stored, &cluster).unwrap().is_empty());
         // The claim of a database StatefulSet that runs no pod (scaled to zero).
         let findings = p.eval(&peek, &cluster).unwrap();
         assert!(
@@ -1006,6 +1088,104 @@ mod tests {
             matches!(&findings[..], [Finding::Violation { message }] if message.contains("fails closed")),
             "{findings:?}"
         );
+    }
+
+    #[test]
+    fn a_workload_whose_pods_mount_a_database_s_claim_is_refused_but_not_the_database_s_own() {
+        let p = policy();
+        let db_pod = |owner: serde_json::Value| {
+            json!({"apiVersion": "v1", "kind": "Pod",
+                "metadata": {"name": "cache-7d9f-x2", "namespace": "openg2p", "labels": {"app": "redis"},
+                             "ownerReferences": [owner]},
+                "spec": {"containers": [{"name": "redis", "image": "redis:7"}],
+                         "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "cache-data"}}]}})
+            .to_string()
+        };
+        let cluster = Context {
+            pods: Some(Ok(vec![db_pod(
+                json!({"kind": "ReplicaSet", "name": "cache-7d9f", "controller": true}),
+            )])),
+            statefulsets: Some(Ok(vec![])),
+            ..Context::default()
+        };
+        let deployment = |name: &str, claim: &str| -> crate::view::Object<'static> {
+            object(json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": name, "namespace": "openg2p"},
+                "spec": {"replicas": 2, "template": {"spec": {"containers": [{"name": "c", "image": "busybox"}],
+                         "volumes": [{"name": "d", "persistentVolumeClaim": {"claimName": claim}}]}}}}))
+        };
+        let intruder = deployment("reader", "cache-data");
+        let mut req = request(
+            Operation::Create,
+            "Deployment",
+            "deployments",
+            Some(&intruder),
+        );
+        req.group = "apps";
+        req.resource_group = "apps";
+        req.name = "reader";
+        let findings = p.eval(&req, &cluster).unwrap();
+        assert!(
+            matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
+                "user \"alice\" may not write Deployment openg2p/reader whose pods mount PersistentVolumeClaim cache-data of database pod openg2p/cache-7d9f-x2 (label app=redis)")),
+            "{findings:?}"
+        );
+        // The database's own Deployment (its ReplicaSet `cache-<hash>` owns the pod) passes; a
+        // look-alike name (`cache` vs the ReplicaSet of `cache-7d9f`'s Deployment) does not.
+        let own = deployment("cache", "cache-data");
+        let mut req = request(Operation::Update, "Deployment", "deployments", Some(&own));
+        req.group = "apps";
+        req.resource_group = "apps";
+        req.name = "cache";
+        assert!(p.eval(&req, &cluster).unwrap().is_empty());
+        let cache_7 = deployment("cache-7", "cache-data");
+        let mut req = request(
+            Operation::Create,
+            "Deployment",
+            "deployments",
+            Some(&cache_7),
+        );
+        req.group = "apps";
+        req.resource_group = "apps";
+        req.name = "cache-7";
+        assert_eq!(p.eval(&req, &cluster).unwrap().len(), 1);
+        // An update that adds no claim is not judged again.
+        let mut update = request(
+            Operation::Update,
+            "Deployment",
+            "deployments",
+            Some(&intruder),
+        );
+        update.old_object = Some(&intruder);
+        update.group = "apps";
+        update.resource_group = "apps";
+        assert!(asked(&p, &update).is_empty());
+    }
+
+    #[test]
+    fn a_workload_owns_the_pods_its_controllers_make() {
+        let pod = |kind: &str, name: &str| {
+            object(
+                json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p",
+                "ownerReferences": [{"kind": kind, "name": name, "controller": true}]}}),
+            )
+        };
+        assert!(owned_by(
+            &pod("ReplicaSet", "web-5f7c9"),
+            "Deployment",
+            "web"
+        ));
+        assert!(!owned_by(
+            &pod("ReplicaSet", "web-db-5f7c9"),
+            "Deployment",
+            "web"
+        ));
+        assert!(owned_by(&pod("Job", "backup-2894"), "CronJob", "backup"));
+        assert!(owned_by(&pod("StatefulSet", "pg"), "StatefulSet", "pg"));
+        assert!(!owned_by(&pod("StatefulSet", "pg"), "StatefulSet", "pg2"));
+        assert!(!owned_by(&pod("ReplicaSet", "web-5f7c9"), "Pod", "web"));
+        let orphan = object(json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}}));
+        assert!(!owned_by(&orphan, "Deployment", "p"));
     }
 
     #[test]

@@ -698,7 +698,8 @@ fn db_access(env: &mut Env) {
             {"apiGroups": [""], "resources": ["pods"], "verbs": ["get", "list", "create"]},
             {"apiGroups": [""], "resources": ["pods/exec", "pods/attach", "pods/portforward", "pods/proxy"], "verbs": ["get", "create"]},
             {"apiGroups": [""], "resources": ["pods/ephemeralcontainers"], "verbs": ["update", "patch"]},
-            {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]}]},
+            {"apiGroups": [""], "resources": ["services/proxy"], "verbs": ["get", "create"]},
+            {"apiGroups": ["apps"], "resources": ["deployments"], "verbs": ["create"]}]},
         {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "RoleBinding", "metadata": {"name": "dev-debugger"},
          "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "debugger"},
          "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "dev"}]}
@@ -841,6 +842,22 @@ fn db_access(env: &mut Env) {
         &with_claim("scratch", json!({}), "busybox:1.36", "scratch").to_string(),
     );
     assert!(scratch.status.success(), "{}", err(&scratch));
+    // The same through a workload: its pods would come from a controller, so it is judged at
+    // the workload.
+    let reader = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "reader"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "reader"}},
+                 "template": {"metadata": {"labels": {"app": "reader"}},
+                              "spec": {"containers": [{"name": "main", "image": "busybox:1.36", "imagePullPolicy": "IfNotPresent"}],
+                                       "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-pg-0"}}]}}}});
+    let workload = env.cluster.kubectl_stdin(
+        &["create", "-n", ns, "-f", "-", "--as=dev"],
+        &reader.to_string(),
+    );
+    assert!(!workload.status.success(), "dev's Deployment was created");
+    assert_denied(
+        &err(&workload),
+        &format!("[db-access] user \"dev\" may not write Deployment {ns}/reader whose pods mount PersistentVolumeClaim data-pg-0 of database pod {ns}/pg-0 (label app=postgresql)"),
+    );
     // A claim of a database StatefulSet that runs no pod (no controller runs here anyway).
     let archive = json!({"apiVersion": "apps/v1", "kind": "StatefulSet", "metadata": {"name": "archive"},
         "spec": {"replicas": 0, "serviceName": "archive", "selector": {"matchLabels": {"app": "archive"}},
