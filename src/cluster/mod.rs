@@ -260,15 +260,25 @@ impl ClusterLookup for KubeLookup {
             .await
     }
 
+    // Listed as DynamicObject (metadata typed, the rest kept as JSON) and decoded into the view
+    // where they are read: k8s-openapi's Pod and StatefulSet types are not compiled in for this.
     async fn pods_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
         let what = format!("the pods of namespace {namespace}");
-        let api: Api<Pod> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::erase::<Pod>(&()),
+        );
         as_json(list_all(&api, &what).await?, &what)
     }
 
     async fn statefulsets_in(&self, namespace: &str) -> Result<Vec<String>, LookupError> {
         let what = format!("the StatefulSets of namespace {namespace}");
-        let api: Api<StatefulSet> = Api::namespaced(self.client.clone(), namespace);
+        let api: Api<DynamicObject> = Api::namespaced_with(
+            self.client.clone(),
+            namespace,
+            &ApiResource::erase::<StatefulSet>(&()),
+        );
         as_json(list_all(&api, &what).await?, &what)
     }
 
@@ -345,69 +355,67 @@ fn as_json<K: serde::Serialize>(items: Vec<K>, what: &str) -> Result<Vec<String>
 /// A pod that mounts a PersistentVolumeClaim, as JSON holding only its name, namespace,
 /// labels, annotations, containers' names and images, and its claim volumes; `None` for a pod
 /// that mounts no claim.
-fn claim_holder(pod: Pod) -> Option<String> {
-    let spec = pod.spec?;
+fn claim_holder(pod: DynamicObject) -> Option<String> {
+    let spec = pod.data.get("spec")?;
     let volumes: Vec<serde_json::Value> = spec
-        .volumes
-        .unwrap_or_default()
-        .into_iter()
+        .get("volumes")?
+        .as_array()?
+        .iter()
         .filter_map(|v| {
-            v.persistent_volume_claim.map(|c| {
-                serde_json::json!({"name": v.name, "persistentVolumeClaim": {"claimName": c.claim_name}})
-            })
+            let claim = v.pointer("/persistentVolumeClaim/claimName")?;
+            Some(json!({"name": v.get("name"), "persistentVolumeClaim": {"claimName": claim}}))
         })
         .collect();
     if volumes.is_empty() {
         return None;
     }
-    let containers: Vec<serde_json::Value> = spec
-        .containers
-        .into_iter()
-        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
-        .collect();
     let meta = pod.metadata;
     Some(
-        serde_json::json!({
+        json!({
             "apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": meta.name, "namespace": meta.namespace,
                          "labels": meta.labels, "annotations": meta.annotations},
-            "spec": {"containers": containers, "volumes": volumes},
+            "spec": {"containers": names_and_images(spec.get("containers")), "volumes": volumes},
         })
         .to_string(),
     )
 }
 
+/// Each container's name and image.
+fn names_and_images(containers: Option<&serde_json::Value>) -> Vec<serde_json::Value> {
+    containers
+        .and_then(serde_json::Value::as_array)
+        .into_iter()
+        .flatten()
+        .map(|c| json!({"name": c.get("name"), "image": c.get("image")}))
+        .collect()
+}
+
 /// A StatefulSet with claim templates, as JSON holding only its name, namespace, labels,
 /// annotations, its template's labels, annotations and containers, and its claim templates'
 /// names; `None` for one without claim templates.
-fn claim_templates_holder(set: StatefulSet) -> Option<String> {
-    let spec = set.spec;
+fn claim_templates_holder(set: DynamicObject) -> Option<String> {
+    let spec = set.data.get("spec")?;
     let templates: Vec<serde_json::Value> = spec
-        .volume_claim_templates
-        .unwrap_or_default()
-        .into_iter()
-        .map(|t| serde_json::json!({"metadata": {"name": t.metadata.name}}))
+        .get("volumeClaimTemplates")?
+        .as_array()?
+        .iter()
+        .map(|t| json!({"metadata": {"name": t.pointer("/metadata/name")}}))
         .collect();
     if templates.is_empty() {
         return None;
     }
-    let pod = spec.template;
-    let containers: Vec<serde_json::Value> = pod
-        .spec
-        .map(|s| s.containers)
-        .unwrap_or_default()
-        .into_iter()
-        .map(|c| serde_json::json!({"name": c.name, "image": c.image}))
-        .collect();
-    let pod_meta = pod.metadata.unwrap_or_default();
+    let template = spec.get("template");
+    let pod_meta = template.and_then(|t| t.get("metadata"));
     let meta = set.metadata;
     Some(
-        serde_json::json!({
+        json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
             "metadata": {"name": meta.name, "namespace": meta.namespace,
                          "labels": meta.labels, "annotations": meta.annotations},
-            "spec": {"template": {"metadata": {"labels": pod_meta.labels, "annotations": pod_meta.annotations},
-                                  "spec": {"containers": containers}},
+            "spec": {"template": {"metadata": {"labels": pod_meta.and_then(|m| m.get("labels")),
+                                               "annotations": pod_meta.and_then(|m| m.get("annotations"))},
+                                  "spec": {"containers": names_and_images(template.and_then(|t| t.pointer("/spec/containers")))}},
                      "volumeClaimTemplates": templates},
         })
         .to_string(),
@@ -746,7 +754,8 @@ impl Snapshot {
         // (which pod mounts which claim, and whether it is a database pod): a person's pod
         // beside a database's storage is reported at its pod.
         // Page by page, so that at most one page of whole pods is held.
-        let pods: Api<Pod> = Api::all(client.clone());
+        let pods: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::erase::<Pod>(&()));
         let mut params = ListParams::default().limit(500);
         loop {
             let page = pods
@@ -763,7 +772,8 @@ impl Snapshot {
         }
         // The StatefulSets with claim templates, reduced likewise: a claim of a database's
         // StatefulSet is its claim even while the StatefulSet runs no pod.
-        let statefulsets: Api<StatefulSet> = Api::all(client.clone());
+        let statefulsets: Api<DynamicObject> =
+            Api::all_with(client.clone(), &ApiResource::erase::<StatefulSet>(&()));
         snapshot.statefulsets.extend(
             list_all(&statefulsets, "statefulsets")
                 .await?
@@ -953,7 +963,7 @@ mod tests {
 
     #[test]
     fn the_audit_keeps_of_a_pod_only_what_db_access_reads_and_only_when_it_mounts_a_claim() {
-        let pod: Pod = serde_json::from_value(json!({
+        let pod: DynamicObject = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "pg-0", "namespace": "openg2p", "labels": {"app": "postgresql"},
                          "annotations": {"prodguard.io/database": "true"}, "uid": "u-1"},
             "spec": {"containers": [{"name": "pg", "image": "postgres:16", "env": [{"name": "PASSWORD", "value": "x"}]}],
@@ -971,7 +981,7 @@ mod tests {
                 "spec": {"containers": [{"name": "pg", "image": "postgres:16"}],
                          "volumes": [{"name": "data", "persistentVolumeClaim": {"claimName": "data-pg-0"}}]}})
         );
-        let web: Pod = serde_json::from_value(json!({
+        let web: DynamicObject = serde_json::from_value(json!({"apiVersion": "v1", "kind": "Pod",
             "metadata": {"name": "web"},
             "spec": {"containers": [{"name": "web", "image": "nginx"}], "volumes": [{"name": "tmp", "emptyDir": {}}]}
         }))
