@@ -55,13 +55,18 @@ fn main() -> ExitCode {
     }
 }
 
+/// The checkout being built. `cargo run` (and so `cargo xtask`) sets `CARGO_MANIFEST_DIR` for
+/// the process: read it at run time, never the path compiled in, which is another checkout's
+/// when checkouts share a target directory (CI's clone and a developer's tree do).
 fn workspace_root() -> PathBuf {
+    let manifest_dir = std::env::var_os("CARGO_MANIFEST_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from(env!("CARGO_MANIFEST_DIR")));
     // xtask/ is one level below the workspace.
-    let manifest_dir = Path::new(env!("CARGO_MANIFEST_DIR"));
     manifest_dir
         .parent()
         .map(Path::to_path_buf)
-        .unwrap_or_else(|| manifest_dir.to_path_buf())
+        .unwrap_or(manifest_dir)
 }
 
 fn run(command: &mut Command) -> Result<String, String> {
@@ -304,6 +309,14 @@ mod tests {
             Some("Apache-2.0")
         );
         assert_eq!(package_field(manifest, "repository"), None);
+    }
+
+    #[test]
+    fn the_checkout_is_the_one_cargo_runs_in_not_the_one_compiled_in() {
+        // `cargo test` sets CARGO_MANIFEST_DIR for the test process as `cargo run` does.
+        let at_run_time = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").unwrap());
+        assert_eq!(workspace_root(), at_run_time.parent().unwrap());
+        assert!(workspace_root().join("xtask").join("Cargo.toml").exists());
     }
 
     #[test]
