@@ -416,6 +416,24 @@ fn debug(pod_name: &str, username: &str) -> Value {
         .json()
 }
 
+/// The API server's proxy (CONNECT `<resource>/proxy`) to `name`, by `username`.
+fn proxy_review(resource: &str, name: &str, username: &str) -> Value {
+    let kind = if resource == "pods" {
+        "PodProxyOptions"
+    } else {
+        "ServiceProxyOptions"
+    };
+    Review::new("CONNECT", "v1", kind, resource)
+        .set("subResource", json!("proxy"))
+        .set("name", json!(name))
+        .set(
+            "object",
+            json!({"apiVersion": "v1", "kind": kind, "path": "/"}),
+        )
+        .user(username, &["system:authenticated"])
+        .json()
+}
+
 #[tokio::test]
 async fn ephemeral_containers_and_the_proxy_into_a_database_pod_are_doors_break_glass_opens() {
     let server = server_with(store(&exceptions_in_force())).await;
@@ -447,17 +465,7 @@ async fn ephemeral_containers_and_the_proxy_into_a_database_pod_are_doors_break_
     assert_eq!(response["allowed"], false, "{response}");
 
     // The API server's proxy to a database pod, read through the lookups as exec is.
-    let proxy = |username: &str| {
-        Review::new("CONNECT", "v1", "PodProxyOptions", "pods")
-            .set("subResource", json!("proxy"))
-            .set("name", json!("social-registry-postgresql-0"))
-            .set(
-                "object",
-                json!({"apiVersion": "v1", "kind": "PodProxyOptions", "path": "/"}),
-            )
-            .user(username, &["system:authenticated"])
-            .json()
-    };
+    let proxy = |username: &str| proxy_review("pods", "social-registry-postgresql-0", username);
     let response = client.review("validate", &proxy("dev")).await;
     assert_eq!(response["allowed"], false, "{response}");
     assert!(message(&response).starts_with(
@@ -543,17 +551,7 @@ async fn a_database_service_s_proxy_and_a_stateful_set_s_claim_are_doors_too() {
     )
     .await;
     let mut client = Client::connect(&server).await;
-    let proxy = |user: &str| {
-        Review::new("CONNECT", "v1", "ServiceProxyOptions", "services")
-            .set("subResource", json!("proxy"))
-            .set("name", json!("registry-db:5432"))
-            .set(
-                "object",
-                json!({"apiVersion": "v1", "kind": "ServiceProxyOptions", "path": "/"}),
-            )
-            .user(user, &["system:authenticated"])
-            .json()
-    };
+    let proxy = |user: &str| proxy_review("services", "registry-db:5432", user);
     let response = client.review("validate", &proxy("dev")).await;
     assert_eq!(response["allowed"], false, "{response}");
     assert!(message(&response).starts_with(

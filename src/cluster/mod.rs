@@ -369,16 +369,20 @@ fn claim_holder(pod: DynamicObject) -> Option<String> {
     if volumes.is_empty() {
         return None;
     }
-    let meta = pod.metadata;
     Some(
         json!({
             "apiVersion": "v1", "kind": "Pod",
-            "metadata": {"name": meta.name, "namespace": meta.namespace,
-                         "labels": meta.labels, "annotations": meta.annotations},
+            "metadata": kept_metadata(pod.metadata),
             "spec": {"containers": names_and_images(spec.get("containers")), "volumes": volumes},
         })
         .to_string(),
     )
+}
+
+/// What db-access reads of an object's metadata: its name, namespace, labels and annotations.
+fn kept_metadata(meta: kube::api::ObjectMeta) -> serde_json::Value {
+    json!({"name": meta.name, "namespace": meta.namespace,
+           "labels": meta.labels, "annotations": meta.annotations})
 }
 
 /// Each container's name and image.
@@ -407,12 +411,10 @@ fn claim_templates_holder(set: DynamicObject) -> Option<String> {
     }
     let template = spec.get("template");
     let pod_meta = template.and_then(|t| t.get("metadata"));
-    let meta = set.metadata;
     Some(
         json!({
             "apiVersion": "apps/v1", "kind": "StatefulSet",
-            "metadata": {"name": meta.name, "namespace": meta.namespace,
-                         "labels": meta.labels, "annotations": meta.annotations},
+            "metadata": kept_metadata(set.metadata),
             "spec": {"template": {"metadata": {"labels": pod_meta.and_then(|m| m.get("labels")),
                                                "annotations": pod_meta.and_then(|m| m.get("annotations"))},
                                   "spec": {"containers": names_and_images(template.and_then(|t| t.pointer("/spec/containers")))}},

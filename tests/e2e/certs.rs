@@ -129,7 +129,7 @@ impl Env {
 }
 
 /// A one-replica Deployment is denied by prodguard (not failed by a webhook error).
-fn one_replica_denied(env: &Env, ns: &str, name: &str) {
+pub(super) fn one_replica_denied(env: &Env, ns: &str, name: &str) {
     let stderr = env.fails(&[
         "create",
         "deployment",
@@ -711,7 +711,7 @@ subjects: [{kind: User, name: certs-reader, apiGroup: rbac.authorization.k8s.io}
 }
 
 /// A child process killed when dropped (a failing assertion included).
-struct Killed(Option<std::process::Child>);
+pub(super) struct Killed(pub(super) Option<std::process::Child>);
 
 impl Drop for Killed {
     fn drop(&mut self) {

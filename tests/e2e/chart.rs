@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::{assert_denied, assert_rbac_denied, err, Env};
+use super::{assert_rbac_denied, err, Env};
 
 /// The values of the render: the admins reach prodguard's policy file, the image its registry.
 fn values() -> Value {
@@ -155,7 +155,7 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
             &as_service_account,
         )
         .expect("prodguard with the render's arguments");
-    let child = Stopped(Some(child));
+    let child = super::certs::Killed(Some(child));
 
     // It issues its certificates with the render's RBAC, injects the bundle and arms the
     // validating webhook.
@@ -172,19 +172,7 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
     // It serves: a one-replica Deployment is denied; the chart's admins are prodguard's.
     let ns = "e2e-chart";
     env.namespace(ns);
-    let stderr = env.fails(&[
-        "create",
-        "deployment",
-        "single",
-        "--image=nginx",
-        "--replicas=1",
-        "-n",
-        ns,
-    ]);
-    assert_denied(
-        &stderr,
-        &format!("[min-replicas] Deployment {ns}/single would run 1 replica"),
-    );
+    super::certs::one_replica_denied(env, ns, "single");
     // (No controller-manager aggregates the built-in roles here: a Role of its own.)
     env.ok(&[
         "create",
@@ -222,15 +210,4 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
     drop(child);
     // The suite's own setup again: deploy/base's webhooks, certificates from files.
     env.cluster.register_webhooks().expect("webhooks");
-}
-
-/// Stops the chart's prodguard however the scenario ends.
-struct Stopped(Option<std::process::Child>);
-
-impl Drop for Stopped {
-    fn drop(&mut self) {
-        if let Some(child) = self.0.take() {
-            super::cluster::stop("prodguard (chart)", child);
-        }
-    }
 }
