@@ -83,10 +83,22 @@ pub struct ServeArgs {
     /// Serving key (PEM).
     #[arg(long, env = "PRODGUARD_TLS_KEY", requires = "tls_cert")]
     pub tls_key: Option<PathBuf>,
-    /// Require a client certificate signed by this CA (PEM): the API server's, configured in its
-    /// admission configuration. Without it, no client certificate is asked for.
+    /// Answer reviews (POST /mutate, /validate) only for a client certificate signed by this
+    /// CA (PEM) and named in --client-subjects: the API server's, from its admission
+    /// configuration's kubeconfig. Re-read like --tls-cert. /healthz and /readyz need none
+    /// (the kubelet's probes present none). Without it, no client certificate is asked for.
     #[arg(long, env = "PRODGUARD_CLIENT_CA")]
     pub client_ca: Option<PathBuf>,
+    /// With --client-ca: the names allowed to call /mutate and /validate (comma-separated),
+    /// each matched exactly against the client certificate's common name and its DNS and URI
+    /// subject alternative names.
+    #[arg(
+        long,
+        env = "PRODGUARD_CLIENT_SUBJECTS",
+        value_delimiter = ',',
+        default_value = "kube-apiserver"
+    )]
+    pub client_subjects: Vec<String>,
     /// Where to write the CA bundle of a generated certificate.
     #[arg(long, env = "PRODGUARD_CA_OUT")]
     pub ca_out: Option<PathBuf>,
@@ -142,9 +154,15 @@ pub struct ServeArgs {
     /// replica see a change within seconds).
     #[arg(long, env = "PRODGUARD_CA_OVERLAP", default_value = "2m")]
     pub ca_overlap: String,
-    /// Plain-HTTP address of the Prometheus metrics (`GET /metrics`); `off` disables them.
+    /// Address of the Prometheus metrics (`GET /metrics`); `off` disables them.
     #[arg(long, env = "PRODGUARD_METRICS_ADDR", default_value = "0.0.0.0:9090")]
     pub metrics_addr: String,
+    /// Who may read the metrics: `none` serves them over plain HTTP to anyone; `kubernetes`
+    /// serves them over TLS (the serving certificate) to a bearer token that a TokenReview
+    /// authenticates and a SubjectAccessReview allows to `get` the non-resource URL
+    /// `/metrics` (as controller-runtime does; Prometheus sends its service account's token).
+    #[arg(long, env = "PRODGUARD_METRICS_AUTH", value_enum, default_value_t = MetricsAuth::None)]
+    pub metrics_auth: MetricsAuth,
     /// How often the background audit scans the cluster (`10m`, `30s`); `off` disables it.
     #[arg(long, env = "PRODGUARD_AUDIT_INTERVAL", default_value = "10m")]
     pub audit_interval: String,
@@ -296,4 +314,11 @@ pub struct CertsArgs {
     /// With --inject: the name of the mutating and validating webhook configurations.
     #[arg(long, env = "PRODGUARD_WEBHOOK_NAME", default_value = "prodguard")]
     pub webhook_name: String,
+}
+
+/// `--metrics-auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum MetricsAuth {
+    None,
+    Kubernetes,
 }

@@ -376,6 +376,7 @@ fn serve(args: &[&str]) -> (Serve, SocketAddr, SocketAddr) {
             for (marker, what) in [
                 ("listening on https://", "webhook"),
                 ("metrics on http://", "metrics"),
+                ("metrics on https://", "metrics"),
             ] {
                 if let Some(rest) = line.split(marker).nth(1) {
                     let addr = rest
@@ -1386,4 +1387,193 @@ fn check_denies_pods_beside_a_database_s_storage() {
     assert_eq!(denials.len(), 2, "{text}");
     assert!(denials[0].contains("may not create pod openg2p/ledger-copy mounting PersistentVolumeClaim data-ledger-postgresql-0 of database StatefulSet openg2p/ledger-postgresql (label app.kubernetes.io/name=postgresql)"), "{text}");
     assert!(denials[1].contains("may not create pod openg2p/cache-copy mounting PersistentVolumeClaim cache-data of database pod openg2p/cache-redis (label app=redis)"), "{text}");
+}
+
+/// A client certificate named `cn`, signed by the CA of `pki`: `(cert PEM, key PEM)`.
+fn client_cert(pki: &prodguard::server::pki::Pki, cn: &str) -> (String, String) {
+    let issuer = rcgen::Issuer::from_ca_cert_pem(
+        &pki.ca_cert_pem,
+        rcgen::KeyPair::from_pem(&pki.ca_key_pem).unwrap(),
+    )
+    .unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    (cert.pem(), key.serialize_pem())
+}
+
+/// The value of one sample line of the metrics text, or 0 when it is absent.
+fn sample(text: &str, series: &str) -> u64 {
+    text.lines()
+        .find_map(|line| line.strip_prefix(series)?.trim().parse().ok())
+        .unwrap_or(0)
+}
+
+#[tokio::test]
+async fn with_a_client_ca_only_the_named_certificate_gets_a_review_and_probes_need_none() {
+    let dir = tempfile::tempdir().unwrap();
+    let serving =
+        prodguard::server::pki::generate("serving CA", &["localhost".to_owned()]).unwrap();
+    let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
+    std::fs::write(&cert, &serving.cert_pem).unwrap();
+    std::fs::write(&key, &serving.key_pem).unwrap();
+    let clients = prodguard::server::pki::generate("client CA", &["x".to_owned()]).unwrap();
+    let other_ca = prodguard::server::pki::generate("other CA", &["x".to_owned()]).unwrap();
+    let client_ca = dir.path().join("client-ca.crt");
+    std::fs::write(&client_ca, &clients.ca_cert_pem).unwrap();
+    let (mut child, addr, metrics) = serve(&[
+        "--tls-cert",
+        cert.to_str().unwrap(),
+        "--tls-key",
+        key.to_str().unwrap(),
+        "--client-ca",
+        client_ca.to_str().unwrap(),
+        "--client-subjects",
+        "kube-apiserver,apiserver-webhook-client",
+        "--tls-reload-interval",
+        "off",
+    ]);
+    let ca = serving.ca_cert_pem.clone();
+    let deploy = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "web", "namespace": "openg2p"}, "spec": {"replicas": 1}});
+    let body = serde_json::to_vec(&Review::create(deploy).json()).unwrap();
+    let apiserver = client_cert(&clients, "kube-apiserver");
+    let stranger = client_cert(&clients, "dev");
+    let outsider = client_cert(&other_ca, "kube-apiserver");
+
+    // The API server's certificate: the review is answered (and denied by min-replicas).
+    let mut api = Client::connect_as(addr, &ca, "localhost", Some((&apiserver.0, &apiserver.1)))
+        .await
+        .unwrap();
+    let (status, answer) = api.send(Method::POST, "/validate", body.clone()).await;
+    assert_eq!(status, StatusCode::OK);
+    let answer: Value = serde_json::from_slice(&answer).unwrap();
+    assert_eq!(answer["response"]["allowed"], false);
+
+    // No certificate: the probes answer, the reviews are refused before any body is read.
+    let mut probe = Client::connect_as(addr, &ca, "localhost", None)
+        .await
+        .unwrap();
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            probe.send(Method::GET, path, vec![]).await.0,
+            StatusCode::OK,
+            "{path}"
+        );
+    }
+    for path in ["/validate", "/mutate"] {
+        let (status, text) = probe.send(Method::POST, path, body.clone()).await;
+        assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+        assert!(
+            String::from_utf8_lossy(&text).contains("a client certificate is required"),
+            "{}",
+            String::from_utf8_lossy(&text)
+        );
+    }
+    // A certificate of the same CA with another name: refused, and the message names no CA.
+    let mut other = Client::connect_as(addr, &ca, "localhost", Some((&stranger.0, &stranger.1)))
+        .await
+        .unwrap();
+    let (status, text) = other.send(Method::POST, "/validate", body.clone()).await;
+    assert_eq!(status, StatusCode::FORBIDDEN);
+    assert!(String::from_utf8_lossy(&text).contains("not in --client-subjects"));
+    // Another CA's certificate: the handshake (or the first answer, in TLS 1.3) fails.
+    let refused =
+        match Client::connect_as(addr, &ca, "localhost", Some((&outsider.0, &outsider.1))).await {
+            Err(_) => true,
+            Ok(mut client) => client
+                .try_send(Method::GET, "/healthz", vec![])
+                .await
+                .is_err(),
+        };
+    assert!(refused, "a certificate of another CA was accepted");
+
+    let text = scrape(metrics);
+    let refusals = |reason: &str| {
+        sample(
+            &text,
+            &format!(
+                "prodguard_client_refusals_total{{listener=\"admission\",reason=\"{reason}\"}}"
+            ),
+        )
+    };
+    assert_eq!(
+        (
+            refusals("no_certificate"),
+            refusals("subject"),
+            refusals("untrusted")
+        ),
+        (2, 1, 1),
+        "{text}"
+    );
+
+    // The client CA is re-read on SIGHUP: the other CA's certificate is now the accepted one.
+    std::fs::write(&client_ca, &other_ca.ca_cert_pem).unwrap();
+    signal(&child, "HUP");
+    let mut accepted = false;
+    for _ in 0..50 {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        if let Ok(mut client) =
+            Client::connect_as(addr, &ca, "localhost", Some((&outsider.0, &outsider.1))).await
+        {
+            if let Ok((StatusCode::OK, _)) = client
+                .try_send(Method::POST, "/validate", body.clone())
+                .await
+            {
+                accepted = true;
+                break;
+            }
+        }
+    }
+    assert!(accepted, "the new client CA was not used");
+    let refused = match Client::connect_as(
+        addr,
+        &ca,
+        "localhost",
+        Some((&apiserver.0, &apiserver.1)),
+    )
+    .await
+    {
+        Err(_) => true,
+        Ok(mut client) => client
+            .try_send(Method::GET, "/healthz", vec![])
+            .await
+            .is_err(),
+    };
+    assert!(refused, "the replaced CA's certificate is still accepted");
+    assert_eq!(sample(&scrape(metrics), "prodguard_tls_reloads_total"), 1);
+    assert_eq!(sigterm(&mut child), Some(0));
+}
+
+#[test]
+fn serve_refuses_an_unusable_client_ca() {
+    let dir = tempfile::tempdir().unwrap();
+    let empty = dir.path().join("empty.crt");
+    std::fs::write(&empty, "").unwrap();
+    let output = prodguard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off"])
+        .args(["--client-ca", empty.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--client-ca") && stderr.contains("holds no PEM certificate"),
+        "{stderr}"
+    );
+    let output = prodguard()
+        .args(["serve", "--addr", "127.0.0.1:0", "--metrics-addr", "off"])
+        .args([
+            "--client-ca",
+            empty.to_str().unwrap(),
+            "--client-subjects",
+            " ",
+        ])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("--client-subjects is empty"));
 }

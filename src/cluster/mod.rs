@@ -959,6 +959,65 @@ where
     Ok(())
 }
 
+/// `--metrics-auth=kubernetes`'s reviews: a TokenReview of the bearer token, then a
+/// SubjectAccessReview of `get` on the non-resource URL `/metrics` for the user it names.
+pub struct KubeTokenReviews {
+    pub client: kube::Client,
+}
+
+#[async_trait]
+impl crate::http::metrics_auth::TokenReviews for KubeTokenReviews {
+    async fn review(&self, token: &str) -> Result<crate::http::metrics_auth::TokenVerdict, String> {
+        use crate::http::metrics_auth::TokenVerdict;
+        use k8s_openapi::api::authentication::v1::{TokenReview, TokenReviewSpec};
+        use k8s_openapi::api::authorization::v1::{
+            NonResourceAttributes, SubjectAccessReview, SubjectAccessReviewSpec,
+        };
+        let reviews: Api<TokenReview> = Api::all(self.client.clone());
+        let review = TokenReview {
+            spec: TokenReviewSpec {
+                token: token.to_owned(),
+                ..TokenReviewSpec::default()
+            },
+            ..TokenReview::default()
+        };
+        let answer = reviews
+            .create(&kube::api::PostParams::default(), &review)
+            .await
+            .map_err(|e| format!("TokenReview: {e}"))?;
+        let status = answer.status.unwrap_or_default();
+        let user = match (status.authenticated, status.user) {
+            (Some(true), Some(user)) => user,
+            _ => return Ok(TokenVerdict::Unauthenticated),
+        };
+        let access: Api<SubjectAccessReview> = Api::all(self.client.clone());
+        let username = user.username.clone().unwrap_or_default();
+        let question = SubjectAccessReview {
+            spec: SubjectAccessReviewSpec {
+                user: user.username,
+                groups: user.groups,
+                uid: user.uid,
+                extra: user.extra,
+                non_resource_attributes: Some(NonResourceAttributes {
+                    path: Some("/metrics".to_owned()),
+                    verb: Some("get".to_owned()),
+                }),
+                ..SubjectAccessReviewSpec::default()
+            },
+            ..SubjectAccessReview::default()
+        };
+        let answer = access
+            .create(&kube::api::PostParams::default(), &question)
+            .await
+            .map_err(|e| format!("SubjectAccessReview: {e}"))?;
+        Ok(if answer.status.is_some_and(|s| s.allowed) {
+            TokenVerdict::Allowed
+        } else {
+            TokenVerdict::Forbidden(username)
+        })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::{load_config, EXIT_BAD_INPUT};
 use crate::audit::background::{self, AuditSettings};
 use crate::audit::lease::{LeaseSettings, LEASE_NAME};
-use crate::cli::ServeArgs;
+use crate::cli::{MetricsAuth as MetricsAuthArg, ServeArgs};
 use crate::cluster::{ClusterLookup, KubeLookup, NoLookup};
 use crate::config::{Config, GlobalMode};
 use crate::engine::Engine;
@@ -133,7 +133,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let reload = Arc::new(tokio::sync::Notify::new());
     watch_hangup(
         reload.clone(),
-        args.config.is_some() || args.tls_cert.is_some(),
+        args.config.is_some() || args.tls_cert.is_some() || args.client_ca.is_some(),
     )
     .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let pod_namespace = std::env::var("POD_NAMESPACE")
@@ -158,9 +158,41 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     } else {
         None
     };
+    // The API server's client certificate (--client-ca, --client-subjects).
+    let client_ca = match &args.client_ca {
+        None => None,
+        Some(path) => {
+            let subjects: Vec<String> = args
+                .client_subjects
+                .iter()
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect();
+            if subjects.is_empty() {
+                return Err("--client-subjects is empty: with --client-ca, name the API server's client certificate (its common name or a subject alternative name)".into());
+            }
+            let ca = server::clients::ReloadingClientCa::load(
+                path,
+                metrics.tls_reloads.clone(),
+                metrics.tls_reload_failures.clone(),
+                metrics.client_refusals.clone(),
+            )
+            .map_err(|e| format!("--client-ca: {e}"))?;
+            tokio::spawn(ca.clone().watch(tls_reload_interval, reload.clone()));
+            tracing::info!(
+                client_ca = %path.display(),
+                subjects = ?subjects,
+                "reviews are answered only for a client certificate of this CA with one of these names"
+            );
+            Some((ca, subjects))
+        }
+    };
+    let client_verifier = client_ca
+        .as_ref()
+        .map(|(ca, _)| ca.clone() as Arc<dyn rustls::server::danger::ClientCertVerifier>);
     // The served certificate, and (with --manage-certs) what watches its expiry.
     let mut files = None;
-    let (tls_config, served, managed_expiry) = match (&args.tls_cert, &args.tls_key, &writing) {
+    let (resolver, served, managed_expiry) = match (&args.tls_cert, &args.tls_key, &writing) {
         (Some(cert), Some(key), _) => {
             let reloading = tls::ReloadingCert::load(
                 cert,
@@ -174,10 +206,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             )
             .map_err(|e| e.to_string())?;
             tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
-            let config = tls::server_config(reloading.slot.clone(), args.client_ca.as_deref())
-                .map_err(|e| e.to_string())?;
             files = Some(reloading.clone());
-            (config, Some(reloading.slot.clone()), None)
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = reloading.slot.clone();
+            (resolver, Some(reloading.slot.clone()), None)
         }
         (_, _, Some((namespace, writing))) => {
             // Until the Secret is read: a certificate no bundle trusts (not ready).
@@ -202,14 +233,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
                 )
                 .managed(margin / 2),
             );
-            let config = tls::server_config(slot.clone(), args.client_ca.as_deref())
-                .map_err(|e| e.to_string())?;
-            (config, Some(slot), Some(expiry))
+            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = slot.clone();
+            (resolver, Some(slot), Some(expiry))
         }
         _ => (
             self_signed(
                 args.ca_out.clone(),
-                args.client_ca.as_deref(),
                 &server::expiry::ExpiryWatch::new(
                     metrics.certificate_expiry.clone(),
                     "the self-signed certificate".to_owned(),
@@ -219,6 +248,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             None,
         ),
     };
+    let tls_config =
+        tls::server_config(resolver.clone(), client_verifier).map_err(|e| e.to_string())?;
     let kube_config = kube::Config::infer()
         .await
         .map_err(|e| e.to_string())
@@ -282,6 +313,12 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let state = AppState::with_limits(engine, metrics.clone(), bodies);
+    if let Some((_, subjects)) = client_ca {
+        let _ = state.clients.set(server::clients::ClientPolicy {
+            subjects,
+            refusals: metrics.client_refusals.clone(),
+        });
+    }
     if let (Some(client), Some(files)) = (&client, &files) {
         // The replica's namespace: POD_NAMESPACE (or --lease-namespace).
         let namespace = args.lease_namespace.as_deref().or(pod_namespace.as_deref());
@@ -362,15 +399,48 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .await
             .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
         let metrics_local = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-        tracing::info!("metrics on http://{metrics_local}/metrics");
         let mut stopped = stopped.clone();
-        tokio::spawn(server::serve_plain(
-            metrics_listener,
-            metrics_app(metrics.clone()),
-            async move {
-                let _ = stopped.wait_for(|stop| *stop).await;
-            },
-        ));
+        let stop_metrics = async move {
+            let _ = stopped.wait_for(|stop| *stop).await;
+        };
+        // The same timeouts as the admission listener; fewer connections.
+        let metrics_limits = server::Limits {
+            max_connections: limits.max_connections.min(64),
+            max_connections_per_peer: limits.max_connections_per_peer.min(64),
+            ..limits
+        };
+        match (args.metrics_auth, &client) {
+            (MetricsAuthArg::None, _) => {
+                tracing::info!("metrics on http://{metrics_local}/metrics");
+                tokio::spawn(server::serve_plain(
+                    metrics_listener,
+                    metrics_app(metrics.clone(), None),
+                    metrics_limits,
+                    stop_metrics,
+                ));
+            }
+            (MetricsAuthArg::Kubernetes, Some(client)) => {
+                tracing::info!("metrics on https://{metrics_local}/metrics, to a token allowed to get /metrics");
+                let auth = Arc::new(crate::http::metrics_auth::MetricsAuth::new(
+                    Arc::new(crate::cluster::KubeTokenReviews {
+                        client: client.clone(),
+                    }),
+                    metrics.client_refusals.clone(),
+                ));
+                let config =
+                    tls::server_config(resolver.clone(), None).map_err(|e| e.to_string())?;
+                tokio::spawn(server::serve_with(
+                    metrics_listener,
+                    config,
+                    metrics_app(metrics.clone(), Some(auth)),
+                    metrics_limits,
+                    stop_metrics,
+                ));
+            }
+            (MetricsAuthArg::Kubernetes, None) => {
+                return Err("--metrics-auth=kubernetes needs the cluster (an in-cluster config or a kubeconfig) for its TokenReviews and SubjectAccessReviews".into());
+            }
+        }
     }
     match (kube_config, audit_interval) {
         (Some(kube_config), Some(interval)) => {
@@ -635,9 +705,8 @@ fn generated(pki: &pki::Pki) -> Result<rustls::sign::CertifiedKey, String> {
 /// A certificate for localhost and 127.0.0.1, with its CA bundle written where it says.
 fn self_signed(
     ca_out: Option<PathBuf>,
-    client_ca: Option<&std::path::Path>,
     expiry: &server::expiry::ExpiryWatch,
-) -> Result<Arc<rustls::ServerConfig>, String> {
+) -> Result<Arc<dyn rustls::server::ResolvesServerCert>, String> {
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
     let pki = pki::generate("prodguard self-signed CA", &names)
         .map_err(|e| format!("cannot generate a self-signed certificate: {e}"))?;
@@ -659,11 +728,7 @@ fn self_signed(
         .filter_map(Result::ok),
     );
     expiry.serving(&chain);
-    tls::server_config(
-        Arc::new(rustls::sign::SingleCertAndKey::from(certified)),
-        client_ca,
-    )
-    .map_err(|e| e.to_string())
+    Ok(Arc::new(rustls::sign::SingleCertAndKey::from(certified)))
 }
 
 /// On SIGHUP, wakes the reloads of the configuration and the certificate files.
@@ -675,10 +740,14 @@ fn watch_hangup(reload: Arc<tokio::sync::Notify>, anything: bool) -> std::io::Re
         tokio::spawn(async move {
             while hangup.recv().await.is_some() {
                 if anything {
-                    tracing::info!("SIGHUP: re-reading the configuration and certificate files");
+                    tracing::info!(
+                        "SIGHUP: re-reading the configuration, certificate and client CA files"
+                    );
                     reload.notify_waiters();
                 } else {
-                    tracing::info!("SIGHUP: nothing to re-read (no --config, no --tls-cert)");
+                    tracing::info!(
+                        "SIGHUP: nothing to re-read (no --config, --tls-cert or --client-ca)"
+                    );
                 }
             }
         });

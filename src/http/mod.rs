@@ -14,6 +14,8 @@ use axum::Router;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tracing::Instrument;
 
+pub mod metrics_auth;
+
 use crate::admission::{self, Decoded};
 use crate::engine::{Engine, Request, Verdict, Webhook};
 use crate::report::metrics::{
@@ -129,6 +131,8 @@ pub struct AppState {
     pub certificate_ready: AtomicBool,
     pub metrics: Arc<Metrics>,
     bodies: Bodies,
+    /// With `--client-ca`: who may have a review answered (set once, before serving).
+    pub clients: std::sync::OnceLock<crate::server::clients::ClientPolicy>,
 }
 
 impl AppState {
@@ -148,6 +152,7 @@ impl AppState {
             certificate_ready: AtomicBool::new(true),
             metrics,
             bodies: Bodies::new(bodies),
+            clients: std::sync::OnceLock::new(),
         })
     }
 
@@ -168,13 +173,19 @@ impl AppState {
     }
 }
 
-/// The plain-HTTP metrics router: `GET /metrics`.
-pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
+/// The metrics router: `GET /metrics`, to anyone or (with `auth`) to an authorized token.
+pub fn metrics_app(metrics: Arc<Metrics>, auth: Option<Arc<metrics_auth::MetricsAuth>>) -> Router {
     Router::new().route(
         "/metrics",
-        get(move || {
+        get(move |headers: axum::http::HeaderMap| {
             let metrics = metrics.clone();
+            let auth = auth.clone();
             async move {
+                if let Some(auth) = auth {
+                    if let Some(refused) = auth.check(&headers).await {
+                        return refused;
+                    }
+                }
                 (
                     [(
                         header::CONTENT_TYPE,
@@ -182,6 +193,7 @@ pub fn metrics_app(metrics: Arc<Metrics>) -> Router {
                     )],
                     metrics.encode(),
                 )
+                    .into_response()
             }
         }),
     )
@@ -355,6 +367,30 @@ async fn review(
     webhook: Webhook,
     request: axum::extract::Request,
 ) -> Response {
+    // With --client-ca, only the API server's certificate gets a review read, before any of
+    // its body is.
+    if let Some(clients) = state.clients.get() {
+        let identity = request
+            .extensions()
+            .get::<Arc<crate::server::clients::ClientIdentity>>();
+        if let Err(refusal) = clients.check(identity.map(|i| &**i)) {
+            tracing::debug!(
+                reason = refusal.as_str(),
+                names = ?identity.map(|i| &i.names),
+                "refused a caller of /{}",
+                webhook.as_str()
+            );
+            return json_error(
+                StatusCode::FORBIDDEN,
+                match refusal {
+                    crate::server::clients::Refusal::NoCertificate => {
+                        "a client certificate is required (--client-ca): only the API server may call this endpoint"
+                    }
+                    _ => "the client certificate's name is not in --client-subjects: only the API server may call this endpoint",
+                },
+            );
+        }
+    }
     let body = match read_body(&state.bodies, request).await {
         Ok(body) => body,
         Err(refused) => {

@@ -61,6 +61,16 @@ pub struct PolicyLabels {
     pub policy: &'static str,
 }
 
+/// A caller refused: which listener (`admission` or `metrics`) and why.
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct RefusalLabels {
+    pub listener: &'static str,
+    /// `no_certificate`, `subject` or `untrusted` (admission, with `--client-ca`);
+    /// `no_token`, `unauthenticated`, `forbidden` or `review_failed` (metrics, with
+    /// `--metrics-auth=kubernetes`).
+    pub reason: &'static str,
+}
+
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AuditFindingLabels {
     pub policy: &'static str,
@@ -92,6 +102,8 @@ pub struct Metrics {
     pub audit_page_bytes_max: Gauge,
     pub tls_reloads: Counter,
     pub tls_reload_failures: Counter,
+    pub client_refusals: Family<RefusalLabels, Counter>,
+    pub events_rate_limited: Counter,
     pub certificate_expiry: Family<CertificateLabels, Gauge>,
     pub certificate_renewals: Family<CertificateLabels, Counter>,
     pub certificate_failures: Counter,
@@ -236,14 +248,26 @@ impl Metrics {
         let tls_reloads = Counter::default();
         registry.register(
             "tls_reloads",
-            "Serving certificates reloaded from their files",
+            "Serving certificates and client CAs reloaded from their files",
             tls_reloads.clone(),
         );
         let tls_reload_failures = Counter::default();
         registry.register(
             "tls_reload_failures",
-            "Changed certificate files that could not be used (the previous certificate stayed)",
+            "Changed certificate or client CA files that could not be used (the previous one stayed)",
             tls_reload_failures.clone(),
+        );
+        let client_refusals = Family::<RefusalLabels, Counter>::default();
+        registry.register(
+            "client_refusals",
+            "Callers refused: on the admission listener without an accepted client certificate (with --client-ca), on the metrics listener without an authorized token (with --metrics-auth=kubernetes)",
+            client_refusals.clone(),
+        );
+        let events_rate_limited = Counter::default();
+        registry.register(
+            "events_rate_limited",
+            "Admission reports not published as Events because their user or namespace was over its rate, or only the share kept for denials and break-glass was left",
+            events_rate_limited.clone(),
         );
         let certificate_expiry = Family::<CertificateLabels, Gauge>::default();
         registry.register(
@@ -305,6 +329,8 @@ impl Metrics {
             config_reload_failures,
             tls_reloads,
             tls_reload_failures,
+            client_refusals,
+            events_rate_limited,
             certificate_expiry,
             certificate_renewals,
             certificate_failures,

@@ -1,6 +1,7 @@
 //! The TLS listener: accepts connections, serves the router over HTTP/1.1 or HTTP/2 (by
 //! ALPN), and shuts down gracefully.
 
+pub mod clients;
 mod conns;
 pub mod expiry;
 pub mod managed;
@@ -102,7 +103,17 @@ pub async fn serve_with(
         let acceptor = acceptor.clone();
         async move {
             match tokio::time::timeout(handshake_timeout, acceptor.accept(tcp)).await {
-                Ok(Ok(tls)) => Ok(tls),
+                Ok(Ok(tls)) => {
+                    // A presented certificate was verified in the handshake (with --client-ca).
+                    let identity = tls
+                        .get_ref()
+                        .1
+                        .peer_certificates()
+                        .and_then(|chain| chain.first())
+                        .and_then(|leaf| clients::ClientIdentity::of(leaf))
+                        .map(Arc::new);
+                    Ok((tls, identity))
+                }
                 Ok(Err(e)) => Err(format!("TLS handshake failed: {e}")),
                 Err(_) => Err("TLS handshake timed out".to_owned()),
             }
@@ -112,18 +123,15 @@ pub async fn serve_with(
 }
 
 /// Serves `app` over plain HTTP (the metrics endpoint) until `shutdown` completes.
-pub async fn serve_plain(listener: TcpListener, app: Router, shutdown: impl Future<Output = ()>) {
-    let limits = Limits {
-        max_connections: 64,
-        ..Limits::default()
-    };
-    accept_loop(
-        listener,
-        app,
-        limits,
-        shutdown,
-        |tcp| async move { Ok(tcp) },
-    )
+pub async fn serve_plain(
+    listener: TcpListener,
+    app: Router,
+    limits: Limits,
+    shutdown: impl Future<Output = ()>,
+) {
+    accept_loop(listener, app, limits, shutdown, |tcp| async move {
+        Ok((tcp, None))
+    })
     .await;
 }
 
@@ -135,7 +143,7 @@ async fn accept_loop<H, F, IO>(
     handshake: H,
 ) where
     H: Fn(TcpStream) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<IO, String>> + Send + 'static,
+    F: Future<Output = Result<(IO, Option<Arc<clients::ClientIdentity>>), String>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let mut builder = auto::Builder::new(TokioExecutor::new());
@@ -211,12 +219,12 @@ async fn connection<H, F, IO>(
     limits: Limits,
 ) where
     H: Fn(TcpStream) -> F + Send + Sync + 'static,
-    F: Future<Output = Result<IO, String>> + Send + 'static,
+    F: Future<Output = Result<(IO, Option<Arc<clients::ClientIdentity>>), String>> + Send + 'static,
     IO: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
     let conn = entry.conn().clone();
     let mut state = conn.subscribe();
-    let io = tokio::select! {
+    let (io, identity) = tokio::select! {
         io = handshake(tcp) => match io {
             Ok(io) => io,
             Err(e) => {
@@ -231,7 +239,10 @@ async fn connection<H, F, IO>(
     };
     entry.handshake_done();
     let inner = TowerToHyperService::new(app);
-    let service = hyper::service::service_fn(move |request| {
+    let service = hyper::service::service_fn(move |mut request: hyper::Request<_>| {
+        if let Some(identity) = &identity {
+            request.extensions_mut().insert(identity.clone());
+        }
         let request_guard = conn.begin_request();
         let response = hyper::service::Service::call(&inner, request);
         async move {

@@ -64,38 +64,18 @@ pub fn certified_key(
     Ok(certified)
 }
 
-/// The server configuration around a certificate resolver, with ALPN. With `client_ca`, a
-/// client must present a certificate signed by it (the API server's, from its admission
-/// configuration's kubeconfig); without, none is asked for.
+/// The server configuration around a certificate resolver, with ALPN. With `clients` (the
+/// `--client-ca` verifier), a client certificate is asked for and verified when presented
+/// (see [`super::clients`]); without, none is asked for.
 pub fn server_config(
     resolver: Arc<dyn ResolvesServerCert>,
-    client_ca: Option<&Path>,
+    clients: Option<Arc<dyn rustls::server::danger::ClientCertVerifier>>,
 ) -> Result<Arc<ServerConfig>, TlsError> {
     let builder =
         ServerConfig::builder_with_provider(provider()).with_safe_default_protocol_versions()?;
-    let builder = match client_ca {
+    let builder = match clients {
         None => builder.with_no_client_auth(),
-        Some(path) => {
-            let mut roots = rustls::RootCertStore::empty();
-            for cert in CertificateDer::pem_slice_iter(&read(path)?).filter_map(Result::ok) {
-                roots.add(cert)?;
-            }
-            if roots.is_empty() {
-                return Err(TlsError::NoCertificate {
-                    what: path.display().to_string(),
-                });
-            }
-            let verifier = rustls::server::WebPkiClientVerifier::builder_with_provider(
-                Arc::new(roots),
-                provider(),
-            )
-            .build()
-            .map_err(|e| TlsError::ClientCa {
-                what: path.display().to_string(),
-                detail: e.to_string(),
-            })?;
-            builder.with_client_cert_verifier(verifier)
-        }
+        Some(verifier) => builder.with_client_cert_verifier(verifier),
     };
     let mut config = builder.with_cert_resolver(resolver);
     // kube-apiserver speaks HTTP/1.1 with keep-alive to webhooks; other clients may use h2.

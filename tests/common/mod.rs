@@ -146,16 +146,32 @@ pub async fn start_default() -> TestServer {
 
 /// A TLS connector that trusts only `ca_pem`, offering `alpn`.
 pub fn connector(ca_pem: &str, alpn: &[&[u8]]) -> TlsConnector {
+    connector_as(ca_pem, alpn, None)
+}
+
+/// [`connector`] presenting a client certificate (`(chain PEM, key PEM)`) when asked.
+pub fn connector_as(ca_pem: &str, alpn: &[&[u8]], client: Option<(&str, &str)>) -> TlsConnector {
     let mut roots = rustls::RootCertStore::empty();
     for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
         roots.add(cert.expect("CA PEM")).expect("CA cert");
     }
     let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+    let config = rustls::ClientConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("protocols")
-        .with_root_certificates(roots)
-        .with_no_client_auth();
+        .with_root_certificates(roots);
+    let mut config = match client {
+        None => config.with_no_client_auth(),
+        Some((cert, key)) => config
+            .with_client_auth_cert(
+                CertificateDer::pem_slice_iter(cert.as_bytes())
+                    .map(|c| c.expect("client certificate PEM"))
+                    .collect(),
+                rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes())
+                    .expect("client key PEM"),
+            )
+            .expect("client certificate"),
+    };
     config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
     TlsConnector::from(Arc::new(config))
 }
@@ -228,20 +244,59 @@ impl Client {
         Client { sender, alpn }
     }
 
-    /// Whether the server has closed the connection.
-    pub fn is_closed(&self) -> bool {
-        self.sender.is_closed()
+    /// A connection presenting a client certificate (`(chain PEM, key PEM)`), or none; `Err`
+    /// when the handshake (or, in TLS 1.3, the server's first answer) refuses it.
+    pub async fn connect_as(
+        addr: SocketAddr,
+        ca_pem: &str,
+        server_name: &str,
+        client: Option<(&str, &str)>,
+    ) -> Result<Client, String> {
+        let tcp = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+        let name = ServerName::try_from(server_name.to_string()).map_err(|e| e.to_string())?;
+        let tls = connector_as(ca_pem, &[b"http/1.1"], client)
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        let (sender, conn) = hyper::client::conn::http1::handshake(TokioIo::new(tls))
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Ok(Client {
+            sender,
+            alpn: Some(b"http/1.1".to_vec()),
+        })
     }
 
-    pub async fn send(&mut self, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+    /// [`Client::send`] that reports a refused connection instead of panicking.
+    pub async fn try_send(
+        &mut self,
+        method: Method,
+        path: &str,
+        body: Vec<u8>,
+    ) -> Result<(StatusCode, Bytes), String> {
         let request = Request::builder()
             .method(method)
             .uri(path)
             .header("host", "localhost")
             .header("content-type", "application/json")
             .body(Full::new(Bytes::from(body)))
-            .expect("request");
-        read(self.sender.send_request(request).await.expect("response")).await
+            .map_err(|e| e.to_string())?;
+        let response = self
+            .sender
+            .send_request(request)
+            .await
+            .map_err(|e| e.to_string())?;
+        Ok(read(response).await)
+    }
+
+    /// Whether the server has closed the connection.
+    pub fn is_closed(&self) -> bool {
+        self.sender.is_closed()
+    }
+
+    pub async fn send(&mut self, method: Method, path: &str, body: Vec<u8>) -> (StatusCode, Bytes) {
+        self.try_send(method, path, body).await.expect("response")
     }
 
     /// Posts a review and returns the `response` of the answer, checking the envelope.
