@@ -30,6 +30,11 @@ pub struct TestCluster {
     prodguard: Option<Child>,
 }
 
+/// The API server's bearer token of user `e2e-prometheus`.
+pub const PROMETHEUS_TOKEN: &str = "e2e-prometheus-token";
+/// The API server's bearer token of user `e2e-dev`.
+pub const DEV_TOKEN: &str = "e2e-dev-token";
+
 fn free_port() -> Result<u16, String> {
     let listener = TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
@@ -242,6 +247,13 @@ impl TestCluster {
                 plugin("MutatingAdmissionWebhook")
             ),
         )?;
+        // Bearer tokens for the metrics reader tests (--metrics-auth=kubernetes).
+        write(
+            &root.join("tokens.csv"),
+            &format!(
+                "{PROMETHEUS_TOKEN},e2e-prometheus,uid-prometheus\n{DEV_TOKEN},e2e-dev,uid-dev\n"
+            ),
+        )?;
         let child = spawn(
             "kube-apiserver",
             Command::new(&apiserver)
@@ -253,6 +265,7 @@ impl TestCluster {
                 .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
                 .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
                 .arg(format!("--client-ca-file={}", file("ca.crt")))
+                .arg(format!("--token-auth-file={}", file("tokens.csv")))
                 .arg("--service-account-issuer=https://kubernetes.default.svc")
                 .arg(format!("--service-account-key-file={}", file("sa.pub")))
                 .arg(format!(

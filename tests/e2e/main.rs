@@ -1822,12 +1822,93 @@ fn no_lockout_while_prodguard_is_down(env: &mut Env) {
     ]);
 }
 
+/// One HTTP/1.1 request over TLS to a port of this machine, trusting `ca`, presenting
+/// `client` (`(cert PEM, key PEM)`) and `token` when given: `Ok((status, body))`, or `Err`
+/// when the connection is refused (in the handshake or, in TLS 1.3, at the first read).
+fn https(
+    env: &Env,
+    port: u16,
+    request: (&str, &str, &str),
+    client: Option<(&str, &str)>,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let (method, path, body) = request;
+    let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
+    let client = client.map(|(c, k)| (c.to_owned(), k.to_owned()));
+    let head = format!(
+        "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
+        body.len(),
+        token.map(|t| format!("Authorization: Bearer {t}\r\n")).unwrap_or_default()
+    );
+    let message = format!("{head}{body}");
+    env.runtime.block_on(async move {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_root_certificates(roots);
+        let config = match client {
+            None => config.with_no_client_auth(),
+            Some((cert, key)) => config
+                .with_client_auth_cert(
+                    rustls::pki_types::CertificateDer::pem_slice_iter(cert.as_bytes())
+                        .map(|c| c.unwrap())
+                        .collect(),
+                    rustls::pki_types::PrivateKeyDer::from_pem_slice(key.as_bytes()).unwrap(),
+                )
+                .unwrap(),
+        };
+        let name = rustls::pki_types::ServerName::try_from("prodguard.prodguard.svc").unwrap();
+        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
+        let mut tls = connector
+            .connect(name, tcp)
+            .await
+            .map_err(|e| e.to_string())?;
+        tls.write_all(message.as_bytes())
+            .await
+            .map_err(|e| e.to_string())?;
+        let mut answer = Vec::new();
+        tls.read_to_end(&mut answer)
+            .await
+            .map_err(|e| e.to_string())?;
+        let answer = String::from_utf8_lossy(&answer).into_owned();
+        let status = answer
+            .split_whitespace()
+            .nth(1)
+            .and_then(|s| s.parse().ok())
+            .ok_or_else(|| format!("no HTTP answer: {answer:?}"))?;
+        let body = answer
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_owned())
+            .unwrap_or_default();
+        Ok((status, body))
+    })
+}
+
 fn client_certificates_required(env: &mut Env) {
+    // The API server presents webhook-client.crt (CN kube-apiserver-webhook-client), from its
+    // AdmissionConfiguration's kubeconfig; admin.crt is another certificate of the same CA.
     let client_ca = format!("--client-ca={}", env.cluster.ca_file.display());
-    env.serve(DEFAULT_POLICY, &[&client_ca]);
+    env.serve(
+        DEFAULT_POLICY,
+        &[
+            &client_ca,
+            "--client-subjects=kube-apiserver-webhook-client",
+            "--metrics-auth=kubernetes",
+        ],
+    );
     let ns = "e2e-mtls";
     env.namespace(ns);
-    // The API server presents its client certificate: reviews work as before.
+    // The API server's reviews work as before.
     let stderr = env.fails(&[
         "create",
         "deployment",
@@ -1847,40 +1928,120 @@ fn client_certificates_required(env: &mut Env) {
         "-n",
         ns,
     ]);
-    // A caller without one is refused.
-    let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
     let port = env.cluster.prodguard_port;
-    let refused = env.runtime.block_on(async move {
-        let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
-            .await
-            .unwrap();
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
-            roots.add(cert.unwrap()).unwrap();
-        }
-        let config = rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
-            rustls::crypto::ring::default_provider(),
-        ))
-        .with_safe_default_protocol_versions()
-        .unwrap()
-        .with_root_certificates(roots)
-        .with_no_client_auth();
-        let name = rustls::pki_types::ServerName::try_from("prodguard.prodguard.svc").unwrap();
-        let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(config));
-        let Ok(mut tls) = connector.connect(name, tcp).await else {
-            return true;
-        };
-        use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        // TLS 1.3 reports the refusal on the first read.
-        let _ = tls
-            .write_all(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-            .await;
-        let mut buf = [0u8; 64];
-        !matches!(tls.read(&mut buf).await, Ok(n) if n > 0)
-    });
+    let review = json!({
+        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "forged", "operation": "CREATE",
+            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+            "namespace": ns, "name": "forged",
+            "userInfo": {"username": "forger"},
+            "object": {"apiVersion": "apps/v1", "kind": "Deployment",
+                "metadata": {"name": "forged", "namespace": ns}, "spec": {"replicas": 1}}}
+    })
+    .to_string();
+    // A caller without a certificate: the probes answer, a review is refused.
+    for path in ["/healthz", "/readyz"] {
+        assert_eq!(
+            https(env, port, ("GET", path, ""), None, None),
+            Ok((200, "ok".to_owned())),
+            "{path}"
+        );
+    }
+    let (status, body) = https(env, port, ("POST", "/validate", &review), None, None).unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("a client certificate is required"), "{body}");
+    // Another certificate of the same CA: refused by name.
+    let admin = (
+        std::fs::read_to_string(env.cluster.dir.path().join("admin.crt")).unwrap(),
+        std::fs::read_to_string(env.cluster.dir.path().join("admin.key")).unwrap(),
+    );
+    let (status, body) = https(
+        env,
+        port,
+        ("POST", "/mutate", &review),
+        Some((&admin.0, &admin.1)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 403, "{body}");
+    assert!(body.contains("not in --client-subjects"), "{body}");
+    // The API server's own certificate, used by another caller, is what passes.
+    let apiserver = (
+        std::fs::read_to_string(env.cluster.dir.path().join("webhook-client.crt")).unwrap(),
+        std::fs::read_to_string(env.cluster.dir.path().join("webhook-client.key")).unwrap(),
+    );
+    let (status, body) = https(
+        env,
+        port,
+        ("POST", "/validate", &review),
+        Some((&apiserver.0, &apiserver.1)),
+        None,
+    )
+    .unwrap();
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"allowed\":false"), "{body}");
+
+    // The metrics: TLS, and a token the API server allows to get /metrics.
+    let metrics = env.cluster.metrics_port;
+    let get = ("GET", "/metrics", "");
     assert!(
-        refused,
-        "a caller without a client certificate got an answer"
+        matches!(https(env, metrics, get, None, None), Ok((401, _))),
+        "no token"
+    );
+    assert!(matches!(
+        https(env, metrics, get, None, Some("not-a-token")),
+        Ok((401, _))
+    ));
+    assert!(
+        matches!(
+            https(env, metrics, get, None, Some(cluster::PROMETHEUS_TOKEN)),
+            Ok((403, _))
+        ),
+        "not yet allowed"
+    );
+    let applied = env.apply(ns, &json!({
+        "apiVersion": "v1", "kind": "List", "items": [
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole",
+             "metadata": {"name": "e2e-metrics-reader"},
+             "rules": [{"nonResourceURLs": ["/metrics"], "verbs": ["get"]}]},
+            {"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRoleBinding",
+             "metadata": {"name": "e2e-metrics-reader"},
+             "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "e2e-metrics-reader"},
+             "subjects": [{"apiGroup": "rbac.authorization.k8s.io", "kind": "User", "name": "e2e-prometheus"}]}
+        ]
+    }));
+    assert!(applied.status.success(), "{}", err(&applied));
+    // The refusal above is kept for a minute: a new prodguard asks the API server again.
+    env.serve(
+        DEFAULT_POLICY,
+        &[
+            &client_ca,
+            "--client-subjects=kube-apiserver-webhook-client",
+            "--metrics-auth=kubernetes",
+        ],
+    );
+    let (status, text) = https(env, metrics, get, None, Some(cluster::PROMETHEUS_TOKEN)).unwrap();
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains("prodguard_exceptions_in_force") && text.contains("# EOF"),
+        "{text}"
+    );
+    assert!(
+        matches!(
+            https(env, metrics, get, None, Some(cluster::DEV_TOKEN)),
+            Ok((403, _))
+        ),
+        "e2e-dev may not read the metrics"
+    );
+    let (_, text) = https(env, metrics, get, None, Some(cluster::PROMETHEUS_TOKEN)).unwrap();
+    assert_eq!(
+        metric(
+            &text,
+            "prodguard_client_refusals_total{listener=\"metrics\",reason=\"forbidden\"}"
+        ),
+        1.0,
+        "{text}"
     );
 }
 
