@@ -76,6 +76,10 @@ fn main() -> ExitCode {
         ),
         ("client_certificates_required", client_certificates_required),
         (
+            "forged_review_flood_keeps_real_denials",
+            forged_review_flood_keeps_real_denials,
+        ),
+        (
             "no_lockout_while_prodguard_is_down",
             no_lockout_while_prodguard_is_down,
         ),
@@ -2041,6 +2045,122 @@ fn client_certificates_required(env: &mut Env) {
             "prodguard_client_refusals_total{listener=\"metrics\",reason=\"forbidden\"}"
         ),
         1.0,
+        "{text}"
+    );
+}
+
+/// Without --client-ca anyone who reaches the port can post reviews: a flood of forged
+/// denials under one user and namespace is limited, and a real denial's Event is published.
+fn forged_review_flood_keeps_real_denials(env: &mut Env) {
+    env.serve(DEFAULT_POLICY, &[]);
+    let (forged_ns, real_ns) = ("e2e-flood", "e2e-flood-real");
+    env.namespace(forged_ns);
+    env.namespace(real_ns);
+    const FORGED: usize = 2000;
+    let port = env.cluster.prodguard_port;
+    let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
+    let answered = env.runtime.block_on(async move {
+        use http_body_util::{BodyExt, Full};
+        let mut roots = rustls::RootCertStore::empty();
+        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.as_bytes()) {
+            roots.add(cert.unwrap()).unwrap();
+        }
+        let config = std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::ring::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        let mut tasks = Vec::new();
+        for connection in 0..4 {
+            let config = config.clone();
+            tasks.push(tokio::spawn(async move {
+                let tcp = tokio::net::TcpStream::connect(("127.0.0.1", port))
+                    .await
+                    .unwrap();
+                let name = rustls::pki_types::ServerName::try_from("prodguard.prodguard.svc")
+                    .unwrap();
+                let tls = tokio_rustls::TlsConnector::from(config)
+                    .connect(name, tcp)
+                    .await
+                    .unwrap();
+                let (mut sender, conn) = hyper::client::conn::http1::handshake(
+                    hyper_util::rt::TokioIo::new(tls),
+                )
+                .await
+                .unwrap();
+                tokio::spawn(conn);
+                let mut denied = 0;
+                for i in 0..FORGED / 4 {
+                    let review = json!({
+                        "apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+                        "request": {"uid": format!("forged-{connection}-{i}"), "operation": "CREATE",
+                            "kind": {"group": "apps", "version": "v1", "kind": "Deployment"},
+                            "resource": {"group": "apps", "version": "v1", "resource": "deployments"},
+                            "namespace": "e2e-flood", "name": format!("forged-{i}"),
+                            "userInfo": {"username": "forger"},
+                            "object": {"apiVersion": "apps/v1", "kind": "Deployment",
+                                "metadata": {"name": format!("forged-{i}"), "namespace": "e2e-flood"},
+                                "spec": {"replicas": 1}}}
+                    });
+                    let request = hyper::Request::post("/validate")
+                        .header("host", "localhost")
+                        .header("content-type", "application/json")
+                        .body(Full::new(hyper::body::Bytes::from(review.to_string())))
+                        .unwrap();
+                    let response = sender.send_request(request).await.unwrap();
+                    let body = response.into_body().collect().await.unwrap().to_bytes();
+                    let answer: Value = serde_json::from_slice(&body).unwrap();
+                    if answer["response"]["allowed"] == false {
+                        denied += 1;
+                    }
+                }
+                denied
+            }));
+        }
+        let mut denied = 0;
+        for task in tasks {
+            denied += task.await.unwrap();
+        }
+        denied
+    });
+    // Every forged review was judged (a forged review still gets its answer)...
+    assert_eq!(answered, FORGED);
+    // ...and the real denial, right after, gets its Event.
+    let stderr = env.fails(&[
+        "create",
+        "deployment",
+        "real",
+        "--image=nginx",
+        "--replicas=1",
+        "-n",
+        real_ns,
+    ]);
+    assert_denied(
+        &stderr,
+        &format!("Deployment {real_ns}/real would run 1 replica"),
+    );
+    let events = env.wait_events(real_ns, 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PolicyViolation")
+                && e.regarding.as_ref().and_then(|r| r.name.as_deref()) == Some("real")),
+        "no Event for the real denial: {events:?}"
+    );
+    // The forged ones beyond the user's and namespace's burst were not queued.
+    let text = scrape(env.cluster.metrics_port);
+    let limited = metric(&text, "prodguard_events_rate_limited_total");
+    assert!(
+        limited >= (FORGED - 100) as f64,
+        "only {limited} of {FORGED} forged reports were limited"
+    );
+    assert_eq!(
+        metric(&text, "prodguard_reports_dropped_total"),
+        0.0,
         "{text}"
     );
 }
