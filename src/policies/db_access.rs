@@ -254,11 +254,22 @@ impl DbAccess {
                 request.kind, request.namespace
             )
         };
+        // The message names the claim the request mounts, not the database pod or StatefulSet
+        // that holds it, nor why that is a database's: the requester may not be allowed to read
+        // them (a forged review would learn it). The log has them.
         let refused = |claim: &str, of: String, reason: String| {
+            tracing::info!(
+                policy = ID,
+                user = request.username,
+                claim,
+                holder = %of,
+                reason = %reason,
+                "refused a pod beside a database's storage"
+            );
             Ok(vec![Finding::Violation {
                 message: format!(
-                    "user {:?} may not {target} PersistentVolumeClaim {claim} of {of} \
-                     ({reason}): a pod beside a database's storage reads and writes its data \
+                    "user {:?} may not {target} PersistentVolumeClaim {claim}, which a \
+                     database's pods mount: a pod beside a database's storage reads and writes its data \
                      whatever the database allows (kubectl debug --copy-to makes one); database \
                      pods come from their own workload's controller, which \
                      policies.db-access.controllers lists; ask a cluster admin, who can lift \
@@ -351,8 +362,10 @@ impl DbAccess {
         Ok(Vec::new())
     }
 
-    /// The refusal of `verb` on database pod `target`: names the pod and why it is one, what the
-    /// door gives, and the way in that is left (break-glass).
+    /// The refusal of `verb` on database pod `target`: names the pod (the request names it), what
+    /// the door gives, and the way in that is left (break-glass). Why the pod is a database pod
+    /// (its labels, annotation or image) is logged, not told: the requester may not be allowed
+    /// to read the pod.
     fn refusal(
         &self,
         request: &Request<'_>,
@@ -361,6 +374,13 @@ impl DbAccess {
         what: &str,
         reason: &str,
     ) -> Finding {
+        tracing::info!(
+            policy = ID,
+            user = request.username,
+            pod = target,
+            reason,
+            "refused access to a database pod"
+        );
         let gives = if request.operation == Operation::Update {
             "an ephemeral container runs a command of the requester's choosing inside the \
              database pod, beside its data, and its output is read with kubectl logs, which no \
@@ -370,7 +390,7 @@ impl DbAccess {
         };
         Finding::Violation {
             message: format!(
-                "user {:?} may not {verb} database pod {target}{what} ({reason}): {gives}; ask \
+                "user {:?} may not {verb} database pod {target}{what}: {gives}; ask \
                  a cluster admin, who can lift db-access for you and this pod for a bounded time \
                  with a PolicyException (break-glass)",
                 request.username
@@ -494,9 +514,17 @@ impl DbAccess {
                 }
             }
         };
+        tracing::info!(
+            policy = ID,
+            user = request.username,
+            service = %target,
+            reason = %reason,
+            "refused a proxy to database pods"
+        );
         Ok(vec![Finding::Violation {
             message: format!(
-                "user {:?} may not proxy through the API server to {target} ({reason}): only \
+                "user {:?} may not proxy through the API server to {target}, which leads to \
+                 database pods: only \
                  admins may log into, port-forward or proxy to database pods; ask a cluster \
                  admin, who can lift db-access for you and this Service for a bounded time with a \
                  PolicyException (break-glass)",
@@ -763,10 +791,8 @@ mod tests {
                 )),
                 "{message}"
             );
-            assert!(
-                message.contains("label app.kubernetes.io/name=postgresql"),
-                "{message}"
-            );
+            // Why it is a database pod (its labels) is logged, not told.
+            assert!(!message.contains("app.kubernetes.io/name"), "{message}");
         }
     }
 
@@ -823,7 +849,7 @@ mod tests {
         assert_eq!(
             message,
             "user \"alice\" may not add ephemeral containers to database pod openg2p/db-0 \
-             (ephemeral container \"debugger-x7\") (label app.kubernetes.io/name=postgresql): an \
+             (ephemeral container \"debugger-x7\"): an \
              ephemeral container runs a command of the requester's choosing inside the database \
              pod, beside its data, and its output is read with kubectl logs, which no webhook sees; \
              ask a cluster admin, who can lift db-access for you and this pod for a bounded time \
@@ -875,7 +901,7 @@ mod tests {
         let db = pod(json!({"metadata": {"labels": {"app": "redis"}}}));
         let findings = p.eval(&req, &db).unwrap();
         assert!(
-            matches!(&findings[..], [Finding::Violation { message }] if message.contains("(ephemeral container \"debugger\") (label app=redis)")),
+            matches!(&findings[..], [Finding::Violation { message }] if message.contains("database pod openg2p/db-0 (ephemeral container \"debugger\"): ") && !message.contains("redis")),
             "{findings:?}"
         );
         let failed = Context {
@@ -959,7 +985,7 @@ mod tests {
         let findings = p.eval(&peek, &cluster).unwrap();
         assert!(
             matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
-                "user \"alice\" may not create pod openg2p/peek mounting PersistentVolumeClaim data-cache-0 of database StatefulSet openg2p/cache (label app=redis)")),
+                "user \"alice\" may not create pod openg2p/peek mounting PersistentVolumeClaim data-cache-0, which a database's pods mount: ") && !message.contains("cache (")),
             "{findings:?}"
         );
         let findings = p.eval(&req, &cluster).unwrap();
@@ -969,11 +995,13 @@ mod tests {
         assert!(
             message.starts_with(
                 "user \"alice\" may not create pod openg2p/copy mounting PersistentVolumeClaim \
-             data-registry-postgresql-0 of database pod openg2p/registry-postgresql-0 (label \
-             app.kubernetes.io/name=postgresql): a pod beside a database's storage"
+             data-registry-postgresql-0, which a database's pods mount: a pod beside a \
+             database's storage"
             ),
             "{message}"
         );
+        // The pod that holds the claim, and why it is a database's, are not told.
+        assert!(!message.contains("of database pod"), "{message}");
         // Another claim, a pod with none, a controller, an admin: no finding, and no lookup for
         // the last three.
         let other: crate::view::Object<'static> = object(
@@ -1053,7 +1081,7 @@ mod tests {
             .unwrap();
         assert!(
             matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
-                "user \"alice\" may not proxy through the API server to Service openg2p/db (its selector's label app.kubernetes.io/name=postgresql)")),
+                "user \"alice\" may not proxy through the API server to Service openg2p/db, which leads to database pods: ") && !message.contains("app.kubernetes.io")),
             "{findings:?}"
         );
         // Otherwise the pods it selects are judged.
@@ -1070,7 +1098,7 @@ mod tests {
         let findings = p.eval(&service_proxy("db"), &by_pods).unwrap();
         assert!(
             matches!(&findings[..], [Finding::Violation { message }] if message.contains(
-                "(it selects database pod openg2p/db-0 (containers[0] \"pg\" runs image postgres:16))")),
+                "to Service openg2p/db, which leads to database pods: ") && !message.contains("db-0") && !message.contains("postgres:16")),
             "{findings:?}"
         );
         let web = Context {
@@ -1127,7 +1155,7 @@ mod tests {
         let findings = p.eval(&req, &cluster).unwrap();
         assert!(
             matches!(&findings[..], [Finding::Violation { message }] if message.starts_with(
-                "user \"alice\" may not write Deployment openg2p/reader whose pods mount PersistentVolumeClaim cache-data of database pod openg2p/cache-7d9f-x2 (label app=redis)")),
+                "user \"alice\" may not write Deployment openg2p/reader whose pods mount PersistentVolumeClaim cache-data, which a database's pods mount: ") && !message.contains("cache-7d9f-x2")),
             "{findings:?}"
         );
         // The database's own Deployment (its ReplicaSet `cache-<hash>` owns the pod) passes; a

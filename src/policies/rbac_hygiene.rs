@@ -328,6 +328,9 @@ fn covers_resource(entry: &str, resource: &str) -> bool {
 #[derive(Debug, Clone, PartialEq)]
 struct Grant {
     text: String,
+    /// The guarded resource alone (`secrets`), what a message about a role the requester
+    /// may not read names.
+    resource: String,
     risk: Option<&'static str>,
 }
 
@@ -355,6 +358,29 @@ fn risks(grants: &[Grant], who: &str) -> String {
         .iter()
         .map(|(risk, texts)| format!("{} lets {who} {risk}; ", texts.join(", ")))
         .collect()
+}
+
+/// What a role the requester may not read holds, said coarsely: the guarded resources (no
+/// verbs, no resource names) and what the escalation classes among them let `who` do.
+fn coarse(grants: &[Grant], who: &str) -> String {
+    let mut resources: Vec<&str> = Vec::new();
+    let mut risks: Vec<&str> = Vec::new();
+    for grant in grants {
+        if !resources.contains(&grant.resource.as_str()) {
+            resources.push(&grant.resource);
+        }
+        if let Some(risk) = grant.risk.filter(|r| !risks.contains(r)) {
+            risks.push(risk);
+        }
+    }
+    let mut text = format!(
+        "permissions on {} that only admins may hold",
+        resources.join(", ")
+    );
+    if !risks.is_empty() {
+        text.push_str(&format!(", which would let {who} {}", risks.join("; and ")));
+    }
+    text
 }
 
 /// What `rules` grant of `guarded`.
@@ -403,6 +429,7 @@ fn grants(rules: &[PolicyRule], guarded: &[Guarded]) -> Vec<Grant> {
         };
         found.push(Grant {
             text: format!("{} on {}{scope}", verbs.join(", "), g.describe_resource()),
+            resource: g.describe_resource(),
             risk: g.risk,
         });
     }
@@ -604,11 +631,19 @@ impl Policy for RbacHygiene {
                     format!("in namespace {}", request.namespace)
                 };
                 let who = who.join(", ");
+                // The role was read, not sent: the requester may not be allowed to read it,
+                // so the message says what it holds coarsely; the log has its grants.
+                tracing::info!(
+                    policy = ID,
+                    user = request.username,
+                    role = %role,
+                    grants = %texts(&granted),
+                    "refused a binding to a role with guarded grants"
+                );
                 format!(
-                    "{} grants {role} to {who}, which allows {} {scope}; {}{}",
+                    "{} grants {role} to {who} {scope}, and {role} holds {}; {}",
                     request.describe(),
-                    texts(&granted),
-                    risks(&granted, &who),
+                    coarse(&granted, &who),
                     Self::FIX
                 )
             }
@@ -640,11 +675,23 @@ impl Policy for RbacHygiene {
                 if who.is_empty() {
                     return Ok(Vec::new());
                 }
+                // The grants are the request's own; its bindings were read, not sent: the
+                // message counts their subjects and the log names them.
+                tracing::info!(
+                    policy = ID,
+                    user = request.username,
+                    role = %role,
+                    subjects = %who.join(", "),
+                    "refused guarded grants to a bound role"
+                );
+                let them = match subjects.len() {
+                    1 => "1 subject bound to it that is neither an admin nor exempt".to_owned(),
+                    n => format!("{n} subjects bound to it that are neither admins nor exempt"),
+                };
                 format!(
-                    "{role} would allow {} to {}; {}{}",
+                    "{role} would allow {} to {them}; {}{}",
                     texts(&granted),
-                    who.join(", "),
-                    risks(&granted, &subjects.join(", ")),
+                    risks(&granted, "them"),
                     Self::FIX
                 )
             }
@@ -824,10 +871,11 @@ mod tests {
             json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["get", "watch"]}]),
         );
         assert_eq!(messages(&req, &ctx), vec![
-            "RoleBinding openg2p/b grants ClusterRole secret-reader to User bob, ServiceAccount openg2p/app, \
-             which allows get, watch on secrets in namespace openg2p; the production guide reserves these for \
-             admins; a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers \
-             or exemptGroups, which an admin does".to_owned()
+            // The role was read, not sent: its resources are named, not its verbs.
+            "RoleBinding openg2p/b grants ClusterRole secret-reader to User bob, ServiceAccount openg2p/app \
+             in namespace openg2p, and ClusterRole secret-reader holds permissions on secrets that only admins \
+             may hold; the production guide reserves these for admins; a subject that needs them is listed in \
+             admins or in policies.rbac-hygiene's exemptUsers or exemptGroups, which an admin does".to_owned()
         ]);
         // Harmless rules, a missing role, or only trusted subjects: nothing.
         let view =
@@ -873,7 +921,7 @@ mod tests {
                 json!([{"apiGroups": [""], "resources": ["pods/exec"], "verbs": ["create"]}]),
             ),
         );
-        assert!(msgs[0].starts_with("ClusterRoleBinding b grants ClusterRole ops to Group developers, which allows create on pods/exec cluster-wide;"), "{}", msgs[0]);
+        assert!(msgs[0].starts_with("ClusterRoleBinding b grants ClusterRole ops to Group developers cluster-wide, and ClusterRole ops holds permissions on pods/exec that only admins may hold;"), "{}", msgs[0]);
         let failed = Context {
             role_rules: Some(Err("reading ClusterRole ops failed: timeout".into())),
             ..Context::default()
@@ -907,7 +955,7 @@ mod tests {
             with_rules(json!([{"apiGroups": [""], "resources": ["secrets"], "verbs": ["list"]}]));
         let msgs = messages(&req, &ctx);
         assert!(
-            msgs[0].contains("grants Role openg2p/r to User eve,"),
+            msgs[0].contains("grants Role openg2p/r to User eve in namespace openg2p,"),
             "{}",
             msgs[0]
         );
@@ -944,9 +992,10 @@ mod tests {
             ..Subject::default()
         };
         assert_eq!(messages(&req, &bound(vec![subject("User", "bob")])), vec![
+            // The grants are the request's own; its bindings were read: counted, not named.
             "Role openg2p/app would allow get, list, watch on secrets; delete, deletecollection on secrets to \
-             User bob (through RoleBinding openg2p/app-binding); the production guide reserves these for admins; \
-             a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
+             1 subject bound to it that is neither an admin nor exempt; the production guide reserves these for \
+             admins; a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
              exemptGroups, which an admin does".to_owned()
         ]);
         assert!(messages(&req, &bound(vec![subject("Group", "system:masters")])).is_empty());
@@ -1040,7 +1089,13 @@ mod tests {
             assert_eq!(msgs.len(), 1, "{key}: {msgs:?}");
             assert!(
                 msgs[0].starts_with(&format!(
-                    "ClusterRoleBinding b grants ClusterRole delegated to User alice, which allows {grant} cluster-wide; {grant} lets User alice "
+                    "ClusterRoleBinding b grants ClusterRole delegated to User alice cluster-wide, and ClusterRole delegated holds permissions on {} that only admins may hold, which would let User alice ",
+                    // The resource alone: no verbs, no resource names.
+                    grant
+                        .split(" on ")
+                        .nth(1)
+                        .and_then(|r| r.split(" (named").next())
+                        .unwrap_or_default()
                 )),
                 "{key}: {}",
                 msgs[0]
@@ -1069,7 +1124,7 @@ mod tests {
     }
 
     #[test]
-    fn a_bound_role_gaining_an_escalation_names_its_subjects_and_risk() {
+    fn a_bound_role_gaining_an_escalation_counts_its_subjects_and_names_the_risk() {
         let role = object(
             json!({"apiVersion": "rbac.authorization.k8s.io/v1", "kind": "ClusterRole", "metadata": {"name": "ops"},
             "rules": [{"apiGroups": [""], "resources": ["users", "groups"], "verbs": ["impersonate"]}]}),
@@ -1096,10 +1151,10 @@ mod tests {
         };
         let msgs = messages(&req, &ctx);
         assert_eq!(msgs, vec![
-            "ClusterRole ops would allow impersonate on users; impersonate on groups to User alice (through \
-             ClusterRoleBinding ops); impersonate on users, impersonate on groups lets User alice act as any \
-             user, group or service account, admins included; the production guide reserves these for admins; \
-             a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
+            "ClusterRole ops would allow impersonate on users; impersonate on groups to 1 subject bound to it \
+             that is neither an admin nor exempt; impersonate on users, impersonate on groups lets them act as \
+             any user, group or service account, admins included; the production guide reserves these for \
+             admins; a subject that needs them is listed in admins or in policies.rbac-hygiene's exemptUsers or \
              exemptGroups, which an admin does".to_owned()
         ]);
     }
