@@ -653,11 +653,11 @@ fn prodguards_own_manifests_pass_its_policies() {
         // The network-policy overlay adds its NetworkPolicy; the cert-manager one two Issuers
         // and two Certificates.
         let expected = if dir.ends_with("network-policy") {
-            20
+            22
         } else if dir.ends_with("cert-manager") {
-            23
+            25
         } else {
-            19
+            21
         };
         assert_eq!(doc["summary"]["resources"], expected, "{dir}");
         let text = String::from_utf8_lossy(&rendered.stdout);

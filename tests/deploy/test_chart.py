@@ -112,7 +112,7 @@ def assert_same(kustomized: list[dict], rendered: list[dict]) -> int:
 
 def test_the_default_render_is_deploy_base_object_by_object():
     count = assert_same(kustomize("deploy/base"), chart.render())
-    assert count == 18, count
+    assert count == 20, count
 
 
 def test_audit_mode_is_the_audit_overlay():
@@ -153,7 +153,7 @@ def test_the_chart_follows_prodguard_s_version():
 
 
 def test_lint_is_clean_for_current_clusters():
-    for values in ({}, {"certificates": {"mode": "cert-manager"}}, {"mode": "audit"}):
+    for values in ({}, {"certificates": {"mode": "cert-manager"}}, {"mode": "audit"}, SECURED):
         report = helm.lint(str(CHART), values, strict=True, kube_version="v1.30.0")
         problems = [m for m in report["messages"] if m["severity"] >= 2]
         assert report["errors"] == [] and problems == [], report
@@ -176,8 +176,16 @@ AIRGAPPED = {
     "audit": {"interval": "30m"},
 }
 
+SECURED = {
+    "clientAuth": {"caConfigMap": "apiserver-client-ca", "subjects": ["kube-apiserver", "apiserver-webhooks"]},
+    "metrics": {"serviceMonitor": {"enabled": True}},
+    "networkPolicy": {"apiServerCIDRs": ["10.0.0.0/24"]},
+}
+
 VALUE_SETS = {
     "default": {},
+    "secured": SECURED,
+    "metrics-open": {"metrics": {"auth": "none", "serviceMonitor": {"enabled": True}}},
     "airgapped": AIRGAPPED,
     "audit": {"mode": "audit"},
     "cert-manager": {"certificates": {"mode": "cert-manager"}},
@@ -219,7 +227,7 @@ def test_another_namespace_is_excluded_and_named_everywhere():
                 assert webhook["clientConfig"]["service"]["namespace"] == "policy-system"
                 values = webhook["namespaceSelector"]["matchExpressions"][0]["values"]
                 assert values == ["kube-system", "policy-system"]
-        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding"):
+        if doc["kind"] in ("ClusterRoleBinding", "RoleBinding") and doc["metadata"]["name"] != "prodguard-metrics-reader":
             assert doc["subjects"][0]["namespace"] == "policy-system"
         if doc["kind"] in ("Deployment", "Service", "ConfigMap", "Role", "RoleBinding", "ServiceAccount"):
             assert doc["metadata"]["namespace"] == "policy-system", doc["kind"]
@@ -235,6 +243,59 @@ def test_files_mode_mounts_the_secret_and_writes_the_ca_bundle():
         if doc["kind"].endswith("WebhookConfiguration"):
             assert all(w["clientConfig"]["caBundle"] == "TFMwdExTMUNSVWRKVGc9PQ==" for w in doc["webhooks"])
     assert "inject the CA" in chart.notes({"certificates": {"mode": "files"}})
+
+
+def test_client_auth_mounts_the_ca_and_names_the_subjects():
+    docs = chart.render(SECURED)
+    pod = deployment(docs)["spec"]["template"]["spec"]
+    container = pod["containers"][0]
+    assert "--client-ca=/etc/prodguard/client-ca/ca.crt" in container["args"]
+    assert "--client-subjects=kube-apiserver,apiserver-webhooks" in container["args"]
+    assert {"name": "client-ca", "configMap": {"name": "apiserver-client-ca"}} in pod["volumes"]
+    assert {"name": "client-ca", "mountPath": "/etc/prodguard/client-ca", "readOnly": True} in container["volumeMounts"]
+    # The probes still use the webhook port: they need no client certificate.
+    assert container["readinessProbe"]["httpGet"]["port"] == "https"
+    notes = chart.notes(SECURED)
+    assert "apiserver-client-ca" in notes and "client certificates OFF" not in notes
+    # Off by default, and NOTES say what that means.
+    default = deployment(chart.render({}))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--client-ca") for a in default)
+    assert "WARNING: client certificates OFF" in chart.notes({})
+
+
+def test_metrics_need_a_token_by_default_and_the_service_monitor_sends_one():
+    docs = chart.render(SECURED)
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--metrics-auth=kubernetes" in args
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "prodguard")
+    assert {"apiGroups": ["authentication.k8s.io"], "resources": ["tokenreviews"], "verbs": ["create"]} in role["rules"]
+    assert {"apiGroups": ["authorization.k8s.io"], "resources": ["subjectaccessreviews"], "verbs": ["create"]} in role["rules"]
+    reader = next(d for d in docs if d["kind"] == "ClusterRoleBinding" and d["metadata"]["name"] == "prodguard-metrics-reader")
+    assert reader["subjects"] == [
+        {"kind": "ServiceAccount", "name": "rancher-monitoring-prometheus", "namespace": "cattle-monitoring-system"}
+    ]
+    monitor = next(d for d in docs if d["kind"] == "ServiceMonitor")
+    endpoint = monitor["spec"]["endpoints"][0]
+    assert endpoint["scheme"] == "https" and endpoint["port"] == "metrics"
+    assert endpoint["bearerTokenFile"] == "/var/run/secrets/kubernetes.io/serviceaccount/token"
+    assert endpoint["tlsConfig"] == {
+        "ca": {"secret": {"name": "prodguard-tls", "key": "ca.crt"}},
+        "serverName": "prodguard.prodguard.svc",
+    }
+    service = next(d for d in docs if d["kind"] == "Service")
+    assert {"name": "metrics", "port": 9090, "targetPort": "metrics"} in service["spec"]["ports"]
+    # Only the monitoring namespace reaches the metrics port.
+    policy = next(d for d in docs if d["kind"] == "NetworkPolicy")
+    assert policy["spec"]["ingress"][1]["ports"] == [{"protocol": "TCP", "port": 9090}]
+    # metrics.auth none: plain HTTP, no review rights, no reader binding; no ServiceMonitor unless asked.
+    docs = chart.render(VALUE_SETS["metrics-open"])
+    args = deployment(docs)["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert not any(a.startswith("--metrics-auth") for a in args)
+    role = next(d for d in docs if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "prodguard")
+    assert not any("tokenreviews" in r.get("resources", []) for r in role["rules"])
+    assert not any(d["metadata"]["name"] == "prodguard-metrics-reader" for d in docs)
+    assert next(d for d in docs if d["kind"] == "ServiceMonitor")["spec"]["endpoints"][0]["scheme"] == "http"
+    assert not any(d["kind"] == "ServiceMonitor" for d in chart.render({}))
 
 
 @pytest.mark.parametrize(
@@ -254,6 +315,10 @@ def test_files_mode_mounts_the_secret_and_writes_the_ca_bundle():
         ({"networkPolicy": {"apiServerCIDRs": ["10.0.0.1"]}}, "/networkPolicy/apiServerCIDRs/0"),
         ({"excludedNamespaces": ["Kube_System"]}, "/excludedNamespaces/0"),
         ({"imagePulSecrets": []}, "imagePulSecrets"),
+        ({"clientAuth": {"subjects": []}}, "/clientAuth/subjects"),
+        ({"clientAuth": {"subjects": ["a,b"]}}, "/clientAuth/subjects/0"),
+        ({"metrics": {"auth": "basic"}}, "/metrics/auth"),
+        ({"metrics": {"readers": [{"kind": "ServiceAccount", "name": "prometheus"}]}}, "/metrics/readers/0"),
     ],
 )
 def test_the_schema_refuses_a_bad_value_naming_its_key(values, key):

@@ -12,11 +12,15 @@ use serde_json::{json, Value};
 
 use super::{assert_rbac_denied, err, Env};
 
-/// The values of the render: the admins reach prodguard's policy file, the image its registry.
+/// The values of the render: the admins reach prodguard's policy file, the image its registry;
+/// only the API server's client certificate gets reviews answered, and the suite's Prometheus
+/// user reads the metrics.
 fn values() -> Value {
     json!({
         "image": {"registry": "harbor.example.org/openg2p"},
         "admins": {"users": [], "groups": ["system:masters", "e2e-chart-admins"]},
+        "clientAuth": {"caConfigMap": "apiserver-client-ca", "subjects": ["kube-apiserver-webhook-client"]},
+        "metrics": {"readers": [{"kind": "User", "name": "e2e-prometheus"}]},
     })
 }
 
@@ -96,6 +100,15 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
         .expect("the policy file")
         .to_string();
 
+    // The CA of the API server's client certificate, where clientAuth.caConfigMap names it.
+    let ca = std::fs::read_to_string(&env.cluster.ca_file).expect("the cluster's CA");
+    let config_map = json!({"apiVersion": "v1", "kind": "ConfigMap",
+        "metadata": {"name": "apiserver-client-ca", "namespace": "prodguard"}, "data": {"ca.crt": ca}});
+    let applied = env
+        .cluster
+        .kubectl_stdin(&["apply", "-f", "-"], &config_map.to_string());
+    assert!(applied.status.success(), "{}", err(&applied));
+
     // Admitted: every object of the render is accepted by the API server.
     let port = env.cluster.prodguard_port;
     let list =
@@ -131,6 +144,20 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
         .map(str::to_string)
         .collect();
     assert!(args.contains(&"--manage-certs".to_string()), "{args:?}");
+    assert!(
+        args.contains(&"--metrics-auth=kubernetes".to_string()),
+        "{args:?}"
+    );
+    // The mounted ConfigMap's file is this machine's copy of it.
+    for arg in args.iter_mut() {
+        if arg == "--client-ca=/etc/prodguard/client-ca/ca.crt" {
+            *arg = format!("--client-ca={}", env.cluster.ca_file.display());
+        }
+    }
+    assert!(
+        args.contains(&"--client-subjects=kube-apiserver-webhook-client".to_string()),
+        "{args:?}"
+    );
     args.push("--lease-namespace=prodguard".into());
     args.push("--cert-ip-addresses=127.0.0.1".into());
     let kubeconfig = std::fs::read_to_string(&env.cluster.kubeconfig).expect("kubeconfig");
@@ -202,6 +229,60 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
         ns,
     ]);
     assert_rbac_denied(&stderr, "[rbac-hygiene]");
+
+    // Only the API server gets a review answered; the probes need no certificate. (The
+    // certificate served is the one prodguard issued into its Secret.)
+    let secret = env.get_json(&["secret", "prodguard-tls", "-n", "prodguard"]);
+    let ca = base64::Engine::decode(
+        &base64::engine::general_purpose::STANDARD,
+        secret["data"]["ca.crt"].as_str().expect("ca.crt"),
+    )
+    .expect("base64");
+    let ca = String::from_utf8(ca).expect("PEM");
+    let review = json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
+        "request": {"uid": "forged", "operation": "DELETE",
+            "kind": {"group": "", "version": "v1", "kind": "Secret"},
+            "resource": {"group": "", "version": "v1", "resource": "secrets"},
+            "namespace": ns, "name": "x", "userInfo": {"username": "forger"}}})
+    .to_string();
+    let (status, body) =
+        super::https_trusting(&ca, env, port, ("POST", "/validate", &review), None, None)
+            .expect("an answer");
+    assert_eq!(status, 403, "{body}");
+    assert_eq!(
+        super::https_trusting(&ca, env, port, ("GET", "/readyz", ""), None, None),
+        Ok((200, "ok".to_owned()))
+    );
+    // The metrics: the reader the values name, with the render's RBAC for the reviews.
+    let metrics = env.cluster.metrics_port;
+    let get = ("GET", "/metrics", "");
+    let (status, text) = super::https_trusting(
+        &ca,
+        env,
+        metrics,
+        get,
+        None,
+        Some(super::cluster::PROMETHEUS_TOKEN),
+    )
+    .expect("an answer");
+    assert_eq!(status, 200, "{text}");
+    assert!(
+        text.contains(
+            "prodguard_client_refusals_total{listener=\"admission\",reason=\"no_certificate\"} 1"
+        ),
+        "{text}"
+    );
+    assert!(matches!(
+        super::https_trusting(
+            &ca,
+            env,
+            metrics,
+            get,
+            None,
+            Some(super::cluster::DEV_TOKEN)
+        ),
+        Ok((403, _))
+    ));
     assert!(
         !env.cluster.log_of("prodguard-chart").contains("forbidden"),
         "the render's RBAC lacks a permission:\n{}",

@@ -1837,8 +1837,21 @@ fn https(
     client: Option<(&str, &str)>,
     token: Option<&str>,
 ) -> Result<(u16, String), String> {
-    let (method, path, body) = request;
     let ca = std::fs::read_to_string(env.cluster.certs_dir.join("ca.crt")).unwrap();
+    https_trusting(&ca, env, port, request, client, token)
+}
+
+/// [`https`] trusting the CA `ca` (PEM) for the server's certificate.
+fn https_trusting(
+    ca: &str,
+    env: &Env,
+    port: u16,
+    request: (&str, &str, &str),
+    client: Option<(&str, &str)>,
+    token: Option<&str>,
+) -> Result<(u16, String), String> {
+    let (method, path, body) = request;
+    let ca = ca.to_owned();
     let client = client.map(|(c, k)| (c.to_owned(), k.to_owned()));
     let head = format!(
         "{method} {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}\r\n",
