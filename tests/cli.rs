@@ -1577,3 +1577,30 @@ fn serve_refuses_an_unusable_client_ca() {
     assert_eq!(output.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&output.stderr).contains("--client-subjects is empty"));
 }
+
+#[test]
+fn metrics_auth_kubernetes_needs_the_cluster() {
+    let output = prodguard()
+        .args([
+            "serve",
+            "--addr",
+            "127.0.0.1:0",
+            "--metrics-addr",
+            "127.0.0.1:0",
+        ])
+        .args(["--metrics-auth", "kubernetes"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert!(
+        stderr.contains("--metrics-auth=kubernetes needs the cluster"),
+        "{stderr}"
+    );
+    let output = prodguard()
+        .args(["serve", "--metrics-auth", "basic"])
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("[possible values: none, kubernetes]"));
+}
