@@ -708,28 +708,6 @@ async fn http2_is_offered_by_alpn() {
     assert_eq!(answer["response"]["allowed"], false);
 }
 
-#[tokio::test]
-async fn a_client_that_does_not_trust_the_ca_is_refused() {
-    let server = start_default().await;
-    let other = prodguard::server::pki::generate("other CA", &["localhost".to_string()]).unwrap();
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("localhost").unwrap();
-    let result = connector(&other.ca_cert_pem, &[b"http/1.1"])
-        .connect(name, tcp)
-        .await;
-    assert!(
-        result.is_err(),
-        "the handshake must fail against another CA"
-    );
-    // A name the certificate does not carry fails too.
-    let tcp = tokio::net::TcpStream::connect(server.addr).await.unwrap();
-    let name = rustls::pki_types::ServerName::try_from("prodguard.example.org").unwrap();
-    assert!(connector(&server.ca_pem, &[])
-        .connect(name, tcp)
-        .await
-        .is_err());
-}
-
 /// The body limit on Traefik, over TLS: the Middleware a route names is read from the cluster.
 #[tokio::test]
 async fn traefik_routes_must_name_a_body_limit_and_middlewares_must_hold_one() {

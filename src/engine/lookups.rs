@@ -251,7 +251,9 @@ mod tests {
         assert_eq!(cluster.reads.load(Ordering::SeqCst), 4);
     }
 
-    #[tokio::test]
+    /// On a paused clock (time moves only when every task waits), so that a busy machine
+    /// cannot make the first read late.
+    #[tokio::test(start_paused = true)]
     async fn the_reads_of_a_request_share_one_deadline() {
         let cluster = Counting {
             reads: AtomicUsize::new(0),

@@ -561,7 +561,21 @@ mod tests {
             ..BodyLimits::default()
         });
         assert_eq!(small.limits.in_flight_bytes, MIN_BYTES_IN_FLIGHT);
-        assert_eq!(MIN_BYTES_IN_FLIGHT, 35_717_120);
         assert!(admission_memory(DEFAULT_BYTES_IN_FLIGHT) <= 64 * 1024 * 1024);
+    }
+
+    /// What the least budget protects: the largest body, and then what decoding its object and
+    /// old object may build, held twice, fit at once, without waiting; not a byte more.
+    #[tokio::test]
+    async fn the_least_budget_holds_the_largest_review_and_what_it_builds() {
+        let bodies = bodies(Duration::from_millis(1));
+        let now = tokio::time::Instant::now();
+        let body = bodies.reserve(MAX_BODY_BYTES, now).await.unwrap();
+        // Each of the object and its old version builds at most MAX_KEPT_BYTES, held twice.
+        let built = 2 * (2 * crate::view::MAX_KEPT_BYTES);
+        let decoded = bodies.reserve(built, now).await.unwrap();
+        assert!(body.is_some() && decoded.is_some());
+        let more = bodies.reserve(1, now).await.unwrap_err();
+        assert_eq!(more.status(), StatusCode::SERVICE_UNAVAILABLE);
     }
 }
