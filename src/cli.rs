@@ -56,13 +56,13 @@ pub enum Command {
 #[derive(Debug, Args)]
 pub struct AuditArgs {
     /// Policy configuration file; the embedded default by default.
-    #[arg(long, env = "PRODGUARD_CONFIG")]
+    #[arg(long, env = "PRODGUARD_AUDIT_CONFIG")]
     pub config: Option<PathBuf>,
     /// `audit` reports every violation as a warning.
-    #[arg(long, env = "PRODGUARD_MODE", value_enum)]
+    #[arg(long, env = "PRODGUARD_AUDIT_MODE", value_enum)]
     pub mode: Option<ModeArg>,
     /// Output format (the schema of `check`).
-    #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(short = 'o', long, env = "PRODGUARD_AUDIT_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
@@ -258,50 +258,50 @@ pub struct CheckArgs {
     #[arg(
         short = 'f',
         long = "filename",
-        env = "PRODGUARD_CHECK_FILES",
+        env = "PRODGUARD_CHECK_FILENAME",
         required = true,
         value_delimiter = ','
     )]
     pub files: Vec<PathBuf>,
     /// Policy configuration file; the embedded default by default.
-    #[arg(long, env = "PRODGUARD_CONFIG")]
+    #[arg(long, env = "PRODGUARD_CHECK_CONFIG")]
     pub config: Option<PathBuf>,
     /// `audit` reports every violation as a warning.
-    #[arg(long, env = "PRODGUARD_MODE", value_enum)]
+    #[arg(long, env = "PRODGUARD_CHECK_MODE", value_enum)]
     pub mode: Option<ModeArg>,
     /// Namespace for objects that name none (as `kubectl apply -n`).
     #[arg(
         short = 'n',
         long,
-        env = "PRODGUARD_NAMESPACE",
+        env = "PRODGUARD_CHECK_NAMESPACE",
         default_value = "default"
     )]
     pub namespace: String,
     /// Treat namespaces that no Namespace object in the input defines as production
     /// namespaces (for opensearch-cluster and external-databases).
-    #[arg(long, env = "PRODGUARD_PRODUCTION")]
+    #[arg(long, env = "PRODGUARD_CHECK_PRODUCTION")]
     pub production: bool,
     /// Output format.
-    #[arg(short = 'o', long, env = "PRODGUARD_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
+    #[arg(short = 'o', long, env = "PRODGUARD_CHECK_OUTPUT", value_enum, default_value_t = OutputFormat::Text)]
     pub output: OutputFormat,
 }
 
 #[derive(Debug, Args)]
 pub struct CertsArgs {
     /// Name of the webhook Service.
-    #[arg(long, env = "PRODGUARD_SERVICE", default_value = "prodguard")]
+    #[arg(long, env = "PRODGUARD_CERTS_SERVICE", default_value = "prodguard")]
     pub service: String,
     /// Namespace of the webhook Service.
-    #[arg(long, env = "PRODGUARD_NAMESPACE", default_value = "prodguard")]
+    #[arg(long, env = "PRODGUARD_CERTS_NAMESPACE", default_value = "prodguard")]
     pub namespace: String,
     /// Directory to write ca.crt, tls.crt and tls.key to.
-    #[arg(long, env = "PRODGUARD_CERTS_DIR", default_value = "certs")]
+    #[arg(long, env = "PRODGUARD_CERTS_OUT_DIR", default_value = "certs")]
     pub out_dir: PathBuf,
     /// Replace certificates already in the directory.
     #[arg(long, env = "PRODGUARD_CERTS_FORCE")]
     pub force: bool,
     /// Another DNS name or IP address for the serving certificate (repeatable).
-    #[arg(long = "san", env = "PRODGUARD_CERTS_SANS", value_delimiter = ',')]
+    #[arg(long = "san", env = "PRODGUARD_CERTS_SAN", value_delimiter = ',')]
     pub extra_names: Vec<String>,
     /// Patch the CA bundle into the webhook configurations of the cluster in the current
     /// kubeconfig (or in-cluster configuration). Reuses the certificates in --out-dir when
@@ -312,7 +312,11 @@ pub struct CertsArgs {
     #[arg(long, env = "PRODGUARD_CERTS_CA_FILE", requires = "inject")]
     pub ca_file: Option<PathBuf>,
     /// With --inject: the name of the mutating and validating webhook configurations.
-    #[arg(long, env = "PRODGUARD_WEBHOOK_NAME", default_value = "prodguard")]
+    #[arg(
+        long,
+        env = "PRODGUARD_CERTS_WEBHOOK_NAME",
+        default_value = "prodguard"
+    )]
     pub webhook_name: String,
 }
 
@@ -321,4 +325,50 @@ pub struct CertsArgs {
 pub enum MetricsAuth {
     None,
     Kubernetes,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    /// Every flag's environment variable follows one rule, and no two commands read the same
+    /// variable: `serve`'s and the global flags are `PRODGUARD_<FLAG>`, the other commands'
+    /// `PRODGUARD_<COMMAND>_<FLAG>` (so that a variable set for one never changes another, as
+    /// `PRODGUARD_NAMESPACE` once changed `check -n` for `certs --namespace`).
+    #[test]
+    fn environment_variables_follow_one_rule_and_are_never_shared() {
+        let cli = Cli::command();
+        let mut seen: std::collections::BTreeMap<String, String> = Default::default();
+        let mut check = |owner: &str, arg: &clap::Arg, prefix: &str| {
+            let Some(long) = arg.get_long() else { return };
+            if matches!(long, "help" | "version") {
+                return;
+            }
+            let env = arg
+                .get_env()
+                .and_then(|e| e.to_str())
+                .unwrap_or_else(|| panic!("{owner} --{long} has no environment variable"));
+            let expected = format!("{prefix}{}", long.to_ascii_uppercase().replace('-', "_"));
+            assert_eq!(env, expected, "{owner} --{long}");
+            if let Some(other) = seen.insert(env.to_owned(), format!("{owner} --{long}")) {
+                panic!("{env} is read by {other} and by {owner} --{long}");
+            }
+        };
+        for arg in cli.get_arguments() {
+            check("prodguard", arg, "PRODGUARD_");
+        }
+        for sub in cli.get_subcommands() {
+            let name = sub.get_name();
+            let prefix = match name {
+                "serve" => "PRODGUARD_".to_owned(),
+                other => format!("PRODGUARD_{}_", other.to_ascii_uppercase()),
+            };
+            for arg in sub.get_arguments().filter(|a| !a.is_global_set()) {
+                check(name, arg, &prefix);
+            }
+        }
+        assert!(seen.contains_key("PRODGUARD_CHECK_NAMESPACE"));
+        assert!(seen.contains_key("PRODGUARD_CERTS_NAMESPACE"));
+    }
 }

@@ -3,21 +3,8 @@
 
 use std::path::{Path, PathBuf};
 
-use prodguard::policies::*;
-
-const POLICIES: [&str; 11] = [
-    image_pull_policy::ID,
-    airgap_registry::ID,
-    registry_mirror::ID,
-    db_access::ID,
-    min_replicas::ID,
-    protect_delete::ID,
-    rbac_hygiene::ID,
-    ingress_body_size::ID,
-    opensearch_cluster::ID,
-    external_databases::ID,
-    node_spread::ID,
-];
+/// The registry's ids: a new policy module needs its page and its row, with nothing to add here.
+use prodguard::policies::IDS as POLICIES;
 
 fn root() -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR"))
@@ -71,6 +58,7 @@ fn every_relative_link_leads_to_a_file() {
 #[test]
 fn every_policy_has_its_page_and_its_row() {
     let readme = std::fs::read_to_string(root().join("README.md")).unwrap();
+    assert!(!POLICIES.is_empty());
     for id in POLICIES {
         let page = root().join(format!("docs/policies/{id}.md"));
         let text =
@@ -89,4 +77,59 @@ fn a_broken_link_is_seen() {
         relative_links("see [a](docs/a.md#x), [b](https://x.org/) and [c](c.md)"),
         ["docs/a.md", "c.md"]
     );
+}
+
+/// The long flags of `prodguard <command>` as clap defines them (not --help, --version, nor
+/// the global --log and --log-format).
+fn clap_flags(command: &str) -> std::collections::BTreeSet<String> {
+    use clap::CommandFactory;
+    let cli = prodguard::cli::Cli::command();
+    let sub = cli
+        .find_subcommand(command)
+        .unwrap_or_else(|| panic!("no command {command}"));
+    sub.get_arguments()
+        .filter(|a| !a.is_global_set())
+        .filter_map(|a| a.get_long())
+        .filter(|l| !matches!(*l, "help" | "version"))
+        .map(|l| format!("--{l}"))
+        .collect()
+}
+
+/// The long flags docs/configuration.md's synopsis of `prodguard <command>` names.
+fn documented_flags(command: &str) -> std::collections::BTreeSet<String> {
+    let text = std::fs::read_to_string(root().join("docs/configuration.md")).unwrap();
+    let start = text
+        .find(&format!("- `prodguard {command} "))
+        .unwrap_or_else(|| panic!("docs/configuration.md has no synopsis of {command}"));
+    // The synopsis is the code span that opens the item.
+    let rest = &text[start + 3..];
+    let synopsis = &rest[..rest.find('`').unwrap()];
+    let mut flags = std::collections::BTreeSet::new();
+    for word in synopsis.split(|c: char| c.is_whitespace() || "[]=|".contains(c)) {
+        if let Some(flag) = word.strip_prefix("--") {
+            let name: String = flag
+                .chars()
+                .take_while(|c| c.is_ascii_lowercase() || *c == '-')
+                .collect();
+            flags.insert(format!("--{name}"));
+        }
+    }
+    flags
+}
+
+#[test]
+fn each_command_s_synopsis_names_exactly_its_flags() {
+    for command in ["serve", "check", "audit", "certs"] {
+        let (clap, docs) = (clap_flags(command), documented_flags(command));
+        assert_eq!(
+            clap.difference(&docs).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{command}: flags missing from docs/configuration.md"
+        );
+        assert_eq!(
+            docs.difference(&clap).collect::<Vec<_>>(),
+            Vec::<&String>::new(),
+            "{command}: docs/configuration.md names flags {command} does not have"
+        );
+    }
 }
