@@ -626,6 +626,32 @@ fn the_deployed_policy_set_is_the_embedded_default() {
 
 #[test]
 fn prodguards_own_manifests_pass_its_policies() {
+    // Judged, not skipped: the namespace prodguard lives in is excluded at admission, so the
+    // manifests are checked with a policy set that excludes only kube-system. What prodguard
+    // needs (its webhook configurations, its Secret) passes through an explicit exemption, its
+    // service account in rbac-hygiene's exemptUsers; without it the same check denies.
+    let dir = tempfile::tempdir().unwrap();
+    let default = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("policies/openg2p-production.yaml"),
+    )
+    .unwrap();
+    let judged = default.replace(
+        "excludedNamespaces: [kube-system, prodguard]",
+        "excludedNamespaces: [kube-system]",
+    );
+    assert_ne!(
+        judged, default,
+        "the default set excludes prodguard's namespace"
+    );
+    let judged_path = dir.path().join("judged.yaml");
+    std::fs::write(&judged_path, &judged).unwrap();
+    let unexempt = judged.replace("\"system:serviceaccount:prodguard:prodguard\", ", "");
+    assert_ne!(
+        unexempt, judged,
+        "the default set exempts prodguard's service account"
+    );
+    let unexempt_path = dir.path().join("unexempt.yaml");
+    std::fs::write(&unexempt_path, &unexempt).unwrap();
     for dir in [
         "deploy/base",
         "deploy/overlays/audit",
@@ -642,9 +668,32 @@ fn prodguards_own_manifests_pass_its_policies() {
             "{dir}: {}",
             String::from_utf8_lossy(&rendered.stderr)
         );
-        let output = run_with_stdin(&["check", "-f", "-", "-o", "json"], &rendered.stdout);
+        let config = judged_path.to_str().unwrap();
+        let output = run_with_stdin(
+            &["check", "--config", config, "-f", "-", "-o", "json"],
+            &rendered.stdout,
+        );
         let doc: Value = serde_json::from_slice(&output.stdout).unwrap();
         assert_eq!(output.status.code(), Some(0), "{dir}: {doc}");
+        // Without the exemption, prodguard's own grants are denied like anyone's.
+        let config = unexempt_path.to_str().unwrap();
+        let output = run_with_stdin(
+            &["check", "--config", config, "-f", "-", "-o", "json"],
+            &rendered.stdout,
+        );
+        let denied: Value = serde_json::from_slice(&output.stdout).unwrap();
+        assert_eq!(output.status.code(), Some(1), "{dir}: {denied}");
+        let names: std::collections::BTreeSet<&str> = denied["results"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|r| r["action"] == "deny")
+            .map(|r| r["name"].as_str().unwrap_or_default())
+            .collect();
+        assert!(
+            names.contains("prodguard-audit-lease") && names.contains("prodguard"),
+            "{dir}: {denied}"
+        );
         assert_eq!(
             doc["results"],
             json!([]),
