@@ -419,6 +419,30 @@ mod tests {
         assert_eq!(config.admins.groups, vec!["system:masters".to_string()]);
     }
 
+    /// The embedded set spells every setting out for its readers, and the code's defaults are
+    /// what a custom `--config` that leaves a key out gets: the two are one, checked here (a
+    /// protect-delete exemption was once in the file and not in the code).
+    #[test]
+    fn the_embedded_set_is_the_code_s_defaults_spelled_out() {
+        let mut policies = Config::embedded_default().unwrap().policies;
+        // What the file chooses for OpenG2P beyond the defaults: a mirror and registries to
+        // fill in (both inactive until turned on), and the single PostgreSQL of its charts.
+        assert!(!policies.registry_mirror.mirrors.is_empty());
+        assert!(!policies.airgap_registry.allowed_registries.is_empty());
+        assert_eq!(policies.min_replicas.exemptions.len(), 1);
+        policies.registry_mirror.mirrors.clear();
+        policies.airgap_registry.allowed_registries.clear();
+        policies.min_replicas.exemptions.clear();
+        // Everything else is the code's default, spelled out.
+        assert_eq!(policies, crate::policies::Policies::default());
+        let minimal = load("policies:\n  protect-delete:\n    mode: enforce\n").unwrap();
+        assert!(minimal
+            .policies
+            .protect_delete
+            .exempt_users
+            .contains(&"system:kube-controller-manager".to_owned()));
+    }
+
     #[test]
     fn the_product_example_loads() {
         let config = load(

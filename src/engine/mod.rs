@@ -16,7 +16,10 @@ pub use request::{parent_kind, Operation, Request};
 use crate::cluster::ClusterLookup;
 use crate::config::{Admins, Config, GlobalMode, PolicyMode};
 use crate::exceptions::{self, ExceptionSet, Exceptions, Target};
-use crate::policies::{self, resources::Resource};
+use crate::policies::{
+    self,
+    resources::{Match, Resource},
+};
 use crate::report::{Report, Reporter};
 use crate::view::ShapeError;
 
@@ -86,6 +89,34 @@ pub trait Policy: Send + Sync {
 struct Configured {
     policy: Box<dyn Policy>,
     mode: PolicyMode,
+    /// What the policy acts on in its webhook (its module's `matches`, the webhook rules'
+    /// source): the engine runs it on nothing else.
+    matches: Vec<Match>,
+}
+
+impl Configured {
+    /// Whether the policy acts on this request: its operation and its resource (subresource
+    /// included) are in one of the policy's matches.
+    fn acts_on(&self, request: &Request<'_>) -> bool {
+        self.matches.iter().any(|m| covers(m, request))
+    }
+}
+
+/// Whether `m` covers `request`'s operation and resource (`pods/exec` for a subresource).
+pub fn covers(m: &Match, request: &Request<'_>) -> bool {
+    let operation = request.operation_name();
+    m.operations.contains(&operation)
+        && m.resources.iter().any(|r| {
+            if r.group == crate::policies::resources::ANY_GROUP {
+                return request.sub_resource.is_none() && r.kinds.contains(&request.kind);
+            }
+            r.group == request.resource_group
+                && match (r.plural.split_once('/'), request.sub_resource) {
+                    (None, None) => r.plural == request.resource,
+                    (Some((main, sub)), Some(asked)) => main == request.resource && sub == asked,
+                    _ => false,
+                }
+        })
 }
 
 /// The verdict on one request, before it is encoded for the API server.
@@ -120,6 +151,7 @@ impl Engine {
         reporter: Arc<dyn Reporter>,
     ) -> Engine {
         let global_audit = config.mode == GlobalMode::Audit;
+        let all_matches = config.policies.matches();
         let policies = policies::build(config)
             .into_iter()
             .map(|(policy, mode)| Configured {
@@ -127,6 +159,11 @@ impl Engine {
                     PolicyMode::Enforce if global_audit => PolicyMode::Audit,
                     mode => mode,
                 },
+                matches: all_matches
+                    .iter()
+                    .filter(|(id, m)| *id == policy.id() && m.webhook == policy.webhook())
+                    .map(|(_, m)| m.clone())
+                    .collect(),
                 policy,
             })
             .filter(|c| c.mode != PolicyMode::Off)
@@ -254,7 +291,7 @@ impl Engine {
         for configured in self
             .policies
             .iter()
-            .filter(|c| c.policy.webhook() == webhook)
+            .filter(|c| c.policy.webhook() == webhook && c.acts_on(request))
         {
             match configured.policy.evaluate(request, lookups).await {
                 Ok(findings) if findings.is_empty() => {}
@@ -366,7 +403,90 @@ mod tests {
 
     use super::*;
     use crate::cluster::{Binding, LookupError, RoleKey, Snapshot};
+    use crate::policies::resources;
     use crate::report::MemoryReporter;
+
+    /// What a policy acts on is its matches, and only them: the operation, the resource and
+    /// the subresource must all be named.
+    #[test]
+    fn a_match_covers_its_operations_resources_and_subresources_only() {
+        let exec = Match::new(Webhook::Validate, &["CONNECT"], &[resources::PODS_EXEC]);
+        let request = |operation, resource, sub| Request {
+            sub_resource: sub,
+            ..crate::policies::test_support::request(operation, "PodExecOptions", resource, None)
+        };
+        assert!(covers(
+            &exec,
+            &request(Operation::Connect, "pods", Some("exec"))
+        ));
+        assert!(!covers(
+            &exec,
+            &request(Operation::Connect, "pods", Some("attach"))
+        ));
+        assert!(!covers(&exec, &request(Operation::Connect, "pods", None)));
+        assert!(!covers(
+            &exec,
+            &request(Operation::Create, "pods", Some("exec"))
+        ));
+        let deployments = Match::new(Webhook::Validate, &["DELETE"], &[resources::DEPLOYMENTS]);
+        let mut delete = request(Operation::Delete, "deployments", None);
+        assert!(
+            !covers(&deployments, &delete),
+            "the core group has no deployments"
+        );
+        delete.resource_group = "apps";
+        assert!(covers(&deployments, &delete));
+        delete.sub_resource = Some("scale");
+        assert!(
+            !covers(&deployments, &delete),
+            "a subresource is not its parent"
+        );
+        // A kind of an API prodguard does not know: by kind, in any group.
+        let custom = Match::new(
+            Webhook::Validate,
+            &["DELETE"],
+            &[resources::of_any_group("Cluster")],
+        );
+        let mut cluster =
+            crate::policies::test_support::request(Operation::Delete, "Cluster", "clusters", None);
+        cluster.resource_group = "postgresql.cnpg.io";
+        assert!(covers(&custom, &cluster));
+        cluster.kind = "Backup";
+        assert!(!covers(&custom, &cluster));
+    }
+
+    /// The engine runs a policy only on what it matches: protect-delete never sees a CREATE.
+    /// Its evaluate no longer filters by operation, so without the gate this CREATE of a
+    /// Secret would be denied.
+    #[tokio::test]
+    async fn the_engine_runs_a_policy_only_on_what_it_matches() {
+        let engine = Engine::new(
+            &Config::embedded_default().unwrap(),
+            Arc::new(Snapshot::default()),
+            Arc::new(MemoryReporter::default()),
+        );
+        let secret = crate::view::owned(serde_json::json!({"apiVersion": "v1", "kind": "Secret",
+            "metadata": {"name": "db", "namespace": "openg2p"}}))
+        .unwrap();
+        let mut request =
+            crate::policies::test_support::request(Operation::Create, "Secret", "secrets", None);
+        request.username = "bob";
+        request.name = "db";
+        request.old_object = Some(&secret);
+        let snapshot = Snapshot::default();
+        let lookups = Lookups::immediate(&snapshot);
+        let allowed = |verdict: Verdict| match verdict {
+            Verdict::Decided(decision) => decision.allowed,
+            Verdict::Malformed(e) => panic!("{e}"),
+        };
+        assert!(allowed(
+            engine.evaluate(Webhook::Validate, &request, &lookups).await
+        ));
+        request.operation = Operation::Delete;
+        assert!(!allowed(
+            engine.evaluate(Webhook::Validate, &request, &lookups).await
+        ));
+    }
 
     struct HangingLookup;
 

@@ -131,6 +131,21 @@ impl PolicyModule for Definition {
             // A pod of a person's that mounts a database's claim; the audit reports the ones
             // that run (it lists the pods that mount a claim).
             Match::new(Webhook::Validate, &["CREATE"], &[resources::PODS]),
+            // A workload whose pods would mount one.
+            Match::new(
+                Webhook::Validate,
+                &["CREATE", "UPDATE"],
+                &[
+                    resources::DEPLOYMENTS,
+                    resources::STATEFUL_SETS,
+                    resources::DAEMON_SETS,
+                    resources::REPLICA_SETS,
+                    resources::JOBS,
+                    resources::CRON_JOBS,
+                    resources::REPLICATION_CONTROLLERS,
+                    resources::POD_TEMPLATES,
+                ],
+            ),
         ]
     }
 

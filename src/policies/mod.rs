@@ -176,7 +176,12 @@ pub fn webhook_rules(policies: &Policies) -> Vec<(Webhook, &'static str, Resourc
     let mut rules: Vec<(Webhook, &'static str, Resource)> = Vec::new();
     for (_, m) in policies.matches() {
         for operation in m.operations {
-            for resource in &m.resources {
+            // A kind of an API prodguard does not know is the admin's rule to add.
+            for resource in m
+                .resources
+                .iter()
+                .filter(|r| r.group != resources::ANY_GROUP)
+            {
                 let rule = (m.webhook, *operation, *resource);
                 if !rules.contains(&rule) {
                     rules.push(rule);
@@ -523,6 +528,19 @@ pub(crate) mod test_support {
                 .now_or_never()
                 .expect("a test's cluster answers at once")
         }
+    }
+
+    /// Evaluates `policy` as the engine does: only on what `matches` (its module's) covers.
+    pub fn eval_matched(
+        matches: &[super::resources::Match],
+        policy: &dyn Policy,
+        request: &Request<'_>,
+        context: &Context,
+    ) -> Result<Vec<Finding>, EvalError> {
+        if !matches.iter().any(|m| crate::engine::covers(m, request)) {
+            return Ok(Vec::new());
+        }
+        policy.eval(request, context)
     }
 
     /// What `policy` reads from the cluster on `request` (`pod openg2p/db-0`), whatever the

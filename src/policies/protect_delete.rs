@@ -9,7 +9,7 @@ use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::config::Admins;
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "protect-delete";
 
@@ -39,8 +39,14 @@ fn default_protected_kinds() -> Vec<String> {
         .to_vec()
 }
 
+/// Kubernetes' own controllers (the garbage collector, the namespace controller) keep working:
+/// their service accounts, and the controller manager when it runs without per-controller
+/// credentials.
 fn default_exempt_users() -> Vec<String> {
-    vec!["system:serviceaccount:kube-system:*".to_owned()]
+    vec![
+        "system:serviceaccount:kube-system:*".to_owned(),
+        "system:kube-controller-manager".to_owned(),
+    ]
 }
 
 /// `protect-delete`: its settings, what it matches, its policy.
@@ -62,15 +68,16 @@ impl PolicyModule for Definition {
         Ok(())
     }
 
-    /// DELETE of the protected kinds prodguard knows the resource of; a kind of another API
-    /// (a custom resource) needs its own rule in the webhook configuration.
+    /// DELETE of the protected kinds: by their resource when prodguard knows it; a kind of
+    /// another API (a custom resource) by its kind in any group, and it needs its own rule in
+    /// the webhook configuration.
     fn matches(settings: &Settings) -> Vec<Match> {
-        let known: Vec<_> = settings
+        let kinds: Vec<_> = settings
             .kinds
             .iter()
-            .filter_map(|kind| resources::of_kind(kind))
+            .map(|kind| resources::of_kind(kind).unwrap_or_else(|| resources::of_any_group(kind)))
             .collect();
-        vec![Match::new(Webhook::Validate, &["DELETE"], &known)]
+        vec![Match::new(Webhook::Validate, &["DELETE"], &kinds)]
     }
 
     fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
@@ -113,10 +120,8 @@ impl Policy for ProtectDelete {
         request: &Request<'_>,
         _: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
-        if request.operation != Operation::Delete
-            || request.sub_resource.is_some()
-            || !self.kinds.iter().any(|k| k == request.kind)
-            || self.admins.is_admin(request.username, request.groups)
+        // The engine runs it only on what its matches name: DELETE of the protected kinds.
+        if self.admins.is_admin(request.username, request.groups)
             || self
                 .exempt_users
                 .iter()
@@ -138,7 +143,8 @@ impl Policy for ProtectDelete {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::policies::test_support::{object, request, Context, Eval};
+    use crate::engine::Operation;
+    use crate::policies::test_support::{eval_matched, object, request, Context};
     use serde_json::json;
 
     #[test]
@@ -179,13 +185,18 @@ mod tests {
                 true,
             ),
         ];
+        let matches = Definition::matches(&Settings::default());
         for (kind, user, groups, denied) in cases {
-            let mut req = request(Operation::Delete, kind, "x", None);
+            // As the API server sends it: the kind's resource and group.
+            let resource = resources::of_kind(kind).expect("a known kind");
+            let mut req = request(Operation::Delete, kind, resource.plural, None);
+            req.resource_group = resource.group;
+            req.group = resource.group;
             req.old_object = Some(&old);
             req.name = "db-creds";
             req.username = user;
             req.groups = groups;
-            let findings = p.eval(&req, &Context::default()).unwrap();
+            let findings = eval_matched(&matches, &p, &req, &Context::default()).unwrap();
             assert_eq!(!findings.is_empty(), denied, "{kind} by {user}");
             if let Some(Finding::Violation { message }) = findings.first() {
                 assert!(
@@ -206,13 +217,37 @@ mod tests {
             ..Default::default()
         };
         let p = ProtectDelete::new(&config, &Admins::default());
+        let matches = Definition::matches(&config);
+        let eval =
+            |req: &Request<'_>| eval_matched(&matches, &p, req, &Context::default()).unwrap();
         let mut req = request(Operation::Delete, "Service", "services", None);
         req.username = "bob";
-        assert_eq!(p.eval(&req, &Context::default()).unwrap().len(), 1);
+        assert_eq!(eval(&req).len(), 1);
         req.username = "system:serviceaccount:ci:helm";
-        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
+        assert!(eval(&req).is_empty());
         req.kind = "Secret";
+        req.resource = "secrets";
         req.username = "bob";
-        assert!(p.eval(&req, &Context::default()).unwrap().is_empty());
+        assert!(
+            eval(&req).is_empty(),
+            "Secret is not among the configured kinds"
+        );
+        // A custom resource's kind is matched in any group.
+        let config = Settings {
+            kinds: vec!["Cluster".into()],
+            ..Default::default()
+        };
+        let p = ProtectDelete::new(&config, &Admins::default());
+        let matches = Definition::matches(&config);
+        let mut req = request(Operation::Delete, "Cluster", "clusters", None);
+        req.group = "postgresql.cnpg.io";
+        req.resource_group = "postgresql.cnpg.io";
+        req.username = "bob";
+        assert_eq!(
+            eval_matched(&matches, &p, &req, &Context::default())
+                .unwrap()
+                .len(),
+            1
+        );
     }
 }

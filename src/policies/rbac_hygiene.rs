@@ -573,12 +573,6 @@ impl RbacHygiene {
         Ok(Some((key, granted)))
     }
 
-    fn applies(request: &Request<'_>) -> bool {
-        request.group == RBAC_GROUP
-            && matches!(request.operation, Operation::Create | Operation::Update)
-            && request.sub_resource.is_none()
-    }
-
     const FIX: &'static str = "the production guide reserves these for admins; a subject that \
                                needs them is listed in admins or in policies.rbac-hygiene's \
                                exemptUsers or exemptGroups, which an admin does";
@@ -599,9 +593,7 @@ impl Policy for RbacHygiene {
         request: &Request<'_>,
         lookups: &Lookups<'_>,
     ) -> Result<Vec<Finding>, EvalError> {
-        if !Self::applies(request) {
-            return Ok(Vec::new());
-        }
+        // The engine runs it only on what its matches name: writes of the four RBAC kinds.
         let message = match request.kind {
             "RoleBinding" | "ClusterRoleBinding" => {
                 let Some((role, subjects)) = self.binding_write(request)? else {

@@ -207,6 +207,37 @@ pub fn of_kind(kind: &str) -> Option<Resource> {
         .copied()
 }
 
+/// Any group's resource of `kind`: a kind prodguard does not know the API of (a custom
+/// resource a policy setting names). Matched by the kind the request carries; the webhook
+/// configuration needs a rule of its own for it. Each distinct kind is kept once for the
+/// process's life (configurations name a handful).
+pub fn of_any_group(kind: &str) -> Resource {
+    static KINDS: std::sync::Mutex<Vec<&'static [&'static str]>> =
+        std::sync::Mutex::new(Vec::new());
+    let mut kinds = match KINDS.lock() {
+        Ok(kinds) => kinds,
+        Err(poisoned) => poisoned.into_inner(),
+    };
+    let interned = match kinds.iter().find(|k| k[0] == kind) {
+        Some(found) => *found,
+        None => {
+            let name: &'static str = Box::leak(kind.to_owned().into_boxed_str());
+            let slice: &'static [&'static str] = Box::leak(vec![name].into_boxed_slice());
+            kinds.push(slice);
+            slice
+        }
+    };
+    Resource {
+        group: ANY_GROUP,
+        versions: &[],
+        plural: "",
+        kinds: interned,
+    }
+}
+
+/// The group of [`of_any_group`]'s resources.
+pub const ANY_GROUP: &str = "*";
+
 /// The pod-bearing workloads: what container policies act on.
 pub const WORKLOADS: &[Resource] = &[
     DEPLOYMENTS,
