@@ -285,6 +285,8 @@ pub struct OwnerRef<'a> {
     pub kind: Cow<'a, str>,
     #[serde(borrow, default)]
     pub name: Cow<'a, str>,
+    #[serde(borrow, default)]
+    pub uid: Cow<'a, str>,
     #[serde(default)]
     pub controller: Option<bool>,
 }
@@ -1065,13 +1067,13 @@ impl<'a> Object<'a> {
             .any(|r| r.kind == kind && r.controller == Some(true))
     }
 
-    /// Whether any controller owns the object.
-    pub fn has_controller(&self) -> bool {
+    /// The owner reference that marks the object's controller, if any.
+    pub fn controller(&self) -> Option<&OwnerRef<'a>> {
         self.metadata
             .owner_references
             .iter()
             .flatten()
-            .any(|r| r.controller == Some(true))
+            .find(|r| r.controller == Some(true))
     }
 
     pub fn name(&self) -> Option<&str> {
@@ -1182,7 +1184,7 @@ mod tests {
         let object = Object::decode("Deployment", &text).unwrap().unwrap();
         assert_eq!(object.shape, Shape::Workload);
         assert_eq!(object.replicas(), Some(3));
-        assert!(object.has_controller() && object.controlled_by("X"));
+        assert!(object.controller().is_some() && object.controlled_by("X"));
         // Annotations that no policy reads are not kept, but their presence is.
         assert!(object.metadata.annotations.as_ref().unwrap().0.is_empty());
         let spec = object.pod_spec().unwrap();

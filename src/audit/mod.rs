@@ -130,7 +130,8 @@ pub async fn scan(client: &kube::Client, engine: &Engine) -> Scan {
 }
 
 /// Lists every covered kind cluster-wide, page by page, and hands each object's findings to
-/// `sink`. Objects in excluded namespaces and objects run by a controller are skipped.
+/// `sink`. Objects in excluded namespaces, and objects judged through their controller
+/// ([`JUDGED_THROUGH`]), are skipped.
 pub async fn scan_into(
     client: &kube::Client,
     engine: &Engine,
@@ -147,8 +148,11 @@ pub async fn scan_into(
         }
     };
     // Every kind a policy judges when it is created, each by the versions it may be served
-    // at, newest first (CronJob is `batch/v1beta1` before 1.21).
-    for target in engine.audited_resources() {
+    // at, newest first (CronJob is `batch/v1beta1` before 1.21); controllers first.
+    let mut targets = engine.audited_resources().to_vec();
+    targets.sort_by_key(|t| listing_rank(t.kind()));
+    let mut owners = Owners::default();
+    for target in &targets {
         let mut listed = false;
         let mut last_error = None;
         let mut served = false;
@@ -160,7 +164,15 @@ pub async fn scan_into(
                 kind: target.kind(),
             };
             match scan_kind(
-                client, engine, &snapshot, &resource, kind, budget, sink, &mut stats,
+                client,
+                engine,
+                &snapshot,
+                &resource,
+                kind,
+                budget,
+                &mut owners,
+                sink,
+                &mut stats,
             )
             .await
             {
@@ -240,6 +252,7 @@ async fn scan_kind(
     resource: &ApiResource,
     kind: Kind<'_>,
     budget: PageBudget,
+    owners: &mut Owners,
     sink: &mut dyn ScanSink,
     stats: &mut ScanStats,
 ) -> Result<(), kube::Error> {
@@ -257,7 +270,7 @@ async fn scan_kind(
         bytes += body.len();
         stats.listed_objects += page.items.len();
         for item in page.items {
-            scan_object(engine, snapshot, kind, item, sink);
+            scan_object(engine, snapshot, kind, item, owners, sink);
         }
         match page.metadata.continue_ {
             Some(token) if !token.is_empty() => {
@@ -270,6 +283,74 @@ async fn scan_kind(
     }
 }
 
+/// The kinds the audit judges through their controller, and the controllers' kinds: a
+/// Deployment's ReplicaSets, a CronJob's Jobs, and the Pods of those and of StatefulSets,
+/// DaemonSets and ReplicationControllers. Their templates are judged at the controller, so
+/// their findings would repeat it. Anything else (a StatefulSet an operator's custom resource
+/// runs, a Pod a CloudNativePG Cluster makes) is judged itself.
+const JUDGED_THROUGH: &[(&str, &[&str])] = &[
+    ("ReplicaSet", &["Deployment"]),
+    ("Job", &["CronJob"]),
+    (
+        "Pod",
+        &[
+            "ReplicaSet",
+            "Job",
+            "StatefulSet",
+            "DaemonSet",
+            "ReplicationController",
+        ],
+    ),
+];
+
+/// The order kinds are listed in: the controllers of [`JUDGED_THROUGH`] before what they run,
+/// so that an owner is known before its objects come.
+fn listing_rank(kind: &str) -> u8 {
+    match kind {
+        "Deployment" | "CronJob" => 0,
+        "Pod" => 2,
+        _ => 1,
+    }
+}
+
+/// The UIDs of the controllers of [`JUDGED_THROUGH`] listed so far in a scan, hashed (8 bytes
+/// each, with a key of this process: a UID cannot be chosen to collide).
+#[derive(Default)]
+pub struct Owners {
+    seen: std::collections::HashSet<u64>,
+    hasher: std::hash::RandomState,
+}
+
+impl Owners {
+    fn hash(&self, uid: &str) -> u64 {
+        std::hash::BuildHasher::hash_one(&self.hasher, uid)
+    }
+
+    /// Notes a listed object that may control others.
+    fn note(&mut self, object: &crate::view::Object<'_>) {
+        let controls = JUDGED_THROUGH
+            .iter()
+            .any(|(_, owners)| owners.contains(&object.kind.as_ref()));
+        if let Some(uid) = object.metadata.uid.as_deref().filter(|_| controls) {
+            self.seen.insert(self.hash(uid));
+        }
+    }
+
+    /// Whether `object` is judged through its controller: its controller is of a kind that
+    /// judges it, and was listed (exists). A forged owner reference (another kind, a UID
+    /// nothing has) hides nothing.
+    fn judge_through_controller(&self, object: &crate::view::Object<'_>) -> bool {
+        let Some((_, kinds)) = JUDGED_THROUGH.iter().find(|(k, _)| *k == object.kind) else {
+            return false;
+        };
+        object.controller().is_some_and(|owner| {
+            kinds.contains(&owner.kind.as_ref())
+                && !owner.uid.is_empty()
+                && self.seen.contains(&self.hash(&owner.uid))
+        })
+    }
+}
+
 /// Decodes and evaluates one listed object, and hands its findings to the sink. The item is
 /// decoded straight into the view (by its list's kind); its text is parsed whole only when a
 /// mutating policy patches it.
@@ -278,6 +359,7 @@ fn scan_object(
     snapshot: &Snapshot,
     kind: Kind<'_>,
     item: &RawValue,
+    owners: &mut Owners,
     sink: &mut dyn ScanSink,
 ) {
     let text = item.get();
@@ -294,7 +376,8 @@ fn scan_object(
     object.api_version = Cow::Borrowed(kind.api_version);
     object.kind = Cow::Borrowed(kind.kind);
     let namespace = object.namespace().unwrap_or_default().to_owned();
-    if engine.is_excluded(&namespace) || object.has_controller() {
+    owners.note(object);
+    if engine.is_excluded(&namespace) || owners.judge_through_controller(object) {
         return;
     }
     let scanned = Scanned {
@@ -337,19 +420,64 @@ mod tests {
         );
     }
 
-    /// Whether the listed object is run by a controller that is audited itself (a
-    /// ReplicaSet's Pods, a Deployment's ReplicaSets, a CronJob's Jobs): its findings would
-    /// repeat the controller's.
+    fn object(value: serde_json::Value) -> crate::view::Object<'static> {
+        crate::view::owned(value).unwrap()
+    }
+
+    /// Only what the audit judges through its controller is left to it, and only once that
+    /// controller was listed. (The old rule skipped anything with a `controller: true` owner
+    /// reference: the first two assertions on `forged` and `operator` failed on it.)
     #[test]
-    fn a_controller_owned_object_is_left_to_its_controller() {
-        let has_controller =
-            |value: serde_json::Value| crate::view::owned(value).unwrap().has_controller();
-        let owned = serde_json::json!({"metadata": {"ownerReferences": [
-            {"kind": "ReplicaSet", "name": "web-1", "controller": true}]}});
-        let referenced = serde_json::json!({"metadata": {"ownerReferences": [
-            {"kind": "ConfigMap", "name": "x"}]}});
-        assert!(has_controller(owned));
-        assert!(!has_controller(referenced));
-        assert!(!has_controller(serde_json::json!({"metadata": {}})));
+    fn only_objects_judged_through_a_listed_controller_are_left_to_it() {
+        let mut owners = Owners::default();
+        let deployment = object(serde_json::json!({"kind": "Deployment",
+            "metadata": {"name": "web", "uid": "d-1"}}));
+        let replica_set = |owner: &str, uid: &str| {
+            object(
+                serde_json::json!({"kind": "ReplicaSet", "metadata": {"name": "web-1", "uid": "rs-1",
+                "ownerReferences": [{"kind": owner, "name": "web", "uid": uid, "controller": true}]}}),
+            )
+        };
+        // Before its Deployment is listed, a ReplicaSet is judged itself.
+        assert!(!owners.judge_through_controller(&replica_set("Deployment", "d-1")));
+        owners.note(&deployment);
+        assert!(owners.judge_through_controller(&replica_set("Deployment", "d-1")));
+        // A forged reference: a UID nothing has, or a kind that does not judge it.
+        let forged = replica_set("Deployment", "no-such-uid");
+        assert!(!owners.judge_through_controller(&forged));
+        let operator = object(
+            serde_json::json!({"kind": "StatefulSet", "metadata": {"name": "pg",
+            "ownerReferences": [{"kind": "Cluster", "name": "pg", "uid": "c-1", "controller": true}]}}),
+        );
+        owners.note(&object(
+            serde_json::json!({"kind": "Cluster", "metadata": {"name": "pg", "uid": "c-1"}}),
+        ));
+        assert!(!owners.judge_through_controller(&operator));
+        // A Pod of a listed ReplicaSet is left to it; a reference that is not the controller's is
+        // not enough.
+        owners.note(&replica_set("Deployment", "d-1"));
+        let pod = |controller: bool| {
+            object(
+                serde_json::json!({"kind": "Pod", "metadata": {"name": "web-1-x",
+                "ownerReferences": [{"kind": "ReplicaSet", "name": "web-1", "uid": "rs-1", "controller": controller}]}}),
+            )
+        };
+        assert!(owners.judge_through_controller(&pod(true)));
+        assert!(!owners.judge_through_controller(&pod(false)));
+        assert!(!owners.judge_through_controller(&object(
+            serde_json::json!({"kind": "Pod", "metadata": {"name": "bare"}})
+        )));
+        // Controllers are listed before what they run.
+        let mut kinds = [
+            "Pod",
+            "ReplicaSet",
+            "Job",
+            "Deployment",
+            "CronJob",
+            "Ingress",
+        ];
+        kinds.sort_by_key(|k| listing_rank(k));
+        assert_eq!(kinds[..2], ["Deployment", "CronJob"]);
+        assert_eq!(kinds[5], "Pod");
     }
 }

@@ -74,6 +74,10 @@ fn main() -> ExitCode {
             "background_audit_reports_and_lease",
             background_audit_reports_and_lease,
         ),
+        (
+            "audit_judges_what_no_listed_controller_judges",
+            audit_judges_what_no_listed_controller_judges,
+        ),
         ("client_certificates_required", client_certificates_required),
         (
             "forged_review_flood_keeps_real_denials",
@@ -1560,6 +1564,113 @@ fn results_for<'a>(report: &'a Value, name: &str) -> Vec<&'a Value> {
         .flatten()
         .filter(|r| r["resources"][0]["name"] == name)
         .collect()
+}
+
+/// The audit leaves an object to its controller only when that controller is of a kind that
+/// judges it and exists: an operator's StatefulSet and a ReplicaSet with a forged owner are
+/// judged themselves. (Before, any `controller: true` owner reference hid the object.)
+fn audit_judges_what_no_listed_controller_judges(env: &mut Env) {
+    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+    env.ok(&[
+        "wait",
+        "--for=condition=established",
+        "--timeout=30s",
+        "crd/policyreports.wgpolicyk8s.io",
+    ]);
+    let policies = default_with(
+        "  node-spread:\n    mode: enforce",
+        "  node-spread:\n    mode: \"off\"",
+    );
+    env.serve(
+        &policies,
+        &[
+            "--mode",
+            "audit",
+            "--audit-interval=1s",
+            "--lease-namespace=default",
+            "--lease-duration=3s",
+        ],
+    );
+    let ns = "e2e-owners";
+    env.namespace(ns);
+    let template = json!({"metadata": {"labels": {"app": "x"}},
+        "spec": {"containers": [{"name": "c", "image": "nginx:1.25", "imagePullPolicy": "IfNotPresent"}]}});
+    let owner = json!({"apiVersion": "apps/v1", "kind": "Deployment", "metadata": {"name": "owner"},
+        "spec": {"replicas": 2, "selector": {"matchLabels": {"app": "x"}}, "template": template}});
+    assert!(env.apply(ns, &owner).status.success());
+    let uid = env.ok(&[
+        "get",
+        "deployment",
+        "owner",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    let owned_by = |kind: &str, name: &str, uid: &str| json!([{"apiVersion": "apps/v1", "kind": kind, "name": name, "uid": uid, "controller": true}]);
+    let replica_set = |name: &str, owners: Value| {
+        json!({"apiVersion": "apps/v1", "kind": "ReplicaSet",
+            "metadata": {"name": name, "ownerReferences": owners},
+            "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "x"}}, "template": template}})
+    };
+    // The Deployment's own ReplicaSet, judged at the Deployment.
+    let applied = env.apply(
+        ns,
+        &replica_set("owner-1", owned_by("Deployment", "owner", uid.trim())),
+    );
+    assert!(applied.status.success(), "{}", err(&applied));
+    let rs_uid = env.ok(&[
+        "get",
+        "replicaset",
+        "owner-1",
+        "-n",
+        ns,
+        "-o",
+        "jsonpath={.metadata.uid}",
+    ]);
+    // Pods of an untagged image, which the API server defaults to `Always`: image-pull-policy
+    // has a finding on each.
+    let pod = |name: &str, owner_uid: &str| {
+        json!({"apiVersion": "v1", "kind": "Pod",
+            "metadata": {"name": name, "labels": {"app": "y"}, "ownerReferences": [
+                {"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "owner-1", "uid": owner_uid, "controller": true}]},
+            "spec": {"containers": [{"name": "c", "image": "nginx"}]}})
+    };
+    let items = json!({"apiVersion": "v1", "kind": "List", "items": [
+        // The ReplicaSet's pod: judged through it.
+        pod("owner-1-abcde", rs_uid.trim()),
+        // An owner that does not exist.
+        pod("forged", "00000000-0000-0000-0000-000000000000"),
+        // An operator's custom resource.
+        {"apiVersion": "apps/v1", "kind": "StatefulSet",
+         "metadata": {"name": "pg", "ownerReferences": [{"apiVersion": "postgresql.cnpg.io/v1",
+            "kind": "Cluster", "name": "pg", "uid": "11111111-1111-1111-1111-111111111111", "controller": true}]},
+         "spec": {"replicas": 1, "serviceName": "pg", "selector": {"matchLabels": {"app": "x"}}, "template": template}}
+    ]});
+    let applied = env.apply(ns, &items);
+    assert!(applied.status.success(), "{}", err(&applied));
+    let report = wait_report(env, ns, "the forged and the operator's objects", |r| {
+        !results_for(r, "forged").is_empty() && !results_for(r, "pg").is_empty()
+    });
+    assert!(
+        results_for(&report, "forged")
+            .iter()
+            .any(|r| r["policy"] == "image-pull-policy"),
+        "{report}"
+    );
+    assert!(
+        results_for(&report, "pg")
+            .iter()
+            .any(|r| r["policy"] == "min-replicas" && r["result"] == "fail"),
+        "{report}"
+    );
+    for name in ["owner-1", "owner-1-abcde"] {
+        assert!(
+            results_for(&report, name).is_empty(),
+            "{name} is judged at the Deployment: {report}"
+        );
+    }
+    assert!(results_for(&report, "owner").is_empty(), "{report}");
 }
 
 fn background_audit_reports_and_lease(env: &mut Env) {
