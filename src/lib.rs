@@ -8,6 +8,7 @@
 pub mod admission;
 pub mod audit;
 pub mod body;
+pub mod certs;
 pub mod cli;
 pub mod cluster;
 pub mod commands;

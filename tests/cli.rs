@@ -845,7 +845,7 @@ fn serve_rejects_bad_operational_flags() {
 #[test]
 fn serve_rejects_bad_certificate_management_flags() {
     let dir = tempfile::tempdir().unwrap();
-    let pki = prodguard::server::pki::generate("cli CA", &["localhost".to_owned()]).unwrap();
+    let pki = prodguard::certs::pki::generate("cli CA", &["localhost".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &pki.cert_pem).unwrap();
     std::fs::write(&key, &pki.key_pem).unwrap();
@@ -1439,7 +1439,7 @@ fn check_denies_pods_beside_a_database_s_storage() {
 }
 
 /// A client certificate named `cn`, signed by the CA of `pki`: `(cert PEM, key PEM)`.
-fn client_cert(pki: &prodguard::server::pki::Pki, cn: &str) -> (String, String) {
+fn client_cert(pki: &prodguard::certs::pki::Pki, cn: &str) -> (String, String) {
     let issuer = rcgen::Issuer::from_ca_cert_pem(
         &pki.ca_cert_pem,
         rcgen::KeyPair::from_pem(&pki.ca_key_pem).unwrap(),
@@ -1465,13 +1465,12 @@ fn sample(text: &str, series: &str) -> u64 {
 #[tokio::test]
 async fn with_a_client_ca_only_the_named_certificate_gets_a_review_and_probes_need_none() {
     let dir = tempfile::tempdir().unwrap();
-    let serving =
-        prodguard::server::pki::generate("serving CA", &["localhost".to_owned()]).unwrap();
+    let serving = prodguard::certs::pki::generate("serving CA", &["localhost".to_owned()]).unwrap();
     let (cert, key) = (dir.path().join("tls.crt"), dir.path().join("tls.key"));
     std::fs::write(&cert, &serving.cert_pem).unwrap();
     std::fs::write(&key, &serving.key_pem).unwrap();
-    let clients = prodguard::server::pki::generate("client CA", &["x".to_owned()]).unwrap();
-    let other_ca = prodguard::server::pki::generate("other CA", &["x".to_owned()]).unwrap();
+    let clients = prodguard::certs::pki::generate("client CA", &["x".to_owned()]).unwrap();
+    let other_ca = prodguard::certs::pki::generate("other CA", &["x".to_owned()]).unwrap();
     let client_ca = dir.path().join("client-ca.crt");
     std::fs::write(&client_ca, &clients.ca_cert_pem).unwrap();
     let (mut child, addr, metrics) = serve(&[

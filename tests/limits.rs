@@ -6,7 +6,8 @@ mod common;
 use std::time::{Duration, Instant};
 
 use common::{pod_bearing_objects, Client, Review};
-use prodguard::server::{pki, tls, Limits};
+use prodguard::certs::pki;
+use prodguard::server::{tls, Limits};
 use rustls::pki_types::ServerName;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;

@@ -682,8 +682,7 @@ async fn run(args: Args) -> Result<(), String> {
     let dir = std::env::temp_dir().join(format!("prodguard-loadbench-{}", std::process::id()));
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     let names = vec!["localhost".to_owned(), "127.0.0.1".to_owned()];
-    let pki =
-        prodguard::server::pki::generate("loadbench CA", &names).map_err(|e| e.to_string())?;
+    let pki = prodguard::certs::pki::generate("loadbench CA", &names).map_err(|e| e.to_string())?;
     let (cert, key) = (dir.join("tls.crt"), dir.join("tls.key"));
     write(&cert, &pki.cert_pem)?;
     write(&key, &pki.key_pem)?;

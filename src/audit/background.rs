@@ -63,7 +63,7 @@ pub struct AuditSettings {
 #[derive(Clone)]
 pub struct Shared {
     pub metrics: Arc<Metrics>,
-    pub running: Arc<AtomicBool>,
+    pub serving: Arc<AtomicBool>,
 }
 
 /// Starts the audit's thread. `engine` evaluates the objects: built from the configuration
@@ -223,7 +223,7 @@ async fn hold_lease(
             tracing::info!(identity = %settings.identity, "{} the audit Lease", if held { "holding" } else { "lost" });
         }
         shared.metrics.audit_leader.set(i64::from(held));
-        if !shared.running.load(Ordering::Relaxed) {
+        if !shared.serving.load(Ordering::Relaxed) {
             lease::release(&api, &settings).await;
             return;
         }
@@ -246,7 +246,7 @@ async fn scan_loop(
     let mut next = Instant::now();
     loop {
         tokio::time::sleep(Duration::from_millis(200)).await;
-        if !shared.running.load(Ordering::Relaxed) {
+        if !shared.serving.load(Ordering::Relaxed) {
             return;
         }
         if !leader.load(Ordering::Relaxed) {

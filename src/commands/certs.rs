@@ -8,9 +8,9 @@ use std::process::ExitCode;
 use base64::Engine as _;
 
 use super::EXIT_BAD_INPUT;
+use crate::certs::pki;
 use crate::cli::CertsArgs;
 use crate::cluster::inject_ca_bundle;
-use crate::server::pki;
 
 pub fn run(args: CertsArgs) -> ExitCode {
     match certs(&args) {

@@ -10,6 +10,7 @@ use std::time::Duration;
 use super::{load_config, EXIT_BAD_INPUT};
 use crate::audit::background::{self, AuditSettings};
 use crate::audit::lease::{LeaseSettings, LEASE_NAME};
+use crate::certs::{self, pki};
 use crate::cli::{MetricsAuth as MetricsAuthArg, ServeArgs};
 use crate::cluster::{ClusterLookup, KubeLookup, NoLookup};
 use crate::config::{Config, GlobalMode};
@@ -18,7 +19,7 @@ use crate::http::{app, metrics_app, AppState};
 use crate::report::events::{self, EventSink, EventStats};
 use crate::report::metrics::Metrics;
 use crate::report::{LogReporter, NoReporter, Reporter};
-use crate::server::{self, pki, tls};
+use crate::server::{self, tls};
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -59,74 +60,145 @@ fn positive(flag: &str, value: &str) -> Result<Duration, String> {
         .ok_or_else(|| format!("{flag} must be longer than 0"))
 }
 
-async fn serve(args: ServeArgs) -> Result<(), String> {
-    let config = load_config(args.config.as_deref(), args.mode).map_err(|e| e.to_string())?;
-    let addr: SocketAddr = args.addr.parse().map_err(|e| {
-        format!(
-            "--addr {:?} is not an address ({e}); use host:port such as 0.0.0.0:8443",
-            args.addr
-        )
-    })?;
-    let metrics_addr: Option<SocketAddr> = match args.metrics_addr.trim() {
-        "off" | "" => None,
-        other => Some(other.parse().map_err(|e| {
-            format!("--metrics-addr {other:?} is not an address ({e}); use host:port such as 0.0.0.0:9090, or off")
-        })?),
-    };
-    let audit_interval = parse_interval("--audit-interval", &args.audit_interval)?;
-    let lease_duration = positive("--lease-duration", &args.lease_duration)?;
-    if args.report_max_results == 0 {
-        return Err("--report-max-results must be at least 1".into());
+/// `serve`'s flags that are checked before anything starts: a bad one stops it with a message
+/// that names the flag.
+struct Flags {
+    addr: SocketAddr,
+    metrics_addr: Option<SocketAddr>,
+    audit_interval: Option<Duration>,
+    lease_duration: Duration,
+    tls_reload_interval: Option<Duration>,
+    config_reload_interval: Option<Duration>,
+    limits: server::Limits,
+    bodies: crate::http::BodyLimits,
+    shutdown_delay: Duration,
+}
+
+impl Flags {
+    fn parse(args: &ServeArgs) -> Result<Flags, String> {
+        let addr: SocketAddr = args.addr.parse().map_err(|e| {
+            format!(
+                "--addr {:?} is not an address ({e}); use host:port such as 0.0.0.0:8443",
+                args.addr
+            )
+        })?;
+        let metrics_addr: Option<SocketAddr> = match args.metrics_addr.trim() {
+            "off" | "" => None,
+            other => Some(other.parse().map_err(|e| {
+                format!("--metrics-addr {other:?} is not an address ({e}); use host:port such as 0.0.0.0:9090, or off")
+            })?),
+        };
+        if args.report_max_results == 0 {
+            return Err("--report-max-results must be at least 1".into());
+        }
+        if args.audit_max_results == 0 {
+            return Err("--audit-max-results must be at least 1".into());
+        }
+        if args.audit_events_per_scan == 0 {
+            return Err(
+                "--audit-events-per-scan must be at least 1 (new findings would wait for ever)"
+                    .into(),
+            );
+        }
+        if args.audit_page_size < crate::audit::MIN_PAGE_OBJECTS {
+            return Err(format!(
+                "--audit-page-size must be at least {}",
+                crate::audit::MIN_PAGE_OBJECTS
+            ));
+        }
+        let limits = server::Limits {
+            handshake_timeout: positive("--handshake-timeout", &args.handshake_timeout)?,
+            header_read_timeout: positive("--header-read-timeout", &args.header_read_timeout)?,
+            max_connections: args.max_connections,
+            first_request_timeout: positive(
+                "--first-request-timeout",
+                &args.first_request_timeout,
+            )?,
+            write_timeout: positive("--write-timeout", &args.write_timeout)?,
+            max_connections_per_peer: args.max_connections_per_peer,
+            max_handshakes: args.max_handshakes,
+        };
+        for (flag, value) in [
+            ("--max-connections", limits.max_connections),
+            (
+                "--max-connections-per-peer",
+                limits.max_connections_per_peer,
+            ),
+            ("--max-handshakes", limits.max_handshakes),
+        ] {
+            if value == 0 {
+                return Err(format!("{flag} must be at least 1"));
+            }
+        }
+        let bodies = crate::http::BodyLimits {
+            read_timeout: positive("--body-read-timeout", &args.body_read_timeout)?,
+            in_flight_bytes: args.max_bytes_in_flight,
+            ..crate::http::BodyLimits::default()
+        };
+        if bodies.in_flight_bytes < crate::http::MIN_BYTES_IN_FLIGHT {
+            return Err(format!(
+                "--max-bytes-in-flight must be at least {} (the largest review body and what its objects may build)",
+                crate::http::MIN_BYTES_IN_FLIGHT
+            ));
+        }
+        if args.manage_certs && args.tls_cert.is_some() {
+            return Err(
+                "--manage-certs and --tls-cert exclude each other: prodguard either manages its certificates in a Secret or serves the files given (then --manage-certs=false)".into(),
+            );
+        }
+        Ok(Flags {
+            addr,
+            metrics_addr,
+            audit_interval: parse_interval("--audit-interval", &args.audit_interval)?,
+            lease_duration: positive("--lease-duration", &args.lease_duration)?,
+            tls_reload_interval: parse_interval(
+                "--tls-reload-interval",
+                &args.tls_reload_interval,
+            )?,
+            config_reload_interval: parse_interval(
+                "--config-reload-interval",
+                &args.config_reload_interval,
+            )?,
+            limits,
+            bodies,
+            shutdown_delay: parse_interval("--shutdown-delay", &args.shutdown_delay)?
+                .unwrap_or(Duration::ZERO),
+        })
     }
-    if args.audit_max_results == 0 {
-        return Err("--audit-max-results must be at least 1".into());
-    }
-    if args.audit_events_per_scan == 0 {
-        return Err(
-            "--audit-events-per-scan must be at least 1 (new findings would wait for ever)".into(),
-        );
-    }
-    if args.audit_page_size < crate::audit::MIN_PAGE_OBJECTS {
-        return Err(format!(
-            "--audit-page-size must be at least {}",
-            crate::audit::MIN_PAGE_OBJECTS
-        ));
-    }
-    let tls_reload_interval = parse_interval("--tls-reload-interval", &args.tls_reload_interval)?;
-    let limits = server::Limits {
-        handshake_timeout: positive("--handshake-timeout", &args.handshake_timeout)?,
-        header_read_timeout: positive("--header-read-timeout", &args.header_read_timeout)?,
-        max_connections: args.max_connections,
-        first_request_timeout: positive("--first-request-timeout", &args.first_request_timeout)?,
-        write_timeout: positive("--write-timeout", &args.write_timeout)?,
-        max_connections_per_peer: args.max_connections_per_peer,
-        max_handshakes: args.max_handshakes,
-    };
-    for (flag, value) in [
-        ("--max-connections", limits.max_connections),
-        (
-            "--max-connections-per-peer",
-            limits.max_connections_per_peer,
-        ),
-        ("--max-handshakes", limits.max_handshakes),
-    ] {
-        if value == 0 {
-            return Err(format!("{flag} must be at least 1"));
+}
+
+/// Who this replica is: its pod (from the downward API) and the name it reports under.
+struct Instance {
+    pod_namespace: Option<String>,
+    pod_name: Option<String>,
+    /// The pod's name, or `prodguard-<pid>` outside a pod.
+    name: String,
+}
+
+impl Instance {
+    fn from_env() -> Instance {
+        let var = |name| std::env::var(name).ok().filter(|v| !v.is_empty());
+        let pod_name = var("POD_NAME");
+        Instance {
+            pod_namespace: var("POD_NAMESPACE"),
+            name: pod_name
+                .clone()
+                .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id())),
+            pod_name,
         }
     }
-    let bodies = crate::http::BodyLimits {
-        read_timeout: positive("--body-read-timeout", &args.body_read_timeout)?,
-        in_flight_bytes: args.max_bytes_in_flight,
-        ..crate::http::BodyLimits::default()
-    };
-    if bodies.in_flight_bytes < crate::http::MIN_BYTES_IN_FLIGHT {
-        return Err(format!(
-            "--max-bytes-in-flight must be at least {} (the largest review body and what its objects may build)",
-            crate::http::MIN_BYTES_IN_FLIGHT
-        ));
+
+    /// The namespace of the replica's Leases and Events: `--lease-namespace`, else its pod's.
+    fn namespace<'a>(&'a self, args: &'a ServeArgs) -> Option<&'a str> {
+        args.lease_namespace
+            .as_deref()
+            .or(self.pod_namespace.as_deref())
     }
-    let shutdown_delay =
-        parse_interval("--shutdown-delay", &args.shutdown_delay)?.unwrap_or(Duration::ZERO);
+}
+
+async fn serve(args: ServeArgs) -> Result<(), String> {
+    let config = load_config(args.config.as_deref(), args.mode).map_err(|e| e.to_string())?;
+    let flags = Flags::parse(&args)?;
     let metrics = Arc::new(Metrics::new());
     // SIGHUP re-reads the configuration and the certificate files now; it never stops the
     // process (its default action would).
@@ -136,162 +208,39 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         args.config.is_some() || args.tls_cert.is_some() || args.client_ca.is_some(),
     )
     .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
-    let pod_namespace = std::env::var("POD_NAMESPACE")
-        .ok()
-        .filter(|n| !n.is_empty());
-    let instance = std::env::var("POD_NAME")
-        .ok()
-        .filter(|n| !n.is_empty())
-        .unwrap_or_else(|| format!("{}-{}", events::CONTROLLER, std::process::id()));
-    if args.manage_certs && args.tls_cert.is_some() {
-        return Err(
-            "--manage-certs and --tls-cert exclude each other: prodguard either manages its certificates in a Secret or serves the files given (then --manage-certs=false)".into(),
-        );
-    }
+    let instance = Instance::from_env();
     let writing = if args.manage_certs {
         Some(writing_settings(
             &args,
-            pod_namespace.as_deref(),
-            &instance,
-            lease_duration,
+            instance.pod_namespace.as_deref(),
+            &instance.name,
+            flags.lease_duration,
         )?)
     } else {
         None
     };
-    // The API server's client certificate (--client-ca, --client-subjects).
-    let client_ca = match &args.client_ca {
-        None => None,
-        Some(path) => {
-            let subjects: Vec<String> = args
-                .client_subjects
-                .iter()
-                .map(|s| s.trim().to_owned())
-                .filter(|s| !s.is_empty())
-                .collect();
-            if subjects.is_empty() {
-                return Err("--client-subjects is empty: with --client-ca, name the API server's client certificate (its common name or a subject alternative name)".into());
-            }
-            let ca = server::clients::ReloadingClientCa::load(
-                path,
-                metrics.tls_reloads.clone(),
-                metrics.tls_reload_failures.clone(),
-                metrics.client_refusals.clone(),
-            )
-            .map_err(|e| format!("--client-ca: {e}"))?;
-            tokio::spawn(ca.clone().watch(tls_reload_interval, reload.clone()));
-            tracing::info!(
-                client_ca = %path.display(),
-                subjects = ?subjects,
-                "reviews are answered only for a client certificate of this CA with one of these names"
-            );
-            Some((ca, subjects))
-        }
-    };
-    let client_verifier = client_ca
-        .as_ref()
-        .map(|(ca, _)| ca.clone() as Arc<dyn rustls::server::danger::ClientCertVerifier>);
-    // The served certificate, and (with --manage-certs) what watches its expiry.
-    let mut files = None;
-    let (resolver, served, managed_expiry) = match (&args.tls_cert, &args.tls_key, &writing) {
-        (Some(cert), Some(key), _) => {
-            let reloading = tls::ReloadingCert::load(
-                cert,
-                key,
-                metrics.tls_reloads.clone(),
-                metrics.tls_reload_failures.clone(),
-                server::expiry::ExpiryWatch::new(
-                    metrics.certificate_expiry.clone(),
-                    format!("--tls-cert {}", cert.display()),
-                ),
-            )
-            .map_err(|e| e.to_string())?;
-            tokio::spawn(reloading.clone().watch(tls_reload_interval, reload.clone()));
-            files = Some(reloading.clone());
-            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = reloading.slot.clone();
-            (resolver, Some(reloading.slot.clone()), None)
-        }
-        (_, _, Some((namespace, writing))) => {
-            // Until the Secret is read: a certificate no bundle trusts (not ready).
-            let names: Vec<String> = writing
-                .wanted
-                .dns_names
-                .iter()
-                .cloned()
-                .chain(writing.wanted.ip_addresses.iter().map(|ip| ip.to_string()))
-                .collect();
-            let pki = pki::generate("prodguard temporary CA", &names)
-                .map_err(|e| format!("cannot generate a temporary certificate: {e}"))?;
-            let slot = tls::CertSlot::new(generated(&pki)?);
-            let margin = writing
-                .wanted
-                .renew_before
-                .unwrap_or(writing.wanted.validity / 3);
-            let expiry = Arc::new(
-                server::expiry::ExpiryWatch::new(
-                    metrics.certificate_expiry.clone(),
-                    format!("the Secret {namespace}/{}", writing.secret),
-                )
-                .managed(margin / 2),
-            );
-            let resolver: Arc<dyn rustls::server::ResolvesServerCert> = slot.clone();
-            (resolver, Some(slot), Some(expiry))
-        }
-        _ => (
-            self_signed(
-                args.ca_out.clone(),
-                &server::expiry::ExpiryWatch::new(
-                    metrics.certificate_expiry.clone(),
-                    "the self-signed certificate".to_owned(),
-                ),
-            )?,
-            None,
-            None,
-        ),
-    };
-    let tls_config =
-        tls::server_config(resolver.clone(), client_verifier).map_err(|e| e.to_string())?;
-    let kube_config = kube::Config::infer()
-        .await
-        .map_err(|e| e.to_string())
-        .and_then(|config| {
-            let client = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
-            Ok((config, client))
-        });
-    let (kube_config, client) = match kube_config {
-        Ok((config, client)) => (Some(config), Some(client)),
-        Err(e) => {
-            tracing::warn!(
-                "no in-cluster config or kubeconfig ({e}): the policies that read the cluster give their \
-                 verdict on what they cannot check (db-access denies exec/attach/port-forward by \
-                 non-admins, rbac-hygiene denies guarded grants, production-namespace policies report), \
-                 policy reports are logged instead of published as Events, and the background audit \
-                 does not run"
-            );
-            (None, None)
-        }
-    };
+    let client_ca = client_certificates(&args, &metrics, &reload, flags.tls_reload_interval)?;
+    let served = served_certificate(
+        &args,
+        writing.as_ref(),
+        &metrics,
+        &reload,
+        flags.tls_reload_interval,
+    )?;
+    let tls_config = tls::server_config(
+        served.resolver.clone(),
+        client_ca
+            .as_ref()
+            .map(|c| c.ca.clone() as Arc<dyn rustls::server::danger::ClientCertVerifier>),
+    )
+    .map_err(|e| e.to_string())?;
+    let (kube_config, client) = connect().await;
     if writing.is_some() && client.is_none() {
         return Err(
             "--manage-certs needs the cluster (an in-cluster config or a kubeconfig): it keeps the certificates in a Secret".into(),
         );
     }
-    let (pods, reporter): (Arc<dyn ClusterLookup>, Arc<dyn Reporter>) = match &client {
-        Some(client) => (
-            Arc::new(KubeLookup::new(client.clone())),
-            EventSink::start(
-                client.clone(),
-                events::CONTROLLER,
-                instance.clone(),
-                EventStats::from_metrics(&metrics),
-            ),
-        ),
-        None => (
-            Arc::new(NoLookup {
-                reason: "no in-cluster config or kubeconfig".into(),
-            }),
-            Arc::new(LogReporter),
-        ),
-    };
+    let (cluster, reporter) = cluster_and_reporter(client.as_ref(), &instance, &metrics);
     // PolicyExceptions, kept from a watch: none apply until its first list is complete.
     let exceptions = crate::exceptions::Exceptions::unsynced();
     if let Some(client) = &client {
@@ -303,7 +252,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let engine =
-        Engine::new(&config, pods.clone(), reporter.clone()).with_exceptions(exceptions.clone());
+        Engine::new(&config, cluster.clone(), reporter.clone()).with_exceptions(exceptions.clone());
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -312,187 +261,57 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             "policy active"
         );
     }
-    let state = AppState::with_limits(engine, metrics.clone(), bodies);
-    if let Some((_, subjects)) = client_ca {
+    let state = AppState::with_limits(engine, metrics.clone(), flags.bodies);
+    if let Some(client_ca) = client_ca {
         let _ = state.clients.set(server::clients::ClientPolicy {
-            subjects,
+            subjects: client_ca.subjects,
             refusals: metrics.client_refusals.clone(),
         });
     }
-    if let (Some(client), Some(files)) = (&client, &files) {
-        // The replica's namespace: POD_NAMESPACE (or --lease-namespace).
-        let namespace = args.lease_namespace.as_deref().or(pod_namespace.as_deref());
-        files
-            .expiry
-            .on_warning(expiry_events(client.clone(), &instance, namespace));
-    }
-    // The certificate guard's shutdown: told when SIGTERM comes, waited for (briefly) before the
-    // listener closes.
-    let guard_shutdown = Arc::new(tokio::sync::Notify::new());
-    let guard_stopped = Arc::new(tokio::sync::Notify::new());
-    let mut guard_running = false;
-    if let (Some(client), Some(slot)) = (&client, served) {
-        guard_running = true;
-        if let Some(expiry) = &managed_expiry {
-            // The pod lives in prodguard's namespace (where the Secret is).
-            expiry.on_warning(expiry_events(
-                client.clone(),
-                &instance,
-                writing.as_ref().map(|(namespace, _)| namespace.as_str()),
-            ));
+    let guard = match &client {
+        Some(client) => {
+            start_certificate_manager(&args, client, &instance, &state, &served, writing)
         }
-        let ready = {
-            let state = state.clone();
-            Arc::new(move |ready: bool| {
-                if state.certificate_ready.swap(ready, Ordering::Relaxed) != ready {
-                    if ready {
-                        tracing::info!(
-                            "ready: the certificate served is in the webhooks' CA bundle"
-                        );
-                    } else {
-                        tracing::info!("not ready: the certificate served is not (yet) in the webhooks' CA bundle");
-                    }
-                }
-            }) as Arc<dyn Fn(bool) + Send + Sync>
-        };
-        let (namespace, writing) = match writing {
-            Some((namespace, writing)) => (namespace, Some(writing)),
-            None => (pod_namespace.clone().unwrap_or_default(), None),
-        };
-        server::manager::spawn(
-            client.clone(),
-            server::manager::Settings {
-                namespace,
-                webhooks: args.webhook_configuration.clone(),
-                writing,
-            },
-            server::manager::Shared {
-                slot,
-                ready: managed_expiry.is_some().then_some(ready),
-                expiry: managed_expiry,
-                metrics: metrics.clone(),
-                shutdown: guard_shutdown.clone(),
-                stopped: guard_stopped.clone(),
-            },
-        );
-    }
-    let config_reload_interval =
-        parse_interval("--config-reload-interval", &args.config_reload_interval)?;
+        None => None,
+    };
     if let Some(path) = args.config.clone() {
         tokio::spawn(reload_config(
             path,
             args.mode,
-            config_reload_interval,
+            flags.config_reload_interval,
             reload.clone(),
             state.clone(),
-            pods.clone(),
+            cluster.clone(),
             reporter.clone(),
         ));
     }
-    let listener = tokio::net::TcpListener::bind(addr)
+    let listener = tokio::net::TcpListener::bind(flags.addr)
         .await
-        .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        .map_err(|e| format!("cannot listen on {}: {e}", flags.addr))?;
     let local = listener.local_addr().map_err(|e| e.to_string())?;
     let (stop, stopped) = tokio::sync::watch::channel(false);
-    if let Some(metrics_addr) = metrics_addr {
-        let metrics_listener = tokio::net::TcpListener::bind(metrics_addr)
-            .await
-            .map_err(|e| format!("cannot listen on {metrics_addr} for metrics: {e}"))?;
-        let metrics_local = metrics_listener.local_addr().map_err(|e| e.to_string())?;
-        let mut stopped = stopped.clone();
-        let stop_metrics = async move {
-            let _ = stopped.wait_for(|stop| *stop).await;
-        };
-        // The same timeouts as the admission listener; fewer connections.
-        let metrics_limits = server::Limits {
-            max_connections: limits.max_connections.min(64),
-            max_connections_per_peer: limits.max_connections_per_peer.min(64),
-            ..limits
-        };
-        match (args.metrics_auth, &client) {
-            (MetricsAuthArg::None, _) => {
-                tracing::info!("metrics on http://{metrics_local}/metrics");
-                tokio::spawn(server::serve_plain(
-                    metrics_listener,
-                    metrics_app(metrics.clone(), None),
-                    metrics_limits,
-                    stop_metrics,
-                ));
-            }
-            (MetricsAuthArg::Kubernetes, Some(client)) => {
-                tracing::info!("metrics on https://{metrics_local}/metrics, to a token allowed to get /metrics");
-                let auth = Arc::new(crate::http::metrics_auth::MetricsAuth::new(
-                    Arc::new(crate::cluster::KubeTokenReviews {
-                        client: client.clone(),
-                    }),
-                    metrics.client_refusals.clone(),
-                ));
-                let config =
-                    tls::server_config(resolver.clone(), None).map_err(|e| e.to_string())?;
-                tokio::spawn(server::serve_with(
-                    metrics_listener,
-                    config,
-                    metrics_app(metrics.clone(), Some(auth)),
-                    metrics_limits,
-                    stop_metrics,
-                ));
-            }
-            (MetricsAuthArg::Kubernetes, None) => {
-                return Err("--metrics-auth=kubernetes needs the cluster (an in-cluster config or a kubeconfig) for its TokenReviews and SubjectAccessReviews".into());
-            }
-        }
+    if let Some(metrics_addr) = flags.metrics_addr {
+        start_metrics(
+            &args,
+            metrics_addr,
+            &flags,
+            client.as_ref(),
+            &metrics,
+            &served,
+            stopped,
+        )
+        .await?;
     }
-    match (kube_config, audit_interval) {
-        (Some(kube_config), Some(interval)) => {
-            let namespace = args
-                .lease_namespace
-                .clone()
-                .or_else(|| pod_namespace.clone())
-                .unwrap_or_else(|| "default".to_owned());
-            tracing::info!(every = %humantime::format_duration(interval), lease = %format!("{namespace}/{LEASE_NAME}"), "background audit on");
-            let audit_engine = Arc::new(
-                Engine::new(
-                    &Config {
-                        mode: GlobalMode::Enforce,
-                        ..config.clone()
-                    },
-                    Arc::new(NoLookup {
-                        reason: "the audit evaluates stored objects".into(),
-                    }),
-                    Arc::new(NoReporter),
-                )
-                .with_exceptions(exceptions.clone()),
-            );
-            let pod = pod_namespace.zip(std::env::var("POD_NAME").ok().filter(|n| !n.is_empty()));
-            background::spawn(
-                kube_config,
-                background::Shared {
-                    metrics: metrics.clone(),
-                    running: state.ready.clone(),
-                },
-                audit_engine,
-                AuditSettings {
-                    interval,
-                    lease: LeaseSettings {
-                        namespace,
-                        name: LEASE_NAME.to_owned(),
-                        identity: instance,
-                        duration: lease_duration,
-                    },
-                    max_results: args.report_max_results,
-                    max_results_total: args.audit_max_results,
-                    page: crate::audit::PageBudget {
-                        objects: args.audit_page_size,
-                        ..crate::audit::PageBudget::default()
-                    },
-                    events_per_scan: args.audit_events_per_scan,
-                    event_gap: background::EVENT_GAP,
-                    pod,
-                    admission_memory: crate::http::admission_memory(bodies.in_flight_bytes),
-                    report_api: args.report_api,
-                },
-            )?;
-        }
+    match (kube_config, flags.audit_interval) {
+        (Some(kube_config), Some(interval)) => start_audit(
+            &args,
+            &flags,
+            &config,
+            kube_config,
+            interval,
+            &instance,
+            &state,
+        )?,
         (None, Some(_)) => tracing::warn!("no cluster to audit: the background audit is off"),
         (_, None) => tracing::info!("background audit off"),
     }
@@ -500,29 +319,405 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         "prodguard listening on https://{local} (POST /mutate, POST /validate, GET /healthz, GET /readyz)"
     );
     let shutdown_state = state.clone();
-    server::serve_with(listener, tls_config, app(state), limits, async move {
+    let shutdown_delay = flags.shutdown_delay;
+    server::serve_with(listener, tls_config, app(state), flags.limits, async move {
         shutdown_signal().await;
-        // Endpoints still route to this pod until every node has seen it leave: keep
-        // accepting for the delay, with /readyz failing, then stop accepting and drain.
-        shutdown_state.ready.store(false, Ordering::Relaxed);
-        tracing::info!(
-            delay = %humantime::format_duration(shutdown_delay),
-            "shutting down: /readyz fails; still accepting for the delay, then draining"
-        );
-        // Meanwhile the certificate writer hands its Lease back (at most 2 s are waited for).
-        let handed_back = async {
-            if guard_running {
-                guard_shutdown.notify_one();
-                let _ =
-                    tokio::time::timeout(Duration::from_secs(2), guard_stopped.notified()).await;
-            }
-        };
-        tokio::join!(tokio::time::sleep(shutdown_delay), handed_back);
+        shut_down(&shutdown_state, shutdown_delay, guard).await;
         let _ = stop.send(true);
         tracing::info!("no new connections; draining the open ones");
     })
     .await;
     Ok(())
+}
+
+/// The API server's client certificate (`--client-ca`, `--client-subjects`): the CA, watched
+/// for changes, and the names it must carry.
+fn client_certificates(
+    args: &ServeArgs,
+    metrics: &Metrics,
+    reload: &Arc<tokio::sync::Notify>,
+    interval: Option<Duration>,
+) -> Result<Option<ClientCertificates>, String> {
+    let Some(path) = &args.client_ca else {
+        return Ok(None);
+    };
+    let subjects: Vec<String> = args
+        .client_subjects
+        .iter()
+        .map(|s| s.trim().to_owned())
+        .filter(|s| !s.is_empty())
+        .collect();
+    if subjects.is_empty() {
+        return Err("--client-subjects is empty: with --client-ca, name the API server's client certificate (its common name or a subject alternative name)".into());
+    }
+    let ca = server::clients::ReloadingClientCa::load(
+        path,
+        metrics.tls_reloads.clone(),
+        metrics.tls_reload_failures.clone(),
+        metrics.client_refusals.clone(),
+    )
+    .map_err(|e| format!("--client-ca: {e}"))?;
+    tokio::spawn(ca.clone().watch(interval, reload.clone()));
+    tracing::info!(
+        client_ca = %path.display(),
+        subjects = ?subjects,
+        "reviews are answered only for a client certificate of this CA with one of these names"
+    );
+    Ok(Some(ClientCertificates { ca, subjects }))
+}
+
+/// The CA the API server's client certificate must chain to, and the names it must carry.
+struct ClientCertificates {
+    ca: Arc<server::clients::ReloadingClientCa>,
+    subjects: Vec<String>,
+}
+
+/// The certificate served, by the TLS mode: files (`--tls-cert`, reloaded), the Secret
+/// (`--manage-certs`), or self-signed for localhost.
+struct Served {
+    resolver: Arc<dyn rustls::server::ResolvesServerCert>,
+    /// The slot the certificate manager swaps and arms the webhooks on (files and Secret).
+    slot: Option<Arc<tls::CertSlot>>,
+    /// With `--manage-certs`: what watches the Secret's certificate's expiry.
+    managed_expiry: Option<Arc<server::expiry::ExpiryWatch>>,
+    /// With `--tls-cert`: the files.
+    files: Option<Arc<tls::ReloadingCert>>,
+}
+
+fn served_certificate(
+    args: &ServeArgs,
+    writing: Option<&(String, certs::manager::Writing)>,
+    metrics: &Metrics,
+    reload: &Arc<tokio::sync::Notify>,
+    interval: Option<Duration>,
+) -> Result<Served, String> {
+    if let (Some(cert), Some(key)) = (&args.tls_cert, &args.tls_key) {
+        let files = tls::ReloadingCert::load(
+            cert,
+            key,
+            metrics.tls_reloads.clone(),
+            metrics.tls_reload_failures.clone(),
+            server::expiry::ExpiryWatch::new(
+                metrics.certificate_expiry.clone(),
+                format!("--tls-cert {}", cert.display()),
+            ),
+        )
+        .map_err(|e| e.to_string())?;
+        tokio::spawn(files.clone().watch(interval, reload.clone()));
+        return Ok(Served {
+            resolver: files.slot.clone(),
+            slot: Some(files.slot.clone()),
+            managed_expiry: None,
+            files: Some(files),
+        });
+    }
+    if let Some((namespace, writing)) = writing {
+        // Until the Secret is read: a certificate no bundle trusts (not ready).
+        let names: Vec<String> = writing
+            .wanted
+            .dns_names
+            .iter()
+            .cloned()
+            .chain(writing.wanted.ip_addresses.iter().map(|ip| ip.to_string()))
+            .collect();
+        let pki = pki::generate("prodguard temporary CA", &names)
+            .map_err(|e| format!("cannot generate a temporary certificate: {e}"))?;
+        let slot = tls::CertSlot::new(generated(&pki)?);
+        let margin = writing
+            .wanted
+            .renew_before
+            .unwrap_or(writing.wanted.validity / 3);
+        let expiry = Arc::new(
+            server::expiry::ExpiryWatch::new(
+                metrics.certificate_expiry.clone(),
+                format!("the Secret {namespace}/{}", writing.secret),
+            )
+            .managed(margin / 2),
+        );
+        return Ok(Served {
+            resolver: slot.clone(),
+            slot: Some(slot),
+            managed_expiry: Some(expiry),
+            files: None,
+        });
+    }
+    Ok(Served {
+        resolver: self_signed(
+            args.ca_out.clone(),
+            &server::expiry::ExpiryWatch::new(
+                metrics.certificate_expiry.clone(),
+                "the self-signed certificate".to_owned(),
+            ),
+        )?,
+        slot: None,
+        managed_expiry: None,
+        files: None,
+    })
+}
+
+/// The cluster's client, from the pod's service account or a kubeconfig; without one,
+/// prodguard still serves (and says what it cannot do).
+async fn connect() -> (Option<kube::Config>, Option<kube::Client>) {
+    let inferred = kube::Config::infer()
+        .await
+        .map_err(|e| e.to_string())
+        .and_then(|config| {
+            let client = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
+            Ok((config, client))
+        });
+    match inferred {
+        Ok((config, client)) => (Some(config), Some(client)),
+        Err(e) => {
+            tracing::warn!(
+                "no in-cluster config or kubeconfig ({e}): the policies that read the cluster give their \
+                 verdict on what they cannot check (db-access denies exec/attach/port-forward by \
+                 non-admins, rbac-hygiene denies guarded grants, production-namespace policies report), \
+                 policy reports are logged instead of published as Events, and the background audit \
+                 does not run"
+            );
+            (None, None)
+        }
+    }
+}
+
+/// What the policies read the cluster through, and where reports go: the API (Events), or,
+/// without a cluster, nothing to read and the log.
+fn cluster_and_reporter(
+    client: Option<&kube::Client>,
+    instance: &Instance,
+    metrics: &Metrics,
+) -> (Arc<dyn ClusterLookup>, Arc<dyn Reporter>) {
+    match client {
+        Some(client) => (
+            Arc::new(KubeLookup::new(client.clone())),
+            EventSink::start(
+                client.clone(),
+                events::CONTROLLER,
+                instance.name.clone(),
+                EventStats::from_metrics(metrics),
+            ),
+        ),
+        None => (
+            Arc::new(NoLookup {
+                reason: "no in-cluster config or kubeconfig".into(),
+            }),
+            Arc::new(LogReporter),
+        ),
+    }
+}
+
+/// The certificate manager's shutdown: told when SIGTERM comes, waited for (briefly) before the
+/// listener closes, so that the writer hands its Lease back.
+struct CertificateGuard {
+    shutdown: Arc<tokio::sync::Notify>,
+    stopped: Arc<tokio::sync::Notify>,
+}
+
+/// Expiry Events for the files' certificate, and (with a slot to serve from) the certificate
+/// manager: the Secret with `--manage-certs`, the webhooks' bundles and arming always.
+fn start_certificate_manager(
+    args: &ServeArgs,
+    client: &kube::Client,
+    instance: &Instance,
+    state: &Arc<AppState>,
+    served: &Served,
+    writing: Option<(String, certs::manager::Writing)>,
+) -> Option<CertificateGuard> {
+    if let Some(files) = &served.files {
+        files.expiry.on_warning(expiry_events(
+            client.clone(),
+            &instance.name,
+            instance.namespace(args),
+        ));
+    }
+    let slot = served.slot.clone()?;
+    if let Some(expiry) = &served.managed_expiry {
+        // The pod lives in prodguard's namespace (where the Secret is).
+        expiry.on_warning(expiry_events(
+            client.clone(),
+            &instance.name,
+            writing.as_ref().map(|(namespace, _)| namespace.as_str()),
+        ));
+    }
+    // Readiness waits for the bundle only when prodguard writes it.
+    let on_trust = served.managed_expiry.is_some().then(|| {
+        let state = state.clone();
+        Arc::new(move |trusted: bool| {
+            if state.certificate_ready.swap(trusted, Ordering::Relaxed) != trusted {
+                if trusted {
+                    tracing::info!("ready: the certificate served is in the webhooks' CA bundle");
+                } else {
+                    tracing::info!(
+                        "not ready: the certificate served is not (yet) in the webhooks' CA bundle"
+                    );
+                }
+            }
+        }) as Arc<dyn Fn(bool) + Send + Sync>
+    });
+    let (namespace, writing) = match writing {
+        Some((namespace, writing)) => (namespace, Some(writing)),
+        None => (instance.pod_namespace.clone().unwrap_or_default(), None),
+    };
+    let guard = CertificateGuard {
+        shutdown: Arc::new(tokio::sync::Notify::new()),
+        stopped: Arc::new(tokio::sync::Notify::new()),
+    };
+    certs::manager::spawn(
+        client.clone(),
+        certs::manager::Settings {
+            namespace,
+            webhooks: args.webhook_configuration.clone(),
+            writing,
+        },
+        certs::manager::Shared {
+            slot,
+            on_trust,
+            expiry: served.managed_expiry.clone(),
+            metrics: state.metrics.clone(),
+            shutdown: guard.shutdown.clone(),
+            stopped: guard.stopped.clone(),
+        },
+    );
+    Some(guard)
+}
+
+/// The metrics listener: plain HTTP with `--metrics-auth=none`, else HTTPS with the serving
+/// certificate and a token check. The admission listener's timeouts, at most 64 connections.
+async fn start_metrics(
+    args: &ServeArgs,
+    addr: SocketAddr,
+    flags: &Flags,
+    client: Option<&kube::Client>,
+    metrics: &Arc<Metrics>,
+    served: &Served,
+    mut stopped: tokio::sync::watch::Receiver<bool>,
+) -> Result<(), String> {
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr} for metrics: {e}"))?;
+    let local = listener.local_addr().map_err(|e| e.to_string())?;
+    let stop = async move {
+        let _ = stopped.wait_for(|stop| *stop).await;
+    };
+    let limits = server::Limits {
+        max_connections: flags.limits.max_connections.min(64),
+        max_connections_per_peer: flags.limits.max_connections_per_peer.min(64),
+        ..flags.limits
+    };
+    match (args.metrics_auth, client) {
+        (MetricsAuthArg::None, _) => {
+            tracing::info!("metrics on http://{local}/metrics");
+            tokio::spawn(server::serve_plain(
+                listener,
+                metrics_app(metrics.clone(), None),
+                limits,
+                stop,
+            ));
+        }
+        (MetricsAuthArg::Kubernetes, Some(client)) => {
+            tracing::info!(
+                "metrics on https://{local}/metrics, to a token allowed to get /metrics"
+            );
+            let auth = Arc::new(crate::http::metrics_auth::MetricsAuth::new(
+                Arc::new(crate::cluster::KubeTokenReviews {
+                    client: client.clone(),
+                }),
+                metrics.client_refusals.clone(),
+            ));
+            let config =
+                tls::server_config(served.resolver.clone(), None).map_err(|e| e.to_string())?;
+            tokio::spawn(server::serve_with(
+                listener,
+                config,
+                metrics_app(metrics.clone(), Some(auth)),
+                limits,
+                stop,
+            ));
+        }
+        (MetricsAuthArg::Kubernetes, None) => {
+            return Err("--metrics-auth=kubernetes needs the cluster (an in-cluster config or a kubeconfig) for its TokenReviews and SubjectAccessReviews".into());
+        }
+    }
+    Ok(())
+}
+
+/// The background audit, on its own thread, behind its Lease: judges stored objects with every
+/// policy's own mode (the global `audit` switch ignored) and publishes the reports.
+fn start_audit(
+    args: &ServeArgs,
+    flags: &Flags,
+    config: &Config,
+    kube_config: kube::Config,
+    interval: Duration,
+    instance: &Instance,
+    state: &AppState,
+) -> Result<(), String> {
+    // The admission engine's PolicyExceptions: one watch serves both.
+    let exceptions = state.engine().exceptions().0.clone();
+    let namespace = instance.namespace(args).unwrap_or("default").to_owned();
+    tracing::info!(every = %humantime::format_duration(interval), lease = %format!("{namespace}/{LEASE_NAME}"), "background audit on");
+    let audit_engine = Arc::new(
+        Engine::new(
+            &Config {
+                mode: GlobalMode::Enforce,
+                ..config.clone()
+            },
+            Arc::new(NoLookup {
+                reason: "the audit evaluates stored objects".into(),
+            }),
+            Arc::new(NoReporter),
+        )
+        .with_exceptions(exceptions),
+    );
+    background::spawn(
+        kube_config,
+        background::Shared {
+            metrics: state.metrics.clone(),
+            serving: state.serving.clone(),
+        },
+        audit_engine,
+        AuditSettings {
+            interval,
+            lease: LeaseSettings {
+                namespace,
+                name: LEASE_NAME.to_owned(),
+                identity: instance.name.clone(),
+                duration: flags.lease_duration,
+            },
+            max_results: args.report_max_results,
+            max_results_total: args.audit_max_results,
+            page: crate::audit::PageBudget {
+                objects: args.audit_page_size,
+                ..crate::audit::PageBudget::default()
+            },
+            events_per_scan: args.audit_events_per_scan,
+            event_gap: background::EVENT_GAP,
+            pod: instance
+                .pod_namespace
+                .clone()
+                .zip(instance.pod_name.clone()),
+            admission_memory: crate::http::admission_memory(flags.bodies.in_flight_bytes),
+            report_api: args.report_api,
+        },
+    )
+}
+
+/// After SIGTERM: `/readyz` fails (and the audit stops) at once, while the listener keeps
+/// accepting for `delay` (endpoints still route to this pod until every node has seen it
+/// leave); meanwhile the certificate writer hands its Lease back (at most 2 s are waited for).
+async fn shut_down(state: &AppState, delay: Duration, guard: Option<CertificateGuard>) {
+    state.serving.store(false, Ordering::Relaxed);
+    tracing::info!(
+        delay = %humantime::format_duration(delay),
+        "shutting down: /readyz fails; still accepting for the delay, then draining"
+    );
+    let handed_back = async {
+        if let Some(guard) = guard {
+            guard.shutdown.notify_one();
+            let _ = tokio::time::timeout(Duration::from_secs(2), guard.stopped.notified()).await;
+        }
+    };
+    tokio::join!(tokio::time::sleep(delay), handed_back);
 }
 
 /// Re-reads the configuration file every `interval` (never, when `None`) and whenever
@@ -535,7 +730,7 @@ async fn reload_config(
     interval: Option<Duration>,
     wake: Arc<tokio::sync::Notify>,
     state: Arc<AppState>,
-    pods: Arc<dyn ClusterLookup>,
+    cluster: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
 ) {
     let mut seen = std::fs::read(&path).ok();
@@ -556,7 +751,7 @@ async fn reload_config(
             Ok(config) => {
                 let exceptions = state.engine().exceptions().0.clone();
                 state.replace_engine(
-                    Engine::new(&config, pods.clone(), reporter.clone())
+                    Engine::new(&config, cluster.clone(), reporter.clone())
                         .with_exceptions(exceptions),
                 );
                 state.metrics.config_reloads.inc();
@@ -576,7 +771,7 @@ fn writing_settings(
     pod_namespace: Option<&str>,
     instance: &str,
     lease_duration: Duration,
-) -> Result<(String, server::manager::Writing), String> {
+) -> Result<(String, certs::manager::Writing), String> {
     let namespace = args
         .lease_namespace
         .clone()
@@ -630,15 +825,15 @@ fn writing_settings(
     let overlap = positive("--ca-overlap", &args.ca_overlap)?;
     Ok((
         namespace.clone(),
-        server::manager::Writing {
+        certs::manager::Writing {
             secret: args.cert_secret.clone(),
             lease: LeaseSettings {
                 namespace,
-                name: server::manager::LEASE_NAME.to_owned(),
+                name: certs::manager::LEASE_NAME.to_owned(),
                 identity: instance.to_owned(),
                 duration: lease_duration,
             },
-            wanted: server::managed::Wanted {
+            wanted: certs::decisions::Wanted {
                 dns_names,
                 ip_addresses,
                 renew_before,

@@ -124,8 +124,9 @@ impl Bodies {
 pub struct AppState {
     /// The policies in force; replaced whole when the configuration is reloaded.
     engine: RwLock<Arc<Engine>>,
-    /// False while starting and once shutting down: `/readyz` then fails.
-    pub ready: Arc<AtomicBool>,
+    /// True until shutdown begins (SIGTERM): `/readyz` then fails, and the background audit
+    /// hands its Lease back and stops.
+    pub serving: Arc<AtomicBool>,
     /// With `--manage-certs`: false until the certificate served is one the webhooks' CA
     /// bundle trusts (`/readyz` then fails).
     pub certificate_ready: AtomicBool,
@@ -148,7 +149,7 @@ impl AppState {
     pub fn with_limits(engine: Engine, metrics: Arc<Metrics>, bodies: BodyLimits) -> Arc<AppState> {
         Arc::new(AppState {
             engine: RwLock::new(Arc::new(engine)),
-            ready: Arc::new(AtomicBool::new(true)),
+            serving: Arc::new(AtomicBool::new(true)),
             certificate_ready: AtomicBool::new(true),
             metrics,
             bodies: Bodies::new(bodies),
@@ -209,7 +210,7 @@ pub fn app(state: Arc<AppState>) -> Router {
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
-    if !state.ready.load(Ordering::Relaxed) {
+    if !state.serving.load(Ordering::Relaxed) {
         (StatusCode::SERVICE_UNAVAILABLE, "shutting down").into_response()
     } else if !state.certificate_ready.load(Ordering::Relaxed) {
         (

@@ -299,7 +299,7 @@ mod tests {
     use super::*;
 
     fn pki(cn: &str, san: &[&str]) -> (String, String) {
-        let ca = crate::server::pki::generate("test CA", &["localhost".to_owned()]).unwrap();
+        let ca = crate::certs::pki::generate("test CA", &["localhost".to_owned()]).unwrap();
         let issuer = rcgen::Issuer::from_ca_cert_pem(
             &ca.ca_cert_pem,
             rcgen::KeyPair::from_pem(&ca.ca_key_pem).unwrap(),

@@ -233,7 +233,7 @@ mod tests {
     #[test]
     fn the_expiry_of_a_generated_chain() {
         let names = vec!["localhost".to_owned()];
-        let pki = super::super::pki::generate("expiry CA", &names).unwrap();
+        let pki = crate::certs::pki::generate("expiry CA", &names).unwrap();
         let leaf = CertificateDer::from_pem_slice(pki.cert_pem.as_bytes()).unwrap();
         let ca = CertificateDer::from_pem_slice(pki.ca_cert_pem.as_bytes()).unwrap();
         let now = now_seconds();
@@ -261,10 +261,10 @@ mod tests {
         watch.on_warning(Box::new(move |m| seen.lock().unwrap().push(m)));
         // A year's certificate: fine although less than 30 days would have warned a file's.
         let names = vec!["localhost".to_owned()];
-        let ca = super::super::pki::issue_ca("CA", Duration::from_secs(86_400)).unwrap();
+        let ca = crate::certs::pki::issue_ca("CA", Duration::from_secs(86_400)).unwrap();
         let leaf = |validity| {
             let pair =
-                super::super::pki::issue_serving(&ca, &names, Duration::from_secs(validity), None)
+                crate::certs::pki::issue_serving(&ca, &names, Duration::from_secs(validity), None)
                     .unwrap();
             CertificateDer::from_pem_slice(pair.cert_pem.as_bytes()).unwrap()
         };

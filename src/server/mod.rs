@@ -4,9 +4,6 @@
 pub mod clients;
 mod conns;
 pub mod expiry;
-pub mod managed;
-pub mod manager;
-pub mod pki;
 mod timed_io;
 pub mod tls;
 

@@ -222,7 +222,7 @@ fn leaf_of(data: &BTreeMap<String, Vec<u8>>) -> Vec<u8> {
 
 /// Whether every webhook's bundle holds exactly the certificates of the Secret's CAs.
 fn bundles_match(env: &Env, data: &BTreeMap<String, Vec<u8>>) -> bool {
-    let wanted = pem_certificates(&prodguard::server::managed::bundle(data));
+    let wanted = pem_certificates(&prodguard::certs::decisions::bundle(data));
     let bundles = env.bundles();
     !wanted.is_empty()
         && bundles.len() == 3
@@ -536,7 +536,7 @@ pub fn certificates_renewed_and_rotated_under_traffic(env: &mut Env) {
                 https_get(
                     env,
                     port,
-                    &prodguard::server::managed::bundle(&data),
+                    &prodguard::certs::decisions::bundle(&data),
                     "/readyz",
                 )
                 .is_ok_and(|(served, ready)| {
@@ -674,10 +674,10 @@ subjects: [{kind: User, name: certs-reader, apiGroup: rbac.authorization.k8s.io}
     // Files given by hand are not renewed: the warning is an Event too (issued at start, before
     // the cluster client existed, and sent once it does).
     let ca =
-        prodguard::server::pki::issue_ca("files CA", Duration::from_secs(400 * 86_400)).unwrap();
+        prodguard::certs::pki::issue_ca("files CA", Duration::from_secs(400 * 86_400)).unwrap();
     let names = ["127.0.0.1".to_owned()];
     let leaf =
-        prodguard::server::pki::issue_serving(&ca, &names, Duration::from_secs(20 * 86_400), None)
+        prodguard::certs::pki::issue_serving(&ca, &names, Duration::from_secs(20 * 86_400), None)
             .unwrap();
     let (cert, key) = (
         env.cluster.dir.path().join("files.crt"),

@@ -1,7 +1,7 @@
 //! What the certificate writer of `serve --manage-certs` makes of the Secret it finds: keep it,
 //! issue a new serving certificate, rotate the CA, or replace everything. Pure decisions over
 //! the Secret's bytes and the time, so that each can be tested as a table; the writer (the
-//! Lease holder that applies them, `server::manager`) is built on top.
+//! Lease holder that applies them, `certs::manager`) is built on top.
 //!
 //! The Secret holds `ca.crt`, `ca.key`, `tls.crt` and `tls.key` (PEM). It is replaced whole
 //! when a key is missing or unreadable, when a key does not belong to its certificate, or when
@@ -276,7 +276,7 @@ pub fn apply(
     let ca_end = |pem: &str| {
         CertificateDer::from_pem_slice(pem.as_bytes())
             .ok()
-            .and_then(|der| super::expiry::not_after(&der).ok())
+            .and_then(|der| crate::server::expiry::not_after(&der).ok())
     };
     let serving = |data: &mut BTreeMap<String, Vec<u8>>, ca: &pki::Pair| -> Result<(), String> {
         let leaf = pki::issue_serving(ca, &names, wanted.validity, ca_end(&ca.cert_pem))
@@ -348,7 +348,7 @@ pub fn apply(
 fn still_valid(bundle: &[u8], now: i64) -> Vec<u8> {
     let mut kept = Vec::new();
     for der in CertificateDer::pem_slice_iter(bundle).filter_map(Result::ok) {
-        if super::expiry::not_after(&der).is_ok_and(|end| end > now) {
+        if crate::server::expiry::not_after(&der).is_ok_and(|end| end > now) {
             kept.extend_from_slice(pem_of(&der).as_bytes());
         }
     }
@@ -439,7 +439,7 @@ fn names_of(certificate: &X509Certificate<'_>) -> (Vec<String>, Vec<IpAddr>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::pki;
+    use crate::certs::pki;
 
     const DAY: i64 = 86_400;
 

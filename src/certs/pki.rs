@@ -204,7 +204,7 @@ mod tests {
         };
         assert!(
             issue_serving(&wrong, &names, StdDuration::from_secs(60), None).is_ok_and(|pair| {
-                crate::server::managed::signed_by(&pair.cert_pem, &ca.cert_pem) == Some(false)
+                crate::certs::decisions::signed_by(&pair.cert_pem, &ca.cert_pem) == Some(false)
             })
         );
     }

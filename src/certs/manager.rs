@@ -5,7 +5,7 @@
 //!   kubelet refreshes a minute or more late) and serves its certificate as soon as it is
 //!   valid; a broken one is logged and the certificate in use stays.
 //! - **The writer**, the replica holding the Lease `prodguard-certs`, applies
-//!   [`managed::decide`] to the Secret (issue, renew, rotate the CA, replace what is corrupt
+//!   [`decisions::decide`] to the Secret (issue, renew, rotate the CA, replace what is corrupt
 //!   or foreign) and keeps the CA bundle of every webhook of both configurations equal to
 //!   what the Secret says, restoring it within seconds when something empties or changes it.
 //! - **Readiness**: a replica is ready once the certificate it serves is trusted by the bundle
@@ -34,11 +34,11 @@ use kube::runtime::watcher;
 use kube::runtime::WatchStreamExt;
 use tokio::sync::mpsc;
 
-use super::expiry::ExpiryWatch;
-use super::managed::{self, Decision, Found, Wanted};
-use super::tls::{self, CertSlot};
+use super::decisions::{self, Decision, Found, Wanted};
 use crate::audit::lease::{self, LeaseSettings};
 use crate::report::metrics::{CertificateLabels, Metrics};
+use crate::server::expiry::ExpiryWatch;
+use crate::server::tls::{self, CertSlot};
 
 /// The annotation of a webhook configuration that lists (comma-separated) the webhooks that
 /// prodguard sets to `failurePolicy: Fail` once it serves a certificate they trust.
@@ -71,8 +71,9 @@ pub struct Shared {
     pub slot: Arc<CertSlot>,
     /// What is served with `--manage-certs` (with files, `ReloadingCert` keeps its own).
     pub expiry: Option<Arc<ExpiryWatch>>,
-    /// `AppState::certificate_ready`, when readiness waits for the bundle.
-    pub ready: Option<Arc<dyn Fn(bool) + Send + Sync>>,
+    /// Told whether both webhooks' CA bundles trust the certificate served (it sets
+    /// `AppState::certificate_ready`), when readiness waits for the bundle.
+    pub on_trust: Option<Arc<dyn Fn(bool) + Send + Sync>>,
     pub metrics: Arc<Metrics>,
     /// Notified when the server shuts down: the writer hands its Lease back (so that another
     /// replica writes at once rather than after `--lease-duration`), then notifies `stopped`.
@@ -251,7 +252,7 @@ impl Config {
             && self
                 .webhooks
                 .iter()
-                .all(|w| managed::trusted_by(leaf, &w.bundle))
+                .all(|w| decisions::trusted_by(leaf, &w.bundle))
     }
 
     /// A JSON patch that sets `field` (`clientConfig/caBundle`, `failurePolicy`) to `value`
@@ -336,8 +337,8 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
         );
     }
     drop(tx);
-    if let Some(ready) = &shared.ready {
-        ready(false);
+    if let Some(on_trust) = &shared.on_trust {
+        on_trust(false);
     }
     let mut guard = Guard {
         client,
@@ -436,8 +437,8 @@ impl Guard {
         let trusted = leaf
             .as_ref()
             .is_some_and(|leaf| self.mutating.trusts(leaf) && self.validating.trusts(leaf));
-        if let Some(ready) = &self.shared.ready {
-            ready(trusted);
+        if let Some(on_trust) = &self.shared.on_trust {
+            on_trust(trusted);
         }
         if trusted {
             self.arm().await;
@@ -453,7 +454,7 @@ impl Guard {
             return;
         };
         let data = secret_data(secret);
-        let (Some(cert), Some(key)) = (data.get(managed::TLS_CERT), data.get(managed::TLS_KEY))
+        let (Some(cert), Some(key)) = (data.get(decisions::TLS_CERT), data.get(decisions::TLS_KEY))
         else {
             return;
         };
@@ -494,7 +495,7 @@ impl Guard {
                     return;
                 }
                 let mut chain = certified.cert.clone();
-                if let Some(ca) = data.get(managed::CA_CERT) {
+                if let Some(ca) = data.get(decisions::CA_CERT) {
                     chain.extend(
                         <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::pem_slice_iter(ca)
                             .filter_map(Result::ok),
@@ -575,13 +576,13 @@ impl Guard {
                 s.metadata
                     .annotations
                     .as_ref()?
-                    .get(managed::STEP_SINCE)
+                    .get(decisions::STEP_SINCE)
                     .cloned()
             })
             .and_then(|at| at.parse::<k8s_openapi::jiff::Timestamp>().ok())
             .map(|at| at.as_second());
         let found = data.as_ref().map(|data| Found { data, step_since });
-        let decision = managed::decide(found, &writing.wanted, now);
+        let decision = decisions::decide(found, &writing.wanted, now);
         let place = format!("in namespace {}", self.settings.namespace);
         if let Decision::Keep { next_at } = decision {
             // Looked at again at least daily, whatever the certificates say.
@@ -596,25 +597,30 @@ impl Guard {
             // (only that: a writer that keeps failing must not grow the bundle).
             let served = self.shared.slot.current();
             let trusted = match (served.cert.first(), self.validating.webhooks.first()) {
-                (Some(leaf), Some(webhook)) => Some(managed::signers(leaf, &webhook.bundle)),
+                (Some(leaf), Some(webhook)) => Some(decisions::signers(leaf, &webhook.bundle)),
                 _ => None,
             };
-            let (new_data, new_since) =
-                match managed::apply(&decision, found, &writing.wanted, trusted.as_deref(), now) {
-                    Ok(made) => made,
-                    Err(e) => return self.failed("issue", e),
-                };
+            let (new_data, new_since) = match decisions::apply(
+                &decision,
+                found,
+                &writing.wanted,
+                trusted.as_deref(),
+                now,
+            ) {
+                Ok(made) => made,
+                Err(e) => return self.failed("issue", e),
+            };
             // A serving certificate the API server does not trust yet (a replaced Secret):
             // its CA goes into the bundles first.
             let leaf = new_data
-                .get(managed::TLS_CERT)
+                .get(decisions::TLS_CERT)
                 .and_then(|pem| {
                     <rustls::pki_types::CertificateDer as rustls::pki_types::pem::PemObject>::from_pem_slice(pem).ok()
                 })
                 .map(|der| der.to_vec())
                 .unwrap_or_default();
             if !(self.mutating.trusts(&leaf) && self.validating.trusts(&leaf))
-                && self.set_bundles(&managed::bundle(&new_data)).await
+                && self.set_bundles(&decisions::bundle(&new_data)).await
             {
                 // The API server's informer sees the new bundle within a moment.
                 tokio::time::sleep(Duration::from_secs(2)).await;
@@ -666,7 +672,7 @@ impl Guard {
         }
         // Here the Secret is usable: kept as it was, or just written.
         if let Some(data) = self.secret.as_ref().map(secret_data) {
-            let wanted = managed::bundle(&data);
+            let wanted = decisions::bundle(&data);
             let same = |c: &Config| c.exists && c.webhooks.iter().all(|w| w.bundle == wanted);
             if !same(&self.mutating) || !same(&self.validating) {
                 self.set_bundles(&wanted).await;
@@ -687,7 +693,7 @@ impl Guard {
         if let Some(at) =
             step_since.and_then(|at| k8s_openapi::jiff::Timestamp::from_second(at).ok())
         {
-            annotations.insert(managed::STEP_SINCE.to_owned(), at.to_string());
+            annotations.insert(decisions::STEP_SINCE.to_owned(), at.to_string());
         }
         let secret = Secret {
             metadata: ObjectMeta {
@@ -860,7 +866,7 @@ fn now_seconds() -> i64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::server::pki;
+    use crate::certs::pki;
     use serde_json::json;
 
     fn validating(bundle: &[u8], annotation: Option<&str>) -> ValidatingWebhookConfiguration {
