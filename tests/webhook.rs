@@ -103,12 +103,19 @@ fn scale_review(resource: &str, name: &str, replicas: Option<i64>, old: i64) -> 
         let spec = r.map_or(json!({}), |r| json!({"replicas": r}));
         json!({"apiVersion": "autoscaling/v1", "kind": "Scale", "metadata": {"name": name, "namespace": "openg2p"}, "spec": spec, "status": {"replicas": old}})
     };
+    // As the API server sends it (and Kubernetes' documentation shows): the kind is
+    // autoscaling's Scale, the resource is the workload's, in apps.
     Review::new("UPDATE", "autoscaling/v1", "Scale", resource)
         .set("subResource", json!("scale"))
         .set(
-            "requestKind",
-            json!({"group": "apps", "version": "v1", "kind": "Scale"}),
+            "resource",
+            json!({"group": "apps", "version": "v1", "resource": resource}),
         )
+        .set(
+            "requestResource",
+            json!({"group": "apps", "version": "v1", "resource": resource}),
+        )
+        .set("requestSubResource", json!("scale"))
         .set("name", json!(name))
         .set("object", scale(replicas))
         .set("oldObject", scale(Some(old)))
@@ -682,11 +689,11 @@ async fn malformed_bodies_get_clear_errors_and_the_server_keeps_serving() {
 }
 
 #[tokio::test]
-async fn readyz_fails_when_not_ready() {
+async fn readyz_fails_once_shutting_down() {
     let server = start_default().await;
     server
         .state
-        .ready
+        .serving
         .store(false, std::sync::atomic::Ordering::Relaxed);
     let mut client = Client::connect(&server).await;
     let (status, _) = client.send(Method::GET, "/readyz", vec![]).await;
