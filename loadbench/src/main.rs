@@ -916,9 +916,14 @@ fn review_of_size(shape: &str, size: usize) -> String {
         let one = r#"{"name":"c","image":"a"}"#;
         format!("[{}]", vec![one; n.max(1)].join(","))
     };
+    // As the API server sends it: the kind and the resource in the kind's group.
     let envelope = |operation: &str, kind: &str, object: &str, old: &str| {
+        let (group, resource) = match kind {
+            "Pod" => ("", "pods"),
+            _ => ("apps", "deployments"),
+        };
         format!(
-            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"mem-{size}","kind":{{"group":"","version":"v1","kind":"{kind}"}},"resource":{{"group":"","version":"v1","resource":"x"}},"namespace":"openg2p","operation":"{operation}","userInfo":{{"username":"alice"}},"object":{object},"oldObject":{old}}}}}"#
+            r#"{{"apiVersion":"admission.k8s.io/v1","kind":"AdmissionReview","request":{{"uid":"mem-{size}","kind":{{"group":"{group}","version":"v1","kind":"{kind}"}},"resource":{{"group":"{group}","version":"v1","resource":"{resource}"}},"namespace":"openg2p","operation":"{operation}","userInfo":{{"username":"alice"}},"object":{object},"oldObject":{old}}}}}"#
         )
     };
     if shape == "pod" {
