@@ -7,11 +7,12 @@ use std::sync::Arc;
 use criterion::{criterion_group, criterion_main, Criterion};
 use futures_util::FutureExt;
 use prodguard::admission::{self, Decoded};
-use prodguard::cluster::NoLookup;
-use prodguard::config::Config;
-use prodguard::engine::{Engine, Request, Verdict, Webhook};
+use prodguard::engine::{Engine, Verdict};
 use prodguard::policies::image_ref::ImageRef;
+use prodguard::policies::Config;
 use prodguard::report::NoReporter;
+use prodguard::unit::NoLookup;
+use prodguard::unit::{Request, Webhook};
 
 const FIXTURES: [(&str, &str); 3] = [
     (
@@ -49,7 +50,7 @@ fn decode(body: &[u8]) -> Box<admission::ReviewRequest<'_>> {
 /// One webhook call as the server makes it: decode, evaluate, build and encode the answer.
 fn webhook_call(engine: &Engine, webhook: Webhook, body: &[u8]) -> Vec<u8> {
     let request = decode(body);
-    let view = Request::from_admission(&request);
+    let view = request.as_request();
     let verdict = evaluate(engine, webhook, &view);
     admission::encode_verdict(&request.uid, &verdict).expect("encode")
 }
@@ -68,7 +69,7 @@ fn benches(c: &mut Criterion) {
     for (name, body) in FIXTURES {
         let body = body.as_bytes();
         let request = decode(body);
-        let view = Request::from_admission(&request);
+        let view = request.as_request();
         // The policies must act on these fixtures: a patch, and a verdict.
         let Verdict::Decided(mutated) = evaluate(&engine, Webhook::Mutate, &view) else {
             panic!("{name}: malformed")

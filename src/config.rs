@@ -1,5 +1,7 @@
-//! Plain configuration structs (serde), built directly by tests, loaded from
-//! `policies/*.yaml`. Every key is checked at load time: an unknown key or a bad value stops
+//! The global configuration (mode, admins, namespaces, the exceptions' limit) and the loading
+//! of a policy set file (`policies/*.yaml`), generic over what its `policies:` key holds: the
+//! policy registry (`policies::Policies`) owns those keys and parses them, so this module
+//! knows no policy. Every key is checked at load time: an unknown key or a bad value stops
 //! startup with a message that names the file, the key and the fix.
 
 use std::borrow::Cow;
@@ -8,10 +10,8 @@ use std::fmt;
 use std::path::Path;
 use std::time::Duration;
 
+use serde::de::DeserializeOwned;
 use serde::Deserialize;
-
-use crate::policies::image_ref::{normalize_registry, ImageRef};
-pub use crate::policies::Policies;
 
 /// The default policy set, embedded in the binary.
 pub const DEFAULT_POLICY_SET: &str = include_str!("../policies/openg2p-production.yaml");
@@ -78,9 +78,10 @@ impl PolicyMode {
     }
 }
 
+/// A policy set file: the global keys, and the policies' settings (`P`, the registry's).
 #[derive(Debug, Clone, PartialEq, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "camelCase")]
-pub struct Config {
+pub struct Config<P> {
     /// `audit` runs every policy in audit mode, whatever its own mode.
     #[serde(default)]
     pub mode: GlobalMode,
@@ -100,11 +101,21 @@ pub struct Config {
     )]
     pub max_exception_duration: Duration,
     #[serde(default)]
-    pub policies: Policies,
+    pub policies: P,
 }
 
+/// How far ahead a PolicyException may end unless `maxExceptionDuration` says: 30 days.
+pub const DEFAULT_MAX_EXCEPTION_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+
 fn default_max_exception_duration() -> Duration {
-    crate::exceptions::DEFAULT_MAX_DURATION
+    DEFAULT_MAX_EXCEPTION_DURATION
+}
+
+/// What the `policies:` key of a file holds: its settings, parsed by serde with their
+/// defaults, and the checks serde cannot make.
+pub trait PolicySettings: DeserializeOwned + Default {
+    /// `Err((full dotted key, problem))`, the problem saying how to fix it.
+    fn validate(&self) -> Result<(), (String, String)>;
 }
 
 /// A duration as humantime writes it: `30d`, `12h`, `1h 30m`.
@@ -194,7 +205,7 @@ impl Labels for BTreeMap<String, String> {
     }
 }
 
-impl Default for Config {
+impl<P: Default> Default for Config<P> {
     fn default() -> Self {
         Config {
             mode: GlobalMode::Enforce,
@@ -202,7 +213,7 @@ impl Default for Config {
             excluded_namespaces: default_excluded_namespaces(),
             production_namespaces: default_production_namespaces(),
             max_exception_duration: default_max_exception_duration(),
-            policies: Policies::default(),
+            policies: P::default(),
         }
     }
 }
@@ -230,13 +241,13 @@ impl fmt::Display for ConfigError {
     }
 }
 
-impl Config {
+impl<P: PolicySettings> Config<P> {
     /// The embedded default policy set.
-    pub fn embedded_default() -> Result<Config, ConfigError> {
+    pub fn embedded_default() -> Result<Config<P>, ConfigError> {
         Config::from_yaml(DEFAULT_POLICY_SET, DEFAULT_POLICY_SET_NAME)
     }
 
-    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+    pub fn load(path: &Path) -> Result<Config<P>, ConfigError> {
         let source_name = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             source_name: source_name.clone(),
@@ -247,7 +258,7 @@ impl Config {
     }
 
     /// Parses and validates a configuration document.
-    pub fn from_yaml(text: &str, source_name: &str) -> Result<Config, ConfigError> {
+    pub fn from_yaml(text: &str, source_name: &str) -> Result<Config<P>, ConfigError> {
         let error = |key: String, problem: String| ConfigError {
             source_name: source_name.to_owned(),
             key,
@@ -261,7 +272,7 @@ impl Config {
                 "the document is empty; give at least `policies:`".into(),
             ));
         }
-        let config: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+        let config: Config<P> = serde_path_to_error::deserialize(tree).map_err(|e| {
             let path = e.path().to_string();
             let problem = explain_serde_error(&e.inner().to_string());
             // The path ends at the unknown key itself; the root is ".".
@@ -305,59 +316,6 @@ pub fn parse_nginx_size(text: &str) -> Result<u64, String> {
         Some(_) => return Err(explain()),
     };
     number.checked_mul(scale).ok_or_else(explain)
-}
-
-/// An allowed-registry or mirror entry: `host[:port]` with an optional path prefix.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RegistryPattern {
-    pub registry: String,
-    /// Path prefix without slashes at the ends; empty for the whole registry.
-    pub path_prefix: String,
-}
-
-impl RegistryPattern {
-    pub fn matches(&self, image: &ImageRef) -> bool {
-        image.registry_is(&self.registry)
-            && (self.path_prefix.is_empty()
-                || image.path == self.path_prefix
-                || image
-                    .path
-                    .strip_prefix(&self.path_prefix)
-                    .is_some_and(|rest| rest.starts_with('/')))
-    }
-}
-
-impl fmt::Display for RegistryPattern {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.path_prefix.is_empty() {
-            f.write_str(&self.registry)
-        } else {
-            write!(f, "{}/{}/", self.registry, self.path_prefix)
-        }
-    }
-}
-
-pub fn parse_registry_pattern(entry: &str) -> Result<RegistryPattern, String> {
-    let trimmed = entry.trim_end_matches('/');
-    let (registry, prefix) = match trimmed.split_once('/') {
-        Some((registry, prefix)) => (registry, prefix),
-        None => (trimmed, ""),
-    };
-    let hint = "write host[:port] with an optional path, such as `registry.local:5000` or \
-                `harbor.example.org/openg2p/`";
-    if registry.contains("://") || entry.contains("://") {
-        return Err(format!("{entry:?} has a URL scheme; {hint}"));
-    }
-    let registry = normalize_registry(registry).map_err(|e| format!("{e}; {hint}"))?;
-    if !prefix.is_empty() {
-        // Validate the path by parsing a reference under it.
-        ImageRef::parse(&format!("{registry}/{prefix}/x"))
-            .map_err(|e| format!("path {prefix:?} is not valid: {e}; {hint}"))?;
-    }
-    Ok(RegistryPattern {
-        registry,
-        path_prefix: prefix.to_owned(),
-    })
 }
 
 /// The key serde names in "unknown field `x`, expected ...".
@@ -404,6 +362,10 @@ fn explain_serde_error(message: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A file of the registry's policies.
+    type Config = super::Config<crate::policies::Policies>;
+    use crate::policies::image_ref::{parse_registry_pattern, ImageRef};
 
     fn load(yaml: &str) -> Result<Config, ConfigError> {
         Config::from_yaml(yaml, "test.yaml")

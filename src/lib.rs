@@ -19,4 +19,5 @@ pub mod http;
 pub mod policies;
 pub mod report;
 pub mod server;
+pub mod unit;
 pub mod view;

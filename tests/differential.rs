@@ -19,7 +19,7 @@ use common::*;
 use prodguard::cluster::Snapshot;
 use prodguard::commands::check::{check_paths, check_snapshot, offline_engine};
 use prodguard::commands::load_config;
-use prodguard::config::Config;
+use prodguard::policies::Config;
 use serde_json::{json, Value};
 
 /// Where the objects come from.

@@ -9,10 +9,11 @@ use std::time::Duration;
 
 use common::*;
 use k8s_openapi::api::rbac::v1::PolicyRule;
-use prodguard::cluster::{RoleKey, Snapshot};
-use prodguard::config::Config;
+use prodguard::cluster::Snapshot;
 use prodguard::engine::Action;
 use prodguard::exceptions::{Exception, ExceptionSet, Exceptions};
+use prodguard::policies::Config;
+use prodguard::unit::RoleKey;
 use serde_json::{json, Value};
 
 fn policy_exception(name: &str, spec: Value) -> Value {

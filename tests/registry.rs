@@ -4,9 +4,9 @@
 
 use std::collections::BTreeSet;
 
-use prodguard::config::Config;
-use prodguard::engine::Webhook;
 use prodguard::policies::webhook_rules;
+use prodguard::policies::Config;
+use prodguard::unit::Webhook;
 use serde_json::Value;
 
 /// (path, operation, group, version, resource)

@@ -421,7 +421,7 @@ async fn exec_attach_and_port_forward_into_database_pods_is_for_admins() {
 
 #[tokio::test]
 async fn global_audit_mode_allows_with_warnings_and_annotations() {
-    let mut cfg = prodguard::config::Config::embedded_default().unwrap();
+    let mut cfg = prodguard::policies::Config::embedded_default().unwrap();
     cfg.mode = prodguard::config::GlobalMode::Audit;
     let server = start(cfg, vec![]).await;
     let mut client = Client::connect(&server).await;
@@ -729,7 +729,7 @@ async fn traefik_routes_must_name_a_body_limit_and_middlewares_must_hold_one() {
     };
     cluster.add_middleware(middleware("body-limit", 10 << 20).to_string());
     let server = start_with(
-        prodguard::config::Config::embedded_default().unwrap(),
+        prodguard::policies::Config::embedded_default().unwrap(),
         cluster,
     )
     .await;

@@ -8,9 +8,10 @@ use std::collections::BTreeMap;
 
 use common::*;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
-use prodguard::cluster::{Binding, RoleKey, Snapshot};
-use prodguard::config::Config;
+use prodguard::cluster::Snapshot;
 use prodguard::engine::Action;
+use prodguard::policies::Config;
+use prodguard::unit::{Binding, RoleKey};
 use serde_json::{json, Value};
 
 const BODY_SIZE: &str = "nginx.ingress.kubernetes.io/proxy-body-size";

@@ -8,11 +8,11 @@ use std::sync::{Arc, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
 use prodguard::admission::{self, Decoded};
-use prodguard::cluster::NoLookup;
-use prodguard::config::Config;
-use prodguard::engine::{Engine, Lookups, Request, Webhook};
+use prodguard::engine::Engine;
+use prodguard::policies::Config;
 use prodguard::report::metrics::{kind_label, Metrics, RequestLabels};
 use prodguard::report::NoReporter;
+use prodguard::unit::{Lookups, NoLookup, Webhook};
 
 fn engine() -> &'static Engine {
     static ENGINE: OnceLock<Engine> = OnceLock::new();
@@ -28,7 +28,7 @@ fn engine() -> &'static Engine {
 fuzz_target!(|data: &[u8]| {
     match admission::decode(data) {
         Ok(Decoded::Request(request)) => {
-            let view = Request::from_admission(&request);
+            let view = request.as_request();
             let metrics = Metrics::new();
             metrics
                 .requests

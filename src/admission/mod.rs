@@ -14,6 +14,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::value::RawValue;
 
 use crate::engine::Verdict;
+use crate::unit::Request;
 use crate::view::{Object, ObjectSeed, ShapeError, Text};
 
 /// A body that cannot be answered with a review: the HTTP layer answers 400.
@@ -49,6 +50,34 @@ pub struct ReviewRequest<'a> {
     /// Why an object does not have its kind's shape: the request is answered, denied, with
     /// this (unless prodguard stays out of its namespace).
     pub shape_error: Option<ShapeError>,
+}
+
+const NO_GROUPS: &[Cow<str>] = &[];
+
+impl ReviewRequest<'_> {
+    /// The request as policies see it, borrowed from this one.
+    pub fn as_request(&self) -> Request<'_> {
+        let request = self;
+        Request {
+            uid: &request.uid,
+            operation: request.operation.clone(),
+            group: &request.kind.group,
+            version: &request.kind.version,
+            kind: &request.kind.kind,
+            resource: &request.resource.resource,
+            resource_group: &request.resource.group,
+            resource_version: &request.resource.version,
+            sub_resource: request.sub_resource.as_deref().filter(|s| !s.is_empty()),
+            namespace: request.namespace.as_deref().unwrap_or(""),
+            name: &request.name,
+            username: request.user_info.username.as_deref().unwrap_or(""),
+            groups: request.user_info.groups.as_deref().unwrap_or(NO_GROUPS),
+            object: request.object.as_ref(),
+            old_object: request.old_object.as_ref(),
+            dry_run: request.dry_run,
+            shape_error: request.shape_error.as_ref(),
+        }
+    }
 }
 
 /// The kind of the object: `{group, version, kind}`.

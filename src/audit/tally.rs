@@ -530,7 +530,7 @@ mod tests {
         let mut tally = Tally::new(limits(100, 1000, 10), HashSet::new());
         let mut excepted = deny("migrate");
         excepted.finding.action = Action::Excepted;
-        excepted.finding.exception = Some(crate::engine::ExceptedBy {
+        excepted.finding.exception = Some(crate::exceptions::lifting::ExceptedBy {
             namespace: "ns".into(),
             name: "migration".into(),
             reason: "one-off".into(),

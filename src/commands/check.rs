@@ -17,11 +17,12 @@ use super::{load_config, EXIT_BAD_INPUT};
 use crate::cli::{CheckArgs, OutputFormat};
 use std::collections::BTreeMap;
 
-use crate::cluster::{NoLookup, Snapshot};
-use crate::config::Config;
+use crate::cluster::Snapshot;
 use crate::engine::offline::{evaluate_object, ObjectFinding};
 use crate::engine::{Action, Engine};
+use crate::policies::Config;
 use crate::report::NoReporter;
+use crate::unit::NoLookup;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Default)]
 pub struct CheckOutput {

@@ -15,7 +15,8 @@ use tracing_subscriber::filter::Targets;
 use tracing_subscriber::prelude::*;
 
 use crate::cli::{Cli, Command, LogFormat, ModeArg};
-use crate::config::{Config, ConfigError, GlobalMode};
+use crate::config::{ConfigError, GlobalMode};
+use crate::policies::Config;
 
 /// Exit status for bad input or configuration.
 pub const EXIT_BAD_INPUT: u8 = 2;

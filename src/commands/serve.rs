@@ -12,14 +12,16 @@ use crate::audit::background::{self, AuditSettings};
 use crate::audit::lease::{LeaseSettings, LEASE_NAME};
 use crate::certs::{self, pki};
 use crate::cli::{MetricsAuth as MetricsAuthArg, ServeArgs};
-use crate::cluster::{ClusterLookup, KubeLookup, NoLookup};
-use crate::config::{Config, GlobalMode};
+use crate::cluster::KubeLookup;
+use crate::config::GlobalMode;
 use crate::engine::Engine;
 use crate::http::{app, metrics_app, AppState};
+use crate::policies::Config;
 use crate::report::events::{self, EventSink, EventStats};
 use crate::report::metrics::Metrics;
 use crate::report::{LogReporter, NoReporter, Reporter};
 use crate::server::{self, tls};
+use crate::unit::{ClusterLookup, NoLookup};
 
 pub fn run(args: ServeArgs) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -2,8 +2,9 @@
 
 use std::collections::BTreeMap;
 
-use super::Finding;
 use crate::config::PolicyMode;
+use crate::exceptions::lifting::ExceptedBy;
+use crate::unit::Finding;
 
 /// What the policies of one webhook found, per policy, with the policy's effective mode.
 #[derive(Debug, Clone, PartialEq)]
@@ -14,25 +15,6 @@ pub struct PolicyOutcome {
     /// The PolicyException that lifts the policy for this request: its findings neither deny
     /// nor patch nor warn, and are reported as excepted.
     pub exception: Option<ExceptedBy>,
-}
-
-/// The PolicyException a finding was lifted by, as reports name it.
-#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
-pub struct ExceptedBy {
-    pub namespace: String,
-    pub name: String,
-    pub reason: String,
-    pub expires: String,
-}
-
-impl ExceptedBy {
-    /// `PolicyException openg2p/dba-break-glass (until 2026-12-01T18:00:00Z: incident 42)`.
-    pub fn describe(&self) -> String {
-        format!(
-            "PolicyException {}/{} (until {}: {})",
-            self.namespace, self.name, self.expires, self.reason
-        )
-    }
 }
 
 /// What prodguard did about a finding. Serialised (`check`'s JSON, the PolicyReports) as the

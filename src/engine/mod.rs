@@ -2,89 +2,29 @@
 //! verdict according to each policy's mode (a pure step, see [`decide`]).
 
 mod decide;
-mod lookups;
 pub mod offline;
-mod request;
+pub mod report;
 
 use std::sync::Arc;
 use std::time::Duration;
 
-pub use decide::{decide, Action, Decision, ExceptedBy, PolicyOutcome, Reported};
-pub use lookups::Lookups;
-pub use request::{parent_kind, Operation, Request};
+pub use decide::{decide, Action, Decision, PolicyOutcome, Reported};
 
-use crate::cluster::ClusterLookup;
-use crate::config::{Admins, Config, GlobalMode, PolicyMode};
-use crate::exceptions::{self, ExceptionSet, Exceptions, Target};
+use crate::config::{Admins, GlobalMode, PolicyMode};
+use crate::exceptions::rule::WriteRule;
+use crate::exceptions::{self, ExceptionSet, Exceptions};
+use crate::policies::Config;
 use crate::policies::{
     self,
     resources::{Match, Resource},
 };
-use crate::report::{Report, Reporter};
-use crate::view::ShapeError;
+use crate::unit::{ClusterLookup, EvalError, Finding, Lookups, Policy, Request, Webhook};
+use report::{Report, Reporter};
 
 /// How long the cluster lookups of one request may take together: well under the webhooks' 5 s
 /// timeout, so a slow API server gets the policy's own verdict rather than the webhook's
 /// failure policy.
 pub const LOOKUP_TIMEOUT: Duration = Duration::from_secs(3);
-
-/// Which webhook a policy belongs to.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Webhook {
-    Mutate,
-    Validate,
-}
-
-impl Webhook {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Webhook::Mutate => "mutate",
-            Webhook::Validate => "validate",
-        }
-    }
-}
-
-/// What a policy found on a request.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Finding {
-    /// The request breaks the policy.
-    Violation { message: String },
-    /// Something a policy cannot judge and will not let pass unseen: reported as audited
-    /// (a warning) whatever the policy's mode, never denied.
-    Advisory { message: String },
-    /// The request should be patched.
-    Mutation {
-        message: String,
-        patch: Vec<json_patch::PatchOperation>,
-    },
-}
-
-/// A request a policy cannot evaluate because its object is malformed.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum EvalError {
-    #[error("{0}")]
-    Shape(#[from] ShapeError),
-    #[error("the request carries no object to check")]
-    MissingObject,
-    /// What the policy needs from the cluster could not be read. The webhook treats this as
-    /// the policy's violation (so it fails closed in enforce mode and warns in audit mode);
-    /// offline evaluation, which may simply not have been given the object, as an error.
-    #[error("{0}")]
-    Lookup(String),
-}
-
-/// One built-in policy. What it needs from the cluster it reads through [`Lookups`], when it
-/// needs it.
-#[async_trait::async_trait]
-pub trait Policy: Send + Sync {
-    fn id(&self) -> &'static str;
-    fn webhook(&self) -> Webhook;
-    async fn evaluate(
-        &self,
-        request: &Request<'_>,
-        lookups: &Lookups<'_>,
-    ) -> Result<Vec<Finding>, EvalError>;
-}
 
 struct Configured {
     policy: Box<dyn Policy>,
@@ -140,8 +80,6 @@ pub struct Engine {
     admins: Admins,
     exceptions: Arc<Exceptions>,
     max_exception_duration: Duration,
-    /// Whether a PolicyException's author must be an admin (offline evaluation has none).
-    judges_authors: bool,
 }
 
 impl Engine {
@@ -152,7 +90,17 @@ impl Engine {
     ) -> Engine {
         let global_audit = config.mode == GlobalMode::Audit;
         let all_matches = config.policies.matches();
-        let policies = policies::build(config)
+        // The exceptions' write rule first, in every mode; then the registry's policies.
+        let write_rule = Configured {
+            policy: Box::new(WriteRule::new(
+                config.admins.clone(),
+                config.max_exception_duration,
+                true,
+            )),
+            mode: PolicyMode::Enforce,
+            matches: WriteRule::matches(),
+        };
+        let registry = policies::build(config)
             .into_iter()
             .map(|(policy, mode)| Configured {
                 mode: match mode {
@@ -166,8 +114,8 @@ impl Engine {
                     .collect(),
                 policy,
             })
-            .filter(|c| c.mode != PolicyMode::Off)
-            .collect();
+            .filter(|c| c.mode != PolicyMode::Off);
+        let policies = std::iter::once(write_rule).chain(registry).collect();
         Engine {
             policies,
             audited: policies::audited_resources(&config.policies),
@@ -179,7 +127,6 @@ impl Engine {
             admins: config.admins.clone(),
             exceptions: Exceptions::fixed(ExceptionSet::default()),
             max_exception_duration: config.max_exception_duration,
-            judges_authors: true,
         }
     }
 
@@ -210,7 +157,15 @@ impl Engine {
     /// Judges PolicyExceptions without asking who writes them (offline evaluation, where the
     /// author is unknown).
     pub fn without_authors(mut self) -> Engine {
-        self.judges_authors = false;
+        for configured in &mut self.policies {
+            if configured.policy.id() == exceptions::POLICY_ID {
+                configured.policy = Box::new(WriteRule::new(
+                    self.admins.clone(),
+                    self.max_exception_duration,
+                    false,
+                ));
+            }
+        }
         self
     }
 
@@ -267,27 +222,6 @@ impl Engine {
             ));
         }
         let mut outcomes = Vec::new();
-        if webhook == Webhook::Validate && exceptions::is_exception_write(request) {
-            let findings: Vec<Finding> = exceptions::judge_write(
-                request,
-                &self.admins,
-                self.max_exception_duration,
-                std::time::SystemTime::now(),
-                self.judges_authors,
-            )
-            .into_iter()
-            .map(|message| Finding::Violation { message })
-            .collect();
-            if !findings.is_empty() {
-                // prodguard's own resource: refused in every mode.
-                outcomes.push(PolicyOutcome {
-                    policy: exceptions::POLICY_ID,
-                    mode: PolicyMode::Enforce,
-                    findings,
-                    exception: None,
-                });
-            }
-        }
         for configured in self
             .policies
             .iter()
@@ -318,81 +252,18 @@ impl Engine {
             }
         }
         if !outcomes.is_empty() {
-            self.apply_exceptions(request, lookups, &mut outcomes).await;
+            // The lifting stage: what a PolicyException in force covers.
+            let policies: Vec<&'static str> = outcomes.iter().map(|o| o.policy).collect();
+            let lifted = self
+                .exceptions
+                .lifted(self.max_exception_duration, request, lookups, &policies)
+                .await;
+            for (outcome, exception) in outcomes.iter_mut().zip(lifted) {
+                outcome.exception = exception;
+            }
         }
         Verdict::Decided(decide(&outcomes))
     }
-
-    /// Marks each outcome that a PolicyException in force lifts for this request. Only the
-    /// store's current set is read (never the API); an unsynced store lifts nothing.
-    async fn apply_exceptions(
-        &self,
-        request: &Request<'_>,
-        lookups: &Lookups<'_>,
-        outcomes: &mut [PolicyOutcome],
-    ) {
-        let Some(set) = self.exceptions.current() else {
-            return;
-        };
-        if set.is_empty() {
-            return;
-        }
-        let now = std::time::SystemTime::now();
-        let max = self.max_exception_duration;
-        let target = Target {
-            namespace: request.namespace,
-            kind: request.target_kind(),
-            name: request.object_name(),
-            username: request.username,
-            groups: request.groups,
-        };
-        // The object's labels, read once, and only when an exception selects by them.
-        let mut labels: Option<Option<std::collections::BTreeMap<String, String>>> = None;
-        for outcome in outcomes.iter_mut() {
-            if outcome.policy == exceptions::POLICY_ID {
-                continue;
-            }
-            if labels.is_none() && set.needs_labels(request.namespace, outcome.policy, now, max) {
-                labels = Some(target_labels(request, lookups).await);
-            }
-            let known = labels.as_ref().and_then(Option::as_ref);
-            if let Some(e) = set.covering(outcome.policy, &target, known, now, max) {
-                outcome.exception = Some(ExceptedBy {
-                    namespace: e.namespace.clone(),
-                    name: e.name.clone(),
-                    reason: e.reason.clone(),
-                    expires: e.expires_text.clone(),
-                });
-            }
-        }
-    }
-}
-
-/// The labels of the object a request is about: the written object's, the deleted one's, or
-/// (for a pod's subresource) the pod's, read through the request's lookups.
-async fn target_labels(
-    request: &Request<'_>,
-    lookups: &Lookups<'_>,
-) -> Option<std::collections::BTreeMap<String, String>> {
-    let of = |object: &crate::view::Object<'_>| {
-        object.metadata.labels.as_ref().map(|l| {
-            l.0.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-    };
-    if request.sub_resource.is_none() {
-        return request
-            .object
-            .or(request.old_object)
-            .map(|o| of(o).unwrap_or_default());
-    }
-    if request.resource != "pods" || !request.resource_group.is_empty() {
-        return None;
-    }
-    let text = lookups.pod(request.namespace, request.name).await.ok()?;
-    let pod = crate::view::Object::decode("Pod", &text).ok()??;
-    Some(of(&pod).unwrap_or_default())
 }
 
 #[cfg(test)]
@@ -402,9 +273,11 @@ mod tests {
     use k8s_openapi::api::rbac::v1::PolicyRule;
 
     use super::*;
-    use crate::cluster::{Binding, LookupError, RoleKey, Snapshot};
+    use crate::cluster::Snapshot;
     use crate::policies::resources;
     use crate::report::MemoryReporter;
+    use crate::unit::Operation;
+    use crate::unit::{Binding, LookupError, RoleKey};
 
     /// What a policy acts on is its matches, and only them: the operation, the resource and
     /// the subresource must all be named.
@@ -486,6 +359,59 @@ mod tests {
         assert!(!allowed(
             engine.evaluate(Webhook::Validate, &request, &lookups).await
         ));
+    }
+
+    /// The exceptions' write rule is a unit the engine runs like the policies: on the writes
+    /// of PolicyExceptions only, in enforce even under the global `audit` switch, and never
+    /// lifted by an exception.
+    #[tokio::test]
+    async fn the_exceptions_write_rule_is_a_unit_in_every_mode() {
+        let mut config = Config::embedded_default().unwrap();
+        config.mode = GlobalMode::Audit;
+        let engine = Engine::new(
+            &config,
+            Arc::new(Snapshot::default()),
+            Arc::new(MemoryReporter::default()),
+        );
+        assert!(engine.active_policies().contains(&(
+            exceptions::POLICY_ID,
+            Webhook::Validate,
+            PolicyMode::Enforce
+        )));
+        let exception = crate::view::owned(serde_json::json!({
+            "apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
+            "metadata": {"name": "e", "namespace": "openg2p"},
+            "spec": {"policies": ["db-access"], "reason": "incident", "expires": "2000-01-01T00:00:00Z"}}))
+        .unwrap();
+        let mut request = crate::policies::test_support::request(
+            Operation::Create,
+            "PolicyException",
+            "policyexceptions",
+            None,
+        );
+        request.group = "prodguard.io";
+        request.resource_group = "prodguard.io";
+        request.username = "bob";
+        request.object = Some(&exception);
+        let snapshot = Snapshot::default();
+        let lookups = Lookups::immediate(&snapshot);
+        let Verdict::Decided(decision) =
+            engine.evaluate(Webhook::Validate, &request, &lookups).await
+        else {
+            panic!("not decided");
+        };
+        assert!(!decision.allowed, "{decision:?}");
+        let messages = decision.deny_messages.join("\n");
+        assert!(messages.contains("may not"), "{messages}");
+        // The same object as another resource is not a PolicyException write.
+        request.resource = "configmaps";
+        request.resource_group = "";
+        let Verdict::Decided(decision) =
+            engine.evaluate(Webhook::Validate, &request, &lookups).await
+        else {
+            panic!("not decided");
+        };
+        assert!(decision.allowed, "{decision:?}");
     }
 
     struct HangingLookup;
@@ -597,7 +523,7 @@ mod tests {
             shape_error: None,
         };
         let lookup = || {
-            Arc::new(crate::cluster::NoLookup {
+            Arc::new(crate::unit::NoLookup {
                 reason: "test".into(),
             })
         };

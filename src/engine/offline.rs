@@ -5,12 +5,13 @@
 use serde::Serialize;
 use serde_json::Value;
 
-use crate::cluster::Snapshot;
+use crate::unit::ClusterLookup;
 use crate::view::{Object, ShapeError};
 
 use futures_util::FutureExt;
 
-use super::{Engine, Lookups, Operation, Reported, Request, Verdict, Webhook};
+use super::{Engine, Reported, Verdict};
+use crate::unit::{Lookups, Operation, Request, Webhook};
 
 /// The user offline evaluation runs as.
 pub const OFFLINE_USER: &str = "prodguard-check";
@@ -29,7 +30,7 @@ pub struct ObjectFinding {
 /// result. What the policies would read from the cluster comes from `cluster`.
 pub fn evaluate_object(
     engine: &Engine,
-    cluster: &Snapshot,
+    cluster: &dyn ClusterLookup,
     value: Value,
     default_namespace: &str,
 ) -> Result<Vec<ObjectFinding>, String> {
@@ -55,7 +56,7 @@ pub fn evaluate_object(
 /// is parsed whole only when a mutating policy patches it.
 pub fn evaluate_listed(
     engine: &Engine,
-    cluster: &Snapshot,
+    cluster: &dyn ClusterLookup,
     object: Viewed<'_>,
     text: &str,
     default_namespace: &str,
@@ -83,13 +84,17 @@ pub fn evaluate_listed(
 /// that names none, and the findings so far.
 struct Run<'e> {
     engine: &'e Engine,
-    cluster: &'e Snapshot,
+    cluster: &'e dyn ClusterLookup,
     default_namespace: &'e str,
     results: Vec<ObjectFinding>,
 }
 
 impl<'e> Run<'e> {
-    fn new(engine: &'e Engine, cluster: &'e Snapshot, default_namespace: &'e str) -> Run<'e> {
+    fn new(
+        engine: &'e Engine,
+        cluster: &'e dyn ClusterLookup,
+        default_namespace: &'e str,
+    ) -> Run<'e> {
         Run {
             engine,
             cluster,
@@ -171,7 +176,7 @@ pub fn view_text<'a>(kind: &str, text: &'a str) -> Result<Viewed<'a>, String> {
 /// Runs one webhook's policies on `object`; returns the enforced patch.
 fn evaluate(
     engine: &Engine,
-    cluster: &Snapshot,
+    cluster: &dyn ClusterLookup,
     webhook: Webhook,
     viewed: &Viewed<'_>,
     default_namespace: &str,

@@ -4,11 +4,16 @@
 //! one set of rules, and matched by one function ([`ExceptionSet::covering`]) in the webhook,
 //! the background audit and `check`.
 //!
-//! The webhook refuses writes of exceptions by non-admins and exceptions that are unbounded,
-//! already past, too long or name an unknown policy ([`judge_write`]). `serve` keeps the
+//! Two parts run in the engine: the write rule ([`rule::WriteRule`], a unit like any policy's)
+//! refuses writes of exceptions by non-admins and exceptions that are unbounded, already past,
+//! too long or name an unknown policy ([`judge_write`]); the lifting stage
+//! ([`Exceptions::lifted`], in [`lifting`]) marks what an exception in force lifts, between
+//! the units and `decide`. `serve` keeps the
 //! cluster's exceptions in memory from a watch ([`watch`]); a request never waits for them, and
 //! until the first list is complete prodguard decides as if there were none.
 
+pub mod lifting;
+pub mod rule;
 pub mod watch;
 
 use std::collections::{BTreeMap, HashMap};
@@ -19,18 +24,21 @@ use kube::core::{Selector, SelectorExt};
 use wildmatch::WildMatch;
 
 use crate::config::Admins;
-use crate::engine::Request;
+use crate::unit::Request;
 use crate::view::{ExceptionSpec, Object, Spec};
 
-pub const GROUP: &str = "prodguard.io";
-pub const VERSION: &str = "v1alpha1";
-pub const KIND: &str = "PolicyException";
-pub const PLURAL: &str = "policyexceptions";
+use crate::policies::resources::POLICY_EXCEPTIONS;
+
+/// The PolicyException resource (`policies::resources` names every resource prodguard knows).
+pub const GROUP: &str = POLICY_EXCEPTIONS.group;
+pub const VERSION: &str = POLICY_EXCEPTIONS.versions[0];
+pub const KIND: &str = POLICY_EXCEPTIONS.kinds[0];
+pub const PLURAL: &str = POLICY_EXCEPTIONS.plural;
 /// The id under which refusals of PolicyException writes, and the audit's notes about
 /// expired exceptions, are reported.
 pub const POLICY_ID: &str = "policy-exception";
 /// How far ahead an exception may end unless `maxExceptionDuration` says otherwise.
-pub const DEFAULT_MAX_DURATION: Duration = Duration::from_secs(30 * 24 * 3600);
+pub const DEFAULT_MAX_DURATION: Duration = crate::config::DEFAULT_MAX_EXCEPTION_DURATION;
 /// How long after its end the background audit still reports an exception.
 pub const RECENTLY_EXPIRED: Duration = Duration::from_secs(24 * 3600);
 /// The most exceptions the store holds; the rest are ignored (and counted), which can only
@@ -340,11 +348,6 @@ pub fn parse_time(text: &str) -> Result<SystemTime, String> {
     }
 }
 
-/// Whether a request writes a prodguard PolicyException.
-pub fn is_exception_write(request: &Request<'_>) -> bool {
-    request.resource_group == GROUP && request.resource == PLURAL && request.is_write()
-}
-
 /// What is wrong with writing this PolicyException at `now`: an author who is not an admin
 /// (when `judge_author`; `check` has no author), and every problem of the exception itself.
 pub fn judge_write(
@@ -360,7 +363,7 @@ pub fn judge_write(
             "user {:?} may not {} PolicyExceptions: only prodguard's admins (admins.users, \
              admins.groups) may lift a policy",
             request.username,
-            if request.operation == crate::engine::Operation::Create {
+            if request.operation == crate::unit::Operation::Create {
                 "create"
             } else {
                 "change"

@@ -14,6 +14,7 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use tokio::sync::Semaphore;
 
+use crate::cluster::{TokenReviews, TokenVerdict};
 use crate::report::metrics::RefusalLabels;
 
 /// How long an answer about a token is kept.
@@ -22,24 +23,6 @@ pub const CACHE_TTL: Duration = Duration::from_secs(60);
 pub const CACHE_ENTRIES: usize = 256;
 /// TokenReviews and SubjectAccessReviews in flight at once.
 pub const REVIEWS_AT_ONCE: usize = 4;
-
-/// What the API server said of a token.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub enum TokenVerdict {
-    /// Authenticated, and allowed to get `/metrics`.
-    Allowed,
-    /// Not a token the API server accepts.
-    Unauthenticated,
-    /// Authenticated as this user, who may not get `/metrics`.
-    Forbidden(String),
-}
-
-/// Reviews a bearer token: the cluster's TokenReview and SubjectAccessReview
-/// ([`crate::cluster::KubeTokenReviews`]), or a test's answers.
-#[async_trait::async_trait]
-pub trait TokenReviews: Send + Sync {
-    async fn review(&self, token: &str) -> Result<TokenVerdict, String>;
-}
 
 /// The reviewer with its cache and its bound on reviews in flight.
 pub struct MetricsAuth {

@@ -17,10 +17,11 @@ use tracing::Instrument;
 pub mod metrics_auth;
 
 use crate::admission::{self, Decoded};
-use crate::engine::{Engine, Request, Verdict, Webhook};
+use crate::engine::{Engine, Verdict};
 use crate::report::metrics::{
     kind_label, FindingLabels, Metrics, PolicyLabels, RequestLabels, WebhookLabels,
 };
+use crate::unit::Webhook;
 
 /// The largest review body accepted; larger ones get 413. It fits the largest legitimate
 /// review: an UPDATE carries the object and its old version, each at most etcd's request
@@ -441,7 +442,7 @@ async fn review(
             admission::encode_malformed(&uid, &message)
         }
         Ok(Decoded::Request(request)) => {
-            let view = Request::from_admission(&request);
+            let view = request.as_request();
             let span = tracing::debug_span!(
                 "review",
                 webhook = webhook.as_str(),

@@ -3,13 +3,15 @@
 //! unparsable reference is a violation. The message names every offending container and the
 //! registry its image resolved to.
 
+use super::image_ref::parse_registry_pattern;
 use super::image_ref::ImageRef;
+use super::image_ref::RegistryPattern;
 use super::resources::Match;
+use super::Config;
 use super::{checked_container_lists, image_unchanged, pod_spec};
 use super::{container_matches, PolicyModule};
-use crate::config::{parse_registry_pattern, RegistryPattern};
-use crate::config::{Config, PolicyMode};
-use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
+use crate::config::PolicyMode;
+use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 use serde::Deserialize;
 
 pub const ID: &str = "airgap-registry";
@@ -153,8 +155,8 @@ impl Policy for AirgapRegistry {
 mod tests {
     use super::*;
     use crate::config::PolicyMode;
-    use crate::engine::Operation;
     use crate::policies::test_support::{object, request, Context, Eval};
+    use crate::unit::Operation;
     use serde_json::json;
 
     fn policy(airgapped: bool) -> AirgapRegistry {

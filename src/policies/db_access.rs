@@ -23,10 +23,11 @@
 use super::image_ref::{validate_images, ImagePattern, ImageRef};
 use super::pod_spec::{self, ContainerList};
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
 use crate::config::Admins;
-use crate::config::{Config, Labels, PolicyMode};
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::config::{Labels, PolicyMode};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 use serde::Deserialize;
 

@@ -11,10 +11,11 @@ use super::image_ref::ImagePattern;
 use super::production::workload_matches;
 use super::production::{running_container, InProduction, WorkloadCheck};
 use super::resources::Match;
+use super::Config;
 use super::PolicyModule;
 use crate::config::LabelSelector;
-use crate::config::{Config, PolicyMode};
-use crate::engine::Policy;
+use crate::config::PolicyMode;
+use crate::unit::Policy;
 use crate::view::Object;
 use serde::Deserialize;
 
@@ -131,10 +132,10 @@ impl WorkloadCheck for ExternalDatabases {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::Config;
     use super::*;
-    use crate::config::Config;
-    use crate::engine::Operation;
     use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
+    use crate::unit::Operation;
     use serde_json::json;
 
     fn policy() -> InProduction<ExternalDatabases> {

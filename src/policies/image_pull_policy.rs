@@ -5,14 +5,15 @@
 //! missing one. No patch when nothing changes.
 
 use super::resources::Match;
+use super::Config;
 use super::{container_matches, PolicyModule};
-use crate::config::{Config, PolicyMode};
+use crate::config::PolicyMode;
 use json_patch::{AddOperation, PatchOperation, ReplaceOperation};
 use serde::Deserialize;
 use serde_json::Value;
 
 use super::mutate_containers;
-use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "image-pull-policy";
 
@@ -89,8 +90,8 @@ impl Policy for ImagePullPolicy {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Operation;
     use crate::policies::test_support::{object, patched, request, Context, Eval};
+    use crate::unit::Operation;
     use serde_json::json;
 
     #[test]

@@ -365,6 +365,59 @@ pub fn validate_images(images: &[String], example: &str) -> Result<(), (String, 
     Ok(())
 }
 
+/// An allowed-registry or mirror entry: `host[:port]` with an optional path prefix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RegistryPattern {
+    pub registry: String,
+    /// Path prefix without slashes at the ends; empty for the whole registry.
+    pub path_prefix: String,
+}
+
+impl RegistryPattern {
+    pub fn matches(&self, image: &ImageRef) -> bool {
+        image.registry_is(&self.registry)
+            && (self.path_prefix.is_empty()
+                || image.path == self.path_prefix
+                || image
+                    .path
+                    .strip_prefix(&self.path_prefix)
+                    .is_some_and(|rest| rest.starts_with('/')))
+    }
+}
+
+impl fmt::Display for RegistryPattern {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.path_prefix.is_empty() {
+            f.write_str(&self.registry)
+        } else {
+            write!(f, "{}/{}/", self.registry, self.path_prefix)
+        }
+    }
+}
+
+pub fn parse_registry_pattern(entry: &str) -> Result<RegistryPattern, String> {
+    let trimmed = entry.trim_end_matches('/');
+    let (registry, prefix) = match trimmed.split_once('/') {
+        Some((registry, prefix)) => (registry, prefix),
+        None => (trimmed, ""),
+    };
+    let hint = "write host[:port] with an optional path, such as `registry.local:5000` or \
+                `harbor.example.org/openg2p/`";
+    if registry.contains("://") || entry.contains("://") {
+        return Err(format!("{entry:?} has a URL scheme; {hint}"));
+    }
+    let registry = normalize_registry(registry).map_err(|e| format!("{e}; {hint}"))?;
+    if !prefix.is_empty() {
+        // Validate the path by parsing a reference under it.
+        ImageRef::parse(&format!("{registry}/{prefix}/x"))
+            .map_err(|e| format!("path {prefix:?} is not valid: {e}; {hint}"))?;
+    }
+    Ok(RegistryPattern {
+        registry,
+        path_prefix: prefix.to_owned(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -24,15 +24,16 @@
 //! it names may have changed.
 
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
-use crate::config::{Config, PolicyMode};
+use crate::config::PolicyMode;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
 use crate::config::parse_nginx_size;
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::{Object, Spec};
 
 pub const ID: &str = "ingress-body-size";
@@ -164,7 +165,7 @@ pub const CLASS_ANNOTATION: &str = "kubernetes.io/ingress.class";
 pub const MIDDLEWARES_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.middlewares";
 /// The entry points of those routers.
 pub const ENTRY_POINTS_ANNOTATION: &str = "traefik.ingress.kubernetes.io/router.entrypoints";
-const TRAEFIK_GROUP: &str = crate::cluster::TRAEFIK_GROUP;
+use crate::unit::TRAEFIK_GROUP;
 
 /// Which object of the policy a request writes.
 enum Target {

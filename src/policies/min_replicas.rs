@@ -8,13 +8,14 @@
 //! Exemptions come from the policy configuration only, never from the object.
 
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
-use crate::config::{Config, LabelSelector, Labels, PolicyMode};
+use crate::config::{LabelSelector, Labels, PolicyMode};
 use crate::view::ObjectLabels;
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Spec;
 
 pub const ID: &str = "min-replicas";

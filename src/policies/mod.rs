@@ -32,12 +32,15 @@ use std::fmt;
 use json_patch::PatchOperation;
 use serde::de::{Deserialize, DeserializeOwned, Deserializer, Error as _, MapAccess, Visitor};
 
-use crate::config::{Config, LabelSelector, PolicyMode};
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::config::{LabelSelector, PolicyMode, PolicySettings};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 use image_ref::ImagePattern;
 use pod_spec::{ContainerList, ContainerRef};
 use resources::{Match, Resource};
+
+/// A policy set file with the registry's policies: what `serve`, `check` and the audit load.
+pub type Config = crate::config::Config<Policies>;
 
 /// What a policy module declares. Each module has one, `Definition`, and one line in the
 /// registry.
@@ -100,9 +103,9 @@ macro_rules! registry {
             }
         }
 
-        impl Policies {
+        impl PolicySettings for Policies {
             /// Checks each policy's settings; the key of a problem is the full dotted path.
-            pub fn validate(&self) -> Result<(), (String, String)> {
+            fn validate(&self) -> Result<(), (String, String)> {
                 $(
                     <$module::Definition as PolicyModule>::validate(&self.$module).map_err(
                         |(key, problem)| {
@@ -113,7 +116,9 @@ macro_rules! registry {
                 )*
                 Ok(())
             }
+        }
 
+        impl Policies {
             /// What each policy acts on, with its id, whatever its mode (the webhook rules
             /// cover every policy, so that turning one on needs no new rule).
             pub fn matches(&self) -> Vec<(&'static str, Match)> {
@@ -445,8 +450,8 @@ pub(crate) mod test_support {
     use k8s_openapi::api::rbac::v1::PolicyRule;
     use serde_json::Value;
 
-    use crate::cluster::{Binding, ClusterLookup, LookupError, RoleKey};
-    use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request};
+    use crate::unit::{Binding, ClusterLookup, LookupError, RoleKey};
+    use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request};
     use crate::view::{self, Object};
 
     /// What the cluster answers a test's policy: each lookup's answer, or (`None`) that it

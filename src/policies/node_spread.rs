@@ -10,14 +10,15 @@
 //! workload's pods with the workload's own selector.
 
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
-use crate::config::{Config, PolicyMode};
+use crate::config::PolicyMode;
 use json_patch::jsonptr::PointerBuf;
 use json_patch::{AddOperation, PatchOperation};
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::{Object, PodSpec, Spec, Topology};
 
 pub const ID: &str = "node-spread";

@@ -14,10 +14,11 @@ use super::image_ref::ImagePattern;
 use super::production::workload_matches;
 use super::production::{running_container, InProduction, WorkloadCheck};
 use super::resources::Match;
+use super::Config;
 use super::PolicyModule;
 use crate::config::LabelSelector;
-use crate::config::{Config, PolicyMode};
-use crate::engine::Policy;
+use crate::config::PolicyMode;
+use crate::unit::Policy;
 use crate::view::Object;
 use serde::Deserialize;
 
@@ -150,10 +151,10 @@ impl WorkloadCheck for OpensearchCluster {
 mod tests {
     use std::collections::BTreeMap;
 
+    use super::Config;
     use super::*;
-    use crate::config::Config;
-    use crate::engine::{EvalError, Operation};
     use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
+    use crate::unit::{EvalError, Operation};
     use serde_json::{json, Value};
 
     fn policy() -> InProduction<OpensearchCluster> {

@@ -7,7 +7,7 @@ use super::pod_spec::ContainerRef;
 use super::resources::{self, Match};
 use super::{container_running, describe_selector, is_production};
 use crate::config::LabelSelector;
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 use crate::view::Object;
 
 /// The first container of a running Deployment or StatefulSet that runs one of `images`, with

@@ -3,13 +3,14 @@
 //! (`system:serviceaccount:kube-system:*`) and configured service accounts are exempt.
 
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
-use crate::config::{Config, PolicyMode};
+use crate::config::PolicyMode;
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
 use crate::config::Admins;
-use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "protect-delete";
 
@@ -143,8 +144,8 @@ impl Policy for ProtectDelete {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Operation;
     use crate::policies::test_support::{eval_matched, object, request, Context};
+    use crate::unit::Operation;
     use serde_json::json;
 
     #[test]

@@ -22,15 +22,16 @@
 //! new grants of a role.
 
 use super::resources::{self, Match};
+use super::Config;
 use super::PolicyModule;
-use crate::config::{Config, PolicyMode};
+use crate::config::PolicyMode;
 use k8s_openapi::api::rbac::v1::{PolicyRule, Subject};
 use serde::Deserialize;
 use wildmatch::WildMatch;
 
-use crate::cluster::{role_key, RoleKey};
 use crate::config::Admins;
-use crate::engine::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
+use crate::unit::{role_key, RoleKey};
+use crate::unit::{EvalError, Finding, Lookups, Operation, Policy, Request, Webhook};
 
 pub const ID: &str = "rbac-hygiene";
 
@@ -461,7 +462,11 @@ impl RbacHygiene {
             Guarded::new("", "pods/exec", CONNECT),
             Guarded::new("", "pods/attach", CONNECT),
             Guarded::new("", "pods/portforward", CONNECT),
-            Guarded::new(crate::exceptions::GROUP, crate::exceptions::PLURAL, WRITE),
+            Guarded::new(
+                resources::POLICY_EXCEPTIONS.group,
+                resources::POLICY_EXCEPTIONS.plural,
+                WRITE,
+            ),
         ];
         for kind in protected_kinds {
             let (group, resource) = resource_of(kind);
@@ -695,10 +700,10 @@ impl Policy for RbacHygiene {
 
 #[cfg(test)]
 mod tests {
+    use super::Config;
     use super::*;
-    use crate::cluster::Binding;
-    use crate::config::Config;
     use crate::policies::test_support::{asked, object, request, violations, Context, Eval};
+    use crate::unit::Binding;
     use serde_json::json;
     use serde_json::Value;
 

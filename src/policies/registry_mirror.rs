@@ -5,9 +5,11 @@
 //! Scope as `image-pull-policy`: Pods on CREATE and their ephemeral containers, workloads on
 //! CREATE and UPDATE. An image that does not parse is left alone (`airgap-registry` reports it).
 
+use super::image_ref::parse_registry_pattern;
 use super::resources::Match;
+use super::Config;
 use super::{container_matches, PolicyModule};
-use crate::config::{parse_registry_pattern, Config, PolicyMode};
+use crate::config::PolicyMode;
 use json_patch::{PatchOperation, ReplaceOperation};
 use serde::Deserialize;
 use serde_json::Value;
@@ -15,7 +17,7 @@ use std::collections::BTreeMap;
 
 use super::image_ref::{normalize_registry, ImageRef};
 use super::mutate_containers;
-use crate::engine::{EvalError, Finding, Lookups, Policy, Request, Webhook};
+use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
 pub const ID: &str = "registry-mirror";
 
@@ -139,8 +141,8 @@ impl Policy for RegistryMirror {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::Operation;
     use crate::policies::test_support::{object, patched, request, Context, Eval};
+    use crate::unit::Operation;
     use serde_json::json;
 
     fn policy() -> RegistryMirror {

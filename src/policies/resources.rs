@@ -2,7 +2,7 @@
 //! the webhook rules, the audit's listing, the metric labels and `check`'s resource names all
 //! come from them.
 
-use crate::engine::Webhook;
+use crate::unit::Webhook;
 
 /// An API resource (or subresource) and the kinds its requests carry.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -161,10 +161,10 @@ pub const CLUSTER_ROLE_BINDINGS: Resource = rbac("clusterrolebindings", &["Clust
 /// prodguard's own PolicyExceptions, whose writes the engine judges itself (no policy of the
 /// registry: it cannot be turned off).
 pub const POLICY_EXCEPTIONS: Resource = Resource {
-    group: crate::exceptions::GROUP,
-    versions: &[crate::exceptions::VERSION],
-    plural: crate::exceptions::PLURAL,
-    kinds: &[crate::exceptions::KIND],
+    group: "prodguard.io",
+    versions: &["v1alpha1"],
+    plural: "policyexceptions",
+    kinds: &["PolicyException"],
 };
 
 /// Every resource above.

@@ -18,7 +18,48 @@ use std::time::Duration;
 use tokio::sync::{watch, OwnedSemaphorePermit, Semaphore};
 use tokio::time::Instant;
 
-use super::Limits;
+/// Bounds on what a client can hold. docs/operations.md ("Hostile clients") gives each with its default.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// How long a client has to finish its TLS handshake.
+    pub handshake_timeout: Duration,
+    /// How long a client has to send a request's headers, and how long a keep-alive connection
+    /// (HTTP/1.1 or HTTP/2) may idle between requests. The default is longer than the 90 s for
+    /// which Go's HTTP client (kube-apiserver's) keeps an idle connection: closing one the
+    /// client still holds would fail a webhook call that races the close.
+    pub header_read_timeout: Duration,
+    /// Connections served at once. At the limit, the connection that has idled longest is
+    /// closed to make room; when none idles, new ones wait until one ends.
+    pub max_connections: usize,
+    /// Connections one peer address may hold; at the cap its longest-idle one makes room, and
+    /// when none of its connections idles, a new one is refused.
+    pub max_connections_per_peer: usize,
+    /// TLS handshakes in progress at once; at the limit the oldest is dropped.
+    pub max_handshakes: usize,
+    /// How long a connection has, from its TLS handshake, to send its first request (HTTP/1.1
+    /// headers or an HTTP/2 stream). kube-apiserver sends at once; a connection that sends
+    /// nothing (or only the start of the HTTP/2 preface) is closed, so idlers cannot hold the
+    /// connection slots for the long keep-alive time that only a connection that has
+    /// completed a request gets.
+    pub first_request_timeout: Duration,
+    /// How long a write to the client may make no progress (a client that does not read its
+    /// answers) before the connection is closed.
+    pub write_timeout: Duration,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            handshake_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(100),
+            max_connections: 1024,
+            max_connections_per_peer: 128,
+            max_handshakes: 64,
+            first_request_timeout: Duration::from_secs(5),
+            write_timeout: Duration::from_secs(10),
+        }
+    }
+}
 
 /// What a connection is doing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

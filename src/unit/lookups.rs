@@ -6,7 +6,7 @@
 //! - bounds all the reads of a request together by one deadline (the lookup timeout), so a
 //!   slow API server gets the policy's own verdict rather than the webhook's failure policy;
 //! - is answered, through the same [`ClusterLookup`] trait, by the API client (the webhook),
-//!   by what the audit listed, or by `check`'s input (a [`Snapshot`](crate::cluster::Snapshot),
+//!   by what the audit listed, or by `check`'s input (the `cluster` edge's `Snapshot`,
 //!   which answers at once, with no deadline).
 //!
 //! Adding a fact means a method on [`ClusterLookup`] and one here; nothing is declared ahead.
@@ -19,7 +19,7 @@ use std::time::Duration;
 
 use k8s_openapi::api::rbac::v1::PolicyRule;
 
-use crate::cluster::{Binding, ClusterLookup, LookupError, NoLookup, RoleKey};
+use super::cluster::{Binding, ClusterLookup, LookupError, NoLookup, RoleKey};
 
 /// The cluster as one request's evaluation sees it.
 pub struct Lookups<'s> {

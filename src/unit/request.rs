@@ -1,8 +1,8 @@
-//! The view of an admission request that policies read.
+//! The view of an admission request that policies read (built by `admission` from a review,
+//! by `check` from a file, by the audit from a listed object).
 
 use std::borrow::Cow;
 
-use crate::admission::ReviewRequest;
 use crate::view::{Object, ShapeError};
 
 pub use kube::core::admission::Operation;
@@ -34,31 +34,7 @@ pub struct Request<'a> {
     pub shape_error: Option<&'a ShapeError>,
 }
 
-const NO_GROUPS: &[Cow<str>] = &[];
-
 impl<'a> Request<'a> {
-    pub fn from_admission(request: &'a ReviewRequest<'_>) -> Request<'a> {
-        Request {
-            uid: &request.uid,
-            operation: request.operation.clone(),
-            group: &request.kind.group,
-            version: &request.kind.version,
-            kind: &request.kind.kind,
-            resource: &request.resource.resource,
-            resource_group: &request.resource.group,
-            resource_version: &request.resource.version,
-            sub_resource: request.sub_resource.as_deref().filter(|s| !s.is_empty()),
-            namespace: request.namespace.as_deref().unwrap_or(""),
-            name: &request.name,
-            username: request.user_info.username.as_deref().unwrap_or(""),
-            groups: request.user_info.groups.as_deref().unwrap_or(NO_GROUPS),
-            object: request.object.as_ref(),
-            old_object: request.old_object.as_ref(),
-            dry_run: request.dry_run,
-            shape_error: request.shape_error.as_ref(),
-        }
-    }
-
     /// `CREATE`, `UPDATE`, `DELETE` or `CONNECT`.
     pub fn operation_name(&self) -> &'static str {
         match self.operation {
