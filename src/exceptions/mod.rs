@@ -422,6 +422,14 @@ impl ExceptionSet {
         self.iter().filter(|e| e.in_force(now, max)).count()
     }
 
+    /// When the first exception in force at `now` ends.
+    pub fn next_end(&self, now: SystemTime, max: Duration) -> Option<SystemTime> {
+        self.iter()
+            .filter(|e| e.in_force(now, max))
+            .map(|e| e.expires)
+            .min()
+    }
+
     /// Whether an exception that could lift `policy` in `namespace` at `now` selects by labels
     /// (so that matching needs the object's labels): none, for most requests.
     pub fn needs_labels(

@@ -30,6 +30,21 @@ pub struct ExceptionGauges {
     pub in_force: Gauge,
     /// PolicyExceptions in the cluster that are not honoured: invalid, or beyond the cap.
     pub ignored: Gauge,
+    /// When the first exception in force ends, in Unix seconds; 0 when none is in force.
+    pub next_end: Gauge,
+}
+
+impl ExceptionGauges {
+    /// The gauges of what is in force in `set` now.
+    fn refresh(&self, set: &ExceptionSet, max: Duration) {
+        let now = SystemTime::now();
+        self.in_force.set(set.in_force(now, max) as i64);
+        let next_end = set
+            .next_end(now, max)
+            .and_then(|end| end.duration_since(std::time::UNIX_EPOCH).ok())
+            .map_or(0, |d| d.as_secs() as i64);
+        self.next_end.set(next_end);
+    }
 }
 
 /// Watches PolicyExceptions in every namespace into `store` until the process ends.
@@ -96,7 +111,7 @@ async fn run(client: kube::Client, store: Arc<Exceptions>, max: Duration, gauges
             }
             _ = refresh.tick() => {
                 if let Some(set) = store.current() {
-                    gauges.in_force.set(set.in_force(SystemTime::now(), max) as i64);
+                    gauges.refresh(&set, max);
                 }
             }
         }
@@ -176,9 +191,7 @@ fn publish(
         );
     }
     let set = ExceptionSet::new(valid);
-    gauges
-        .in_force
-        .set(set.in_force(SystemTime::now(), max) as i64);
+    gauges.refresh(&set, max);
     gauges.ignored.set(ignored as i64);
     tracing::debug!(exceptions = set.len(), ignored, "PolicyExceptions updated");
     store.replace(set);
@@ -217,6 +230,7 @@ mod tests {
         assert_eq!(set.len(), 1);
         assert_eq!(set.iter().next().map(|e| e.name.as_str()), Some("good"));
         assert_eq!((gauges.in_force.get(), gauges.ignored.get()), (0, 1));
+        assert_eq!(gauges.next_end.get(), 0, "none in force, no end");
         // Under a maximum that reaches its end, it is.
         publish(
             &store,
@@ -225,6 +239,8 @@ mod tests {
             Duration::from_secs(1000 * 365 * 86400),
         );
         assert_eq!(gauges.in_force.get(), 1);
+        // 2999-01-01T00:00:00Z, the one in force's end.
+        assert_eq!(gauges.next_end.get(), 32_472_144_000);
 
         let mut many = BTreeMap::new();
         for i in 0..MAX_EXCEPTIONS + 5 {

@@ -318,6 +318,11 @@ impl Metrics {
             exceptions.in_force.clone(),
         );
         registry.register(
+            "exceptions_next_end_timestamp_seconds",
+            "When the first PolicyException in force ends (Unix seconds; 0 when none is in force)",
+            exceptions.next_end.clone(),
+        );
+        registry.register(
             "exceptions_ignored",
             "PolicyExceptions in the cluster that are not honoured: invalid, or beyond the cap",
             exceptions.ignored.clone(),
