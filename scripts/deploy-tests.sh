@@ -2,7 +2,9 @@
 # The deploy tests: the container image (cargo xtask image, built twice) and the Helm chart,
 # with Helm's own code (helm-python-sdk) and skopeo. Run by scripts/test.sh after the cargo tests,
 # whose debug binary they use. Installs what it needs: skopeo from Debian, and a Python venv
-# with tests/deploy/requirements.txt, cached beside the other test dependencies.
+# with tests/deploy/requirements.txt, cached beside the other test dependencies; and promtool for
+# the alerts, taken out of Debian's prometheus package without installing it (whose server would
+# start and listen).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -24,6 +26,19 @@ if [ ${#missing[@]} -gt 0 ]; then
   as_root apt-get update -qq
   as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >&2
 fi
+
+# promtool checks and unit-tests the alerts (tests/deploy/test_monitoring.py).
+tools="$cache/tools/bin"
+if ! "$tools/promtool" --version >/dev/null 2>&1; then
+  log "extracting promtool from Debian's prometheus package"
+  work="$(mktemp -d)"
+  (cd "$work" && apt-get download -qq prometheus >&2 || { as_root apt-get update -qq && apt-get download -qq prometheus >&2; })
+  dpkg-deb -x "$work"/prometheus_*.deb "$work/root"
+  mkdir -p "$tools"
+  install -m 0755 "$work/root/usr/bin/promtool" "$tools/promtool"
+  rm -rf "$work"
+fi
+export PATH="$tools:$PATH"
 
 python="$(scripts/python-env.sh)"
 

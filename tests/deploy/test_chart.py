@@ -191,6 +191,7 @@ VALUE_SETS = {
     "cert-manager": {"certificates": {"mode": "cert-manager"}},
     "files": {"certificates": {"mode": "files", "secretName": "my-tls", "caBundle": "TFMwdExTMUNSVWRKVGc9PQ=="}},
     "elsewhere": {},  # installed into another namespace
+    "monitoring": {"monitoring": {"enabled": True}},
 }
 
 
@@ -359,7 +360,7 @@ def test_every_render_passes_check_and_its_policy_file_loads(name, tmp_path):
     render.write_text(yaml.safe_dump_all(docs))
     # Judged with the policy file the render gives prodguard, which excludes its namespace.
     config = tmp_path / "policies.yaml"
-    config.write_text(next(d for d in docs if d["kind"] == "ConfigMap")["data"]["policies.yaml"])
+    config.write_text(next(d for d in docs if d["kind"] == "ConfigMap" and "policies.yaml" in d["data"])["data"]["policies.yaml"])
     checked = subprocess.run(
         prodguard() + ["check", "--config", str(config), "-f", str(render)], capture_output=True, text=True
     )
