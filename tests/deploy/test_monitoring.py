@@ -287,3 +287,52 @@ def test_every_series_and_label_queried_is_exported(scraped):
     assert not problems, "\n".join(problems)
     # The check can fail: a misspelt series is caught.
     assert "prodguard_admision_requests_total" not in known
+
+
+def picture_path() -> Path:
+    target = subprocess.run(
+        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
+        capture_output=True, text=True, cwd=ROOT, check=True,
+    )
+    return Path(json.loads(target.stdout)["target_directory"]) / "dashboard.png"
+
+
+def test_the_dashboard_is_drawn_from_the_scrape(scraped):
+    """docs/images/dashboard.png is this picture: each panel where the dashboard puts it, with the
+    scraped samples of the series its queries name (copy it from the target directory to update it)."""
+    from PIL import Image, ImageDraw
+
+    samples: dict[str, list[str]] = {}
+    for line in scraped.splitlines():
+        match = re.match(r"^(prodguard_[a-z_]+?)(?:_bucket|_sum|_count|_created)?(\{.*\})? (\S+)$", line)
+        if match and "_bucket" not in line and "_created" not in line:
+            samples.setdefault(match.group(1), []).append(f"{match.group(2) or ''} {match.group(3)}".strip())
+    board = dashboard()
+    cell_w, cell_h = 60, 28
+    width = 24 * cell_w
+    height = max(p["gridPos"]["y"] + p["gridPos"]["h"] for p in board["panels"]) * cell_h + 40
+    image = Image.new("RGB", (width, height), (17, 18, 23))
+    draw = ImageDraw.Draw(image)
+    draw.text((8, 10), f"prodguard (dashboard {board['uid']}): a prodguard without a cluster after four reviews", fill=(220, 220, 220))
+    drawn = 0
+    for panel in board["panels"]:
+        g = panel["gridPos"]
+        x0, y0 = g["x"] * cell_w + 4, g["y"] * cell_h + 36
+        x1, y1 = (g["x"] + g["w"]) * cell_w - 4, (g["y"] + g["h"]) * cell_h + 32
+        draw.rectangle([x0, y0, x1, y1], outline=(70, 75, 90), fill=(24, 27, 31))
+        draw.text((x0 + 8, y0 + 6), panel["title"], fill=(255, 255, 255))
+        lines = []
+        for target in panel["targets"]:
+            for name in dict.fromkeys(re.findall(r"\b(prodguard_[a-z_]+?)(?:_bucket)?\b", target["expr"])):
+                base = re.sub(r"_(bucket|sum|count)$", "", name)
+                values = samples.get(base) or samples.get(base.removesuffix("_total")) or []
+                lines += [f"{base.removeprefix('prodguard_')} {v}" for v in values] or [f"{base.removeprefix('prodguard_')}: no sample yet"]
+        rows = max(1, (y1 - y0 - 28) // 12)
+        for i, text in enumerate(dict.fromkeys(lines)):
+            if i >= rows:
+                break
+            draw.text((x0 + 8, y0 + 24 + 12 * i), text[: (x1 - x0) // 6], fill=(115, 191, 105))
+        drawn += 1
+    path = picture_path()
+    image.save(path)
+    assert drawn == len(board["panels"]) and path.stat().st_size > 10_000
