@@ -13,15 +13,45 @@ use serde_json::{json, Value};
 use super::{assert_rbac_denied, err, Env};
 
 /// The values of the render: the admins reach prodguard's policy file, the image its registry;
-/// only the API server's client certificate gets reviews answered, and the suite's Prometheus
-/// user reads the metrics.
+/// only the API server's client certificate gets reviews answered, the suite's Prometheus user
+/// reads the metrics, and Rancher Monitoring gets the ServiceMonitor, alerts and dashboard.
 fn values() -> Value {
     json!({
         "image": {"registry": "harbor.example.org/openg2p"},
         "admins": {"users": [], "groups": ["system:masters", "e2e-chart-admins"]},
         "clientAuth": {"caConfigMap": "apiserver-client-ca", "subjects": ["kube-apiserver-webhook-client"]},
         "metrics": {"readers": [{"kind": "User", "name": "e2e-prometheus"}]},
+        "monitoring": {"enabled": true},
     })
+}
+
+/// Stand-ins for prometheus-operator's ServiceMonitor and PrometheusRule CRDs, which Rancher
+/// Monitoring installs: their full schemas are not at hand here, so these keep any field (the
+/// rules themselves are checked by promtool in tests/deploy/test_monitoring.py).
+fn monitoring_crds(env: &mut Env) {
+    for (kind, plural) in [
+        ("ServiceMonitor", "servicemonitors"),
+        ("PrometheusRule", "prometheusrules"),
+    ] {
+        let crd = json!({"apiVersion": "apiextensions.k8s.io/v1", "kind": "CustomResourceDefinition",
+            "metadata": {"name": format!("{plural}.monitoring.coreos.com")},
+            "spec": {"group": "monitoring.coreos.com", "scope": "Namespaced",
+                "names": {"kind": kind, "plural": plural, "listKind": format!("{kind}List"),
+                          "singular": kind.to_lowercase()},
+                "versions": [{"name": "v1", "served": true, "storage": true,
+                    "schema": {"openAPIV3Schema": {"type": "object", "x-kubernetes-preserve-unknown-fields": true}}}]}});
+        let applied = env
+            .cluster
+            .kubectl_stdin(&["apply", "-f", "-"], &crd.to_string());
+        assert!(applied.status.success(), "{}", err(&applied));
+        env.ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            &format!("crd/{plural}.monitoring.coreos.com"),
+        ]);
+    }
+    env.namespace("cattle-dashboards");
 }
 
 /// The chart rendered with `values`, as objects.
@@ -95,7 +125,7 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
     );
     let config = docs
         .iter()
-        .find(|d| d["kind"] == "ConfigMap")
+        .find(|d| d["kind"] == "ConfigMap" && d["data"]["policies.yaml"].is_string())
         .and_then(|d| d["data"]["policies.yaml"].as_str())
         .expect("the policy file")
         .to_string();
@@ -110,6 +140,7 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
     assert!(applied.status.success(), "{}", err(&applied));
 
     // Admitted: every object of the render is accepted by the API server.
+    monitoring_crds(env);
     let port = env.cluster.prodguard_port;
     let list =
         json!({"apiVersion": "v1", "kind": "List", "items": for_the_test_server(docs, port)});
@@ -121,6 +152,31 @@ pub fn helm_chart_render_admitted_and_serves(env: &mut Env) {
         "applying the render: {}",
         err(&applied)
     );
+    // Rancher Monitoring's three objects, where it looks for them.
+    let rule = env.get_json(&["prometheusrule", "prodguard", "-n", "prodguard"]);
+    let alerts = rule["spec"]["groups"][0]["rules"]
+        .as_array()
+        .map_or(0, Vec::len);
+    assert_eq!(alerts, 12, "{rule}");
+    let monitor = env.get_json(&["servicemonitor", "prodguard", "-n", "prodguard"]);
+    assert_eq!(
+        monitor["spec"]["endpoints"][0]["port"], "metrics",
+        "{monitor}"
+    );
+    let board = env.get_json(&[
+        "configmap",
+        "prodguard-dashboard",
+        "-n",
+        "cattle-dashboards",
+    ]);
+    assert_eq!(board["metadata"]["labels"]["grafana_dashboard"], "1");
+    let dashboard: Value = serde_json::from_str(
+        board["data"]["prodguard.json"]
+            .as_str()
+            .expect("the dashboard"),
+    )
+    .expect("the dashboard is JSON");
+    assert_eq!(dashboard["uid"], "prodguard");
 
     // prodguard as the pod runs it: the container's arguments (the listeners and the policy
     // file's path are this machine's), the namespace the pod would learn from its fieldRef, the
