@@ -1,5 +1,7 @@
-//! Runs the policies of one webhook on one request, then turns what they found into a
-//! verdict according to each policy's mode (a pure step, see [`decide`]).
+//! Runs the units of one webhook on one request (the exceptions' write rule, then the
+//! registry's policies, each only on what its matches name), lifts what a PolicyException in
+//! force covers, then turns what they found into a verdict according to each unit's mode (a
+//! pure step, see [`decide`]).
 
 mod decide;
 pub mod offline;
