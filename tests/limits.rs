@@ -525,3 +525,88 @@ async fn the_largest_legitimate_review_is_judged_and_one_byte_more_is_refused() 
         "{answer}"
     );
 }
+
+/// A client that sends the whole of a body above the limit reads the 413: the rest of the body
+/// is read and thrown away beside the answer, so the connection is not reset under it (curl and
+/// Python's http.client saw a reset when the server closed with the body unread).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_sends_the_whole_body_above_the_limit_reads_the_413() {
+    use prodguard::http::MAX_BODY_BYTES;
+    let (addr, ca) = start(Limits::default()).await;
+    for (declared, sent) in [
+        // Refused from its Content-Length, sent anyway.
+        (MAX_BODY_BYTES + 1, MAX_BODY_BYTES + 1),
+        // Refused as it arrives: chunked, no length declared.
+        (0, MAX_BODY_BYTES + 64 * 1024),
+    ] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let tls = tls_to(&ca, b"http/1.1", tcp).await;
+        let (mut reader, mut writer) = tokio::io::split(tls);
+        let sender = tokio::spawn(async move {
+            let chunk = vec![b'a'; 64 * 1024];
+            if declared > 0 {
+                writer
+                    .write_all(&http1_post("/validate", b"", declared))
+                    .await?;
+                let mut left = sent;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    writer.write_all(&chunk[..n]).await?;
+                    left -= n;
+                }
+            } else {
+                writer
+                    .write_all(b"POST /validate HTTP/1.1\r\nHost: localhost\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+                    .await?;
+                let mut left = sent;
+                while left > 0 {
+                    let n = left.min(chunk.len());
+                    writer.write_all(format!("{n:x}\r\n").as_bytes()).await?;
+                    writer.write_all(&chunk[..n]).await?;
+                    writer.write_all(b"\r\n").await?;
+                    left -= n;
+                }
+                writer.write_all(b"0\r\n\r\n").await?;
+            }
+            writer.flush().await?;
+            Ok::<_, std::io::Error>(writer)
+        });
+        // The sender finishes the whole body: nothing reset the connection under it.
+        let writer = tokio::time::timeout(Duration::from_secs(20), sender)
+            .await
+            .expect("the body is sent within 20 s")
+            .unwrap();
+        assert!(
+            writer.is_ok(),
+            "declared {declared}: sending the body failed: {writer:?}"
+        );
+        let mut answer = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(10), async {
+            let mut buffer = [0u8; 4096];
+            loop {
+                match reader.read(&mut buffer).await {
+                    Ok(0) => return Ok(()),
+                    Ok(n) => {
+                        answer.extend_from_slice(&buffer[..n]);
+                        if answer.windows(4).any(|w| w == b"}\r\n\r" || w == b"413}") {
+                            return Ok(());
+                        }
+                        if String::from_utf8_lossy(&answer).contains("\"code\":413") {
+                            return Ok(());
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        })
+        .await
+        .expect("the answer within 10 s");
+        let text = String::from_utf8_lossy(&answer);
+        assert!(read.is_ok(), "declared {declared}: {read:?} after {text:?}");
+        assert!(
+            text.starts_with("HTTP/1.1 413"),
+            "declared {declared}: {text}"
+        );
+        assert!(text.contains("\"code\":413"), "declared {declared}: {text}");
+    }
+}

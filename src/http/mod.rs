@@ -279,6 +279,7 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
         },
     };
     if declared.is_some_and(|length| length > max) {
+        discard_rest(request.into_body(), max, limits.read_timeout);
         return Err(too_large());
     }
     let deadline = tokio::time::Instant::now() + limits.read_timeout;
@@ -316,6 +317,7 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
         };
         length += data.len();
         if length > max {
+            discard_rest(body, max, limits.read_timeout);
             return Err(too_large());
         }
         if length > reserved {
@@ -343,6 +345,29 @@ async fn read_body(bodies: &Bodies, request: axum::extract::Request) -> Result<B
         bytes,
         _share: share,
     })
+}
+
+/// How much of a refused body is read and thrown away, at most, so that its sender sees the 413:
+/// a connection closed with unread data in it is reset, and a reset loses the answer the client
+/// has not read yet (curl and Python's http.client report the reset, not the 413).
+const DISCARD_FACTOR: usize = 2;
+
+/// Reads and discards what is left of a refused body (at most [`DISCARD_FACTOR`] times `max`
+/// bytes, within `timeout`), beside the 413 answer: nothing is kept, and the connection closes
+/// cleanly once the sender is done (or is cut off at either bound).
+fn discard_rest(mut body: axum::body::Body, max: usize, timeout: Duration) {
+    tokio::spawn(async move {
+        let mut left = max.saturating_mul(DISCARD_FACTOR);
+        let deadline = tokio::time::Instant::now() + timeout;
+        while left > 0 {
+            match tokio::time::timeout_at(deadline, crate::body::next_frame(&mut body)).await {
+                Ok(Some(Ok(frame))) => {
+                    left = left.saturating_sub(frame.data_ref().map_or(0, Bytes::len));
+                }
+                _ => break,
+            }
+        }
+    });
 }
 
 fn json_error(status: StatusCode, message: &str) -> Response {
