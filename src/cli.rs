@@ -230,6 +230,19 @@ pub struct ServeArgs {
     /// How often the certificate files are re-read for a rotated certificate.
     #[arg(long, env = "PRODGUARD_TLS_RELOAD_INTERVAL", default_value = "10s")]
     pub tls_reload_interval: String,
+    /// Publish an Event (reason PolicyMutation) for each write prodguard patches. Off by
+    /// default, as Kyverno's `generateSuccessEvents`: a patch is counted in the metrics and shown
+    /// in the audit's reports, and no write waits behind an Event of its own; denials, warnings
+    /// and PolicyExceptions keep their Events.
+    #[arg(
+        long,
+        env = "PRODGUARD_PATCH_EVENTS",
+        num_args = 0..=1,
+        default_value_t = false,
+        default_missing_value = "true",
+        action = clap::ArgAction::Set
+    )]
+    pub patch_events: bool,
     /// The API the background audit writes its reports in: wg-policy's PolicyReports
     /// (`wgpolicyk8s`), OpenReports' Reports (`openreports`) or both.
     #[arg(long, env = "PRODGUARD_REPORT_API", value_enum, default_value_t = crate::audit::reports::ReportApi::Wgpolicyk8s)]

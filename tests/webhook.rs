@@ -30,15 +30,8 @@ async fn create_of_every_pod_bearing_kind_is_patched_in_every_container_list() {
         // The init container already had IfNotPresent: two operations, not three.
         let patch = decode_patch(&response).unwrap();
         assert_eq!(patch.0.len(), 2, "{kind}: {patch:?}");
-        let reports = reports(&server);
-        assert_eq!(reports.len(), 1, "{kind}");
-        assert_eq!(
-            (reports[0].policies(), reports[0].action),
-            (vec!["image-pull-policy"], Action::Mutated)
-        );
-        assert_eq!(reports[0].reason, "PolicyMutation");
-        assert_eq!(reports[0].regarding.kind, kind);
-        assert_eq!(reports[0].regarding.name, "web");
+        // A patch alone is counted, not reported (no Event per patched write by default).
+        assert!(reports(&server).is_empty(), "{kind}");
 
         // And the validating webhook admits it (2 replicas, not air-gapped).
         let response = client
@@ -46,6 +39,51 @@ async fn create_of_every_pod_bearing_kind_is_patched_in_every_container_list() {
             .await;
         assert_eq!(response["allowed"], true, "{kind}: {response}");
     }
+}
+
+/// With `--patch-events` a patched write is reported (an Event of reason PolicyMutation); without
+/// it only what is denied or warned about is, and a request both patched and warned about is
+/// reported for its warning alone.
+#[tokio::test]
+async fn patches_are_reported_only_when_asked_for() {
+    let object = || pod_bearing_objects("nginx", 2).remove(1).0;
+    let server = start_reporting_patches().await;
+    let mut client = Client::connect(&server).await;
+    let response = client
+        .review("mutate", &Review::create(object()).json())
+        .await;
+    assert!(decode_patch(&response).is_some(), "{response}");
+    let reported = reports(&server);
+    assert_eq!(reported.len(), 1);
+    assert_eq!(
+        (
+            reported[0].policies(),
+            reported[0].action,
+            reported[0].reason
+        ),
+        (vec!["image-pull-policy"], Action::Mutated, "PolicyMutation")
+    );
+    assert_eq!(reported[0].regarding.name, "web");
+    // Without: the patch is still made, and nothing is reported.
+    let server = start_default().await;
+    let mut client = Client::connect(&server).await;
+    let response = client
+        .review("mutate", &Review::create(object()).json())
+        .await;
+    assert!(decode_patch(&response).is_some(), "{response}");
+    assert!(reports(&server).is_empty());
+    // A denial is reported either way.
+    let mut single = object();
+    single["spec"]["replicas"] = json!(1);
+    let response = client
+        .review("validate", &Review::create(single).json())
+        .await;
+    assert_eq!(response["allowed"], false, "{response}");
+    let reported = reports(&server);
+    assert_eq!(
+        (reported.len(), reported[0].action, reported[0].reason),
+        (1, Action::Denied, "PolicyViolation")
+    );
 }
 
 #[tokio::test]

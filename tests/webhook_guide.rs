@@ -31,7 +31,8 @@ fn ingress_review(operation: &str, object: Value) -> Review {
 
 #[tokio::test]
 async fn an_ingress_gets_the_general_body_limit_and_no_more() {
-    let server = start_default().await;
+    // Patches reported (--patch-events), to see which policy acted.
+    let server = start_reporting_patches().await;
     let mut client = Client::connect(&server).await;
     let object = ingress(json!({"kubernetes.io/ingress.class": "nginx"}));
     let response = client
@@ -82,7 +83,8 @@ fn workload(kind: &str, name: &str, replicas: i64, image: &str, pod_spec_extra: 
 
 #[tokio::test]
 async fn replicated_workloads_are_spread_over_nodes_unless_they_say_how() {
-    let server = start_default().await;
+    // Patches reported (--patch-events), to see which policy acted.
+    let server = start_reporting_patches().await;
     let mut client = Client::connect(&server).await;
     let deploy = workload("Deployment", "portal", 3, "nginx:1.25", json!({}));
     let response = client

@@ -253,8 +253,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             metrics.exceptions.clone(),
         );
     }
-    let engine =
-        Engine::new(&config, cluster.clone(), reporter.clone()).with_exceptions(exceptions.clone());
+    let engine = Engine::new(&config, cluster.clone(), reporter.clone())
+        .with_exceptions(exceptions.clone())
+        .with_patch_reports(args.patch_events);
     for (id, webhook, mode) in engine.active_policies() {
         tracing::info!(
             policy = id,
@@ -751,10 +752,11 @@ async fn reload_config(
         seen = Some(bytes);
         match load_config(Some(&path), mode) {
             Ok(config) => {
-                let exceptions = state.engine().exceptions().0.clone();
+                let current = state.engine();
                 state.replace_engine(
                     Engine::new(&config, cluster.clone(), reporter.clone())
-                        .with_exceptions(exceptions),
+                        .with_exceptions(current.exceptions().0.clone())
+                        .with_patch_reports(current.reports_patches()),
                 );
                 state.metrics.config_reloads.inc();
                 tracing::info!(config = %path.display(), "policy configuration reloaded");

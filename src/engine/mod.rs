@@ -82,6 +82,9 @@ pub struct Engine {
     admins: Admins,
     exceptions: Arc<Exceptions>,
     max_exception_duration: Duration,
+    /// Whether a patch is reported (an Event per patched write, `--patch-events`); denials,
+    /// warnings and lifted findings always are.
+    report_patches: bool,
 }
 
 impl Engine {
@@ -129,6 +132,7 @@ impl Engine {
             admins: config.admins.clone(),
             exceptions: Exceptions::fixed(ExceptionSet::default()),
             max_exception_duration: config.max_exception_duration,
+            report_patches: false,
         }
     }
 
@@ -141,6 +145,17 @@ impl Engine {
     /// The exceptions the engine applies, and how far ahead one may end.
     pub fn exceptions(&self) -> (&Arc<Exceptions>, Duration) {
         (&self.exceptions, self.max_exception_duration)
+    }
+
+    /// Reports patches too (`--patch-events`): by default a patched write gets no Event.
+    pub fn with_patch_reports(mut self, on: bool) -> Engine {
+        self.report_patches = on;
+        self
+    }
+
+    /// Whether patches are reported.
+    pub fn reports_patches(&self) -> bool {
+        self.report_patches
     }
 
     /// Changes how long the cluster lookups of a request may take (default [`LOOKUP_TIMEOUT`]).
@@ -198,7 +213,22 @@ impl Engine {
         let verdict = self.evaluate(webhook, request, &lookups).await;
         if let Verdict::Decided(decision) = &verdict {
             if !request.dry_run && self.reporter.wants_reports() {
-                for report in Report::all(request, &decision.reports) {
+                // A patch alone is counted, not published, unless asked for.
+                let unpatched: Vec<Reported>;
+                let items = if self.report_patches
+                    || decision.reports.iter().all(|r| r.action != Action::Mutated)
+                {
+                    &decision.reports[..]
+                } else {
+                    unpatched = decision
+                        .reports
+                        .iter()
+                        .filter(|r| r.action != Action::Mutated)
+                        .cloned()
+                        .collect();
+                    &unpatched[..]
+                };
+                for report in Report::all(request, items) {
                     self.reporter.report(report);
                 }
             }

@@ -68,6 +68,26 @@ pub async fn start_with_exceptions(
     cluster: Snapshot,
     exceptions: Arc<prodguard::exceptions::Exceptions>,
 ) -> TestServer {
+    start_engine(config, cluster, exceptions, false).await
+}
+
+/// The default policy set, reporting patches too (`serve --patch-events`).
+pub async fn start_reporting_patches() -> TestServer {
+    start_engine(
+        Config::embedded_default().expect("default config"),
+        Snapshot::default(),
+        prodguard::exceptions::Exceptions::fixed(Default::default()),
+        true,
+    )
+    .await
+}
+
+async fn start_engine(
+    config: Config,
+    cluster: Snapshot,
+    exceptions: Arc<prodguard::exceptions::Exceptions>,
+    patch_reports: bool,
+) -> TestServer {
     let names = vec!["localhost".to_string(), "127.0.0.1".to_string()];
     let pki = pki::generate("test CA", &names).expect("certificates");
     let tls = tls::from_pem(
@@ -78,8 +98,9 @@ pub async fn start_with_exceptions(
     )
     .expect("tls config");
     let reporter = Arc::new(MemoryReporter::default());
-    let engine =
-        Engine::new(&config, Arc::new(cluster), reporter.clone()).with_exceptions(exceptions);
+    let engine = Engine::new(&config, Arc::new(cluster), reporter.clone())
+        .with_exceptions(exceptions)
+        .with_patch_reports(patch_reports);
     let state = AppState::new(engine);
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
         .await

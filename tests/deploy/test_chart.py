@@ -192,6 +192,7 @@ VALUE_SETS = {
     "files": {"certificates": {"mode": "files", "secretName": "my-tls", "caBundle": "TFMwdExTMUNSVWRKVGc9PQ=="}},
     "elsewhere": {},  # installed into another namespace
     "monitoring": {"monitoring": {"enabled": True}},
+    "patch-events": {"reports": {"patchEvents": True}},
 }
 
 
@@ -421,3 +422,9 @@ def test_an_upgrade_keeps_the_certificates_and_the_exceptions(name):
         loaded.close()
     assert in_crds_dir == ["crds/openreports.yaml", "crds/wgpolicyk8s-reports.yaml"]
     assert "policyexceptions" not in "".join(in_crds_dir)
+
+
+def test_patch_events_are_off_unless_asked_for():
+    args = lambda values: deployment(chart.render(values))["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert "--patch-events" not in args({})
+    assert "--patch-events" in args({"reports": {"patchEvents": True}})

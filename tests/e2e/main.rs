@@ -1416,7 +1416,8 @@ fn audit_mode_warns_and_stores_unchanged(env: &mut Env) {
 }
 
 fn events_and_dry_run(env: &mut Env) {
-    env.serve(DEFAULT_POLICY, &[]);
+    // Patched writes reported too (--patch-events); the default is checked at the end.
+    env.serve(DEFAULT_POLICY, &["--patch-events"]);
     let ns = "e2e-events";
     env.namespace(ns);
     let single = deployment("single", 1, "nginx");
@@ -1508,6 +1509,40 @@ fn events_and_dry_run(env: &mut Env) {
         );
         std::thread::sleep(Duration::from_millis(200));
     }
+
+    // By default a patched write gets no Event; a denial still does.
+    env.serve(DEFAULT_POLICY, &[]);
+    let ns = "e2e-events-default";
+    env.namespace(ns);
+    assert!(env
+        .apply(ns, &deployment("patched", 2, "nginx"))
+        .status
+        .success());
+    let patched = env.get_json(&["deployment", "patched", "-n", ns]);
+    assert_eq!(
+        patched["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+        "IfNotPresent"
+    );
+    assert!(!env
+        .apply(ns, &deployment("single", 1, "nginx"))
+        .status
+        .success());
+    let events = env.wait_events(ns, 1);
+    assert!(
+        events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PolicyViolation")),
+        "{events:?}"
+    );
+    // The denial's Event was written after the patch was made: had the patch one, it would be there.
+    std::thread::sleep(Duration::from_secs(1));
+    let events = env.events(ns);
+    assert!(
+        !events
+            .iter()
+            .any(|e| e.reason.as_deref() == Some("PolicyMutation")),
+        "{events:?}"
+    );
 }
 
 /// Waits until `check` holds for the PolicyReport of `namespace`.
