@@ -610,3 +610,36 @@ async fn a_client_that_sends_the_whole_body_above_the_limit_reads_the_413() {
         assert!(text.contains("\"code\":413"), "declared {declared}: {text}");
     }
 }
+
+/// A node behind SNAT is one address: connections of it that finished TLS and never sent a
+/// request are the first to make room for a new one, so a real review from the same address is
+/// answered at once rather than refused or kept waiting for their first-request timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_peer_s_connections_without_a_request_make_room_for_its_review() {
+    let limits = Limits {
+        max_connections: 64,
+        max_connections_per_peer: 4,
+        // Far beyond the review's wait: only making room can answer it in time.
+        first_request_timeout: Duration::from_secs(30),
+        ..Limits::default()
+    };
+    let (addr, ca) = start(limits).await;
+    let mut silent = Vec::new();
+    for alpn in [&b"http/1.1"[..], b"http/1.1", b"h2", b"h2"] {
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        silent.push(tls_to(&ca, alpn, tcp).await);
+    }
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    answered_within(
+        addr,
+        &ca,
+        Duration::from_secs(2),
+        "its own connections that sent nothing",
+    )
+    .await;
+    // The oldest silent one made room.
+    assert!(
+        closed_within(&mut silent[0], Duration::from_secs(2)).await,
+        "the oldest connection without a request was left open"
+    );
+}

@@ -2,11 +2,14 @@
 //! which one gives its slot up when they run out.
 //!
 //! Three bounds, each with its own answer when reached:
-//! - all [`Limits::max_connections`] slots taken: the connection that has idled longest between
-//!   requests is closed (gracefully) to make room; when none idles, the new connection waits
-//!   until one ends (busy ones are bounded by the body, write and first-request timeouts);
-//! - a peer address at [`Limits::max_connections_per_peer`]: its own longest-idle connection is
-//!   closed for the new one; when none of its connections idles, the new one is refused;
+//! - all [`Limits::max_connections`] slots taken: the oldest connection that has sent no request
+//!   since its handshake is closed to make room, else the one that has idled longest between
+//!   requests (gracefully); when none is either, the new connection waits until one ends (busy
+//!   ones are bounded by the body, write and first-request timeouts);
+//! - a peer address at [`Limits::max_connections_per_peer`]: its own oldest connection without a
+//!   request, else its longest-idle one, is closed for the new one; when none of its connections
+//!   is either, the new one is refused (a node behind SNAT is one address: connections that
+//!   never ask anything do not keep its real reviews out);
 //! - [`Limits::max_handshakes`] TLS handshakes in progress: the oldest is dropped, so a flood of
 //!   unfinished ClientHellos cannot keep a real client's handshake from starting.
 
@@ -207,13 +210,13 @@ impl Table {
         {
             let inner = self.lock();
             if inner.per_peer.get(&peer).copied().unwrap_or(0) >= self.max_per_peer
-                && !evict(&inner, |conn| conn.peer == peer, Phase::Idle)
+                && !evict(&inner, |conn| conn.peer == peer, ROOM_MAKERS)
             {
                 return Admission::PeerFull;
             }
         }
-        let slot = acquire_evicting(self, &self.slots, Phase::Idle).await;
-        let handshake = acquire_evicting(self, &self.handshakes, Phase::Handshake).await;
+        let slot = acquire_evicting(self, &self.slots, ROOM_MAKERS).await;
+        let handshake = acquire_evicting(self, &self.handshakes, &[Phase::Handshake]).await;
         let conn = Arc::new(Conn {
             peer,
             state: watch::Sender::new(State {
@@ -266,13 +269,13 @@ impl Table {
 async fn acquire_evicting(
     table: &Table,
     semaphore: &Arc<Semaphore>,
-    phase: Phase,
+    phases: &[Phase],
 ) -> OwnedSemaphorePermit {
     loop {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
             return permit;
         }
-        evict(&table.lock(), |_| true, phase);
+        evict(&table.lock(), |_| true, phases);
         let wait = semaphore.clone().acquire_owned();
         // The semaphore is never closed, so an error cannot happen; retry if it somehow does.
         if let Ok(Ok(permit)) = tokio::time::timeout(Duration::from_millis(100), wait).await {
@@ -281,25 +284,29 @@ async fn acquire_evicting(
     }
 }
 
-/// Closes the connection among those `which` selects that has been in `phase` longest (one
-/// already closing is not counted); whether there was one.
-fn evict(inner: &Inner, which: impl Fn(&Conn) -> bool, phase: Phase) -> bool {
-    let oldest = inner
-        .conns
-        .values()
-        .filter(|conn| which(conn))
-        .filter_map(|conn| {
-            let state = *conn.state.borrow();
-            (state.phase == phase && state.close.is_none()).then_some((state.since, conn))
-        })
-        .min_by_key(|(since, _)| *since);
-    match oldest {
-        Some((_, conn)) => {
+/// Who makes room for a new connection, first to last: a connection that has sent no request
+/// since its handshake, then one idling between requests.
+const ROOM_MAKERS: &[Phase] = &[Phase::Open, Phase::Idle];
+
+/// Closes the connection among those `which` selects that has been longest in the first of
+/// `phases` any of them is in (one already closing is not counted); whether there was one.
+fn evict(inner: &Inner, which: impl Fn(&Conn) -> bool, phases: &[Phase]) -> bool {
+    for &phase in phases {
+        let oldest = inner
+            .conns
+            .values()
+            .filter(|conn| which(conn))
+            .filter_map(|conn| {
+                let state = *conn.state.borrow();
+                (state.phase == phase && state.close.is_none()).then_some((state.since, conn))
+            })
+            .min_by_key(|(since, _)| *since);
+        if let Some((_, conn)) = oldest {
             conn.close(Close::Evicted);
-            true
+            return true;
         }
-        None => false,
     }
+    false
 }
 
 /// A connection's place in the table; dropping it frees the place.
@@ -460,6 +467,35 @@ mod tests {
         assert_eq!(close_of(&b), Some(Close::Evicted));
         assert_eq!(close_of(&a), None);
         assert_eq!(close_of(&other), None);
+    }
+
+    /// A connection that has sent nothing since its handshake makes room before one idling
+    /// between requests, for another peer and for its own.
+    #[tokio::test]
+    async fn a_connection_without_a_request_makes_room_before_an_idle_one() {
+        let table = Table::new(&limits(10, 2, 10));
+        let mut idle = admitted(&table, ip(1)).await;
+        idle.handshake_done();
+        drop(idle.conn().begin_request());
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        let mut silent = admitted(&table, ip(1)).await;
+        silent.handshake_done();
+        // The idle one is older, yet the silent one goes: for its own peer...
+        let _own = admitted_later(&table, ip(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(close_of(&silent), Some(Close::Evicted));
+        assert_eq!(close_of(&idle), None);
+        // ...and at the table's limit.
+        let table = Table::new(&limits(2, 10, 2));
+        let mut idle = admitted(&table, ip(1)).await;
+        idle.handshake_done();
+        drop(idle.conn().begin_request());
+        let mut silent = admitted(&table, ip(2)).await;
+        silent.handshake_done();
+        let _next = admitted_later(&table, ip(3));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(close_of(&silent), Some(Close::Evicted));
+        assert_eq!(close_of(&idle), None);
     }
 
     #[tokio::test]
