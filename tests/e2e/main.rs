@@ -1698,30 +1698,15 @@ fn results_for<'a>(report: &'a Value, name: &str) -> Vec<&'a Value> {
 }
 
 /// The audit leaves an object to its controller only when that controller is of a kind that
-/// judges it and exists: an operator's StatefulSet and a ReplicaSet with a forged owner are
-/// judged themselves. (Before, any `controller: true` owner reference hid the object.)
+/// judges it and was listed: an operator's StatefulSet and a Pod whose owner reference names a
+/// ReplicaSet that does not exist are judged themselves. (Before, any `controller: true` owner
+/// reference hid the object.)
 fn audit_judges_what_no_listed_controller_judges(env: &mut Env) {
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/policyreports.wgpolicyk8s.io",
-    ]);
     let policies = default_with(
         "  node-spread:\n    mode: enforce",
         "  node-spread:\n    mode: \"off\"",
     );
-    env.serve(
-        &policies,
-        &[
-            "--mode",
-            "audit",
-            "--audit-interval=1s",
-            "--lease-namespace=default",
-            "--lease-duration=3s",
-        ],
-    );
+    serve_auditing(env, &policies, &["--mode", "audit"]);
     let ns = "e2e-owners";
     env.namespace(ns);
     let template = json!({"metadata": {"labels": {"app": "x"}},
