@@ -212,12 +212,7 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     .map_err(|e| format!("cannot watch SIGHUP: {e}"))?;
     let instance = Instance::from_env();
     let writing = if args.manage_certs {
-        Some(writing_settings(
-            &args,
-            instance.pod_namespace.as_deref(),
-            &instance.name,
-            flags.lease_duration,
-        )?)
+        Some(writing_settings(&args, &instance, flags.lease_duration)?)
     } else {
         None
     };
@@ -772,14 +767,12 @@ async fn reload_config(
 /// What `--manage-certs` writes: prodguard's namespace and the writer's settings.
 fn writing_settings(
     args: &ServeArgs,
-    pod_namespace: Option<&str>,
-    instance: &str,
+    instance: &Instance,
     lease_duration: Duration,
 ) -> Result<(String, certs::manager::Writing), String> {
-    let namespace = args
-        .lease_namespace
-        .clone()
-        .or_else(|| pod_namespace.map(str::to_owned))
+    let namespace = instance
+        .namespace(args)
+        .map(str::to_owned)
         .ok_or(
             "--manage-certs needs prodguard's namespace, for its Secret and Lease: set POD_NAMESPACE (deploy/ does) or --lease-namespace",
         )?;
@@ -834,7 +827,7 @@ fn writing_settings(
             lease: LeaseSettings {
                 namespace,
                 name: certs::manager::LEASE_NAME.to_owned(),
-                identity: instance.to_owned(),
+                identity: instance.name.clone(),
                 duration: lease_duration,
             },
             wanted: certs::decisions::Wanted {
