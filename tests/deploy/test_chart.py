@@ -342,13 +342,17 @@ def test_policy_settings_must_be_the_policies_section():
     assert "policySettings: not YAML" in str(refused.value)
 
 
-def prodguard() -> list[str]:
-    binary = ROOT / "target" / "debug" / "prodguard"
+def target_dir() -> Path:
+    """cargo's target directory for this checkout (CARGO_TARGET_DIR included)."""
     target = subprocess.run(
         ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
         capture_output=True, text=True, cwd=ROOT, check=True,
     )
-    binary = Path(json.loads(target.stdout)["target_directory"]) / "debug" / "prodguard"
+    return Path(json.loads(target.stdout)["target_directory"])
+
+
+def prodguard() -> list[str]:
+    binary = target_dir() / "debug" / "prodguard"
     assert binary.exists(), f"{binary}: build prodguard first (cargo build)"
     return [str(binary)]
 

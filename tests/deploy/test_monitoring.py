@@ -30,7 +30,7 @@ import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import chart  # noqa: E402
-from test_chart import assert_same, kustomize, prodguard  # noqa: E402
+from test_chart import assert_same, kustomize, prodguard, target_dir  # noqa: E402
 
 ROOT = chart.ROOT
 OVERLAY = ROOT / "deploy" / "overlays" / "monitoring"
@@ -289,14 +289,6 @@ def test_every_series_and_label_queried_is_exported(scraped):
     assert "prodguard_admision_requests_total" not in known
 
 
-def picture_path() -> Path:
-    target = subprocess.run(
-        ["cargo", "metadata", "--format-version", "1", "--no-deps", "--offline"],
-        capture_output=True, text=True, cwd=ROOT, check=True,
-    )
-    return Path(json.loads(target.stdout)["target_directory"]) / "dashboard.png"
-
-
 def test_the_dashboard_is_drawn_from_the_scrape(scraped):
     """docs/images/dashboard.png is this picture: each panel where the dashboard puts it, with the
     scraped samples of the series its queries name (copy it from the target directory to update it)."""
@@ -333,6 +325,6 @@ def test_the_dashboard_is_drawn_from_the_scrape(scraped):
                 break
             draw.text((x0 + 8, y0 + 24 + 12 * i), text[: (x1 - x0) // 6], fill=(115, 191, 105))
         drawn += 1
-    path = picture_path()
+    path = target_dir() / "dashboard.png"
     image.save(path)
     assert drawn == len(board["panels"]) and path.stat().st_size > 10_000
