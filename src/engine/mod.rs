@@ -285,10 +285,10 @@ impl Engine {
         }
         if !outcomes.is_empty() {
             // The lifting stage: what a PolicyException in force covers.
-            let policies: Vec<&'static str> = outcomes.iter().map(|o| o.policy).collect();
+            let policies = outcomes.iter().map(|o| o.policy);
             let lifted = self
                 .exceptions
-                .lifted(self.max_exception_duration, request, lookups, &policies)
+                .lifted(self.max_exception_duration, request, lookups, policies)
                 .await;
             for (outcome, exception) in outcomes.iter_mut().zip(lifted) {
                 outcome.exception = exception;

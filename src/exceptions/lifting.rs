@@ -31,21 +31,20 @@ impl ExceptedBy {
 
 impl Exceptions {
     /// For each of `policies` (each found something on `request`), the exception in force
-    /// that lifts it, if any; `max` is how far ahead an exception may end.
+    /// that lifts it, if any; `max` is how far ahead an exception may end. Empty, without
+    /// allocating, when no exception is held (most requests).
     pub async fn lifted(
         &self,
         max: Duration,
         request: &Request<'_>,
         lookups: &Lookups<'_>,
-        policies: &[&'static str],
+        policies: impl Iterator<Item = &'static str>,
     ) -> Vec<Option<ExceptedBy>> {
-        let mut lifted = vec![None; policies.len()];
-        let Some(set) = self.current() else {
-            return lifted;
+        let Some(set) = self.current().filter(|set| !set.is_empty()) else {
+            return Vec::new();
         };
-        if set.is_empty() {
-            return lifted;
-        }
+        let policies: Vec<&'static str> = policies.collect();
+        let mut lifted = vec![None; policies.len()];
         let now = SystemTime::now();
         let target = Target {
             namespace: request.namespace,
