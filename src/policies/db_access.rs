@@ -136,16 +136,7 @@ impl PolicyModule for Definition {
             Match::new(
                 Webhook::Validate,
                 &["CREATE", "UPDATE"],
-                &[
-                    resources::DEPLOYMENTS,
-                    resources::STATEFUL_SETS,
-                    resources::DAEMON_SETS,
-                    resources::REPLICA_SETS,
-                    resources::JOBS,
-                    resources::CRON_JOBS,
-                    resources::REPLICATION_CONTROLLERS,
-                    resources::POD_TEMPLATES,
-                ],
+                resources::WORKLOADS,
             ),
         ]
     }
