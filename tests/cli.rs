@@ -464,15 +464,26 @@ async fn sighup_never_stops_serve_and_sigterm_keeps_accepting_during_the_delay()
     );
     let mut client = Client::connect_to(addr, &ca, "localhost").await;
     assert_eq!(client.review("validate", &review).await["allowed"], false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(!client.is_closed(), "kept alive while serving");
 
     // SIGTERM: /readyz fails at once, and new connections are still accepted and answered
     // for the delay (endpoints may still route here), then prodguard stops cleanly.
     let terminated = Instant::now();
     signal(&child, "TERM");
     tokio::time::sleep(Duration::from_millis(500)).await;
+    // A kept-alive connection gets its answer, which says `Connection: close`: the client
+    // closes it, rather than prodguard closing it under a request the client may be sending.
+    assert_eq!(client.review("validate", &review).await["allowed"], false);
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    assert!(
+        client.is_closed(),
+        "the answer during the delay did not close the kept-alive connection"
+    );
     let mut late = Client::connect_to(addr, &ca, "localhost").await;
     let (status, _) = late.send(Method::GET, "/readyz", vec![]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    let mut late = Client::connect_to(addr, &ca, "localhost").await;
     assert_eq!(late.review("validate", &review).await["allowed"], false);
     assert!(
         child.try_wait().unwrap().is_none(),

@@ -736,6 +736,8 @@ async fn readyz_fails_once_shutting_down() {
     let mut client = Client::connect(&server).await;
     let (status, _) = client.send(Method::GET, "/readyz", vec![]).await;
     assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE);
+    // Each answer while shutting down closes its HTTP/1.1 connection (`Connection: close`).
+    let mut client = Client::connect(&server).await;
     let (status, _) = client.send(Method::GET, "/healthz", vec![]).await;
     assert_eq!(status, StatusCode::OK);
 }

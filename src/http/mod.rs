@@ -207,7 +207,33 @@ pub fn app(state: Arc<AppState>) -> Router {
         .route("/validate", post(validate))
         .route("/healthz", get(|| async { "ok" }))
         .route("/readyz", get(readyz))
+        .layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            close_while_draining,
+        ))
         .with_state(state)
+}
+
+/// From SIGTERM on, each HTTP/1.1 answer says `Connection: close`, so that the client closes
+/// its kept-alive connection itself after the answer and opens the next one where the Service
+/// sends it. Closing an idle kept-alive connection from this side, once the delay is over,
+/// races a request the client may be writing on it at that moment, and the API server does not
+/// retry a POST that was lost so (a failed write with failurePolicy Fail). HTTP/2 clients get a
+/// GOAWAY when the listener closes instead.
+async fn close_while_draining(
+    State(state): State<Arc<AppState>>,
+    request: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let http1 = request.version() < axum::http::Version::HTTP_2;
+    let mut response = next.run(request).await;
+    if http1 && !state.serving.load(Ordering::Relaxed) {
+        response.headers_mut().insert(
+            header::CONNECTION,
+            axum::http::HeaderValue::from_static("close"),
+        );
+    }
+    response
 }
 
 async fn readyz(State(state): State<Arc<AppState>>) -> Response {
