@@ -183,12 +183,12 @@ pub struct ServeArgs {
     #[arg(
         long,
         env = "PRODGUARD_MAX_CONNECTIONS_PER_PEER",
-        default_value_t = 128
+        default_value_t = 512
     )]
     pub max_connections_per_peer: usize,
     /// TLS handshakes in progress at once; at the limit the oldest is dropped, so that a flood
     /// of unfinished handshakes cannot delay a real client's.
-    #[arg(long, env = "PRODGUARD_MAX_HANDSHAKES", default_value_t = 64)]
+    #[arg(long, env = "PRODGUARD_MAX_HANDSHAKES", default_value_t = 256)]
     pub max_handshakes: usize,
     /// How long a review's body has to arrive after its headers; a body trickled more slowly
     /// is refused with 408.

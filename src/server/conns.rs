@@ -3,15 +3,20 @@
 //!
 //! Three bounds, each with its own answer when reached:
 //! - all [`Limits::max_connections`] slots taken: the oldest connection that has sent no request
-//!   since its handshake is closed to make room, else the one that has idled longest between
-//!   requests (gracefully); when none is either, the new connection waits until one ends (busy
-//!   ones are bounded by the body, write and first-request timeouts);
+//!   for [`STALLED`] since its handshake is closed to make room, else the one that has idled
+//!   longest between requests (gracefully); when none is either, the new connection waits until
+//!   one ends (busy ones are bounded by the body, write and first-request timeouts);
 //! - a peer address at [`Limits::max_connections_per_peer`]: its own oldest connection without a
-//!   request, else its longest-idle one, is closed for the new one; when none of its connections
-//!   is either, the new one is refused (a node behind SNAT is one address: connections that
-//!   never ask anything do not keep its real reviews out);
+//!   request for [`STALLED`], else its longest-idle one, is closed for the new one; when none of
+//!   its connections is either, the new one is refused (a node behind SNAT is one address:
+//!   connections that never ask anything do not keep its real reviews out);
 //! - [`Limits::max_handshakes`] TLS handshakes in progress: the oldest is dropped, so a flood of
 //!   unfinished ClientHellos cannot keep a real client's handshake from starting.
+//!
+//! A connection younger than [`STALLED`] since its handshake, without a request yet, is never
+//! closed to make room: it is most likely a real client's, its request on the way (a
+//! restarted kube-apiserver opens hundreds at once, each sending its request as soon as its
+//! handshake ends), and closing it fails the review it carries.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -56,8 +61,8 @@ impl Default for Limits {
             handshake_timeout: Duration::from_secs(10),
             header_read_timeout: Duration::from_secs(100),
             max_connections: 1024,
-            max_connections_per_peer: 128,
-            max_handshakes: 64,
+            max_connections_per_peer: 512,
+            max_handshakes: 256,
             first_request_timeout: Duration::from_secs(5),
             write_timeout: Duration::from_secs(10),
         }
@@ -216,7 +221,7 @@ impl Table {
             }
         }
         let slot = acquire_evicting(self, &self.slots, ROOM_MAKERS).await;
-        let handshake = acquire_evicting(self, &self.handshakes, &[Phase::Handshake]).await;
+        let handshake = acquire_evicting(self, &self.handshakes, OLDEST_HANDSHAKE).await;
         let conn = Arc::new(Conn {
             peer,
             state: watch::Sender::new(State {
@@ -264,12 +269,12 @@ impl Table {
 }
 
 /// Takes a permit of `semaphore`; when none is free, closes the connection that has been in
-/// `phase` longest and waits for a permit (retrying the eviction while waiting, since a busy
-/// connection may become idle).
+/// one of `phases` longest (as [`evict`] picks it) and waits for a permit (retrying the
+/// eviction while waiting, since a busy connection may become idle and a young one stalled).
 async fn acquire_evicting(
     table: &Table,
     semaphore: &Arc<Semaphore>,
-    phases: &[Phase],
+    phases: &[(Phase, Duration)],
 ) -> OwnedSemaphorePermit {
     loop {
         if let Ok(permit) = semaphore.clone().try_acquire_owned() {
@@ -284,21 +289,35 @@ async fn acquire_evicting(
     }
 }
 
-/// Who makes room for a new connection, first to last: a connection that has sent no request
-/// since its handshake, then one idling between requests.
-const ROOM_MAKERS: &[Phase] = &[Phase::Open, Phase::Idle];
+/// How long a connection must have been in its handshake, or without a request since it, before
+/// it may be closed to make room.
+pub const STALLED: Duration = Duration::from_secs(1);
+
+/// Who makes room for a new connection, first to last, and after how long in that phase: a
+/// connection that has sent no request for [`STALLED`] since its handshake, then one idling
+/// between requests.
+const ROOM_MAKERS: &[(Phase, Duration)] = &[(Phase::Open, STALLED), (Phase::Idle, Duration::ZERO)];
+/// Which handshake gives way to a new connection: the oldest, at once (a real client's
+/// handshake takes milliseconds; waiting for one to stall would let a flood of unfinished
+/// handshakes hold the accept loop).
+const OLDEST_HANDSHAKE: &[(Phase, Duration)] = &[(Phase::Handshake, Duration::ZERO)];
 
 /// Closes the connection among those `which` selects that has been longest in the first of
-/// `phases` any of them is in (one already closing is not counted); whether there was one.
-fn evict(inner: &Inner, which: impl Fn(&Conn) -> bool, phases: &[Phase]) -> bool {
-    for &phase in phases {
+/// `phases` any of them has been in for at least its time (one already closing is not counted);
+/// whether there was one.
+fn evict(inner: &Inner, which: impl Fn(&Conn) -> bool, phases: &[(Phase, Duration)]) -> bool {
+    let now = Instant::now();
+    for &(phase, at_least) in phases {
         let oldest = inner
             .conns
             .values()
             .filter(|conn| which(conn))
             .filter_map(|conn| {
                 let state = *conn.state.borrow();
-                (state.phase == phase && state.close.is_none()).then_some((state.since, conn))
+                (state.phase == phase
+                    && state.close.is_none()
+                    && now.saturating_duration_since(state.since) >= at_least)
+                    .then_some((state.since, conn))
             })
             .min_by_key(|(since, _)| *since);
         if let Some((_, conn)) = oldest {
@@ -469,9 +488,9 @@ mod tests {
         assert_eq!(close_of(&other), None);
     }
 
-    /// A connection that has sent nothing since its handshake makes room before one idling
-    /// between requests, for another peer and for its own.
-    #[tokio::test]
+    /// A connection that has sent nothing since its handshake, for [`STALLED`], makes room
+    /// before one idling between requests, for another peer and for its own.
+    #[tokio::test(start_paused = true)]
     async fn a_connection_without_a_request_makes_room_before_an_idle_one() {
         let table = Table::new(&limits(10, 2, 10));
         let mut idle = admitted(&table, ip(1)).await;
@@ -480,6 +499,7 @@ mod tests {
         tokio::time::sleep(Duration::from_millis(5)).await;
         let mut silent = admitted(&table, ip(1)).await;
         silent.handshake_done();
+        tokio::time::sleep(STALLED).await;
         // The idle one is older, yet the silent one goes: for its own peer...
         let _own = admitted_later(&table, ip(1));
         tokio::time::sleep(Duration::from_millis(20)).await;
@@ -492,10 +512,36 @@ mod tests {
         drop(idle.conn().begin_request());
         let mut silent = admitted(&table, ip(2)).await;
         silent.handshake_done();
+        tokio::time::sleep(STALLED).await;
         let _next = admitted_later(&table, ip(3));
         tokio::time::sleep(Duration::from_millis(20)).await;
         assert_eq!(close_of(&silent), Some(Close::Evicted));
         assert_eq!(close_of(&idle), None);
+    }
+
+    /// A young connection without a request yet is never closed to make room: a real
+    /// client's request is on its way. The idle one goes instead, or (with nothing idle)
+    /// the peer at its cap is refused.
+    #[tokio::test(start_paused = true)]
+    async fn a_young_connection_is_not_closed_to_make_room() {
+        let table = Table::new(&limits(10, 2, 10));
+        let mut idle = admitted(&table, ip(1)).await;
+        idle.handshake_done();
+        drop(idle.conn().begin_request());
+        let mut fresh = admitted(&table, ip(1)).await;
+        fresh.handshake_done();
+        let _own = admitted_later(&table, ip(1));
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        assert_eq!(close_of(&idle), Some(Close::Evicted));
+        assert_eq!(close_of(&fresh), None);
+        drop(idle);
+        let mut busy = admitted(&table, ip(2)).await;
+        busy.handshake_done();
+        let _busy = busy.conn().begin_request();
+        let mut young = admitted(&table, ip(2)).await;
+        young.handshake_done();
+        assert!(matches!(table.admit(ip(2)).await, Admission::PeerFull));
+        assert_eq!(close_of(&young), None);
     }
 
     #[tokio::test]

@@ -20,8 +20,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_rustls::TlsAcceptor;
 
-pub use conns::Limits;
 use conns::{Admission, Entry, Phase, Table};
+pub use conns::{Limits, STALLED};
 use timed_io::WriteTimeout;
 
 /// Concurrent HTTP/2 streams per connection (hyper's default is 200; kube-apiserver opens as
