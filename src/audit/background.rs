@@ -212,13 +212,14 @@ async fn hold_lease(
     let api: Api<Lease> = Api::namespaced(client, &settings.namespace);
     let every = (settings.duration / 3).max(Duration::from_millis(200));
     loop {
-        let held = match lease::try_hold(&api, &settings).await {
-            Ok(held) => held,
+        let hold = match lease::try_hold(&api, &settings).await {
+            Ok(hold) => hold,
             Err(e) => {
                 tracing::warn!(lease = %settings.name, namespace = %settings.namespace, "cannot hold the audit Lease: {e}");
-                false
+                lease::Hold::Elsewhere { expires_in: None }
             }
         };
+        let held = hold.held();
         if held != leader.swap(held, Ordering::Relaxed) {
             tracing::info!(identity = %settings.identity, "{} the audit Lease", if held { "holding" } else { "lost" });
         }
@@ -227,7 +228,7 @@ async fn hold_lease(
             lease::release(&api, &settings).await;
             return;
         }
-        tokio::time::sleep(every).await;
+        tokio::time::sleep(hold.next_try(every)).await;
     }
 }
 
