@@ -18,6 +18,7 @@ pub mod exceptions;
 pub mod http;
 pub mod policies;
 pub mod report;
+pub mod retry;
 pub mod server;
 pub mod unit;
 pub mod view;

@@ -14,8 +14,9 @@ use std::path::{Path, PathBuf};
 /// The top-level modules of `src/`, bottom layer first. A module may import a module of a
 /// lower layer only; two modules of one layer do not import each other.
 const LAYERS: &[&[&str]] = &[
-    // The global configuration, and reading HTTP bodies: they know nothing of the rest.
-    &["config", "body"],
+    // The global configuration, reading HTTP bodies, and how watches retry: they know nothing
+    // of the rest.
+    &["config", "body", "retry"],
     // The typed view of an object.
     &["view"],
     // What a policy is and all it may see: the request, the lookup trait, the finding.

@@ -31,7 +31,6 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use k8s_openapi::ByteString;
 use kube::api::{Api, ApiResource, DynamicObject, Patch, PatchParams, PostParams};
 use kube::runtime::watcher;
-use kube::runtime::WatchStreamExt;
 use tokio::sync::mpsc;
 
 use super::decisions::{self, Decision, Found, Wanted};
@@ -134,7 +133,7 @@ fn follow(
 ) {
     tokio::spawn(async move {
         let config = watcher::Config::default().fields(&format!("metadata.name={name}"));
-        let mut stream = watcher(api, config).default_backoff().boxed();
+        let mut stream = crate::retry::watch(api, config);
         let mut listed: Option<DynamicObject> = None;
         let mut last_error: Option<Instant> = None;
         while let Some(event) = stream.next().await {
@@ -297,12 +296,14 @@ struct Guard {
     failures: BTreeMap<&'static str, (String, Instant)>,
 }
 
-/// Starts the guard (and, with `writing`, the certificate follower and writer). Runs for ever.
-pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
+/// Starts the guard (and, with `writing`, the certificate follower and writer), which write
+/// through `client` and follow their objects through `watches` ([`crate::retry::watch_client`]).
+/// Runs for ever.
+pub fn spawn(client: kube::Client, watches: kube::Client, settings: Settings, shared: Shared) {
     let (tx, mut rx) = mpsc::channel(16);
     follow(
         Api::all_with(
-            client.clone(),
+            watches.clone(),
             &ApiResource::erase::<MutatingWebhookConfiguration>(&()),
         ),
         settings.webhooks.clone(),
@@ -312,7 +313,7 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
     );
     follow(
         Api::all_with(
-            client.clone(),
+            watches.clone(),
             &ApiResource::erase::<ValidatingWebhookConfiguration>(&()),
         ),
         settings.webhooks.clone(),
@@ -323,7 +324,7 @@ pub fn spawn(client: kube::Client, settings: Settings, shared: Shared) {
     if let Some(writing) = &settings.writing {
         follow(
             Api::namespaced_with(
-                client.clone(),
+                watches.clone(),
                 &settings.namespace,
                 &ApiResource::erase::<Secret>(&()),
             ),
@@ -538,7 +539,9 @@ impl Guard {
         let duration = writing.lease.duration;
         self.lease_due = Instant::now() + duration / 3;
         match lease::try_hold(&api, &writing.lease).await {
-            Ok(holder) => {
+            Ok(hold) => {
+                self.lease_due = Instant::now() + hold.next_try(duration / 3);
+                let holder = hold.held();
                 if holder != self.holder {
                     tracing::info!(
                         lease = %format!("{}/{}", self.settings.namespace, writing.lease.name),

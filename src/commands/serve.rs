@@ -231,7 +231,8 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             .map(|c| c.ca.clone() as Arc<dyn rustls::server::danger::ClientCertVerifier>),
     )
     .map_err(|e| e.to_string())?;
-    let (kube_config, client) = connect().await;
+    let (kube_config, clients) = connect().await;
+    let (client, watches) = clients.unzip();
     if writing.is_some() && client.is_none() {
         return Err(
             "--manage-certs needs the cluster (an in-cluster config or a kubeconfig): it keeps the certificates in a Secret".into(),
@@ -240,9 +241,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     let (cluster, reporter) = cluster_and_reporter(client.as_ref(), &instance, &metrics);
     // PolicyExceptions, kept from a watch: none apply until its first list is complete.
     let exceptions = crate::exceptions::Exceptions::unsynced();
-    if let Some(client) = &client {
+    if let Some(watches) = &watches {
         crate::exceptions::watch::spawn(
-            client.clone(),
+            watches.clone(),
             exceptions.clone(),
             config.max_exception_duration,
             metrics.exceptions.clone(),
@@ -266,9 +267,9 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
             refusals: metrics.client_refusals.clone(),
         });
     }
-    let guard = match &client {
-        Some(client) => {
-            start_certificate_manager(&args, client, &instance, &state, &served, writing)
+    let guard = match client.as_ref().zip(watches.as_ref()) {
+        Some(clients) => {
+            start_certificate_manager(&args, clients, &instance, &state, &served, writing)
         }
         None => None,
     };
@@ -453,18 +454,20 @@ fn served_certificate(
     })
 }
 
-/// The cluster's client, from the pod's service account or a kubeconfig; without one,
-/// prodguard still serves (and says what it cannot do).
-async fn connect() -> (Option<kube::Config>, Option<kube::Client>) {
+/// The cluster's clients (one for the watches, [`crate::retry::watch_client`]), from the pod's
+/// service account or a kubeconfig; without one, prodguard still serves (and says what it
+/// cannot do).
+async fn connect() -> (Option<kube::Config>, Option<(kube::Client, kube::Client)>) {
     let inferred = kube::Config::infer()
         .await
         .map_err(|e| e.to_string())
         .and_then(|config| {
             let client = kube::Client::try_from(config.clone()).map_err(|e| e.to_string())?;
-            Ok((config, client))
+            let watches = crate::retry::watch_client(&config).map_err(|e| e.to_string())?;
+            Ok((config, (client, watches)))
         });
     match inferred {
-        Ok((config, client)) => (Some(config), Some(client)),
+        Ok((config, clients)) => (Some(config), Some(clients)),
         Err(e) => {
             tracing::warn!(
                 "no in-cluster config or kubeconfig ({e}): the policies that read the cluster give their \
@@ -515,7 +518,7 @@ struct CertificateGuard {
 /// manager: the Secret with `--manage-certs`, the webhooks' bundles and arming always.
 fn start_certificate_manager(
     args: &ServeArgs,
-    client: &kube::Client,
+    (client, watches): (&kube::Client, &kube::Client),
     instance: &Instance,
     state: &Arc<AppState>,
     served: &Served,
@@ -562,6 +565,7 @@ fn start_certificate_manager(
     };
     certs::manager::spawn(
         client.clone(),
+        watches.clone(),
         certs::manager::Settings {
             namespace,
             webhooks: args.webhook_configuration.clone(),

@@ -11,7 +11,7 @@ use std::time::{Duration, SystemTime};
 use futures_util::StreamExt;
 use kube::api::{Api, ApiResource};
 use kube::core::{DynamicObject, GroupVersionKind};
-use kube::runtime::{watcher, WatchStreamExt};
+use kube::runtime::watcher;
 use prometheus_client::metrics::gauge::Gauge;
 
 use super::{Exception, ExceptionSet, Exceptions, GROUP, KIND, MAX_EXCEPTIONS, PLURAL, VERSION};
@@ -54,10 +54,9 @@ pub fn spawn(client: kube::Client, store: Arc<Exceptions>, max: Duration, gauges
 
 async fn run(client: kube::Client, store: Arc<Exceptions>, max: Duration, gauges: ExceptionGauges) {
     let api: Api<DynamicObject> = Api::all_with(client, &resource());
-    // Errors (no CRD yet, no permission) are retried with backoff, never in a tight loop.
-    let mut events = watcher(api, watcher::Config::default())
-        .default_backoff()
-        .boxed();
+    // Errors (no CRD yet, no permission, the API server away) are retried with backoff, never
+    // in a tight loop, and within seconds of the API server's return.
+    let mut events = crate::retry::watch(api, watcher::Config::default());
     // What the cluster holds, by namespace and name: the valid ones and why the others are not.
     let mut held: BTreeMap<(String, String), Held> = BTreeMap::new();
     let mut listing: Option<BTreeMap<(String, String), Held>> = None;
