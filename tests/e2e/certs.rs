@@ -107,7 +107,7 @@ impl Env {
     }
 
     /// Puts back what the other scenarios expect: files, and a bundle injected by hand.
-    fn reinstalled_with_files(&mut self) {
+    pub(super) fn reinstalled_with_files(&mut self) {
         self.cluster.stop_prodguard();
         self.cluster.register_webhooks().expect("webhooks");
     }

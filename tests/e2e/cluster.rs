@@ -27,7 +27,27 @@ pub struct TestCluster {
     /// The CA of the cluster, which signed the API server's webhook client certificate.
     pub ca_file: PathBuf,
     processes: Vec<(String, Child)>,
+    /// How etcd and kube-apiserver are started, in that order (to start them again).
+    control_plane: Vec<Launch>,
     prodguard: Option<Child>,
+}
+
+/// A process of the control plane: its program, arguments and log.
+struct Launch {
+    name: String,
+    program: PathBuf,
+    args: Vec<String>,
+    log: PathBuf,
+}
+
+impl Launch {
+    fn spawn(&self) -> Result<Child, String> {
+        spawn(
+            &self.name,
+            Command::new(&self.program).args(&self.args),
+            &self.log,
+        )
+    }
 }
 
 /// The API server's bearer token of user `e2e-prometheus`.
@@ -158,7 +178,12 @@ fn make_pki(dir: &Path) -> Result<Pki, String> {
 }
 
 fn spawn(name: &str, command: &mut Command, log: &Path) -> Result<Child, String> {
-    let log_file = std::fs::File::create(log).map_err(|e| format!("{}: {e}", log.display()))?;
+    // Appended to: a process started again (the control plane's restart) keeps its first log.
+    let log_file = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(log)
+        .map_err(|e| format!("{}: {e}", log.display()))?;
     let err_file = log_file.try_clone().map_err(|e| e.to_string())?;
     command
         .stdin(Stdio::null())
@@ -193,36 +218,30 @@ impl TestCluster {
             ca_file: root.join("ca.crt"),
             dir,
             processes: Vec::new(),
+            control_plane: Vec::new(),
             prodguard: None,
         };
 
         let etcd_client = free_port()?;
         let etcd_peer = free_port()?;
-        let etcd_log = root.join("etcd.log");
-        let etcd = spawn(
-            "etcd",
-            Command::new("etcd")
-                .arg("--name=e2e")
-                .arg(format!("--data-dir={}", root.join("etcd").display()))
-                .arg(format!(
-                    "--listen-client-urls=http://127.0.0.1:{etcd_client}"
-                ))
-                .arg(format!(
-                    "--advertise-client-urls=http://127.0.0.1:{etcd_client}"
-                ))
-                .arg(format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"))
-                .arg(format!(
-                    "--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"
-                ))
-                .arg(format!(
-                    "--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"
-                )),
-            &etcd_log,
-        )?;
-        cluster.processes.push(("etcd".into(), etcd));
+        let etcd = Launch {
+            name: "etcd".into(),
+            program: PathBuf::from("etcd"),
+            args: vec![
+                "--name=e2e".into(),
+                format!("--data-dir={}", root.join("etcd").display()),
+                format!("--listen-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--advertise-client-urls=http://127.0.0.1:{etcd_client}"),
+                format!("--listen-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-advertise-peer-urls=http://127.0.0.1:{etcd_peer}"),
+                format!("--initial-cluster=e2e=http://127.0.0.1:{etcd_peer}"),
+            ],
+            log: root.join("etcd.log"),
+        };
+        cluster.processes.push(("etcd".into(), etcd.spawn()?));
+        cluster.control_plane.push(etcd);
 
         let secure_port = free_port()?;
-        let apiserver_log = root.join("kube-apiserver.log");
         let file = |name: &str| root.join(name).display().to_string();
         // The API server authenticates to webhooks with a client certificate.
         write(
@@ -254,42 +273,41 @@ impl TestCluster {
                 "{PROMETHEUS_TOKEN},e2e-prometheus,uid-prometheus\n{DEV_TOKEN},e2e-dev,uid-dev\n"
             ),
         )?;
-        let child = spawn(
-            "kube-apiserver",
-            Command::new(&apiserver)
-                .arg(format!("--etcd-servers=http://127.0.0.1:{etcd_client}"))
-                .arg("--bind-address=127.0.0.1")
-                .arg("--advertise-address=127.0.0.1")
-                .arg(format!("--secure-port={secure_port}"))
-                .arg("--insecure-port=0")
-                .arg(format!("--tls-cert-file={}", file("apiserver.crt")))
-                .arg(format!("--tls-private-key-file={}", file("apiserver.key")))
-                .arg(format!("--client-ca-file={}", file("ca.crt")))
-                .arg(format!("--token-auth-file={}", file("tokens.csv")))
-                .arg("--service-account-issuer=https://kubernetes.default.svc")
-                .arg(format!("--service-account-key-file={}", file("sa.pub")))
-                .arg(format!(
-                    "--service-account-signing-key-file={}",
-                    file("sa.key")
-                ))
-                .arg("--service-cluster-ip-range=10.96.0.0/24")
-                .arg("--authorization-mode=RBAC")
+        let apiserver = Launch {
+            name: "kube-apiserver".into(),
+            program: apiserver,
+            args: vec![
+                format!("--etcd-servers=http://127.0.0.1:{etcd_client}"),
+                "--bind-address=127.0.0.1".into(),
+                "--advertise-address=127.0.0.1".into(),
+                format!("--secure-port={secure_port}"),
+                "--insecure-port=0".into(),
+                format!("--tls-cert-file={}", file("apiserver.crt")),
+                format!("--tls-private-key-file={}", file("apiserver.key")),
+                format!("--client-ca-file={}", file("ca.crt")),
+                format!("--token-auth-file={}", file("tokens.csv")),
+                "--service-account-issuer=https://kubernetes.default.svc".into(),
+                format!("--service-account-key-file={}", file("sa.pub")),
+                format!("--service-account-signing-key-file={}", file("sa.key")),
+                "--service-cluster-ip-range=10.96.0.0/24".into(),
+                "--authorization-mode=RBAC".into(),
                 // Ephemeral containers are alpha in 1.20 (db-access refuses them into database
                 // pods); on by default from 1.23.
-                .arg("--feature-gates=EphemeralContainers=true")
+                "--feature-gates=EphemeralContainers=true".into(),
                 // No controller-manager runs to create service account tokens.
-                .arg("--disable-admission-plugins=ServiceAccount")
-                .arg("--endpoint-reconciler-type=none")
-                .arg(format!(
-                    "--admission-control-config-file={}",
-                    file("admission.yaml")
-                ))
-                .arg(format!("--cert-dir={}", file("apiserver-certs")))
-                .arg("--profiling=false")
-                .arg("--v=1"),
-            &apiserver_log,
-        )?;
-        cluster.processes.push(("kube-apiserver".into(), child));
+                "--disable-admission-plugins=ServiceAccount".into(),
+                "--endpoint-reconciler-type=none".into(),
+                format!("--admission-control-config-file={}", file("admission.yaml")),
+                format!("--cert-dir={}", file("apiserver-certs")),
+                "--profiling=false".into(),
+                "--v=1".into(),
+            ],
+            log: root.join("kube-apiserver.log"),
+        };
+        cluster
+            .processes
+            .push(("kube-apiserver".into(), apiserver.spawn()?));
+        cluster.control_plane.push(apiserver);
 
         let kubeconfig = format!(
             "apiVersion: v1\nkind: Config\nclusters:\n- name: e2e\n  cluster:\n    server: https://127.0.0.1:{secure_port}\n    certificate-authority: {ca}\nusers:\n- name: admin\n  user:\n    client-certificate: {crt}\n    client-key: {key}\ncontexts:\n- name: e2e\n  context: {{cluster: e2e, user: admin, namespace: default}}\ncurrent-context: e2e\n",
@@ -300,31 +318,7 @@ impl TestCluster {
         write(&cluster.kubeconfig, &kubeconfig)?;
         let _ = pki.ca_pem;
 
-        let deadline = Instant::now() + Duration::from_secs(120);
-        loop {
-            let ready = cluster.kubectl(&["get", "--raw", "/readyz"]);
-            if ready.status.success() {
-                break;
-            }
-            for (name, child) in cluster.processes.iter_mut() {
-                if let Ok(Some(status)) = child.try_wait() {
-                    let log = if name == "etcd" {
-                        &etcd_log
-                    } else {
-                        &apiserver_log
-                    };
-                    return Err(format!("{name} exited ({status}):\n{}", tail(log)));
-                }
-            }
-            if Instant::now() > deadline {
-                return Err(format!(
-                    "kube-apiserver was not ready within 120 s:\n{}\n{}",
-                    String::from_utf8_lossy(&ready.stderr),
-                    tail(&apiserver_log)
-                ));
-            }
-            std::thread::sleep(Duration::from_millis(250));
-        }
+        cluster.wait_ready()?;
         // The API server creates `default` itself; wait for it and its RBAC bootstrap.
         let deadline = Instant::now() + Duration::from_secs(60);
         while !cluster
@@ -342,6 +336,48 @@ impl TestCluster {
             std::thread::sleep(Duration::from_millis(250));
         }
         Ok(cluster)
+    }
+
+    /// Waits until the API server answers `/readyz`; an error when a control plane process
+    /// exits or 120 s pass.
+    fn wait_ready(&mut self) -> Result<(), String> {
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let ready = self.kubectl(&["get", "--raw", "/readyz"]);
+            if ready.status.success() {
+                return Ok(());
+            }
+            for (i, (name, child)) in self.processes.iter_mut().enumerate() {
+                if let Ok(Some(status)) = child.try_wait() {
+                    let log = &self.control_plane[i].log;
+                    return Err(format!("{name} exited ({status}):\n{}", tail(log)));
+                }
+            }
+            if Instant::now() > deadline {
+                return Err(format!(
+                    "kube-apiserver was not ready within 120 s:\n{}\n{}",
+                    String::from_utf8_lossy(&ready.stderr),
+                    tail(&self.control_plane[1].log)
+                ));
+            }
+            std::thread::sleep(Duration::from_millis(250));
+        }
+    }
+
+    /// Stops kube-apiserver and etcd (SIGTERM, as a node's restart does) and starts them again
+    /// on the same ports and data, waiting until the API server is ready. Returns how long it
+    /// took, from the SIGTERM to the API server's being ready again.
+    pub fn restart_control_plane(&mut self) -> Result<Duration, String> {
+        let stopped = Instant::now();
+        while let Some((name, child)) = self.processes.pop() {
+            stop(&name, child);
+        }
+        for launch in &self.control_plane {
+            let child = launch.spawn()?;
+            self.processes.push((launch.name.clone(), child));
+        }
+        self.wait_ready()?;
+        Ok(stopped.elapsed())
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Output {
@@ -564,6 +600,8 @@ impl TestCluster {
         let config_path = self.dir.path().join(format!("{name}-config.yaml"));
         write(&config_path, config)?;
         let log = self.dir.path().join(format!("{name}.log"));
+        // A fresh log: the wait below reads it for this process's "listening".
+        let _ = std::fs::remove_file(&log);
         let mut child = spawn(
             name,
             self.prodguard()
@@ -574,8 +612,11 @@ impl TestCluster {
                     (!args.iter().any(|a| a.starts_with("--audit-interval")))
                         .then_some("--audit-interval=off"),
                 )
-                // The e2e suite restarts prodguard often: no drain delay.
-                .arg("--shutdown-delay=0s")
+                // The e2e suite restarts prodguard often: no drain delay, unless asked.
+                .args(
+                    (!args.iter().any(|a| a.starts_with("--shutdown-delay")))
+                        .then_some("--shutdown-delay=0s"),
+                )
                 .args(
                     files
                         .then(|| {

@@ -7,9 +7,11 @@
 //! the end whatever happened. Without kube-apiserver or etcd the suite fails; it never skips.
 //! `cargo test --test e2e -- NAME` runs the scenarios whose name contains NAME.
 
+mod balancer;
 mod certs;
 mod chart;
 mod cluster;
+mod rollout;
 mod workload;
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
@@ -71,10 +73,6 @@ fn main() -> ExitCode {
         ),
         ("events_and_dry_run", events_and_dry_run),
         (
-            "configuration_change_under_load",
-            configuration_change_under_load,
-        ),
-        (
             "background_audit_reports_and_lease",
             background_audit_reports_and_lease,
         ),
@@ -124,6 +122,10 @@ fn main() -> ExitCode {
         (
             "certificates_not_renewed_are_named_and_warned",
             certs::certificates_not_renewed_are_named_and_warned,
+        ),
+        (
+            "rollout_kill_and_apiserver_restart_under_load",
+            rollout::rollout_kill_and_apiserver_restart_under_load,
         ),
     ];
     let selected: Vec<_> = scenarios
@@ -1546,98 +1548,6 @@ fn events_and_dry_run(env: &mut Env) {
             .iter()
             .any(|e| e.reason.as_deref() == Some("PolicyMutation")),
         "{events:?}"
-    );
-}
-
-/// The policy file changes while writes arrive at a steady rate: not one write fails or goes
-/// unjudged, and the new setting (min-replicas 2 -> 3) applies within the reload interval.
-/// Each answer is checked: an admitted Deployment came back patched, a denied one carries
-/// min-replicas' message.
-fn configuration_change_under_load(env: &mut Env) {
-    env.serve(DEFAULT_POLICY, &["--config-reload-interval=1s"]);
-    let ns = "e2e-reload";
-    env.namespace(ns);
-    let config_path = env.cluster.dir.path().join("prodguard-config.yaml");
-    let client = env.client.clone();
-    let (rate, seconds, change_at) = (20u64, 8u64, Duration::from_secs(3));
-    let outcomes = env.runtime.block_on(async move {
-        let api: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-            kube::Api::namespaced(client, ns);
-        let started = tokio::time::Instant::now();
-        let mut tick = tokio::time::interval(Duration::from_millis(1000 / rate));
-        let mut changed = None;
-        let mut outcomes = Vec::new();
-        for i in 0..rate * seconds {
-            tick.tick().await;
-            if changed.is_none() && started.elapsed() >= change_at {
-                std::fs::write(
-                    &config_path,
-                    default_with("    minReplicas: 2", "    minReplicas: 3"),
-                )
-                .expect("rewrite the policy file");
-                changed = Some(started.elapsed());
-            }
-            let object: k8s_openapi::api::apps::v1::Deployment =
-                serde_json::from_value(deployment(&format!("w-{i}"), 2, "nginx"))
-                    .expect("a Deployment");
-            let at = started.elapsed();
-            let outcome = match api.create(&kube::api::PostParams::default(), &object).await {
-                Ok(created) => {
-                    let created = serde_json::to_value(&created).unwrap_or_default();
-                    let policy = created
-                        .pointer("/spec/template/spec/containers/0/imagePullPolicy")
-                        .and_then(Value::as_str)
-                        .map(str::to_owned);
-                    if policy.as_deref() == Some("IfNotPresent") {
-                        Ok(true)
-                    } else {
-                        Err(format!("w-{i} admitted unpatched: {policy:?}"))
-                    }
-                }
-                Err(kube::Error::Api(e))
-                    if e.message
-                        .contains("admission webhook \"validate.prodguard.io\" denied")
-                        && e.message.contains("would run 2 replicas") =>
-                {
-                    Ok(false)
-                }
-                Err(e) => Err(format!("w-{i}: {e}")),
-            };
-            outcomes.push((at, outcome));
-        }
-        (changed.expect("the file was changed"), outcomes)
-    });
-    let (changed, outcomes) = outcomes;
-    let failed: Vec<&String> = outcomes
-        .iter()
-        .filter_map(|(_, o)| o.as_ref().err())
-        .collect();
-    assert!(failed.is_empty(), "failed or unjudged writes: {failed:?}");
-    // Admitted before the change; once denied, denied from then on, within the interval.
-    let first_denied = outcomes
-        .iter()
-        .position(|(_, o)| o == &Ok(false))
-        .expect("min-replicas 3 took effect");
-    let (denied_at, _) = outcomes[first_denied];
-    assert!(
-        outcomes[..first_denied].iter().all(|(_, o)| o == &Ok(true)),
-        "a write was denied before the change"
-    );
-    assert!(
-        outcomes[first_denied..]
-            .iter()
-            .all(|(_, o)| o == &Ok(false)),
-        "the old setting came back after the new one"
-    );
-    let took = denied_at.saturating_sub(changed);
-    assert!(
-        took <= Duration::from_secs(3),
-        "the new setting took {took:?} (reload interval 1 s)"
-    );
-    println!(
-        "  {} writes at {rate}/s, 0 failed; the new setting applied {} ms after the file changed",
-        outcomes.len(),
-        took.as_millis()
     );
 }
 
