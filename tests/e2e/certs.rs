@@ -113,7 +113,12 @@ impl Env {
     }
 
     /// Waits until `check` holds, polling; panics with `what` after `within`.
-    fn wait_for(&self, within: Duration, what: &str, mut check: impl FnMut(&Env) -> bool) -> f64 {
+    pub(super) fn wait_for(
+        &self,
+        within: Duration,
+        what: &str,
+        mut check: impl FnMut(&Env) -> bool,
+    ) -> f64 {
         let started = Instant::now();
         while !check(self) {
             assert!(

@@ -260,6 +260,20 @@ impl Env {
         )
     }
 
+    /// Applies deploy/base's CRDs (PolicyExceptions, the wgpolicyk8s reports) and waits until
+    /// the API server serves them.
+    fn crds_installed(&self) {
+        self.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
+        self.ok(&[
+            "wait",
+            "--for=condition=established",
+            "--timeout=30s",
+            "crd/policyexceptions.prodguard.io",
+            "crd/policyreports.wgpolicyk8s.io",
+            "crd/clusterpolicyreports.wgpolicyk8s.io",
+        ]);
+    }
+
     fn namespace(&self, name: &str) {
         self.ok(&["create", "namespace", name]);
     }
@@ -993,14 +1007,7 @@ fn wait_kubectl(
 /// excepted the same way; the background audit shows it as `skip`, then as `fail` with the
 /// expired exception reported. A non-admin whom RBAC lets write exceptions is refused.
 fn exceptions_break_glass_and_audit(env: &mut Env) {
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/policyexceptions.prodguard.io",
-        "crd/policyreports.wgpolicyk8s.io",
-    ]);
+    env.crds_installed();
     // rbac-hygiene would refuse the grants below (exec; writing exceptions); the admin exempts
     // the users.
     serve_auditing(env, &default_exempting("dba1\", \"dev\", \"bob"), &[]);
@@ -1554,14 +1561,7 @@ fn events_and_dry_run(env: &mut Env) {
 /// Waits until `check` holds for the PolicyReport of `namespace`.
 /// Serves `policies` with the background audit every second, the report CRDs applied first.
 fn serve_auditing(env: &mut Env, policies: &str, extra: &[&str]) {
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/policyreports.wgpolicyk8s.io",
-        "crd/clusterpolicyreports.wgpolicyk8s.io",
-    ]);
+    env.crds_installed();
     let mut args = vec![
         "--audit-interval=1s",
         "--lease-namespace=default",
@@ -1700,14 +1700,7 @@ fn audit_judges_what_no_listed_controller_judges(env: &mut Env) {
 }
 
 fn background_audit_reports_and_lease(env: &mut Env) {
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/policyreports.wgpolicyk8s.io",
-        "crd/clusterpolicyreports.wgpolicyk8s.io",
-    ]);
+    env.crds_installed();
     let audit_args = [
         "--audit-interval=1s",
         "--lease-namespace=default",

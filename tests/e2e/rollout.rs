@@ -366,14 +366,7 @@ fn describe(writes: &[&Write]) -> String {
 
 pub fn rollout_kill_and_apiserver_restart_under_load(env: &mut Env) {
     env.uninstalled();
-    env.ok(&["apply", "-f", "deploy/base/crds.yaml"]);
-    env.ok(&[
-        "wait",
-        "--for=condition=established",
-        "--timeout=30s",
-        "crd/policyexceptions.prodguard.io",
-        "crd/policyreports.wgpolicyk8s.io",
-    ]);
+    env.crds_installed();
     // The webhooks call the balancer, on the port the suite registered.
     let balancer = env
         .runtime
@@ -502,7 +495,6 @@ pub fn rollout_kill_and_apiserver_restart_under_load(env: &mut Env) {
         to: load.now() + Duration::from_secs(1),
     };
     // The webhook configurations' watch: a failure policy set to Ignore is set back.
-    let patched = Instant::now();
     env.ok(&[
         "patch",
         "validatingwebhookconfiguration",
@@ -511,15 +503,11 @@ pub fn rollout_kill_and_apiserver_restart_under_load(env: &mut Env) {
         "-p",
         r#"[{"op": "replace", "path": "/webhooks/0/failurePolicy", "value": "Ignore"}]"#,
     ]);
-    while env.cluster.validating_failure_policies() != ["Fail", "Ignore"] {
-        assert!(
-            patched.elapsed() < Duration::from_secs(30),
-            "the failure policy was not restored after the API server's restart:\n{}",
-            env.cluster.log_of(&survivor.name)
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let rearmed = patched.elapsed();
+    let rearmed = Duration::from_secs_f64(env.wait_for(
+        Duration::from_secs(30),
+        "the failure policy restored after the API server's restart",
+        |env| env.cluster.validating_failure_policies() == ["Fail", "Ignore"],
+    ));
     // The PolicyExceptions' watch: one made now lifts, and stops lifting once deleted.
     let exception = json!({"apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
         "metadata": {"name": "lift"},
@@ -543,14 +531,14 @@ pub fn rollout_kill_and_apiserver_restart_under_load(env: &mut Env) {
         .success()
     };
     let mut i = 0;
-    while !probe(env, i) {
-        i += 1;
-        assert!(
-            load.now() - created < Duration::from_secs(30),
-            "the exception made after the restart never lifted"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    env.wait_for(
+        Duration::from_secs(30),
+        "the exception made after the restart lifts",
+        |env| {
+            i += 1;
+            probe(env, i)
+        },
+    );
     let lifted_after = load.now() - created;
     // The watch retries every 2 s at most (src/retry.rs), and kubectl's probes take their time.
     assert!(
@@ -560,14 +548,14 @@ pub fn rollout_kill_and_apiserver_restart_under_load(env: &mut Env) {
     std::thread::sleep(Duration::from_secs(2));
     env.ok(&["delete", "policyexception", "lift", "-n", NS]);
     let deleted = load.now();
-    while probe(env, i) {
-        i += 1;
-        assert!(
-            load.now() - deleted < Duration::from_secs(30),
-            "the exception still lifts after its deletion"
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    env.wait_for(
+        Duration::from_secs(30),
+        "the exception stops lifting once deleted",
+        |env| {
+            i += 1;
+            !probe(env, i)
+        },
+    );
     let stopped_after = load.now() - deleted;
     for (pid, replica) in pids.iter().zip([&survivor, &e]) {
         let now = replica.process.0.as_ref().map(std::process::Child::id);
