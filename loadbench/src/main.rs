@@ -86,6 +86,10 @@ enum Sub {
         tls_cert: PathBuf,
         #[arg(long)]
         tls_key: PathBuf,
+        /// A JSON Patch to answer every /mutate with (the same for every object): the API
+        /// server's cost of applying a patch, with none of a webhook's work.
+        #[arg(long)]
+        patch: Option<String>,
     },
 }
 
@@ -99,9 +103,10 @@ fn main() -> ExitCode {
         addr,
         tls_cert,
         tls_key,
+        patch,
     }) = args.command
     {
-        return runtime.block_on(noop_server(addr, tls_cert, tls_key));
+        return runtime.block_on(noop_server(addr, tls_cert, tls_key, patch));
     }
     match runtime.block_on(run(args)) {
         Ok(()) => ExitCode::SUCCESS,
@@ -114,14 +119,48 @@ fn main() -> ExitCode {
 
 // ---- the no-op server ---------------------------------------------------------------------
 
-async fn noop_server(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> ExitCode {
+async fn noop_server(
+    addr: SocketAddr,
+    cert: PathBuf,
+    key: PathBuf,
+    patch: Option<String>,
+) -> ExitCode {
     use axum::routing::post;
+    use base64::Engine as _;
     async fn answer(body: Bytes) -> (StatusCode, Vec<u8>) {
         match noop::noop_answer(&body) {
             Ok(answer) => (StatusCode::OK, answer),
             Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
         }
     }
+    let patch = match patch
+        .as_deref()
+        .map(serde_json::from_str::<serde_json::Value>)
+    {
+        None => None,
+        Some(Ok(serde_json::Value::Array(ops))) => Some(
+            base64::engine::general_purpose::STANDARD
+                .encode(serde_json::Value::Array(ops).to_string()),
+        ),
+        Some(Ok(_)) => {
+            eprintln!("noop-server: --patch: a JSON Patch is an array of operations");
+            return ExitCode::FAILURE;
+        }
+        Some(Err(e)) => {
+            eprintln!("noop-server: --patch: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let patch = Arc::new(patch);
+    let mutate = move |body: Bytes| {
+        let patch = Arc::clone(&patch);
+        async move {
+            match noop::noop_answer_patching(&body, patch.as_deref()) {
+                Ok(answer) => (StatusCode::OK, answer),
+                Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
+            }
+        }
+    };
     let tls = match prodguard::server::tls::load(&cert, &key) {
         Ok(tls) => tls,
         Err(e) => {
@@ -130,7 +169,7 @@ async fn noop_server(addr: SocketAddr, cert: PathBuf, key: PathBuf) -> ExitCode 
         }
     };
     let app = axum::Router::new()
-        .route("/mutate", post(answer))
+        .route("/mutate", post(mutate))
         .route("/validate", post(answer))
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     let listener = match tokio::net::TcpListener::bind(addr).await {

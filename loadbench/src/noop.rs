@@ -5,6 +5,15 @@ use serde::Deserialize;
 
 /// The answer to a review: its uid, allowed.
 pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
+    noop_answer_patching(body, None)
+}
+
+/// The answer to a review: its uid, allowed, and `patch` (a JSON Patch, already base64) when
+/// given: what a webhook that patches costs the API server, with none of the webhook's work.
+pub fn noop_answer_patching(
+    body: &[u8],
+    patch: Option<&str>,
+) -> Result<Vec<u8>, serde_json::Error> {
     #[derive(Deserialize)]
     struct Uid {
         uid: String,
@@ -14,9 +23,14 @@ pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
         request: Uid,
     }
     let review: UidReview = serde_json::from_slice(body)?;
+    let mut response = serde_json::json!({"uid": review.request.uid, "allowed": true});
+    if let Some(patch) = patch {
+        response["patchType"] = "JSONPatch".into();
+        response["patch"] = patch.into();
+    }
     Ok(
         serde_json::json!({"apiVersion": "admission.k8s.io/v1", "kind": "AdmissionReview",
-        "response": {"uid": review.request.uid, "allowed": true}})
+        "response": response})
         .to_string()
         .into_bytes(),
     )
@@ -24,7 +38,7 @@ pub fn noop_answer(body: &[u8]) -> Result<Vec<u8>, serde_json::Error> {
 
 #[cfg(test)]
 mod tests {
-    use super::noop_answer;
+    use super::{noop_answer, noop_answer_patching};
 
     #[test]
     fn the_noop_answer_allows_the_reviews_uid() {
@@ -36,5 +50,18 @@ mod tests {
         assert_eq!(answer["response"]["uid"], uid);
         assert_eq!(answer["response"]["allowed"], true);
         assert!(noop_answer(b"{}").is_err());
+    }
+
+    #[test]
+    fn the_patching_noop_answer_carries_the_patch() {
+        let review = include_bytes!("../../tests/fixtures/bench/pod-create.json");
+        let answer: serde_json::Value =
+            serde_json::from_slice(&noop_answer_patching(review, Some("W10=")).unwrap()).unwrap();
+        assert_eq!(answer["response"]["allowed"], true);
+        assert_eq!(answer["response"]["patchType"], "JSONPatch");
+        assert_eq!(answer["response"]["patch"], "W10=");
+        let plain: serde_json::Value =
+            serde_json::from_slice(&noop_answer(review).unwrap()).unwrap();
+        assert!(plain["response"].get("patch").is_none());
     }
 }
