@@ -126,35 +126,16 @@ async fn noop_server(
     patch: Option<String>,
 ) -> ExitCode {
     use axum::routing::post;
-    use base64::Engine as _;
-    async fn answer(body: Bytes) -> (StatusCode, Vec<u8>) {
-        match noop::noop_answer(&body) {
-            Ok(answer) => (StatusCode::OK, answer),
-            Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
-        }
-    }
-    let patch = match patch
-        .as_deref()
-        .map(serde_json::from_str::<serde_json::Value>)
-    {
-        None => None,
-        Some(Ok(serde_json::Value::Array(ops))) => Some(
-            base64::engine::general_purpose::STANDARD
-                .encode(serde_json::Value::Array(ops).to_string()),
-        ),
-        Some(Ok(_)) => {
-            eprintln!("noop-server: --patch: a JSON Patch is an array of operations");
-            return ExitCode::FAILURE;
-        }
-        Some(Err(e)) => {
-            eprintln!("noop-server: --patch: {e}");
+    let patch = match patch.as_deref().map(noop::encode_patch).transpose() {
+        Ok(patch) => Arc::new(patch),
+        Err(e) => {
+            eprintln!("noop-server: {e}");
             return ExitCode::FAILURE;
         }
     };
-    let patch = Arc::new(patch);
-    let mutate = move |body: Bytes| {
-        let patch = Arc::clone(&patch);
-        async move {
+    // /mutate answers with the patch when one is given; /validate never does.
+    let answer = |patch: Arc<Option<String>>| {
+        move |body: Bytes| async move {
             match noop::noop_answer_patching(&body, patch.as_deref()) {
                 Ok(answer) => (StatusCode::OK, answer),
                 Err(e) => (StatusCode::BAD_REQUEST, e.to_string().into_bytes()),
@@ -169,8 +150,8 @@ async fn noop_server(
         }
     };
     let app = axum::Router::new()
-        .route("/mutate", post(mutate))
-        .route("/validate", post(answer))
+        .route("/mutate", post(answer(patch)))
+        .route("/validate", post(answer(Arc::new(None))))
         .route("/healthz", axum::routing::get(|| async { "ok" }));
     let listener = match tokio::net::TcpListener::bind(addr).await {
         Ok(l) => l,

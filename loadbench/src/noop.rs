@@ -36,9 +36,18 @@ pub fn noop_answer_patching(
     )
 }
 
+/// `--patch`'s text, checked to be a JSON array (of operations), as the answer carries it:
+/// base64.
+pub fn encode_patch(patch: &str) -> Result<String, String> {
+    use base64::Engine as _;
+    serde_json::from_str::<Vec<serde_json::Value>>(patch)
+        .map_err(|e| format!("--patch: a JSON Patch is an array of operations: {e}"))?;
+    Ok(base64::engine::general_purpose::STANDARD.encode(patch))
+}
+
 #[cfg(test)]
 mod tests {
-    use super::{noop_answer, noop_answer_patching};
+    use super::{encode_patch, noop_answer, noop_answer_patching};
 
     #[test]
     fn the_noop_answer_allows_the_reviews_uid() {
@@ -63,5 +72,13 @@ mod tests {
         let plain: serde_json::Value =
             serde_json::from_slice(&noop_answer(review).unwrap()).unwrap();
         assert!(plain["response"].get("patch").is_none());
+    }
+
+    #[test]
+    fn a_patch_that_is_not_an_array_is_refused() {
+        assert_eq!(encode_patch("[]").unwrap(), "W10=");
+        let refused = encode_patch(r#"{"op": "add"}"#).unwrap_err();
+        assert!(refused.contains("array of operations"), "{refused}");
+        assert!(encode_patch("[").is_err());
     }
 }
