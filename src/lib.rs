@@ -15,6 +15,7 @@ pub mod commands;
 pub mod config;
 pub mod engine;
 pub mod exceptions;
+pub mod floor;
 pub mod http;
 pub mod policies;
 pub mod report;

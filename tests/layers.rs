@@ -26,7 +26,7 @@ const LAYERS: &[&[&str]] = &[
     // PolicyExceptions: their write rule and their lifting.
     &["exceptions"],
     // Runs the units on a request, lifts what exceptions cover, decides.
-    &["engine"],
+    &["engine", "floor"],
     // The edges: decoding and encoding reviews, reports, the API client.
     &["admission", "report", "cluster"],
     &["audit", "server"],

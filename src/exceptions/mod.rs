@@ -20,6 +20,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, RwLock};
 use std::time::{Duration, SystemTime};
 
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::LabelSelector;
 use kube::core::{Selector, SelectorExt};
 use wildmatch::WildMatch;
 
@@ -57,6 +58,9 @@ pub struct Exception {
     /// Object names (with `*` and `?`); empty for every name the selector selects.
     names: Vec<WildMatch>,
     selector: Option<Selector>,
+    /// `names` and `selector` as written, for the CEL floor.
+    name_patterns: Vec<String>,
+    selector_source: Option<LabelSelector>,
     users: Vec<String>,
     groups: Vec<String>,
     /// Service accounts as the API server names their users.
@@ -65,6 +69,20 @@ pub struct Exception {
     pub expires: SystemTime,
     /// `expires` as written.
     pub expires_text: String,
+}
+
+/// The kind a request is about in CEL (`Request::target_kind`): the parent's for a
+/// subresource of a known kind.
+fn target_kind_cel() -> String {
+    let pairs: Vec<String> = crate::unit::PARENT_KINDS
+        .iter()
+        .map(|(plural, kind)| format!("'{plural}': '{kind}'"))
+        .collect();
+    let map = format!("{{{}}}", pairs.join(", "));
+    format!(
+        "request.subResource != '' && request.resource.resource in {map} ? \
+         {map}[request.resource.resource] : request.kind.kind"
+    )
 }
 
 /// Whom a request is from and what it is about, as exceptions match it.
@@ -94,6 +112,13 @@ impl Exception {
         };
         let policies = policies_of(spec, &mut problems);
         let (kinds, names, selector) = match_of(spec, &mut problems);
+        let name_patterns = spec
+            .match_
+            .as_ref()
+            .and_then(|m| m.names.as_ref())
+            .map(|l| l.0.iter().map(|s| s.to_string()).collect())
+            .unwrap_or_default();
+        let selector_source = spec.match_.as_ref().and_then(|m| m.selector.clone());
         let namespace = object.namespace().unwrap_or(namespace).to_owned();
         let (users, groups, service_accounts) = subjects_of(spec, &namespace, &mut problems);
         let reason = spec.reason.as_deref().unwrap_or("").trim().to_owned();
@@ -125,6 +150,8 @@ impl Exception {
             kinds,
             names,
             selector,
+            name_patterns,
+            selector_source,
             users,
             groups,
             service_accounts,
@@ -193,6 +220,74 @@ impl Exception {
             // Labels that cannot be read select nothing.
             Some(selector) => labels.is_some_and(|labels| selector.matches(labels)),
         }
+    }
+
+    /// [`Exception::holds_for`] in CEL, on the request the API server evaluates (its object's
+    /// labels are the written or deleted object's; a subresource other than a pod's carries
+    /// none, so a selector then selects nothing, as in the webhook).
+    pub fn cel_holds(&self) -> String {
+        use crate::policies::floor::{
+            all_of, any_of, cel_string, cel_strings, glob_matches, OBJECT_NAME,
+        };
+        let mut all = vec![format!("request.namespace == {}", cel_string(&self.namespace))];
+        if !self.kinds.is_empty() {
+            all.push(format!("({}) in {}", target_kind_cel(), cel_strings(&self.kinds)));
+        }
+        if !self.name_patterns.is_empty() {
+            let name = format!("({OBJECT_NAME})");
+            let any: Vec<String> = self
+                .name_patterns
+                .iter()
+                .map(|p| glob_matches(&name, p))
+                .collect();
+            all.push(any_of(&any));
+        }
+        if self.has_subjects() {
+            let mut names = self.users.clone();
+            names.extend(self.service_accounts.iter().cloned());
+            let mut any = Vec::new();
+            if !names.is_empty() {
+                any.push(format!(
+                    "request.userInfo.username in {}",
+                    cel_strings(&names)
+                ));
+            }
+            if !self.groups.is_empty() {
+                any.push(format!(
+                    "has(request.userInfo.groups) && request.userInfo.groups.exists(g, g in {})",
+                    cel_strings(&self.groups)
+                ));
+            }
+            all.push(any_of(&any));
+        }
+        if let Some(selector) = &self.selector_source {
+            all.push(
+                "(request.subResource == '' || request.resource.resource == 'pods') && \
+                 (object != null || oldObject != null)"
+                    .to_owned(),
+            );
+            let labels = "(object != null ? (has(object.metadata.labels) ? object.metadata.labels \
+                          : {}) : (has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}))";
+            for (key, value) in selector.match_labels.iter().flatten() {
+                let k = cel_string(key);
+                all.push(format!(
+                    "{k} in {labels} && {labels}[{k}] == {}",
+                    cel_string(value)
+                ));
+            }
+            for e in selector.match_expressions.iter().flatten() {
+                let k = cel_string(&e.key);
+                let values = cel_strings(e.values.as_deref().unwrap_or(&[]));
+                all.push(match e.operator.as_str() {
+                    "In" => format!("{k} in {labels} && {labels}[{k}] in {values}"),
+                    "NotIn" => format!("!({k} in {labels}) || !({labels}[{k}] in {values})"),
+                    "Exists" => format!("{k} in {labels}"),
+                    // DoesNotExist; an unknown operator was refused when the exception was read.
+                    _ => format!("!({k} in {labels})"),
+                });
+            }
+        }
+        all_of(&all)
     }
 
     fn has_subjects(&self) -> bool {

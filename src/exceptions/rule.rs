@@ -7,6 +7,7 @@ use std::time::{Duration, SystemTime};
 
 use super::{judge_write, POLICY_ID};
 use crate::config::Admins;
+use crate::policies::floor::{cel_string, describe_object, is_admin, Action, Check, Floor, OBJECT_NAME};
 use crate::policies::resources::{Match, POLICY_EXCEPTIONS};
 use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 
@@ -24,6 +25,32 @@ impl WriteRule {
             admins,
             max,
             judge_authors,
+        }
+    }
+
+    /// Its floor: only admins write PolicyExceptions (the rest of the rule, what an exception
+    /// says and how long it lasts, needs prodguard: the API server has no clock to judge an end
+    /// by, and the policy ids are prodguard's).
+    pub fn floor(admins: &Admins) -> Floor {
+        let message = format!(
+            "{} + ': user \"' + request.userInfo.username + '\" may not ' + \
+             (request.operation == 'CREATE' ? 'create' : 'change') + {}",
+            describe_object("variables.name"),
+            cel_string(
+                " PolicyExceptions: only prodguard's admins (admins.users, admins.groups) may \
+                 lift a policy"
+            )
+        );
+        Floor {
+            part: "",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![POLICY_EXCEPTIONS],
+            variables: vec![("name", OBJECT_NAME.to_owned())],
+            conditions: Vec::new(),
+            action: Action::Validate(vec![Check {
+                expression: is_admin(admins),
+                message,
+            }]),
         }
     }
 

@@ -6,6 +6,7 @@
 use super::image_ref::parse_registry_pattern;
 use super::image_ref::ImageRef;
 use super::image_ref::RegistryPattern;
+use super::floor::{any_of, cel_string, has_path, pod_specs, Action, Check, Floor};
 use super::resources::Match;
 use super::Config;
 use super::{checked_container_lists, image_unchanged, pod_spec};
@@ -69,6 +70,86 @@ impl PolicyModule for Definition {
 
     fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
         vec![Box::new(AirgapRegistry::new(settings))]
+    }
+
+    /// All of it when air-gapped: each container's image is read by the same grammar, as
+    /// regular expressions ([`RegistryPattern::cel_allows`]); an image an UPDATE keeps passes.
+    /// Its message names the containers and images, not the registry each resolved to.
+    fn floor(settings: &Settings, _: &Config) -> Vec<Floor> {
+        if !settings.airgapped {
+            return Vec::new();
+        }
+        let policy = AirgapRegistry::new(settings);
+        let allowed_list: Vec<String> = policy.allowed.iter().map(ToString::to_string).collect();
+        let allowed = any_of(
+            &policy
+                .allowed
+                .iter()
+                .map(|p| p.cel_allows("c.image"))
+                .collect::<Vec<_>>(),
+        );
+        pod_specs(Webhook::Validate)
+            .into_iter()
+            .map(|specs| {
+                let spec = format!("object.{}", specs.path.join("."));
+                let old_spec = format!("oldObject.{}", specs.path.join("."));
+                let variables: Vec<(&'static str, String)> = specs
+                    .lists
+                    .iter()
+                    .map(|list| {
+                        let mut path = specs.path.to_vec();
+                        path.push(list);
+                        let kept = format!(
+                            "oldObject != null && {} && {old_spec}.{list}.exists(o, o.name == c.name && \
+                             has(o.image) && o.image == c.image)",
+                            has_path("oldObject", &path)
+                        );
+                        (
+                            *list,
+                            format!(
+                                "{} ? {spec}.{list}.filter(c, has(c.image) && !({allowed}) && \
+                                 !({kept})) : []",
+                                has_path("object", &path)
+                            ),
+                        )
+                    })
+                    .collect();
+                let sizes: Vec<String> = specs
+                    .lists
+                    .iter()
+                    .map(|l| format!("size(variables.{l})"))
+                    .collect();
+                let named: Vec<String> = specs
+                    .lists
+                    .iter()
+                    .map(|l| {
+                        format!(
+                            "variables.{l}.map(c, '{l} \"' + c.name + '\": image \"' + c.image + '\"')"
+                        )
+                    })
+                    .collect();
+                Floor {
+                    part: specs.part,
+                    operations: specs.operations,
+                    resources: specs.resources,
+                    variables,
+                    conditions: Vec::new(),
+                    action: Action::Validate(vec![Check {
+                        expression: format!("{} == 0", sizes.join(" + ")),
+                        message: format!(
+                            "{} + ({}).join('; ') + {}",
+                            cel_string(&format!(
+                                "the cluster is air-gapped and images must come from an allowed \
+                                 registry ({}): ",
+                                allowed_list.join(", ")
+                            )),
+                            named.join(" + "),
+                            cel_string(" is from no allowed registry")
+                        ),
+                    }]),
+                }
+            })
+            .collect()
     }
 }
 

@@ -4,6 +4,7 @@
 //! images) before any webhook runs, so the patch replaces an existing value and adds a
 //! missing one. No patch when nothing changes.
 
+use super::floor::{cel_string, has_path, pod_specs, Action, Apply, Floor};
 use super::resources::Match;
 use super::Config;
 use super::{container_matches, PolicyModule};
@@ -45,6 +46,52 @@ impl PolicyModule for Definition {
 
     fn build(_: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
         vec![Box::new(ImagePullPolicy)]
+    }
+
+    /// All of it, as apply configurations: every container of every list it patches gets
+    /// `IfNotPresent` (one configuration per list, applied when the list is there).
+    fn floor(_: &Settings, _: &Config) -> Vec<Floor> {
+        pod_specs(Webhook::Mutate)
+            .into_iter()
+            .map(|specs| {
+                let mutations = specs
+                    .lists
+                    .iter()
+                    .map(|list| {
+                        let at = format!("object.{}.{list}", specs.path.join("."));
+                        let mut fields = vec![
+                            ("name", Apply::Value("c.name".to_owned())),
+                            ("imagePullPolicy", Apply::Value(cel_string(WANTED))),
+                        ];
+                        let mut tree = Apply::Object(vec![(
+                            *list,
+                            Apply::Each {
+                                list: at,
+                                var: "c",
+                                item: Box::new(Apply::Object(std::mem::take(&mut fields))),
+                            },
+                        )]);
+                        for field in specs.path.iter().rev() {
+                            tree = Apply::Object(vec![(*field, tree)]);
+                        }
+                        let mut path = specs.path.to_vec();
+                        path.push(list);
+                        Apply::When {
+                            condition: has_path("object", &path),
+                            then: Box::new(tree),
+                        }
+                    })
+                    .collect();
+                Floor {
+                    part: specs.part,
+                    operations: specs.operations,
+                    resources: specs.resources,
+                    variables: Vec::new(),
+                    conditions: Vec::new(),
+                    action: Action::Mutate(mutations),
+                }
+            })
+            .collect()
     }
 }
 const WANTED: &str = "IfNotPresent";

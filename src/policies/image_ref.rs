@@ -395,6 +395,99 @@ impl fmt::Display for RegistryPattern {
     }
 }
 
+/// The reference grammar's pieces as RE2 (and Rust `regex`) syntax, for the CEL floor.
+mod grammar {
+    /// `[a-z0-9]+ ((\.|_|__|-+)[a-z0-9]+)*`
+    pub const COMPONENT: &str = r"[a-z0-9]+(?:(?:\.|__|_|-+)[a-z0-9]+)*";
+    /// A component without `.`: a first component that is not a registry host.
+    pub const COMPONENT_NO_DOT: &str = r"[a-z0-9]+(?:(?:__|_|-+)[a-z0-9]+)*";
+    pub const TAG: &str = r"[A-Za-z0-9_][A-Za-z0-9_.\-]{0,127}";
+    pub const DIGEST: &str = r"(?:sha256:[0-9a-f]{64}|sha384:[0-9a-f]{96}|sha512:[0-9a-f]{128})";
+    pub const HUB_HOSTS: &str = r"(?i:docker\.io|index\.docker\.io|registry-1\.docker\.io)";
+
+    pub fn path() -> String {
+        format!("{COMPONENT}(?:/{COMPONENT})*")
+    }
+
+    pub fn suffix() -> String {
+        format!("(?::{TAG})?(?:@{DIGEST})?$")
+    }
+}
+
+impl RegistryPattern {
+    /// A CEL condition: the image reference `image` (a CEL string expression) parses, and
+    /// [`RegistryPattern::matches`] it; the grammar written as regular expressions (RE2, which
+    /// the API server's CEL `matches` reads). Names over 255 characters, which `parse` refuses,
+    /// are not told apart.
+    pub fn cel_allows(&self, image: &str) -> String {
+        use super::floor::{any_of, cel_string, regex_escape};
+        use grammar::*;
+        let path = path();
+        let suffix = suffix();
+        let matches = |regex: String| format!("{image}.matches({})", cel_string(&regex));
+        // The repository path (as resolved) under the prefix.
+        let under_prefix = |path_regex: &str| -> String {
+            if self.path_prefix.is_empty() {
+                path_regex.to_owned()
+            } else {
+                format!("{}(?:/{path})?", regex_escape(&self.path_prefix))
+            }
+        };
+        if self.registry != DOCKER_HUB {
+            let host = format!("(?i:{})", regex_escape(&self.registry));
+            let allowed = matches(format!("^{host}/{}{suffix}", under_prefix(&path)));
+            // A first component without `.` or `:` names a registry only when it is
+            // `localhost` or has an uppercase letter.
+            let host_like = self.registry.contains(['.', ':', '['])
+                || self.registry.eq_ignore_ascii_case("localhost");
+            if host_like {
+                return allowed;
+            }
+            let lower = self.registry.to_ascii_lowercase();
+            return format!(
+                "{allowed} && !{image}.startsWith({})",
+                cel_string(&format!("{lower}/"))
+            );
+        }
+        // Docker Hub: named (by any of its names) or implied by a first component that is no
+        // host; a one-component name is under `library/`, so these need two or more.
+        let several = match self.path_prefix.as_str() {
+            "" => format!("{COMPONENT}(?:/{COMPONENT})+"),
+            prefix if prefix.contains('/') => under_prefix(&path),
+            prefix => format!("{}/{path}", regex_escape(prefix)),
+        };
+        let mut any = vec![matches(format!("^{HUB_HOSTS}/{several}{suffix}"))];
+        let first_no_host = self
+            .path_prefix
+            .split('/')
+            .next()
+            .is_some_and(|first| !first.contains('.') && first != "localhost");
+        if self.path_prefix.is_empty() {
+            any.push(format!(
+                "{} && !{image}.startsWith(\"localhost/\")",
+                matches(format!("^{COMPONENT_NO_DOT}(?:/{COMPONENT})+{suffix}"))
+            ));
+        } else if first_no_host {
+            any.push(matches(format!("^{several}{suffix}")));
+        }
+        // One component: `library/<name>`.
+        let single = match self.path_prefix.as_str() {
+            "" | "library" => Some(COMPONENT.to_owned()),
+            prefix => prefix.strip_prefix("library/").and_then(|rest| {
+                (!rest.contains('/')).then(|| regex_escape(rest))
+            }),
+        };
+        if let Some(single) = single {
+            any.push(matches(format!("^{HUB_HOSTS}/{single}{suffix}")));
+            any.push(format!(
+                "{} && !{image}.matches(\"^[0-9a-f]{{64}}(?:[:@]|$)\")",
+                matches(format!("^{single}{suffix}"))
+            ));
+        }
+        any_of(&any)
+    }
+}
+
 pub fn parse_registry_pattern(entry: &str) -> Result<RegistryPattern, String> {
     let trimmed = entry.trim_end_matches('/');
     let (registry, prefix) = match trimmed.split_once('/') {

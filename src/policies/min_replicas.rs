@@ -7,6 +7,9 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
+use super::floor::{
+    all_of, any_of, cel_string, glob_matches, Action, Check, Floor, OBJECT_NAME,
+};
 use super::resources::{self, Match};
 use super::Config;
 use super::PolicyModule;
@@ -76,6 +79,40 @@ impl Exemption {
                 .selector
                 .as_ref()
                 .is_none_or(|s| labels.is_some_and(|labels| s.matches(labels)))
+    }
+}
+
+impl Exemption {
+    /// [`Exemption::matches`] in CEL: `namespace`, `kind` and `name` are CEL string
+    /// expressions, `meta` the CEL metadata whose labels a selector reads (`None`: the request
+    /// carries no labels, so a selector matches nothing).
+    fn cel(&self, namespace: &str, kind: &str, name: &str, meta: Option<&str>) -> String {
+        let mut all = Vec::new();
+        if let Some(pattern) = &self.namespace {
+            all.push(glob_matches(namespace, pattern));
+        }
+        if let Some(k) = &self.kind {
+            all.push(format!("{kind} == {}", cel_string(k)));
+        }
+        if let Some(pattern) = &self.name {
+            all.push(glob_matches(name, pattern));
+        }
+        if let Some(selector) = &self.selector {
+            match meta {
+                None => all.push("false".to_owned()),
+                Some(meta) => {
+                    all.push(format!("has({meta}.labels)"));
+                    for (key, value) in &selector.match_labels {
+                        all.push(format!(
+                            "{k} in {meta}.labels && {meta}.labels[{k}] == {v}",
+                            k = cel_string(key),
+                            v = cel_string(value)
+                        ));
+                    }
+                }
+            }
+        }
+        all_of(&all)
     }
 }
 
@@ -152,6 +189,145 @@ impl PolicyModule for Definition {
     fn build(settings: &Settings, _: &Config) -> Vec<Box<dyn Policy>> {
         vec![Box::new(MinReplicas::new(settings))]
     }
+
+    /// All of it: workloads, their scale subresource and HPAs, with the exemptions.
+    fn floor(settings: &Settings, _: &Config) -> Vec<Floor> {
+        floor_parts(settings)
+    }
+}
+
+/// The floor's three parts. Each check is `allowed || unchanged || exempt`, as `evaluate`.
+fn floor_parts(settings: &Settings) -> Vec<Floor> {
+    let min = settings.min_replicas;
+    let message = |kind: &str, field: &str, hpa: bool| {
+        let fix = if hpa {
+            format!("set {field} to {min} or more")
+        } else {
+            format!("set {field} to {min} or more, or to 0 to scale down deliberately")
+        };
+        format!(
+            "{kind} + ' ' + request.namespace + '/' + variables.name + ' would run ' + \
+             string(variables.value) + (variables.value == 1 ? ' replica' : ' replicas') + {}",
+            cel_string(&format!(
+                "; high availability needs at least {min} ({fix}; a real singleton needs an \
+                 exemption in the min-replicas policy, which an admin adds)"
+            ))
+        )
+    };
+    let exempt = |kind: &str, labels: Option<&str>, target: bool| {
+        let mut any: Vec<String> = settings
+            .exemptions
+            .iter()
+            .map(|e| e.cel("request.namespace", kind, "variables.name", labels))
+            .collect();
+        if target {
+            any.extend(settings.exemptions.iter().map(|e| {
+                format!(
+                    "variables.target && {}",
+                    e.cel(
+                        "request.namespace",
+                        "object.spec.scaleTargetRef.kind",
+                        "object.spec.scaleTargetRef.name",
+                        None
+                    )
+                )
+            }));
+        }
+        any_of(&any)
+    };
+    let replicas = |object: &str, default: i64| {
+        format!("has({object}.spec.replicas) ? {object}.spec.replicas : {default}")
+    };
+    let unchanged = |old: String| format!("oldObject != null && ({old}) == variables.value");
+    let check = |allowed: String, unchanged: String, exempt: String, message: String| {
+        Action::Validate(vec![Check {
+            expression: any_of(&[allowed, unchanged, exempt]),
+            message,
+        }])
+    };
+    vec![
+        Floor {
+            part: "",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![
+                resources::DEPLOYMENTS,
+                resources::STATEFUL_SETS,
+                resources::REPLICA_SETS,
+            ],
+            variables: vec![
+                ("name", OBJECT_NAME.to_owned()),
+                ("value", replicas("object", 1)),
+            ],
+            // A ReplicaSet its Deployment controls is judged through the Deployment.
+            conditions: vec![(
+                "not-controlled-by-a-deployment",
+                "!(request.kind.kind == 'ReplicaSet' && has(object.metadata.ownerReferences) && \
+                 object.metadata.ownerReferences.exists(r, r.kind == 'Deployment' && \
+                 has(r.controller) && r.controller == true))"
+                    .to_owned(),
+            )],
+            action: check(
+                format!("variables.value >= {min} || variables.value == 0"),
+                unchanged(replicas("oldObject", 1)),
+                exempt("request.kind.kind", Some("object.metadata"), false),
+                message("request.kind.kind", "spec.replicas", false),
+            ),
+        },
+        Floor {
+            part: "scale",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![
+                resources::DEPLOYMENTS_SCALE,
+                resources::STATEFUL_SETS_SCALE,
+                resources::REPLICA_SETS_SCALE,
+            ],
+            variables: vec![
+                ("name", OBJECT_NAME.to_owned()),
+                (
+                    "kind",
+                    "{'deployments': 'Deployment', 'statefulsets': 'StatefulSet', \
+                     'replicasets': 'ReplicaSet'}[request.resource.resource]"
+                        .to_owned(),
+                ),
+                // Scale's spec.replicas is omitted when 0.
+                ("value", replicas("object", 0)),
+            ],
+            conditions: vec![("a-scale", "request.kind.kind == 'Scale'".to_owned())],
+            action: check(
+                format!("variables.value >= {min} || variables.value == 0"),
+                unchanged(replicas("oldObject", 0)),
+                exempt("variables.kind", None, false),
+                message("variables.kind", "spec.replicas", false),
+            ),
+        },
+        Floor {
+            part: "hpa",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![resources::HORIZONTAL_POD_AUTOSCALERS],
+            variables: vec![
+                ("name", OBJECT_NAME.to_owned()),
+                (
+                    "value",
+                    "has(object.spec.minReplicas) ? object.spec.minReplicas : 1".to_owned(),
+                ),
+                (
+                    "target",
+                    "has(object.spec.scaleTargetRef) && has(object.spec.scaleTargetRef.kind) && \
+                     has(object.spec.scaleTargetRef.name)"
+                        .to_owned(),
+                ),
+            ],
+            conditions: Vec::new(),
+            action: check(
+                format!("variables.value >= {min}"),
+                unchanged(
+                    "has(oldObject.spec.minReplicas) ? oldObject.spec.minReplicas : 1".to_owned(),
+                ),
+                exempt("'HorizontalPodAutoscaler'", Some("object.metadata"), true),
+                message("'HorizontalPodAutoscaler'", "spec.minReplicas", true),
+            ),
+        },
+    ]
 }
 
 pub struct MinReplicas {

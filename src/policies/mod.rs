@@ -8,6 +8,7 @@
 //! them), the audit's kinds and the metric labels all come from the registry. Adding a policy
 //! is its module, its line in `registry!`, and its page under `docs/policies/`.
 
+pub mod floor;
 pub mod image_ref;
 pub mod pod_spec;
 pub mod production;
@@ -61,6 +62,12 @@ pub trait PolicyModule {
     /// Its policies (one per webhook it runs in), built from its settings and the rest of the
     /// configuration (admins, production namespaces).
     fn build(settings: &Self::Settings, config: &Config) -> Vec<Box<dyn Policy>>;
+    /// Its floor: the part of its rule the API server can decide from the request alone, in
+    /// CEL (none for a policy that needs a lookup). Built from its live settings, whatever
+    /// its mode (the `floor` module writes it by the mode).
+    fn floor(_settings: &Self::Settings, _config: &Config) -> Vec<floor::Floor> {
+        Vec::new()
+    }
 }
 
 /// Lists the policy modules, in the order they run within each webhook (so the mutating ones
@@ -135,6 +142,20 @@ macro_rules! registry {
             pub fn modes(&self) -> Vec<(&'static str, PolicyMode)> {
                 vec![$((<$module::Definition as PolicyModule>::ID, self.$module.mode),)*]
             }
+        }
+
+        /// Every policy's floor, with its id and mode, in registry order (a policy without one
+        /// is left out).
+        pub fn floors(config: &Config) -> Vec<(&'static str, PolicyMode, Vec<floor::Floor>)> {
+            let mut all = Vec::new();
+            $(
+                let settings = &config.policies.$module;
+                let parts = <$module::Definition as PolicyModule>::floor(settings, config);
+                if !parts.is_empty() {
+                    all.push((<$module::Definition as PolicyModule>::ID, settings.mode, parts));
+                }
+            )*
+            all
         }
 
         /// Every built-in policy with its configured mode, in registry order.

@@ -2,6 +2,9 @@
 //! ConfigMaps and Secrets (the kinds are configurable). Kubernetes' own controllers
 //! (`system:serviceaccount:kube-system:*`) and configured service accounts are exempt.
 
+use super::floor::{
+    any_of, cel_string, describe_object, glob_matches, is_admin, Action, Check, Floor, OBJECT_NAME,
+};
 use super::resources::{self, Match};
 use super::Config;
 use super::PolicyModule;
@@ -83,6 +86,45 @@ impl PolicyModule for Definition {
 
     fn build(settings: &Settings, config: &Config) -> Vec<Box<dyn Policy>> {
         vec![Box::new(ProtectDelete::new(settings, &config.admins))]
+    }
+
+    /// DELETE of the protected kinds whose API prodguard knows (a custom resource's kind has no
+    /// rule in the webhook configuration either) by anyone but admins and the exempt users.
+    fn floor(settings: &Settings, config: &Config) -> Vec<Floor> {
+        let known: Vec<_> = settings
+            .kinds
+            .iter()
+            .filter_map(|kind| resources::of_kind(kind))
+            .collect();
+        if known.is_empty() {
+            return Vec::new();
+        }
+        let mut allowed = vec![is_admin(&config.admins)];
+        allowed.extend(
+            settings
+                .exempt_users
+                .iter()
+                .map(|u| glob_matches("request.userInfo.username", u)),
+        );
+        let message = format!(
+            "'user \"' + request.userInfo.username + '\" may not delete ' + {} + {}",
+            describe_object("variables.name"),
+            cel_string(&format!(
+                ": deleting {} is for admins only; ask a cluster admin",
+                settings.kinds.join(", ")
+            ))
+        );
+        vec![Floor {
+            part: "",
+            operations: &["DELETE"],
+            resources: known,
+            variables: vec![("name", OBJECT_NAME.to_owned())],
+            conditions: Vec::new(),
+            action: Action::Validate(vec![Check {
+                expression: any_of(&allowed),
+                message,
+            }]),
+        }]
     }
 }
 

@@ -11,7 +11,7 @@ pub use cluster::{
     role_key, Binding, ClusterLookup, LookupError, NoLookup, RoleKey, TRAEFIK_GROUP,
 };
 pub use lookups::Lookups;
-pub use request::{parent_kind, Operation, Request};
+pub use request::{parent_kind, Operation, Request, PARENT_KINDS};
 
 use crate::view::ShapeError;
 

@@ -98,20 +98,25 @@ pub fn proxied_service(name: &str) -> &str {
     name.split(':').next().unwrap_or(name)
 }
 
+/// The resources whose subresources prodguard names by their parent's kind, with that kind.
+pub const PARENT_KINDS: &[(&str, &str)] = &[
+    ("pods", "Pod"),
+    ("services", "Service"),
+    ("deployments", "Deployment"),
+    ("statefulsets", "StatefulSet"),
+    ("replicasets", "ReplicaSet"),
+    ("replicationcontrollers", "ReplicationController"),
+    ("daemonsets", "DaemonSet"),
+    ("jobs", "Job"),
+    ("cronjobs", "CronJob"),
+];
+
 /// The kind a subresource's parent resource holds (`deployments/scale` is about a Deployment).
 pub fn parent_kind(resource: &str) -> Option<&'static str> {
-    Some(match resource {
-        "pods" => "Pod",
-        "services" => "Service",
-        "deployments" => "Deployment",
-        "statefulsets" => "StatefulSet",
-        "replicasets" => "ReplicaSet",
-        "replicationcontrollers" => "ReplicationController",
-        "daemonsets" => "DaemonSet",
-        "jobs" => "Job",
-        "cronjobs" => "CronJob",
-        _ => return None,
-    })
+    PARENT_KINDS
+        .iter()
+        .find(|(plural, _)| *plural == resource)
+        .map(|(_, kind)| *kind)
 }
 
 #[cfg(test)]
