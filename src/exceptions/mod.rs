@@ -229,9 +229,16 @@ impl Exception {
         use crate::policies::floor::{
             all_of, any_of, cel_string, cel_strings, glob_matches, OBJECT_NAME,
         };
-        let mut all = vec![format!("request.namespace == {}", cel_string(&self.namespace))];
+        let mut all = vec![format!(
+            "request.namespace == {}",
+            cel_string(&self.namespace)
+        )];
         if !self.kinds.is_empty() {
-            all.push(format!("({}) in {}", target_kind_cel(), cel_strings(&self.kinds)));
+            all.push(format!(
+                "({}) in {}",
+                target_kind_cel(),
+                cel_strings(&self.kinds)
+            ));
         }
         if !self.name_patterns.is_empty() {
             let name = format!("({OBJECT_NAME})");

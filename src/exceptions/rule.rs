@@ -7,7 +7,9 @@ use std::time::{Duration, SystemTime};
 
 use super::{judge_write, POLICY_ID};
 use crate::config::Admins;
-use crate::policies::floor::{cel_string, describe_object, is_admin, Action, Check, Floor, OBJECT_NAME};
+use crate::policies::floor::{
+    cel_string, describe_object, is_admin, Action, Check, Floor, OBJECT_NAME,
+};
 use crate::policies::resources::{Match, POLICY_EXCEPTIONS};
 use crate::unit::{EvalError, Finding, Lookups, Policy, Request, Webhook};
 

@@ -92,8 +92,7 @@ pub struct BoundPart {
 /// server serves (the test evaluates them all).
 pub fn parts(config: &Config, exceptions: &ExceptionSet, now: SystemTime) -> Vec<BoundPart> {
     let max = config.max_exception_duration;
-    let mut declared: Vec<(&'static str, PolicyMode, Vec<Floor>)> =
-        crate::policies::floors(config);
+    let mut declared: Vec<(&'static str, PolicyMode, Vec<Floor>)> = crate::policies::floors(config);
     // The write rule runs in every mode and is lifted by no exception.
     declared.push((
         POLICY_ID,
@@ -257,13 +256,15 @@ pub fn objects(
                         ..Default::default()
                     }),
                 }));
-                out.push(FloorObject::MutatingBinding(MutatingAdmissionPolicyBinding {
-                    metadata,
-                    spec: Some(MutatingAdmissionPolicyBindingSpec {
-                        policy_name: Some(part.name.clone()),
-                        ..Default::default()
-                    }),
-                }));
+                out.push(FloorObject::MutatingBinding(
+                    MutatingAdmissionPolicyBinding {
+                        metadata,
+                        spec: Some(MutatingAdmissionPolicyBindingSpec {
+                            policy_name: Some(part.name.clone()),
+                            ..Default::default()
+                        }),
+                    },
+                ));
             }
             _ => {}
         }

@@ -3,10 +3,10 @@
 //! unparsable reference is a violation. The message names every offending container and the
 //! registry its image resolved to.
 
+use super::floor::{any_of, cel_string, has_path, pod_specs, Action, Check, Floor};
 use super::image_ref::parse_registry_pattern;
 use super::image_ref::ImageRef;
 use super::image_ref::RegistryPattern;
-use super::floor::{any_of, cel_string, has_path, pod_specs, Action, Check, Floor};
 use super::resources::Match;
 use super::Config;
 use super::{checked_container_lists, image_unchanged, pod_spec};

@@ -61,10 +61,7 @@ pub enum Apply {
     /// A CEL value.
     Value(String),
     /// The configuration when `condition` holds, else an empty object of the same type.
-    When {
-        condition: String,
-        then: Box<Apply>,
-    },
+    When { condition: String, then: Box<Apply> },
 }
 
 /// How an [`Apply`] is written.

@@ -59,16 +59,16 @@ impl PolicyModule for Definition {
                     .iter()
                     .map(|list| {
                         let at = format!("object.{}.{list}", specs.path.join("."));
-                        let mut fields = vec![
+                        let item = Apply::Object(vec![
                             ("name", Apply::Value("c.name".to_owned())),
                             ("imagePullPolicy", Apply::Value(cel_string(WANTED))),
-                        ];
+                        ]);
                         let mut tree = Apply::Object(vec![(
                             *list,
                             Apply::Each {
                                 list: at,
                                 var: "c",
-                                item: Box::new(Apply::Object(std::mem::take(&mut fields))),
+                                item: Box::new(item),
                             },
                         )]);
                         for field in specs.path.iter().rev() {

@@ -473,9 +473,9 @@ impl RegistryPattern {
         // One component: `library/<name>`.
         let single = match self.path_prefix.as_str() {
             "" | "library" => Some(COMPONENT.to_owned()),
-            prefix => prefix.strip_prefix("library/").and_then(|rest| {
-                (!rest.contains('/')).then(|| regex_escape(rest))
-            }),
+            prefix => prefix
+                .strip_prefix("library/")
+                .and_then(|rest| (!rest.contains('/')).then(|| regex_escape(rest))),
         };
         if let Some(single) = single {
             any.push(matches(format!("^{HUB_HOSTS}/{single}{suffix}")));

@@ -7,9 +7,7 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
-use super::floor::{
-    all_of, any_of, cel_string, glob_matches, Action, Check, Floor, OBJECT_NAME,
-};
+use super::floor::{all_of, any_of, cel_string, glob_matches, Action, Check, Floor, OBJECT_NAME};
 use super::resources::{self, Match};
 use super::Config;
 use super::PolicyModule;
