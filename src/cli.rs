@@ -243,6 +243,16 @@ pub struct ServeArgs {
         action = clap::ArgAction::Set
     )]
     pub patch_events: bool,
+    /// The CEL floor (docs/floor.md): `auto` has the replica holding the Lease `prodguard-floor`
+    /// write each policy's floor as ValidatingAdmissionPolicies (Kubernetes 1.30+) and
+    /// MutatingAdmissionPolicies (1.36+), whichever the API server serves; `off` writes none
+    /// and deletes what an earlier run wrote.
+    #[arg(long, env = "PRODGUARD_CEL_FLOOR", value_enum, default_value_t = crate::floor_writer::CelFloor::Auto)]
+    pub cel_floor: crate::floor_writer::CelFloor,
+    /// How often the CEL floor is reconciled (a configuration change, and the end of an
+    /// exception it embeds, reconcile at once).
+    #[arg(long, env = "PRODGUARD_CEL_FLOOR_INTERVAL", default_value = "30s")]
+    pub cel_floor_interval: String,
     /// The API the background audit writes its reports in: wg-policy's PolicyReports
     /// (`wgpolicyk8s`), OpenReports' Reports (`openreports`) or both.
     #[arg(long, env = "PRODGUARD_REPORT_API", value_enum, default_value_t = crate::audit::reports::ReportApi::Wgpolicyk8s)]

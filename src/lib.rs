@@ -16,6 +16,7 @@ pub mod config;
 pub mod engine;
 pub mod exceptions;
 pub mod floor;
+pub mod floor_writer;
 pub mod http;
 pub mod policies;
 pub mod report;

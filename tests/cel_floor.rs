@@ -891,3 +891,70 @@ fn the_objects_are_admissionregistration_v1() {
     assert_eq!(validating_only.len(), 20);
     assert!(objects(&parts, Served::default(), None).is_empty());
 }
+
+/// The floor leaves the pods of the built-in workload controllers alone, as the webhooks do:
+/// the same condition, word for word, so that workloads heal while prodguard is down.
+#[test]
+fn the_floor_lets_workloads_heal_as_the_webhooks_do() {
+    let text = std::fs::read_to_string(root().join("deploy/base/webhooks.yaml")).unwrap();
+    let documents: Vec<Value> = serde_saphyr::from_multiple(&text).unwrap();
+    let (name, expression) = prodguard::policies::floor::NOT_A_WORKLOAD_CONTROLLERS_POD;
+    let mut seen = 0;
+    for webhook in documents
+        .iter()
+        .flat_map(|d| d["webhooks"].as_array().cloned().unwrap_or_default())
+    {
+        for condition in webhook["matchConditions"].as_array().into_iter().flatten() {
+            if condition["name"] == name {
+                // YAML folds the webhooks' expression over lines: compared word for word.
+                let words = |t: &str| t.split_whitespace().collect::<Vec<_>>().join(" ");
+                assert_eq!(
+                    words(condition["expression"].as_str().unwrap()),
+                    words(expression)
+                );
+                seen += 1;
+            }
+        }
+    }
+    assert_eq!(seen, 2, "both webhooks carry it");
+    let config = Config::embedded_default().unwrap();
+    let pod_parts: Vec<BoundPart> = parts(
+        &config,
+        &ExceptionSet::new(Vec::<Exception>::new()),
+        SystemTime::now(),
+    )
+    .into_iter()
+    .filter(|p| p.floor.resources.iter().any(|r| r.plural == "pods"))
+    .collect();
+    assert!(!pod_parts.is_empty());
+    for part in &pod_parts {
+        assert!(
+            part.conditions
+                .iter()
+                .any(|(n, e)| n == name && e == expression),
+            "{}",
+            part.name
+        );
+    }
+    // A ReplicaSet's pod, created by its controller, is not the floor's to judge.
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "web-x", "namespace": "openg2p",
+        "ownerReferences": [{"apiVersion": "apps/v1", "kind": "ReplicaSet", "name": "web", "uid": "u", "controller": true}]},
+        "spec": {"containers": [{"name": "web", "image": "nginx"}]}});
+    let by_controller = request(
+        "CREATE",
+        &pod,
+        "",
+        (
+            "system:serviceaccount:kube-system:replicaset-controller",
+            &["system:serviceaccounts"],
+        ),
+        pod.clone(),
+        Value::Null,
+    )
+    .unwrap();
+    let by_person = request("CREATE", &pod, "", PERSON, pod.clone(), Value::Null).unwrap();
+    for part in &pod_parts {
+        assert!(!selects(part, &by_controller), "{}", part.name);
+        assert!(selects(part, &by_person), "{}", part.name);
+    }
+}

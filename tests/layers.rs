@@ -30,7 +30,7 @@ const LAYERS: &[&[&str]] = &[
     // The edges: decoding and encoding reviews, reports, the API client.
     &["admission", "report", "cluster"],
     &["audit", "server"],
-    &["http", "certs"],
+    &["http", "certs", "floor_writer"],
     &["cli"],
     &["commands"],
 ];

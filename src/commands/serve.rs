@@ -261,6 +261,36 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
         );
     }
     let state = AppState::with_limits(engine, metrics.clone(), flags.bodies);
+    let (config_tx, config_rx) = tokio::sync::watch::channel(Arc::new(config.clone()));
+    match (&client, instance.namespace(&args)) {
+        (Some(client), Some(namespace)) => {
+            crate::floor_writer::spawn(
+                client.clone(),
+                crate::floor_writer::WriterSettings {
+                    lease: LeaseSettings {
+                        namespace: namespace.to_owned(),
+                        name: crate::floor_writer::LEASE_NAME.to_owned(),
+                        identity: instance.name.clone(),
+                        duration: flags.lease_duration,
+                    },
+                    mode: args.cel_floor,
+                    every: positive("--cel-floor-interval", &args.cel_floor_interval)?,
+                    pod: instance
+                        .pod_namespace
+                        .clone()
+                        .zip(instance.pod_name.clone()),
+                },
+                config_rx,
+                exceptions.clone(),
+                metrics.floor.clone(),
+            );
+            tracing::info!(cel_floor = ?args.cel_floor, lease = %format!("{namespace}/{}", crate::floor_writer::LEASE_NAME), "CEL floor writer on");
+        }
+        (Some(_), None) => tracing::warn!(
+            "the CEL floor is not written: it needs prodguard's namespace for its Lease (POD_NAMESPACE or --lease-namespace)"
+        ),
+        (None, _) => {}
+    }
     if let Some(client_ca) = client_ca {
         let _ = state.clients.set(server::clients::ClientPolicy {
             subjects: client_ca.subjects,
@@ -275,13 +305,16 @@ async fn serve(args: ServeArgs) -> Result<(), String> {
     };
     if let Some(path) = args.config.clone() {
         tokio::spawn(reload_config(
-            path,
-            args.mode,
-            flags.config_reload_interval,
-            reload.clone(),
+            ConfigFile {
+                path,
+                mode: args.mode,
+                interval: flags.config_reload_interval,
+                wake: reload.clone(),
+            },
             state.clone(),
             cluster.clone(),
             reporter.clone(),
+            config_tx,
         ));
     }
     let listener = tokio::net::TcpListener::bind(flags.addr)
@@ -722,19 +755,31 @@ async fn shut_down(state: &AppState, delay: Duration, guard: Option<CertificateG
     tokio::join!(tokio::time::sleep(delay), handed_back);
 }
 
-/// Re-reads the configuration file every `interval` (never, when `None`) and whenever
-/// `wake` is notified (SIGHUP). A changed file that loads replaces the policies in force; one
-/// that does not is refused, logged and counted once, and the previous configuration stays in
-/// force.
-async fn reload_config(
+/// The configuration file and when it is read again.
+struct ConfigFile {
     path: PathBuf,
     mode: Option<crate::cli::ModeArg>,
     interval: Option<Duration>,
     wake: Arc<tokio::sync::Notify>,
+}
+
+/// Re-reads the configuration file every `interval` (never, when `None`) and whenever
+/// `wake` is notified (SIGHUP). A changed file that loads replaces the policies in force (and
+/// is handed to the CEL floor's writer); one that does not is refused, logged and counted
+/// once, and the previous configuration stays in force.
+async fn reload_config(
+    file: ConfigFile,
     state: Arc<AppState>,
     cluster: Arc<dyn ClusterLookup>,
     reporter: Arc<dyn Reporter>,
+    floor_config: tokio::sync::watch::Sender<Arc<Config>>,
 ) {
+    let ConfigFile {
+        path,
+        mode,
+        interval,
+        wake,
+    } = file;
     let mut seen = std::fs::read(&path).ok();
     loop {
         tokio::select! {
@@ -757,6 +802,8 @@ async fn reload_config(
                         .with_exceptions(current.exceptions().0.clone())
                         .with_patch_reports(current.reports_patches()),
                 );
+                // The CEL floor's writer reconciles at once.
+                floor_config.send_replace(Arc::new(config));
                 state.metrics.config_reloads.inc();
                 tracing::info!(config = %path.display(), "policy configuration reloaded");
             }

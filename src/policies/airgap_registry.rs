@@ -133,7 +133,7 @@ impl PolicyModule for Definition {
                     operations: specs.operations,
                     resources: specs.resources,
                     variables,
-                    conditions: Vec::new(),
+                    conditions: specs.conditions,
                     action: Action::Validate(vec![Check {
                         expression: format!("{} == 0", sizes.join(" + ")),
                         message: format!(

@@ -278,7 +278,25 @@ pub struct PodSpecs {
     /// From the object root (`["spec", "template", "spec"]`).
     pub path: &'static [&'static str],
     pub lists: &'static [&'static str],
+    /// The webhooks' own match conditions for these requests.
+    pub conditions: Vec<(&'static str, String)>,
 }
+
+/// The webhooks' `not-a-workload-controllers-pod` (deploy/base/webhooks.yaml, which a test
+/// compares): the pods a built-in workload controller creates come from a template judged at
+/// the workload, so they never wait on prodguard, nor on its floor; workloads heal.
+pub const NOT_A_WORKLOAD_CONTROLLERS_POD: (&str, &str) = (
+    "not-a-workload-controllers-pod",
+    "!(request.operation == 'CREATE' && request.resource.resource == 'pods' \
+     && request.userInfo.username in ['system:serviceaccount:kube-system:replicaset-controller', \
+     'system:serviceaccount:kube-system:statefulset-controller', \
+     'system:serviceaccount:kube-system:daemon-set-controller', \
+     'system:serviceaccount:kube-system:job-controller', \
+     'system:serviceaccount:kube-system:replication-controller', \
+     'system:kube-controller-manager'] \
+     && has(object.metadata.ownerReferences) \
+     && object.metadata.ownerReferences.exists(r, has(r.controller) && r.controller))",
+);
 
 const ALL_LISTS: &[&str] = &["initContainers", "containers", "ephemeralContainers"];
 
@@ -299,6 +317,10 @@ pub fn pod_specs(webhook: crate::unit::Webhook) -> Vec<PodSpecs> {
             resources: vec![r::PODS],
             path: &["spec"],
             lists: ALL_LISTS,
+            conditions: vec![(
+                NOT_A_WORKLOAD_CONTROLLERS_POD.0,
+                NOT_A_WORKLOAD_CONTROLLERS_POD.1.to_owned(),
+            )],
         },
         PodSpecs {
             part: "ephemeral",
@@ -314,6 +336,7 @@ pub fn pod_specs(webhook: crate::unit::Webhook) -> Vec<PodSpecs> {
             } else {
                 ALL_LISTS
             },
+            conditions: Vec::new(),
         },
         PodSpecs {
             part: "workloads",
@@ -328,6 +351,7 @@ pub fn pod_specs(webhook: crate::unit::Webhook) -> Vec<PodSpecs> {
             ],
             path: &["spec", "template", "spec"],
             lists: ALL_LISTS,
+            conditions: Vec::new(),
         },
         PodSpecs {
             part: "cronjobs",
@@ -335,6 +359,7 @@ pub fn pod_specs(webhook: crate::unit::Webhook) -> Vec<PodSpecs> {
             resources: vec![r::CRON_JOBS],
             path: &["spec", "jobTemplate", "spec", "template", "spec"],
             lists: ALL_LISTS,
+            conditions: Vec::new(),
         },
         PodSpecs {
             part: "podtemplates",
@@ -342,6 +367,7 @@ pub fn pod_specs(webhook: crate::unit::Webhook) -> Vec<PodSpecs> {
             resources: vec![r::POD_TEMPLATES],
             path: &["template", "spec"],
             lists: ALL_LISTS,
+            conditions: Vec::new(),
         },
     ]
 }

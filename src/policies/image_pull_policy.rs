@@ -87,7 +87,7 @@ impl PolicyModule for Definition {
                     operations: specs.operations,
                     resources: specs.resources,
                     variables: Vec::new(),
-                    conditions: Vec::new(),
+                    conditions: specs.conditions,
                     action: Action::Mutate(mutations),
                 }
             })

@@ -112,6 +112,15 @@ pub struct Metrics {
     pub config_reload_failures: Counter,
     pub exceptions_applied: Family<PolicyLabels, Counter>,
     pub exceptions: crate::exceptions::watch::ExceptionGauges,
+    pub floor: FloorMetrics,
+}
+
+/// The CEL floor writer's counters (`floor_writer`).
+#[derive(Debug, Clone, Default)]
+pub struct FloorMetrics {
+    pub writes: Counter,
+    pub write_failures: Counter,
+    pub objects: Gauge,
 }
 
 /// 50 us to 1 s.
@@ -327,7 +336,24 @@ impl Metrics {
             "PolicyExceptions in the cluster that are not honoured: invalid, or beyond the cap",
             exceptions.ignored.clone(),
         );
+        let floor = FloorMetrics::default();
+        registry.register(
+            "floor_writes",
+            "CEL floor objects written (created or changed) by the Lease holder",
+            floor.writes.clone(),
+        );
+        registry.register(
+            "floor_write_failures",
+            "CEL floor objects that could not be written, listed or deleted",
+            floor.write_failures.clone(),
+        );
+        registry.register(
+            "floor_objects",
+            "CEL floor objects wanted in the cluster now (policies and bindings)",
+            floor.objects.clone(),
+        );
         Metrics {
+            floor,
             exceptions_applied,
             exceptions,
             config_reloads,
