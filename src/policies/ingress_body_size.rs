@@ -23,6 +23,9 @@
 //! changed nginx value or Middleware limit; a Traefik route is judged on every write, since what
 //! it names may have changed.
 
+use super::floor::{
+    cel_string, cel_strings, describe_object, Action, Apply, Check, Floor, OBJECT_NAME,
+};
 use super::resources::{self, Match};
 use super::Config;
 use super::PolicyModule;
@@ -155,6 +158,101 @@ impl PolicyModule for Definition {
             Box::new(IngressBodySizeDefault::new(settings)),
             Box::new(IngressBodySizeLimit::new(settings)),
         ]
+    }
+
+    /// The nginx half: the annotation within the maximum (refused), and the default set on an
+    /// Ingress that names none (an apply configuration). Traefik's Middlewares need a lookup;
+    /// an unknown class is an advisory, which CEL does not give.
+    fn floor(settings: &Settings, _: &Config) -> Vec<Floor> {
+        if settings.nginx_classes.is_empty() {
+            return Vec::new();
+        }
+        let annotations = "object.metadata.annotations";
+        let key = cel_string(ANNOTATION);
+        let class = format!(
+            "has(object.spec.ingressClassName) ? object.spec.ingressClassName : \
+             (has({annotations}) && {class_key} in {annotations} ? \
+             {annotations}[{class_key}] : {default})",
+            class_key = cel_string(CLASS_ANNOTATION),
+            default = cel_string(&settings.default_class)
+        );
+        let nginx = (
+            "an-nginx-ingress",
+            format!("({class}) in {}", cel_strings(&settings.nginx_classes)),
+        );
+        let named = format!("has({annotations}) && {key} in {annotations}");
+        let maximum = parse_nginx_size(&settings.maximum).unwrap_or(0);
+        let limit = Floor {
+            part: "",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![resources::INGRESSES],
+            variables: vec![
+                ("name", OBJECT_NAME.to_owned()),
+                ("value", format!("{annotations}[{key}]")),
+                ("size", "variables.value.trim()".to_owned()),
+                // As `parse_nginx_size`: digits, then an optional unit.
+                ("valid", "variables.size.matches('^[0-9]+[kKmMgG]?$')".to_owned()),
+                (
+                    "digits",
+                    "variables.valid && variables.size.matches('[kKmMgG]$') ? \
+                     variables.size.substring(0, size(variables.size) - 1) : variables.size"
+                        .to_owned(),
+                ),
+                (
+                    "bytes",
+                    format!(
+                        "!variables.valid ? -1 : (size(variables.digits) > 15 ? {huge} : \
+                         int(variables.digits) * (variables.size.lowerAscii().endsWith('g') ? \
+                         1073741824 : (variables.size.lowerAscii().endsWith('m') ? 1048576 : \
+                         (variables.size.lowerAscii().endsWith('k') ? 1024 : 1))))",
+                        huge = maximum.saturating_add(1)
+                    ),
+                ),
+            ],
+            conditions: vec![nginx.clone(), ("names-a-body-size", named.clone())],
+            action: Action::Validate(vec![Check {
+                expression: format!(
+                    "(request.operation == 'UPDATE' && oldObject != null && \
+                     has(oldObject.metadata.annotations) && {key} in oldObject.metadata.annotations \
+                     && oldObject.metadata.annotations[{key}] == variables.value) || \
+                     (variables.valid && variables.bytes != 0 && variables.bytes <= {maximum})"
+                ),
+                message: format!(
+                    "{} + ' sets ' + {key} + ': \"' + variables.value + '\": ' + \
+                     (!variables.valid ? '\"' + variables.size + '\" is not an nginx size; write a \
+                     number with an optional unit k, m or g, such as `50m`' : (variables.bytes == 0 \
+                     ? {zero} : variables.value + {above})) + {tail}",
+                    describe_object("variables.name"),
+                    zero = cel_string(&format!(
+                        "0 turns nginx's request-body limit off; the most allowed is {}",
+                        settings.maximum
+                    )),
+                    above = cel_string(&format!(
+                        " is above the most allowed, {}",
+                        settings.maximum
+                    )),
+                    tail = cel_string(
+                        " (the production guide's general limit is 50 MiB; an admin raises \
+                         policies.ingress-body-size.maximum when uploads need more)"
+                    ),
+                ),
+            }]),
+        };
+        let default = Floor {
+            part: "default",
+            operations: &["CREATE", "UPDATE"],
+            resources: vec![resources::INGRESSES],
+            variables: Vec::new(),
+            conditions: vec![nginx, ("names-no-body-size", format!("!({named})"))],
+            action: Action::Mutate(vec![Apply::Object(vec![(
+                "metadata",
+                Apply::Object(vec![(
+                    "annotations",
+                    Apply::Value(format!("{{{key}: {}}}", cel_string(&settings.default))),
+                )]),
+            )])]),
+        };
+        vec![limit, default]
     }
 }
 
