@@ -83,34 +83,59 @@ async fn run(
             instance: Some(settings.lease.identity.clone()),
         },
     );
+    // The Lease is renewed every third of its duration; the floor is written when this
+    // replica becomes the holder, when the configuration or the exceptions change, when an
+    // exception it embeds ends, and every `every` besides.
+    let tick = settings.every.min(settings.lease.duration / 3);
+    let mut held = false;
+    let mut written: Option<(Arc<Config>, usize)> = None;
+    let mut due = tokio::time::Instant::now();
     loop {
-        let held = match lease::try_hold(&leases, &settings.lease).await {
+        let was_held = held;
+        held = match lease::try_hold(&leases, &settings.lease).await {
             Ok(hold) => hold.held(),
             Err(e) => {
                 tracing::warn!(error = %e, "the CEL floor's Lease cannot be read or written");
                 false
             }
         };
-        let mut wait = settings.every;
+        if held && !was_held {
+            tracing::info!("this replica writes the CEL floor");
+        }
         if held {
             let current = config.borrow_and_update().clone();
             match exceptions.current() {
                 None => tracing::debug!("the CEL floor waits for the PolicyExceptions' first list"),
                 Some(set) => {
-                    let now = SystemTime::now();
-                    if let Some(next) = crate::floor::rewrite_in(&current, &set, now) {
-                        wait = wait.min(next + Duration::from_secs(1));
-                    }
-                    let failures =
-                        reconcile(&client, settings.mode, &current, &set, now, &metrics).await;
-                    for failure in failures {
-                        metrics.write_failures.inc();
-                        tracing::error!("{failure}");
-                        publish(&recorder, &settings, &failure).await;
+                    let seen = (current.clone(), Arc::as_ptr(&set) as usize);
+                    let changed = written
+                        .as_ref()
+                        .is_none_or(|(c, e)| !Arc::ptr_eq(c, &seen.0) || *e != seen.1);
+                    let now = tokio::time::Instant::now();
+                    if !was_held || changed || now >= due {
+                        let wall = SystemTime::now();
+                        due = now + settings.every;
+                        if let Some(next) = crate::floor::rewrite_in(&current, &set, wall) {
+                            due = due.min(now + next + Duration::from_secs(1));
+                        }
+                        let failures =
+                            reconcile(&client, settings.mode, &current, &set, wall, &metrics).await;
+                        // A failure is tried again at the next `every`, not at every tick.
+                        written = Some(seen);
+                        for failure in failures {
+                            metrics.write_failures.inc();
+                            tracing::error!("{failure}");
+                            publish(&recorder, &settings, &failure).await;
+                        }
                     }
                 }
             }
         }
+        let wait = if held {
+            tick.min(due.saturating_duration_since(tokio::time::Instant::now()))
+        } else {
+            tick
+        };
         tokio::select! {
             _ = tokio::time::sleep(wait) => {}
             changed = config.changed() => {
