@@ -172,6 +172,9 @@ fn objects_to_judge() -> Vec<(String, Value)> {
         (Some("10x"), None),
         (Some(""), None),
         (Some("1234567890123456789012"), None),
+        (Some("999999999999999g"), None),
+        (Some("123456789m"), None),
+        (Some("5000000000"), None),
         (None, None),
         (None, Some("traefik")),
         (Some("0"), Some("traefik")),
@@ -580,23 +583,20 @@ fn selects(part: &BoundPart, request: &Value) -> bool {
 
 /// The part's variables, evaluated in order, bound as `variables`.
 fn with_variables(part: &BoundPart, request: &Value) -> cel::Context<'static, 'static> {
-    let mut values = serde_json::Map::new();
+    // Kept as CEL values (a round trip through JSON would turn ints into uints).
+    let mut values: std::collections::HashMap<String, cel::Value> = Default::default();
     for (name, expression) in &part.floor.variables {
         let mut context = cel_context(request);
-        context
-            .add_variable("variables", Value::Object(values.clone()))
-            .unwrap();
+        context.add_variable_from_value("variables", values.clone());
         let value = eval(
             &context,
             expression,
             &format!("{} variable {name}", part.name),
         );
-        values.insert((*name).to_owned(), to_json(&value));
+        values.insert((*name).to_owned(), value);
     }
     let mut context = cel_context(request);
-    context
-        .add_variable("variables", Value::Object(values))
-        .unwrap();
+    context.add_variable_from_value("variables", values);
     context
 }
 
@@ -710,8 +710,8 @@ fn the_floor_and_the_webhook_give_one_verdict() {
                     let messages = said.found.get(policy).unwrap_or_else(|| {
                         panic!("{what}: the floor refuses ({policy}: {message}) what the webhook allows: {:?}", said.found)
                     });
-                    // A size of 16 or more digits the floor calls above the maximum, which the
-                    // webhook may call no nginx size (past u64); both refuse (docs/floor.md).
+                    // A number too long for its unit the floor calls above the maximum, which
+                    // the webhook may call no nginx size (past u64); both refuse (docs/floor.md).
                     let huge_size = policy == "ingress-body-size"
                         && message.contains("is above the most allowed")
                         && messages[0].contains("is not an nginx size");

@@ -199,12 +199,21 @@ impl PolicyModule for Definition {
                         .to_owned(),
                 ),
                 (
+                    "scale",
+                    "variables.size.lowerAscii().endsWith('g') ? 1073741824 : \
+                     (variables.size.lowerAscii().endsWith('m') ? 1048576 : \
+                     (variables.size.lowerAscii().endsWith('k') ? 1024 : 1))"
+                        .to_owned(),
+                ),
+                // Bytes, below 2^57 so that CEL's int cannot overflow; a longer number is
+                // above any maximum (up to 1e17 bytes) and is refused as such.
+                (
                     "bytes",
                     format!(
-                        "!variables.valid ? -1 : (size(variables.digits) > 15 ? {huge} : \
-                         int(variables.digits) * (variables.size.lowerAscii().endsWith('g') ? \
-                         1073741824 : (variables.size.lowerAscii().endsWith('m') ? 1048576 : \
-                         (variables.size.lowerAscii().endsWith('k') ? 1024 : 1))))",
+                        "!variables.valid ? -1 : (size(variables.digits) > \
+                         (variables.scale == 1073741824 ? 8 : (variables.scale == 1048576 ? 11 : \
+                         (variables.scale == 1024 ? 14 : 17))) ? {huge} : \
+                         int(variables.digits) * variables.scale)",
                         huge = maximum.saturating_add(1)
                     ),
                 ),
