@@ -22,11 +22,16 @@
 
 mod common;
 
+use common::{files_under, root};
+
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use k8s_openapi::api::admissionregistration::v1::{
+    MutatingAdmissionPolicy, MutatingAdmissionPolicyBinding, ValidatingAdmissionPolicy,
+    ValidatingAdmissionPolicyBinding,
+};
 use prodguard::admission::{decode, Decoded};
 use prodguard::engine::{Engine, Verdict};
 use prodguard::exceptions::{Exception, ExceptionSet, Exceptions};
@@ -39,28 +44,6 @@ use serde_json::{json, Value};
 
 const SOURCES: &[&str] = &["examples/openg2p", "tests/fixtures/differential"];
 const REVIEWS: &str = "tests/fixtures/corpus";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(path);
-        }
-    }
-}
 
 /// Every object of the sources, Lists flattened, and some the sources lack (HPAs, a
 /// PolicyException, a ReplicaSet owned by a Deployment, images of every registry form).
@@ -805,6 +788,11 @@ fn the_floor_and_the_webhook_give_one_verdict() {
     eprintln!("refusals compared: {compared:?}");
 }
 
+/// `value` read as a `T` and written again: what the type does not hold is lost.
+fn round_trip<T: serde::Serialize + serde::de::DeserializeOwned>(value: &Value) -> Value {
+    serde_json::to_value(serde_json::from_value::<T>(value.clone()).unwrap()).unwrap()
+}
+
 #[test]
 fn the_objects_are_admissionregistration_v1() {
     let (_, config, texts) = configs().pop().unwrap();
@@ -857,34 +845,12 @@ fn the_objects_are_admissionregistration_v1() {
         );
         // Read back by the same types: every field is one the v1 schema has.
         let back: Value = match object {
-            FloorObject::Validating(_) => serde_json::to_value(
-                serde_json::from_value::<
-                    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicy,
-                >(value.clone())
-                .unwrap(),
-            )
-            .unwrap(),
-            FloorObject::ValidatingBinding(_) => serde_json::to_value(
-                serde_json::from_value::<
-                    k8s_openapi::api::admissionregistration::v1::ValidatingAdmissionPolicyBinding,
-                >(value.clone())
-                .unwrap(),
-            )
-            .unwrap(),
-            FloorObject::Mutating(_) => serde_json::to_value(
-                serde_json::from_value::<
-                    k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicy,
-                >(value.clone())
-                .unwrap(),
-            )
-            .unwrap(),
-            FloorObject::MutatingBinding(_) => serde_json::to_value(
-                serde_json::from_value::<
-                    k8s_openapi::api::admissionregistration::v1::MutatingAdmissionPolicyBinding,
-                >(value.clone())
-                .unwrap(),
-            )
-            .unwrap(),
+            FloorObject::Validating(_) => round_trip::<ValidatingAdmissionPolicy>(&value),
+            FloorObject::ValidatingBinding(_) => {
+                round_trip::<ValidatingAdmissionPolicyBinding>(&value)
+            }
+            FloorObject::Mutating(_) => round_trip::<MutatingAdmissionPolicy>(&value),
+            FloorObject::MutatingBinding(_) => round_trip::<MutatingAdmissionPolicyBinding>(&value),
         };
         assert_eq!(back, value);
         // Required by the schema: a binding names its policy; a MAP's mutation its type.

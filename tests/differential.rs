@@ -12,7 +12,7 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use base64::Engine as _;
 use common::*;
@@ -26,28 +26,6 @@ use serde_json::{json, Value};
 const SOURCES: &[&str] = &["examples/openg2p", "tests/fixtures/differential"];
 /// Reviews whose `request.object` is an object to judge.
 const REVIEWS: &str = "tests/fixtures/corpus";
-
-fn root() -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-}
-
-fn files_under(dir: &Path, out: &mut Vec<PathBuf>) {
-    let mut entries: Vec<_> = std::fs::read_dir(dir)
-        .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
-        .map(|e| e.unwrap().path())
-        .collect();
-    entries.sort();
-    for path in entries {
-        if path.is_dir() {
-            files_under(&path, out);
-        } else if matches!(
-            path.extension().and_then(|e| e.to_str()),
-            Some("yaml" | "yml" | "json")
-        ) {
-            out.push(path);
-        }
-    }
-}
 
 /// Every Kubernetes object of the sources (Lists flattened), with where it came from.
 fn objects() -> Vec<(String, Value)> {
