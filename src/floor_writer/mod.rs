@@ -91,6 +91,27 @@ async fn run(
     let mut written: Option<(Arc<Config>, usize)> = None;
     let mut due = tokio::time::Instant::now();
     loop {
+        // A server that serves neither kind gets nothing from the floor: no Lease is taken,
+        // and discovery is asked again every `every`.
+        if let Ok(Served {
+            validating: false,
+            mutating: false,
+        }) = served(&client).await
+        {
+            if held {
+                lease::release(&leases, &settings.lease).await;
+                held = false;
+            }
+            tokio::select! {
+                _ = tokio::time::sleep(settings.every) => {}
+                changed = config.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            continue;
+        }
         let was_held = held;
         held = match lease::try_hold(&leases, &settings.lease).await {
             Ok(hold) => hold.held(),
