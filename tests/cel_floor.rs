@@ -316,7 +316,7 @@ fn request(
     } else {
         (kind, group, version)
     };
-    Some(json!({
+    let mut request = json!({
         "uid": "floor-1",
         "kind": {"group": request_group, "version": request_version, "kind": request_kind},
         "resource": {"group": group, "version": version, "resource": plural},
@@ -331,7 +331,15 @@ fn request(
         "object": new,
         "oldObject": old,
         "dryRun": false,
-    }))
+    });
+    // The API server leaves the empty ones out of CEL's `request` (`omitempty`): reading one
+    // is an error there, so it must be here too.
+    for field in ["subResource", "requestSubResource", "name", "namespace"] {
+        if request[field] == "" {
+            request.as_object_mut()?.remove(field);
+        }
+    }
+    Some(request)
 }
 
 fn scale(object: &Value, replicas: i64) -> Value {
@@ -535,7 +543,7 @@ fn to_json(value: &cel::Value) -> Value {
 fn selects(part: &BoundPart, request: &Value) -> bool {
     let operation = request["operation"].as_str().unwrap();
     let resource = request["resource"]["resource"].as_str().unwrap();
-    let sub = request["subResource"].as_str().unwrap();
+    let sub = request["subResource"].as_str().unwrap_or_default();
     let full = if sub.is_empty() {
         resource.to_owned()
     } else {

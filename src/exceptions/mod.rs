@@ -74,13 +74,14 @@ pub struct Exception {
 /// The kind a request is about in CEL (`Request::target_kind`): the parent's for a
 /// subresource of a known kind.
 fn target_kind_cel() -> String {
+    use crate::policies::floor::REQUEST_SUBRESOURCE;
     let pairs: Vec<String> = crate::unit::PARENT_KINDS
         .iter()
         .map(|(plural, kind)| format!("'{plural}': '{kind}'"))
         .collect();
     let map = format!("{{{}}}", pairs.join(", "));
     format!(
-        "request.subResource != '' && request.resource.resource in {map} ? \
+        "{REQUEST_SUBRESOURCE} != '' && request.resource.resource in {map} ? \
          {map}[request.resource.resource] : request.kind.kind"
     )
 }
@@ -227,10 +228,11 @@ impl Exception {
     /// none, so a selector then selects nothing, as in the webhook).
     pub fn cel_holds(&self) -> String {
         use crate::policies::floor::{
-            all_of, any_of, cel_string, cel_strings, glob_matches, OBJECT_NAME,
+            all_of, any_of, cel_string, cel_strings, glob_matches, OBJECT_NAME, REQUEST_NAMESPACE,
+            REQUEST_SUBRESOURCE,
         };
         let mut all = vec![format!(
-            "request.namespace == {}",
+            "{REQUEST_NAMESPACE} == {}",
             cel_string(&self.namespace)
         )];
         if !self.kinds.is_empty() {
@@ -268,11 +270,10 @@ impl Exception {
             all.push(any_of(&any));
         }
         if let Some(selector) = &self.selector_source {
-            all.push(
-                "(request.subResource == '' || request.resource.resource == 'pods') && \
-                 (object != null || oldObject != null)"
-                    .to_owned(),
-            );
+            all.push(format!(
+                "({REQUEST_SUBRESOURCE} == '' || request.resource.resource == 'pods') && \
+                     (object != null || oldObject != null)"
+            ));
             let labels = "(object != null ? (has(object.metadata.labels) ? object.metadata.labels \
                           : {}) : (has(oldObject.metadata.labels) ? oldObject.metadata.labels : {}))";
             for (key, value) in selector.match_labels.iter().flatten() {

@@ -26,7 +26,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{ObjectMeta, OwnerReference}
 use crate::config::{GlobalMode, PolicyMode};
 use crate::exceptions::rule::WriteRule;
 use crate::exceptions::{ExceptionSet, POLICY_ID};
-use crate::policies::floor::{any_of, cel_strings, Action, Floor, Syntax};
+use crate::policies::floor::{any_of, cel_strings, Action, Floor, Syntax, REQUEST_NAMESPACE};
 use crate::policies::Config;
 
 /// The label every floor object carries, valued with the id of the policy it holds.
@@ -121,7 +121,7 @@ pub fn parts(config: &Config, exceptions: &ExceptionSet, now: SystemTime) -> Vec
                 conditions.push((
                     "not-an-excluded-namespace".to_owned(),
                     format!(
-                        "!(request.namespace in {})",
+                        "!({REQUEST_NAMESPACE} in {})",
                         cel_strings(&config.excluded_namespaces)
                     ),
                 ));

@@ -236,9 +236,17 @@ pub fn is_admin(admins: &crate::config::Admins) -> String {
     any_of(&any)
 }
 
+/// The API server leaves a field of CEL's `request` out when it is empty (`name` on a CREATE
+/// by generateName, `namespace` of a cluster-scoped object, `subResource` of a request on the
+/// object itself), and reading an absent one is an error: so the floor reads them through
+/// `has()` (these two, and [`OBJECT_NAME`]), as `''` when absent.
+pub const REQUEST_NAMESPACE: &str = "(has(request.namespace) ? request.namespace : '')";
+/// See [`REQUEST_NAMESPACE`].
+pub const REQUEST_SUBRESOURCE: &str = "(has(request.subResource) ? request.subResource : '')";
+
 /// The object's name as messages give it (`Request::object_name`): the request's, else the
 /// object's (the old one's on DELETE), else its generateName.
-pub const OBJECT_NAME: &str = "request.name != '' ? request.name : \
+pub const OBJECT_NAME: &str = "has(request.name) && request.name != '' ? request.name : \
      (object != null && has(object.metadata.name) ? object.metadata.name : \
      (object != null && has(object.metadata.generateName) ? object.metadata.generateName : \
      (oldObject != null && has(oldObject.metadata.name) ? oldObject.metadata.name : '')))";
@@ -247,7 +255,8 @@ pub const OBJECT_NAME: &str = "request.name != '' ? request.name : \
 /// `name` is a CEL string expression of the object's name.
 pub fn describe_object(name: &str) -> String {
     format!(
-        "request.kind.kind + ' ' + (request.namespace != '' ? request.namespace + '/' : '') + \
+        "request.kind.kind + ' ' + (has(request.namespace) && request.namespace != '' ? \
+         request.namespace + '/' : '') + \
          ({name} != '' ? {name} : '(unnamed)')"
     )
 }

@@ -7,7 +7,9 @@
 //! On UPDATE only a changed value is judged, so an old singleton can still be updated.
 //! Exemptions come from the policy configuration only, never from the object.
 
-use super::floor::{all_of, any_of, cel_string, glob_matches, Action, Check, Floor, OBJECT_NAME};
+use super::floor::{
+    all_of, any_of, cel_string, glob_matches, Action, Check, Floor, OBJECT_NAME, REQUEST_NAMESPACE,
+};
 use super::resources::{self, Match};
 use super::Config;
 use super::PolicyModule;
@@ -204,7 +206,7 @@ fn floor_parts(settings: &Settings) -> Vec<Floor> {
             format!("set {field} to {min} or more, or to 0 to scale down deliberately")
         };
         format!(
-            "{kind} + ' ' + request.namespace + '/' + variables.name + ' would run ' + \
+            "{kind} + ' ' + {REQUEST_NAMESPACE} + '/' + variables.name + ' would run ' + \
              string(variables.value) + (variables.value == 1 ? ' replica' : ' replicas') + {}",
             cel_string(&format!(
                 "; high availability needs at least {min} ({fix}; a real singleton needs an \
@@ -216,14 +218,14 @@ fn floor_parts(settings: &Settings) -> Vec<Floor> {
         let mut any: Vec<String> = settings
             .exemptions
             .iter()
-            .map(|e| e.cel("request.namespace", kind, "variables.name", labels))
+            .map(|e| e.cel(REQUEST_NAMESPACE, kind, "variables.name", labels))
             .collect();
         if target {
             any.extend(settings.exemptions.iter().map(|e| {
                 format!(
                     "variables.target && {}",
                     e.cel(
-                        "request.namespace",
+                        REQUEST_NAMESPACE,
                         "object.spec.scaleTargetRef.kind",
                         "object.spec.scaleTargetRef.name",
                         None
