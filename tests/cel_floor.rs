@@ -664,11 +664,62 @@ fn floor_mutated(parts: &[BoundPart], request: &Value) -> Value {
     object
 }
 
+/// A floor object's kind and JSON.
+fn object_json(object: &FloorObject) -> (&'static str, Value) {
+    match object {
+        FloorObject::Validating(o) => (
+            "ValidatingAdmissionPolicy",
+            serde_json::to_value(o).unwrap(),
+        ),
+        FloorObject::ValidatingBinding(o) => (
+            "ValidatingAdmissionPolicyBinding",
+            serde_json::to_value(o).unwrap(),
+        ),
+        FloorObject::Mutating(o) => ("MutatingAdmissionPolicy", serde_json::to_value(o).unwrap()),
+        FloorObject::MutatingBinding(o) => (
+            "MutatingAdmissionPolicyBinding",
+            serde_json::to_value(o).unwrap(),
+        ),
+    }
+}
+
+/// With `PRODGUARD_FLOOR_CASES` set, the test also writes, for each policy set, the floor's
+/// objects and every request with the floor's refusals and mutated object, for Kubernetes' own
+/// admission code to judge (tests/k8s-admission, run by scripts/k8s-admission.sh).
+fn write_cases(label: &str, parts: &[BoundPart], cases: &[Value]) {
+    let Some(root) = std::env::var_os("PRODGUARD_FLOOR_CASES") else {
+        return;
+    };
+    let dir = std::path::Path::new(&root).join(label.replace(' ', "-"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let all = objects(
+        parts,
+        Served {
+            validating: true,
+            mutating: true,
+        },
+        None,
+    );
+    let all: Vec<Value> = all.iter().map(|o| object_json(o).1).collect();
+    std::fs::write(
+        dir.join("objects.json"),
+        serde_json::to_string(&all).unwrap(),
+    )
+    .unwrap();
+    let mut lines = String::new();
+    for case in cases {
+        lines.push_str(&case.to_string());
+        lines.push('\n');
+    }
+    std::fs::write(dir.join("cases.jsonl"), lines).unwrap();
+}
+
 #[test]
 fn the_floor_and_the_webhook_give_one_verdict() {
     let objects = objects_to_judge();
     assert!(objects.len() >= 140, "only {} objects", objects.len());
     let mut compared = BTreeMap::<String, (usize, usize)>::new();
+    let write = std::env::var_os("PRODGUARD_FLOOR_CASES").is_some();
     for (label, config, exception_texts) in configs() {
         let exceptions: Vec<Exception> = exception_texts
             .iter()
@@ -676,6 +727,7 @@ fn the_floor_and_the_webhook_give_one_verdict() {
             .collect();
         let set = ExceptionSet::new(exceptions.clone());
         let parts = parts(&config, &set, SystemTime::now());
+        let mut cases = Vec::new();
         let engine = Engine::new(
             &config,
             Arc::new(NoLookup {
@@ -688,6 +740,15 @@ fn the_floor_and_the_webhook_give_one_verdict() {
             for request in requests(object) {
                 let said = webhook(&engine, Webhook::Validate, &request);
                 let refused = floor_refusals(&parts, &request);
+                if write {
+                    let mutated = if request["operation"] == "DELETE" {
+                        Value::Null
+                    } else {
+                        floor_mutated(&parts, &request)
+                    };
+                    cases.push(json!({"origin": origin, "request": request,
+                        "refusals": refused, "mutated": mutated}));
+                }
                 let what = format!(
                     "[{label}] {origin}: {} {} {}/{} by {}",
                     request["operation"],
@@ -779,6 +840,7 @@ fn the_floor_and_the_webhook_give_one_verdict() {
                 }
             }
         }
+        write_cases(label, &parts, &cases);
     }
     // Each floor refused something, so the comparison is not empty.
     for policy in [
@@ -819,23 +881,7 @@ fn the_objects_are_admissionregistration_v1() {
     );
     let mut kinds = BTreeMap::<&str, usize>::new();
     for object in &all {
-        let (kind, value) = match object {
-            FloorObject::Validating(o) => (
-                "ValidatingAdmissionPolicy",
-                serde_json::to_value(o).unwrap(),
-            ),
-            FloorObject::ValidatingBinding(o) => (
-                "ValidatingAdmissionPolicyBinding",
-                serde_json::to_value(o).unwrap(),
-            ),
-            FloorObject::Mutating(o) => {
-                ("MutatingAdmissionPolicy", serde_json::to_value(o).unwrap())
-            }
-            FloorObject::MutatingBinding(o) => (
-                "MutatingAdmissionPolicyBinding",
-                serde_json::to_value(o).unwrap(),
-            ),
-        };
+        let (kind, value) = object_json(object);
         *kinds.entry(kind).or_default() += 1;
         assert_eq!(
             value["apiVersion"], "admissionregistration.k8s.io/v1",

@@ -1,0 +1,268 @@
+// Package floorcases reads the cases that tests/cel_floor.rs writes (PRODGUARD_FLOOR_CASES):
+// for each policy set, the floor's objects (objects.json) and every request it judged, with
+// the verdict and the mutated object the floor gives (cases.jsonl). The tests beside it send
+// them through Kubernetes' own ValidatingAdmissionPolicy and MutatingAdmissionPolicy code.
+package floorcases
+
+import (
+	"encoding/json"
+	"fmt"
+	"os"
+	"path/filepath"
+	"sort"
+	"strings"
+	"sync"
+	"testing"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	corev1 "k8s.io/api/core/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	metav1 "k8s.io/apimachinery/pkg/apis/meta/v1"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
+	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/authentication/user"
+)
+
+// Refusal is one refusal of the floor: the policy, its message and the binding's actions.
+type Refusal struct {
+	Policy  string
+	Message string
+	Actions []string
+}
+
+func (r *Refusal) UnmarshalJSON(b []byte) error {
+	var raw []json.RawMessage
+	if err := json.Unmarshal(b, &raw); err != nil || len(raw) != 3 {
+		return fmt.Errorf("a refusal is [policy, message, actions]: %s", b)
+	}
+	if err := json.Unmarshal(raw[0], &r.Policy); err != nil {
+		return err
+	}
+	if err := json.Unmarshal(raw[1], &r.Message); err != nil {
+		return err
+	}
+	return json.Unmarshal(raw[2], &r.Actions)
+}
+
+// Case is one request and what the floor (as the differential test evaluates it) does with it.
+type Case struct {
+	Origin   string                 `json:"origin"`
+	Request  map[string]interface{} `json:"request"`
+	Refusals []Refusal              `json:"refusals"`
+	// The object after the floor's mutations; null for a DELETE.
+	Mutated map[string]interface{} `json:"mutated"`
+}
+
+// Set is one policy set's objects and cases.
+type Set struct {
+	Name    string
+	Objects []json.RawMessage
+	Cases   []Case
+}
+
+// Load reads every policy set under $PRODGUARD_FLOOR_CASES, and fails the test when there is
+// none: nothing is skipped.
+func Load(t *testing.T) []Set {
+	root := os.Getenv("PRODGUARD_FLOOR_CASES")
+	if root == "" {
+		t.Fatal("PRODGUARD_FLOOR_CASES is not set (scripts/k8s-admission.sh sets it)")
+	}
+	dirs, err := os.ReadDir(root)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var sets []Set
+	for _, d := range dirs {
+		set := Set{Name: d.Name()}
+		raw, err := os.ReadFile(filepath.Join(root, d.Name(), "objects.json"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := json.Unmarshal(raw, &set.Objects); err != nil {
+			t.Fatalf("%s: %v", d.Name(), err)
+		}
+		lines, err := os.ReadFile(filepath.Join(root, d.Name(), "cases.jsonl"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, line := range strings.Split(string(lines), "\n") {
+			if line == "" {
+				continue
+			}
+			var c Case
+			if err := json.Unmarshal([]byte(line), &c); err != nil {
+				t.Fatalf("%s: %v", d.Name(), err)
+			}
+			set.Cases = append(set.Cases, c)
+		}
+		if len(set.Cases) == 0 {
+			t.Fatalf("%s: no cases", d.Name())
+		}
+		sets = append(sets, set)
+	}
+	if len(sets) == 0 {
+		t.Fatalf("no policy set under %s", root)
+	}
+	return sets
+}
+
+// Kind is the `kind` of an object of objects.json.
+func Kind(object json.RawMessage) string {
+	var head metav1.TypeMeta
+	if err := json.Unmarshal(object, &head); err != nil {
+		return ""
+	}
+	return head.Kind
+}
+
+// Decode reads an object of objects.json into `into`, without its apiVersion and kind (the
+// test context infers them), and with the defaults the API server gives a created object.
+func Decode(t *testing.T, object json.RawMessage, into runtime.Object) {
+	if err := json.Unmarshal(object, into); err != nil {
+		t.Fatal(err)
+	}
+	into.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
+}
+
+// DefaultMatch sets what pkg/apis/admissionregistration/v1/defaults.go sets in the API server
+// (an object read from JSON here does not get it).
+func DefaultMatch(m *admissionregistrationv1.MatchResources) {
+	if m == nil {
+		return
+	}
+	if m.NamespaceSelector == nil {
+		m.NamespaceSelector = &metav1.LabelSelector{}
+	}
+	if m.ObjectSelector == nil {
+		m.ObjectSelector = &metav1.LabelSelector{}
+	}
+	if m.MatchPolicy == nil {
+		equivalent := admissionregistrationv1.Equivalent
+		m.MatchPolicy = &equivalent
+	}
+	for _, rules := range [][]admissionregistrationv1.NamedRuleWithOperations{m.ResourceRules, m.ExcludeResourceRules} {
+		for i := range rules {
+			if rules[i].Scope == nil {
+				all := admissionregistrationv1.AllScopes
+				rules[i].Scope = &all
+			}
+		}
+	}
+}
+
+// NamespaceMapping lets the test context store Namespaces.
+var NamespaceMapping = meta.RESTMapping{
+	Resource:         schema.GroupVersionResource{Version: "v1", Resource: "namespaces"},
+	GroupVersionKind: schema.GroupVersionKind{Version: "v1", Kind: "Namespace"},
+	Scope:            meta.RESTScopeRoot,
+}
+
+// Namespaces are the namespaces the cases are in, labelled as the API server labels them.
+func Namespaces(cases []Case) []runtime.Object {
+	seen := map[string]bool{}
+	var out []runtime.Object
+	for _, c := range cases {
+		ns := str(c.Request, "namespace")
+		if ns == "" || seen[ns] {
+			continue
+		}
+		seen[ns] = true
+		out = append(out, &corev1.Namespace{ObjectMeta: metav1.ObjectMeta{
+			Name:   ns,
+			Labels: map[string]string{"kubernetes.io/metadata.name": ns},
+		}})
+	}
+	return out
+}
+
+func str(m map[string]interface{}, path ...string) string {
+	var at interface{} = m
+	for _, p := range path {
+		mm, ok := at.(map[string]interface{})
+		if !ok {
+			return ""
+		}
+		at = mm[p]
+	}
+	s, _ := at.(string)
+	return s
+}
+
+func object(v interface{}) runtime.Object {
+	m, ok := v.(map[string]interface{})
+	if !ok || m == nil {
+		return nil
+	}
+	return &unstructured.Unstructured{Object: m}
+}
+
+// Attributes are the case's request as the API server hands it to admission.
+func (c *Case) Attributes() admission.Attributes {
+	r := c.Request
+	var groups []string
+	if info, ok := r["userInfo"].(map[string]interface{}); ok {
+		if gs, ok := info["groups"].([]interface{}); ok {
+			for _, g := range gs {
+				if s, ok := g.(string); ok {
+					groups = append(groups, s)
+				}
+			}
+		}
+	}
+	kind := schema.GroupVersionKind{Group: str(r, "kind", "group"), Version: str(r, "kind", "version"), Kind: str(r, "kind", "kind")}
+	resource := schema.GroupVersionResource{Group: str(r, "resource", "group"), Version: str(r, "resource", "version"), Resource: str(r, "resource", "resource")}
+	return admission.NewAttributesRecord(object(r["object"]), object(r["oldObject"]), kind,
+		str(r, "namespace"), str(r, "name"), resource, str(r, "subResource"),
+		admission.Operation(str(r, "operation")), nil, false,
+		&user.DefaultInfo{Name: str(r, "userInfo", "username"), Groups: groups})
+}
+
+// Object is the case's object, to compare with Mutated after admission.
+func (c *Case) Object() map[string]interface{} {
+	m, _ := c.Request["object"].(map[string]interface{})
+	return m
+}
+
+// What names the case in a failure.
+func (c *Case) What() string {
+	r := c.Request
+	sub := str(r, "subResource")
+	if sub != "" {
+		sub = "/" + sub
+	}
+	return fmt.Sprintf("%s: %s %s %s%s by %s", c.Origin, str(r, "operation"), str(r, "kind", "kind"),
+		str(r, "resource", "resource"), sub, str(r, "userInfo", "username"))
+}
+
+// Expected are the messages the floor denies with and warns with.
+func (c *Case) Expected() (deny, warn []string) {
+	for _, r := range c.Refusals {
+		enforced := false
+		for _, a := range r.Actions {
+			if a == "Deny" {
+				enforced = true
+			}
+		}
+		if enforced {
+			deny = append(deny, r.Message)
+		} else {
+			warn = append(warn, r.Message)
+		}
+	}
+	sort.Strings(warn)
+	return deny, warn
+}
+
+// Warnings records the warnings admission adds (warning.WithWarningRecorder).
+type Warnings struct {
+	sync.Mutex
+	List []string
+}
+
+func (w *Warnings) AddWarning(agent, text string) {
+	w.Lock()
+	defer w.Unlock()
+	w.List = append(w.List, text)
+}

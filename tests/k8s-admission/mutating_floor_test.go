@@ -1,0 +1,196 @@
+// The floor's MutatingAdmissionPolicies through Kubernetes' own mutating admission code (this
+// file joins k8s.io/apiserver/pkg/admission/plugin/policy/mutating at test time:
+// scripts/k8s-admission.sh). The apply configurations are merged as the API server merges
+// them, by the objects' schemas.
+//
+// For every case but DELETE: no policy fails, and the object after admission is the one the
+// floor's test computed (which equals the webhook's patched object).
+package mutating
+
+import (
+	"context"
+	"encoding/json"
+	"fmt"
+	"reflect"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/generic"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/matching"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/mutating/patch"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/client-go/kubernetes"
+	"k8s.io/client-go/openapi"
+	"k8s.io/client-go/openapi/openapitest"
+
+	"prodguard.io/floorcases"
+)
+
+func TestProdguardFloorMutating(t *testing.T) {
+	schemas := withIngress(t, openapitest.NewEmbeddedFileClient())
+	for _, set := range floorcases.Load(t) {
+		t.Run(set.Name, func(t *testing.T) { mutateSet(t, set, schemas) })
+	}
+}
+
+func mutateSet(t *testing.T, set floorcases.Set, schemas openapi.Client) {
+	policies, cancel, err := generic.NewPolicyTestContext(t,
+		NewMutatingAdmissionPolicyAccessor, NewMutatingAdmissionPolicyBindingAccessor,
+		compilePolicy,
+		func(a authorizer.Authorizer, m *matching.Matcher, _ kubernetes.Interface) generic.Dispatcher[PolicyHook] {
+			return NewDispatcher(a, m, patch.NewTypeConverterManager(nil, schemas))
+		},
+		nil, []meta.RESTMapping{floorcases.NamespaceMapping})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	if err := policies.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range floorcases.Namespaces(set.Cases) {
+		if err := policies.Update(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var objects []runtime.Object
+	for _, raw := range set.Objects {
+		switch floorcases.Kind(raw) {
+		case "MutatingAdmissionPolicy":
+			policy := &admissionregistrationv1.MutatingAdmissionPolicy{}
+			floorcases.Decode(t, raw, policy)
+			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
+			fail := admissionregistrationv1.Fail
+			policy.Spec.FailurePolicy = &fail
+			objects = append(objects, policy)
+		case "MutatingAdmissionPolicyBinding":
+			binding := &admissionregistrationv1.MutatingAdmissionPolicyBinding{}
+			floorcases.Decode(t, raw, binding)
+			floorcases.DefaultMatch(binding.Spec.MatchResources)
+			objects = append(objects, binding)
+		}
+	}
+	if err := policies.UpdateAndWait(objects...); err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(time.Second)
+
+	interfaces := admission.NewObjectInterfacesFromScheme(runtime.NewScheme())
+	changed := 0
+	for _, c := range set.Cases {
+		if c.Mutated == nil {
+			continue
+		}
+		attributes := c.Attributes()
+		if err := policies.Plugin.Dispatch(context.Background(), attributes, interfaces); err != nil {
+			t.Errorf("%s: Kubernetes' mutating admission fails: %v", c.What(), err)
+			continue
+		}
+		after := attributes.GetObject().(*unstructured.Unstructured).Object
+		if !reflect.DeepEqual(normal(t, after), normal(t, c.Mutated)) {
+			got, _ := json.Marshal(after)
+			want, _ := json.Marshal(c.Mutated)
+			t.Errorf("%s: after Kubernetes' mutations\n%s\nthe floor's test expects\n%s", c.What(), got, want)
+		}
+		if !reflect.DeepEqual(normal(t, after), normal(t, c.Object())) {
+			changed++
+		}
+	}
+	t.Logf("%s: %d objects, %d requests: %d objects changed",
+		set.Name, len(objects), len(set.Cases), changed)
+	if len(objects) > 0 && changed == 0 {
+		t.Errorf("%s: the policies changed nothing", set.Name)
+	}
+}
+
+// normal is v as JSON reads it back (numbers as float64), so that two objects compare by value.
+func normal(t *testing.T, v interface{}) interface{} {
+	b, err := json.Marshal(v)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out interface{}
+	if err := json.Unmarshal(b, &out); err != nil {
+		t.Fatal(err)
+	}
+	return out
+}
+
+// withIngress adds networking.k8s.io/v1 to client-go's embedded test schemas, which lack it:
+// Ingress with ObjectMeta as its metadata (what the ingress-body-size MAP writes) and its spec
+// and status kept as they are.
+func withIngress(t *testing.T, embedded openapi.Client) openapi.Client {
+	paths, err := embedded.Paths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	apps, ok := paths["apis/apps/v1"]
+	if !ok {
+		t.Fatal("client-go's embedded schemas have no apps/v1")
+	}
+	raw, err := apps.Schema("application/json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]interface{}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	components, _ := doc["components"].(map[string]interface{})
+	all, _ := components["schemas"].(map[string]interface{})
+	schemas := map[string]interface{}{}
+	for name, schema := range all {
+		if strings.HasPrefix(name, "io.k8s.apimachinery.") {
+			schemas[name] = schema
+		}
+	}
+	kept := map[string]interface{}{"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+	schemas["io.k8s.api.networking.v1.Ingress"] = map[string]interface{}{
+		"type": "object",
+		"properties": map[string]interface{}{
+			"apiVersion": map[string]interface{}{"type": "string"},
+			"kind":       map[string]interface{}{"type": "string"},
+			"metadata": map[string]interface{}{
+				"$ref":    "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+				"default": map[string]interface{}{},
+			},
+			"spec":   kept,
+			"status": kept,
+		},
+		"x-kubernetes-group-version-kind": []interface{}{
+			map[string]interface{}{"group": "networking.k8s.io", "kind": "Ingress", "version": "v1"},
+		},
+	}
+	ingress, err := json.Marshal(map[string]interface{}{
+		"openapi":    doc["openapi"],
+		"info":       doc["info"],
+		"paths":      map[string]interface{}{},
+		"components": map[string]interface{}{"schemas": schemas},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]openapi.GroupVersion{}
+	for k, v := range paths {
+		out[k] = v
+	}
+	out["apis/networking.k8s.io/v1"] = fixedSchema(ingress)
+	return fixedPaths(out)
+}
+
+type fixedPaths map[string]openapi.GroupVersion
+
+func (p fixedPaths) Paths() (map[string]openapi.GroupVersion, error) { return p, nil }
+
+type fixedSchema []byte
+
+func (s fixedSchema) Schema(string) ([]byte, error) { return s, nil }
+func (s fixedSchema) ServerRelativeURL() string {
+	return fmt.Sprintf("/openapi/v3/apis/networking.k8s.io/v1?hash=%d", len(s))
+}

@@ -1,0 +1,136 @@
+// The floor's ValidatingAdmissionPolicies through Kubernetes' own validating admission code
+// (this file joins k8s.io/apiserver/pkg/admission/plugin/policy/validating at test time, to
+// compile them as the API server does: scripts/k8s-admission.sh).
+//
+// For every case: the policies deny exactly when the floor's test says one of its refusals is
+// enforced, with that refusal's message, and warn with exactly its other refusals' messages.
+// Every policy's failurePolicy is set to Fail here, so that an expression that fails to
+// evaluate denies, and so cannot pass unseen.
+package validating
+
+import (
+	"context"
+	"fmt"
+	"sort"
+	"strings"
+	"testing"
+	"time"
+
+	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
+	"k8s.io/apimachinery/pkg/api/meta"
+	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/generic"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/matching"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/apiserver/pkg/warning"
+	"k8s.io/client-go/kubernetes"
+
+	"prodguard.io/floorcases"
+)
+
+const deniedPrefix = "denied request: "
+const warnedPrefix = "Validation failed for ValidatingAdmissionPolicy '"
+
+func TestProdguardFloorValidating(t *testing.T) {
+	for _, set := range floorcases.Load(t) {
+		t.Run(set.Name, func(t *testing.T) { validateSet(t, set) })
+	}
+}
+
+func validateSet(t *testing.T, set floorcases.Set) {
+	policies, cancel, err := generic.NewPolicyTestContext(t,
+		NewValidatingAdmissionPolicyAccessor, NewValidatingAdmissionPolicyBindingAccessor,
+		compilePolicy,
+		func(a authorizer.Authorizer, m *matching.Matcher, _ kubernetes.Interface) generic.Dispatcher[PolicyHook] {
+			return NewDispatcher(a, generic.NewPolicyMatcher(m))
+		},
+		nil, []meta.RESTMapping{floorcases.NamespaceMapping})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cancel()
+	if err := policies.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range floorcases.Namespaces(set.Cases) {
+		if err := policies.Update(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	var objects []runtime.Object
+	for _, raw := range set.Objects {
+		switch floorcases.Kind(raw) {
+		case "ValidatingAdmissionPolicy":
+			policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
+			floorcases.Decode(t, raw, policy)
+			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
+			fail := admissionregistrationv1.Fail
+			policy.Spec.FailurePolicy = &fail
+			objects = append(objects, policy)
+		case "ValidatingAdmissionPolicyBinding":
+			binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+			floorcases.Decode(t, raw, binding)
+			floorcases.DefaultMatch(binding.Spec.MatchResources)
+			objects = append(objects, binding)
+		}
+	}
+	if err := policies.UpdateAndWait(objects...); err != nil {
+		t.Fatal(err)
+	}
+	// The namespace informer has no wait of its own.
+	time.Sleep(time.Second)
+
+	interfaces := admission.NewObjectInterfacesFromScheme(runtime.NewScheme())
+	denied, warned := 0, 0
+	for _, c := range set.Cases {
+		warnings := &floorcases.Warnings{}
+		ctx := warning.WithWarningRecorder(context.Background(), warnings)
+		err := policies.Plugin.Dispatch(ctx, c.Attributes(), interfaces)
+		deny, warn := c.Expected()
+		switch {
+		case err != nil:
+			denied++
+			message := err.Error()
+			at := strings.Index(message, deniedPrefix)
+			if at < 0 || !contains(deny, message[at+len(deniedPrefix):]) {
+				t.Errorf("%s: Kubernetes denies: %s\nthe floor's test expects: %q", c.What(), message, deny)
+			}
+		case len(deny) > 0:
+			t.Errorf("%s: Kubernetes admits; the floor's test expects a denial: %q", c.What(), deny)
+		}
+		var got []string
+		for _, w := range warnings.List {
+			at := strings.Index(w, "': ")
+			if !strings.HasPrefix(w, warnedPrefix) || at < 0 {
+				t.Errorf("%s: a warning not from a policy: %s", c.What(), w)
+				continue
+			}
+			got = append(got, w[at+3:])
+		}
+		warned += len(got)
+		if fmt.Sprint(sorted(got)) != fmt.Sprint(warn) {
+			t.Errorf("%s: Kubernetes warns %q; the floor's test expects %q", c.What(), got, warn)
+		}
+	}
+	t.Logf("%s: %d objects, %d requests: %d denied, %d warnings",
+		set.Name, len(objects), len(set.Cases), denied, warned)
+	if len(objects) > 0 && denied+warned == 0 {
+		t.Errorf("%s: the policies refused nothing", set.Name)
+	}
+}
+
+func contains(list []string, s string) bool {
+	for _, x := range list {
+		if x == s {
+			return true
+		}
+	}
+	return false
+}
+
+func sorted(list []string) []string {
+	out := append([]string(nil), list...)
+	sort.Strings(out)
+	return out
+}
