@@ -62,15 +62,29 @@ impl FloorObject {
         meta.name.as_deref().unwrap_or("")
     }
 
-    /// `ValidatingAdmissionPolicy prodguard-min-replicas`, as logs and Events name it.
-    pub fn describe(&self) -> String {
-        let kind = match self {
+    /// Its kind, as the API server serves it.
+    pub fn kind(&self) -> &'static str {
+        match self {
             FloorObject::Validating(_) => "ValidatingAdmissionPolicy",
             FloorObject::ValidatingBinding(_) => "ValidatingAdmissionPolicyBinding",
             FloorObject::Mutating(_) => "MutatingAdmissionPolicy",
             FloorObject::MutatingBinding(_) => "MutatingAdmissionPolicyBinding",
-        };
-        format!("{kind} {}", self.name())
+        }
+    }
+
+    /// The object as JSON, as it is applied.
+    pub fn to_json(&self) -> Result<serde_json::Value, serde_json::Error> {
+        match self {
+            FloorObject::Validating(o) => serde_json::to_value(o),
+            FloorObject::ValidatingBinding(o) => serde_json::to_value(o),
+            FloorObject::Mutating(o) => serde_json::to_value(o),
+            FloorObject::MutatingBinding(o) => serde_json::to_value(o),
+        }
+    }
+
+    /// `ValidatingAdmissionPolicy prodguard-min-replicas`, as logs and Events name it.
+    pub fn describe(&self) -> String {
+        format!("{} {}", self.kind(), self.name())
     }
 }
 
