@@ -192,6 +192,24 @@ fn objects_to_judge() -> Vec<(String, Value)> {
                "metadata": {"name": "single", "namespace": "team-a", "labels": {"prodguard.io/singleton": "yes"}},
                "spec": {"replicas": 1, "template": {"spec": {"containers": [{"name": "x", "image": "nginx"}]}}}}),
     );
+    // What every floor judges, in namespaces one policy set excludes (team-b) and every set
+    // excludes (kube-system).
+    for namespace in ["team-b", "kube-system"] {
+        add(
+            "synthetic".into(),
+            json!({"apiVersion": "apps/v1", "kind": "Deployment",
+                   "metadata": {"name": "lone", "namespace": namespace},
+                   "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "lone"}},
+                            "template": {"metadata": {"labels": {"app": "lone"}},
+                                         "spec": {"containers": [{"name": "lone", "image": "quay.io/x/lone:1", "imagePullPolicy": "Always"}]}}}}),
+        );
+        add(
+            "synthetic".into(),
+            json!({"apiVersion": "v1", "kind": "Pod",
+                   "metadata": {"name": "lone", "namespace": namespace},
+                   "spec": {"containers": [{"name": "lone", "image": "nginx", "imagePullPolicy": "Always"}]}}),
+        );
+    }
     add(
         "synthetic".into(),
         json!({"apiVersion": "prodguard.io/v1alpha1", "kind": "PolicyException",
@@ -666,21 +684,7 @@ fn floor_mutated(parts: &[BoundPart], request: &Value) -> Value {
 
 /// A floor object's kind and JSON.
 fn object_json(object: &FloorObject) -> (&'static str, Value) {
-    match object {
-        FloorObject::Validating(o) => (
-            "ValidatingAdmissionPolicy",
-            serde_json::to_value(o).unwrap(),
-        ),
-        FloorObject::ValidatingBinding(o) => (
-            "ValidatingAdmissionPolicyBinding",
-            serde_json::to_value(o).unwrap(),
-        ),
-        FloorObject::Mutating(o) => ("MutatingAdmissionPolicy", serde_json::to_value(o).unwrap()),
-        FloorObject::MutatingBinding(o) => (
-            "MutatingAdmissionPolicyBinding",
-            serde_json::to_value(o).unwrap(),
-        ),
-    }
+    (object.kind(), object.to_json().unwrap())
 }
 
 /// With `PRODGUARD_FLOOR_CASES` set, the test also writes, for each policy set, the floor's
