@@ -66,8 +66,11 @@ import hashlib, lzma, os, re, subprocess, sys, urllib.request
 mirror, suite, keyring, minimum, tmp, cache = sys.argv[1:]
 
 def get(url):
-    with urllib.request.urlopen(url, timeout=300) as answer:
-        return answer.read()
+    try:
+        with urllib.request.urlopen(url, timeout=300) as answer:
+            return answer.read()
+    except OSError as e:
+        sys.exit(f"cannot fetch {url}: {e}")
 
 def version_key(v):
     return [int(x) for x in re.findall(r"\d+", v.split("-")[0])]
@@ -76,7 +79,9 @@ release = os.path.join(tmp, "InRelease")
 with open(release, "wb") as f:
     f.write(get(f"{mirror}/dists/{suite}/InRelease"))
 # The index's signature, by Debian's archive keys (as apt checks it).
-subprocess.run(["gpgv", "--keyring", keyring, release], check=True, capture_output=True)
+checked = subprocess.run(["gpgv", "--keyring", keyring, release], capture_output=True, text=True)
+if checked.returncode != 0:
+    sys.exit(f"{suite}'s InRelease is not signed by a key of {keyring}:\n{checked.stderr}")
 text = open(release, encoding="utf-8").read()
 sha256 = text.split("\nSHA256:\n", 1)[1]
 packages = {}

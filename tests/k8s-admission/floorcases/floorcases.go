@@ -118,7 +118,7 @@ func Kind(object json.RawMessage) string {
 }
 
 // Decode reads an object of objects.json into `into`, without its apiVersion and kind (the
-// test context infers them), and with the defaults the API server gives a created object.
+// test context infers them from the type).
 func Decode(t *testing.T, object json.RawMessage, into runtime.Object) {
 	if err := json.Unmarshal(object, into); err != nil {
 		t.Fatal(err)
