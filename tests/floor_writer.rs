@@ -291,14 +291,35 @@ async fn the_writer_writes_what_the_floor_builds_then_only_what_changes() {
         }
     }
 
-    // Nothing changed: read, not written.
+    // Nothing changed: one list of each kind, nothing written.
     take_log(&cluster);
     let (failures, writes) = run(&client, CelFloor::Auto, &config).await;
     assert!(failures.is_empty(), "{failures:?}");
     assert_eq!(writes, 0);
+    let mut log = take_log(&cluster);
+    log.sort();
+    let mut expected: Vec<String> = KINDS.iter().map(|k| format!("GET {k}/")).collect();
+    expected.sort();
+    assert_eq!(log, expected);
+
+    // One object changed by hand is written back, and only it.
+    cluster
+        .lock()
+        .unwrap()
+        .stored
+        .get_mut(KINDS[0])
+        .unwrap()
+        .get_mut("prodguard-protect-delete")
+        .unwrap()["spec"]["failurePolicy"] = json!("Ignore");
+    let (failures, writes) = run(&client, CelFloor::Auto, &config).await;
+    assert!(failures.is_empty(), "{failures:?}");
+    assert_eq!(writes, 1);
     let log = take_log(&cluster);
-    assert!(!log.iter().any(|l| l.starts_with("PATCH")), "{log:?}");
-    assert!(!log.iter().any(|l| l.starts_with("DELETE")), "{log:?}");
+    assert!(
+        log.contains(&format!("PATCH {}/prodguard-protect-delete", KINDS[0])),
+        "{log:?}"
+    );
+    assert_eq!(log.len(), 5, "{log:?}");
 }
 
 #[tokio::test]

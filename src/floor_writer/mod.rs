@@ -2,13 +2,15 @@
 //! ValidatingAdmissionPolicies, MutatingAdmissionPolicies and bindings equal to what `floor`
 //! builds from the live configuration and the exceptions in force (docs/floor.md).
 //!
-//! Each reconcile: find what the API server serves (discovery), build the objects, apply the
-//! ones that differ (server-side apply, field manager `prodguard-floor`), delete the labelled
-//! ones no longer wanted (a policy turned off, `--cel-floor=off`). A write that fails is logged,
+//! Each reconcile: find what the API server serves (discovery), build the objects, list the
+//! labelled ones the cluster holds (one list per kind), apply the ones that differ
+//! (server-side apply, field manager `prodguard-floor`), delete the labelled ones no longer
+//! wanted (a policy turned off, `--cel-floor=off`). A write that fails is logged,
 //! counted (`prodguard_floor_write_failures_total`) and published as an Event; the next
 //! reconcile tries again. Until the exceptions' watch has listed them, nothing is written
 //! (a floor without them could refuse what an exception allows).
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
@@ -237,21 +239,25 @@ pub async fn reconcile(
     };
     metrics.objects.set(wanted.len() as i64);
     let mut failures = Vec::new();
-    let names = |kind: fn(&FloorObject) -> bool| -> Vec<String> {
-        wanted
-            .iter()
-            .filter(|o| kind(o))
-            .map(|o| o.name().to_owned())
-            .collect()
-    };
-    // Bindings first when deleting (a binding without its policy is an error the server
-    // reports), policies first when writing.
+    // What the cluster holds of the floor: one list of each served kind, by label.
+    let mut held = Held::default();
+    if served.validating {
+        held.validating = list::<ValidatingAdmissionPolicy>(client, &mut failures).await;
+        held.validating_bindings =
+            list::<ValidatingAdmissionPolicyBinding>(client, &mut failures).await;
+    }
+    if served.mutating {
+        held.mutating = list::<MutatingAdmissionPolicy>(client, &mut failures).await;
+        held.mutating_bindings =
+            list::<MutatingAdmissionPolicyBinding>(client, &mut failures).await;
+    }
+    // Policies before their bindings when writing (`objects` orders them so).
     for object in &wanted {
         let result = match object {
-            FloorObject::Validating(o) => apply(client, o).await,
-            FloorObject::ValidatingBinding(o) => apply(client, o).await,
-            FloorObject::Mutating(o) => apply(client, o).await,
-            FloorObject::MutatingBinding(o) => apply(client, o).await,
+            FloorObject::Validating(o) => apply(client, o, &held.validating).await,
+            FloorObject::ValidatingBinding(o) => apply(client, o, &held.validating_bindings).await,
+            FloorObject::Mutating(o) => apply(client, o, &held.mutating).await,
+            FloorObject::MutatingBinding(o) => apply(client, o, &held.mutating_bindings).await,
         };
         match result {
             Ok(true) => {
@@ -264,39 +270,87 @@ pub async fn reconcile(
             )),
         }
     }
-    if served.validating {
-        failures.extend(
-            prune::<ValidatingAdmissionPolicyBinding>(
-                client,
-                &names(|o| matches!(o, FloorObject::ValidatingBinding(_))),
-            )
-            .await,
-        );
-        failures.extend(
-            prune::<ValidatingAdmissionPolicy>(
-                client,
-                &names(|o| matches!(o, FloorObject::Validating(_))),
-            )
-            .await,
-        );
-    }
-    if served.mutating {
-        failures.extend(
-            prune::<MutatingAdmissionPolicyBinding>(
-                client,
-                &names(|o| matches!(o, FloorObject::MutatingBinding(_))),
-            )
-            .await,
-        );
-        failures.extend(
-            prune::<MutatingAdmissionPolicy>(
-                client,
-                &names(|o| matches!(o, FloorObject::Mutating(_))),
-            )
-            .await,
-        );
-    }
+    // Bindings before their policies when deleting (a binding without its policy is an error
+    // the server reports).
+    let keep = |kind: fn(&FloorObject) -> bool| -> Vec<String> {
+        wanted
+            .iter()
+            .filter(|o| kind(o))
+            .map(|o| o.name().to_owned())
+            .collect()
+    };
+    failures.extend(
+        prune::<ValidatingAdmissionPolicyBinding>(
+            client,
+            &held.validating_bindings,
+            &keep(|o| matches!(o, FloorObject::ValidatingBinding(_))),
+        )
+        .await,
+    );
+    failures.extend(
+        prune::<ValidatingAdmissionPolicy>(
+            client,
+            &held.validating,
+            &keep(|o| matches!(o, FloorObject::Validating(_))),
+        )
+        .await,
+    );
+    failures.extend(
+        prune::<MutatingAdmissionPolicyBinding>(
+            client,
+            &held.mutating_bindings,
+            &keep(|o| matches!(o, FloorObject::MutatingBinding(_))),
+        )
+        .await,
+    );
+    failures.extend(
+        prune::<MutatingAdmissionPolicy>(
+            client,
+            &held.mutating,
+            &keep(|o| matches!(o, FloorObject::Mutating(_))),
+        )
+        .await,
+    );
     failures
+}
+
+/// The floor's objects the cluster holds, by kind: name -> the object as JSON.
+#[derive(Default)]
+struct Held {
+    validating: BTreeMap<String, serde_json::Value>,
+    validating_bindings: BTreeMap<String, serde_json::Value>,
+    mutating: BTreeMap<String, serde_json::Value>,
+    mutating_bindings: BTreeMap<String, serde_json::Value>,
+}
+
+/// The labelled objects of kind `K`; a list that fails is a failure, and nothing is held.
+async fn list<K>(
+    client: &kube::Client,
+    failures: &mut Vec<String>,
+) -> BTreeMap<String, serde_json::Value>
+where
+    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug,
+{
+    let api: Api<K> = Api::all(client.clone());
+    let selector = format!("{}={},{POLICY_LABEL}", MANAGED_BY.0, MANAGED_BY.1);
+    match api.list(&ListParams::default().labels(&selector)).await {
+        Ok(list) => list
+            .items
+            .iter()
+            .filter_map(|item| {
+                let name = item.meta().name.clone()?;
+                Some((name, serde_json::to_value(item).ok()?))
+            })
+            .collect(),
+        Err(e) => {
+            failures.push(format!("the CEL floor cannot list {}: {e}", K::kind(&())));
+            BTreeMap::new()
+        }
+    }
 }
 
 /// The webhook configuration the floor's objects are owned by, when it exists.
@@ -312,8 +366,13 @@ async fn owner(client: &kube::Client) -> Option<OwnerReference> {
     })
 }
 
-/// Applies `object` unless the cluster's copy already holds it; `Ok(true)` when written.
-async fn apply<K>(client: &kube::Client, object: &K) -> Result<bool, kube::Error>
+/// Applies `object` unless the cluster's copy (from `held`) already holds it; `Ok(true)` when
+/// written.
+async fn apply<K>(
+    client: &kube::Client,
+    object: &K,
+    held: &BTreeMap<String, serde_json::Value>,
+) -> Result<bool, kube::Error>
 where
     K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
         + Clone
@@ -324,11 +383,11 @@ where
     let api: Api<K> = Api::all(client.clone());
     let name = object.meta().name.clone().unwrap_or_default();
     let wanted = serde_json::to_value(object).map_err(kube::Error::SerdeError)?;
-    if let Some(existing) = api.get_opt(&name).await? {
-        let existing = serde_json::to_value(&existing).map_err(kube::Error::SerdeError)?;
-        if contains(&existing, &wanted) {
-            return Ok(false);
-        }
+    if held
+        .get(&name)
+        .is_some_and(|existing| contains(existing, &wanted))
+    {
+        return Ok(false);
     }
     let params = PatchParams::apply(FIELD_MANAGER).force();
     api.patch(&name, &params, &Patch::Apply(&wanted)).await?;
@@ -350,8 +409,12 @@ fn contains(existing: &serde_json::Value, wanted: &serde_json::Value) -> bool {
     }
 }
 
-/// Deletes the labelled objects of kind `K` not in `keep`.
-async fn prune<K>(client: &kube::Client, keep: &[String]) -> Vec<String>
+/// Deletes the labelled objects of kind `K` (`held`) not in `keep`.
+async fn prune<K>(
+    client: &kube::Client,
+    held: &BTreeMap<String, serde_json::Value>,
+    keep: &[String],
+) -> Vec<String>
 where
     K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
         + Clone
@@ -359,18 +422,9 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::all(client.clone());
-    let selector = format!("{}={},{POLICY_LABEL}", MANAGED_BY.0, MANAGED_BY.1);
-    let listed = match api.list(&ListParams::default().labels(&selector)).await {
-        Ok(list) => list,
-        Err(e) => return vec![format!("the CEL floor cannot list {}: {e}", K::kind(&()))],
-    };
     let mut failures = Vec::new();
-    for item in listed.items {
-        let name = item.meta().name.clone().unwrap_or_default();
-        if keep.contains(&name) {
-            continue;
-        }
-        match api.delete(&name, &DeleteParams::default()).await {
+    for name in held.keys().filter(|name| !keep.contains(name)) {
+        match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => tracing::info!(kind = %K::kind(&()), name = %name, "CEL floor object deleted"),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
             Err(e) => failures.push(format!(
