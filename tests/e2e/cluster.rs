@@ -677,6 +677,25 @@ impl TestCluster {
         self.log_of("prodguard")
     }
 
+    /// The log lines of the kube-apiserver running now (klog's header carries the PID; the log
+    /// of a restarted one is appended to its predecessor's).
+    pub fn apiserver_log_now(&self) -> Vec<String> {
+        let Some(pid) = self
+            .processes
+            .iter()
+            .find(|(name, _)| name == "kube-apiserver")
+            .map(|(_, child)| child.id().to_string())
+        else {
+            return Vec::new();
+        };
+        let text =
+            std::fs::read_to_string(self.dir.path().join("kube-apiserver.log")).unwrap_or_default();
+        text.lines()
+            .filter(|line| line.split_whitespace().nth(2) == Some(pid.as_str()))
+            .map(str::to_owned)
+            .collect()
+    }
+
     /// The end of the log of the prodguard process `name`.
     pub fn log_of(&self, name: &str) -> String {
         tail(&self.dir.path().join(format!("{name}.log")))
