@@ -10,9 +10,7 @@ package mutating
 import (
 	"context"
 	"encoding/json"
-	"fmt"
 	"reflect"
-	"strings"
 	"testing"
 	"time"
 
@@ -27,13 +25,12 @@ import (
 	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/openapi"
-	"k8s.io/client-go/openapi/openapitest"
 
 	"prodguard.io/floorcases"
 )
 
 func TestProdguardFloorMutating(t *testing.T) {
-	schemas := withIngress(t, openapitest.NewEmbeddedFileClient())
+	schemas := floorcases.Schemas(t)
 	for _, set := range floorcases.Load(t) {
 		t.Run(set.Name, func(t *testing.T) { mutateSet(t, set, schemas) })
 	}
@@ -120,77 +117,4 @@ func normal(t *testing.T, v interface{}) interface{} {
 		t.Fatal(err)
 	}
 	return out
-}
-
-// withIngress adds networking.k8s.io/v1 to client-go's embedded test schemas, which lack it:
-// Ingress with ObjectMeta as its metadata (what the ingress-body-size MAP writes) and its spec
-// and status kept as they are.
-func withIngress(t *testing.T, embedded openapi.Client) openapi.Client {
-	paths, err := embedded.Paths()
-	if err != nil {
-		t.Fatal(err)
-	}
-	apps, ok := paths["apis/apps/v1"]
-	if !ok {
-		t.Fatal("client-go's embedded schemas have no apps/v1")
-	}
-	raw, err := apps.Schema("application/json")
-	if err != nil {
-		t.Fatal(err)
-	}
-	var doc map[string]interface{}
-	if err := json.Unmarshal(raw, &doc); err != nil {
-		t.Fatal(err)
-	}
-	components, _ := doc["components"].(map[string]interface{})
-	all, _ := components["schemas"].(map[string]interface{})
-	schemas := map[string]interface{}{}
-	for name, schema := range all {
-		if strings.HasPrefix(name, "io.k8s.apimachinery.") {
-			schemas[name] = schema
-		}
-	}
-	kept := map[string]interface{}{"type": "object", "x-kubernetes-preserve-unknown-fields": true}
-	schemas["io.k8s.api.networking.v1.Ingress"] = map[string]interface{}{
-		"type": "object",
-		"properties": map[string]interface{}{
-			"apiVersion": map[string]interface{}{"type": "string"},
-			"kind":       map[string]interface{}{"type": "string"},
-			"metadata": map[string]interface{}{
-				"$ref":    "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
-				"default": map[string]interface{}{},
-			},
-			"spec":   kept,
-			"status": kept,
-		},
-		"x-kubernetes-group-version-kind": []interface{}{
-			map[string]interface{}{"group": "networking.k8s.io", "kind": "Ingress", "version": "v1"},
-		},
-	}
-	ingress, err := json.Marshal(map[string]interface{}{
-		"openapi":    doc["openapi"],
-		"info":       doc["info"],
-		"paths":      map[string]interface{}{},
-		"components": map[string]interface{}{"schemas": schemas},
-	})
-	if err != nil {
-		t.Fatal(err)
-	}
-	out := map[string]openapi.GroupVersion{}
-	for k, v := range paths {
-		out[k] = v
-	}
-	out["apis/networking.k8s.io/v1"] = fixedSchema(ingress)
-	return fixedPaths(out)
-}
-
-type fixedPaths map[string]openapi.GroupVersion
-
-func (p fixedPaths) Paths() (map[string]openapi.GroupVersion, error) { return p, nil }
-
-type fixedSchema []byte
-
-func (s fixedSchema) Schema(string) ([]byte, error) { return s, nil }
-func (s fixedSchema) ServerRelativeURL() string {
-	return fmt.Sprintf("/openapi/v3/apis/networking.k8s.io/v1?hash=%d", len(s))
 }

@@ -6,6 +6,9 @@
 // enforced, with that refusal's message, and warn with exactly its other refusals' messages.
 // Every policy's failurePolicy is set to Fail here, so that an expression that fails to
 // evaluate denies, and so cannot pass unseen.
+//
+// And every policy type-checks against the schemas of the kinds it matches, as the API server
+// checks it (its TypeChecker, whose warnings it writes to the policy's status).
 package validating
 
 import (
@@ -19,10 +22,12 @@ import (
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/runtime"
+	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/admission/plugin/policy/generic"
 	"k8s.io/apiserver/pkg/admission/plugin/policy/matching"
 	"k8s.io/apiserver/pkg/authorization/authorizer"
+	"k8s.io/apiserver/pkg/cel/openapi/resolver"
 	"k8s.io/apiserver/pkg/warning"
 	"k8s.io/client-go/kubernetes"
 
@@ -133,4 +138,59 @@ func sorted(list []string) []string {
 	out := append([]string(nil), list...)
 	sort.Strings(out)
 	return out
+}
+
+// The kinds the floor matches whose schemas floorcases.Schemas holds.
+var typedKinds = []struct {
+	group, version, plural, kind string
+}{
+	{"", "v1", "pods", "Pod"},
+	{"", "v1", "replicationcontrollers", "ReplicationController"},
+	{"", "v1", "podtemplates", "PodTemplate"},
+	{"apps", "v1", "deployments", "Deployment"},
+	{"apps", "v1", "statefulsets", "StatefulSet"},
+	{"apps", "v1", "daemonsets", "DaemonSet"},
+	{"apps", "v1", "replicasets", "ReplicaSet"},
+	{"batch", "v1", "jobs", "Job"},
+	{"batch", "v1", "cronjobs", "CronJob"},
+	{"networking.k8s.io", "v1", "ingresses", "Ingress"},
+}
+
+func TestProdguardFloorTypeChecks(t *testing.T) {
+	mapper := meta.NewDefaultRESTMapper(nil)
+	for _, k := range typedKinds {
+		gv := schema.GroupVersion{Group: k.group, Version: k.version}
+		mapper.AddSpecific(gv.WithKind(k.kind), gv.WithResource(k.plural),
+			gv.WithResource(strings.ToLower(k.kind)), meta.RESTScopeNamespace)
+	}
+	checker := &TypeChecker{
+		SchemaResolver: &resolver.ClientDiscoveryResolver{Discovery: floorcases.Discovery(floorcases.Schemas(t))},
+		RestMapper:     mapper,
+	}
+	checked := map[string]bool{}
+	for _, set := range floorcases.Load(t) {
+		for _, raw := range set.Objects {
+			if floorcases.Kind(raw) != "ValidatingAdmissionPolicy" {
+				continue
+			}
+			policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
+			floorcases.Decode(t, raw, policy)
+			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
+			for _, gvk := range checker.CreateContext(policy).gvks {
+				checked[policy.Name+" on "+gvk.Kind] = true
+			}
+			for _, warning := range checker.Check(policy) {
+				t.Errorf("%s: %s: %s: %s", set.Name, policy.Name, warning.FieldRef, warning.Warning)
+			}
+		}
+	}
+	var pairs []string
+	for pair := range checked {
+		pairs = append(pairs, pair)
+	}
+	sort.Strings(pairs)
+	t.Logf("type-checked %d policies on their kinds: %s", len(pairs), strings.Join(pairs, ", "))
+	if len(pairs) == 0 {
+		t.Error("no policy was type-checked")
+	}
 }

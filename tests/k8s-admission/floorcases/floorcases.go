@@ -23,6 +23,11 @@ import (
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
 	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/client-go/discovery"
+	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/openapi"
+	"k8s.io/client-go/openapi/openapitest"
+	clienttesting "k8s.io/client-go/testing"
 )
 
 // Refusal is one refusal of the floor: the policy, its message and the binding's actions.
@@ -266,3 +271,90 @@ func (w *Warnings) AddWarning(agent, text string) {
 	defer w.Unlock()
 	w.List = append(w.List, text)
 }
+
+// Schemas are client-go's embedded test schemas (core, apps and batch v1, as the API server
+// serves them at /openapi/v3) with networking.k8s.io/v1 added, which they lack: Ingress with
+// ObjectMeta as its metadata (what the ingress-body-size MAP writes) and its spec and status
+// kept as they are.
+func Schemas(t *testing.T) openapi.Client {
+	paths, err := openapitest.NewEmbeddedFileClient().Paths()
+	if err != nil {
+		t.Fatal(err)
+	}
+	apps, ok := paths["apis/apps/v1"]
+	if !ok {
+		t.Fatal("client-go's embedded schemas have no apps/v1")
+	}
+	raw, err := apps.Schema("application/json")
+	if err != nil {
+		t.Fatal(err)
+	}
+	var doc map[string]interface{}
+	if err := json.Unmarshal(raw, &doc); err != nil {
+		t.Fatal(err)
+	}
+	components, _ := doc["components"].(map[string]interface{})
+	all, _ := components["schemas"].(map[string]interface{})
+	schemas := map[string]interface{}{}
+	for name, schema := range all {
+		if strings.HasPrefix(name, "io.k8s.apimachinery.") {
+			schemas[name] = schema
+		}
+	}
+	kept := map[string]interface{}{"type": "object", "x-kubernetes-preserve-unknown-fields": true}
+	schemas["io.k8s.api.networking.v1.Ingress"] = map[string]interface{}{
+		"type": "object",
+		"properties": map[string]interface{}{
+			"apiVersion": map[string]interface{}{"type": "string"},
+			"kind":       map[string]interface{}{"type": "string"},
+			"metadata": map[string]interface{}{
+				"$ref":    "#/components/schemas/io.k8s.apimachinery.pkg.apis.meta.v1.ObjectMeta",
+				"default": map[string]interface{}{},
+			},
+			"spec":   kept,
+			"status": kept,
+		},
+		"x-kubernetes-group-version-kind": []interface{}{
+			map[string]interface{}{"group": "networking.k8s.io", "kind": "Ingress", "version": "v1"},
+		},
+	}
+	ingress, err := json.Marshal(map[string]interface{}{
+		"openapi":    doc["openapi"],
+		"info":       doc["info"],
+		"paths":      map[string]interface{}{},
+		"components": map[string]interface{}{"schemas": schemas},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	out := map[string]openapi.GroupVersion{}
+	for k, v := range paths {
+		out[k] = v
+	}
+	out["apis/networking.k8s.io/v1"] = fixedSchema(ingress)
+	return fixedPaths(out)
+}
+
+type fixedPaths map[string]openapi.GroupVersion
+
+func (p fixedPaths) Paths() (map[string]openapi.GroupVersion, error) { return p, nil }
+
+type fixedSchema []byte
+
+func (s fixedSchema) Schema(string) ([]byte, error) { return s, nil }
+func (s fixedSchema) ServerRelativeURL() string {
+	return fmt.Sprintf("/openapi/v3/apis/networking.k8s.io/v1?hash=%d", len(s))
+}
+
+// Discovery serves `schemas` as the API server's OpenAPI v3 (for the type checker's schema
+// resolver); nothing else of it is used.
+func Discovery(schemas openapi.Client) discovery.DiscoveryInterface {
+	return openAPIDiscovery{FakeDiscovery: &fakediscovery.FakeDiscovery{Fake: &clienttesting.Fake{}}, schemas: schemas}
+}
+
+type openAPIDiscovery struct {
+	*fakediscovery.FakeDiscovery
+	schemas openapi.Client
+}
+
+func (d openAPIDiscovery) OpenAPIV3() openapi.Client { return d.schemas }
