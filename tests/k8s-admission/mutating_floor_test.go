@@ -12,10 +12,7 @@ import (
 	"encoding/json"
 	"reflect"
 	"testing"
-	"time"
 
-	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
-	"k8s.io/apimachinery/pkg/api/meta"
 	"k8s.io/apimachinery/pkg/apis/meta/v1/unstructured"
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apiserver/pkg/admission"
@@ -37,46 +34,13 @@ func TestProdguardFloorMutating(t *testing.T) {
 }
 
 func mutateSet(t *testing.T, set floorcases.Set, schemas openapi.Client) {
-	policies, cancel, err := generic.NewPolicyTestContext(t,
+	objects := floorcases.Policies(t, set, "Mutating")
+	policies := floorcases.Start(t, set, objects,
 		NewMutatingAdmissionPolicyAccessor, NewMutatingAdmissionPolicyBindingAccessor,
 		compilePolicy,
 		func(a authorizer.Authorizer, m *matching.Matcher, _ kubernetes.Interface) generic.Dispatcher[PolicyHook] {
 			return NewDispatcher(a, m, patch.NewTypeConverterManager(nil, schemas))
-		},
-		nil, []meta.RESTMapping{floorcases.NamespaceMapping})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cancel()
-	if err := policies.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range floorcases.Namespaces(set.Cases) {
-		if err := policies.Update(ns); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var objects []runtime.Object
-	for _, raw := range set.Objects {
-		switch floorcases.Kind(raw) {
-		case "MutatingAdmissionPolicy":
-			policy := &admissionregistrationv1.MutatingAdmissionPolicy{}
-			floorcases.Decode(t, raw, policy)
-			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
-			fail := admissionregistrationv1.Fail
-			policy.Spec.FailurePolicy = &fail
-			objects = append(objects, policy)
-		case "MutatingAdmissionPolicyBinding":
-			binding := &admissionregistrationv1.MutatingAdmissionPolicyBinding{}
-			floorcases.Decode(t, raw, binding)
-			floorcases.DefaultMatch(binding.Spec.MatchResources)
-			objects = append(objects, binding)
-		}
-	}
-	if err := policies.UpdateAndWait(objects...); err != nil {
-		t.Fatal(err)
-	}
-	time.Sleep(time.Second)
+		})
 
 	interfaces := admission.NewObjectInterfacesFromScheme(runtime.NewScheme())
 	changed := 0

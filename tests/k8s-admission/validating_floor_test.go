@@ -17,7 +17,6 @@ import (
 	"sort"
 	"strings"
 	"testing"
-	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	"k8s.io/apimachinery/pkg/api/meta"
@@ -44,47 +43,13 @@ func TestProdguardFloorValidating(t *testing.T) {
 }
 
 func validateSet(t *testing.T, set floorcases.Set) {
-	policies, cancel, err := generic.NewPolicyTestContext(t,
+	objects := floorcases.Policies(t, set, "Validating")
+	policies := floorcases.Start(t, set, objects,
 		NewValidatingAdmissionPolicyAccessor, NewValidatingAdmissionPolicyBindingAccessor,
 		compilePolicy,
 		func(a authorizer.Authorizer, m *matching.Matcher, _ kubernetes.Interface) generic.Dispatcher[PolicyHook] {
 			return NewDispatcher(a, generic.NewPolicyMatcher(m))
-		},
-		nil, []meta.RESTMapping{floorcases.NamespaceMapping})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer cancel()
-	if err := policies.Start(); err != nil {
-		t.Fatal(err)
-	}
-	for _, ns := range floorcases.Namespaces(set.Cases) {
-		if err := policies.Update(ns); err != nil {
-			t.Fatal(err)
-		}
-	}
-	var objects []runtime.Object
-	for _, raw := range set.Objects {
-		switch floorcases.Kind(raw) {
-		case "ValidatingAdmissionPolicy":
-			policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
-			floorcases.Decode(t, raw, policy)
-			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
-			fail := admissionregistrationv1.Fail
-			policy.Spec.FailurePolicy = &fail
-			objects = append(objects, policy)
-		case "ValidatingAdmissionPolicyBinding":
-			binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
-			floorcases.Decode(t, raw, binding)
-			floorcases.DefaultMatch(binding.Spec.MatchResources)
-			objects = append(objects, binding)
-		}
-	}
-	if err := policies.UpdateAndWait(objects...); err != nil {
-		t.Fatal(err)
-	}
-	// The namespace informer has no wait of its own.
-	time.Sleep(time.Second)
+		})
 
 	interfaces := admission.NewObjectInterfacesFromScheme(runtime.NewScheme())
 	denied, warned := 0, 0
@@ -169,13 +134,11 @@ func TestProdguardFloorTypeChecks(t *testing.T) {
 	}
 	checked := map[string]bool{}
 	for _, set := range floorcases.Load(t) {
-		for _, raw := range set.Objects {
-			if floorcases.Kind(raw) != "ValidatingAdmissionPolicy" {
+		for _, object := range floorcases.Policies(t, set, "Validating") {
+			policy, ok := object.(*admissionregistrationv1.ValidatingAdmissionPolicy)
+			if !ok {
 				continue
 			}
-			policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
-			floorcases.Decode(t, raw, policy)
-			floorcases.DefaultMatch(policy.Spec.MatchConstraints)
 			for _, gvk := range checker.CreateContext(policy).gvks {
 				checked[policy.Name+" on "+gvk.Kind] = true
 			}

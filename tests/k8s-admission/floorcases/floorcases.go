@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"testing"
+	"time"
 
 	admissionregistrationv1 "k8s.io/api/admissionregistration/v1"
 	corev1 "k8s.io/api/core/v1"
@@ -22,9 +23,13 @@ import (
 	"k8s.io/apimachinery/pkg/runtime"
 	"k8s.io/apimachinery/pkg/runtime/schema"
 	"k8s.io/apiserver/pkg/admission"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/generic"
+	"k8s.io/apiserver/pkg/admission/plugin/policy/matching"
 	"k8s.io/apiserver/pkg/authentication/user"
+	"k8s.io/apiserver/pkg/authorization/authorizer"
 	"k8s.io/client-go/discovery"
 	fakediscovery "k8s.io/client-go/discovery/fake"
+	"k8s.io/client-go/kubernetes"
 	"k8s.io/client-go/openapi"
 	"k8s.io/client-go/openapi/openapitest"
 	clienttesting "k8s.io/client-go/testing"
@@ -155,6 +160,78 @@ func DefaultMatch(m *admissionregistrationv1.MatchResources) {
 			}
 		}
 	}
+}
+
+// Policies are the set's policies and bindings of one kind of admission policy ("Validating"
+// or "Mutating"), as the API server stores them (its defaults set), every policy with
+// failurePolicy Fail so that an expression that fails to evaluate cannot pass unseen.
+func Policies(t *testing.T, set Set, which string) []runtime.Object {
+	fail := admissionregistrationv1.Fail
+	var out []runtime.Object
+	for _, raw := range set.Objects {
+		switch Kind(raw) {
+		case which + "AdmissionPolicy":
+			if which == "Validating" {
+				policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
+				Decode(t, raw, policy)
+				DefaultMatch(policy.Spec.MatchConstraints)
+				policy.Spec.FailurePolicy = &fail
+				out = append(out, policy)
+			} else {
+				policy := &admissionregistrationv1.MutatingAdmissionPolicy{}
+				Decode(t, raw, policy)
+				DefaultMatch(policy.Spec.MatchConstraints)
+				policy.Spec.FailurePolicy = &fail
+				out = append(out, policy)
+			}
+		case which + "AdmissionPolicyBinding":
+			if which == "Validating" {
+				binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
+				Decode(t, raw, binding)
+				DefaultMatch(binding.Spec.MatchResources)
+				out = append(out, binding)
+			} else {
+				binding := &admissionregistrationv1.MutatingAdmissionPolicyBinding{}
+				Decode(t, raw, binding)
+				DefaultMatch(binding.Spec.MatchResources)
+				out = append(out, binding)
+			}
+		}
+	}
+	return out
+}
+
+// Start runs a policy plugin (its accessors, compiler and dispatcher) on a test context that
+// holds the set's namespaces and `objects`, until the test ends.
+func Start[P, B runtime.Object, E generic.Evaluator](
+	t *testing.T,
+	set Set,
+	objects []runtime.Object,
+	policyAccessor func(P) generic.PolicyAccessor,
+	bindingAccessor func(B) generic.BindingAccessor,
+	compile func(P) E,
+	dispatcher func(authorizer.Authorizer, *matching.Matcher, kubernetes.Interface) generic.Dispatcher[generic.PolicyHook[P, B, E]],
+) *generic.PolicyTestContext[P, B, E] {
+	policies, cancel, err := generic.NewPolicyTestContext(t, policyAccessor, bindingAccessor,
+		compile, dispatcher, nil, []meta.RESTMapping{NamespaceMapping})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(cancel)
+	if err := policies.Start(); err != nil {
+		t.Fatal(err)
+	}
+	for _, ns := range Namespaces(set.Cases) {
+		if err := policies.Update(ns); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if err := policies.UpdateAndWait(objects...); err != nil {
+		t.Fatal(err)
+	}
+	// The namespace informer has no wait of its own.
+	time.Sleep(time.Second)
+	return policies
 }
 
 // NamespaceMapping lets the test context store Namespaces.
