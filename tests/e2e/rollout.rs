@@ -312,16 +312,7 @@ impl Env {
     }
 
     fn lease_holder(&self, lease: &str) -> String {
-        let output = self.kubectl(&[
-            "get",
-            "lease",
-            lease,
-            "-n",
-            "prodguard",
-            "-o",
-            "jsonpath={.spec.holderIdentity}",
-        ]);
-        String::from_utf8_lossy(&output.stdout).into_owned()
+        self.lease(lease).0
     }
 }
 
