@@ -13,7 +13,7 @@ package validating
 
 import (
 	"context"
-	"fmt"
+	"slices"
 	"sort"
 	"strings"
 	"testing"
@@ -63,7 +63,7 @@ func validateSet(t *testing.T, set floorcases.Set) {
 			denied++
 			message := err.Error()
 			at := strings.Index(message, deniedPrefix)
-			if at < 0 || !contains(deny, message[at+len(deniedPrefix):]) {
+			if at < 0 || !slices.Contains(deny, message[at+len(deniedPrefix):]) {
 				t.Errorf("%s: Kubernetes denies: %s\nthe floor's test expects: %q", c.What(), message, deny)
 			}
 		case len(deny) > 0:
@@ -79,7 +79,7 @@ func validateSet(t *testing.T, set floorcases.Set) {
 			got = append(got, w[at+3:])
 		}
 		warned += len(got)
-		if fmt.Sprint(sorted(got)) != fmt.Sprint(warn) {
+		if !slices.Equal(sorted(got), warn) {
 			t.Errorf("%s: Kubernetes warns %q; the floor's test expects %q", c.What(), got, warn)
 		}
 	}
@@ -88,15 +88,6 @@ func validateSet(t *testing.T, set floorcases.Set) {
 	if len(objects) > 0 && denied+warned == 0 {
 		t.Errorf("%s: the policies refused nothing", set.Name)
 	}
-}
-
-func contains(list []string, s string) bool {
-	for _, x := range list {
-		if x == s {
-			return true
-		}
-	}
-	return false
 }
 
 func sorted(list []string) []string {
