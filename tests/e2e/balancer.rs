@@ -11,8 +11,9 @@
 //!   endpoints controller does so at once on deletion) or that its container exited (the
 //!   kubelet notices within about a second; here at once);
 //! - counts, per replica, the connections that replica cut while a request on them was
-//!   unanswered: bytes had gone from the client since the replica last sent any. With
-//!   HTTP/1.1, which kube-apiserver speaks to webhooks, that is one request per connection.
+//!   unanswered: bytes had gone from the client since the replica last sent any, the TLS
+//!   handshake of a new connection's first request included. With HTTP/1.1, which
+//!   kube-apiserver speaks to webhooks, that is one request per connection.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -34,7 +35,7 @@ pub struct Backend {
     /// Connections open to it now, and the most at once.
     open: AtomicUsize,
     pub peak: AtomicUsize,
-    /// Connections it ended with a request unanswered.
+    /// Connections it ended with a request unanswered (or the TLS handshake before one).
     pub cut: AtomicUsize,
     /// Connections it ended before sending anything (not even its TLS handshake's answer).
     pub silent: AtomicUsize,
@@ -230,10 +231,13 @@ impl Balancer {
                     }
                 }
                 if !client_done.load(Ordering::SeqCst) {
+                    // The client's bytes unanswered: a request, or the TLS handshake that was
+                    // to carry one, was in flight.
+                    if pending.load(Ordering::SeqCst) {
+                        backend.cut.fetch_add(1, Ordering::SeqCst);
+                    }
                     if !answered {
                         backend.silent.fetch_add(1, Ordering::SeqCst);
-                    } else if pending.load(Ordering::SeqCst) {
-                        backend.cut.fetch_add(1, Ordering::SeqCst);
                     }
                 }
                 let _ = client_write.shutdown().await;
