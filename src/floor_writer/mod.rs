@@ -272,45 +272,14 @@ pub async fn reconcile(
     }
     // Bindings before their policies when deleting (a binding without its policy is an error
     // the server reports).
-    let keep = |kind: fn(&FloorObject) -> bool| -> Vec<String> {
-        wanted
-            .iter()
-            .filter(|o| kind(o))
-            .map(|o| o.name().to_owned())
-            .collect()
-    };
     failures.extend(
-        prune::<ValidatingAdmissionPolicyBinding>(
-            client,
-            &held.validating_bindings,
-            &keep(|o| matches!(o, FloorObject::ValidatingBinding(_))),
-        )
-        .await,
+        prune::<ValidatingAdmissionPolicyBinding>(client, &held.validating_bindings, &wanted).await,
     );
+    failures.extend(prune::<ValidatingAdmissionPolicy>(client, &held.validating, &wanted).await);
     failures.extend(
-        prune::<ValidatingAdmissionPolicy>(
-            client,
-            &held.validating,
-            &keep(|o| matches!(o, FloorObject::Validating(_))),
-        )
-        .await,
+        prune::<MutatingAdmissionPolicyBinding>(client, &held.mutating_bindings, &wanted).await,
     );
-    failures.extend(
-        prune::<MutatingAdmissionPolicyBinding>(
-            client,
-            &held.mutating_bindings,
-            &keep(|o| matches!(o, FloorObject::MutatingBinding(_))),
-        )
-        .await,
-    );
-    failures.extend(
-        prune::<MutatingAdmissionPolicy>(
-            client,
-            &held.mutating,
-            &keep(|o| matches!(o, FloorObject::Mutating(_))),
-        )
-        .await,
-    );
+    failures.extend(prune::<MutatingAdmissionPolicy>(client, &held.mutating, &wanted).await);
     failures
 }
 
@@ -409,11 +378,11 @@ fn contains(existing: &serde_json::Value, wanted: &serde_json::Value) -> bool {
     }
 }
 
-/// Deletes the labelled objects of kind `K` (`held`) not in `keep`.
+/// Deletes the labelled objects of kind `K` (`held`) that are not `wanted`.
 async fn prune<K>(
     client: &kube::Client,
     held: &BTreeMap<String, serde_json::Value>,
-    keep: &[String],
+    wanted: &[FloorObject],
 ) -> Vec<String>
 where
     K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
@@ -422,8 +391,14 @@ where
         + std::fmt::Debug,
 {
     let api: Api<K> = Api::all(client.clone());
+    let kind = K::kind(&());
+    let kept = |name: &String| {
+        wanted
+            .iter()
+            .any(|o| o.kind() == kind && o.name() == name.as_str())
+    };
     let mut failures = Vec::new();
-    for name in held.keys().filter(|name| !keep.contains(name)) {
+    for name in held.keys().filter(|name| !kept(name)) {
         match api.delete(name, &DeleteParams::default()).await {
             Ok(_) => tracing::info!(kind = %K::kind(&()), name = %name, "CEL floor object deleted"),
             Err(kube::Error::Api(status)) if status.code == 404 => {}
