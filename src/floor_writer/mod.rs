@@ -283,6 +283,25 @@ pub async fn reconcile(
     failures
 }
 
+/// One of the floor's four kinds, as the writer reads and writes them.
+trait FloorKind:
+    Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+    + Clone
+    + DeserializeOwned
+    + Serialize
+    + std::fmt::Debug
+{
+}
+
+impl<K> FloorKind for K where
+    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
+        + Clone
+        + DeserializeOwned
+        + Serialize
+        + std::fmt::Debug
+{
+}
+
 /// The floor's objects the cluster holds, by kind: name -> the object as JSON.
 #[derive(Default)]
 struct Held {
@@ -298,11 +317,7 @@ async fn list<K>(
     failures: &mut Vec<String>,
 ) -> BTreeMap<String, serde_json::Value>
 where
-    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: FloorKind,
 {
     let api: Api<K> = Api::all(client.clone());
     let selector = format!("{}={},{POLICY_LABEL}", MANAGED_BY.0, MANAGED_BY.1);
@@ -343,11 +358,7 @@ async fn apply<K>(
     held: &BTreeMap<String, serde_json::Value>,
 ) -> Result<bool, kube::Error>
 where
-    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + Serialize
-        + std::fmt::Debug,
+    K: FloorKind,
 {
     let api: Api<K> = Api::all(client.clone());
     let name = object.meta().name.clone().unwrap_or_default();
@@ -385,10 +396,7 @@ async fn prune<K>(
     wanted: &[FloorObject],
 ) -> Vec<String>
 where
-    K: Resource<Scope = kube::core::ClusterResourceScope, DynamicType = ()>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
+    K: FloorKind,
 {
     let api: Api<K> = Api::all(client.clone());
     let kind = K::kind(&());
