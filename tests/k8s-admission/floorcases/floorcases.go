@@ -118,8 +118,8 @@ func Load(t *testing.T) []Set {
 	return sets
 }
 
-// Kind is the `kind` of an object of objects.json.
-func Kind(object json.RawMessage) string {
+// kindOf is the `kind` of an object of objects.json.
+func kindOf(object json.RawMessage) string {
 	var head metav1.TypeMeta
 	if err := json.Unmarshal(object, &head); err != nil {
 		return ""
@@ -127,18 +127,18 @@ func Kind(object json.RawMessage) string {
 	return head.Kind
 }
 
-// Decode reads an object of objects.json into `into`, without its apiVersion and kind (the
+// decode reads an object of objects.json into `into`, without its apiVersion and kind (the
 // test context infers them from the type).
-func Decode(t *testing.T, object json.RawMessage, into runtime.Object) {
+func decode(t *testing.T, object json.RawMessage, into runtime.Object) {
 	if err := json.Unmarshal(object, into); err != nil {
 		t.Fatal(err)
 	}
 	into.GetObjectKind().SetGroupVersionKind(schema.GroupVersionKind{})
 }
 
-// DefaultMatch sets what pkg/apis/admissionregistration/v1/defaults.go sets in the API server
+// defaultMatch sets what pkg/apis/admissionregistration/v1/defaults.go sets in the API server
 // (an object read from JSON here does not get it).
-func DefaultMatch(m *admissionregistrationv1.MatchResources) {
+func defaultMatch(m *admissionregistrationv1.MatchResources) {
 	if m == nil {
 		return
 	}
@@ -169,31 +169,31 @@ func Policies(t *testing.T, set Set, which string) []runtime.Object {
 	fail := admissionregistrationv1.Fail
 	var out []runtime.Object
 	for _, raw := range set.Objects {
-		switch Kind(raw) {
+		switch kindOf(raw) {
 		case which + "AdmissionPolicy":
 			if which == "Validating" {
 				policy := &admissionregistrationv1.ValidatingAdmissionPolicy{}
-				Decode(t, raw, policy)
-				DefaultMatch(policy.Spec.MatchConstraints)
+				decode(t, raw, policy)
+				defaultMatch(policy.Spec.MatchConstraints)
 				policy.Spec.FailurePolicy = &fail
 				out = append(out, policy)
 			} else {
 				policy := &admissionregistrationv1.MutatingAdmissionPolicy{}
-				Decode(t, raw, policy)
-				DefaultMatch(policy.Spec.MatchConstraints)
+				decode(t, raw, policy)
+				defaultMatch(policy.Spec.MatchConstraints)
 				policy.Spec.FailurePolicy = &fail
 				out = append(out, policy)
 			}
 		case which + "AdmissionPolicyBinding":
 			if which == "Validating" {
 				binding := &admissionregistrationv1.ValidatingAdmissionPolicyBinding{}
-				Decode(t, raw, binding)
-				DefaultMatch(binding.Spec.MatchResources)
+				decode(t, raw, binding)
+				defaultMatch(binding.Spec.MatchResources)
 				out = append(out, binding)
 			} else {
 				binding := &admissionregistrationv1.MutatingAdmissionPolicyBinding{}
-				Decode(t, raw, binding)
-				DefaultMatch(binding.Spec.MatchResources)
+				decode(t, raw, binding)
+				defaultMatch(binding.Spec.MatchResources)
 				out = append(out, binding)
 			}
 		}
@@ -213,7 +213,7 @@ func Start[P, B runtime.Object, E generic.Evaluator](
 	dispatcher func(authorizer.Authorizer, *matching.Matcher, kubernetes.Interface) generic.Dispatcher[generic.PolicyHook[P, B, E]],
 ) *generic.PolicyTestContext[P, B, E] {
 	policies, cancel, err := generic.NewPolicyTestContext(t, policyAccessor, bindingAccessor,
-		compile, dispatcher, nil, []meta.RESTMapping{NamespaceMapping})
+		compile, dispatcher, nil, []meta.RESTMapping{namespaceMapping})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -221,7 +221,7 @@ func Start[P, B runtime.Object, E generic.Evaluator](
 	if err := policies.Start(); err != nil {
 		t.Fatal(err)
 	}
-	for _, ns := range Namespaces(set.Cases) {
+	for _, ns := range namespaces(set.Cases) {
 		if err := policies.Update(ns); err != nil {
 			t.Fatal(err)
 		}
@@ -234,15 +234,15 @@ func Start[P, B runtime.Object, E generic.Evaluator](
 	return policies
 }
 
-// NamespaceMapping lets the test context store Namespaces.
-var NamespaceMapping = meta.RESTMapping{
+// namespaceMapping lets the test context store Namespaces.
+var namespaceMapping = meta.RESTMapping{
 	Resource:         schema.GroupVersionResource{Version: "v1", Resource: "namespaces"},
 	GroupVersionKind: schema.GroupVersionKind{Version: "v1", Kind: "Namespace"},
 	Scope:            meta.RESTScopeRoot,
 }
 
-// Namespaces are the namespaces the cases are in, labelled as the API server labels them.
-func Namespaces(cases []Case) []runtime.Object {
+// namespaces are the namespaces the cases are in, labelled as the API server labels them.
+func namespaces(cases []Case) []runtime.Object {
 	seen := map[string]bool{}
 	var out []runtime.Object
 	for _, c := range cases {
