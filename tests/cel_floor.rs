@@ -682,11 +682,6 @@ fn floor_mutated(parts: &[BoundPart], request: &Value) -> Value {
     object
 }
 
-/// A floor object's kind and JSON.
-fn object_json(object: &FloorObject) -> (&'static str, Value) {
-    (object.kind(), object.to_json().unwrap())
-}
-
 /// With `PRODGUARD_FLOOR_CASES` set, the test also writes, for each policy set, the floor's
 /// objects and every request with the floor's refusals and mutated object, for Kubernetes' own
 /// admission code to judge (tests/k8s-admission, run by scripts/k8s-admission.sh).
@@ -704,7 +699,7 @@ fn write_cases(label: &str, parts: &[BoundPart], cases: &[Value]) {
         },
         None,
     );
-    let all: Vec<Value> = all.iter().map(|o| object_json(o).1).collect();
+    let all: Vec<Value> = all.iter().map(|o| o.to_json().unwrap()).collect();
     std::fs::write(
         dir.join("objects.json"),
         serde_json::to_string(&all).unwrap(),
@@ -885,7 +880,7 @@ fn the_objects_are_admissionregistration_v1() {
     );
     let mut kinds = BTreeMap::<&str, usize>::new();
     for object in &all {
-        let (kind, value) = object_json(object);
+        let (kind, value) = (object.kind(), object.to_json().unwrap());
         *kinds.entry(kind).or_default() += 1;
         assert_eq!(
             value["apiVersion"], "admissionregistration.k8s.io/v1",
