@@ -432,3 +432,31 @@ def test_patch_events_are_off_unless_asked_for():
     args = lambda values: deployment(chart.render(values))["spec"]["template"]["spec"]["containers"][0]["args"]
     assert "--patch-events" not in args({})
     assert "--patch-events" in args({"reports": {"patchEvents": True}})
+
+
+def test_fail_open_with_floor_is_its_overlay_and_leaves_validate_unarmed():
+    overlay = kustomize("deploy/overlays/fail-open-with-floor")
+    assert_same(overlay, chart.render({"failOpenWithFloor": True}))
+    config = next(d for d in overlay if d["kind"] == "ValidatingWebhookConfiguration")
+    assert "prodguard.io/fail-closed-when-ready" not in (config["metadata"].get("annotations") or {})
+    validate = next(w for w in config["webhooks"] if w["name"] == "validate.prodguard.io")
+    assert validate["failurePolicy"] == "Ignore"
+    # Without it, prodguard arms validate.prodguard.io once its certificate is trusted.
+    default = next(d for d in chart.render() if d["kind"] == "ValidatingWebhookConfiguration")
+    assert default["metadata"]["annotations"]["prodguard.io/fail-closed-when-ready"] == "validate.prodguard.io"
+
+
+def test_cel_floor_off_reaches_the_container_and_its_rbac_is_the_four_kinds():
+    def env(docs):
+        return deployment(docs)["spec"]["template"]["spec"]["containers"][0].get("env", [])
+
+    assert {"name": "PRODGUARD_CEL_FLOOR", "value": "off"} in env(chart.render({"celFloor": "off"}))
+    assert not any(e["name"] == "PRODGUARD_CEL_FLOOR" for e in env(chart.render()))
+    role = next(d for d in chart.render() if d["kind"] == "ClusterRole" and d["metadata"]["name"] == "prodguard")
+    floor = [r for r in role["rules"] if "validatingadmissionpolicies" in r.get("resources", [])]
+    assert floor == [{
+        "apiGroups": ["admissionregistration.k8s.io"],
+        "resources": ["validatingadmissionpolicies", "validatingadmissionpolicybindings",
+                      "mutatingadmissionpolicies", "mutatingadmissionpolicybindings"],
+        "verbs": ["list", "create", "patch", "delete"],
+    }], floor
